@@ -1,0 +1,150 @@
+//! Flow records: what the kernel reports about a socket operation.
+
+#[cfg(feature = "user")]
+mod user;
+
+/// Length of a task's `comm` as the kernel keeps it (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// What happened to the socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    /// `connect()` (TCP, or UDP connecting its socket).
+    Connect = 1,
+    /// `sendto()`/`sendmsg()` with a destination address on an unconnected UDP socket.
+    Sendmsg = 2,
+    /// An inbound connection accepted by the process.
+    Accept = 3,
+    /// The socket closed; `bytes` and `duration_ns` are filled.
+    Close = 4,
+}
+
+impl FlowKind {
+    /// Decodes the raw `kind` byte of a [`FlowEvent`].
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Connect),
+            2 => Some(Self::Sendmsg),
+            3 => Some(Self::Accept),
+            4 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// One record in the `EVENTS` ring buffer.
+///
+/// Addresses are in network byte order: IPv4 in `*_addr[..4]` (the rest zero),
+/// IPv6 in all 16 bytes. Ports are in host byte order. Layout is fixed (see the
+/// size test) because user space reads it straight out of the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns()` when the hook ran (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// `bpf_get_socket_cookie()`: stable id of the socket for its lifetime.
+    pub cookie: u64,
+    /// Data classes the task carried, one bit per class id.
+    pub classes: u64,
+    /// Bytes sent on the socket (close records).
+    pub bytes: u64,
+    /// Socket lifetime in ns (close records).
+    pub duration_ns: u64,
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    /// Real uid of the task.
+    pub uid: u32,
+    /// Generation of the policy maps that decided.
+    pub policy_generation: u32,
+    /// How many occurrences this record stands for (aggregation).
+    pub count: u32,
+    /// A [`FlowKind`] as `u8`.
+    pub kind: u8,
+    /// [`crate::net::AF_INET`] or [`crate::net::AF_INET6`], after v4-mapped
+    /// addresses are unwrapped.
+    pub family: u8,
+    /// [`crate::net::IPPROTO_TCP`] or [`crate::net::IPPROTO_UDP`].
+    pub protocol: u8,
+    /// Verdict code for the destination (0 = not evaluated).
+    pub verdict: u8,
+    /// Action taken (0 = observed only).
+    pub action: u8,
+    /// Explicit padding; always zero.
+    pub _pad0: u8,
+    /// Local port, host byte order (0 when not yet bound).
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad1: u16,
+    /// Local address (zero when not yet bound).
+    pub local_addr: [u8; 16],
+    /// Remote address.
+    pub remote_addr: [u8; 16],
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl FlowEvent {
+    /// An all-zero record, the starting point the kernel fills in.
+    pub const ZERO: Self = Self {
+        ktime_ns: 0,
+        cgroup_id: 0,
+        cookie: 0,
+        classes: 0,
+        bytes: 0,
+        duration_ns: 0,
+        pid: 0,
+        tgid: 0,
+        uid: 0,
+        policy_generation: 0,
+        count: 0,
+        kind: 0,
+        family: 0,
+        protocol: 0,
+        verdict: 0,
+        action: 0,
+        _pad0: 0,
+        local_port: 0,
+        remote_port: 0,
+        _pad1: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        comm: [0; COMM_LEN],
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_event_layout_is_fixed() {
+        assert_eq!(core::mem::size_of::<FlowEvent>(), 128);
+        assert_eq!(core::mem::align_of::<FlowEvent>(), 8);
+        assert_eq!(core::mem::offset_of!(FlowEvent, pid), 48);
+        assert_eq!(core::mem::offset_of!(FlowEvent, kind), 68);
+        assert_eq!(core::mem::offset_of!(FlowEvent, local_port), 74);
+        assert_eq!(core::mem::offset_of!(FlowEvent, local_addr), 80);
+        assert_eq!(core::mem::offset_of!(FlowEvent, remote_addr), 96);
+        assert_eq!(core::mem::offset_of!(FlowEvent, comm), 112);
+    }
+
+    #[test]
+    fn flow_kind_round_trips() {
+        for k in [
+            FlowKind::Connect,
+            FlowKind::Sendmsg,
+            FlowKind::Accept,
+            FlowKind::Close,
+        ] {
+            assert_eq!(FlowKind::from_raw(k as u8), Some(k));
+        }
+        assert_eq!(FlowKind::from_raw(0), None);
+    }
+}

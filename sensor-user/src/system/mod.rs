@@ -1,0 +1,4 @@
+//! Facts about the host that the sensor depends on.
+
+pub mod bpffs;
+pub mod mountinfo;
