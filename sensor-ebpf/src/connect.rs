@@ -46,11 +46,21 @@ pub fn destination6(ip6: [u32; 4], protocol: u8, port_be: u32) -> Destination {
     let w2 = ip6[2].to_ne_bytes();
     if ip6[0] == 0 && ip6[1] == 0 && w2 == [0, 0, 0xff, 0xff] {
         addr[..4].copy_from_slice(&ip6[3].to_ne_bytes());
-        return Destination { family: AF_INET, protocol, addr, port };
+        return Destination {
+            family: AF_INET,
+            protocol,
+            addr,
+            port,
+        };
     }
     addr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&w2);
     addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
-    Destination { family: AF_INET6, protocol, addr, port }
+    Destination {
+        family: AF_INET6,
+        protocol,
+        addr,
+        port,
+    }
 }

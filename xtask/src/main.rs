@@ -1,1 +1,67 @@
-fn main() {}
+//! Developer and CI automation: `cargo xtask <command>`.
+
+mod leaks;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Residency Sensor developer and CI tasks", long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Check for, and install when missing, everything the build and tests need:
+    /// Debian's BPF toolchain packages, bpf-linker built against LLVM 22, iproute2.
+    /// Idempotent; returns in seconds when everything is there.
+    Setup {
+        /// Only report what is missing; install nothing (exit 1 when incomplete).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the kernel object alone and print its path.
+    BuildEbpf,
+    /// The full test run CI does: fmt, clippy, unit tests and privileged
+    /// end-to-end tests (as root), with a leak check of kernel objects around it.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Cmd::Setup { check } => setup::run_setup(check),
+        Cmd::BuildEbpf => {
+            let root = workspace_root();
+            let object = sensor_build::build(&root, &root.join("target").join("bpf"))
+                .context("while building sensor-ebpf")?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Cmd::Test {
+            no_lint,
+            cargo_args,
+        } => test::run(!no_lint, &cargo_args),
+    }
+}

@@ -1,0 +1,142 @@
+//! Throw-away cgroups, and children started inside them.
+
+use std::{
+    fs,
+    io::Write,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use sensor_user::system::mountinfo;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Prefix of every cgroup the harness creates, directly under the v2 root.
+pub const PREFIX: &str = "residency-test-";
+
+/// A cgroup removed (after killing what is left in it) on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `residency-test-<pid>-<n>` under the cgroup v2 root, after removing
+    /// cgroups left behind by test processes that no longer exist.
+    pub fn create() -> TestCgroup {
+        let root = mountinfo::cgroup2_mount().expect("cgroup v2 must be mounted");
+        remove_stale(&root);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = root.join(format!("{PREFIX}{}-{n}", std::process::id()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes `cmd` start inside this cgroup: the child moves itself in between
+    /// fork and exec, so the program never runs outside it.
+    pub fn command(&self, mut cmd: Command) -> Command {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .expect("opening cgroup.procs");
+        // SAFETY: the closure only calls write(2) on an fd opened before fork
+        // (async-signal-safe); `procs` is moved in and outlives the call.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = procs.as_raw_fd();
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// pids currently in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        pids_in(&self.path)
+    }
+}
+
+fn pids_in(path: &Path) -> Vec<u32> {
+    fs::read_to_string(path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Kills everything in the cgroup and removes it, waiting up to 5 s for the
+/// processes to be reaped.
+fn destroy(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    // cgroup.kill (5.14+) kills the whole subtree atomically; fall back to
+    // signalling each pid.
+    if fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("cgroup.kill"))
+        .and_then(|mut f| f.write_all(b"1"))
+        .is_err()
+    {
+        for pid in pids_in(path) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::remove_dir(path).is_err() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn remove_stale(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            destroy(&entry.path());
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        destroy(&self.path);
+    }
+}
+
+/// Names of harness cgroups that currently exist (for leak checks).
+pub fn existing() -> Vec<String> {
+    let Ok(root) = mountinfo::cgroup2_mount() else {
+        return Vec::new();
+    };
+    fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(PREFIX))
+                .collect()
+        })
+        .unwrap_or_default()
+}

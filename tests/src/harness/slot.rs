@@ -1,0 +1,41 @@
+//! Slots: small integers that make kernel object names and fixture addresses
+//! unique across tests running in parallel, in one process or several.
+//!
+//! A slot is held by an exclusive `flock` on /run/residency-tests/slot-N.lock;
+//! the kernel releases it when the holder dies, so a crashed run never blocks a
+//! slot forever, and the next holder cleans whatever the dead one left.
+
+use std::{fs::File, path::PathBuf};
+
+/// How many slots exist (each holds a /30 in each fixture IPv4 range).
+pub const SLOT_COUNT: u8 = 60;
+
+/// Where the lock files live.
+const LOCK_DIR: &str = "/run/residency-tests";
+
+/// A held slot; the lock is released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    pub index: u8,
+    _lock: File,
+}
+
+impl Slot {
+    /// Claims the first free slot; panics when all are taken.
+    pub fn claim() -> Slot {
+        std::fs::create_dir_all(LOCK_DIR).expect("creating /run/residency-tests");
+        for index in 0..SLOT_COUNT {
+            let path = PathBuf::from(LOCK_DIR).join(format!("slot-{index}.lock"));
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            if file.try_lock().is_ok() {
+                return Slot { index, _lock: file };
+            }
+        }
+        panic!("all {SLOT_COUNT} test slots are in use: too many tests in parallel");
+    }
+}

@@ -1,0 +1,74 @@
+//! Leak check around the test suite: kernel objects the harness creates must all
+//! be gone when it ends (network namespaces, veths, cgroups, pinned objects).
+
+use std::{collections::BTreeSet, process::Command};
+
+/// What the harness could leave behind, by kind.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub netns: BTreeSet<String>,
+    pub links: BTreeSet<String>,
+    pub cgroups: BTreeSet<String>,
+    pub pins: BTreeSet<String>,
+}
+
+fn dir_names(path: &str, keep: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cgroup2_root() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (before, after) = l.split_once(" - ")?;
+        (after.split(' ').next()? == "cgroup2")
+            .then(|| before.split(' ').nth(4).map(str::to_owned))?
+    })
+}
+
+/// Takes a snapshot now.
+pub fn snapshot() -> Snapshot {
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| {
+                    l.split(": ")
+                        .nth(1)
+                        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+                })
+                .filter(|n| n.starts_with("rs"))
+                .collect()
+        })
+        .unwrap_or_default();
+    Snapshot {
+        netns: dir_names("/run/netns", |n| n.starts_with("rs-")),
+        links,
+        cgroups: cgroup2_root()
+            .map(|r| dir_names(&r, |n| n.starts_with("residency-test-")))
+            .unwrap_or_default(),
+        pins: dir_names("/sys/fs/bpf", |n| n != "maps.debug" && n != "progs.debug"),
+    }
+}
+
+/// Objects present in `after` but not in `before`, described for a human.
+pub fn leaked(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for (kind, b, a) in [
+        ("network namespace", &before.netns, &after.netns),
+        ("network link", &before.links, &after.links),
+        ("cgroup", &before.cgroups, &after.cgroups),
+        ("bpffs entry", &before.pins, &after.pins),
+    ] {
+        out.extend(a.difference(b).map(|n| format!("{kind} {n}")));
+    }
+    out
+}
