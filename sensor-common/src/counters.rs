@@ -4,7 +4,33 @@
 //! could not reserve, a map that was full) is counted here, so user space can
 //! report the loss explicitly: silence must never look like compliance.
 
-/// A flow record could not be reserved in the `EVENTS` ring buffer (it was full).
+/// A record could not be reserved in the `EVENTS` ring buffer (it was full).
 pub const RINGBUF_RESERVE_FAILED: u32 = 0;
+/// A process should have been tagged but the `TASKS` map was full: the process
+/// runs untagged (its connects are not judged). The agent reports this as an
+/// explicit gap; see the README ("When a map is full").
+pub const TAG_MAP_FULL: u32 = 1;
+/// A flow of a tagged process could not be tracked for byte counting (the `FLOWS`
+/// map was full): its close record will be missing.
+pub const FLOW_MAP_FULL: u32 = 2;
+/// An aggregation entry could not be stored (LRU map insert failed): the record
+/// was sent un-aggregated, so nothing is lost.
+pub const AGG_MAP_FULL: u32 = 3;
+/// Violations seen (before aggregation), all classes.
+pub const VIOLATIONS: u32 = 4;
+/// Calls denied with EPERM.
+pub const DENIED: u32 = 5;
 /// Number of counters; the size of the `COUNTERS` map.
 pub const COUNTER_COUNT: u32 = 8;
+
+/// Human names, indexed like the counters (for logs and metrics).
+pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
+    "ringbuf_reserve_failed",
+    "tag_map_full",
+    "flow_map_full",
+    "agg_map_full",
+    "violations",
+    "denied",
+    "reserved6",
+    "reserved7",
+];

@@ -1,4 +1,4 @@
-//! Filling and submitting flow records.
+//! Records to user space: filling, aggregation, submission.
 
 use aya_ebpf::{
     EbpfContext,
@@ -7,42 +7,104 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
 };
-use sensor_common::{counters::RINGBUF_RESERVE_FAILED, flow::FlowEvent};
+use sensor_common::{
+    counters::{AGG_MAP_FULL, RINGBUF_RESERVE_FAILED},
+    flow::{AggKey, AggState, FlowEvent},
+};
 
-use crate::maps::{EVENTS, count};
+use crate::maps::{AGG, EVENTS, count};
 
 /// Destination of a socket operation, already unwrapped from v4-mapped IPv6.
 pub struct Destination {
     pub family: u8,
     pub protocol: u8,
+    /// As reported: IPv4 in the first 4 bytes, IPv6 in all 16.
     pub addr: [u8; 16],
+    /// Map form (v4-mapped for IPv4), for lookups.
+    pub key: [u8; 16],
     pub port: u16,
 }
 
-/// Reserves a record, fills the task and socket fields, and submits it. When the
-/// ring buffer is full the loss is counted, never silent.
+/// A record with the task fields filled in.
 #[inline(always)]
-pub fn flow_record<C: EbpfContext>(ctx: &C, kind: u8, dst: &Destination) {
-    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        count(RINGBUF_RESERVE_FAILED);
-        return;
-    };
+pub fn task_record(kind: u8) -> FlowEvent {
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut ev = FlowEvent::ZERO;
+    // SAFETY: helpers without pointer arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: plain helper calls without pointer arguments other than the context.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.pid = pid_tgid as u32;
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
     ev.count = 1;
     ev.kind = kind;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev
+}
+
+/// Submits a record; a full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn submit(ev: &FlowEvent) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(0);
+        }
+        None => count(RINGBUF_RESERVE_FAILED),
+    }
+}
+
+/// Decides whether a flow record is sent now, folding repeats within
+/// `interval_ns` into the next record's count. Returns the count to report, or
+/// 0 when this occurrence was folded.
+#[inline(always)]
+pub fn aggregate(tgid: u32, dst: &Destination, action: u8, now: u64, interval_ns: u64) -> u32 {
+    if interval_ns == 0 {
+        return 1;
+    }
+    let key = AggKey {
+        tgid,
+        port: dst.port,
+        protocol: dst.protocol,
+        action,
+        addr: dst.key,
+    };
+    match AGG.get_ptr_mut(&key) {
+        Some(state) => {
+            // SAFETY: pointer from a successful lookup, valid for this run.
+            let state = unsafe { &mut *state };
+            if now.wrapping_sub(state.last_ns) < interval_ns {
+                state.suppressed = state.suppressed.wrapping_add(1);
+                0
+            } else {
+                let n = state.suppressed.wrapping_add(1);
+                state.last_ns = now;
+                state.suppressed = 0;
+                n
+            }
+        }
+        None => {
+            let fresh = AggState {
+                last_ns: now,
+                suppressed: 0,
+                _pad: 0,
+            };
+            if AGG.insert(&key, &fresh, 0).is_err() {
+                count(AGG_MAP_FULL);
+            }
+            1
+        }
+    }
+}
+
+/// Sends a flow record about a socket operation.
+#[inline(always)]
+pub fn flow_record<C: EbpfContext>(ctx: &C, mut ev: FlowEvent, dst: &Destination) {
+    // SAFETY: the context is the program's own.
+    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.family = dst.family;
     ev.protocol = dst.protocol;
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    entry.write(ev);
-    entry.submit(0);
+    submit(&ev);
 }

@@ -1,11 +1,20 @@
 //! Residency Sensor kernel programs. This file only declares them; each hook
 //! family lives in its own module, the maps in `maps.rs`.
+//!
+//! - `connect.rs`: cgroup connect4/connect6 (TCP connect, UDP connect).
+//! - `sendmsg.rs`: cgroup sendmsg4/sendmsg6 (unconnected UDP sendto/sendmsg).
+//! - `process.rs`: exec/fork/exit tracepoints (tagging and its lifetime).
+//! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
+//! - `emit.rs`: records to user space, with aggregation.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod decide;
 mod emit;
 mod maps;
+mod process;
+mod sendmsg;
 
 #[cfg(not(test))]
 #[panic_handler]
@@ -14,7 +23,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The kernel refuses GPL-only helpers (ring buffer, cgroup id) to non-GPL programs.
+/// The kernel refuses GPL-only helpers (ring buffer, probe_read) to non-GPL programs.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

@@ -2,12 +2,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use sensor_common::counters::COUNTER_COUNT;
+use sensor_common::{
+    counters::COUNTER_COUNT,
+    flow::{AggKey, AggState},
+    policy::{Config, MAX_CLASSES, TaintSource, VerdictKey},
+    tag::{ExeKey, TaskTag},
+};
 
-/// Flow records to user space. 4 MiB = 32k records of 128 bytes: room for a
-/// burst while the agent's drain task is descheduled.
+/// Records to user space. 4 MiB = 32k records of 128 bytes: room for a burst
+/// while the agent's drain task is descheduled.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
@@ -15,12 +20,84 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// Host-wide configuration (index 0).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Mode per class id (`sensor_common::policy::mode`).
+#[map]
+pub static MODES: Array<u8> = Array::with_max_entries(MAX_CLASSES, 0);
+
+/// Processes that carry classes: tgid → classes.
+#[map]
+pub static TASKS: HashMap<u32, TaskTag> = HashMap::with_max_entries(65_536, 0);
+
+/// Selectors, evaluated at exec: cgroup id (the cgroup or any ancestor), uid,
+/// executable identity → classes.
+#[map]
+pub static CGROUP_SELECTORS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static UID_SELECTORS: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static EXE_SELECTORS: HashMap<ExeKey, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Destination verdicts per class, double-buffered: user space fills the
+/// inactive one, then flips `Config::active_verdicts` in one map write.
+#[map]
+pub static VERDICTS_A: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(1 << 20, 0);
+#[map]
+pub static VERDICTS_B: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(1 << 20, 0);
+
+/// Destinations that are never violations (collector, resolvers, control plane,
+/// the host's own addresses), map-form addresses.
+#[map]
+pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(4096, 0);
+
+/// Taint sources: connecting there tags the process.
+#[map]
+pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(4096, 0);
+
+/// Aggregation state of recent flows.
+#[map]
+pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Adds one to counter `index` on this CPU.
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU's program instance touches it while
-        // it runs (programs are not preempted mid-run on the same CPU).
+        // SAFETY: per-CPU slot; programs are not preempted mid-run on one CPU.
         unsafe { *slot += 1 };
     }
 }
+
+/// The configuration, or the defaults before user space wrote one.
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::DEFAULT,
+    }
+}
+
+/// Per-class results of one judgement (see `decide.rs` for why in a map).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Judgement {
+    pub judged: u64,
+    pub violating: u64,
+    pub worst: u64,
+    pub enforce: u64,
+}
+
+impl Judgement {
+    pub const ZERO: Self = Self {
+        judged: 0,
+        violating: 0,
+        worst: 0,
+        enforce: 0,
+    };
+}
+
+/// Scratch space for `decide::judge` (one slot per CPU).
+#[map]
+pub static SCRATCH: PerCpuArray<Judgement> = PerCpuArray::with_max_entries(1, 0);

@@ -16,9 +16,10 @@ pub enum SensorError {
     )]
     NoCgroup2,
     #[error(
-        "mounting bpffs at {path} failed: {source}; mount it by hand with `mount -t bpf bpf {path}`"
+        "mounting {fs} at {path} failed: {source}; mount it by hand with `mount -t {fs} {fs} {path}`"
     )]
-    MountBpffs {
+    Mount {
+        fs: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -31,6 +32,10 @@ pub enum SensorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("selector {what}: {reason}")]
+    Selector { what: String, reason: String },
+    #[error("class id {0} is out of range: class ids are 0..64")]
+    ClassOutOfRange(u8),
     #[error("loading the kernel object failed: {0} (run `sensord --preflight` to check the host)")]
     Load(#[from] aya::EbpfError),
     #[error("kernel program {name}: {source}")]

@@ -3,14 +3,20 @@
 //!
 //! - [`system`]: facts about the host (cgroup v2 and bpffs mounts).
 //! - [`preflight`]: explains why the sensor cannot run here, before it tries.
-//! - [`loader`]: loads the embedded kernel object, attaches and detaches it.
+//! - [`kernel`]: the loaded kernel object: attach, tag, judge, configure.
+//! - [`procscan`]: tags processes already running when the agent starts.
 //! - [`events`]: reads flow records out of the kernel's ring buffer.
+//! - [`ledger`]: why each process carries its classes.
+//! - [`clock`]: wall-clock time for kernel timestamps.
 //! - [`errors`]: the crate's error type.
 
+pub mod clock;
 pub mod errors;
 pub mod events;
-pub mod loader;
+pub mod kernel;
+pub mod ledger;
 pub mod preflight;
+pub mod procscan;
 pub mod system;
 
 pub use errors::SensorError;

@@ -18,6 +18,9 @@ pub enum FlowKind {
     Accept = 3,
     /// The socket closed; `bytes` and `duration_ns` are filled.
     Close = 4,
+    /// The process got classes (`classes`), for `reason`
+    /// ([`crate::tag::reason`]); `detail` says which selector.
+    Tag = 5,
 }
 
 impl FlowKind {
@@ -28,6 +31,7 @@ impl FlowKind {
             2 => Some(Self::Sendmsg),
             3 => Some(Self::Accept),
             4 => Some(Self::Close),
+            5 => Some(Self::Tag),
             _ => None,
         }
     }
@@ -47,10 +51,13 @@ pub struct FlowEvent {
     pub cgroup_id: u64,
     /// `bpf_get_socket_cookie()`: stable id of the socket for its lifetime.
     pub cookie: u64,
-    /// Data classes the task carried, one bit per class id.
+    /// Data classes: for flows, the classes whose verdict is reported (the
+    /// violating ones for a violation, all judged ones otherwise); for tags,
+    /// the classes added.
     pub classes: u64,
-    /// Bytes sent on the socket (close records).
-    pub bytes: u64,
+    /// Close records: bytes sent on the socket. Tag records: the selector detail
+    /// (cgroup id, uid or inode, see [`crate::tag::reason`]).
+    pub detail: u64,
     /// Socket lifetime in ns (close records).
     pub duration_ns: u64,
     /// Thread id (kernel pid).
@@ -70,12 +77,12 @@ pub struct FlowEvent {
     pub family: u8,
     /// [`crate::net::IPPROTO_TCP`] or [`crate::net::IPPROTO_UDP`].
     pub protocol: u8,
-    /// Verdict code for the destination (0 = not evaluated).
+    /// Verdict for the destination ([`crate::policy::verdict`]).
     pub verdict: u8,
-    /// Action taken (0 = observed only).
+    /// Action taken ([`crate::policy::action`]).
     pub action: u8,
-    /// Explicit padding; always zero.
-    pub _pad0: u8,
+    /// Tag records: why ([`crate::tag::reason`]); 0 otherwise.
+    pub reason: u8,
     /// Local port, host byte order (0 when not yet bound).
     pub local_port: u16,
     /// Remote port, host byte order.
@@ -97,7 +104,7 @@ impl FlowEvent {
         cgroup_id: 0,
         cookie: 0,
         classes: 0,
-        bytes: 0,
+        detail: 0,
         duration_ns: 0,
         pid: 0,
         tgid: 0,
@@ -109,7 +116,7 @@ impl FlowEvent {
         protocol: 0,
         verdict: 0,
         action: 0,
-        _pad0: 0,
+        reason: 0,
         local_port: 0,
         remote_port: 0,
         _pad1: 0,
@@ -117,6 +124,30 @@ impl FlowEvent {
         remote_addr: [0; 16],
         comm: [0; COMM_LEN],
     };
+}
+
+/// Key of the kernel's `AGG` LRU map: repeated flows with the same key within
+/// `Config::agg_interval_ns` are folded into one record with a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AggKey {
+    pub tgid: u32,
+    pub port: u16,
+    pub protocol: u8,
+    pub action: u8,
+    /// Map-form remote address.
+    pub addr: [u8; 16],
+}
+
+/// Value of the `AGG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AggState {
+    /// When the last record for this key was sent.
+    pub last_ns: u64,
+    /// Occurrences folded since then (reported as `count - 1` of the next record).
+    pub suppressed: u32,
+    pub _pad: u32,
 }
 
 #[cfg(test)]
@@ -133,6 +164,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowEvent, local_addr), 80);
         assert_eq!(core::mem::offset_of!(FlowEvent, remote_addr), 96);
         assert_eq!(core::mem::offset_of!(FlowEvent, comm), 112);
+        assert_eq!(core::mem::size_of::<AggKey>(), 24);
+        assert_eq!(core::mem::size_of::<AggState>(), 16);
     }
 
     #[test]

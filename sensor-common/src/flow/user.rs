@@ -6,9 +6,7 @@ use std::string::String;
 use super::{FlowEvent, FlowKind};
 use crate::net::AF_INET;
 
-// SAFETY: FlowEvent is repr(C), Copy, has explicit padding fields and no
-// pointers, so every bit pattern of its size is a valid value.
-unsafe impl aya::Pod for FlowEvent {}
+crate::pod!(FlowEvent, super::AggKey, super::AggState);
 
 fn ip_from(family: u8, raw: &[u8; 16]) -> IpAddr {
     if family == AF_INET {

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use sensor_user::{loader::KernelSensor, preflight, system::mountinfo};
+use sensor_user::{kernel::KernelSensor, ledger::TagLedger, preflight, system::mountinfo};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -71,8 +71,9 @@ async fn main() -> anyhow::Result<()> {
         None => mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?,
     };
     let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
+    let mut ledger = TagLedger::default();
     sensor
-        .attach_cgroup(&cgroup)
+        .attach(&cgroup)
         .with_context(|| format!("while attaching to cgroup {}", cgroup.display()))?;
     info!(cgroup = %cgroup.display(), "sensor attached");
 
@@ -94,6 +95,10 @@ async fn main() -> anyhow::Result<()> {
                 guard.get_inner_mut().drain(&mut batch);
                 guard.clear_ready();
                 for ev in &batch {
+                    if ledger.record_event(ev, sensor.selectors()) {
+                        info!(tgid = ev.tgid, classes = ev.classes, reason = ev.reason, detail = ev.detail, "process tagged");
+                        continue;
+                    }
                     info!(
                         kind = ?ev.flow_kind(),
                         pid = ev.pid,
@@ -104,6 +109,11 @@ async fn main() -> anyhow::Result<()> {
                         protocol = ev.protocol,
                         remote = %ev.remote(),
                         cookie = ev.cookie,
+                        classes = ev.classes,
+                        verdict = ev.verdict,
+                        action = ev.action,
+                        count = ev.count,
+                        generation = ev.policy_generation,
                         "flow"
                     );
                 }

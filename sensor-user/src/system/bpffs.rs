@@ -19,7 +19,8 @@ pub fn ensure_mounted() -> Result<PathBuf, SensorError> {
         return Ok(p);
     }
     let path = Path::new(DEFAULT_BPFFS);
-    let mount_err = |source| SensorError::MountBpffs {
+    let mount_err = |source| SensorError::Mount {
+        fs: "bpf",
         path: path.to_owned(),
         source,
     };

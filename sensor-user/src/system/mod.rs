@@ -1,4 +1,6 @@
 //! Facts about the host that the sensor depends on.
 
 pub mod bpffs;
+pub mod btf;
 pub mod mountinfo;
+pub mod tracefs;

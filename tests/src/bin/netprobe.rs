@@ -1,77 +1,126 @@
-//! netprobe: does one network operation and prints what happened as one JSON
-//! line: `{"pid":N,"errno":E,"failed_call":"connect"}` (errno 0 = success).
+//! netprobe: does network operations and prints what happened as one JSON line:
+//! `{"pid":P,"tid":T,"errno":[E1,E2,…]}` — the process and thread that made the
+//! calls, and one errno per operation (0 = success).
 //!
-//! Usage:
-//!   netprobe tcp-connect ADDR:PORT        connect, send 4 bytes, close
-//!   netprobe udp-connect-send ADDR:PORT   connect a UDP socket, send one datagram
-//!   netprobe udp-sendto ADDR:PORT         sendto on an unconnected UDP socket
+//! Usage: netprobe [--wait-stdin] [--fork|--thread] OP TARGET [OP TARGET]…
 //!
-//! IPv6 addresses are written [addr]:port; an IPv4-mapped one ([::ffff:a.b.c.d])
-//! makes a dual-stack IPv6 socket talk IPv4.
+//! Operations:
+//!   tcp-connect ADDR:PORT        connect, send 4 bytes, close
+//!   udp-connect-send ADDR:PORT   connect a UDP socket, send one datagram
+//!   udp-sendto ADDR:PORT         sendto on an unconnected UDP socket
+//!   tcp-serve ADDR:PORT          listen, accept one connection, close
+//!
+//! `--wait-stdin` waits for a line on stdin first (so a test can tag the process
+//! before it acts); `--fork` makes a child process do the operations (the child
+//! prints), `--thread` a new thread. IPv6 addresses are written [addr]:port; an
+//! IPv4-mapped one ([::ffff:a.b.c.d]) makes a dual-stack socket talk IPv4.
 
 use std::{
-    io::Write,
-    net::{SocketAddr, TcpStream, UdpSocket},
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
-
-fn report(errno: i32, call: &str) -> ! {
-    println!(
-        "{{\"pid\":{},\"errno\":{errno},\"failed_call\":\"{call}\"}}",
-        std::process::id()
-    );
-    std::process::exit(0);
-}
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: netprobe tcp-connect|udp-connect-send|udp-sendto ADDR:PORT");
-        std::process::exit(2);
-    }
-    let addr: SocketAddr = args[2].parse().unwrap_or_else(|e| {
-        eprintln!("netprobe: {:?} is not ADDR:PORT: {e}", args[2]);
-        std::process::exit(2);
-    });
-    let unspecified: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    match args[1].as_str() {
-        "tcp-connect" => match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-            Ok(mut s) => {
-                if let Err(e) = s.write_all(b"ping") {
-                    report(errno_of(&e), "send");
-                }
-                report(0, "")
-            }
-            Err(e) => report(errno_of(&e), "connect"),
-        },
-        "udp-connect-send" => {
-            let s = UdpSocket::bind(unspecified).unwrap_or_else(|e| report(errno_of(&e), "bind"));
-            if let Err(e) = s.connect(addr) {
-                report(errno_of(&e), "connect");
-            }
-            match s.send(b"ping") {
-                Ok(_) => report(0, ""),
-                Err(e) => report(errno_of(&e), "send"),
-            }
-        }
-        "udp-sendto" => {
-            let s = UdpSocket::bind(unspecified).unwrap_or_else(|e| report(errno_of(&e), "bind"));
-            match s.send_to(b"ping", addr) {
-                Ok(_) => report(0, ""),
-                Err(e) => report(errno_of(&e), "sendto"),
-            }
-        }
+fn unspecified(addr: &SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") }
+}
+
+fn run_op(op: &str, addr: SocketAddr) -> i32 {
+    let result = match op {
+        "tcp-connect" => TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|mut s| s.write_all(b"ping")),
+        "udp-connect-send" => UdpSocket::bind(unspecified(&addr))
+            .and_then(|s| s.connect(addr).map(|_| s))
+            .and_then(|s| s.send(b"ping").map(|_| ())),
+        "udp-sendto" => UdpSocket::bind(unspecified(&addr)).and_then(|s| s.send_to(b"ping", addr).map(|_| ())),
+        "tcp-serve" => TcpListener::bind(addr).and_then(|l| {
+            // Tell the test we listen, then accept one connection.
+            println!("{{\"listening\":{}}}", l.local_addr()?.port());
+            std::io::stdout().flush()?;
+            let (mut s, _) = l.accept()?;
+            let mut buf = [0u8; 4];
+            let _ = s.read(&mut buf);
+            Ok(())
+        }),
         other => {
             eprintln!("netprobe: unknown operation {other:?}");
             std::process::exit(2);
         }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => errno_of(&e),
+    }
+}
+
+fn run_all(ops: &[(String, SocketAddr)]) -> (u32, Vec<i32>) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    (tid, ops.iter().map(|(op, addr)| run_op(op, *addr)).collect())
+}
+
+fn report(tid: u32, errnos: &[i32]) {
+    let list: Vec<String> = errnos.iter().map(i32::to_string).collect();
+    println!("{{\"pid\":{},\"tid\":{tid},\"errno\":[{}]}}", std::process::id(), list.join(","));
+    let _ = std::io::stdout().flush();
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut take_flag = |f: &str| {
+        let found = args.iter().position(|a| a == f);
+        if let Some(i) = found {
+            args.remove(i);
+        }
+        found.is_some()
+    };
+    let wait = take_flag("--wait-stdin");
+    let fork = take_flag("--fork");
+    let thread = take_flag("--thread");
+    if args.is_empty() || args.len() % 2 != 0 {
+        eprintln!("usage: netprobe [--wait-stdin] [--fork|--thread] OP ADDR:PORT [OP ADDR:PORT]…");
+        std::process::exit(2);
+    }
+    let ops: Vec<(String, SocketAddr)> = args
+        .chunks(2)
+        .map(|c| {
+            let addr = c[1].parse().unwrap_or_else(|e| {
+                eprintln!("netprobe: {:?} is not ADDR:PORT: {e}", c[1]);
+                std::process::exit(2);
+            });
+            (c[0].clone(), addr)
+        })
+        .collect();
+    if wait {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    if fork {
+        // SAFETY: single-threaded here; the child only runs plain Rust and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                let (tid, errnos) = run_all(&ops);
+                report(tid, &errnos);
+                std::process::exit(0);
+            }
+            child if child > 0 => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+            _ => {
+                eprintln!("netprobe: fork failed: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+        }
+    } else if thread {
+        let (tid, errnos) = std::thread::spawn(move || run_all(&ops)).join().expect("probe thread");
+        report(tid, &errnos);
+    } else {
+        let (tid, errnos) = run_all(&ops);
+        report(tid, &errnos);
     }
 }

@@ -2,4 +2,6 @@ pub mod cgroup;
 pub mod netns;
 pub mod privilege;
 pub mod probe;
+pub mod scenario;
+pub mod sensor;
 pub mod slot;

@@ -1,43 +1,120 @@
 //! Running `netprobe` (this crate's helper binary) and reading its report.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+/// Path of the netprobe binary. Cargo builds it next to the test binaries'
+/// directory (`target/<profile>/netprobe`, tests in `target/<profile>/deps/`).
+pub fn netprobe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("netprobe");
+    assert!(path.is_file(), "netprobe is not built at {} (cargo test builds it)", path.display());
+    path
+}
 
 /// What one netprobe run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
-    /// The probe's pid (= tgid), as the kernel reports it.
+    /// The pid (= tgid) of the process that made the calls.
     pub pid: u32,
-    /// errno of the failed call, 0 on success.
-    pub errno: i32,
-    /// Which call failed ("" on success).
-    pub failed_call: String,
+    /// The thread that made the calls.
+    pub tid: u32,
+    /// One errno per operation, 0 on success.
+    pub errnos: Vec<i32>,
 }
 
-/// Path of the netprobe binary. Integration tests get it from cargo
-/// (`CARGO_BIN_EXE_netprobe`); pass that in.
-pub fn command(netprobe: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(netprobe);
+impl ProbeResult {
+    /// The errno of the first operation.
+    pub fn errno(&self) -> i32 {
+        self.errnos[0]
+    }
+}
+
+/// A netprobe command: `args` as on its command line.
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(netprobe());
     c.args(args);
     c
 }
 
-/// Runs the command to completion and parses the JSON line netprobe prints.
-pub fn run(mut cmd: Command) -> ProbeResult {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "{cmd:?} printed nothing; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+/// Parses netprobe's report line.
+pub fn parse(line: &str) -> ProbeResult {
     let v: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("netprobe output {line:?}: {e}"));
     ProbeResult {
         pid: v["pid"].as_u64().expect("pid") as u32,
-        errno: v["errno"].as_i64().expect("errno") as i32,
-        failed_call: v["failed_call"].as_str().unwrap_or("").to_owned(),
+        tid: v["tid"].as_u64().expect("tid") as u32,
+        errnos: v["errno"].as_array().expect("errno").iter().map(|e| e.as_i64().expect("errno") as i32).collect(),
+    }
+}
+
+/// Runs the command to completion and parses its report.
+pub fn run(mut cmd: Command) -> ProbeResult {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.contains("\"errno\"")).unwrap_or_else(|| {
+        panic!("{cmd:?} printed no report; stdout: {stdout} stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    parse(line)
+}
+
+/// A probe started with `--wait-stdin` (or any command reading a line): it waits
+/// until [`Waiting::go`], so the test can tag it first.
+pub struct Waiting {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Waiting {
+    /// Starts `cmd` with piped stdin/stdout.
+    pub fn start(mut cmd: Command) -> Waiting {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Waiting { child, stdin, stdout }
+    }
+
+    /// The waiting process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it go and returns its report.
+    pub fn go(mut self) -> ProbeResult {
+        if let Some(mut stdin) = self.stdin.take() {
+            stdin.write_all(b"go\n").expect("writing to the probe");
+        }
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("reading the probe");
+            assert!(n > 0, "probe exited without a report");
+            if line.contains("\"errno\"") {
+                let _ = self.child.wait();
+                return parse(line.trim());
+            }
+        }
+    }
+
+    /// Reads the next line the process prints (e.g. `{"listening":PORT}`).
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reading the probe");
+        line
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,131 @@
+//! What the kernel needs to judge a destination: verdicts, modes, failsafe and
+//! taint prefixes, and the host-wide configuration.
+
+/// Highest number of data classes (class ids are `0..MAX_CLASSES`, one bit each
+/// in a `u64` class mask).
+pub const MAX_CLASSES: u32 = 64;
+
+/// Verdict for a destination, per class.
+pub mod verdict {
+    /// Not evaluated (the process carried no class with a mode other than off).
+    pub const NONE: u8 = 0;
+    /// The destination is inside the class's allowed set.
+    pub const ALLOW: u8 = 1;
+    /// The destination is outside the allowed set.
+    pub const DENY: u8 = 2;
+    /// No prefix in the verdict table covers the destination.
+    pub const UNKNOWN: u8 = 3;
+}
+
+/// What the kernel did about a flow.
+pub mod action {
+    /// Allowed; recorded as a flow only.
+    pub const NONE: u8 = 0;
+    /// A violation, reported (monitor mode).
+    pub const REPORTED: u8 = 1;
+    /// A violation, denied with EPERM (enforce mode).
+    pub const DENIED: u8 = 2;
+}
+
+/// Per-class enforcement mode (`MODES` map values).
+pub mod mode {
+    /// Nothing is judged or reported for the class.
+    pub const OFF: u8 = 0;
+    /// Violations are reported.
+    pub const MONITOR: u8 = 1;
+    /// Violations are reported and denied (EPERM, no packet leaves).
+    pub const ENFORCE: u8 = 2;
+}
+
+/// Key of the `VERDICTS_*` LPM tries: the class id (big-endian, so the first 32
+/// bits of every prefix pin the class) followed by the map-form address.
+/// Prefix length = 32 + address prefix length (v4 prefixes: 32 + 96 + len).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictKey {
+    /// Class id, big-endian bytes.
+    pub class_be: [u8; 4],
+    /// Map-form address (see [`crate::net`]).
+    pub addr: [u8; 16],
+}
+
+/// Bits of the class part of a [`VerdictKey`] prefix.
+pub const VERDICT_CLASS_BITS: u32 = 32;
+
+/// Value of the `TAINT` LPM trie (key: map-form address): connecting to this
+/// prefix on a port in `port_lo..=port_hi` tags the process with `classes`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaintSource {
+    pub classes: u64,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad: u32,
+}
+
+/// Host-wide configuration, index 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Generation of the policy in force; copied into every record.
+    pub generation: u32,
+    /// Which verdict trie is live: 0 = `VERDICTS_A`, 1 = `VERDICTS_B`.
+    pub active_verdicts: u32,
+    /// Window in which repeated flows of one process to one destination are
+    /// folded into one record with a count (0 = no aggregation).
+    pub agg_interval_ns: u64,
+    /// 1 when a destination with no verdict counts as a violation (the default).
+    pub unknown_is_violation: u8,
+    pub _pad: [u8; 7],
+    /// Offsets (from BTF, filled by user space) to read the executable's inode:
+    /// task_struct.mm, mm_struct.exe_file, file.f_inode, inode.i_ino,
+    /// inode.i_sb, super_block.s_dev. All zero: exe selectors are off.
+    pub off_task_mm: u32,
+    pub off_mm_exe_file: u32,
+    pub off_file_inode: u32,
+    pub off_inode_ino: u32,
+    pub off_inode_sb: u32,
+    pub off_sb_dev: u32,
+    /// Offset of `child_pid` in the sched_process_fork tracepoint record (from
+    /// tracefs; it moved between kernels). 0: fork inheritance is off.
+    pub tp_fork_child_pid: u32,
+    /// Offset of `group_dead` in sched_process_exit (0: absent; the process entry
+    /// is then removed when the thread-group leader exits).
+    pub tp_exit_group_dead: u32,
+}
+
+impl Config {
+    /// The configuration before user space writes one: no aggregation, unknown
+    /// destinations are violations, exe selectors off.
+    pub const DEFAULT: Self = Self {
+        generation: 0,
+        active_verdicts: 0,
+        agg_interval_ns: 0,
+        unknown_is_violation: 1,
+        _pad: [0; 7],
+        off_task_mm: 0,
+        off_mm_exe_file: 0,
+        off_file_inode: 0,
+        off_inode_ino: 0,
+        off_inode_sb: 0,
+        off_sb_dev: 0,
+        tp_fork_child_pid: 0,
+        tp_exit_group_dead: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+crate::pod!(VerdictKey, TaintSource, Config);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
+        assert_eq!(core::mem::size_of::<TaintSource>(), 16);
+        assert_eq!(core::mem::size_of::<Config>(), 56);
+        assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);
+    }
+}

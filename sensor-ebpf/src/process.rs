@@ -1,0 +1,193 @@
+//! Process lifetime: tagging at exec, inheritance at fork, removal at exit.
+//!
+//! Selectors are evaluated at exec, when the process becomes the program it
+//! will be: container runtimes and systemd move a process into its cgroup and
+//! then exec, so a cgroup selector catches every unit or container process. A
+//! process's existing classes are kept across exec (tags survive exec).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{
+    counters::TAG_MAP_FULL,
+    flow::FlowKind,
+    policy::Config,
+    tag::{ExeKey, TaskTag, reason},
+};
+
+use crate::{
+    emit::{submit, task_record},
+    maps::{CGROUP_SELECTORS, EXE_SELECTORS, TASKS, UID_SELECTORS, config, count},
+};
+
+/// Deepest cgroup nesting we look through for a cgroup selector.
+const MAX_CGROUP_DEPTH: i32 = 16;
+
+fn tag_record(classes: u64, why: u8, detail: u64, generation: u32) {
+    let mut ev = task_record(FlowKind::Tag as u8);
+    ev.classes = classes;
+    ev.reason = why;
+    ev.detail = detail;
+    ev.policy_generation = generation;
+    submit(&ev);
+}
+
+/// Reads the (dev, inode) of the current task's executable through the BTF
+/// offsets user space put in the config. `None` when the offsets are unset or a
+/// read fails.
+#[inline(always)]
+fn current_exe(cfg: &Config) -> Option<ExeKey> {
+    if cfg.off_task_mm == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address; a bad offset only
+    // makes a read fail.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 =
+            bpf_probe_read_kernel(task.add(cfg.off_task_mm as usize).cast()).ok()?;
+        let file: *const u8 =
+            bpf_probe_read_kernel(mm.add(cfg.off_mm_exe_file as usize).cast()).ok()?;
+        let inode: *const u8 =
+            bpf_probe_read_kernel(file.add(cfg.off_file_inode as usize).cast()).ok()?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(cfg.off_inode_ino as usize).cast()).ok()?;
+        let sb: *const u8 =
+            bpf_probe_read_kernel(inode.add(cfg.off_inode_sb as usize).cast()).ok()?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(cfg.off_sb_dev as usize).cast()).ok()?;
+        Some(ExeKey {
+            dev: u64::from(dev),
+            ino,
+        })
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn on_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let existing = unsafe { TASKS.get(&tgid) }.map(|t| t.classes).unwrap_or(0);
+    let cfg = config();
+    let mut added = 0u64;
+
+    let mut cgroup_match = 0u64;
+    let mut cgroup_id = 0u64;
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: helper without pointer arguments; 0 past the task's depth.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: copied out at once.
+        if let Some(c) = unsafe { CGROUP_SELECTORS.get(&id) } {
+            cgroup_match |= *c;
+            cgroup_id = id;
+        }
+    }
+    let uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: copied out at once.
+    let uid_match = unsafe { UID_SELECTORS.get(&uid) }.copied().unwrap_or(0);
+    let exe = current_exe(&cfg);
+    let exe_match = match &exe {
+        // SAFETY: copied out at once.
+        Some(k) => unsafe { EXE_SELECTORS.get(k) }.copied().unwrap_or(0),
+        None => 0,
+    };
+    added |= cgroup_match | uid_match | exe_match;
+    let new = added & !existing;
+    if new == 0 {
+        return 0;
+    }
+    if TASKS
+        .insert(
+            &tgid,
+            &TaskTag {
+                classes: existing | added,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(TAG_MAP_FULL);
+        return 0;
+    }
+    if cgroup_match & new != 0 {
+        tag_record(
+            cgroup_match & new,
+            reason::CGROUP,
+            cgroup_id,
+            cfg.generation,
+        );
+    }
+    if uid_match & new != 0 {
+        tag_record(uid_match & new, reason::UID, u64::from(uid), cfg.generation);
+    }
+    if exe_match & new != 0 {
+        tag_record(
+            exe_match & new,
+            reason::EXE,
+            exe.map(|e| e.ino).unwrap_or(0),
+            cfg.generation,
+        );
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn on_fork(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.tp_fork_child_pid == 0 {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let Some(tag) = (unsafe { TASKS.get(&parent) }).copied() else {
+        return 0;
+    };
+    // SAFETY: offset read from the tracepoint's format by user space.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg.tp_fork_child_pid as usize) }) else {
+        return 0;
+    };
+    // For a new thread child is a thread id: the entry is unused (lookups are by
+    // tgid) and removed when the thread exits.
+    if TASKS.insert(&(child as u32), &tag, 0).is_err() {
+        count(TAG_MAP_FULL);
+        return 0;
+    }
+    let mut ev = task_record(FlowKind::Tag as u8);
+    ev.pid = child as u32;
+    ev.tgid = child as u32;
+    ev.classes = tag.classes;
+    ev.reason = reason::INHERITED;
+    ev.detail = u64::from(parent);
+    ev.policy_generation = cfg.generation;
+    submit(&ev);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn on_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid != tgid {
+        let _ = TASKS.remove(&pid);
+    }
+    let cfg = config();
+    let group_dead = if cfg.tp_exit_group_dead != 0 {
+        // SAFETY: offset read from the tracepoint's format by user space.
+        unsafe { ctx.read_at::<u8>(cfg.tp_exit_group_dead as usize) }
+            .map(|b| b != 0)
+            .unwrap_or(pid == tgid)
+    } else {
+        pid == tgid
+    };
+    if group_dead {
+        let _ = TASKS.remove(&tgid);
+    }
+    0
+}

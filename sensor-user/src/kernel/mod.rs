@@ -1,0 +1,200 @@
+//! The loaded kernel side of the sensor: [`KernelSensor`] owns the eBPF object,
+//! its programs and maps.
+//!
+//! One owner, no global lock: the daemon keeps it in one task and sends it
+//! commands. Dropping it detaches every program (aya detaches the links it
+//! holds), so a crashed test or a stopped agent leaves nothing attached.
+//!
+//! - this file: loading, attaching, configuration, counters;
+//! - [`tagging`]: which processes carry which classes (tasks, selectors, taint);
+//! - [`verdicts`]: modes and the per-class destination verdicts.
+
+pub mod tagging;
+pub mod verdicts;
+
+use std::{fs::File, path::Path, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+};
+use sensor_common::{counters::COUNTER_COUNT, policy::Config};
+use tracing::{debug, warn};
+
+use crate::{
+    SensorError,
+    events::EventReader,
+    system::{bpffs, btf::Btf, tracefs},
+};
+
+/// The kernel object, compiled by build.rs from sensor-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
+
+/// cgroup sock_addr programs in the object.
+pub const SOCK_ADDR_PROGRAMS: &[&str] = &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
+/// Tracepoint programs: (program, category, tracepoint).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("on_exec", "sched", "sched_process_exec"),
+    ("on_fork", "sched", "sched_process_fork"),
+    ("on_exit", "sched", "sched_process_exit"),
+];
+
+/// The loaded kernel side of the sensor.
+pub struct KernelSensor {
+    ebpf: Ebpf,
+    config: Config,
+    selectors: tagging::Selectors,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
+    move |source| SensorError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> SensorError {
+    move |source| SensorError::Program { name, source }
+}
+
+/// Kernel struct offsets for reading the executable's identity at exec.
+fn exe_offsets(config: &mut Config) {
+    let data = match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "no kernel BTF: executable selectors are disabled");
+            return;
+        }
+    };
+    let btf = match Btf::parse(&data) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "kernel BTF unreadable: executable selectors are disabled");
+            return;
+        }
+    };
+    let get = |s, m| btf.member_offset(s, m);
+    match (
+        get("task_struct", "mm"),
+        get("mm_struct", "exe_file"),
+        get("file", "f_inode"),
+        get("inode", "i_ino"),
+        get("inode", "i_sb"),
+        get("super_block", "s_dev"),
+    ) {
+        (Some(mm), Some(exe), Some(inode), Some(ino), Some(sb), Some(dev)) => {
+            config.off_task_mm = mm;
+            config.off_mm_exe_file = exe;
+            config.off_file_inode = inode;
+            config.off_inode_ino = ino;
+            config.off_inode_sb = sb;
+            config.off_sb_dev = dev;
+            debug!(mm, exe, inode, ino, sb, dev, "exe offsets from BTF");
+        }
+        _ => warn!("kernel BTF lacks a struct member we need: executable selectors are disabled"),
+    }
+}
+
+impl KernelSensor {
+    /// Loads every program into the kernel (not yet attached) and writes the
+    /// initial configuration (struct and tracepoint offsets of this kernel).
+    pub fn load() -> Result<Self, SensorError> {
+        bpffs::ensure_mounted()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for &name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        for &(name, _, _) in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        let mut config = Config::DEFAULT;
+        exe_offsets(&mut config);
+        config.tp_fork_child_pid =
+            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_fork", "child_pid").unwrap_or_else(|| {
+                warn!("sched_process_fork has no child_pid field: children will not inherit tags");
+                0
+            });
+        config.tp_exit_group_dead =
+            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_exit", "group_dead").unwrap_or(0);
+        let mut sensor = Self { ebpf, config, selectors: tagging::Selectors::default() };
+        sensor.write_config()?;
+        Ok(sensor)
+    }
+
+    /// Attaches the socket programs to the cgroup at `path` (a directory under the
+    /// cgroup v2 mount; the mount itself means every process on the host), and
+    /// the process tracepoints. Other programs attached there keep running: aya
+    /// attaches through bpf_link on kernels >= 5.7, and cgroup links always
+    /// coexist. The mode must stay `Single` (flags 0): the kernel rejects any
+    /// flag on a cgroup `bpf_link_create` with EINVAL (seen on 6.18).
+    pub fn attach(&mut self, cgroup_path: &Path) -> Result<(), SensorError> {
+        let cgroup = File::open(cgroup_path)
+            .map_err(|source| SensorError::OpenCgroup { path: cgroup_path.to_owned(), source })?;
+        for &(name, category, tp) in TRACEPOINTS {
+            let prog: &mut TracePoint =
+                self.ebpf.program_mut(name).ok_or(SensorError::MissingProgram(name))?.try_into().map_err(prog_err(name))?;
+            prog.attach(category, tp).map_err(prog_err(name))?;
+        }
+        for &name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr =
+                self.ebpf.program_mut(name).ok_or(SensorError::MissingProgram(name))?.try_into().map_err(prog_err(name))?;
+            prog.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the ring buffer out of the object; call once, hand it to the drain task.
+    pub fn take_events(&mut self) -> Result<EventReader, SensorError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(SensorError::MissingMap("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
+        Ok(EventReader::new(ring))
+    }
+
+    /// The loss and activity counters summed over all CPUs, indexed by
+    /// `sensor_common::counters`.
+    pub fn counters(&self) -> Result<Vec<u64>, SensorError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(SensorError::MissingMap("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("COUNTERS"))?;
+        (0..COUNTER_COUNT)
+            .map(|i| array.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).map_err(map_err("COUNTERS")))
+            .collect()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Folds repeated flows of one process to one destination into one record
+    /// per `interval` (zero: every flow is its own record).
+    pub fn set_aggregation(&mut self, interval: Duration) -> Result<(), SensorError> {
+        self.config.agg_interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        self.write_config()
+    }
+
+    /// Whether a destination no verdict covers is a violation (default: yes).
+    pub fn set_unknown_is_violation(&mut self, yes: bool) -> Result<(), SensorError> {
+        self.config.unknown_is_violation = u8::from(yes);
+        self.write_config()
+    }
+
+    /// Whether executable selectors can work on this kernel (BTF offsets found).
+    pub fn exe_selectors_supported(&self) -> bool {
+        self.config.off_task_mm != 0
+    }
+
+    fn write_config(&mut self) -> Result<(), SensorError> {
+        let map = self.ebpf.map_mut("CONFIG").ok_or(SensorError::MissingMap("CONFIG"))?;
+        let mut array: Array<&mut MapData, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
+        array.set(0, self.config, 0).map_err(map_err("CONFIG"))
+    }
+}

@@ -1,0 +1,188 @@
+//! Which processes carry which data classes: the `TASKS` map, the selectors the
+//! kernel evaluates at exec, taint sources, and failsafe destinations.
+//!
+//! Every selector is mirrored in user space ([`Selectors`]) so the start-up
+//! /proc walk ([`crate::procscan`]) applies exactly what the kernel applies.
+
+use std::{
+    collections::HashMap,
+    ops::RangeInclusive,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, lpm_trie::{Key, LpmTrie}};
+use ipnet::IpNet;
+use sensor_common::{
+    net::{map_prefix_len, to_map_form},
+    policy::{MAX_CLASSES, TaintSource},
+    tag::{ExeKey, TaskTag, kernel_dev},
+};
+
+use super::{KernelSensor, map_err};
+use crate::SensorError;
+
+/// A data class id (0..64).
+pub type ClassId = u8;
+
+/// The bit of a class id, or an error when out of range.
+pub fn class_bit(class: ClassId) -> Result<u64, SensorError> {
+    if u32::from(class) >= MAX_CLASSES {
+        return Err(SensorError::ClassOutOfRange(class));
+    }
+    Ok(1u64 << class)
+}
+
+/// The user-space mirror of the kernel's selector maps.
+#[derive(Debug, Default, Clone)]
+pub struct Selectors {
+    /// cgroup id → (classes, path).
+    pub cgroups: HashMap<u64, (u64, PathBuf)>,
+    /// uid → classes.
+    pub uids: HashMap<u32, u64>,
+    /// executable identity → (classes, path as given).
+    pub exes: HashMap<ExeKey, (u64, PathBuf)>,
+}
+
+/// The identity the kernel sees for an executable: `stat()` follows symlinks, so a
+/// selector on /usr/bin/python3 (a symlink) matches the file it points to.
+pub fn exe_identity(path: &Path) -> Result<ExeKey, SensorError> {
+    let meta = std::fs::metadata(path).map_err(|e| SensorError::Selector {
+        what: format!("executable {}", path.display()),
+        reason: format!("{e}; give the absolute path of an existing binary"),
+    })?;
+    if !meta.is_file() {
+        return Err(SensorError::Selector {
+            what: format!("executable {}", path.display()),
+            reason: "not a regular file".into(),
+        });
+    }
+    let dev = meta.dev();
+    Ok(ExeKey { dev: kernel_dev(libc::major(dev), libc::minor(dev)), ino: meta.ino() })
+}
+
+/// A cgroup's id is its directory's inode number on cgroup v2.
+pub fn cgroup_id(path: &Path) -> Result<u64, SensorError> {
+    let meta = std::fs::metadata(path).map_err(|e| SensorError::Selector {
+        what: format!("cgroup {}", path.display()),
+        reason: format!("{e}; give a directory under the cgroup v2 mount"),
+    })?;
+    if !meta.is_dir() {
+        return Err(SensorError::Selector {
+            what: format!("cgroup {}", path.display()),
+            reason: "not a directory".into(),
+        });
+    }
+    Ok(meta.ino())
+}
+
+impl KernelSensor {
+    fn tasks(&mut self) -> Result<BpfHashMap<&mut MapData, u32, TaskTag>, SensorError> {
+        let map = self.ebpf.map_mut("TASKS").ok_or(SensorError::MissingMap("TASKS"))?;
+        BpfHashMap::try_from(map).map_err(map_err("TASKS"))
+    }
+
+    /// Adds `classes` (a bit mask) to process `tgid`. The kernel keeps them across
+    /// fork and exec and drops them when the process exits.
+    pub fn tag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
+        let mut tasks = self.tasks()?;
+        let old = tasks.get(&tgid, 0).map(|t| t.classes).unwrap_or(0);
+        tasks.insert(tgid, TaskTag { classes: old | classes }, 0).map_err(map_err("TASKS"))
+    }
+
+    /// Removes `classes` from process `tgid` (the entry goes when none are left).
+    pub fn untag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
+        let mut tasks = self.tasks()?;
+        let Ok(old) = tasks.get(&tgid, 0) else { return Ok(()) };
+        let left = old.classes & !classes;
+        if left == 0 {
+            tasks.remove(&tgid).map_err(map_err("TASKS"))
+        } else {
+            tasks.insert(tgid, TaskTag { classes: left }, 0).map_err(map_err("TASKS"))
+        }
+    }
+
+    /// The classes of process `tgid`, if it carries any.
+    pub fn process_classes(&self, tgid: u32) -> Option<u64> {
+        let map = self.ebpf.map("TASKS")?;
+        let tasks: BpfHashMap<&MapData, u32, TaskTag> = BpfHashMap::try_from(map).ok()?;
+        tasks.get(&tgid, 0).ok().map(|t| t.classes)
+    }
+
+    /// Every tagged process (tgid, classes). Includes entries for threads created
+    /// by tagged processes (removed when they exit).
+    pub fn tagged_processes(&self) -> Result<Vec<(u32, u64)>, SensorError> {
+        let map = self.ebpf.map("TASKS").ok_or(SensorError::MissingMap("TASKS"))?;
+        let tasks: BpfHashMap<&MapData, u32, TaskTag> = BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
+        Ok(tasks.iter().filter_map(Result::ok).map(|(k, v)| (k, v.classes)).collect())
+    }
+
+    /// The selectors installed so far.
+    pub fn selectors(&self) -> &Selectors {
+        &self.selectors
+    }
+
+    /// Processes that exec while in the cgroup at `path` or any cgroup below it
+    /// carry `class`.
+    pub fn add_cgroup_selector(&mut self, path: &Path, class: ClassId) -> Result<u64, SensorError> {
+        let bit = class_bit(class)?;
+        let id = cgroup_id(path)?;
+        let entry = self.selectors.cgroups.entry(id).or_insert((0, path.to_owned()));
+        entry.0 |= bit;
+        let classes = entry.0;
+        let map = self.ebpf.map_mut("CGROUP_SELECTORS").ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, u64, u64> = BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
+        m.insert(id, classes, 0).map_err(map_err("CGROUP_SELECTORS"))?;
+        Ok(id)
+    }
+
+    /// Processes that exec with real uid `uid` carry `class`.
+    pub fn add_uid_selector(&mut self, uid: u32, class: ClassId) -> Result<(), SensorError> {
+        let bit = class_bit(class)?;
+        let classes = *self.selectors.uids.entry(uid).and_modify(|c| *c |= bit).or_insert(bit);
+        let map = self.ebpf.map_mut("UID_SELECTORS").ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, u32, u64> = BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
+        m.insert(uid, classes, 0).map_err(map_err("UID_SELECTORS"))
+    }
+
+    /// Processes that exec the file at `path` (its identity: device and inode,
+    /// symlinks followed) carry `class`.
+    pub fn add_exe_selector(&mut self, path: &Path, class: ClassId) -> Result<ExeKey, SensorError> {
+        let bit = class_bit(class)?;
+        if !self.exe_selectors_supported() {
+            return Err(SensorError::Selector {
+                what: format!("executable {}", path.display()),
+                reason: "this kernel's BTF lacks the struct offsets needed to identify executables; use a cgroup or uid selector".into(),
+            });
+        }
+        let key = exe_identity(path)?;
+        let entry = self.selectors.exes.entry(key).or_insert((0, path.to_owned()));
+        entry.0 |= bit;
+        let classes = entry.0;
+        let map = self.ebpf.map_mut("EXE_SELECTORS").ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> = BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
+        m.insert(key, classes, 0).map_err(map_err("EXE_SELECTORS"))?;
+        Ok(key)
+    }
+
+    /// A process that connects to `net` on a port in `ports` carries `class` from
+    /// then on.
+    pub fn add_taint_source(&mut self, net: IpNet, ports: RangeInclusive<u16>, class: ClassId) -> Result<(), SensorError> {
+        let bit = class_bit(class)?;
+        let map = self.ebpf.map_mut("TAINT").ok_or(SensorError::MissingMap("TAINT"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> = LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
+        let key = Key::new(map_prefix_len(net.addr(), net.prefix_len()), to_map_form(net.network()));
+        let classes = trie.get(&key, 0).map(|t| t.classes).unwrap_or(0) | bit;
+        let value = TaintSource { classes, port_lo: *ports.start(), port_hi: *ports.end(), _pad: 0 };
+        trie.insert(&key, value, 0).map_err(map_err("TAINT"))
+    }
+
+    /// Destinations in `net` are never violations (collector, DNS resolvers,
+    /// control plane, the host's own addresses).
+    pub fn add_failsafe(&mut self, net: IpNet) -> Result<(), SensorError> {
+        let map = self.ebpf.map_mut("FAILSAFE").ok_or(SensorError::MissingMap("FAILSAFE"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
+        let key = Key::new(map_prefix_len(net.addr(), net.prefix_len()), to_map_form(net.network()));
+        trie.insert(&key, 1, 0).map_err(map_err("FAILSAFE"))
+    }
+}

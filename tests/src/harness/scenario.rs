@@ -1,0 +1,73 @@
+//! The standard residency scenario most kernel tests start from.
+//!
+//! Class 0 ("eu_personal") is carried by every process that execs in a fresh test
+//! cgroup. Its verdicts: the Frankfurt host's prefixes are allowed, Virginia's
+//! denied; anything else is unknown (a violation by default).
+
+use std::{net::IpAddr, process::Command};
+
+use ipnet::IpNet;
+use sensor_user::kernel::verdicts::{Mode, Verdict, VerdictEntry};
+
+use super::{
+    cgroup::TestCgroup,
+    netns::{Place, RemoteHost, TestNet},
+    probe::{self, ProbeResult},
+    sensor::SensorFixture,
+};
+
+/// The class the scenario uses.
+pub const EU: u8 = 0;
+/// Its bit in a class mask.
+pub const EU_BIT: u64 = 1 << EU;
+
+/// Sensor, test cgroup and remote hosts, wired up.
+pub struct Scenario {
+    // Field order is drop order: detach the programs first.
+    pub fx: SensorFixture,
+    pub cgroup: TestCgroup,
+    pub net: TestNet,
+}
+
+/// The /30 and /64 of a remote host.
+pub fn host_nets(host: &RemoteHost) -> [IpNet; 2] {
+    [
+        IpNet::new(IpAddr::V4(host.v4), 30).expect("valid").trunc(),
+        IpNet::new(IpAddr::V6(host.v6), 64).expect("valid").trunc(),
+    ]
+}
+
+impl Scenario {
+    /// Sets up the scenario with class 0 in `mode`.
+    pub fn new(mode: Mode) -> Scenario {
+        let mut fx = SensorFixture::attach();
+        let cgroup = TestCgroup::create();
+        let net = TestNet::create();
+        fx.sensor.add_cgroup_selector(cgroup.path(), EU).expect("cgroup selector");
+        fx.sensor.set_mode(EU, mode).expect("mode");
+        let mut table = Vec::new();
+        for (host, verdict) in [(&net.frankfurt, Verdict::Allow), (&net.virginia, Verdict::Deny)] {
+            debug_assert!(matches!(host.place, Place::Frankfurt | Place::Virginia));
+            for n in host_nets(host) {
+                table.push(VerdictEntry { class: EU, net: n, verdict });
+            }
+        }
+        fx.sensor.replace_verdicts(&table).expect("verdicts");
+        Scenario { fx, cgroup, net }
+    }
+
+    /// Runs netprobe with `args` inside the test cgroup (so it is tagged).
+    pub fn inside(&self, args: &[&str]) -> ProbeResult {
+        probe::run(self.cgroup.command(probe::command(args)))
+    }
+
+    /// Runs netprobe with `args` outside the test cgroup (untagged).
+    pub fn outside(&self, args: &[&str]) -> ProbeResult {
+        probe::run(probe::command(args))
+    }
+
+    /// A command that runs in the test cgroup.
+    pub fn in_cgroup(&self, cmd: Command) -> Command {
+        self.cgroup.command(cmd)
+    }
+}
