@@ -8,10 +8,15 @@
 use std::time::{Duration, SystemTime};
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// CLOCK_MONOTONIC now, in ns (what `bpf_ktime_get_ns()` returns).
@@ -34,7 +39,9 @@ mod tests {
     #[test]
     fn kernel_now_is_wall_now() {
         let wall = wall_from_ktime(monotonic_ns());
-        let diff = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
+        let diff = SystemTime::now()
+            .duration_since(wall)
+            .unwrap_or_else(|e| e.duration());
         assert!(diff < Duration::from_secs(1), "{diff:?}");
     }
 }

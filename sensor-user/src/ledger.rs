@@ -6,12 +6,7 @@
 //! agent can answer "why is pid N tagged with eu_personal?" with the selector or
 //! the taint connection, and when.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::PathBuf,
-    time::SystemTime,
-};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::SystemTime};
 
 use sensor_common::{flow::FlowEvent, tag::reason};
 
@@ -68,20 +63,40 @@ impl TagLedger {
             reason::UID => Why::Uid(ev.detail as u32),
             reason::EXE => Why::Exe {
                 ino: ev.detail,
-                path: selectors.exes.iter().find(|(k, _)| k.ino == ev.detail).map(|(_, (_, p))| p.clone()),
+                path: selectors
+                    .exes
+                    .iter()
+                    .find(|(k, _)| k.ino == ev.detail)
+                    .map(|(_, (_, p))| p.clone()),
             },
-            reason::TAINT => Why::Taint { source: ev.remote() },
+            reason::TAINT => Why::Taint {
+                source: ev.remote(),
+            },
             reason::INHERITED => {
                 let parent = ev.detail as u32;
-                let inherited: Vec<TagReason> = self.by_tgid.get(&parent).cloned().unwrap_or_default();
+                let inherited: Vec<TagReason> =
+                    self.by_tgid.get(&parent).cloned().unwrap_or_default();
                 let list = self.by_tgid.entry(ev.tgid).or_default();
-                list.push(TagReason { classes: ev.classes, why: Why::Inherited { parent }, at });
+                list.push(TagReason {
+                    classes: ev.classes,
+                    why: Why::Inherited { parent },
+                    at,
+                });
                 list.extend(inherited);
                 return true;
             }
-            _ => Why::Explicit { actor: "kernel".into() },
+            _ => Why::Explicit {
+                actor: "kernel".into(),
+            },
         };
-        self.record(ev.tgid, TagReason { classes: ev.classes, why, at });
+        self.record(
+            ev.tgid,
+            TagReason {
+                classes: ev.classes,
+                why,
+                at,
+            },
+        );
         true
     }
 

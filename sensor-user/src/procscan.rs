@@ -31,18 +31,27 @@ pub struct Match {
 /// The cgroup v2 path of a process ("/system.slice/foo.service").
 fn cgroup_path(tgid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
 fn real_uid(tgid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn exe_key(tgid: u32) -> Option<ExeKey> {
     let meta = std::fs::metadata(format!("/proc/{tgid}/exe")).ok()?;
     let dev = meta.dev();
-    Some(ExeKey { dev: kernel_dev(libc::major(dev), libc::minor(dev)), ino: meta.ino() })
+    Some(ExeKey {
+        dev: kernel_dev(libc::major(dev), libc::minor(dev)),
+        ino: meta.ino(),
+    })
 }
 
 /// Walks /proc and returns every process that matches `selectors`.
@@ -50,9 +59,17 @@ pub fn scan(selectors: &Selectors, cgroup_root: &Path) -> Vec<Match> {
     let now = SystemTime::now();
     let mut ids: HashMap<PathBuf, Option<u64>> = HashMap::new();
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in entries.flatten() {
-        let Some(tgid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(tgid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let mut classes = 0u64;
         let mut reasons = Vec::new();
         if !selectors.cgroups.is_empty()
@@ -68,8 +85,15 @@ pub fn scan(selectors: &Selectors, cgroup_root: &Path) -> Vec<Match> {
                     && let Some((c, sel_path)) = selectors.cgroups.get(&id)
                 {
                     classes |= c;
-                    let why = Why::Cgroup { id, path: Some(sel_path.clone()) };
-                    reasons.push(TagReason { classes: *c, why, at: now });
+                    let why = Why::Cgroup {
+                        id,
+                        path: Some(sel_path.clone()),
+                    };
+                    reasons.push(TagReason {
+                        classes: *c,
+                        why,
+                        at: now,
+                    });
                 }
                 if dir == cgroup_root || !dir.pop() || !dir.starts_with(cgroup_root) {
                     break;
@@ -81,17 +105,32 @@ pub fn scan(selectors: &Selectors, cgroup_root: &Path) -> Vec<Match> {
             && let Some(c) = selectors.uids.get(&uid)
         {
             classes |= c;
-            reasons.push(TagReason { classes: *c, why: Why::Uid(uid), at: now });
+            reasons.push(TagReason {
+                classes: *c,
+                why: Why::Uid(uid),
+                at: now,
+            });
         }
         if !selectors.exes.is_empty()
             && let Some(key) = exe_key(tgid)
             && let Some((c, path)) = selectors.exes.get(&key)
         {
             classes |= c;
-            reasons.push(TagReason { classes: *c, why: Why::Exe { ino: key.ino, path: Some(path.clone()) }, at: now });
+            reasons.push(TagReason {
+                classes: *c,
+                why: Why::Exe {
+                    ino: key.ino,
+                    path: Some(path.clone()),
+                },
+                at: now,
+            });
         }
         if classes != 0 {
-            out.push(Match { tgid, classes, reasons });
+            out.push(Match {
+                tgid,
+                classes,
+                reasons,
+            });
         }
     }
     out

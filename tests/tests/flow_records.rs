@@ -16,8 +16,15 @@ use sensor_user::kernel::verdicts::Mode;
 use std::{net::SocketAddr, time::Duration};
 
 fn one_record(sc: &mut Scenario, p: &ProbeResult) -> FlowEvent {
-    let recs = sc.fx.wait_for(1, |e| e.tgid == p.pid && e.flow_kind() != Some(FlowKind::Tag));
-    assert_eq!(recs.len(), 1, "exactly one flow record for pid {}: {recs:?}", p.pid);
+    let recs = sc.fx.wait_for(1, |e| {
+        e.tgid == p.pid && e.flow_kind() != Some(FlowKind::Tag)
+    });
+    assert_eq!(
+        recs.len(),
+        1,
+        "exactly one flow record for pid {}: {recs:?}",
+        p.pid
+    );
     recs[0]
 }
 
@@ -42,7 +49,11 @@ fn assert_flow(ev: &FlowEvent, p: &ProbeResult, family: u8, protocol: u8, remote
 fn connect_ok(sc: &mut Scenario, server: &Server, op: &str, target: &str) -> ProbeResult {
     let p = sc.inside(&[op, target]);
     assert_eq!(p.errno(), 0, "{op} {target} failed: {p:?}");
-    assert_eq!(server.wait_for(1, Duration::from_secs(2)), 1, "the remote received it");
+    assert_eq!(
+        server.wait_for(1, Duration::from_secs(2)),
+        1,
+        "the remote received it"
+    );
     p
 }
 
@@ -69,7 +80,12 @@ fn udp_v4_and_v6_connected_send_is_recorded() {
     let mut sc = Scenario::new(Mode::Monitor);
     for (v6, family) in [(false, AF_INET), (true, AF_INET6)] {
         let server = sc.net.frankfurt.udp_server(v6);
-        let p = connect_ok(&mut sc, &server, "udp-connect-send", &server.addr.to_string());
+        let p = connect_ok(
+            &mut sc,
+            &server,
+            "udp-connect-send",
+            &server.addr.to_string(),
+        );
         let ev = one_record(&mut sc, &p);
         assert_flow(&ev, &p, family, IPPROTO_UDP, server.addr);
     }
@@ -95,9 +111,18 @@ fn process_outside_the_cgroup_produces_no_record() {
     // A marker from inside the cgroup: once its record is here, anything the
     // outside process could have caused is here too (one ring buffer, in order).
     let marker = sc.inside(&["tcp-connect", &target]);
-    let marker_flows = sc.fx.wait_for(1, |e| e.tgid == marker.pid && e.flow_kind() == Some(FlowKind::Connect));
+    let marker_flows = sc.fx.wait_for(1, |e| {
+        e.tgid == marker.pid && e.flow_kind() == Some(FlowKind::Connect)
+    });
     assert_eq!(marker_flows.len(), 1, "marker record arrived");
     let stray = sc.fx.all(|e| e.tgid == outside.pid);
-    assert!(stray.is_empty(), "no record for the process outside the cgroup: {stray:?}");
-    assert_eq!(server.wait_for(2, Duration::from_secs(2)), 2, "both connections reached the remote");
+    assert!(
+        stray.is_empty(),
+        "no record for the process outside the cgroup: {stray:?}"
+    );
+    assert_eq!(
+        server.wait_for(2, Duration::from_secs(2)),
+        2,
+        "both connections reached the remote"
+    );
 }

@@ -32,7 +32,8 @@ use crate::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
 
 /// cgroup sock_addr programs in the object.
-pub const SOCK_ADDR_PROGRAMS: &[&str] = &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
+pub const SOCK_ADDR_PROGRAMS: &[&str] =
+    &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
 /// Tracepoint programs: (program, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_exec", "sched", "sched_process_exec"),
@@ -119,13 +120,21 @@ impl KernelSensor {
         let mut config = Config::DEFAULT;
         exe_offsets(&mut config);
         config.tp_fork_child_pid =
-            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_fork", "child_pid").unwrap_or_else(|| {
-                warn!("sched_process_fork has no child_pid field: children will not inherit tags");
-                0
-            });
+            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_fork", "child_pid")
+                .unwrap_or_else(|| {
+                    warn!(
+                        "sched_process_fork has no child_pid field: children will not inherit tags"
+                    );
+                    0
+                });
         config.tp_exit_group_dead =
-            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_exit", "group_dead").unwrap_or(0);
-        let mut sensor = Self { ebpf, config, selectors: tagging::Selectors::default() };
+            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_exit", "group_dead")
+                .unwrap_or(0);
+        let mut sensor = Self {
+            ebpf,
+            config,
+            selectors: tagging::Selectors::default(),
+        };
         sensor.write_config()?;
         Ok(sensor)
     }
@@ -137,24 +146,38 @@ impl KernelSensor {
     /// coexist. The mode must stay `Single` (flags 0): the kernel rejects any
     /// flag on a cgroup `bpf_link_create` with EINVAL (seen on 6.18).
     pub fn attach(&mut self, cgroup_path: &Path) -> Result<(), SensorError> {
-        let cgroup = File::open(cgroup_path)
-            .map_err(|source| SensorError::OpenCgroup { path: cgroup_path.to_owned(), source })?;
+        let cgroup = File::open(cgroup_path).map_err(|source| SensorError::OpenCgroup {
+            path: cgroup_path.to_owned(),
+            source,
+        })?;
         for &(name, category, tp) in TRACEPOINTS {
-            let prog: &mut TracePoint =
-                self.ebpf.program_mut(name).ok_or(SensorError::MissingProgram(name))?.try_into().map_err(prog_err(name))?;
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
             prog.attach(category, tp).map_err(prog_err(name))?;
         }
         for &name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr =
-                self.ebpf.program_mut(name).ok_or(SensorError::MissingProgram(name))?.try_into().map_err(prog_err(name))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err(name))?;
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram(name))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
         }
         Ok(())
     }
 
     /// Takes the ring buffer out of the object; call once, hand it to the drain task.
     pub fn take_events(&mut self) -> Result<EventReader, SensorError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(SensorError::MissingMap("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(SensorError::MissingMap("EVENTS"))?;
         let ring = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
         Ok(EventReader::new(ring))
     }
@@ -162,10 +185,19 @@ impl KernelSensor {
     /// The loss and activity counters summed over all CPUs, indexed by
     /// `sensor_common::counters`.
     pub fn counters(&self) -> Result<Vec<u64>, SensorError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(SensorError::MissingMap("COUNTERS"))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(SensorError::MissingMap("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err("COUNTERS"))?;
         (0..COUNTER_COUNT)
-            .map(|i| array.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).map_err(map_err("COUNTERS")))
+            .map(|i| {
+                array
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(map_err("COUNTERS"))
+            })
             .collect()
     }
 
@@ -193,8 +225,12 @@ impl KernelSensor {
     }
 
     fn write_config(&mut self) -> Result<(), SensorError> {
-        let map = self.ebpf.map_mut("CONFIG").ok_or(SensorError::MissingMap("CONFIG"))?;
-        let mut array: Array<&mut MapData, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or(SensorError::MissingMap("CONFIG"))?;
+        let mut array: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(map_err("CONFIG"))?;
         array.set(0, self.config, 0).map_err(map_err("CONFIG"))
     }
 }

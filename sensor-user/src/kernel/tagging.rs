@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, lpm_trie::{Key, LpmTrie}};
+use aya::maps::{
+    HashMap as BpfHashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use ipnet::IpNet;
 use sensor_common::{
     net::{map_prefix_len, to_map_form},
@@ -58,7 +61,10 @@ pub fn exe_identity(path: &Path) -> Result<ExeKey, SensorError> {
         });
     }
     let dev = meta.dev();
-    Ok(ExeKey { dev: kernel_dev(libc::major(dev), libc::minor(dev)), ino: meta.ino() })
+    Ok(ExeKey {
+        dev: kernel_dev(libc::major(dev), libc::minor(dev)),
+        ino: meta.ino(),
+    })
 }
 
 /// A cgroup's id is its directory's inode number on cgroup v2.
@@ -78,7 +84,10 @@ pub fn cgroup_id(path: &Path) -> Result<u64, SensorError> {
 
 impl KernelSensor {
     fn tasks(&mut self) -> Result<BpfHashMap<&mut MapData, u32, TaskTag>, SensorError> {
-        let map = self.ebpf.map_mut("TASKS").ok_or(SensorError::MissingMap("TASKS"))?;
+        let map = self
+            .ebpf
+            .map_mut("TASKS")
+            .ok_or(SensorError::MissingMap("TASKS"))?;
         BpfHashMap::try_from(map).map_err(map_err("TASKS"))
     }
 
@@ -87,18 +96,30 @@ impl KernelSensor {
     pub fn tag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
         let mut tasks = self.tasks()?;
         let old = tasks.get(&tgid, 0).map(|t| t.classes).unwrap_or(0);
-        tasks.insert(tgid, TaskTag { classes: old | classes }, 0).map_err(map_err("TASKS"))
+        tasks
+            .insert(
+                tgid,
+                TaskTag {
+                    classes: old | classes,
+                },
+                0,
+            )
+            .map_err(map_err("TASKS"))
     }
 
     /// Removes `classes` from process `tgid` (the entry goes when none are left).
     pub fn untag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
         let mut tasks = self.tasks()?;
-        let Ok(old) = tasks.get(&tgid, 0) else { return Ok(()) };
+        let Ok(old) = tasks.get(&tgid, 0) else {
+            return Ok(());
+        };
         let left = old.classes & !classes;
         if left == 0 {
             tasks.remove(&tgid).map_err(map_err("TASKS"))
         } else {
-            tasks.insert(tgid, TaskTag { classes: left }, 0).map_err(map_err("TASKS"))
+            tasks
+                .insert(tgid, TaskTag { classes: left }, 0)
+                .map_err(map_err("TASKS"))
         }
     }
 
@@ -112,9 +133,17 @@ impl KernelSensor {
     /// Every tagged process (tgid, classes). Includes entries for threads created
     /// by tagged processes (removed when they exit).
     pub fn tagged_processes(&self) -> Result<Vec<(u32, u64)>, SensorError> {
-        let map = self.ebpf.map("TASKS").ok_or(SensorError::MissingMap("TASKS"))?;
-        let tasks: BpfHashMap<&MapData, u32, TaskTag> = BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
-        Ok(tasks.iter().filter_map(Result::ok).map(|(k, v)| (k, v.classes)).collect())
+        let map = self
+            .ebpf
+            .map("TASKS")
+            .ok_or(SensorError::MissingMap("TASKS"))?;
+        let tasks: BpfHashMap<&MapData, u32, TaskTag> =
+            BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
+        Ok(tasks
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.classes))
+            .collect())
     }
 
     /// The selectors installed so far.
@@ -127,21 +156,39 @@ impl KernelSensor {
     pub fn add_cgroup_selector(&mut self, path: &Path, class: ClassId) -> Result<u64, SensorError> {
         let bit = class_bit(class)?;
         let id = cgroup_id(path)?;
-        let entry = self.selectors.cgroups.entry(id).or_insert((0, path.to_owned()));
+        let entry = self
+            .selectors
+            .cgroups
+            .entry(id)
+            .or_insert((0, path.to_owned()));
         entry.0 |= bit;
         let classes = entry.0;
-        let map = self.ebpf.map_mut("CGROUP_SELECTORS").ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, u64, u64> = BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
-        m.insert(id, classes, 0).map_err(map_err("CGROUP_SELECTORS"))?;
+        let map = self
+            .ebpf
+            .map_mut("CGROUP_SELECTORS")
+            .ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, u64, u64> =
+            BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
+        m.insert(id, classes, 0)
+            .map_err(map_err("CGROUP_SELECTORS"))?;
         Ok(id)
     }
 
     /// Processes that exec with real uid `uid` carry `class`.
     pub fn add_uid_selector(&mut self, uid: u32, class: ClassId) -> Result<(), SensorError> {
         let bit = class_bit(class)?;
-        let classes = *self.selectors.uids.entry(uid).and_modify(|c| *c |= bit).or_insert(bit);
-        let map = self.ebpf.map_mut("UID_SELECTORS").ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, u32, u64> = BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
+        let classes = *self
+            .selectors
+            .uids
+            .entry(uid)
+            .and_modify(|c| *c |= bit)
+            .or_insert(bit);
+        let map = self
+            .ebpf
+            .map_mut("UID_SELECTORS")
+            .ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, u32, u64> =
+            BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
         m.insert(uid, classes, 0).map_err(map_err("UID_SELECTORS"))
     }
 
@@ -156,33 +203,66 @@ impl KernelSensor {
             });
         }
         let key = exe_identity(path)?;
-        let entry = self.selectors.exes.entry(key).or_insert((0, path.to_owned()));
+        let entry = self
+            .selectors
+            .exes
+            .entry(key)
+            .or_insert((0, path.to_owned()));
         entry.0 |= bit;
         let classes = entry.0;
-        let map = self.ebpf.map_mut("EXE_SELECTORS").ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> = BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
-        m.insert(key, classes, 0).map_err(map_err("EXE_SELECTORS"))?;
+        let map = self
+            .ebpf
+            .map_mut("EXE_SELECTORS")
+            .ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> =
+            BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
+        m.insert(key, classes, 0)
+            .map_err(map_err("EXE_SELECTORS"))?;
         Ok(key)
     }
 
     /// A process that connects to `net` on a port in `ports` carries `class` from
     /// then on.
-    pub fn add_taint_source(&mut self, net: IpNet, ports: RangeInclusive<u16>, class: ClassId) -> Result<(), SensorError> {
+    pub fn add_taint_source(
+        &mut self,
+        net: IpNet,
+        ports: RangeInclusive<u16>,
+        class: ClassId,
+    ) -> Result<(), SensorError> {
         let bit = class_bit(class)?;
-        let map = self.ebpf.map_mut("TAINT").ok_or(SensorError::MissingMap("TAINT"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> = LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
-        let key = Key::new(map_prefix_len(net.addr(), net.prefix_len()), to_map_form(net.network()));
+        let map = self
+            .ebpf
+            .map_mut("TAINT")
+            .ok_or(SensorError::MissingMap("TAINT"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> =
+            LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
+        let key = Key::new(
+            map_prefix_len(net.addr(), net.prefix_len()),
+            to_map_form(net.network()),
+        );
         let classes = trie.get(&key, 0).map(|t| t.classes).unwrap_or(0) | bit;
-        let value = TaintSource { classes, port_lo: *ports.start(), port_hi: *ports.end(), _pad: 0 };
+        let value = TaintSource {
+            classes,
+            port_lo: *ports.start(),
+            port_hi: *ports.end(),
+            _pad: 0,
+        };
         trie.insert(&key, value, 0).map_err(map_err("TAINT"))
     }
 
     /// Destinations in `net` are never violations (collector, DNS resolvers,
     /// control plane, the host's own addresses).
     pub fn add_failsafe(&mut self, net: IpNet) -> Result<(), SensorError> {
-        let map = self.ebpf.map_mut("FAILSAFE").ok_or(SensorError::MissingMap("FAILSAFE"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
-        let key = Key::new(map_prefix_len(net.addr(), net.prefix_len()), to_map_form(net.network()));
+        let map = self
+            .ebpf
+            .map_mut("FAILSAFE")
+            .ok_or(SensorError::MissingMap("FAILSAFE"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
+        let key = Key::new(
+            map_prefix_len(net.addr(), net.prefix_len()),
+            to_map_form(net.network()),
+        );
         trie.insert(&key, 1, 0).map_err(map_err("FAILSAFE"))
     }
 }

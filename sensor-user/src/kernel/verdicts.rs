@@ -7,14 +7,20 @@
 
 use std::{fmt, str::FromStr};
 
-use aya::maps::{Array, MapData, lpm_trie::{Key, LpmTrie}};
+use aya::maps::{
+    Array, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use ipnet::IpNet;
 use sensor_common::{
     net::{map_prefix_len, to_map_form},
     policy::{VERDICT_CLASS_BITS, VerdictKey, mode, verdict},
 };
 
-use super::{KernelSensor, map_err, tagging::{ClassId, class_bit}};
+use super::{
+    KernelSensor, map_err,
+    tagging::{ClassId, class_bit},
+};
 use crate::SensorError;
 
 /// Enforcement mode of a class.
@@ -56,7 +62,9 @@ impl FromStr for Mode {
             "off" => Ok(Mode::Off),
             "monitor" => Ok(Mode::Monitor),
             "enforce" => Ok(Mode::Enforce),
-            other => Err(format!("unknown mode {other:?}: write off, monitor or enforce")),
+            other => Err(format!(
+                "unknown mode {other:?}: write off, monitor or enforce"
+            )),
         }
     }
 }
@@ -86,17 +94,28 @@ pub struct VerdictEntry {
 }
 
 fn verdict_key(class: ClassId, net: IpNet) -> Key<VerdictKey> {
-    let data = VerdictKey { class_be: u32::from(class).to_be_bytes(), addr: to_map_form(net.network()) };
-    Key::new(VERDICT_CLASS_BITS + map_prefix_len(net.addr(), net.prefix_len()), data)
+    let data = VerdictKey {
+        class_be: u32::from(class).to_be_bytes(),
+        addr: to_map_form(net.network()),
+    };
+    Key::new(
+        VERDICT_CLASS_BITS + map_prefix_len(net.addr(), net.prefix_len()),
+        data,
+    )
 }
 
 impl KernelSensor {
     /// Sets the mode of one class.
     pub fn set_mode(&mut self, class: ClassId, m: Mode) -> Result<(), SensorError> {
         class_bit(class)?;
-        let map = self.ebpf.map_mut("MODES").ok_or(SensorError::MissingMap("MODES"))?;
+        let map = self
+            .ebpf
+            .map_mut("MODES")
+            .ok_or(SensorError::MissingMap("MODES"))?;
         let mut modes: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_err("MODES"))?;
-        modes.set(u32::from(class), m.code(), 0).map_err(map_err("MODES"))
+        modes
+            .set(u32::from(class), m.code(), 0)
+            .map_err(map_err("MODES"))
     }
 
     /// The policy generation in force (0 before the first table).
@@ -111,16 +130,25 @@ impl KernelSensor {
         for e in entries {
             class_bit(e.class)?;
         }
-        let inactive = if self.config.active_verdicts == 0 { "VERDICTS_B" } else { "VERDICTS_A" };
-        let map = self.ebpf.map_mut(inactive).ok_or(SensorError::MissingMap(inactive))?;
-        let mut trie: LpmTrie<&mut MapData, VerdictKey, u8> = LpmTrie::try_from(map).map_err(map_err(inactive))?;
+        let inactive = if self.config.active_verdicts == 0 {
+            "VERDICTS_B"
+        } else {
+            "VERDICTS_A"
+        };
+        let map = self
+            .ebpf
+            .map_mut(inactive)
+            .ok_or(SensorError::MissingMap(inactive))?;
+        let mut trie: LpmTrie<&mut MapData, VerdictKey, u8> =
+            LpmTrie::try_from(map).map_err(map_err(inactive))?;
         // Clear what an earlier generation left in this trie.
         let stale: Vec<Key<VerdictKey>> = trie.keys().filter_map(Result::ok).collect();
         for k in &stale {
             trie.remove(k).map_err(map_err(inactive))?;
         }
         for e in entries {
-            trie.insert(&verdict_key(e.class, e.net), e.verdict.code(), 0).map_err(map_err(inactive))?;
+            trie.insert(&verdict_key(e.class, e.net), e.verdict.code(), 0)
+                .map_err(map_err(inactive))?;
         }
         self.config.active_verdicts ^= 1;
         self.config.generation = self.config.generation.wrapping_add(1);

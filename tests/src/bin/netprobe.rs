@@ -26,16 +26,23 @@ fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 fn unspecified(addr: &SocketAddr) -> SocketAddr {
-    if addr.is_ipv4() { "0.0.0.0:0".parse().expect("literal") } else { "[::]:0".parse().expect("literal") }
+    if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    }
 }
 
 fn run_op(op: &str, addr: SocketAddr) -> i32 {
     let result = match op {
-        "tcp-connect" => TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|mut s| s.write_all(b"ping")),
+        "tcp-connect" => TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .and_then(|mut s| s.write_all(b"ping")),
         "udp-connect-send" => UdpSocket::bind(unspecified(&addr))
             .and_then(|s| s.connect(addr).map(|_| s))
             .and_then(|s| s.send(b"ping").map(|_| ())),
-        "udp-sendto" => UdpSocket::bind(unspecified(&addr)).and_then(|s| s.send_to(b"ping", addr).map(|_| ())),
+        "udp-sendto" => {
+            UdpSocket::bind(unspecified(&addr)).and_then(|s| s.send_to(b"ping", addr).map(|_| ()))
+        }
         "tcp-serve" => TcpListener::bind(addr).and_then(|l| {
             // Tell the test we listen, then accept one connection.
             println!("{{\"listening\":{}}}", l.local_addr()?.port());
@@ -59,12 +66,19 @@ fn run_op(op: &str, addr: SocketAddr) -> i32 {
 fn run_all(ops: &[(String, SocketAddr)]) -> (u32, Vec<i32>) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
-    (tid, ops.iter().map(|(op, addr)| run_op(op, *addr)).collect())
+    (
+        tid,
+        ops.iter().map(|(op, addr)| run_op(op, *addr)).collect(),
+    )
 }
 
 fn report(tid: u32, errnos: &[i32]) {
     let list: Vec<String> = errnos.iter().map(i32::to_string).collect();
-    println!("{{\"pid\":{},\"tid\":{tid},\"errno\":[{}]}}", std::process::id(), list.join(","));
+    println!(
+        "{{\"pid\":{},\"tid\":{tid},\"errno\":[{}]}}",
+        std::process::id(),
+        list.join(",")
+    );
     let _ = std::io::stdout().flush();
 }
 
@@ -117,7 +131,9 @@ fn main() {
             }
         }
     } else if thread {
-        let (tid, errnos) = std::thread::spawn(move || run_all(&ops)).join().expect("probe thread");
+        let (tid, errnos) = std::thread::spawn(move || run_all(&ops))
+            .join()
+            .expect("probe thread");
         report(tid, &errnos);
     } else {
         let (tid, errnos) = run_all(&ops);

@@ -9,9 +9,16 @@ use std::{
 /// directory (`target/<profile>/netprobe`, tests in `target/<profile>/deps/`).
 pub fn netprobe() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
     let path = profile_dir.join("netprobe");
-    assert!(path.is_file(), "netprobe is not built at {} (cargo test builds it)", path.display());
+    assert!(
+        path.is_file(),
+        "netprobe is not built at {} (cargo test builds it)",
+        path.display()
+    );
     path
 }
 
@@ -47,17 +54,31 @@ pub fn parse(line: &str) -> ProbeResult {
     ProbeResult {
         pid: v["pid"].as_u64().expect("pid") as u32,
         tid: v["tid"].as_u64().expect("tid") as u32,
-        errnos: v["errno"].as_array().expect("errno").iter().map(|e| e.as_i64().expect("errno") as i32).collect(),
+        errnos: v["errno"]
+            .as_array()
+            .expect("errno")
+            .iter()
+            .map(|e| e.as_i64().expect("errno") as i32)
+            .collect(),
     }
 }
 
 /// Runs the command to completion and parses its report.
 pub fn run(mut cmd: Command) -> ProbeResult {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.contains("\"errno\"")).unwrap_or_else(|| {
-        panic!("{cmd:?} printed no report; stdout: {stdout} stderr: {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"errno\""))
+        .unwrap_or_else(|| {
+            panic!(
+                "{cmd:?} printed no report; stdout: {stdout} stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     parse(line)
 }
 
@@ -79,7 +100,11 @@ impl Waiting {
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        Waiting { child, stdin, stdout }
+        Waiting {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     /// The waiting process's pid.

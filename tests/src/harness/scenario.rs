@@ -43,13 +43,22 @@ impl Scenario {
         let mut fx = SensorFixture::attach();
         let cgroup = TestCgroup::create();
         let net = TestNet::create();
-        fx.sensor.add_cgroup_selector(cgroup.path(), EU).expect("cgroup selector");
+        fx.sensor
+            .add_cgroup_selector(cgroup.path(), EU)
+            .expect("cgroup selector");
         fx.sensor.set_mode(EU, mode).expect("mode");
         let mut table = Vec::new();
-        for (host, verdict) in [(&net.frankfurt, Verdict::Allow), (&net.virginia, Verdict::Deny)] {
+        for (host, verdict) in [
+            (&net.frankfurt, Verdict::Allow),
+            (&net.virginia, Verdict::Deny),
+        ] {
             debug_assert!(matches!(host.place, Place::Frankfurt | Place::Virginia));
             for n in host_nets(host) {
-                table.push(VerdictEntry { class: EU, net: n, verdict });
+                table.push(VerdictEntry {
+                    class: EU,
+                    net: n,
+                    verdict,
+                });
             }
         }
         fx.sensor.replace_verdicts(&table).expect("verdicts");

@@ -21,9 +21,15 @@ impl SensorFixture {
         super::privilege::require_root();
         let mut sensor = KernelSensor::load().expect("loading the kernel programs");
         let root = mountinfo::cgroup2_mount().expect("cgroup v2");
-        sensor.attach(&root).expect("attaching at the cgroup v2 root");
+        sensor
+            .attach(&root)
+            .expect("attaching at the cgroup v2 root");
         let events = sensor.take_events().expect("ring buffer");
-        SensorFixture { sensor, events, seen: Vec::new() }
+        SensorFixture {
+            sensor,
+            events,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits (up to 3 s) until `n` records match `pred`, and returns the matching
