@@ -17,7 +17,7 @@ use sensor_common::{
 };
 
 use crate::{
-    emit::{Destination, aggregate, flow_record, submit, task_record},
+    emit::{Destination, aggregate, fill_flow, slot, submit, task_record, track_flow},
     maps::{
         FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config, count,
     },
@@ -52,7 +52,9 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
         count(TAG_MAP_FULL);
         return classes;
     }
-    let mut ev = task_record(FlowKind::Tag as u8);
+    let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
+        return all;
+    };
     ev.classes = added;
     ev.reason = reason::TAINT;
     ev.family = dst.family;
@@ -60,7 +62,7 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
     ev.policy_generation = config().generation;
-    submit(&ev);
+    submit(ev);
     all
 }
 
@@ -154,15 +156,21 @@ pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 
             count(DENIED);
         }
     }
-    let mut ev = task_record(kind as u8);
+    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
+        return if enforce { DENY } else { ALLOW };
+    };
+    ev.classes = if violating != 0 { violating } else { judged };
+    ev.verdict = worst;
+    ev.action = act;
+    ev.policy_generation = cfg.generation;
+    fill_flow(ctx, ev, dst);
+    if !enforce {
+        track_flow(ev);
+    }
     let n = aggregate(tgid, dst, act, ev.ktime_ns, cfg.agg_interval_ns);
     if n != 0 {
         ev.count = n;
-        ev.classes = if violating != 0 { violating } else { judged };
-        ev.verdict = worst;
-        ev.action = act;
-        ev.policy_generation = cfg.generation;
-        flow_record(ctx, ev, dst);
+        submit(ev);
     }
     if enforce { DENY } else { ALLOW }
 }

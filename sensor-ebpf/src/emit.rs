@@ -8,11 +8,11 @@ use aya_ebpf::{
     },
 };
 use sensor_common::{
-    counters::{AGG_MAP_FULL, RINGBUF_RESERVE_FAILED},
+    counters::{AGG_MAP_FULL, FLOW_MAP_FULL, RINGBUF_RESERVE_FAILED},
     flow::{AggKey, AggState, FlowEvent},
 };
 
-use crate::maps::{AGG, EVENTS, count};
+use crate::maps::{AGG, EVENTS, FLOWS, RECORDS, count};
 
 /// Destination of a socket operation, already unwrapped from v4-mapped IPv6.
 pub struct Destination {
@@ -25,11 +25,26 @@ pub struct Destination {
     pub port: u16,
 }
 
-/// A record with the task fields filled in.
+/// Per-CPU scratch slots for building records (a 128-byte record on the
+/// 512-byte BPF stack, copied a few times, overflows it). One slot per context
+/// that can interrupt another on the same CPU.
+pub mod slot {
+    /// Process context: sock_addr hooks, tracepoints, post_bind.
+    pub const PROCESS: u32 = 0;
+    /// softirq: sock_ops.
+    pub const SOFTIRQ: u32 = 1;
+    /// Number of slots.
+    pub const COUNT: u32 = 2;
+}
+
+/// A record in scratch slot `slot` with the task fields filled in.
 #[inline(always)]
-pub fn task_record(kind: u8) -> FlowEvent {
+pub fn task_record(slot: u32, kind: u8) -> Option<&'static mut FlowEvent> {
+    let ev = RECORDS.get_ptr_mut(slot)?;
+    // SAFETY: a per-CPU map value, used by one program run at a time per slot.
+    let ev = unsafe { &mut *ev };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut ev = FlowEvent::ZERO;
+    *ev = FlowEvent::ZERO;
     // SAFETY: helpers without pointer arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -39,18 +54,14 @@ pub fn task_record(kind: u8) -> FlowEvent {
     ev.count = 1;
     ev.kind = kind;
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    ev
+    Some(ev)
 }
 
 /// Submits a record; a full ring buffer is counted, never silent.
 #[inline(always)]
 pub fn submit(ev: &FlowEvent) {
-    match EVENTS.reserve::<FlowEvent>(0) {
-        Some(mut entry) => {
-            entry.write(*ev);
-            entry.submit(0);
-        }
-        None => count(RINGBUF_RESERVE_FAILED),
+    if EVENTS.output::<FlowEvent>(ev, 0).is_err() {
+        count(RINGBUF_RESERVE_FAILED);
     }
 }
 
@@ -97,14 +108,28 @@ pub fn aggregate(tgid: u32, dst: &Destination, action: u8, now: u64, interval_ns
     }
 }
 
-/// Sends a flow record about a socket operation.
+/// Fills the socket fields of a flow record.
 #[inline(always)]
-pub fn flow_record<C: EbpfContext>(ctx: &C, mut ev: FlowEvent, dst: &Destination) {
+pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination) {
     // SAFETY: the context is the program's own.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.family = dst.family;
     ev.protocol = dst.protocol;
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
-    submit(&ev);
+}
+
+/// Starts tracking a flow for its close record (bytes, duration). The first
+/// judged call on a socket wins (BPF_NOEXIST): later sendto()s on the same UDP
+/// socket add their bytes to it. The stored record keeps its connect/sendmsg
+/// kind until `sock_release` turns it into a close record.
+#[inline(always)]
+pub fn track_flow(ev: &FlowEvent) {
+    const BPF_NOEXIST: u64 = 1;
+    const EEXIST: i32 = 17;
+    match FLOWS.insert(&ev.cookie, ev, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {}
+        Err(_) => count(FLOW_MAP_FULL),
+    }
 }

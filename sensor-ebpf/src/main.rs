@@ -4,6 +4,7 @@
 //! - `connect.rs`: cgroup connect4/connect6 (TCP connect, UDP connect).
 //! - `sendmsg.rs`: cgroup sendmsg4/sendmsg6 (unconnected UDP sendto/sendmsg).
 //! - `process.rs`: exec/fork/exit tracepoints (tagging and its lifetime).
+//! - `sockets.rs`: listeners, accepted connections, bytes, close records.
 //! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
 //! - `emit.rs`: records to user space, with aggregation.
 #![no_std]
@@ -15,6 +16,7 @@ mod emit;
 mod maps;
 mod process;
 mod sendmsg;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counters::COUNTER_COUNT,
-    flow::{AggKey, AggState},
+    flow::{AggKey, AggState, FlowEvent},
     policy::{Config, MAX_CLASSES, TaintSource, VerdictKey},
     tag::{ExeKey, TaskTag},
 };
@@ -57,6 +57,20 @@ pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(4096, 0);
 #[map]
 pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(4096, 0);
 
+/// Flows of tagged processes being tracked for their close record: socket
+/// cookie → the record to send at close (`detail` accumulates bytes sent).
+/// Not preallocated (BPF_F_NO_PREALLOC = 1): most hosts track few flows.
+#[map]
+pub static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 1);
+
+/// TCP ports tagged processes listen on → a record template of the listener.
+#[map]
+pub static LISTENERS: HashMap<u32, FlowEvent> = HashMap::with_max_entries(4096, 0);
+
+/// Socket cookie of a listener → its port (to remove it at release).
+#[map]
+pub static LISTENER_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
 /// Aggregation state of recent flows.
 #[map]
 pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_536, 0);
@@ -101,3 +115,8 @@ impl Judgement {
 /// Scratch space for `decide::judge` (one slot per CPU).
 #[map]
 pub static SCRATCH: PerCpuArray<Judgement> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch records, one per `emit::slot` per CPU.
+#[map]
+pub static RECORDS: PerCpuArray<FlowEvent> =
+    PerCpuArray::with_max_entries(crate::emit::slot::COUNT, 0);

@@ -21,7 +21,7 @@ use sensor_common::{
 };
 
 use crate::{
-    emit::{submit, task_record},
+    emit::{slot, submit, task_record},
     maps::{CGROUP_SELECTORS, EXE_SELECTORS, TASKS, UID_SELECTORS, config, count},
 };
 
@@ -29,12 +29,14 @@ use crate::{
 const MAX_CGROUP_DEPTH: i32 = 16;
 
 fn tag_record(classes: u64, why: u8, detail: u64, generation: u32) {
-    let mut ev = task_record(FlowKind::Tag as u8);
+    let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
+        return;
+    };
     ev.classes = classes;
     ev.reason = why;
     ev.detail = detail;
     ev.policy_generation = generation;
-    submit(&ev);
+    submit(ev);
 }
 
 /// Reads the (dev, inode) of the current task's executable through the BTF
@@ -158,14 +160,16 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
         count(TAG_MAP_FULL);
         return 0;
     }
-    let mut ev = task_record(FlowKind::Tag as u8);
+    let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
+        return 0;
+    };
     ev.pid = child as u32;
     ev.tgid = child as u32;
     ev.classes = tag.classes;
     ev.reason = reason::INHERITED;
     ev.detail = u64::from(parent);
     ev.policy_generation = cfg.generation;
-    submit(&ev);
+    submit(ev);
     0
 }
 

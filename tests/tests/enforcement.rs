@@ -29,9 +29,10 @@ struct Expect {
     remote: SocketAddr,
 }
 
+/// Connect and sendmsg records of process `tgid` (not tags, not closes).
 fn flows_of(sc: &mut Scenario, tgid: u32, n: usize) -> Vec<FlowEvent> {
     sc.fx.wait_for(n, |e| {
-        e.tgid == tgid && e.flow_kind() != Some(FlowKind::Tag)
+        e.tgid == tgid && matches!(e.flow_kind(), Some(FlowKind::Connect | FlowKind::Sendmsg))
     })
 }
 

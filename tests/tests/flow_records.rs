@@ -17,7 +17,7 @@ use std::{net::SocketAddr, time::Duration};
 
 fn one_record(sc: &mut Scenario, p: &ProbeResult) -> FlowEvent {
     let recs = sc.fx.wait_for(1, |e| {
-        e.tgid == p.pid && e.flow_kind() != Some(FlowKind::Tag)
+        e.tgid == p.pid && e.flow_kind() == Some(FlowKind::Connect)
     });
     assert_eq!(
         recs.len(),

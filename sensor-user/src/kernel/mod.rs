@@ -17,7 +17,10 @@ use std::{fs::File, path::Path, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        TracePoint,
+    },
 };
 use sensor_common::{counters::COUNTER_COUNT, policy::Config};
 use tracing::{debug, warn};
@@ -34,6 +37,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/se
 /// cgroup sock_addr programs in the object.
 pub const SOCK_ADDR_PROGRAMS: &[&str] =
     &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
+/// cgroup sock programs (post_bind4/6, sock_release) in the object.
+pub const SOCK_PROGRAMS: &[&str] = &["on_post_bind4", "on_post_bind6", "on_sock_release"];
+/// The sock_ops program (accepted connections).
+pub const SOCK_OPS_PROGRAM: &str = "on_sock_ops";
+/// The cgroup_skb egress program (bytes per flow).
+pub const EGRESS_PROGRAM: &str = "on_egress";
 /// Tracepoint programs: (program, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_exec", "sched", "sched_process_exec"),
@@ -54,6 +63,17 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorErro
 
 fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> SensorError {
     move |source| SensorError::Program { name, source }
+}
+
+/// A program of `ebpf` by name, as its concrete type.
+fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SensorError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SensorError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))
 }
 
 /// Kernel struct offsets for reading the executable's identity at exec.
@@ -102,19 +122,19 @@ impl KernelSensor {
         let tracefs = tracefs::ensure_mounted()?;
         let mut ebpf = Ebpf::load(OBJECT)?;
         for &name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
+            let prog: &mut CgroupSockAddr = load_program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name))?;
         }
+        for &name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        let prog: &mut SockOps = load_program(&mut ebpf, SOCK_OPS_PROGRAM)?;
+        prog.load().map_err(prog_err(SOCK_OPS_PROGRAM))?;
+        let prog: &mut CgroupSkb = load_program(&mut ebpf, EGRESS_PROGRAM)?;
+        prog.load().map_err(prog_err(EGRESS_PROGRAM))?;
         for &(name, _, _) in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
+            let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name))?;
         }
         let mut config = Config::DEFAULT;
@@ -151,25 +171,40 @@ impl KernelSensor {
             source,
         })?;
         for &(name, category, tp) in TRACEPOINTS {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
+            let prog: &mut TracePoint = self.program(name)?;
             prog.attach(category, tp).map_err(prog_err(name))?;
         }
-        for &name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram(name))?
-                .try_into()
+        for &name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = self.program(name)?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
+        }
+        let prog: &mut SockOps = self.program(SOCK_OPS_PROGRAM)?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(SOCK_OPS_PROGRAM))?;
+        let prog: &mut CgroupSkb = self.program(EGRESS_PROGRAM)?;
+        prog.attach(
+            &cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )
+        .map_err(prog_err(EGRESS_PROGRAM))?;
+        // Socket hooks last: by the time connects are judged, exec/fork
+        // tracking and flow accounting are in place.
+        for &name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self.program(name)?;
             prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
         }
         Ok(())
+    }
+
+    /// A program of the object by name and type.
+    fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, SensorError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        load_program(&mut self.ebpf, name)
     }
 
     /// Takes the ring buffer out of the object; call once, hand it to the drain task.

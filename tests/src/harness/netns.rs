@@ -98,6 +98,9 @@ pub struct RemoteHost {
     pub veth: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+    /// The host's own address on the link to this remote (for inbound tests).
+    pub host_v4: Ipv4Addr,
+    pub host_v6: Ipv6Addr,
 }
 
 impl RemoteHost {
@@ -132,6 +135,8 @@ impl RemoteHost {
             veth,
             v4: r4,
             v6: r6,
+            host_v4: h4,
+            host_v6: h6,
         }
     }
 

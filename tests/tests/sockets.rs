@@ -1,0 +1,147 @@
+//! Socket lifetime of tagged processes: inbound connections they accept (with
+//! the peer), and the close record with the bytes that left and how long.
+
+use std::{net::SocketAddr, time::Duration};
+
+use harness::harness::{
+    probe::{self, Waiting},
+    scenario::{EU_BIT, Scenario},
+};
+use sensor_common::{
+    flow::FlowKind,
+    net::{AF_INET, AF_INET6, IPPROTO_TCP},
+};
+use sensor_user::kernel::verdicts::Mode;
+
+fn inbound(v6: bool) {
+    let mut sc = Scenario::new(Mode::Enforce);
+    let host_ip = if v6 {
+        sc.net.virginia.host_v6.to_string()
+    } else {
+        sc.net.virginia.host_v4.to_string()
+    };
+    let bind = if v6 {
+        format!("[{host_ip}]:0")
+    } else {
+        format!("{host_ip}:0")
+    };
+    let mut server = Waiting::start(sc.in_cgroup(probe::command(&["tcp-serve", &bind])));
+    let line = server.read_line();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("listening line");
+    let port = v["listening"].as_u64().expect("port") as u16;
+    let target = if v6 {
+        format!("[{host_ip}]:{port}")
+    } else {
+        format!("{host_ip}:{port}")
+    };
+    // The "Virginia" client, in its network namespace, connects in.
+    let mut client = sc
+        .net
+        .virginia
+        .command(probe::netprobe().to_str().expect("utf-8 path"));
+    client.args(["tcp-connect", &target]);
+    let c = probe::run(client);
+    assert_eq!(c.errno(), 0, "inbound is recorded, not denied: {c:?}");
+    let server_pid = server.pid();
+    let s = server.go();
+    assert_eq!(s.errno(), 0);
+    let recs = sc.fx.wait_for(1, |e| {
+        e.tgid == server_pid && e.flow_kind() == Some(FlowKind::Accept)
+    });
+    assert_eq!(recs.len(), 1, "one accept record: {recs:?}");
+    let ev = recs[0];
+    let peer_ip = if v6 {
+        sc.net.virginia.v6.to_string()
+    } else {
+        sc.net.virginia.v4.to_string()
+    };
+    assert_eq!(
+        ev.remote().ip().to_string(),
+        peer_ip,
+        "the peer is the Virginia client"
+    );
+    assert_eq!(ev.local_port, port);
+    assert_eq!(ev.family, if v6 { AF_INET6 } else { AF_INET });
+    assert_eq!(ev.protocol, IPPROTO_TCP);
+    assert_eq!(ev.classes, EU_BIT);
+    assert_eq!(ev.comm_str(), "netprobe");
+    assert_ne!(ev.cookie, 0);
+}
+
+#[test]
+fn inbound_v4_connection_accepted_by_tagged_server_is_recorded() {
+    inbound(false);
+}
+
+#[test]
+fn inbound_v6_connection_accepted_by_tagged_server_is_recorded() {
+    inbound(true);
+}
+
+fn close_record_of(sc: &mut Scenario, pid: u32) -> sensor_common::flow::FlowEvent {
+    let recs = sc.fx.wait_for(1, |e| {
+        e.tgid == pid && e.flow_kind() == Some(FlowKind::Close)
+    });
+    assert_eq!(recs.len(), 1, "one close record: {recs:?}");
+    recs[0]
+}
+
+#[test]
+fn udp_close_record_counts_exact_bytes() {
+    let mut sc = Scenario::new(Mode::Monitor);
+    for (v6, ip_header) in [(false, 20u64), (true, 40u64)] {
+        let server = sc.net.frankfurt.udp_server(v6);
+        let p = sc.inside(&[
+            "udp-sendto",
+            &server.addr.to_string(),
+            "udp-sendto",
+            &server.addr.to_string(),
+        ]);
+        assert_eq!(p.errnos, vec![0, 0]);
+        assert_eq!(server.wait_for(2, Duration::from_secs(2)), 2);
+        // netprobe opens one socket per sendto: two close records, each for one
+        // 4-byte datagram = payload + UDP header (8) + IP header.
+        let closes = sc.fx.wait_for(2, |e| {
+            e.tgid == p.pid && e.flow_kind() == Some(FlowKind::Close)
+        });
+        assert_eq!(closes.len(), 2, "{closes:?}");
+        assert_ne!(closes[0].cookie, closes[1].cookie);
+        for ev in closes {
+            assert_eq!(ev.detail, 4 + 8 + ip_header, "bytes at the IP layer");
+            assert_eq!(ev.remote(), server.addr);
+            assert!(ev.duration_ns > 0);
+        }
+    }
+}
+
+#[test]
+fn tcp_close_record_has_bytes_and_duration() {
+    let mut sc = Scenario::new(Mode::Monitor);
+    let server = sc.net.frankfurt.tcp_server(false);
+    let p = sc.inside(&["tcp-connect", &server.addr.to_string()]);
+    assert_eq!(p.errno(), 0);
+    let ev = close_record_of(&mut sc, p.pid);
+    let remote: SocketAddr = server.addr;
+    assert_eq!(ev.remote(), remote);
+    // SYN, the 4-byte payload, ACKs and FIN: at least payload + 2 headers.
+    assert!(ev.detail >= 4 + 2 * 40, "bytes: {}", ev.detail);
+    assert!(ev.duration_ns > 0);
+    assert_eq!(ev.classes, EU_BIT);
+}
+
+#[test]
+fn denied_flow_has_no_close_record() {
+    let mut sc = Scenario::new(Mode::Enforce);
+    let server = sc.net.virginia.udp_server(false);
+    let allowed = sc.net.frankfurt.udp_server(false);
+    let p = sc.inside(&["udp-sendto", &server.addr.to_string()]);
+    assert_eq!(p.errno(), libc::EPERM);
+    // A marker flow that is tracked: its close record proves the denied one's
+    // would have arrived by now.
+    let m = sc.inside(&["udp-sendto", &allowed.addr.to_string()]);
+    close_record_of(&mut sc, m.pid);
+    let closes = sc
+        .fx
+        .all(|e| e.tgid == p.pid && e.flow_kind() == Some(FlowKind::Close));
+    assert!(closes.is_empty(), "{closes:?}");
+}
