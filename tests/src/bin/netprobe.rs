@@ -10,6 +10,8 @@
 //!   udp-sendto ADDR:PORT         sendto on an unconnected UDP socket
 //!   tcp-serve ADDR:PORT          listen, accept one connection, close
 //!
+//! Or: netprobe fork-exit N       fork N children that exit at once
+//!
 //! `--wait-stdin` waits for a line on stdin first (so a test can tag the process
 //! before it acts); `--fork` makes a child process do the operations (the child
 //! prints), `--thread` a new thread. IPv6 addresses are written [addr]:port; an
@@ -82,8 +84,38 @@ fn report(tid: u32, errnos: &[i32]) {
     let _ = std::io::stdout().flush();
 }
 
+/// `netprobe fork-exit N`: forks N children, one after the other, each exiting
+/// at once; prints how many were reaped. (Short-lived processes for the tag
+/// lifetime test.)
+fn fork_exit(args: &[String]) {
+    let n: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("usage: netprobe fork-exit N");
+        std::process::exit(2);
+    });
+    let mut reaped = 0u32;
+    for _ in 0..n {
+        // SAFETY: the child calls only _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            child if child > 0 => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                if unsafe { libc::waitpid(child, &mut status, 0) } == child {
+                    reaped += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    println!("{{\"reaped\":{reaped}}}");
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("fork-exit") {
+        fork_exit(&args);
+        return;
+    }
     let mut take_flag = |f: &str| {
         let found = args.iter().position(|a| a == f);
         if let Some(i) = found {

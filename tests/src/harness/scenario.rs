@@ -40,12 +40,26 @@ pub fn host_nets(host: &RemoteHost) -> [IpNet; 2] {
 impl Scenario {
     /// Sets up the scenario with class 0 in `mode`.
     pub fn new(mode: Mode) -> Scenario {
+        let mut sc = Scenario::without_selector(mode);
+        sc.select_cgroup();
+        sc
+    }
+
+    /// Installs the cgroup selector (class 0 for processes that exec in the
+    /// test cgroup).
+    pub fn select_cgroup(&mut self) {
+        self.fx
+            .sensor
+            .add_cgroup_selector(self.cgroup.path(), EU)
+            .expect("cgroup selector");
+    }
+
+    /// The scenario without the cgroup selector: nothing is tagged yet.
+    pub fn without_selector(mode: Mode) -> Scenario {
         let mut fx = SensorFixture::attach();
         let cgroup = TestCgroup::create();
         let net = TestNet::create();
-        fx.sensor
-            .add_cgroup_selector(cgroup.path(), EU)
-            .expect("cgroup selector");
+
         fx.sensor.set_mode(EU, mode).expect("mode");
         let mut table = Vec::new();
         for (host, verdict) in [
