@@ -113,9 +113,39 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
     if let Some(flow) = FLOWS.get_ptr_mut(&cookie) {
         // SAFETY: pointer from a successful lookup; a lost update between CPUs
         // only undercounts by one packet.
-        unsafe { (*flow).detail += u64::from(ctx.len()) };
+        let flow = unsafe { &mut *flow };
+        flow.detail += u64::from(ctx.len());
+        if flow.local_port == 0 {
+            local_endpoint(&ctx, flow);
+        }
     }
     1
+}
+
+/// Fills the flow's local address and port from its first packet: at connect
+/// time the kernel has not chosen them yet, and sock_release may not read them.
+/// The packet starts at the IP header in cgroup_skb programs.
+#[inline(always)]
+fn local_endpoint(ctx: &SkBuffContext, flow: &mut sensor_common::flow::FlowEvent) {
+    let Ok(first) = ctx.load::<u8>(0) else { return };
+    match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            if let (Ok(src), Ok(port)) = (ctx.load::<[u8; 4]>(12), ctx.load::<[u8; 2]>(ihl)) {
+                flow.local_addr[..4].copy_from_slice(&src);
+                flow.local_port = u16::from_be_bytes(port);
+            }
+        }
+        // The fixed IPv6 header is 40 bytes; flows of tagged TCP/UDP sockets
+        // carry no extension headers in practice.
+        6 => {
+            if let (Ok(src), Ok(port)) = (ctx.load::<[u8; 16]>(8), ctx.load::<[u8; 2]>(40)) {
+                flow.local_addr = src;
+                flow.local_port = u16::from_be_bytes(port);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cgroup_sock(sock_release)]

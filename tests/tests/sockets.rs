@@ -108,6 +108,14 @@ fn udp_close_record_counts_exact_bytes() {
         assert_ne!(closes[0].cookie, closes[1].cookie);
         for ev in closes {
             assert_eq!(ev.detail, 4 + 8 + ip_header, "bytes at the IP layer");
+            let host = if v6 {
+                std::net::IpAddr::V6(sc.net.frankfurt.host_v6)
+            } else {
+                std::net::IpAddr::V4(sc.net.frankfurt.host_v4)
+            };
+            assert_eq!(ev.local().ip(), host, "the local address from the first packet");
+            assert_ne!(ev.local_port, 0);
+
             assert_eq!(ev.remote(), server.addr);
             assert!(ev.duration_ns > 0);
         }
