@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counters::{AGG_MAP_FULL, FLOW_MAP_FULL, RINGBUF_RESERVE_FAILED},
-    flow::{AggKey, AggState, FlowEvent},
+    flow::{AggKey, AggState, FlowEvent, FlowKind},
+    policy::action,
 };
 
 use crate::maps::{AGG, EVENTS, FLOWS, RECORDS, count};
@@ -57,10 +58,27 @@ pub fn task_record(slot: u32, kind: u8) -> Option<&'static mut FlowEvent> {
     Some(ev)
 }
 
+/// Unread bytes in the ring buffer above which every record wakes the reader.
+const WAKEUP_THRESHOLD: u64 = 256 * 1024;
+
 /// Submits a record; a full ring buffer is counted, never silent.
+///
+/// Waking the reader costs a context switch per record, which at connect rates
+/// costs more than everything else the sensor does. So only violations (and
+/// tags, which explain them) wake it at once; flow and close records wait for
+/// the reader's periodic poll unless the buffer is filling up.
 #[inline(always)]
 pub fn submit(ev: &FlowEvent) {
-    if EVENTS.output::<FlowEvent>(ev, 0).is_err() {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    let urgent = ev.action != action::NONE || ev.kind == FlowKind::Tag as u8;
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_THRESHOLD {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<FlowEvent>(ev, flags).is_err() {
         count(RINGBUF_RESERVE_FAILED);
     }
 }

@@ -113,7 +113,11 @@ fn udp_close_record_counts_exact_bytes() {
             } else {
                 std::net::IpAddr::V4(sc.net.frankfurt.host_v4)
             };
-            assert_eq!(ev.local().ip(), host, "the local address from the first packet");
+            assert_eq!(
+                ev.local().ip(),
+                host,
+                "the local address from the first packet"
+            );
             assert_ne!(ev.local_port, 0);
 
             assert_eq!(ev.remote(), server.addr);

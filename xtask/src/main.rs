@@ -65,3 +65,27 @@ fn main() -> anyhow::Result<()> {
         } => test::run(!no_lint, &cargo_args),
     }
 }
+
+/// Builds and runs the benchmark binaries in release mode.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let status = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "residency-tests",
+            "--bin",
+            "sensor-bench",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("while building sensor-bench")?;
+    anyhow::ensure!(status.success(), "building sensor-bench failed");
+    let status = std::process::Command::new(root.join("target/release/sensor-bench"))
+        .args(args)
+        .status()
+        .context("while running sensor-bench")?;
+    anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    Ok(())
+}

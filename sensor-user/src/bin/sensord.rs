@@ -7,6 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use sensor_common::flow::FlowEvent;
 use sensor_user::{kernel::KernelSensor, ledger::TagLedger, preflight, system::mountinfo};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -52,6 +53,39 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Logs one kernel record (tags also go to the ledger).
+fn log_record(ev: &FlowEvent, ledger: &mut TagLedger, sensor: &KernelSensor) {
+    if ledger.record_event(ev, sensor.selectors()) {
+        info!(
+            tgid = ev.tgid,
+            classes = ev.classes,
+            reason = ev.reason,
+            detail = ev.detail,
+            "process tagged"
+        );
+        return;
+    }
+    info!(
+        kind = ?ev.flow_kind(),
+        pid = ev.pid,
+        tgid = ev.tgid,
+        uid = ev.uid,
+        cgroup_id = ev.cgroup_id,
+        comm = %ev.comm_str(),
+        protocol = ev.protocol,
+        local = %ev.local(),
+        remote = %ev.remote(),
+        cookie = ev.cookie,
+        classes = ev.classes,
+        verdict = ev.verdict,
+        action = ev.action,
+        count = ev.count,
+        bytes = ev.detail,
+        generation = ev.policy_generation,
+        "flow"
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -85,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
+    // The kernel wakes us only for violations and tags, or when the buffer fills
+    // (see sensor-ebpf emit.rs); flow and close records are picked up here.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_lost = 0u64;
     let mut batch = Vec::new();
     loop {
@@ -95,30 +132,18 @@ async fn main() -> anyhow::Result<()> {
                 guard.get_inner_mut().drain(&mut batch);
                 guard.clear_ready();
                 for ev in &batch {
-                    if ledger.record_event(ev, sensor.selectors()) {
-                        info!(tgid = ev.tgid, classes = ev.classes, reason = ev.reason, detail = ev.detail, "process tagged");
-                        continue;
-                    }
-                    info!(
-                        kind = ?ev.flow_kind(),
-                        pid = ev.pid,
-                        tgid = ev.tgid,
-                        uid = ev.uid,
-                        cgroup_id = ev.cgroup_id,
-                        comm = %ev.comm_str(),
-                        protocol = ev.protocol,
-                        remote = %ev.remote(),
-                        cookie = ev.cookie,
-                        classes = ev.classes,
-                        verdict = ev.verdict,
-                        action = ev.action,
-                        count = ev.count,
-                        generation = ev.policy_generation,
-                        "flow"
-                    );
+                    log_record(ev, &mut ledger, &sensor);
+                }
+            }
+            _ = drain_tick.tick() => {
+                batch.clear();
+                reader.get_mut().drain(&mut batch);
+                for ev in &batch {
+                    log_record(ev, &mut ledger, &sensor);
                 }
             }
             _ = counter_tick.tick() => {
+
                 match sensor.counters() {
                     Ok(c) => {
                         let lost = c[sensor_common::counters::RINGBUF_RESERVE_FAILED as usize];

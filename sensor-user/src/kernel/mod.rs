@@ -166,14 +166,27 @@ impl KernelSensor {
     /// coexist. The mode must stay `Single` (flags 0): the kernel rejects any
     /// flag on a cgroup `bpf_link_create` with EINVAL (seen on 6.18).
     pub fn attach(&mut self, cgroup_path: &Path) -> Result<(), SensorError> {
-        let cgroup = File::open(cgroup_path).map_err(|source| SensorError::OpenCgroup {
-            path: cgroup_path.to_owned(),
-            source,
-        })?;
+        self.attach_tracepoints()?;
+        self.attach_cgroup(cgroup_path)
+    }
+
+    /// Attaches the process tracepoints (exec, fork, exit) alone. They are
+    /// host-wide; attach them once per loaded object.
+    pub fn attach_tracepoints(&mut self) -> Result<(), SensorError> {
         for &(name, category, tp) in TRACEPOINTS {
             let prog: &mut TracePoint = self.program(name)?;
             prog.attach(category, tp).map_err(prog_err(name))?;
         }
+        Ok(())
+    }
+
+    /// Attaches the socket programs alone to one more cgroup (benchmarks compare
+    /// cgroups with and without them).
+    pub fn attach_cgroup(&mut self, cgroup_path: &Path) -> Result<(), SensorError> {
+        let cgroup = File::open(cgroup_path).map_err(|source| SensorError::OpenCgroup {
+            path: cgroup_path.to_owned(),
+            source,
+        })?;
         for &name in SOCK_PROGRAMS {
             let prog: &mut CgroupSock = self.program(name)?;
             prog.attach(&cgroup, CgroupAttachMode::Single)
