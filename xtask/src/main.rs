@@ -28,6 +28,14 @@ enum Cmd {
     },
     /// Build the kernel object alone and print its path.
     BuildEbpf,
+    /// Benchmarks (as root): the kernel sensor's cost per connect() on three
+    /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
+    /// as medians and ratios. Arguments after `--` go to sensor-bench
+    /// (`--rounds R --per-round N --prefixes P`).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The full test run CI does: fmt, clippy, unit tests and privileged
     /// end-to-end tests (as root), with a leak check of kernel objects around it.
     Test {
@@ -63,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             cargo_args,
         } => test::run(!no_lint, &cargo_args),
+        Cmd::Bench { args } => bench(&args),
     }
 }
 
