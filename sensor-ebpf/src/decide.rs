@@ -48,7 +48,7 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     }
     let added = src.classes & !classes;
     let all = classes | src.classes;
-    if TASKS.insert(&tgid, &TaskTag { classes: all }, 0).is_err() {
+    if TASKS.insert(tgid, TaskTag { classes: all }, 0).is_err() {
         count(TAG_MAP_FULL);
         return classes;
     }
@@ -71,7 +71,7 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
 pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is copied out at once.
-    let tagged = unsafe { TASKS.get(&tgid) }.map(|t| t.classes).unwrap_or(0);
+    let tagged = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
     if is_loopback(dst) {
         return ALLOW;
     }

@@ -98,7 +98,7 @@ pub fn aggregate(tgid: u32, dst: &Destination, action: u8, now: u64, interval_ns
         action,
         addr: dst.key,
     };
-    match AGG.get_ptr_mut(&key) {
+    match AGG.get_ptr_mut(key) {
         Some(state) => {
             // SAFETY: pointer from a successful lookup, valid for this run.
             let state = unsafe { &mut *state };
@@ -118,7 +118,7 @@ pub fn aggregate(tgid: u32, dst: &Destination, action: u8, now: u64, interval_ns
                 suppressed: 0,
                 _pad: 0,
             };
-            if AGG.insert(&key, &fresh, 0).is_err() {
+            if AGG.insert(key, fresh, 0).is_err() {
                 count(AGG_MAP_FULL);
             }
             1
@@ -145,7 +145,7 @@ pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination)
 pub fn track_flow(ev: &FlowEvent) {
     const BPF_NOEXIST: u64 = 1;
     const EEXIST: i32 = 17;
-    match FLOWS.insert(&ev.cookie, ev, BPF_NOEXIST) {
+    match FLOWS.insert(ev.cookie, ev, BPF_NOEXIST) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {}
         Err(_) => count(FLOW_MAP_FULL),

@@ -72,7 +72,7 @@ fn current_exe(cfg: &Config) -> Option<ExeKey> {
 pub fn on_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let existing = unsafe { TASKS.get(&tgid) }.map(|t| t.classes).unwrap_or(0);
+    let existing = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
     let cfg = config();
     let mut added = 0u64;
 
@@ -85,14 +85,14 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
             break;
         }
         // SAFETY: copied out at once.
-        if let Some(c) = unsafe { CGROUP_SELECTORS.get(&id) } {
+        if let Some(c) = unsafe { CGROUP_SELECTORS.get(id) } {
             cgroup_match |= *c;
             cgroup_id = id;
         }
     }
     let uid = bpf_get_current_uid_gid() as u32;
     // SAFETY: copied out at once.
-    let uid_match = unsafe { UID_SELECTORS.get(&uid) }.copied().unwrap_or(0);
+    let uid_match = unsafe { UID_SELECTORS.get(uid) }.copied().unwrap_or(0);
     let exe = current_exe(&cfg);
     let exe_match = match &exe {
         // SAFETY: copied out at once.
@@ -106,8 +106,8 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     }
     if TASKS
         .insert(
-            &tgid,
-            &TaskTag {
+            tgid,
+            TaskTag {
                 classes: existing | added,
             },
             0,
@@ -147,7 +147,7 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
     }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(tag) = (unsafe { TASKS.get(&parent) }).copied() else {
+    let Some(tag) = (unsafe { TASKS.get(parent) }).copied() else {
         return 0;
     };
     // SAFETY: offset read from the tracepoint's format by user space.
@@ -156,7 +156,7 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
     };
     // For a new thread child is a thread id: the entry is unused (lookups are by
     // tgid) and removed when the thread exits.
-    if TASKS.insert(&(child as u32), &tag, 0).is_err() {
+    if TASKS.insert(child as u32, tag, 0).is_err() {
         count(TAG_MAP_FULL);
         return 0;
     }
@@ -179,7 +179,7 @@ pub fn on_exit(ctx: TracePointContext) -> u32 {
     let pid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
     if pid != tgid {
-        let _ = TASKS.remove(&pid);
+        let _ = TASKS.remove(pid);
     }
     let cfg = config();
     let group_dead = if cfg.tp_exit_group_dead != 0 {
@@ -191,7 +191,7 @@ pub fn on_exit(ctx: TracePointContext) -> u32 {
         pid == tgid
     };
     if group_dead {
-        let _ = TASKS.remove(&tgid);
+        let _ = TASKS.remove(tgid);
     }
     0
 }

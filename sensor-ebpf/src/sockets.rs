@@ -39,7 +39,7 @@ fn on_bind(ctx: &SockContext) -> i32 {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(tag) = (unsafe { TASKS.get(&tgid) }).copied() else {
+    let Some(tag) = (unsafe { TASKS.get(tgid) }).copied() else {
         return 1;
     };
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Accept as u8) else {
@@ -52,8 +52,8 @@ fn on_bind(ctx: &SockContext) -> i32 {
     // The key must live on the stack: the verifier refuses a ctx pointer as a key.
     let port: u32 = sk.src_port;
     let cookie = ev.cookie;
-    if LISTENERS.insert(&port, ev, 0).is_ok() {
-        let _ = LISTENER_PORTS.insert(&cookie, &port, 0);
+    if LISTENERS.insert(port, ev, 0).is_ok() {
+        let _ = LISTENER_PORTS.insert(cookie, port, 0);
     }
     1
 }
@@ -75,7 +75,7 @@ pub fn on_sock_ops(ctx: SockOpsContext) -> u32 {
     }
     let port = ctx.local_port();
     // SAFETY: copied into this context's scratch slot at once.
-    let Some(listener) = (unsafe { LISTENERS.get(&port) }) else {
+    let Some(listener) = (unsafe { LISTENERS.get(port) }) else {
         return 1;
     };
     let Some(ev) = RECORDS.get_ptr_mut(slot::SOFTIRQ) else {
@@ -110,7 +110,7 @@ pub fn on_sock_ops(ctx: SockOpsContext) -> u32 {
 pub fn on_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = FLOWS.get_ptr_mut(&cookie) {
+    if let Some(flow) = FLOWS.get_ptr_mut(cookie) {
         // SAFETY: pointer from a successful lookup; a lost update between CPUs
         // only undercounts by one packet.
         let flow = unsafe { &mut *flow };
@@ -152,7 +152,7 @@ fn local_endpoint(ctx: &SkBuffContext, flow: &mut sensor_common::flow::FlowEvent
 pub fn on_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = FLOWS.get_ptr_mut(&cookie) {
+    if let Some(flow) = FLOWS.get_ptr_mut(cookie) {
         // SAFETY: pointer from a successful lookup, valid for this run; the
         // entry is ours to finish and delete.
         let ev = unsafe { &mut *flow };
@@ -163,14 +163,14 @@ pub fn on_sock_release(ctx: SockContext) -> i32 {
         ev.kind = FlowKind::Close as u8;
         ev.count = 1;
         submit(ev);
-        let _ = FLOWS.remove(&cookie);
+        let _ = FLOWS.remove(cookie);
     }
     // The listener entry goes with its socket. (sock_release may not read the
     // socket's port, hence the cookie → port map.)
     // SAFETY: copied out at once.
-    if let Some(port) = unsafe { LISTENER_PORTS.get(&cookie) }.copied() {
-        let _ = LISTENERS.remove(&port);
-        let _ = LISTENER_PORTS.remove(&cookie);
+    if let Some(port) = unsafe { LISTENER_PORTS.get(cookie) }.copied() {
+        let _ = LISTENERS.remove(port);
+        let _ = LISTENER_PORTS.remove(cookie);
     }
     1
 }

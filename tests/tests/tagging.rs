@@ -215,8 +215,7 @@ fn repeated_violations_are_aggregated_and_counted() {
         .expect("aggregation");
     let server = sc.net.virginia.udp_server(false);
     let t = server.addr.to_string();
-    let args: Vec<&str> = std::iter::repeat(["udp-sendto", t.as_str()])
-        .take(5)
+    let args: Vec<&str> = std::iter::repeat_n(["udp-sendto", t.as_str()], 5)
         .flatten()
         .collect();
     let p = sc.inside(&args);

@@ -188,12 +188,11 @@ impl Btf {
             }
             if name.is_empty() {
                 // An anonymous struct/union member: its fields belong to us.
-                if let Some(inner) = self.resolve(m.type_id) {
-                    if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
-                        if let Some(off) = self.find_in(inner, member, depth + 1) {
-                            return Some(m.bit_offset + off);
-                        }
-                    }
+                if let Some(inner) = self.resolve(m.type_id)
+                    && (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                    && let Some(off) = self.find_in(inner, member, depth + 1)
+                {
+                    return Some(m.bit_offset + off);
                 }
             }
         }

@@ -126,7 +126,7 @@ fn main() {
     let wait = take_flag("--wait-stdin");
     let fork = take_flag("--fork");
     let thread = take_flag("--thread");
-    if args.is_empty() || args.len() % 2 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
         eprintln!("usage: netprobe [--wait-stdin] [--fork|--thread] OP ADDR:PORT [OP ADDR:PORT]…");
         std::process::exit(2);
     }
