@@ -9,6 +9,7 @@
 //! - [`tagging`]: which processes carry which classes (tasks, selectors, taint);
 //! - [`verdicts`]: modes and the per-class destination verdicts.
 
+pub mod offsets;
 pub mod tagging;
 pub mod verdicts;
 
@@ -17,18 +18,14 @@ use std::{fs::File, path::Path, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
-        TracePoint,
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
 };
 use sensor_common::{counters::COUNTER_COUNT, policy::Config};
-use tracing::{debug, warn};
 
 use crate::{
     SensorError,
     events::EventReader,
-    system::{bpffs, btf::Btf, tracefs},
+    system::{bpffs, tracefs},
 };
 
 /// The kernel object, compiled by build.rs from sensor-ebpf.
@@ -41,13 +38,12 @@ pub const SOCK_ADDR_PROGRAMS: &[&str] =
 pub const SOCK_PROGRAMS: &[&str] = &["on_post_bind4", "on_post_bind6", "on_sock_release"];
 /// The sock_ops program (accepted connections).
 pub const SOCK_OPS_PROGRAM: &str = "on_sock_ops";
-/// The cgroup_skb egress program (bytes per flow).
-pub const EGRESS_PROGRAM: &str = "on_egress";
 /// Tracepoint programs: (program, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_exec", "sched", "sched_process_exec"),
     ("on_fork", "sched", "sched_process_fork"),
     ("on_exit", "sched", "sched_process_exit"),
+    ("on_send_length", "sock", "sock_send_length"),
 ];
 
 /// The loaded kernel side of the sensor.
@@ -76,44 +72,6 @@ where
         .map_err(prog_err(name))
 }
 
-/// Kernel struct offsets for reading the executable's identity at exec.
-fn exe_offsets(config: &mut Config) {
-    let data = match std::fs::read("/sys/kernel/btf/vmlinux") {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "no kernel BTF: executable selectors are disabled");
-            return;
-        }
-    };
-    let btf = match Btf::parse(&data) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(error = %e, "kernel BTF unreadable: executable selectors are disabled");
-            return;
-        }
-    };
-    let get = |s, m| btf.member_offset(s, m);
-    match (
-        get("task_struct", "mm"),
-        get("mm_struct", "exe_file"),
-        get("file", "f_inode"),
-        get("inode", "i_ino"),
-        get("inode", "i_sb"),
-        get("super_block", "s_dev"),
-    ) {
-        (Some(mm), Some(exe), Some(inode), Some(ino), Some(sb), Some(dev)) => {
-            config.off_task_mm = mm;
-            config.off_mm_exe_file = exe;
-            config.off_file_inode = inode;
-            config.off_inode_ino = ino;
-            config.off_inode_sb = sb;
-            config.off_sb_dev = dev;
-            debug!(mm, exe, inode, ino, sb, dev, "exe offsets from BTF");
-        }
-        _ => warn!("kernel BTF lacks a struct member we need: executable selectors are disabled"),
-    }
-}
-
 impl KernelSensor {
     /// Loads every program into the kernel (not yet attached) and writes the
     /// initial configuration (struct and tracepoint offsets of this kernel).
@@ -131,25 +89,12 @@ impl KernelSensor {
         }
         let prog: &mut SockOps = load_program(&mut ebpf, SOCK_OPS_PROGRAM)?;
         prog.load().map_err(prog_err(SOCK_OPS_PROGRAM))?;
-        let prog: &mut CgroupSkb = load_program(&mut ebpf, EGRESS_PROGRAM)?;
-        prog.load().map_err(prog_err(EGRESS_PROGRAM))?;
         for &(name, _, _) in TRACEPOINTS {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name))?;
         }
         let mut config = Config::DEFAULT;
-        exe_offsets(&mut config);
-        config.tp_fork_child_pid =
-            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_fork", "child_pid")
-                .unwrap_or_else(|| {
-                    warn!(
-                        "sched_process_fork has no child_pid field: children will not inherit tags"
-                    );
-                    0
-                });
-        config.tp_exit_group_dead =
-            tracefs::tracepoint_field(&tracefs, "sched", "sched_process_exit", "group_dead")
-                .unwrap_or(0);
+        offsets::discover(&mut config, &tracefs);
         let mut sensor = Self {
             ebpf,
             config,
@@ -195,13 +140,6 @@ impl KernelSensor {
         let prog: &mut SockOps = self.program(SOCK_OPS_PROGRAM)?;
         prog.attach(&cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(SOCK_OPS_PROGRAM))?;
-        let prog: &mut CgroupSkb = self.program(EGRESS_PROGRAM)?;
-        prog.attach(
-            &cgroup,
-            CgroupSkbAttachType::Egress,
-            CgroupAttachMode::Single,
-        )
-        .map_err(prog_err(EGRESS_PROGRAM))?;
         // Socket hooks last: by the time connects are judged, exec/fork
         // tracking and flow accounting are in place.
         for &name in SOCK_ADDR_PROGRAMS {
