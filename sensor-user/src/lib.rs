@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod preflight;
 pub mod procscan;
+pub mod regions;
 pub mod system;
 
 pub use errors::SensorError;

@@ -1,0 +1,145 @@
+//! Where an address is: IP-range → country data, cloud provider ranges, and the
+//! lookups the policy compiler and `sensorctl lookup` use.
+//!
+//! - [`ranges`]: the disjoint-range map everything is built on.
+//! - [`csv`]: `start,end,CC` range files (the offline default dataset's format).
+//! - [`mmdb`]: MaxMind DB files.
+//! - [`cloud`]: AWS `ip-ranges.json` and the cloud-region → jurisdiction table.
+//! - [`countries`]: country codes and the EU27 / EEA / EU_ADEQUACY groups.
+//! - [`reserved`]: private and reserved ranges (unknown unless a site names them).
+
+pub mod cloud;
+pub mod countries;
+pub mod csv;
+pub mod mmdb;
+pub mod ranges;
+pub mod reserved;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use ranges::RangeMap;
+
+/// An ISO 3166-1 alpha-2 code (upper case ASCII).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(pub [u8; 2]);
+
+impl Country {
+    /// Parses a two-letter code (any case).
+    pub fn parse(s: &str) -> Option<Country> {
+        let b = s.as_bytes();
+        (b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic))
+            .then(|| Country([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a region dataset came from (part of the agent's status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// Dataset name.
+    pub name: String,
+    /// Version or date.
+    pub version: String,
+    /// Licence of the data.
+    pub licence: String,
+    /// Attribution the licence asks for.
+    pub attribution: String,
+    /// Files it was read from.
+    pub files: Vec<PathBuf>,
+}
+
+/// The offline default dataset (fetched by `cargo xtask setup`, shipped in the
+/// package): ip-location-db's geo-whois-asn-country, built from the regional
+/// internet registries' delegation data.
+pub mod default_dataset {
+    /// npm package name.
+    pub const PACKAGE: &str = "@ip-location-db/geo-whois-asn-country";
+    /// Pinned version (the data's date is in it: 2026-06-17).
+    pub const VERSION: &str = "2.3.2026061719";
+    /// SHA-256 of the package tarball.
+    pub const SHA256: &str = "2a3e609015884c93c2d398e777ce1d2d34cab026054c43559bff32b25669f606";
+    /// The two files used from it.
+    pub const FILES: [&str; 2] = [
+        "geo-whois-asn-country-ipv4.csv",
+        "geo-whois-asn-country-ipv6.csv",
+    ];
+    /// Licence of the package.
+    pub const LICENCE: &str = "CC0-1.0 (package); underlying statistics CC-BY-4.0";
+    /// Attribution required by the NRO data licence.
+    pub const ATTRIBUTION: &str = "Contains data from the Number Resource Organization (NRO), nro.net, licensed under CC BY 4.0";
+}
+
+/// IP → country.
+#[derive(Debug, Clone, Default)]
+pub struct RegionDb {
+    pub countries: RangeMap<Country>,
+    pub provenance: Option<Provenance>,
+}
+
+/// Failures reading region data. Each names the file and, where it helps, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error(
+        "{path}: ranges {first} and {second} overlap; a range file must assign every address at most once"
+    )]
+    Overlap {
+        path: PathBuf,
+        first: String,
+        second: String,
+    },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+}
+
+impl RegionDb {
+    /// Country of an address.
+    pub fn country(&self, ip: std::net::IpAddr) -> Option<Country> {
+        self.countries.get(ranges::addr(ip)).copied()
+    }
+
+    /// Loads the default dataset from `dir` (the directory `cargo xtask setup`
+    /// fills, or /usr/share/residency/regions in the package).
+    pub fn load_default(dir: &Path) -> Result<RegionDb, RegionError> {
+        let files: Vec<PathBuf> = default_dataset::FILES.iter().map(|f| dir.join(f)).collect();
+        let mut db = csv::load(&files)?;
+        db.provenance = Some(Provenance {
+            name: default_dataset::PACKAGE.into(),
+            version: default_dataset::VERSION.into(),
+            licence: default_dataset::LICENCE.into(),
+            attribution: default_dataset::ATTRIBUTION.into(),
+            files,
+        });
+        Ok(db)
+    }
+}
