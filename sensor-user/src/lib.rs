@@ -15,6 +15,7 @@ pub mod errors;
 pub mod events;
 pub mod kernel;
 pub mod ledger;
+pub mod policy;
 pub mod preflight;
 pub mod procscan;
 pub mod regions;

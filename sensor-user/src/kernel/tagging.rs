@@ -266,3 +266,69 @@ impl KernelSensor {
         trie.insert(&key, 1, 0).map_err(map_err("FAILSAFE"))
     }
 }
+
+impl KernelSensor {
+    /// Removes every selector (before a policy installs its own).
+    pub fn clear_selectors(&mut self) -> Result<(), SensorError> {
+        let sel = std::mem::take(&mut self.selectors);
+        {
+            let map = self
+                .ebpf
+                .map_mut("CGROUP_SELECTORS")
+                .ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
+            let mut m: BpfHashMap<&mut MapData, u64, u64> =
+                BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
+            for id in sel.cgroups.keys() {
+                let _ = m.remove(id);
+            }
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut("UID_SELECTORS")
+                .ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
+            let mut m: BpfHashMap<&mut MapData, u32, u64> =
+                BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
+            for uid in sel.uids.keys() {
+                let _ = m.remove(uid);
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut("EXE_SELECTORS")
+            .ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
+        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> =
+            BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
+        for k in sel.exes.keys() {
+            let _ = m.remove(k);
+        }
+        Ok(())
+    }
+
+    /// Removes every taint source and failsafe prefix.
+    pub fn clear_taint_and_failsafe(&mut self) -> Result<(), SensorError> {
+        {
+            let map = self
+                .ebpf
+                .map_mut("TAINT")
+                .ok_or(SensorError::MissingMap("TAINT"))?;
+            let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> =
+                LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
+            let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+            for k in &keys {
+                let _ = trie.remove(k);
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut("FAILSAFE")
+            .ok_or(SensorError::MissingMap("FAILSAFE"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
+        let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            let _ = trie.remove(k);
+        }
+        Ok(())
+    }
+}

@@ -3,4 +3,5 @@
 pub mod bpffs;
 pub mod btf;
 pub mod mountinfo;
+pub mod netif;
 pub mod tracefs;

@@ -1,0 +1,702 @@
+//! Reading a policy file into a checked [`Policy`]. Every problem found is
+//! reported (not just the first), each with file, line and column and what to
+//! write instead; a policy with any problem is rejected whole.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    ops::{Range, RangeInclusive},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::model::{ClassSection, PolicyFile};
+use crate::{
+    kernel::verdicts::Mode,
+    regions::{Country, countries},
+};
+
+/// A checked site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub country: Country,
+}
+
+/// A checked class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub id: u8,
+    pub name: String,
+    pub mode: Mode,
+    /// Every allowed country, groups expanded.
+    pub allowed_countries: BTreeSet<Country>,
+    /// As written (codes and group names), for explanations.
+    pub allowed_jurisdictions: Vec<String>,
+    /// Indices into `Policy::sites`.
+    pub allowed_sites: Vec<usize>,
+    pub allowed_cidrs: Vec<IpNet>,
+    pub denied_cidrs: Vec<IpNet>,
+}
+
+/// What a selector matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorKind {
+    /// A cgroup path relative to the cgroup v2 mount.
+    Cgroup(String),
+    /// An executable's absolute path.
+    Exe(PathBuf),
+    /// A real uid.
+    Uid(u32),
+}
+
+/// A checked selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub class: u8,
+    pub kind: SelectorKind,
+}
+
+/// A checked taint source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    pub class: u8,
+    pub net: IpNet,
+    pub ports: RangeInclusive<u16>,
+}
+
+/// Host settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub id: String,
+    pub default_mode: Mode,
+    pub unknown_is_violation: bool,
+    pub aggregation: Duration,
+    pub failsafe: Vec<IpNet>,
+}
+
+/// A checked policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub source: PathBuf,
+    /// SHA-256 of the file's bytes (hex): the policy version in every status.
+    pub hash: String,
+    pub host: Host,
+    pub sites: Vec<Site>,
+    pub classes: Vec<Class>,
+    pub selectors: Vec<Selector>,
+    pub taint: Vec<Taint>,
+}
+
+impl Policy {
+    /// A class by name.
+    pub fn class(&self, name: &str) -> Option<&Class> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+}
+
+/// One problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+/// Every problem of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors {
+    pub file: PathBuf,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diags.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.file.display(), d.line, d.col, d.msg)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            line,
+            col,
+            msg: msg.into(),
+        });
+    }
+
+    fn cidr(&mut self, s: &Spanned<String>, what: &str) -> Option<IpNet> {
+        let v = s.get_ref().trim();
+        let parsed = IpNet::from_str(v).or_else(|_| {
+            // A bare address is a /32 or /128.
+            IpAddr::from_str(v).map(IpNet::from)
+        });
+        match parsed {
+            Ok(n) if n.trunc() == n => Some(n),
+            Ok(n) => {
+                self.err(
+                    s.span(),
+                    format!("{what} {v:?} has host bits set: write {} (or the address alone for one host)", n.trunc()),
+                );
+                None
+            }
+            Err(_) => {
+                self.err(s.span(), format!("{what} {v:?} is not a prefix: write e.g. \"10.1.0.0/16\" or \"2001:db8::/32\""));
+                None
+            }
+        }
+    }
+
+    fn mode(&mut self, s: &Spanned<String>) -> Option<Mode> {
+        match Mode::from_str(s.get_ref()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.err(s.span(), e);
+                None
+            }
+        }
+    }
+
+    fn country(&mut self, s: &Spanned<String>) -> Option<Country> {
+        let v = s.get_ref();
+        if countries::is_country(v) {
+            return Country::parse(v);
+        }
+        let hint = if countries::is_country(&v.to_ascii_uppercase()) {
+            format!("write {:?} (upper case)", v.to_ascii_uppercase())
+        } else {
+            "use an ISO 3166-1 alpha-2 code such as \"IE\" or \"NO\"".to_owned()
+        };
+        self.err(s.span(), format!("unknown country code {v:?}: {hint}"));
+        None
+    }
+}
+
+/// Parses "10s", "500ms", "2m", "1h", "0".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+/// Parses "5432", "5000-5100" or "*".
+pub fn parse_ports(s: &str) -> Option<RangeInclusive<u16>> {
+    let s = s.trim();
+    if s == "*" {
+        return Some(0..=u16::MAX);
+    }
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (a <= b).then_some(a..=b)
+        }
+        None => s.parse().ok().map(|p| p..=p),
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Reads and checks a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyErrors {
+        file: path.to_owned(),
+        diags: vec![Diagnostic {
+            line: 0,
+            col: 0,
+            msg: format!("cannot read the policy: {e}"),
+        }],
+    })?;
+    parse(path, &text)
+}
+
+/// Checks policy text (`path` names it in messages).
+pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
+    let fail = |diags| PolicyErrors {
+        file: path.to_owned(),
+        diags,
+    };
+    let file: PolicyFile = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        fail(vec![Diagnostic {
+            line,
+            col,
+            msg: e.message().trim().to_owned(),
+        }])
+    })?;
+    let mut c = Checker {
+        text,
+        diags: Vec::new(),
+    };
+
+    // Host.
+    let default_mode = file
+        .host
+        .default_mode
+        .as_ref()
+        .and_then(|m| c.mode(m))
+        .unwrap_or(Mode::Monitor);
+    let unknown_is_violation = match file.host.unknown_destinations.as_ref() {
+        None => true,
+        Some(s) => match s.get_ref().as_str() {
+            "violation" => true,
+            "allow" => false,
+            other => {
+                c.err(
+                    s.span(),
+                    format!("unknown_destinations {other:?}: write \"violation\" or \"allow\""),
+                );
+                true
+            }
+        },
+    };
+    let aggregation = match file.host.aggregation_interval.as_ref() {
+        None => Duration::from_secs(10),
+        Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|| {
+            c.err(s.span(), format!("aggregation_interval {:?}: write a duration like \"10s\", \"500ms\", \"2m\" or \"0\"", s.get_ref()));
+            Duration::from_secs(10)
+        }),
+    };
+    let failsafe: Vec<IpNet> = file
+        .host
+        .failsafe
+        .iter()
+        .filter_map(|s| c.cidr(s, "failsafe"))
+        .collect();
+    let host = Host {
+        id: file
+            .host
+            .id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(hostname),
+        default_mode,
+        unknown_is_violation,
+        aggregation,
+        failsafe,
+    };
+
+    // Sites.
+    let mut sites = Vec::new();
+    let mut site_nets: Vec<(IpNet, usize, Range<usize>)> = Vec::new();
+    for (name, s) in &file.sites {
+        let country = c.country(&s.country);
+        let mut cidrs = Vec::new();
+        for raw in &s.cidrs {
+            if let Some(n) = c.cidr(raw, &format!("site {name} cidr")) {
+                site_nets.push((n, sites.len(), raw.span()));
+                cidrs.push(n);
+            }
+        }
+        sites.push(Site {
+            name: name.clone(),
+            cidrs,
+            country: country.unwrap_or(Country(*b"??")),
+        });
+    }
+    // Overlapping sites would make an address belong to two data centres.
+    for (i, (a, ai, _)) in site_nets.iter().enumerate() {
+        for (b, bi, span) in &site_nets[i + 1..] {
+            if ai != bi && (a.contains(&b.network()) || b.contains(&a.network())) {
+                let msg = format!(
+                    "site {} prefix {b} overlaps site {} prefix {a}: an address can be in one site only; split the prefixes",
+                    sites[*bi].name, sites[*ai].name
+                );
+                c.err(span.clone(), msg);
+            }
+        }
+    }
+
+    // Classes: ids first (explicit ones are fixed, the rest get the free ones in
+    // name order).
+    let mut used: BTreeMap<u32, String> = BTreeMap::new();
+    for (name, cls) in &file.classes {
+        if let Some(id) = &cls.get_ref().id {
+            let v = *id.get_ref();
+            if v >= sensor_common::policy::MAX_CLASSES {
+                c.err(
+                    id.span(),
+                    format!("class {name}: id {v} is out of range: class ids are 0..64"),
+                );
+            } else if let Some(other) = used.insert(v, name.clone()) {
+                c.err(id.span(), format!("class {name}: id {v} is already used by class {other}; give each class its own id"));
+            }
+        }
+    }
+    let mut next_free = 0u32;
+    let mut classes = Vec::new();
+    for (name, cls) in &file.classes {
+        let section: &ClassSection = cls.get_ref();
+        let id = match &section.id {
+            Some(id) => *id.get_ref(),
+            None => {
+                while used.contains_key(&next_free) {
+                    next_free += 1;
+                }
+                if next_free >= sensor_common::policy::MAX_CLASSES {
+                    c.err(
+                        cls.span(),
+                        format!("class {name}: more than 64 classes; the kernel holds 64"),
+                    );
+                }
+                used.insert(next_free, name.clone());
+                next_free
+            }
+        };
+        let mode = section
+            .mode
+            .as_ref()
+            .and_then(|m| c.mode(m))
+            .unwrap_or(default_mode);
+        let mut allowed_countries = BTreeSet::new();
+        let mut written = Vec::new();
+        for j in &section.allowed_jurisdictions {
+            let v = j.get_ref();
+            written.push(v.clone());
+            if let Some(members) = countries::group(v) {
+                allowed_countries.extend(members.iter().filter_map(|m| Country::parse(m)));
+            } else if countries::is_country(v) {
+                allowed_countries.extend(Country::parse(v));
+            } else {
+                let upper = v.to_ascii_uppercase();
+                let hint = if countries::is_country(&upper) || countries::group(&upper).is_some() {
+                    format!("write {upper:?}")
+                } else {
+                    format!(
+                        "use ISO country codes (\"IE\", \"NO\") or a group: {}",
+                        countries::GROUP_NAMES.join(", ")
+                    )
+                };
+                c.err(
+                    j.span(),
+                    format!("class {name}: unknown jurisdiction {v:?}: {hint}"),
+                );
+            }
+        }
+        let mut allowed_sites = Vec::new();
+        for s in &section.allowed_sites {
+            match sites.iter().position(|x| &x.name == s.get_ref()) {
+                Some(i) => allowed_sites.push(i),
+                None => {
+                    let known: Vec<&str> = sites.iter().map(|x| x.name.as_str()).collect();
+                    c.err(
+                        s.span(),
+                        format!(
+                            "class {name}: no site named {:?}; sites: {}",
+                            s.get_ref(),
+                            if known.is_empty() {
+                                "(none defined; add a [sites.NAME] table)".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        let allowed: Vec<(IpNet, Range<usize>)> = section
+            .allowed_cidrs
+            .iter()
+            .filter_map(|s| c.cidr(s, "allowed_cidrs entry").map(|n| (n, s.span())))
+            .collect();
+        let denied: Vec<(IpNet, Range<usize>)> = section
+            .denied_cidrs
+            .iter()
+            .filter_map(|s| c.cidr(s, "denied_cidrs entry").map(|n| (n, s.span())))
+            .collect();
+        for (d, span) in &denied {
+            if allowed.iter().any(|(a, _)| a == d) {
+                c.err(
+                    span.clone(),
+                    format!("class {name}: {d} is both allowed and denied; keep it in one list"),
+                );
+            }
+        }
+        classes.push(Class {
+            id: id.min(63) as u8,
+            name: name.clone(),
+            mode,
+            allowed_countries,
+            allowed_jurisdictions: written,
+            allowed_sites,
+            allowed_cidrs: allowed.into_iter().map(|(n, _)| n).collect(),
+            denied_cidrs: denied.into_iter().map(|(n, _)| n).collect(),
+        });
+    }
+    let class_id = |c: &mut Checker, name: &Spanned<String>, what: &str| -> Option<u8> {
+        let found = classes
+            .iter()
+            .find(|x| &x.name == name.get_ref())
+            .map(|x| x.id);
+        if found.is_none() {
+            let known: Vec<&str> = classes.iter().map(|x| x.name.as_str()).collect();
+            c.err(
+                name.span(),
+                format!(
+                    "{what} names class {:?}, which does not exist; classes: {}",
+                    name.get_ref(),
+                    if known.is_empty() {
+                        "(none: add a [classes.NAME] table)".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        found
+    };
+
+    // Selectors.
+    let mut selectors = Vec::new();
+    for sel in &file.selectors {
+        let s = sel.get_ref();
+        let class = class_id(&mut c, &s.class, "selector");
+        let kinds = [s.cgroup.is_some(), s.exe.is_some(), s.uid.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if kinds != 1 {
+            c.err(sel.span(), "a selector needs exactly one of cgroup, exe, uid (write one [[selectors]] table per match)");
+            continue;
+        }
+        let kind = if let Some(cg) = &s.cgroup {
+            if !cg.get_ref().starts_with('/') {
+                c.err(cg.span(), format!("cgroup {:?}: write the path from the cgroup v2 root, starting with / (e.g. \"/system.slice/api.service\")", cg.get_ref()));
+            }
+            SelectorKind::Cgroup(cg.get_ref().clone())
+        } else if let Some(exe) = &s.exe {
+            if !exe.get_ref().starts_with('/') {
+                c.err(
+                    exe.span(),
+                    format!("exe {:?}: write an absolute path", exe.get_ref()),
+                );
+            }
+            SelectorKind::Exe(PathBuf::from(exe.get_ref()))
+        } else {
+            SelectorKind::Uid(*s.uid.as_ref().expect("counted above").get_ref())
+        };
+        if let Some(class) = class {
+            selectors.push(Selector { class, kind });
+        }
+    }
+
+    // Taint sources.
+    let mut taint = Vec::new();
+    for t in &file.taint_sources {
+        let s = t.get_ref();
+        let class = class_id(&mut c, &s.class, "taint source");
+        let net = c.cidr(&s.cidr, "taint source cidr");
+        let ports = match &s.ports {
+            None => Some(0..=u16::MAX),
+            Some(p) => parse_ports(p.get_ref()).or_else(|| {
+                c.err(
+                    p.span(),
+                    format!(
+                        "ports {:?}: write one port (\"5432\"), a range (\"5000-5100\") or \"*\"",
+                        p.get_ref()
+                    ),
+                );
+                None
+            }),
+        };
+        if let (Some(class), Some(net), Some(ports)) = (class, net, ports) {
+            taint.push(Taint { class, net, ports });
+        }
+    }
+
+    if !c.diags.is_empty() {
+        c.diags.sort_by_key(|d| (d.line, d.col));
+        return Err(fail(c.diags));
+    }
+    let hash = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Policy {
+        source: path.to_owned(),
+        hash,
+        host,
+        sites,
+        classes,
+        selectors,
+        taint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Policy, String> {
+        parse(Path::new("p.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+[host]
+id = "dub1-web-17"
+default_mode = "monitor"
+aggregation_interval = "5s"
+failsafe = ["10.0.0.53/32"]
+
+[sites.dub1]
+cidrs = ["10.1.0.0/16"]
+country = "IE"
+
+[classes.eu_personal]
+mode = "enforce"
+allowed_jurisdictions = ["EEA", "CH"]
+allowed_sites = ["dub1"]
+denied_cidrs = ["52.94.0.0/16"]
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "/system.slice/api.service"
+
+[[taint_sources]]
+class = "eu_personal"
+cidr = "10.20.0.0/16"
+ports = "5432"
+"#;
+
+    #[test]
+    fn a_good_policy() {
+        let p = check(GOOD).unwrap();
+        assert_eq!(p.host.id, "dub1-web-17");
+        assert_eq!(p.host.aggregation, Duration::from_secs(5));
+        let c = p.class("eu_personal").unwrap();
+        assert_eq!(c.id, 0);
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(c.allowed_countries.len(), 31);
+        assert_eq!(p.taint[0].ports, 5432..=5432);
+        assert_eq!(p.hash.len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = check("[host]\nid = \"x\"\ndefualt_mode = \"enforce\"\n").unwrap_err();
+        assert!(
+            e.starts_with("p.toml:3:1: unknown field `defualt_mode`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_a_fix() {
+        let text = r#"
+[sites.dub1]
+cidrs = ["10.1.0.0/16"]
+country = "IRL"
+
+[classes.eu]
+allowed_jurisdictions = ["EU28", "ie"]
+allowed_cidrs = ["10.9.0.1/16", "52.94.0.0/16"]
+denied_cidrs = ["52.94.0.0/16", "not-a-cidr"]
+
+[[selectors]]
+class = "us"
+uid = 1000
+"#;
+        let e = check(text).unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines[0].starts_with("p.toml:4:11: unknown country code \"IRL\""),
+            "{e}"
+        );
+        assert!(
+            lines[1].contains("p.toml:7:26: class eu: unknown jurisdiction \"EU28\""),
+            "{e}"
+        );
+        assert!(
+            lines[2].contains("7:34: class eu: unknown jurisdiction \"ie\": write \"IE\""),
+            "{e}"
+        );
+        assert!(
+            lines[3].contains(
+                "8:18: allowed_cidrs entry \"10.9.0.1/16\" has host bits set: write 10.9.0.0/16"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines[4].contains("9:17: class eu: 52.94.0.0/16 is both allowed and denied"),
+            "{e}"
+        );
+        assert!(
+            lines[5].contains("9:33: denied_cidrs entry \"not-a-cidr\" is not a prefix"),
+            "{e}"
+        );
+        assert!(
+            lines[6]
+                .contains("12:9: selector names class \"us\", which does not exist; classes: eu"),
+            "{e}"
+        );
+        assert_eq!(lines.len(), 7, "{e}");
+    }
+
+    #[test]
+    fn overlapping_sites_are_contradictory() {
+        let text = "[sites.a]\ncidrs = [\"10.0.0.0/8\"]\ncountry = \"IE\"\n[sites.b]\ncidrs = [\"10.1.0.0/16\"]\ncountry = \"US\"\n";
+        let e = check(text).unwrap_err();
+        assert!(
+            e.contains("5:10: site b prefix 10.1.0.0/16 overlaps site a prefix 10.0.0.0/8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_and_ports() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_ports("5000-5100"), Some(5000..=5100));
+        assert_eq!(parse_ports("*"), Some(0..=65535));
+        assert_eq!(parse_ports("9-1"), None);
+    }
+}
