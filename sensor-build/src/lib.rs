@@ -276,3 +276,30 @@ pub fn build(workspace_root: &Path, target_dir: &Path) -> Result<PathBuf, BuildE
     }
     Ok(object)
 }
+
+/// The offline default region dataset: ip-location-db's geo-whois-asn-country,
+/// built from the regional internet registries' delegation data. Defined here
+/// once: `cargo xtask setup` fetches it, the agent reports it as provenance.
+pub mod dataset {
+    /// npm package name (fetched with `npm pack`, by name).
+    pub const PACKAGE: &str = "@ip-location-db/geo-whois-asn-country";
+    /// Pinned version (the data's date is in it: 2026-06-17).
+    pub const VERSION: &str = "2.3.2026061719";
+    /// SHA-256 of the package tarball.
+    pub const SHA256: &str = "2a3e609015884c93c2d398e777ce1d2d34cab026054c43559bff32b25669f606";
+    /// The files used from it (in the package's `package/` directory).
+    pub const FILES: [&str; 2] = [
+        "geo-whois-asn-country-ipv4.csv",
+        "geo-whois-asn-country-ipv6.csv",
+    ];
+    /// The licence file shipped next to them.
+    pub const LICENCE_FILE: &str = "NRO_LICENSE";
+    /// Licence of the package.
+    pub const LICENCE: &str = "CC0-1.0 (package); underlying statistics CC-BY-4.0";
+    /// Attribution required by the NRO data licence.
+    pub const ATTRIBUTION: &str = "Contains data from the Number Resource Organization (NRO), nro.net, licensed under CC BY 4.0";
+    /// Where setup puts it, relative to the workspace root.
+    pub const WORKSPACE_DIR: &str = "data/regions";
+    /// Where the package installs it.
+    pub const SYSTEM_DIR: &str = "/usr/share/residency/regions";
+}

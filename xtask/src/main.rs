@@ -1,6 +1,8 @@
 //! Developer and CI automation: `cargo xtask <command>`.
 
+mod dataset;
 mod leaks;
+
 mod setup;
 mod test;
 

@@ -58,7 +58,9 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
     };
     let toolchain = sensor_build::detect();
     let linker = linker_ok();
-    if let (true, Ok(tc), true) = (missing_pkgs.is_empty(), &toolchain, linker) {
+    let root = crate::workspace_root();
+    let data = crate::dataset::present(&root);
+    if let (true, Ok(tc), true, true) = (missing_pkgs.is_empty(), &toolchain, linker, data) {
         println!(
             "xtask setup: everything is present ({:?}, bpf-linker {BPF_LINKER_VERSION} at {})",
             tc.toolchain,
@@ -67,6 +69,12 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if check_only {
+        if !data {
+            eprintln!(
+                "missing the region dataset in {}",
+                sensor_build::dataset::WORKSPACE_DIR
+            );
+        }
         if !missing_pkgs.is_empty() {
             eprintln!("missing Debian packages: {}", missing_pkgs.join(" "));
         }
@@ -116,6 +124,7 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
             .env("LLVM_SYS_221_PREFIX", DEBIAN_LLVM_PREFIX)
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
+    crate::dataset::ensure(&crate::workspace_root())?;
     match sensor_build::detect() {
         Ok(tc) => {
             println!(

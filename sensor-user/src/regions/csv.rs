@@ -1,6 +1,8 @@
 //! Range files: one `start,end,CC` per line, IPv4 or IPv6 (the format of
 //! ip-location-db and many operators' own exports). Blank lines and lines
-//! starting with `#` are skipped.
+//! starting with `#` are skipped. Where ranges nest or overlap, the more
+//! specific one wins. Where ranges nest or overlap, the more
+//! specific one wins.
 
 use std::{
     net::IpAddr,
@@ -66,11 +68,16 @@ pub fn load(files: &[PathBuf]) -> Result<RegionDb, RegionError> {
         })?;
         all.extend(parse(path, &text)?);
     }
-    let countries = RangeMap::from_disjoint(all).map_err(|o| RegionError::Overlap {
-        path: files.first().cloned().unwrap_or_default(),
-        first: format!("{}-{}", ranges::ip(o.first.0), ranges::ip(o.first.1)),
-        second: format!("{}-{}", ranges::ip(o.second.0), ranges::ip(o.second.1)),
-    })?;
+    // Registry data nests ranges (a /23 with one address inside re-assigned):
+    // the more specific range wins, as in routing. Sorting once is enough for
+    // disjoint data; only nested data pays for the sweep.
+    all.sort_by_key(|r| r.0);
+    let disjoint = all.windows(2).all(|w| w[0].1 < w[1].0);
+    let countries = if disjoint {
+        RangeMap::from_disjoint(all).unwrap_or_default()
+    } else {
+        RangeMap::from_nested(all)
+    };
     Ok(RegionDb {
         countries,
         provenance: None,

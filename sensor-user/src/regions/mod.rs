@@ -67,26 +67,9 @@ pub struct Provenance {
     pub files: Vec<PathBuf>,
 }
 
-/// The offline default dataset (fetched by `cargo xtask setup`, shipped in the
-/// package): ip-location-db's geo-whois-asn-country, built from the regional
-/// internet registries' delegation data.
-pub mod default_dataset {
-    /// npm package name.
-    pub const PACKAGE: &str = "@ip-location-db/geo-whois-asn-country";
-    /// Pinned version (the data's date is in it: 2026-06-17).
-    pub const VERSION: &str = "2.3.2026061719";
-    /// SHA-256 of the package tarball.
-    pub const SHA256: &str = "2a3e609015884c93c2d398e777ce1d2d34cab026054c43559bff32b25669f606";
-    /// The two files used from it.
-    pub const FILES: [&str; 2] = [
-        "geo-whois-asn-country-ipv4.csv",
-        "geo-whois-asn-country-ipv6.csv",
-    ];
-    /// Licence of the package.
-    pub const LICENCE: &str = "CC0-1.0 (package); underlying statistics CC-BY-4.0";
-    /// Attribution required by the NRO data licence.
-    pub const ATTRIBUTION: &str = "Contains data from the Number Resource Organization (NRO), nro.net, licensed under CC BY 4.0";
-}
+/// The offline default dataset (defined once, in sensor-build, which
+/// `cargo xtask setup` uses to fetch it).
+pub use sensor_build::dataset as default_dataset;
 
 /// IP → country.
 #[derive(Debug, Clone, Default)]
@@ -142,4 +125,44 @@ impl RegionDb {
         });
         Ok(db)
     }
+}
+
+/// Where the default dataset is looked for when none is configured: the
+/// packaged location, then the workspace's `data/regions` (a development
+/// checkout after `cargo xtask setup`).
+pub fn default_dir() -> PathBuf {
+    let system = PathBuf::from(default_dataset::SYSTEM_DIR);
+    if system.join(default_dataset::FILES[0]).is_file() {
+        return system;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(default_dataset::WORKSPACE_DIR)
+}
+
+/// Loads region data from `path`: a directory holding the default dataset, a
+/// MaxMind DB file (`.mmdb`), or a range CSV file.
+pub fn load_any(path: &Path) -> Result<RegionDb, RegionError> {
+    if path.is_dir() {
+        return RegionDb::load_default(path);
+    }
+    let mut db = if path.extension().is_some_and(|e| e == "mmdb") {
+        mmdb::load(path)?
+    } else {
+        csv::load(&[path.to_owned()])?
+    };
+    db.provenance = Some(Provenance {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        version: std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| format!("{:?}", t))
+            .unwrap_or_default(),
+        licence: "as supplied by the operator".into(),
+        attribution: String::new(),
+        files: vec![path.to_owned()],
+    });
+    Ok(db)
 }

@@ -119,28 +119,35 @@ impl<V: Clone + PartialEq> RangeMap<V> {
     /// prefix that contains it (the last given wins between identical prefixes).
     /// Prefixes are (map-form start, map-form length).
     pub fn from_prefixes(prefixes: impl IntoIterator<Item = (Addr, u8, V)>) -> Self {
-        let mut p: Vec<(Addr, Addr, u8, usize, V)> = prefixes
+        Self::from_nested(prefixes.into_iter().map(|(s, len, v)| {
+            let host = 128 - u32::from(len);
+            let s = if host == 128 {
+                0
+            } else {
+                s & !((1u128 << host) - 1)
+            };
+            let e = if host == 128 {
+                u128::MAX
+            } else {
+                s | ((1u128 << host) - 1)
+            };
+            (s, e, v)
+        }))
+    }
+
+    /// From ranges that may nest or overlap: the more specific range wins (for
+    /// nested ranges the inner one; where two overlap partly, the one that starts
+    /// later; between identical ranges the last given).
+    pub fn from_nested(ranges: impl IntoIterator<Item = (Addr, Addr, V)>) -> Self {
+        let mut p: Vec<(Addr, Addr, usize, V)> = ranges
             .into_iter()
             .enumerate()
-            .map(|(i, (s, len, v))| {
-                let host = 128 - u32::from(len);
-                let s = if host == 128 {
-                    0
-                } else {
-                    s & !((1u128 << host) - 1)
-                };
-                let e = if host == 128 {
-                    u128::MAX
-                } else {
-                    s | ((1u128 << host) - 1)
-                };
-                (s, e, len, i, v)
-            })
+            .map(|(i, (s, e, v))| (s, e, i, v))
             .collect();
-        // Outer prefixes first at the same start; for identical prefixes the
-        // later one goes on top of the stack and wins.
-        p.sort_by_key(|x| (x.0, x.2, x.3));
-        let mut out: Vec<(Addr, Addr, V)> = Vec::new();
+        // Outer ranges first at the same start; for identical ranges the later
+        // one goes on top of the stack and wins.
+        p.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let mut out: Vec<(Addr, Addr, V)> = Vec::with_capacity(p.len());
         let mut stack: Vec<(Addr, V)> = Vec::new();
         // Next address not yet emitted; None once past u128::MAX.
         let mut cursor: Option<Addr> = Some(0);
@@ -149,7 +156,7 @@ impl<V: Clone + PartialEq> RangeMap<V> {
                 out.push((a, b, v.clone()));
             }
         };
-        for (s, e, _, _, v) in p {
+        for (s, e, _, v) in p {
             while let Some((top_end, top_v)) = stack.last() {
                 if *top_end >= s {
                     break;
@@ -157,7 +164,10 @@ impl<V: Clone + PartialEq> RangeMap<V> {
                 if let Some(c) = cursor {
                     emit(&mut out, c, *top_end, top_v);
                 }
-                cursor = top_end.checked_add(1);
+                cursor = match (cursor, top_end.checked_add(1)) {
+                    (Some(c), Some(n)) => Some(c.max(n)),
+                    _ => None,
+                };
                 stack.pop();
             }
             if let (Some((_, top_v)), Some(c)) = (stack.last(), cursor)
@@ -172,7 +182,10 @@ impl<V: Clone + PartialEq> RangeMap<V> {
             if let Some(c) = cursor {
                 emit(&mut out, c, top_end, &top_v);
             }
-            cursor = top_end.checked_add(1);
+            cursor = match (cursor, top_end.checked_add(1)) {
+                (Some(c), Some(n)) => Some(c.max(n)),
+                _ => None,
+            };
         }
         Self { ranges: out }
     }
@@ -322,6 +335,26 @@ mod tests {
         assert_eq!(m.get(v4("11.9.9.9")), Some(&'d'));
         assert_eq!(m.get(v4("12.0.0.0")), None);
         assert_eq!(m.get(v4("9.255.255.255")), None);
+    }
+
+    #[test]
+    fn nested_and_overlapping_ranges_most_specific_wins() {
+        let m = RangeMap::from_nested(vec![
+            (1u128, 10, 'a'),
+            (5, 15, 'b'),
+            (20, 25, 'c'),
+            (21, 21, 'd'),
+        ]);
+        assert_eq!(
+            m.ranges(),
+            &[
+                (1, 4, 'a'),
+                (5, 15, 'b'),
+                (20, 20, 'c'),
+                (21, 21, 'd'),
+                (22, 25, 'c')
+            ]
+        );
     }
 
     #[test]
