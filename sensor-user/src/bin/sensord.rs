@@ -8,7 +8,13 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use sensor_common::flow::FlowEvent;
-use sensor_user::{kernel::KernelSensor, ledger::TagLedger, preflight, system::mountinfo};
+use sensor_user::{
+    kernel::KernelSensor,
+    ledger::TagLedger,
+    policy::{apply, compile::Compiled, source::PolicySource},
+    preflight, regions,
+    system::mountinfo,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -23,13 +29,30 @@ enum LogFormat {
     Json,
 }
 
-/// Residency Sensor agent: observes the socket flows of processes in a cgroup
-/// through eBPF and reports them.
+/// Residency Sensor agent: tags the processes that handle regulated data,
+/// judges each of their connections against the residency policy in the
+/// kernel, and reports (or, in enforce mode, denies) violations.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// cgroup v2 directory to attach to. Defaults to the root of the cgroup v2
-    /// mount (found in /proc/self/mountinfo), i.e. every process on the host.
+    /// The residency policy (TOML; see docs/policy.md). Reloaded on SIGHUP: a
+    /// policy that does not check keeps the running one in force.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/residency/policy.toml"
+    )]
+    policy: PathBuf,
+    /// Region data: a directory with the default dataset, a MaxMind DB (.mmdb)
+    /// or a range CSV. Default: /usr/share/residency/regions, or data/regions in
+    /// a checkout.
+    #[arg(long, value_name = "PATH")]
+    regions: Option<PathBuf>,
+    /// AWS ip-ranges.json, to place cloud prefixes in their region's country.
+    #[arg(long, value_name = "FILE")]
+    aws_ranges: Option<PathBuf>,
+    /// cgroup v2 directory to attach the socket programs to. Default: the root
+    /// of the cgroup v2 mount (found in /proc/self/mountinfo): every process.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
     /// Run the host checks (privileges, bpf(), cgroup v2, BTF), print the result
@@ -86,6 +109,42 @@ fn log_record(ev: &FlowEvent, ledger: &mut TagLedger, sensor: &KernelSensor) {
     );
 }
 
+fn log_policy(c: &Compiled) {
+    let (before, after) = c.prefix_counts();
+    info!(
+        policy = %c.policy.source.display(),
+        sha256 = %c.policy.hash,
+        classes = c.classes.len(),
+        prefixes_before_merge = before,
+        prefixes = after,
+        "policy compiled"
+    );
+}
+
+/// Applies a compiled policy and logs what happened.
+fn install(
+    sensor: &mut KernelSensor,
+    c: &Compiled,
+    root: &std::path::Path,
+    ledger: &mut TagLedger,
+) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let report = apply::apply(sensor, c, root, ledger)
+        .context("while installing the policy in the kernel")?;
+    for w in &report.warnings {
+        warn!(policy = %c.policy.source.display(), "selector not installed: {w}");
+    }
+    info!(
+        generation = report.generation,
+        prefixes = report.prefixes,
+        selectors = report.selectors,
+        tagged_running = report.tagged_running,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "policy in force"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -100,16 +159,25 @@ async fn main() -> anyhow::Result<()> {
         bail!("this host cannot run the sensor:\n{report}");
     }
 
-    let cgroup = match args.cgroup {
-        Some(p) => p,
-        None => mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?,
+    let source = PolicySource {
+        policy: args.policy.clone(),
+        regions: args.regions.clone().unwrap_or_else(regions::default_dir),
+        aws_ranges: args.aws_ranges.clone(),
     };
+    // Check the policy before loading anything into the kernel.
+    let compiled = source.build().context("while building the policy")?;
+    log_policy(&compiled);
+
+    let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
+    let cgroup = args.cgroup.clone().unwrap_or_else(|| root.clone());
     let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
     let mut ledger = TagLedger::default();
     sensor
         .attach(&cgroup)
         .with_context(|| format!("while attaching to cgroup {}", cgroup.display()))?;
     info!(cgroup = %cgroup.display(), "sensor attached");
+    install(&mut sensor, &compiled, &root, &mut ledger)?;
+    let mut current = compiled;
 
     // SAFETY: the EventReader owns the ring buffer's fd and keeps it open for as
     // long as the AsyncFd that wraps it lives.
@@ -118,11 +186,12 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("while registering the ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
     // The kernel wakes us only for violations and tags, or when the buffer fills
     // (see sensor-ebpf emit.rs); flow and close records are picked up here.
     let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_lost = 0u64;
+    let mut last = vec![0u64; sensor_common::counters::COUNTER_COUNT as usize];
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -143,16 +212,32 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             _ = counter_tick.tick() => {
-
                 match sensor.counters() {
                     Ok(c) => {
-                        let lost = c[sensor_common::counters::RINGBUF_RESERVE_FAILED as usize];
-                        if lost > last_lost {
-                            warn!(lost = lost - last_lost, total = lost, "kernel dropped flow records: ring buffer full");
-                            last_lost = lost;
+                        for (i, name) in sensor_common::counters::COUNTER_NAMES.iter().enumerate() {
+                            let grew = c[i].saturating_sub(last[i]);
+                            let is_loss = i <= sensor_common::counters::AGG_MAP_FULL as usize;
+                            if grew > 0 && is_loss {
+                                warn!(counter = *name, new = grew, total = c[i], "kernel could not record everything");
+                            }
                         }
+                        last = c;
                     }
                     Err(e) => error!(error = %e, "reading kernel counters failed"),
+                }
+                ledger.retain(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+            }
+            _ = hangup.recv() => {
+                info!(policy = %source.policy.display(), "SIGHUP: reloading the policy");
+                match source.build() {
+                    Ok(c) => {
+                        log_policy(&c);
+                        match install(&mut sensor, &c, &root, &mut ledger) {
+                            Ok(()) => current = c,
+                            Err(e) => error!(error = format!("{e:#}"), "policy reload failed; the previous policy's verdict table stays in force"),
+                        }
+                    }
+                    Err(e) => error!(error = %e, sha256 = %current.policy.hash, "policy reload rejected; the running policy stays in force"),
                 }
             }
             _ = term.recv() => { info!("SIGTERM: detaching and exiting"); break; }

@@ -267,10 +267,65 @@ impl KernelSensor {
     }
 }
 
+/// A selector as a policy asks for it, before it is resolved to kernel keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorSpec {
+    /// A cgroup directory (absolute path).
+    Cgroup(PathBuf),
+    /// An executable's path.
+    Exe(PathBuf),
+    /// A real uid.
+    Uid(u32),
+}
+
+/// A prefix as the kernel keys it: (map-form length, map-form address).
+type PrefixKey = (u32, [u8; 16]);
+
+fn prefix_key(net: &IpNet) -> PrefixKey {
+    (
+        map_prefix_len(net.addr(), net.prefix_len()),
+        to_map_form(net.network()),
+    )
+}
+
 impl KernelSensor {
-    /// Removes every selector (before a policy installs its own).
-    pub fn clear_selectors(&mut self) -> Result<(), SensorError> {
-        let sel = std::mem::take(&mut self.selectors);
+    /// Makes the selectors exactly `specs` without a moment in which a selector
+    /// present in both the old and the new set is missing: new and changed entries
+    /// are written first, stale ones removed after. Returns the specs that could
+    /// not be resolved (a cgroup or binary that does not exist), with why.
+    pub fn set_selectors(
+        &mut self,
+        specs: &[(SelectorSpec, ClassId)],
+    ) -> Result<Vec<String>, SensorError> {
+        let mut want = Selectors::default();
+        let mut problems = Vec::new();
+        for (spec, class) in specs {
+            let bit = class_bit(*class)?;
+            let resolved = match spec {
+                SelectorSpec::Cgroup(p) => cgroup_id(p).map(|id| {
+                    want.cgroups.entry(id).or_insert((0, p.clone())).0 |= bit;
+                }),
+                SelectorSpec::Exe(p) if !self.exe_selectors_supported() => Err(SensorError::Selector {
+                    what: format!("executable {}", p.display()),
+                    reason: "this kernel's BTF lacks the offsets needed to identify executables; use a cgroup or uid selector".into(),
+                }),
+                SelectorSpec::Exe(p) => exe_identity(p).map(|k| {
+                    want.exes.entry(k).or_insert((0, p.clone())).0 |= bit;
+                }),
+                SelectorSpec::Uid(u) => {
+                    *want.uids.entry(*u).or_insert(0) |= bit;
+                    Ok(())
+                }
+            };
+            match resolved {
+                Ok(()) => {}
+                Err(SensorError::Selector { what, reason }) => {
+                    problems.push(format!("{what}: {reason}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let old = std::mem::replace(&mut self.selectors, want.clone());
         {
             let map = self
                 .ebpf
@@ -278,7 +333,10 @@ impl KernelSensor {
                 .ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
             let mut m: BpfHashMap<&mut MapData, u64, u64> =
                 BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
-            for id in sel.cgroups.keys() {
+            for (id, (c, _)) in &want.cgroups {
+                m.insert(id, c, 0).map_err(map_err("CGROUP_SELECTORS"))?;
+            }
+            for id in old.cgroups.keys().filter(|k| !want.cgroups.contains_key(k)) {
                 let _ = m.remove(id);
             }
         }
@@ -289,7 +347,10 @@ impl KernelSensor {
                 .ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
             let mut m: BpfHashMap<&mut MapData, u32, u64> =
                 BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
-            for uid in sel.uids.keys() {
+            for (uid, c) in &want.uids {
+                m.insert(uid, c, 0).map_err(map_err("UID_SELECTORS"))?;
+            }
+            for uid in old.uids.keys().filter(|k| !want.uids.contains_key(k)) {
                 let _ = m.remove(uid);
             }
         }
@@ -299,35 +360,73 @@ impl KernelSensor {
             .ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
         let mut m: BpfHashMap<&mut MapData, ExeKey, u64> =
             BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
-        for k in sel.exes.keys() {
+        for (k, (c, _)) in &want.exes {
+            m.insert(k, c, 0).map_err(map_err("EXE_SELECTORS"))?;
+        }
+        for k in old.exes.keys().filter(|k| !want.exes.contains_key(k)) {
             let _ = m.remove(k);
+        }
+        Ok(problems)
+    }
+
+    /// Makes the taint sources exactly `sources`, new ones first (see
+    /// `set_selectors`).
+    pub fn set_taint_sources(
+        &mut self,
+        sources: &[(IpNet, RangeInclusive<u16>, ClassId)],
+    ) -> Result<(), SensorError> {
+        let mut want: HashMap<PrefixKey, TaintSource> = HashMap::new();
+        for (net, ports, class) in sources {
+            let bit = class_bit(*class)?;
+            let e = want.entry(prefix_key(net)).or_insert(TaintSource {
+                classes: 0,
+                port_lo: *ports.start(),
+                port_hi: *ports.end(),
+                _pad: 0,
+            });
+            e.classes |= bit;
+        }
+        let map = self
+            .ebpf
+            .map_mut("TAINT")
+            .ok_or(SensorError::MissingMap("TAINT"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> =
+            LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
+        let old: Vec<PrefixKey> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for (k, v) in &want {
+            trie.insert(&Key::new(k.0, k.1), v, 0)
+                .map_err(map_err("TAINT"))?;
+        }
+        for k in old.iter().filter(|k| !want.contains_key(*k)) {
+            let _ = trie.remove(&Key::new(k.0, k.1));
         }
         Ok(())
     }
 
-    /// Removes every taint source and failsafe prefix.
-    pub fn clear_taint_and_failsafe(&mut self) -> Result<(), SensorError> {
-        {
-            let map = self
-                .ebpf
-                .map_mut("TAINT")
-                .ok_or(SensorError::MissingMap("TAINT"))?;
-            let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> =
-                LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
-            let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
-            for k in &keys {
-                let _ = trie.remove(k);
-            }
-        }
+    /// Makes the failsafe prefixes exactly `nets`, new ones first.
+    pub fn set_failsafe(&mut self, nets: &[IpNet]) -> Result<(), SensorError> {
+        let want: HashMap<PrefixKey, ()> = nets.iter().map(|n| (prefix_key(n), ())).collect();
         let map = self
             .ebpf
             .map_mut("FAILSAFE")
             .ok_or(SensorError::MissingMap("FAILSAFE"))?;
         let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
             LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
-        let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
-        for k in &keys {
-            let _ = trie.remove(k);
+        let old: Vec<PrefixKey> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for k in want.keys() {
+            trie.insert(&Key::new(k.0, k.1), 1, 0)
+                .map_err(map_err("FAILSAFE"))?;
+        }
+        for k in old.iter().filter(|k| !want.contains_key(*k)) {
+            let _ = trie.remove(&Key::new(k.0, k.1));
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! Installing a compiled policy into the kernel.
 //!
 //! The verdict table switches in one step (see `kernel::verdicts`). Modes,
-//! selectors, taint sources and failsafe prefixes are rewritten after it; in the
-//! few milliseconds that takes, a process may still be judged with the previous
-//! policy's modes, never with an empty table.
+//! selectors, taint sources and failsafe prefixes are updated after it, each by
+//! writing new entries before removing stale ones, so nothing both policies
+//! share is ever missing; in the milliseconds that takes, a class may still run
+//! in its previous mode, never with an empty table.
 
-use std::{net::IpAddr, path::Path};
+use std::path::Path;
 
 use ipnet::IpNet;
 use sensor_common::policy::MAX_CLASSES;
@@ -13,7 +14,7 @@ use sensor_common::policy::MAX_CLASSES;
 use super::{compile::Compiled, validate::SelectorKind};
 use crate::{
     SensorError,
-    kernel::{KernelSensor, verdicts::Mode},
+    kernel::{KernelSensor, tagging::SelectorSpec, verdicts::Mode},
     ledger::TagLedger,
     procscan,
     system::netif,
@@ -56,34 +57,36 @@ pub fn apply(
     sensor.set_unknown_is_violation(p.host.unknown_is_violation)?;
     sensor.set_aggregation(p.host.aggregation)?;
 
-    sensor.clear_selectors()?;
-    for s in &p.selectors {
-        let res = match &s.kind {
-            SelectorKind::Cgroup(path) => sensor
-                .add_cgroup_selector(&cgroup_root.join(path.trim_start_matches('/')), s.class)
-                .map(|_| ()),
-            SelectorKind::Exe(path) => sensor.add_exe_selector(path, s.class).map(|_| ()),
-            SelectorKind::Uid(uid) => sensor.add_uid_selector(*uid, s.class),
-        };
-        match res {
-            Ok(()) => report.selectors += 1,
-            Err(SensorError::Selector { what, reason }) => {
-                report.warnings.push(format!("{what}: {reason}"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-
-    sensor.clear_taint_and_failsafe()?;
-    for t in &p.taint {
-        sensor.add_taint_source(t.net, t.ports.clone(), t.class)?;
-    }
-    let own = netif::local_addresses()
-        .into_iter()
-        .map(|ip: IpAddr| IpNet::from(ip));
-    for net in p.host.failsafe.iter().copied().chain(own) {
-        sensor.add_failsafe(net)?;
-    }
+    let specs: Vec<(SelectorSpec, u8)> = p
+        .selectors
+        .iter()
+        .map(|s| {
+            let spec = match &s.kind {
+                SelectorKind::Cgroup(path) => {
+                    SelectorSpec::Cgroup(cgroup_root.join(path.trim_start_matches('/')))
+                }
+                SelectorKind::Exe(path) => SelectorSpec::Exe(path.clone()),
+                SelectorKind::Uid(uid) => SelectorSpec::Uid(*uid),
+            };
+            (spec, s.class)
+        })
+        .collect();
+    report.warnings = sensor.set_selectors(&specs)?;
+    report.selectors = specs.len() - report.warnings.len();
+    let taint: Vec<_> = p
+        .taint
+        .iter()
+        .map(|t| (t.net, t.ports.clone(), t.class))
+        .collect();
+    sensor.set_taint_sources(&taint)?;
+    let failsafe: Vec<IpNet> = p
+        .host
+        .failsafe
+        .iter()
+        .copied()
+        .chain(netif::local_addresses().into_iter().map(IpNet::from))
+        .collect();
+    sensor.set_failsafe(&failsafe)?;
     report.tagged_running = procscan::tag_running(sensor, cgroup_root, ledger)?;
     Ok(report)
 }

@@ -8,9 +8,11 @@
 //! - [`compile`]: (policy × region data × sites) → per-class verdict prefixes.
 //! - [`explain`]: why an address gets the verdict it gets.
 //! - [`apply`]: installs a compiled policy into the kernel.
+//! - [`source`]: the files a running agent builds its policy from.
 
 pub mod apply;
 pub mod compile;
 pub mod explain;
 pub mod model;
+pub mod source;
 pub mod validate;

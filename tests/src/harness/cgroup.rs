@@ -36,7 +36,14 @@ impl TestCgroup {
         TestCgroup { path }
     }
 
+    /// A handle on an existing cgroup (another `TestCgroup` owns and removes
+    /// it: `std::mem::forget` this one).
+    pub fn adopt(path: PathBuf) -> TestCgroup {
+        TestCgroup { path }
+    }
+
     /// The cgroup's directory.
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,50 @@
+//! Where a running agent's policy comes from, and building it: read the policy
+//! file and region data, check and compile. Nothing here touches the kernel, so
+//! a failure leaves the running policy in force.
+
+use std::path::PathBuf;
+
+use super::{
+    compile::{self, Compiled},
+    validate::{self, PolicyErrors},
+};
+use crate::regions::{
+    self, RegionError,
+    cloud::{self, CloudRanges},
+};
+
+/// The files a policy is built from.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    pub policy: PathBuf,
+    /// Region data (directory with the default dataset, .mmdb or .csv).
+    pub regions: PathBuf,
+    /// Optional AWS ip-ranges.json.
+    pub aws_ranges: Option<PathBuf>,
+}
+
+/// Why a policy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("policy rejected:\n{0}")]
+    Policy(#[from] PolicyErrors),
+    #[error("region data: {0}")]
+    Regions(#[from] RegionError),
+}
+
+impl PolicySource {
+    /// Reads, checks and compiles.
+    pub fn build(&self) -> Result<Compiled, BuildError> {
+        let policy = validate::load(&self.policy)?;
+        let mut db = regions::load_any(&self.regions)?;
+        let cloud = match &self.aws_ranges {
+            Some(p) => cloud::load_aws(p)?,
+            None => CloudRanges::default(),
+        };
+        let compiled = compile::compile(policy, &db, &cloud);
+        // The dataset's ranges are no longer needed once compiled (the geography
+        // keeps what lookups use); drop them before the caller keeps `compiled`.
+        db.countries = Default::default();
+        Ok(compiled)
+    }
+}

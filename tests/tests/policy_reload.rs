@@ -1,0 +1,176 @@
+//! Policies end to end: a policy file compiled with region data decides in the
+//! kernel, and reloading it (100 times, while a tagged process connects in a
+//! loop) never lets the kernel see an empty or partial table.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use harness::harness::{cgroup::TestCgroup, netns::TestNet, probe, sensor::SensorFixture};
+use sensor_user::{
+    ledger::TagLedger,
+    policy::{apply, source::PolicySource},
+    system::mountinfo,
+};
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("rs-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("writing a temp file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn policy_text(cgroup: &str, variant: u32) -> String {
+    format!(
+        r#"
+[host]
+aggregation_interval = "0"
+
+[sites.fra]
+cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
+country = "DE"
+
+[sites.iad]
+cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
+country = "US"
+
+[classes.eu_personal]
+id = 0
+mode = "enforce"
+allowed_jurisdictions = ["EEA"]
+# Changes every reload so each one rewrites the table.
+denied_cidrs = ["192.0.2.{variant}/32"]
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "{cgroup}"
+"#
+    )
+}
+
+#[test]
+fn hundred_reloads_never_show_a_wrong_verdict() {
+    let mut fx = SensorFixture::attach();
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup2");
+    let rel = format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under the root")
+            .display()
+    );
+    let regions = TempFile::new(
+        "regions.csv",
+        "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n",
+    );
+    let policy = TempFile::new("policy.toml", &policy_text(&rel, 1));
+    let source = PolicySource {
+        policy: policy.0.clone(),
+        regions: regions.0.clone(),
+        aws_ranges: None,
+    };
+    let mut ledger = TagLedger::default();
+    let first = source.build().expect("policy builds");
+    apply::apply(&mut fx.sensor, &first, &root, &mut ledger).expect("apply");
+
+    let fra = net.frankfurt.tcp_server(false);
+    let iad = net.virginia.tcp_server(false);
+    let (fra_t, iad_t) = (fra.addr.to_string(), iad.addr.to_string());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let cmd_args: Vec<String> = std::iter::repeat([
+            "tcp-connect".to_owned(),
+            fra_t.clone(),
+            "tcp-connect".to_owned(),
+            iad_t.clone(),
+        ])
+        .take(50)
+        .flatten()
+        .collect();
+        let cg_procs = cgroup.path().to_owned();
+        std::thread::spawn(move || {
+            let cgroup = harness::harness::cgroup::TestCgroup::adopt(cg_procs);
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let args: Vec<&str> = cmd_args.iter().map(String::as_str).collect();
+                results.push(probe::run(cgroup.command(probe::command(&args))));
+            }
+            std::mem::forget(cgroup);
+            results
+        })
+    };
+    let mut generations = Vec::new();
+    for i in 0..100 {
+        std::fs::write(&policy.0, policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
+        let c = source.build().expect("policy builds");
+        let r = apply::apply(&mut fx.sensor, &c, &root, &mut ledger).expect("apply");
+        generations.push(r.generation);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let runs = prober.join().expect("prober");
+    assert!(!runs.is_empty());
+    let mut checked = 0;
+    for r in &runs {
+        for pair in r.errnos.chunks(2) {
+            assert_eq!(
+                pair[0], 0,
+                "Frankfurt (DE, allowed) must always connect: {r:?}"
+            );
+            assert_eq!(
+                pair[1],
+                libc::EPERM,
+                "Virginia (US) must always be denied: {r:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(generations.len(), 100);
+    assert!(
+        generations.windows(2).all(|w| w[1] == w[0] + 1),
+        "one generation per reload"
+    );
+    eprintln!(
+        "{checked} connect pairs over {} probe runs during 100 reloads",
+        runs.len()
+    );
+    assert_eq!(iad.received(), 0, "Virginia never saw a connection");
+}
+
+#[test]
+fn a_policy_that_does_not_build_changes_nothing() {
+    let regions = TempFile::new("regions2.csv", "1.0.0.0,1.0.0.255,AU\n");
+    let policy = TempFile::new(
+        "bad-policy.toml",
+        "[classes.eu]\nallowed_jurisdictions = [\"EU28\"]\n",
+    );
+    let source = PolicySource {
+        policy: policy.0.clone(),
+        regions: regions.0.clone(),
+        aws_ranges: None,
+    };
+    let e = source.build().expect_err("must be rejected").to_string();
+    assert!(
+        e.contains("bad-policy.toml:2:26: class eu: unknown jurisdiction \"EU28\""),
+        "{e}"
+    );
+}
