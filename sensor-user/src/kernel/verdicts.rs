@@ -74,6 +74,9 @@ impl FromStr for Mode {
 pub enum Verdict {
     Allow,
     Deny,
+    /// Explicitly unknown: a hole in a covering allow/deny prefix where no
+    /// region data says anything (the kernel treats it like no entry).
+    Unknown,
 }
 
 impl Verdict {
@@ -81,6 +84,7 @@ impl Verdict {
         match self {
             Verdict::Allow => verdict::ALLOW,
             Verdict::Deny => verdict::DENY,
+            Verdict::Unknown => verdict::UNKNOWN,
         }
     }
 }

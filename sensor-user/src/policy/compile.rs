@@ -5,8 +5,10 @@
 //!    within each source the longest prefix wins.
 //! 2. Per class: each place becomes allow / deny / unknown (no entry); the class's
 //!    own `allowed_cidrs`/`denied_cidrs` go on top (longest prefix wins).
-//! 3. Adjacent ranges with the same verdict are joined and each run is covered by
-//!    the fewest aligned prefixes. Counts before and after are reported.
+//! 3. Adjacent ranges with the same verdict are joined, and the fewest prefixes
+//!    that give a longest-prefix table the same answer everywhere are computed
+//!    (`regions::lpm`, nesting allowed). Counts before (each range covered by
+//!    aligned prefixes) and after are reported.
 
 use ipnet::IpNet;
 
@@ -16,6 +18,7 @@ use crate::{
     regions::{
         Country, RegionDb,
         cloud::{CloudRanges, CloudRegion},
+        lpm,
         ranges::{self, RangeMap, cidrs},
         reserved::RESERVED,
     },
@@ -164,25 +167,38 @@ pub fn compile_class(class: &Class, policy: &Policy, geo: &Geography) -> ClassPl
     let layered = by_place.overlay(&explicit_rules(class));
     let prefixes_before = cover_count(&layered);
     let verdicts = layered.coalesce();
-    let entries: Vec<VerdictEntry> = verdicts
-        .to_prefixes()
+    // The fewest prefixes for a longest-prefix table (holes included); the plain
+    // cover when the map has more values than the optimiser handles (never for
+    // allow/deny).
+    let table = lpm::minimal_prefixes(&verdicts).unwrap_or_else(|| {
+        verdicts
+            .to_prefixes()
+            .into_iter()
+            .map(|(s, l, v)| (s, l, Some(v)))
+            .collect()
+    });
+    let entries: Vec<VerdictEntry> = table
         .into_iter()
         .map(|(s, l, v)| VerdictEntry {
             class: class.id,
             net: ranges::to_net(s, l),
-            verdict: v,
+            verdict: v.unwrap_or(Verdict::Unknown),
         })
         .collect();
     let allow_prefixes = entries
         .iter()
         .filter(|e| e.verdict == Verdict::Allow)
         .count();
+    let deny_prefixes = entries
+        .iter()
+        .filter(|e| e.verdict == Verdict::Deny)
+        .count();
     ClassPlan {
         id: class.id,
         name: class.name.clone(),
         prefixes_before,
         allow_prefixes,
-        deny_prefixes: entries.len() - allow_prefixes,
+        deny_prefixes,
         verdicts,
         entries,
     }
@@ -287,12 +303,15 @@ allowed_cidrs = ["8.8.8.0/24"]
         c.classes[0]
             .entries
             .iter()
-            .filter(|e| e.net.contains(&ip))
+            .filter(|e| {
+                let (s, end) = ranges::net_range(&e.net);
+                (s..=end).contains(&ranges::addr(ip))
+            })
             .min_by_key(|e| {
                 let (s, e) = ranges::net_range(&e.net);
                 e - s
             })
-            .map(|e| e.verdict)
+            .and_then(|e| (e.verdict != Verdict::Unknown).then_some(e.verdict))
     }
 
     #[test]

@@ -171,12 +171,19 @@ pub fn explain(c: &Compiled, ip: IpAddr, only: Option<&str>) -> Explanation {
                     .as_ref()
                     .and_then(|p| place_verdict(p, cls, &c.policy, &c.geography))
             });
-            let kernel_prefix = plan.verdicts.get_range(a).and_then(|(s, e, _)| {
-                ranges::cidrs(*s, *e)
-                    .into_iter()
-                    .map(|(p, l)| ranges::to_net(p, l))
-                    .find(|n| n.contains(&ip))
-            });
+            // The entry the kernel's longest-prefix lookup finds.
+            let kernel_prefix = plan
+                .entries
+                .iter()
+                .filter(|e| {
+                    let (s, end) = ranges::net_range(&e.net);
+                    s <= a && a <= end
+                })
+                .min_by_key(|e| {
+                    let (s, end) = ranges::net_range(&e.net);
+                    end - s
+                })
+                .map(|e| e.net);
             ClassAnswer {
                 class: cls.name.clone(),
                 id: cls.id,
@@ -215,6 +222,10 @@ impl fmt::Display for Explanation {
         for c in &self.classes {
             let verdict = match c.verdict {
                 Some(Verdict::Allow) => "allow".to_owned(),
+                Some(Verdict::Unknown) | None if !self.unknown_is_violation => {
+                    "unknown (allowed)".to_owned()
+                }
+                Some(Verdict::Unknown) => "unknown (violation)".to_owned(),
                 Some(Verdict::Deny) => "deny (violation)".to_owned(),
                 None if self.unknown_is_violation => "unknown (violation)".to_owned(),
                 None => "unknown (allowed)".to_owned(),

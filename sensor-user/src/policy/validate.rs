@@ -700,3 +700,17 @@ uid = 1000
         assert_eq!(parse_ports("9-1"), None);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The shipped example must always be a valid policy.
+    #[test]
+    fn example_policy_checks() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+        let p = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.classes.len(), 1);
+        assert_eq!(p.sites.len(), 3);
+        assert_eq!(p.selectors.len(), 2);
+        assert_eq!(p.taint.len(), 1);
+    }
+}

@@ -2,6 +2,7 @@
 //! lookups the policy compiler and `sensorctl lookup` use.
 //!
 //! - [`ranges`]: the disjoint-range map everything is built on.
+//! - [`lpm`]: the fewest prefixes for a longest-prefix-match table (ORTC).
 //! - [`csv`]: `start,end,CC` range files (the offline default dataset's format).
 //! - [`mmdb`]: MaxMind DB files.
 //! - [`cloud`]: AWS `ip-ranges.json` and the cloud-region → jurisdiction table.
@@ -11,6 +12,7 @@
 pub mod cloud;
 pub mod countries;
 pub mod csv;
+pub mod lpm;
 pub mod mmdb;
 pub mod ranges;
 pub mod reserved;
