@@ -80,19 +80,27 @@ fn main() -> anyhow::Result<()> {
 /// Builds and runs the benchmark binaries in release mode.
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let root = workspace_root();
+    let build = [
+        "build",
+        "--release",
+        "-p",
+        "residency-tests",
+        "--bin",
+        "sensor-bench",
+        "--bin",
+        "policy-bench",
+    ];
     let status = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "residency-tests",
-            "--bin",
-            "sensor-bench",
-        ])
+        .args(build)
         .current_dir(&root)
         .status()
-        .context("while building sensor-bench")?;
-    anyhow::ensure!(status.success(), "building sensor-bench failed");
+        .context("while building the benchmarks")?;
+    anyhow::ensure!(status.success(), "building the benchmarks failed");
+    crate::dataset::ensure(&root)?;
+    let status = std::process::Command::new(root.join("target/release/policy-bench"))
+        .status()
+        .context("while running policy-bench")?;
+    anyhow::ensure!(status.success(), "policy-bench failed ({status})");
     let status = std::process::Command::new(root.join("target/release/sensor-bench"))
         .args(args)
         .status()
