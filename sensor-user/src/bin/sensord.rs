@@ -111,6 +111,9 @@ fn log_record(ev: &FlowEvent, ledger: &mut TagLedger, sensor: &KernelSensor) {
 
 fn log_policy(c: &Compiled) {
     let (before, after) = c.prefix_counts();
+    if let Some(p) = &c.provenance {
+        info!(dataset = %p.name, version = %p.version, licence = %p.licence, attribution = %p.attribution, "region data");
+    }
     info!(
         policy = %c.policy.source.display(),
         sha256 = %c.policy.hash,
@@ -121,13 +124,14 @@ fn log_policy(c: &Compiled) {
     );
 }
 
-/// Applies a compiled policy and logs what happened.
+/// Applies a compiled policy and logs what happened; returns whether some
+/// selectors still wait for their cgroup or binary to exist.
 fn install(
     sensor: &mut KernelSensor,
     c: &Compiled,
     root: &std::path::Path,
     ledger: &mut TagLedger,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let t = std::time::Instant::now();
     let report = apply::apply(sensor, c, root, ledger)
         .context("while installing the policy in the kernel")?;
@@ -142,7 +146,7 @@ fn install(
         elapsed_ms = t.elapsed().as_millis() as u64,
         "policy in force"
     );
-    Ok(())
+    Ok(!report.warnings.is_empty())
 }
 
 #[tokio::main]
@@ -176,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         .attach(&cgroup)
         .with_context(|| format!("while attaching to cgroup {}", cgroup.display()))?;
     info!(cgroup = %cgroup.display(), "sensor attached");
-    install(&mut sensor, &compiled, &root, &mut ledger)?;
+    let mut pending_selectors = install(&mut sensor, &compiled, &root, &mut ledger)?;
     let mut current = compiled;
 
     // SAFETY: the EventReader owns the ring buffer's fd and keeps it open for as
@@ -226,6 +230,22 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => error!(error = %e, "reading kernel counters failed"),
                 }
                 ledger.retain(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+                // Selectors whose cgroup or binary did not exist yet: try again,
+                // and tag what already runs there once they resolve.
+                if pending_selectors {
+                    match apply::install_selectors(&mut sensor, &current, &root) {
+                        Ok(w) => {
+                            pending_selectors = !w.is_empty();
+                            if !pending_selectors {
+                                info!("all selectors are installed now");
+                                if let Err(e) = sensor_user::procscan::tag_running(&mut sensor, &root, &mut ledger) {
+                                    error!(error = %e, "tagging running processes failed");
+                                }
+                            }
+                        }
+                        Err(e) => error!(error = %e, "installing selectors failed"),
+                    }
+                }
             }
             _ = hangup.recv() => {
                 info!(policy = %source.policy.display(), "SIGHUP: reloading the policy");
@@ -233,7 +253,10 @@ async fn main() -> anyhow::Result<()> {
                     Ok(c) => {
                         log_policy(&c);
                         match install(&mut sensor, &c, &root, &mut ledger) {
-                            Ok(()) => current = c,
+                            Ok(pending) => {
+                                current = c;
+                                pending_selectors = pending;
+                            }
                             Err(e) => error!(error = format!("{e:#}"), "policy reload failed; the previous policy's verdict table stays in force"),
                         }
                     }

@@ -57,22 +57,8 @@ pub fn apply(
     sensor.set_unknown_is_violation(p.host.unknown_is_violation)?;
     sensor.set_aggregation(p.host.aggregation)?;
 
-    let specs: Vec<(SelectorSpec, u8)> = p
-        .selectors
-        .iter()
-        .map(|s| {
-            let spec = match &s.kind {
-                SelectorKind::Cgroup(path) => {
-                    SelectorSpec::Cgroup(cgroup_root.join(path.trim_start_matches('/')))
-                }
-                SelectorKind::Exe(path) => SelectorSpec::Exe(path.clone()),
-                SelectorKind::Uid(uid) => SelectorSpec::Uid(*uid),
-            };
-            (spec, s.class)
-        })
-        .collect();
-    report.warnings = sensor.set_selectors(&specs)?;
-    report.selectors = specs.len() - report.warnings.len();
+    report.warnings = install_selectors(sensor, compiled, cgroup_root)?;
+    report.selectors = p.selectors.len() - report.warnings.len();
     let taint: Vec<_> = p
         .taint
         .iter()
@@ -89,4 +75,31 @@ pub fn apply(
     sensor.set_failsafe(&failsafe)?;
     report.tagged_running = procscan::tag_running(sensor, cgroup_root, ledger)?;
     Ok(report)
+}
+
+/// Installs the policy's selectors (new entries first, stale ones removed).
+/// Returns the selectors that could not be resolved yet: a cgroup whose unit has
+/// not started, a binary not installed yet. The agent calls this again
+/// periodically, so they take effect once they exist.
+pub fn install_selectors(
+    sensor: &mut KernelSensor,
+    compiled: &Compiled,
+    cgroup_root: &Path,
+) -> Result<Vec<String>, SensorError> {
+    let specs: Vec<(SelectorSpec, u8)> = compiled
+        .policy
+        .selectors
+        .iter()
+        .map(|s| {
+            let spec = match &s.kind {
+                SelectorKind::Cgroup(path) => {
+                    SelectorSpec::Cgroup(cgroup_root.join(path.trim_start_matches('/')))
+                }
+                SelectorKind::Exe(path) => SelectorSpec::Exe(path.clone()),
+                SelectorKind::Uid(uid) => SelectorSpec::Uid(*uid),
+            };
+            (spec, s.class)
+        })
+        .collect();
+    sensor.set_selectors(&specs)
 }

@@ -135,6 +135,8 @@ pub struct ClassPlan {
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub policy: Policy,
+    /// Where the region data came from (for status and records).
+    pub provenance: Option<crate::regions::Provenance>,
     pub geography: Geography,
     pub classes: Vec<ClassPlan>,
 }
@@ -216,6 +218,7 @@ pub fn compile(policy: Policy, regions: &RegionDb, cloud: &CloudRanges) -> Compi
         policy,
         geography,
         classes,
+        provenance: regions.provenance.clone(),
     }
 }
 

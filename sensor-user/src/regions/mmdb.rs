@@ -86,7 +86,11 @@ mod tests {
 
     fn ctrl(kind: u8, size: usize) -> Vec<u8> {
         assert!(size < 29);
-        if kind <= 7 { vec![(kind << 5) | size as u8] } else { vec![size as u8, kind - 7] }
+        if kind <= 7 {
+            vec![(kind << 5) | size as u8]
+        } else {
+            vec![size as u8, kind - 7]
+        }
     }
     fn string(s: &str) -> Vec<u8> {
         [ctrl(2, s.len()), s.as_bytes().to_vec()].concat()
@@ -171,7 +175,14 @@ mod tests {
     #[test]
     fn reads_a_maxmind_db() {
         let path = std::env::temp_dir().join(format!("rs-test-{}.mmdb", std::process::id()));
-        write(&path, &[([5, 0, 0, 0], 24, "DE"), ([8, 8, 8, 0], 24, "US"), ([128, 0, 0, 0], 1, "IE")]);
+        write(
+            &path,
+            &[
+                ([5, 0, 0, 0], 24, "DE"),
+                ([8, 8, 8, 0], 24, "US"),
+                ([128, 0, 0, 0], 1, "IE"),
+            ],
+        );
         let db = load(&path);
         let _ = std::fs::remove_file(&path);
         let db = db.unwrap();
