@@ -97,13 +97,15 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
         let stop = stop.clone();
-        let cmd_args: Vec<String> = std::iter::repeat([
-            "tcp-connect".to_owned(),
-            fra_t.clone(),
-            "tcp-connect".to_owned(),
-            iad_t.clone(),
-        ])
-        .take(50)
+        let cmd_args: Vec<String> = std::iter::repeat_n(
+            [
+                "tcp-connect".to_owned(),
+                fra_t.clone(),
+                "tcp-connect".to_owned(),
+                iad_t.clone(),
+            ],
+            50,
+        )
         .flatten()
         .collect();
         let cg_procs = cgroup.path().to_owned();

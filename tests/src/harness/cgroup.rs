@@ -43,7 +43,6 @@ impl TestCgroup {
     }
 
     /// The cgroup's directory.
-
     pub fn path(&self) -> &Path {
         &self.path
     }
