@@ -1,1 +1,14 @@
+//! Rust code generated from the `.proto` files in this crate (tonic + prost).
+//! Versioned packages: `residency.agent.v1` (the agent API) now,
+//! `residency.collector.v1` with the collector.
 
+/// `residency.agent.v1`.
+pub mod agent {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("residency.agent.v1");
+    }
+}
+
+/// Encoded file descriptors of every service, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");

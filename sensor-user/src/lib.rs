@@ -1,6 +1,8 @@
 //! The Residency Sensor agent as a library: everything `sensord` does, in modules
 //! that tests can call directly.
 //!
+//! - [`agent`]: the task that owns the sensor and the policy; commands in.
+//! - [`api`]: the gRPC API (Unix socket, root only).
 //! - [`system`]: facts about the host (cgroup v2 and bpffs mounts).
 //! - [`preflight`]: explains why the sensor cannot run here, before it tries.
 //! - [`kernel`]: the loaded kernel object: attach, tag, judge, configure.
@@ -10,6 +12,8 @@
 //! - [`clock`]: wall-clock time for kernel timestamps.
 //! - [`errors`]: the crate's error type.
 
+pub mod agent;
+pub mod api;
 pub mod clock;
 pub mod errors;
 pub mod events;

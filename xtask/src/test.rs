@@ -98,7 +98,13 @@ pub fn run(lint: bool, extra: &[String]) -> anyhow::Result<()> {
             ]),
         )?;
     }
+    // The end-to-end tests run the real sensord and sensorctl binaries.
+    step(
+        "build binaries",
+        Command::new("cargo").args(["build", "--workspace", "--bins"]),
+    )?;
     let before = leaks::snapshot();
+
     eprintln!("==> tests: cargo test --workspace --no-fail-fast");
     let mut child = Command::new("cargo")
         .args(["test", "--workspace", "--no-fail-fast"])

@@ -1,25 +1,24 @@
 //! `sensord`: the Residency Sensor agent daemon.
 //!
 //! This binary parses arguments and wires components; the logic lives in the
-//! `sensor_user` library.
+//! `sensor_user` library (`agent`, `api`, `policy`, `kernel`).
 
-use std::{path::PathBuf, time::Duration};
+use std::{fs::File, path::PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use sensor_common::flow::FlowEvent;
 use sensor_user::{
-    kernel::KernelSensor,
-    ledger::TagLedger,
-    policy::{apply, compile::Compiled, source::PolicySource},
+    agent::{Agent, AgentConfig, Command},
+    api::{self, AgentApi},
+    policy::source::PolicySource,
     preflight, regions,
     system::mountinfo,
 };
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -31,7 +30,8 @@ enum LogFormat {
 
 /// Residency Sensor agent: tags the processes that handle regulated data,
 /// judges each of their connections against the residency policy in the
-/// kernel, and reports (or, in enforce mode, denies) violations.
+/// kernel, and reports (or, in enforce mode, denies) violations. Serves its API
+/// to root on a Unix socket (`sensorctl`).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -55,6 +55,24 @@ struct Args {
     /// of the cgroup v2 mount (found in /proc/self/mountinfo): every process.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// The API's Unix socket (root only).
+    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// File mode of the API socket (octal). Whatever it is, every request is
+    /// checked against the caller's credentials and only root is served; a wider
+    /// mode (e.g. 666) only lets other users get a clear PERMISSION_DENIED.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Lock file that keeps a second sensord from starting on this host.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/residency/sensord.lock"
+    )]
+    lock: PathBuf,
+    /// Records kept in memory for `sensorctl flows` / `violations`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    history: usize,
     /// Run the host checks (privileges, bpf(), cgroup v2, BTF), print the result
     /// and exit: 0 when the sensor can run here, 1 otherwise.
     #[arg(long)]
@@ -62,6 +80,13 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "human", env = "SENSORD_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode like 600"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -76,77 +101,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Logs one kernel record (tags also go to the ledger).
-fn log_record(ev: &FlowEvent, ledger: &mut TagLedger, sensor: &KernelSensor) {
-    if ledger.record_event(ev, sensor.selectors()) {
-        info!(
-            tgid = ev.tgid,
-            classes = ev.classes,
-            reason = ev.reason,
-            detail = ev.detail,
-            "process tagged"
+/// Takes the single-instance lock (released by the kernel when we exit).
+fn lock(path: &PathBuf) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("while creating {}", dir.display()))?;
+    }
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("while opening the lock file {}", path.display()))?;
+    if f.try_lock().is_err() {
+        bail!(
+            "another sensord is running on this host (it holds {}); stop it first (systemctl stop sensord)",
+            path.display()
         );
-        return;
     }
-    info!(
-        kind = ?ev.flow_kind(),
-        pid = ev.pid,
-        tgid = ev.tgid,
-        uid = ev.uid,
-        cgroup_id = ev.cgroup_id,
-        comm = %ev.comm_str(),
-        protocol = ev.protocol,
-        local = %ev.local(),
-        remote = %ev.remote(),
-        cookie = ev.cookie,
-        classes = ev.classes,
-        verdict = ev.verdict,
-        action = ev.action,
-        count = ev.count,
-        bytes = ev.detail,
-        generation = ev.policy_generation,
-        "flow"
-    );
-}
-
-fn log_policy(c: &Compiled) {
-    let (before, after) = c.prefix_counts();
-    if let Some(p) = &c.provenance {
-        info!(dataset = %p.name, version = %p.version, licence = %p.licence, attribution = %p.attribution, "region data");
-    }
-    info!(
-        policy = %c.policy.source.display(),
-        sha256 = %c.policy.hash,
-        classes = c.classes.len(),
-        prefixes_before_merge = before,
-        prefixes = after,
-        "policy compiled"
-    );
-}
-
-/// Applies a compiled policy and logs what happened; returns whether some
-/// selectors still wait for their cgroup or binary to exist.
-fn install(
-    sensor: &mut KernelSensor,
-    c: &Compiled,
-    root: &std::path::Path,
-    ledger: &mut TagLedger,
-) -> anyhow::Result<bool> {
-    let t = std::time::Instant::now();
-    let report = apply::apply(sensor, c, root, ledger)
-        .context("while installing the policy in the kernel")?;
-    for w in &report.warnings {
-        warn!(policy = %c.policy.source.display(), "selector not installed: {w}");
-    }
-    info!(
-        generation = report.generation,
-        prefixes = report.prefixes,
-        selectors = report.selectors,
-        tagged_running = report.tagged_running,
-        elapsed_ms = t.elapsed().as_millis() as u64,
-        "policy in force"
-    );
-    Ok(!report.warnings.is_empty())
+    Ok(f)
 }
 
 #[tokio::main]
@@ -162,112 +135,59 @@ async fn main() -> anyhow::Result<()> {
     if !report.ok() {
         bail!("this host cannot run the sensor:\n{report}");
     }
-
-    let source = PolicySource {
-        policy: args.policy.clone(),
-        regions: args.regions.clone().unwrap_or_else(regions::default_dir),
-        aws_ranges: args.aws_ranges.clone(),
-    };
-    // Check the policy before loading anything into the kernel.
-    let compiled = source.build().context("while building the policy")?;
-    log_policy(&compiled);
+    let _lock = lock(&args.lock)?;
 
     let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
-    let cgroup = args.cgroup.clone().unwrap_or_else(|| root.clone());
-    let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
-    let mut ledger = TagLedger::default();
-    sensor
-        .attach(&cgroup)
-        .with_context(|| format!("while attaching to cgroup {}", cgroup.display()))?;
-    info!(cgroup = %cgroup.display(), "sensor attached");
-    let mut pending_selectors = install(&mut sensor, &compiled, &root, &mut ledger)?;
-    let mut current = compiled;
+    let cfg = AgentConfig {
+        source: PolicySource {
+            policy: args.policy.clone(),
+            regions: args.regions.clone().unwrap_or_else(regions::default_dir),
+            aws_ranges: args.aws_ranges.clone(),
+        },
+        attach: args.cgroup.clone().unwrap_or_else(|| root.clone()),
+        cgroup_root: root,
+        history: args.history,
+    };
+    let (agent, events, store) = Agent::start(cfg)?;
+    let (handle, commands) = Agent::channel();
 
-    // SAFETY: the EventReader owns the ring buffer's fd and keeps it open for as
-    // long as the AsyncFd that wraps it lives.
-    let mut reader =
-        unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("while registering the ring buffer: {e}"))?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
-    // The kernel wakes us only for violations and tags, or when the buffer fills
-    // (see sensor-ebpf emit.rs); flow and close records are picked up here.
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last = vec![0u64; sensor_common::counters::COUNTER_COUNT as usize];
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            guard = reader.readable_mut() => {
-                let mut guard = guard?;
-                batch.clear();
-                guard.get_inner_mut().drain(&mut batch);
-                guard.clear_ready();
-                for ev in &batch {
-                    log_record(ev, &mut ledger, &sensor);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api_task = {
+        let api = AgentApi::new(handle.clone(), store);
+        let socket = args.socket.clone();
+        let mode = args.socket_mode;
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = api::serve_unix(&socket, mode, api, stop).await {
+                error!(error = format!("{e:#}"), "the agent API stopped");
+            }
+        })
+    };
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => { info!("SIGHUP"); handle.send(Command::Reload).await; }
+                    _ = term.recv() => { info!("SIGTERM: detaching and exiting"); break; }
+                    _ = int.recv() => { info!("SIGINT: detaching and exiting"); break; }
                 }
             }
-            _ = drain_tick.tick() => {
-                batch.clear();
-                reader.get_mut().drain(&mut batch);
-                for ev in &batch {
-                    log_record(ev, &mut ledger, &sensor);
-                }
-            }
-            _ = counter_tick.tick() => {
-                match sensor.counters() {
-                    Ok(c) => {
-                        for (i, name) in sensor_common::counters::COUNTER_NAMES.iter().enumerate() {
-                            let grew = c[i].saturating_sub(last[i]);
-                            let is_loss = i <= sensor_common::counters::AGG_MAP_FULL as usize;
-                            if grew > 0 && is_loss {
-                                warn!(counter = *name, new = grew, total = c[i], "kernel could not record everything");
-                            }
-                        }
-                        last = c;
-                    }
-                    Err(e) => error!(error = %e, "reading kernel counters failed"),
-                }
-                ledger.retain(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
-                // Selectors whose cgroup or binary did not exist yet: try again,
-                // and tag what already runs there once they resolve.
-                if pending_selectors {
-                    match apply::install_selectors(&mut sensor, &current, &root) {
-                        Ok(w) => {
-                            pending_selectors = !w.is_empty();
-                            if !pending_selectors {
-                                info!("all selectors are installed now");
-                                if let Err(e) = sensor_user::procscan::tag_running(&mut sensor, &root, &mut ledger) {
-                                    error!(error = %e, "tagging running processes failed");
-                                }
-                            }
-                        }
-                        Err(e) => error!(error = %e, "installing selectors failed"),
-                    }
-                }
-            }
-            _ = hangup.recv() => {
-                info!(policy = %source.policy.display(), "SIGHUP: reloading the policy");
-                match source.build() {
-                    Ok(c) => {
-                        log_policy(&c);
-                        match install(&mut sensor, &c, &root, &mut ledger) {
-                            Ok(pending) => {
-                                current = c;
-                                pending_selectors = pending;
-                            }
-                            Err(e) => error!(error = format!("{e:#}"), "policy reload failed; the previous policy's verdict table stays in force"),
-                        }
-                    }
-                    Err(e) => error!(error = %e, sha256 = %current.policy.hash, "policy reload rejected; the running policy stays in force"),
-                }
-            }
-            _ = term.recv() => { info!("SIGTERM: detaching and exiting"); break; }
-            _ = interrupt.recv() => { info!("SIGINT: detaching and exiting"); break; }
-        }
+            let _ = stop_tx.send(true);
+        });
     }
-    drop(reader);
-    drop(sensor);
+    agent.run(events, commands, stopped(stop_rx)).await?;
+    let _ = api_task.await;
     Ok(())
 }

@@ -155,6 +155,11 @@ fn rule(c: &Compiled, class: &Class, ip: IpAddr, place: Option<&Place>, loc: &Lo
     }
 }
 
+/// Where `ip` is (country, site, and which source says so).
+pub fn location(c: &Compiled, ip: IpAddr) -> Location {
+    locate(c, ip).0
+}
+
 /// Explains `ip` for every class, or only `only` (a class name).
 pub fn explain(c: &Compiled, ip: IpAddr, only: Option<&str>) -> Explanation {
     let (location, place) = locate(c, ip);

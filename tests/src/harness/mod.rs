@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod cgroup;
 pub mod netns;
 pub mod privilege;

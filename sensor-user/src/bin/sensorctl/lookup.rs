@@ -4,7 +4,9 @@ use std::{net::IpAddr, path::PathBuf};
 
 use sensor_user::policy::{compile, explain, validate};
 
-use crate::{RegionArgs, policy::load_regions};
+use residency_proto::agent::v1::LookupRequest;
+
+use crate::{Global, RegionArgs, client, output, policy::load_regions};
 
 #[derive(Debug, clap::Args)]
 pub struct LookupArgs {
@@ -13,15 +15,18 @@ pub struct LookupArgs {
     /// Only this class.
     #[arg(long)]
     class: Option<String>,
-    /// The policy to explain against.
+    /// Explain offline against this policy file instead of asking the agent.
     #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    policy: Option<PathBuf>,
     #[command(flatten)]
     regions: RegionArgs,
 }
 
-pub fn run(a: LookupArgs) -> i32 {
-    let policy = match validate::load(&a.policy) {
+pub async fn run(g: &Global, a: LookupArgs) -> i32 {
+    let Some(policy_path) = a.policy.clone() else {
+        return via_agent(g, a).await;
+    };
+    let policy = match validate::load(&policy_path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -34,7 +39,7 @@ pub fn run(a: LookupArgs) -> i32 {
         let names: Vec<&str> = policy.classes.iter().map(|c| c.name.as_str()).collect();
         eprintln!(
             "error: no class named {c:?} in {}; classes: {}",
-            a.policy.display(),
+            policy_path.display(),
             names.join(", ")
         );
         return 2;
@@ -45,4 +50,28 @@ pub fn run(a: LookupArgs) -> i32 {
     let compiled = compile::compile(policy, &db, &cloud);
     print!("{}", explain::explain(&compiled, a.ip, a.class.as_deref()));
     0
+}
+
+async fn via_agent(g: &Global, a: LookupArgs) -> i32 {
+    let Some(mut c) = client::connect(&g.socket).await else {
+        return 2;
+    };
+    match c
+        .lookup(LookupRequest {
+            ip: a.ip.to_string(),
+            class: a.class.unwrap_or_default(),
+        })
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            if g.json {
+                output::json(&r);
+            } else {
+                print!("{}", r.text);
+            }
+            0
+        }
+        Err(e) => client::fail("lookup", e),
+    }
 }

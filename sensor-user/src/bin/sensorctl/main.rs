@@ -1,10 +1,18 @@
-//! `sensorctl`: the Residency Sensor operator CLI.
+//! `sensorctl`: the Residency Sensor operator CLI. Talks to `sensord` over its
+//! Unix socket (root only); `policy check` and `lookup --policy` work offline.
 //!
-//! Exit codes: 0 success; 1 the input was checked and is wrong (invalid policy);
-//! 2 the command could not run (usage, unreadable file, missing region data).
+//! Exit codes: 0 success; 1 the input was wrong or the request was refused
+//! (invalid policy, unknown class, not root, missing reason); 2 the command could
+//! not run (agent unreachable, unreadable file, missing region data).
 
+mod client;
+mod enforce;
+mod flows;
 mod lookup;
+mod output;
 mod policy;
+mod status;
+mod tagged;
 
 use std::path::PathBuf;
 
@@ -14,11 +22,30 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Cmd,
 }
 
-/// Where region data comes from (shared by the commands that need it).
+/// Options for every command.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// sensord's API socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/run/residency/sensord.sock",
+        env = "SENSORD_SOCKET"
+    )]
+    socket: PathBuf,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Where region data comes from (offline commands).
 #[derive(Debug, clap::Args)]
 pub struct RegionArgs {
     /// Region data: a directory with the default dataset, a MaxMind DB file
@@ -33,19 +60,68 @@ pub struct RegionArgs {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The agent's health: versions, policy, modes, counters.
+    Status,
+    /// Recent flow records of tagged processes.
+    Flows(flows::FlowArgs),
+    /// Recent violations (reported or denied).
+    Violations(flows::FlowArgs),
+    /// Processes that carry classes, and why.
+    Tagged,
+    /// Tag a process with a class.
+    Tag {
+        /// Process id.
+        pid: u32,
+        /// Class name.
+        #[arg(long)]
+        class: String,
+    },
+    /// Remove a class from a process.
+    Untag {
+        /// Process id.
+        pid: u32,
+        /// Class name.
+        #[arg(long)]
+        class: String,
+    },
+    /// Switch enforcement for a class (or, without --class, every class).
+    Enforce {
+        /// on = enforce (deny), monitor = report only, off = nothing.
+        switch: enforce::Switch,
+        /// Class name (default: every class of the policy).
+        #[arg(long)]
+        class: Option<String>,
+        /// Why (required; recorded with the change).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
     /// Explain the verdict for an address: country, site, matching prefix and
-    /// the rule that decided, per class.
+    /// the rule that decided, per class. Asks the agent, or with --policy works
+    /// offline.
     Lookup(lookup::LookupArgs),
 }
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let args = Args::parse();
+    let g = &args.global;
     let code = match args.command {
-        Cmd::Policy(cmd) => policy::run(cmd),
-        Cmd::Lookup(a) => lookup::run(a),
+        Cmd::Status => status::run(g).await,
+        Cmd::Flows(a) => flows::run(g, a, false).await,
+        Cmd::Violations(a) => flows::run(g, a, true).await,
+        Cmd::Tagged => tagged::list(g).await,
+        Cmd::Tag { pid, class } => tagged::tag(g, pid, class, true).await,
+        Cmd::Untag { pid, class } => tagged::tag(g, pid, class, false).await,
+        Cmd::Enforce {
+            switch,
+            class,
+            reason,
+        } => enforce::run(g, switch, class, reason).await,
+        Cmd::Policy(cmd) => policy::run(g, cmd).await,
+        Cmd::Lookup(a) => lookup::run(g, a).await,
     };
     std::process::exit(code);
 }

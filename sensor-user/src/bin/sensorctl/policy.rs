@@ -9,7 +9,9 @@ use sensor_user::{
     regions::{self, cloud::CloudRanges},
 };
 
-use crate::RegionArgs;
+use residency_proto::agent::v1::{ApplyPolicyRequest, GetPolicyRequest};
+
+use crate::{Global, RegionArgs, client, output};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
@@ -25,6 +27,21 @@ pub enum PolicyCmd {
         #[command(flatten)]
         regions: RegionArgs,
     },
+    /// Apply a policy file to the running agent (it is checked first; with
+    /// --dry-run only checked, with the prefix counts and classes it would add
+    /// or remove).
+    Apply {
+        /// The policy file.
+        file: PathBuf,
+        /// Check and report only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Why (required unless --dry-run; recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Print the policy the agent enforces.
+    Show,
 }
 
 /// Loads region data as the flags say; prints the error and returns None.
@@ -53,8 +70,14 @@ pub fn load_regions(a: &RegionArgs) -> Option<(regions::RegionDb, CloudRanges)> 
     Some((db, cloud))
 }
 
-pub fn run(cmd: PolicyCmd) -> i32 {
+pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
     match cmd {
+        PolicyCmd::Apply {
+            file,
+            dry_run,
+            reason,
+        } => apply(g, file, dry_run, reason).await,
+        PolicyCmd::Show => show(g).await,
         PolicyCmd::Check {
             file,
             compile: do_compile,
@@ -103,5 +126,86 @@ pub fn run(cmd: PolicyCmd) -> i32 {
             }
             0
         }
+    }
+}
+
+async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 {
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let Some(mut c) = client::connect(&g.socket).await else {
+        return 2;
+    };
+    let r = match c
+        .apply_policy(ApplyPolicyRequest {
+            policy_toml: text,
+            dry_run,
+            reason,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return client::fail("policy apply", e),
+    };
+    if g.json {
+        output::json(&r);
+        return 0;
+    }
+    let rows: Vec<Vec<String>> = r
+        .prefixes
+        .iter()
+        .map(|p| {
+            vec![
+                p.class.clone(),
+                p.allow.to_string(),
+                p.deny.to_string(),
+                p.before_merging.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["CLASS", "ALLOW", "DENY", "BEFORE MERGING"], &rows);
+    if !r.classes_added.is_empty() {
+        println!("classes added:   {}", r.classes_added.join(", "));
+    }
+    if !r.classes_removed.is_empty() {
+        println!("classes removed: {}", r.classes_removed.join(", "));
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    if dry_run {
+        println!(
+            "dry run: sha256 {} checked, nothing changed",
+            r.policy_sha256
+        );
+    } else {
+        println!(
+            "applied: sha256 {} generation {}",
+            r.policy_sha256, r.generation
+        );
+    }
+    0
+}
+
+async fn show(g: &Global) -> i32 {
+    let Some(mut c) = client::connect(&g.socket).await else {
+        return 2;
+    };
+    match c.get_policy(GetPolicyRequest {}).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            if g.json {
+                output::json(&r);
+            } else {
+                eprintln!("# {} sha256 {}", r.path, r.policy_sha256);
+                print!("{}", r.policy_toml);
+            }
+            0
+        }
+        Err(e) => client::fail("policy show", e),
     }
 }

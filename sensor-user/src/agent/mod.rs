@@ -1,0 +1,734 @@
+//! The agent: one task owns the kernel sensor, the policy in force and the tag
+//! ledger; everything else (API handlers, signals) sends it [`Command`]s over a
+//! channel and waits for the reply. No lock is held around aya state.
+//!
+//! - [`store`]: recent records and live watchers (shared, read by the API).
+//! - [`enrich`]: kernel records → API records (names, country, site, exe).
+//! - [`audit`]: who changed what, when and why.
+
+pub mod audit;
+pub mod enrich;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use residency_proto::agent::v1 as pb;
+use sensor_common::counters::{COUNTER_COUNT, COUNTER_NAMES};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, oneshot},
+};
+use tracing::{error, info, warn};
+
+use self::{audit::AuditLog, store::FlowStore};
+use crate::{
+    SensorError,
+    events::EventReader,
+    kernel::{KernelSensor, verdicts::Mode},
+    ledger::{TagLedger, TagReason, Why},
+    policy::{
+        apply,
+        compile::{self, Compiled},
+        explain,
+        source::{BuildError, PolicySource},
+        validate,
+    },
+    procscan, regions,
+};
+
+/// Why a command failed; the API maps these to gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The request is wrong (INVALID_ARGUMENT), with what to do.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something named does not exist (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The agent failed (INTERNAL).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SensorError> for CommandError {
+    fn from(e: SensorError) -> Self {
+        CommandError::Internal(e.to_string())
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// Requests to the agent task. `actor` names the caller for audit records.
+#[derive(Debug)]
+pub enum Command {
+    Status(Reply<pb::Status>),
+    Tagged(Reply<pb::ListTaggedResponse>),
+    Tag {
+        pid: u32,
+        class: String,
+        actor: String,
+        reply: Reply<()>,
+    },
+    Untag {
+        pid: u32,
+        class: String,
+        actor: String,
+        reply: Reply<()>,
+    },
+    SetEnforcement {
+        class: Option<String>,
+        mode: Mode,
+        reason: String,
+        actor: String,
+        reply: Reply<Vec<pb::ClassMode>>,
+    },
+    ApplyPolicy {
+        text: String,
+        dry_run: bool,
+        reason: String,
+        actor: String,
+        reply: Reply<pb::ApplyPolicyResponse>,
+    },
+    GetPolicy(Reply<pb::GetPolicyResponse>),
+    Lookup {
+        ip: IpAddr,
+        class: Option<String>,
+        reply: Reply<pb::LookupResponse>,
+    },
+    /// Reload the policy from its file (SIGHUP).
+    Reload,
+}
+
+/// A cheap, cloneable way to talk to the agent task.
+#[derive(Clone, Debug)]
+pub struct AgentHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl AgentHandle {
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| CommandError::Internal("the agent is shutting down".into()))?;
+        rx.await
+            .map_err(|_| CommandError::Internal("the agent dropped the request".into()))?
+    }
+
+    /// Sends a command without a reply.
+    pub async fn send(&self, c: Command) {
+        let _ = self.tx.send(c).await;
+    }
+}
+
+/// Settings the agent starts with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub source: PolicySource,
+    /// cgroup v2 mount (selector paths are relative to it).
+    pub cgroup_root: PathBuf,
+    /// Where the socket programs attach.
+    pub attach: PathBuf,
+    /// Records kept for ListFlows/ListViolations.
+    pub history: usize,
+}
+
+/// The agent's state, owned by its task.
+pub struct Agent {
+    sensor: KernelSensor,
+    compiled: Compiled,
+    policy_text: String,
+    loaded_at: SystemTime,
+    ledger: TagLedger,
+    cfg: AgentConfig,
+    /// Modes set through SetEnforcement, by class id; they outlive reloads.
+    overrides: BTreeMap<u8, Mode>,
+    pending_selectors: bool,
+    events_total: u64,
+    last_counters: Vec<u64>,
+    store: Arc<FlowStore>,
+    audit: AuditLog,
+}
+
+fn mode_pb(m: Mode) -> i32 {
+    match m {
+        Mode::Off => pb::Mode::Off as i32,
+        Mode::Monitor => pb::Mode::Monitor as i32,
+        Mode::Enforce => pb::Mode::Enforce as i32,
+    }
+}
+
+impl Agent {
+    /// Builds the policy (before touching the kernel), loads and attaches the
+    /// sensor, installs the policy. Returns the agent, its ring buffer and the
+    /// shared record store.
+    pub fn start(cfg: AgentConfig) -> anyhow::Result<(Agent, EventReader, Arc<FlowStore>)> {
+        use anyhow::Context;
+        let compiled = cfg.source.build().context("while building the policy")?;
+        let policy_text = std::fs::read_to_string(&cfg.source.policy).unwrap_or_default();
+        let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
+        sensor
+            .attach(&cfg.attach)
+            .with_context(|| format!("while attaching to cgroup {}", cfg.attach.display()))?;
+        info!(cgroup = %cfg.attach.display(), "sensor attached");
+        let events = sensor.take_events()?;
+        let store = Arc::new(FlowStore::new(cfg.history));
+        let mut agent = Agent {
+            sensor,
+            compiled,
+            policy_text,
+            loaded_at: SystemTime::now(),
+            ledger: TagLedger::default(),
+            cfg,
+            overrides: BTreeMap::new(),
+            pending_selectors: false,
+            events_total: 0,
+            last_counters: vec![0; COUNTER_COUNT as usize],
+            store: store.clone(),
+            audit: AuditLog::default(),
+        };
+        agent
+            .install()
+            .context("while installing the policy in the kernel")?;
+        Ok((agent, events, store))
+    }
+
+    /// Installs `self.compiled` (and the mode overrides).
+    fn install(&mut self) -> Result<(), SensorError> {
+        let c = &self.compiled;
+        if let Some(p) = &c.provenance {
+            info!(dataset = %p.name, version = %p.version, licence = %p.licence, attribution = %p.attribution, "region data");
+        }
+        let (before, after) = c.prefix_counts();
+        let t = std::time::Instant::now();
+        let report = apply::apply(&mut self.sensor, c, &self.cfg.cgroup_root, &mut self.ledger)?;
+        for (class, mode) in &self.overrides {
+            if c.policy.classes.iter().any(|x| x.id == *class) {
+                self.sensor.set_mode(*class, *mode)?;
+            }
+        }
+        for w in &report.warnings {
+            warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every 10 s): {w}");
+        }
+        self.pending_selectors = !report.warnings.is_empty();
+        info!(
+            policy = %c.policy.source.display(),
+            sha256 = %c.policy.hash,
+            generation = report.generation,
+            prefixes_before_merge = before,
+            prefixes = after,
+            selectors = report.selectors,
+            tagged_running = report.tagged_running,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "policy in force"
+        );
+        Ok(())
+    }
+
+    fn mode_of(&self, class: &validate::Class) -> Mode {
+        self.overrides.get(&class.id).copied().unwrap_or(class.mode)
+    }
+
+    fn modes(&self) -> Vec<pb::ClassMode> {
+        self.compiled
+            .policy
+            .classes
+            .iter()
+            .map(|c| pb::ClassMode {
+                class: c.name.clone(),
+                id: u32::from(c.id),
+                mode: mode_pb(self.mode_of(c)),
+            })
+            .collect()
+    }
+
+    fn class_id(&self, name: &str) -> Result<u8, CommandError> {
+        self.compiled
+            .policy
+            .class(name)
+            .map(|c| c.id)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .compiled
+                    .policy
+                    .classes
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                CommandError::NotFound(format!(
+                    "no class named {name:?} in the policy in force; classes: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    fn status(&self) -> pb::Status {
+        let counters = self.sensor.counters().unwrap_or_default();
+        let p = &self.compiled.policy;
+        let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        pb::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            host_id: p.host.id.clone(),
+            modes: self.modes(),
+            policy_sha256: p.hash.clone(),
+            policy_path: p.source.display().to_string(),
+            policy_loaded_unix_ms: unix_ms(self.loaded_at),
+            policy_generation: self.sensor.generation(),
+            dataset: self
+                .compiled
+                .provenance
+                .as_ref()
+                .map(|d| pb::DatasetProvenance {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    licence: d.licence.clone(),
+                    attribution: d.attribution.clone(),
+                }),
+            tagged_processes: self
+                .sensor
+                .tagged_processes()
+                .map(|t| t.len() as u64)
+                .unwrap_or(0),
+            verdict_prefixes: self.compiled.prefix_counts().1 as u64,
+            events: self.events_total,
+            counters: COUNTER_NAMES
+                .iter()
+                .zip(counters.iter())
+                .map(|(n, v)| pb::Counter {
+                    name: (*n).into(),
+                    value: *v,
+                })
+                .collect(),
+            spool_depth: 0,
+            collector: "not configured".into(),
+            kernel: uname.trim().into(),
+        }
+    }
+
+    fn tagged(&self) -> pb::ListTaggedResponse {
+        let mut processes: Vec<pb::TaggedProcess> = self
+            .sensor
+            .tagged_processes()
+            .unwrap_or_default()
+            .into_iter()
+            // Entries for threads of tagged processes are bookkeeping, not processes.
+            .filter(|(pid, _)| enrich::is_process(*pid))
+            .map(|(pid, classes)| pb::TaggedProcess {
+                pid,
+                exe: enrich::exe(pid),
+                cmdline: enrich::cmdline(pid),
+                classes: enrich::class_names(&self.compiled, classes),
+                reasons: self
+                    .ledger
+                    .explain(pid)
+                    .iter()
+                    .map(|r| reason_pb(&self.compiled, r))
+                    .collect(),
+            })
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        pb::ListTaggedResponse { processes }
+    }
+
+    fn set_enforcement(
+        &mut self,
+        class: Option<String>,
+        mode: Mode,
+        reason: String,
+        actor: String,
+    ) -> Result<Vec<pb::ClassMode>, CommandError> {
+        if reason.trim().is_empty() {
+            return Err(CommandError::Invalid(
+                "a reason is required to change enforcement (it is recorded with the change)"
+                    .into(),
+            ));
+        }
+        let ids: Vec<u8> = match &class {
+            Some(name) => vec![self.class_id(name)?],
+            None => self.compiled.policy.classes.iter().map(|c| c.id).collect(),
+        };
+        for id in &ids {
+            self.sensor.set_mode(*id, mode)?;
+            self.overrides.insert(*id, mode);
+        }
+        let target = class.clone().unwrap_or_else(|| "host".into());
+        self.audit.record(
+            &actor,
+            &format!("set enforcement of {target} to {mode}"),
+            &reason,
+        );
+        Ok(self.modes())
+    }
+
+    fn apply_policy(
+        &mut self,
+        text: String,
+        dry_run: bool,
+        reason: String,
+        actor: String,
+    ) -> Result<pb::ApplyPolicyResponse, CommandError> {
+        let policy = validate::parse(&self.cfg.source.policy, &text)
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let db = regions::load_any(&self.cfg.source.regions)
+            .map_err(|e| CommandError::Internal(format!("region data: {e}")))?;
+        let cloud = match &self.cfg.source.aws_ranges {
+            Some(p) => regions::cloud::load_aws(p)
+                .map_err(|e| CommandError::Internal(format!("cloud ranges: {e}")))?,
+            None => Default::default(),
+        };
+        let compiled = compile::compile(policy, &db, &cloud);
+        let old: Vec<&str> = self
+            .compiled
+            .policy
+            .classes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let new: Vec<&str> = compiled
+            .policy
+            .classes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let mut resp = pb::ApplyPolicyResponse {
+            policy_sha256: compiled.policy.hash.clone(),
+            prefixes: compiled
+                .classes
+                .iter()
+                .map(|c| pb::ClassPrefixes {
+                    class: c.name.clone(),
+                    allow: c.allow_prefixes as u64,
+                    deny: c.deny_prefixes as u64,
+                    before_merging: c.prefixes_before as u64,
+                })
+                .collect(),
+            classes_added: new
+                .iter()
+                .filter(|n| !old.contains(n))
+                .map(|n| (*n).to_owned())
+                .collect(),
+            classes_removed: old
+                .iter()
+                .filter(|n| !new.contains(n))
+                .map(|n| (*n).to_owned())
+                .collect(),
+            generation: 0,
+            warnings: Vec::new(),
+        };
+        if dry_run {
+            return Ok(resp);
+        }
+        if reason.trim().is_empty() {
+            return Err(CommandError::Invalid(
+                "a reason is required to apply a policy (it is recorded with the change)".into(),
+            ));
+        }
+        let previous = std::mem::replace(&mut self.compiled, compiled);
+        if let Err(e) = self.install() {
+            self.compiled = previous;
+            return Err(e.into());
+        }
+        // The file on disk stays as it was: an API-applied policy is in force until
+        // the next reload of the file or the next ApplyPolicy.
+        self.policy_text = text;
+        self.loaded_at = SystemTime::now();
+        resp.generation = self.sensor.generation();
+        self.audit.record(
+            &actor,
+            &format!("applied policy sha256 {}", self.compiled.policy.hash),
+            &reason,
+        );
+        Ok(resp)
+    }
+
+    fn lookup(
+        &self,
+        ip: IpAddr,
+        class: Option<String>,
+    ) -> Result<pb::LookupResponse, CommandError> {
+        if let Some(c) = &class {
+            self.class_id(c)?;
+        }
+        let mut e = explain::explain(&self.compiled, ip, class.as_deref());
+        for (answer, cls) in e.classes.iter_mut().zip(
+            self.compiled
+                .policy
+                .classes
+                .iter()
+                .filter(|c| class.as_deref().is_none_or(|o| o == c.name)),
+        ) {
+            answer.mode = self.mode_of(cls);
+        }
+        Ok(pb::LookupResponse {
+            country: e
+                .location
+                .country
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            site: e.location.site.clone().unwrap_or_default(),
+            source: e.location.source.clone(),
+            classes: e
+                .classes
+                .iter()
+                .map(|c| pb::ClassVerdict {
+                    class: c.class.clone(),
+                    verdict: enrich::verdict_name(c.verdict).into(),
+                    rule: c.rule.clone(),
+                    kernel_prefix: c.kernel_prefix.map(|n| n.to_string()).unwrap_or_default(),
+                    mode: mode_pb(c.mode),
+                })
+                .collect(),
+            text: e.to_string(),
+        })
+    }
+
+    fn reload(&mut self) {
+        info!(policy = %self.cfg.source.policy.display(), "reloading the policy");
+        match self.cfg.source.build() {
+            Ok(c) => {
+                let previous = std::mem::replace(&mut self.compiled, c);
+                match self.install() {
+                    Ok(()) => {
+                        self.policy_text =
+                            std::fs::read_to_string(&self.cfg.source.policy).unwrap_or_default();
+                        self.loaded_at = SystemTime::now();
+                        self.audit.record(
+                            "signal",
+                            &format!("reloaded policy sha256 {}", self.compiled.policy.hash),
+                            "SIGHUP",
+                        );
+                    }
+                    Err(e) => {
+                        error!(error = %e, "policy reload failed while installing; the previous verdict table stays in force");
+                        self.compiled = previous;
+                    }
+                }
+            }
+            Err(BuildError::Policy(e)) => {
+                error!(sha256 = %self.compiled.policy.hash, "policy reload rejected; the running policy stays in force:\n{e}")
+            }
+            Err(e) => {
+                error!(error = %e, "policy reload rejected; the running policy stays in force")
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Command) {
+        match c {
+            Command::Status(r) => drop(r.send(Ok(self.status()))),
+            Command::Tagged(r) => drop(r.send(Ok(self.tagged()))),
+            Command::Tag {
+                pid,
+                class,
+                actor,
+                reply,
+            } => {
+                let res = self.class_id(&class).and_then(|id| {
+                    if !enrich::is_process(pid) {
+                        return Err(CommandError::NotFound(format!("no process {pid}")));
+                    }
+                    self.sensor.tag_process(pid, 1 << id)?;
+                    self.ledger.record(
+                        pid,
+                        TagReason {
+                            classes: 1 << id,
+                            why: Why::Explicit {
+                                actor: actor.clone(),
+                            },
+                            at: SystemTime::now(),
+                        },
+                    );
+                    self.audit
+                        .record(&actor, &format!("tagged pid {pid} with {class}"), "");
+                    Ok(())
+                });
+                let _ = reply.send(res);
+            }
+            Command::Untag {
+                pid,
+                class,
+                actor,
+                reply,
+            } => {
+                let res = self.class_id(&class).and_then(|id| {
+                    self.sensor.untag_process(pid, 1 << id)?;
+                    self.audit
+                        .record(&actor, &format!("untagged pid {pid} from {class}"), "");
+                    Ok(())
+                });
+                let _ = reply.send(res);
+            }
+            Command::SetEnforcement {
+                class,
+                mode,
+                reason,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.set_enforcement(class, mode, reason, actor));
+            }
+            Command::ApplyPolicy {
+                text,
+                dry_run,
+                reason,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.apply_policy(text, dry_run, reason, actor));
+            }
+            Command::GetPolicy(r) => {
+                let _ = r.send(Ok(pb::GetPolicyResponse {
+                    policy_toml: self.policy_text.clone(),
+                    policy_sha256: self.compiled.policy.hash.clone(),
+                    path: self.compiled.policy.source.display().to_string(),
+                }));
+            }
+            Command::Lookup { ip, class, reply } => {
+                let _ = reply.send(self.lookup(ip, class));
+            }
+            Command::Reload => self.reload(),
+        }
+    }
+
+    fn take_records(
+        &mut self,
+        reader: &mut EventReader,
+        batch: &mut Vec<sensor_common::flow::FlowEvent>,
+    ) {
+        batch.clear();
+        reader.drain(batch);
+        self.events_total += batch.len() as u64;
+        for ev in batch.iter() {
+            if self.ledger.record_event(ev, self.sensor.selectors()) {
+                continue;
+            }
+            let flow = enrich::flow(ev, &self.compiled);
+            if flow.action != "none" {
+                info!(target: "violation", pid = flow.pid, comm = %flow.comm, remote = %flow.remote, country = %flow.remote_country, classes = ?flow.classes, action = %flow.action, "violation");
+            }
+            self.store.push(flow);
+        }
+    }
+
+    fn tick(&mut self) {
+        match self.sensor.counters() {
+            Ok(c) => {
+                for (i, name) in COUNTER_NAMES.iter().enumerate() {
+                    let grew = c[i].saturating_sub(self.last_counters[i]);
+                    if grew > 0 && i <= sensor_common::counters::AGG_MAP_FULL as usize {
+                        warn!(
+                            counter = *name,
+                            new = grew,
+                            total = c[i],
+                            "kernel could not record everything"
+                        );
+                        if i == sensor_common::counters::RINGBUF_RESERVE_FAILED as usize {
+                            self.store.lost("kernel", grew);
+                        }
+                    }
+                }
+                self.last_counters = c;
+            }
+            Err(e) => error!(error = %e, "reading kernel counters failed"),
+        }
+        self.ledger.retain(enrich::is_process);
+        if self.pending_selectors {
+            match apply::install_selectors(&mut self.sensor, &self.compiled, &self.cfg.cgroup_root)
+            {
+                Ok(w) if w.is_empty() => {
+                    self.pending_selectors = false;
+                    info!("all selectors are installed now");
+                    if let Err(e) = procscan::tag_running(
+                        &mut self.sensor,
+                        &self.cfg.cgroup_root,
+                        &mut self.ledger,
+                    ) {
+                        error!(error = %e, "tagging running processes failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "installing selectors failed"),
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves: drains records, answers commands.
+    pub async fn run(
+        mut self,
+        reader: EventReader,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the EventReader owns the ring buffer's fd and keeps it open for
+        // as long as the AsyncFd that wraps it lives.
+        let mut reader = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("while registering the ring buffer: {e}"))?;
+        let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
+        // The kernel wakes us only for violations and tags, or when the buffer
+        // fills (see sensor-ebpf emit.rs); flow and close records come here.
+        let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+        let mut batch = Vec::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                guard = reader.readable_mut() => {
+                    let mut guard = guard?;
+                    let r = guard.get_inner_mut();
+                    self.take_records(r, &mut batch);
+                    guard.clear_ready();
+                }
+                _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
+                _ = counter_tick.tick() => self.tick(),
+                Some(c) = commands.recv() => self.handle(c),
+                _ = &mut shutdown => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle and its command receiver (capacity 64).
+    pub fn channel() -> (AgentHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(64);
+        (AgentHandle { tx }, rx)
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn reason_pb(c: &Compiled, r: &TagReason) -> pb::TagReason {
+    let why = match &r.why {
+        Why::Cgroup { id, path } => format!(
+            "cgroup {}",
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("id {id}"))
+        ),
+        Why::Uid(u) => format!("uid {u}"),
+        Why::Exe { ino, path } => format!(
+            "exe {}",
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("inode {ino}"))
+        ),
+        Why::Taint { source } => format!("taint {source}"),
+        Why::Inherited { parent } => format!("inherited from {parent}"),
+        Why::Explicit { actor } => format!("explicit by {actor}"),
+    };
+    pb::TagReason {
+        classes: enrich::class_names(c, r.classes),
+        why,
+        at_unix_ms: unix_ms(r.at),
+    }
+}

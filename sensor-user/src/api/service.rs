@@ -1,0 +1,248 @@
+//! The `residency.agent.v1.Agent` service: checks the caller, turns requests
+//! into agent commands, maps errors to gRPC codes.
+
+use std::{net::IpAddr, pin::Pin, sync::Arc};
+
+use residency_proto::agent::v1::{self as pb, agent_server::Agent};
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
+
+use crate::{
+    agent::{
+        AgentHandle, Command, CommandError,
+        store::{FlowStore, matches},
+    },
+    kernel::verdicts::Mode,
+};
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct AgentApi {
+    handle: AgentHandle,
+    store: Arc<FlowStore>,
+}
+
+impl AgentApi {
+    pub fn new(handle: AgentHandle, store: Arc<FlowStore>) -> AgentApi {
+        AgentApi { handle, store }
+    }
+}
+
+/// The caller, if allowed: root on the Unix socket.
+fn caller<T>(req: &Request<T>) -> Result<String, Status> {
+    let Some(info) = req.extensions().get::<UdsConnectInfo>() else {
+        return Err(Status::permission_denied(
+            "the agent API is served to local root callers on its Unix socket only",
+        ));
+    };
+    match info.peer_cred {
+        Some(c) if c.uid() == 0 => Ok(format!("uid 0 (pid {})", c.pid().unwrap_or(0))),
+        Some(c) => Err(Status::permission_denied(format!(
+            "caller uid {} is not root: the agent's Unix socket is for root only (run sensorctl as root)",
+            c.uid()
+        ))),
+        None => Err(Status::permission_denied(
+            "the caller's credentials could not be read (SO_PEERCRED)",
+        )),
+    }
+}
+
+fn status(e: CommandError) -> Status {
+    match e {
+        CommandError::Invalid(m) => Status::invalid_argument(m),
+        CommandError::NotFound(m) => Status::not_found(m),
+        CommandError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn mode_from(m: i32) -> Result<Mode, Status> {
+    match pb::Mode::try_from(m) {
+        Ok(pb::Mode::Off) => Ok(Mode::Off),
+        Ok(pb::Mode::Monitor) => Ok(Mode::Monitor),
+        Ok(pb::Mode::Enforce) => Ok(Mode::Enforce),
+        _ => Err(Status::invalid_argument(
+            "mode must be MODE_OFF, MODE_MONITOR or MODE_ENFORCE",
+        )),
+    }
+}
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<pb::FlowEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
+        caller(&req)?;
+        self.handle
+            .call(Command::Status)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_flows(
+        &self,
+        req: Request<pb::FlowFilter>,
+    ) -> Result<Response<pb::FlowList>, Status> {
+        caller(&req)?;
+        Ok(Response::new(pb::FlowList {
+            flows: self.store.list(req.get_ref(), false),
+        }))
+    }
+
+    async fn list_violations(
+        &self,
+        req: Request<pb::FlowFilter>,
+    ) -> Result<Response<pb::FlowList>, Status> {
+        caller(&req)?;
+        Ok(Response::new(pb::FlowList {
+            flows: self.store.list(req.get_ref(), true),
+        }))
+    }
+
+    type WatchFlowsStream = FlowStream;
+
+    async fn watch_flows(
+        &self,
+        req: Request<pb::FlowFilter>,
+    ) -> Result<Response<Self::WatchFlowsStream>, Status> {
+        caller(&req)?;
+        let filter = req.into_inner();
+        let stream =
+            BroadcastStream::new(self.store.subscribe()).filter_map(move |item| match item {
+                Ok(ev) => match &ev.event {
+                    Some(pb::flow_event::Event::Flow(f)) if !matches(&filter, f) => None,
+                    _ => Some(Ok(ev)),
+                },
+                // A watcher too slow for the feed: say how much it missed.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::FlowEvent {
+                        event: Some(pb::flow_event::Event::Lost(pb::Lost {
+                            source: "watch".into(),
+                            count: n,
+                        })),
+                    }))
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_tagged(
+        &self,
+        req: Request<pb::ListTaggedRequest>,
+    ) -> Result<Response<pb::ListTaggedResponse>, Status> {
+        caller(&req)?;
+        self.handle
+            .call(Command::Tagged)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn tag_process(
+        &self,
+        req: Request<pb::TagProcessRequest>,
+    ) -> Result<Response<pb::TagProcessResponse>, Status> {
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        self.handle
+            .call(|reply| Command::Tag {
+                pid: r.pid,
+                class: r.class,
+                actor,
+                reply,
+            })
+            .await
+            .map(|()| Response::new(pb::TagProcessResponse {}))
+            .map_err(status)
+    }
+
+    async fn untag_process(
+        &self,
+        req: Request<pb::UntagProcessRequest>,
+    ) -> Result<Response<pb::UntagProcessResponse>, Status> {
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        self.handle
+            .call(|reply| Command::Untag {
+                pid: r.pid,
+                class: r.class,
+                actor,
+                reply,
+            })
+            .await
+            .map(|()| Response::new(pb::UntagProcessResponse {}))
+            .map_err(status)
+    }
+
+    async fn set_enforcement(
+        &self,
+        req: Request<pb::SetEnforcementRequest>,
+    ) -> Result<Response<pb::SetEnforcementResponse>, Status> {
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        let mode = mode_from(r.mode)?;
+        let class = (!r.class.is_empty()).then_some(r.class);
+        self.handle
+            .call(|reply| Command::SetEnforcement {
+                class,
+                mode,
+                reason: r.reason,
+                actor,
+                reply,
+            })
+            .await
+            .map(|modes| Response::new(pb::SetEnforcementResponse { modes }))
+            .map_err(status)
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let actor = caller(&req)?;
+        let r = req.into_inner();
+        self.handle
+            .call(|reply| Command::ApplyPolicy {
+                text: r.policy_toml,
+                dry_run: r.dry_run,
+                reason: r.reason,
+                actor,
+                reply,
+            })
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        caller(&req)?;
+        self.handle
+            .call(Command::GetPolicy)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        caller(&req)?;
+        let r = req.into_inner();
+        let ip: IpAddr = r.ip.parse().map_err(|_| {
+            Status::invalid_argument(format!("{:?} is not an IPv4 or IPv6 address", r.ip))
+        })?;
+        let class = (!r.class.is_empty()).then_some(r.class);
+        self.handle
+            .call(|reply| Command::Lookup { ip, class, reply })
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}

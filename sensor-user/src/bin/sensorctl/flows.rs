@@ -1,0 +1,104 @@
+//! `sensorctl flows` and `sensorctl violations`.
+
+use residency_proto::agent::v1::{Flow, FlowFilter, flow_event::Event};
+
+use crate::{Global, client, output};
+
+/// Filters shared by flows and violations.
+#[derive(Debug, clap::Args)]
+pub struct FlowArgs {
+    /// Only this class.
+    #[arg(long)]
+    class: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Only this verdict (allow, deny, unknown).
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Only destinations in this country (ISO code).
+    #[arg(long)]
+    country: Option<String>,
+    /// At most this many (default 1000).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Keep printing records as they happen.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+fn row(f: &Flow) -> Vec<String> {
+    vec![
+        f.kind.clone(),
+        f.pid.to_string(),
+        f.comm.clone(),
+        f.classes.join(","),
+        f.protocol.clone(),
+        f.remote.clone(),
+        f.remote_country.clone(),
+        f.verdict.clone(),
+        f.action.clone(),
+        f.count.to_string(),
+    ]
+}
+
+const HEADERS: [&str; 10] = [
+    "KIND", "PID", "COMM", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION", "COUNT",
+];
+
+pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
+    let Some(mut c) = client::connect(&g.socket).await else {
+        return 2;
+    };
+    let filter = FlowFilter {
+        class: a.class.unwrap_or_default(),
+        pid: a.pid.unwrap_or(0),
+        verdict: a.verdict.unwrap_or_default(),
+        country: a.country.unwrap_or_default(),
+        since_unix_ms: 0,
+        limit: a.limit.unwrap_or(0),
+    };
+    if a.follow {
+        let mut stream = match c.watch_flows(filter).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => return client::fail("watch", e),
+        };
+        if !g.json {
+            output::table(&HEADERS, &[]);
+        }
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => match ev.event {
+                    Some(Event::Flow(f)) if !violations_only || f.action != "none" => {
+                        if g.json {
+                            println!("{}", serde_json::to_string(&f).unwrap_or_default());
+                        } else {
+                            println!("{}", row(&f).join("  "));
+                        }
+                    }
+                    Some(Event::Lost(l)) => {
+                        eprintln!("warning: {} records lost ({})", l.count, l.source)
+                    }
+                    _ => {}
+                },
+                Ok(None) => return 0,
+                Err(e) => return client::fail("watch", e),
+            }
+        }
+    }
+    let res = if violations_only {
+        c.list_violations(filter).await
+    } else {
+        c.list_flows(filter).await
+    };
+    let list = match res {
+        Ok(r) => r.into_inner(),
+        Err(e) => return client::fail("list", e),
+    };
+    if g.json {
+        output::json(&list.flows);
+    } else {
+        output::table(&HEADERS, &list.flows.iter().map(row).collect::<Vec<_>>());
+    }
+    0
+}

@@ -1,0 +1,171 @@
+//! A real `sensord` process for API tests: its own policy, region data, socket
+//! and lock in a temporary directory; stopped (SIGTERM, then SIGKILL) and
+//! cleaned up on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A binary of the workspace, next to the test binaries' directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running sensord.
+pub struct RunningAgent {
+    child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub policy: PathBuf,
+    pub log: PathBuf,
+}
+
+impl RunningAgent {
+    /// Starts sensord with `policy` (TOML text) and `regions` (CSV text) and
+    /// waits until its API answers.
+    pub fn start(policy: &str, regions: &str) -> RunningAgent {
+        super::privilege::require_root();
+        let dir = std::env::temp_dir().join(format!(
+            "rs-agent-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(&policy_path, policy).expect("policy");
+        std::fs::write(dir.join("regions.csv"), regions).expect("regions");
+        let socket = dir.join("sensord.sock");
+        let log = dir.join("sensord.log");
+        let child = Command::new(workspace_bin("sensord"))
+            .arg("--policy")
+            .arg(&policy_path)
+            .arg("--regions")
+            .arg(dir.join("regions.csv"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--socket-mode")
+            .arg("666")
+            .arg("--lock")
+            .arg(dir.join("sensord.lock"))
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting sensord");
+        let agent = RunningAgent {
+            child,
+            dir,
+            socket,
+            policy: policy_path,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent.socket.exists() && agent.ctl(&["status"]).status.success() {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sensord did not come up in 30 s; its log:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs sensorctl against this agent.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_cmd(args).output().expect("running sensorctl")
+    }
+
+    /// A sensorctl command against this agent (to change its uid, say).
+    pub fn ctl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(workspace_bin("sensorctl"));
+        c.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("RUST_BACKTRACE", "0");
+        c
+    }
+
+    /// Runs sensorctl with `--json` and parses what it prints; panics with its
+    /// stderr when it fails.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(
+            out.status.success(),
+            "sensorctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sensorctl {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP (policy reload).
+    pub fn hup(&self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The temp directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

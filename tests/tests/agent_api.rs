@@ -1,0 +1,235 @@
+//! The agent as ops run it: the real `sensord` binary, driven only through its
+//! API with `sensorctl`.
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{agent::RunningAgent, cgroup::TestCgroup, netns::TestNet, probe};
+use sensor_user::system::mountinfo;
+
+const REGIONS: &str = "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n";
+
+fn policy(cgroup_rel: &str) -> String {
+    format!(
+        r#"
+[host]
+id = "test-host-1"
+aggregation_interval = "0"
+
+[sites.fra]
+cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
+country = "DE"
+
+[sites.iad]
+cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
+country = "US"
+
+[classes.eu_personal]
+id = 0
+mode = "monitor"
+allowed_jurisdictions = ["EEA"]
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "{cgroup_rel}"
+"#
+    )
+}
+
+struct Setup {
+    agent: RunningAgent,
+    cgroup: TestCgroup,
+    net: TestNet,
+}
+
+fn setup() -> Setup {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup2");
+    let rel = format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under root")
+            .display()
+    );
+    let agent = RunningAgent::start(&policy(&rel), REGIONS);
+    Setup { agent, cgroup, net }
+}
+
+fn mode_of(s: &Setup) -> String {
+    let st = s.agent.ctl_json(&["status"]);
+    st["modes"][0]["mode"]
+        .as_i64()
+        .map(|m| ["?", "off", "monitor", "enforce"][m as usize].to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn status_reports_identity_policy_dataset_and_modes() {
+    let s = setup();
+    let st = s.agent.ctl_json(&["status"]);
+    assert_eq!(st["host_id"], "test-host-1");
+    assert_eq!(st["policy_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(st["policy_generation"], 1);
+    assert_eq!(st["dataset"]["name"], "regions.csv");
+    assert_eq!(st["modes"][0]["class"], "eu_personal");
+    assert_eq!(mode_of(&s), "monitor");
+    assert!(
+        st["counters"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "ringbuf_reserve_failed"))
+    );
+    assert!(!st["kernel"].as_str().unwrap_or_default().is_empty());
+}
+
+#[test]
+fn a_tagged_processs_violation_shows_in_violations() {
+    let s = setup();
+    let server = s.net.virginia.tcp_server(false);
+    let p = probe::run(
+        s.cgroup
+            .command(probe::command(&["tcp-connect", &server.addr.to_string()])),
+    );
+    assert_eq!(p.errno(), 0, "monitor mode");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let found = loop {
+        let v = s
+            .agent
+            .ctl_json(&["violations", "--pid", &p.pid.to_string()]);
+        if let Some(f) = v.as_array().and_then(|a| a.first().cloned()) {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no violation for pid {} in time",
+            p.pid
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found["remote"], server.addr.to_string());
+    assert_eq!(found["remote_site"], "iad");
+    assert_eq!(found["remote_country"], "US");
+    assert_eq!(found["action"], "reported");
+    assert_eq!(found["verdict"], "deny");
+    assert_eq!(found["classes"][0], "eu_personal");
+    assert_eq!(found["comm"], "netprobe");
+    assert_eq!(found["host_id"], "test-host-1");
+    // And the process is listed as tagged, with why.
+    let tagged = s.agent.ctl_json(&["tagged"]);
+    assert!(tagged.as_array().is_some(), "{tagged}");
+}
+
+#[test]
+fn enforce_flips_the_kernel_and_back() {
+    let s = setup();
+    let server = s.net.virginia.tcp_server(false);
+    let target = server.addr.to_string();
+    let connect =
+        || probe::run(s.cgroup.command(probe::command(&["tcp-connect", &target]))).errno();
+    assert_eq!(connect(), 0, "monitor");
+    let out = s.agent.ctl(&[
+        "enforce",
+        "on",
+        "--class",
+        "eu_personal",
+        "--reason",
+        "incident 42: stop transfers",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&s), "enforce");
+    assert_eq!(connect(), libc::EPERM, "enforce denies in the kernel");
+    let before = server.received();
+    let out = s.agent.ctl(&[
+        "enforce",
+        "monitor",
+        "--class",
+        "eu_personal",
+        "--reason",
+        "incident 42 closed",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(connect(), 0, "back to monitor");
+    assert_eq!(
+        server.wait_for(before + 1, Duration::from_secs(2)),
+        before + 1
+    );
+    assert!(
+        s.agent.log_text().contains("incident 42: stop transfers"),
+        "the change is an audit record"
+    );
+}
+
+#[test]
+fn non_root_and_reasonless_enforcement_changes_are_refused() {
+    let s = setup();
+    let mut cmd = s.agent.ctl_cmd(&["enforce", "on", "--reason", "let me"]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 4242);
+    let out = cmd.output().expect("sensorctl as uid 4242");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused: {err}");
+    assert!(err.contains("caller uid 4242 is not root"), "{err}");
+    let out = s.agent.ctl(&["enforce", "on", "--class", "eu_personal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a reason is required"), "{err}");
+    assert_eq!(mode_of(&s), "monitor", "nothing changed");
+}
+
+#[test]
+fn sighup_with_a_broken_policy_keeps_the_old_one_and_says_why() {
+    let s = setup();
+    let before = s.agent.ctl_json(&["status"]);
+    std::fs::write(
+        &s.agent.policy,
+        "[classes.eu_personal]\nallowed_jurisdictions = [\"EU28\"]\n",
+    )
+    .expect("break the policy");
+    s.agent.hup();
+    assert!(
+        s.agent
+            .wait_log("policy reload rejected", Duration::from_secs(10)),
+        "the rejection is logged: {}",
+        s.agent.log_text()
+    );
+    assert!(
+        s.agent.log_text().contains("unknown jurisdiction \"EU28\""),
+        "with why"
+    );
+    let after = s.agent.ctl_json(&["status"]);
+    assert_eq!(after["policy_sha256"], before["policy_sha256"]);
+    assert_eq!(after["policy_generation"], before["policy_generation"]);
+    // Still enforcing the old policy.
+    let server = s.net.virginia.tcp_server(false);
+    let out = s
+        .agent
+        .ctl(&["enforce", "on", "--reason", "check the old policy holds"]);
+    assert!(out.status.success());
+    let p = probe::run(
+        s.cgroup
+            .command(probe::command(&["tcp-connect", &server.addr.to_string()])),
+    );
+    assert_eq!(p.errno(), libc::EPERM);
+}
+
+#[test]
+fn a_second_sensord_on_the_host_is_refused() {
+    let s = setup();
+    let out = std::process::Command::new(harness::harness::agent::workspace_bin("sensord"))
+        .arg("--policy")
+        .arg(&s.agent.policy)
+        .arg("--lock")
+        .arg(s.agent.dir().join("sensord.lock"))
+        .arg("--socket")
+        .arg(s.agent.dir().join("second.sock"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("second sensord");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another sensord is running"), "{err}");
+}
