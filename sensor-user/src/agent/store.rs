@@ -79,7 +79,7 @@ pub fn is_violation(f: &pb::Flow) -> bool {
 
 /// True when `f` passes `filter`.
 pub fn matches(filter: &pb::FlowFilter, f: &pb::Flow) -> bool {
-    (filter.class.is_empty() || f.classes.iter().any(|c| *c == filter.class))
+    (filter.class.is_empty() || f.classes.contains(&filter.class))
         && (filter.pid == 0 || f.pid == filter.pid)
         && (filter.verdict.is_empty() || f.verdict == filter.verdict)
         && (filter.country.is_empty() || f.remote_country.eq_ignore_ascii_case(&filter.country))

@@ -1,7 +1,7 @@
 //! Connecting to the agent's Unix socket, and turning gRPC errors into
 //! messages and exit codes.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use hyper_util::rt::TokioIo;
 use residency_proto::agent::v1::agent_client::AgentClient;
@@ -11,8 +11,8 @@ use tonic::{
 };
 
 /// Connects, or prints why not and returns None.
-pub async fn connect(socket: &PathBuf) -> Option<AgentClient<Channel>> {
-    let path = socket.clone();
+pub async fn connect(socket: &Path) -> Option<AgentClient<Channel>> {
+    let path = socket.to_path_buf();
     // The URI is a placeholder: the connector below dials the Unix socket.
     let endpoint = Endpoint::from_static("http://sensord.local");
     match endpoint
