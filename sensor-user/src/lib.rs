@@ -15,10 +15,12 @@
 pub mod agent;
 pub mod api;
 pub mod clock;
+pub mod config;
 pub mod errors;
 pub mod events;
 pub mod kernel;
 pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod procscan;

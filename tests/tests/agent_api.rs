@@ -233,3 +233,51 @@ fn a_second_sensord_on_the_host_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another sensord is running"), "{err}");
 }
+
+#[test]
+fn metrics_endpoint_counts_violations() {
+    use std::io::{Read, Write};
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup2");
+    let rel = format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under root")
+            .display()
+    );
+    // A free port on loopback for the metrics endpoint.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = RunningAgent::start_with(&policy(&rel), REGIONS, &["--metrics-listen", &listen]);
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&listen).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    assert!(scrape().contains("residency_sensor_verdict_prefixes"));
+    let server = net.virginia.tcp_server(false);
+    let p = probe::run(cgroup.command(probe::command(&["tcp-connect", &server.addr.to_string()])));
+    assert_eq!(p.errno(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = scrape();
+        if body.contains(
+            r#"residency_sensor_violations_total{class="eu_personal",action="reported"} 1"#,
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "violation not counted:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+}

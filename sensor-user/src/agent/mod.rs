@@ -27,6 +27,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{audit::AuditLog, store::FlowStore};
+use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
 use crate::{
     SensorError,
     events::EventReader,
@@ -156,6 +157,7 @@ pub struct Agent {
     last_counters: Vec<u64>,
     store: Arc<FlowStore>,
     audit: AuditLog,
+    metrics: Arc<Metrics>,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -194,6 +196,7 @@ impl Agent {
             last_counters: vec![0; COUNTER_COUNT as usize],
             store: store.clone(),
             audit: AuditLog::default(),
+            metrics: Arc::new(Metrics::default()),
         };
         agent
             .install()
@@ -231,6 +234,11 @@ impl Agent {
             "policy in force"
         );
         Ok(())
+    }
+
+    /// The metrics this agent updates (serve them with `metrics::serve`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     fn mode_of(&self, class: &validate::Class) -> Mode {
@@ -441,6 +449,7 @@ impl Agent {
         self.policy_text = text;
         self.loaded_at = SystemTime::now();
         resp.generation = self.sensor.generation();
+        self.metrics.policy_reloads.inc();
         self.audit.record(
             &actor,
             &format!("applied policy sha256 {}", self.compiled.policy.hash),
@@ -497,6 +506,7 @@ impl Agent {
                 let previous = std::mem::replace(&mut self.compiled, c);
                 match self.install() {
                     Ok(()) => {
+                        self.metrics.policy_reloads.inc();
                         self.policy_text =
                             std::fs::read_to_string(&self.cfg.source.policy).unwrap_or_default();
                         self.loaded_at = SystemTime::now();
@@ -507,15 +517,18 @@ impl Agent {
                         );
                     }
                     Err(e) => {
+                        self.metrics.policy_reload_failures.inc();
                         error!(error = %e, "policy reload failed while installing; the previous verdict table stays in force");
                         self.compiled = previous;
                     }
                 }
             }
             Err(BuildError::Policy(e)) => {
+                self.metrics.policy_reload_failures.inc();
                 error!(sha256 = %self.compiled.policy.hash, "policy reload rejected; the running policy stays in force:\n{e}")
             }
             Err(e) => {
+                self.metrics.policy_reload_failures.inc();
                 error!(error = %e, "policy reload rejected; the running policy stays in force")
             }
         }
@@ -606,12 +619,23 @@ impl Agent {
         batch.clear();
         reader.drain(batch);
         self.events_total += batch.len() as u64;
+        self.metrics.events.inc_by(batch.len() as u64);
         for ev in batch.iter() {
             if self.ledger.record_event(ev, self.sensor.selectors()) {
                 continue;
             }
             let flow = enrich::flow(ev, &self.compiled);
-            if flow.action != "none" {
+            if store::is_violation(&flow) {
+                for class in &flow.classes {
+                    let labels = ViolationLabels {
+                        class: class.clone(),
+                        action: flow.action.clone(),
+                    };
+                    self.metrics
+                        .violations
+                        .get_or_create(&labels)
+                        .inc_by(u64::from(flow.count));
+                }
                 info!(target: "violation", pid = flow.pid, comm = %flow.comm, remote = %flow.remote, country = %flow.remote_country, classes = ?flow.classes, action = %flow.action, "violation");
             }
             self.store.push(flow);
@@ -635,11 +659,27 @@ impl Agent {
                         }
                     }
                 }
+                for (name, v) in COUNTER_NAMES.iter().zip(&c) {
+                    self.metrics
+                        .kernel
+                        .get_or_create(&CounterLabels {
+                            counter: (*name).into(),
+                        })
+                        .set(*v);
+                }
                 self.last_counters = c;
             }
             Err(e) => error!(error = %e, "reading kernel counters failed"),
         }
         self.ledger.retain(enrich::is_process);
+        let tagged = self.sensor.tagged_processes().map(|t| t.len()).unwrap_or(0);
+        self.metrics.tagged_processes.set(tagged as i64);
+        self.metrics
+            .tag_map_used_ratio
+            .set(tagged as f64 / f64::from(crate::kernel::TASKS_CAPACITY));
+        self.metrics
+            .verdict_prefixes
+            .set(self.compiled.prefix_counts().1 as i64);
         if self.pending_selectors {
             match apply::install_selectors(&mut self.sensor, &self.compiled, &self.cfg.cgroup_root)
             {

@@ -72,9 +72,11 @@ impl FlowStore {
     }
 }
 
-/// A record whose action is reported or denied.
+/// A violation: a connect or send whose action is reported or denied. (The
+/// close record of a reported flow carries its action too, with the bytes; it
+/// is listed with the flows, not counted as a second violation.)
 pub fn is_violation(f: &pb::Flow) -> bool {
-    f.action == "reported" || f.action == "denied"
+    (f.kind == "connect" || f.kind == "sendmsg") && (f.action == "reported" || f.action == "denied")
 }
 
 /// True when `f` passes `filter`.
@@ -93,6 +95,7 @@ mod tests {
     fn flow(pid: u32, action: &str) -> pb::Flow {
         pb::Flow {
             pid,
+            kind: "connect".into(),
             action: action.into(),
             classes: vec!["eu".into()],
             ..Default::default()

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use sensor_user::{
     agent::{Agent, AgentConfig, Command},
     api::{self, AgentApi},
+    config, metrics,
     policy::source::PolicySource,
     preflight, regions,
     system::mountinfo,
@@ -32,54 +33,63 @@ enum LogFormat {
 /// judges each of their connections against the residency policy in the
 /// kernel, and reports (or, in enforce mode, denies) violations. Serves its API
 /// to root on a Unix socket (`sensorctl`).
+///
+/// Settings come from the config file (default /etc/residency/sensord.toml,
+/// every key optional); flags override it.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
+    /// Config file. Without this flag /etc/residency/sensord.toml is read if it
+    /// exists; a file given here must exist.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The residency policy (TOML; see docs/policy.md). Reloaded on SIGHUP: a
     /// policy that does not check keeps the running one in force.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/etc/residency/policy.toml"
-    )]
-    policy: PathBuf,
+    /// [config: policy; default /etc/residency/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Region data: a directory with the default dataset, a MaxMind DB (.mmdb)
-    /// or a range CSV. Default: /usr/share/residency/regions, or data/regions in
-    /// a checkout.
+    /// or a range CSV. [config: regions; default /usr/share/residency/regions,
+    /// or data/regions in a checkout]
     #[arg(long, value_name = "PATH")]
     regions: Option<PathBuf>,
     /// AWS ip-ranges.json, to place cloud prefixes in their region's country.
+    /// [config: aws_ranges]
     #[arg(long, value_name = "FILE")]
     aws_ranges: Option<PathBuf>,
-    /// cgroup v2 directory to attach the socket programs to. Default: the root
-    /// of the cgroup v2 mount (found in /proc/self/mountinfo): every process.
+    /// cgroup v2 directory to attach the socket programs to. [config: cgroup;
+    /// default: the cgroup v2 root, i.e. every process]
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
-    /// The API's Unix socket (root only).
-    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The API's Unix socket (root only). [config: api.socket; default
+    /// /run/residency/sensord.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// File mode of the API socket (octal). Whatever it is, every request is
     /// checked against the caller's credentials and only root is served; a wider
     /// mode (e.g. 666) only lets other users get a clear PERMISSION_DENIED.
-    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
-    socket_mode: u32,
+    /// [config: api.socket_mode; default 600]
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
     /// Lock file that keeps a second sensord from starting on this host.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/residency/sensord.lock"
-    )]
-    lock: PathBuf,
+    /// [config: lock; default /run/residency/sensord.lock]
+    #[arg(long, value_name = "PATH")]
+    lock: Option<PathBuf>,
     /// Records kept in memory for `sensorctl flows` / `violations`.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    history: usize,
+    /// [config: history; default 10000]
+    #[arg(long, value_name = "N")]
+    history: Option<usize>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    /// [config: metrics.listen; default off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Run the host checks (privileges, bpf(), cgroup v2, BTF), print the result
     /// and exit: 0 when the sensor can run here, 1 otherwise.
     #[arg(long)]
     preflight: bool,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "human", env = "SENSORD_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format. [config: log_format; default human]
+    #[arg(long, value_enum, env = "SENSORD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -102,7 +112,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Takes the single-instance lock (released by the kernel when we exit).
-fn lock(path: &PathBuf) -> anyhow::Result<File> {
+fn lock(path: &std::path::Path) -> anyhow::Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("while creating {}", dir.display()))?;
@@ -125,7 +135,12 @@ fn lock(path: &PathBuf) -> anyhow::Result<File> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    let file = config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log_format = args.log_format.unwrap_or(match file.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Human,
+    });
+    init_logging(log_format);
 
     let report = preflight::run();
     if args.preflight {
@@ -135,20 +150,38 @@ async fn main() -> anyhow::Result<()> {
     if !report.ok() {
         bail!("this host cannot run the sensor:\n{report}");
     }
-    let _lock = lock(&args.lock)?;
+    let socket_mode = parse_mode(args.socket_mode.as_deref().unwrap_or(&file.api.socket_mode))
+        .map_err(|e| anyhow::anyhow!("socket mode: {e}"))?;
+    let _lock = lock(&args.lock.clone().unwrap_or(file.lock.clone()))?;
 
     let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
     let cfg = AgentConfig {
         source: PolicySource {
-            policy: args.policy.clone(),
-            regions: args.regions.clone().unwrap_or_else(regions::default_dir),
-            aws_ranges: args.aws_ranges.clone(),
+            policy: args.policy.clone().unwrap_or(file.policy.clone()),
+            regions: args
+                .regions
+                .clone()
+                .or(file.regions.clone())
+                .unwrap_or_else(regions::default_dir),
+            aws_ranges: args.aws_ranges.clone().or(file.aws_ranges.clone()),
         },
-        attach: args.cgroup.clone().unwrap_or_else(|| root.clone()),
+        attach: args
+            .cgroup
+            .clone()
+            .or(file.cgroup.clone())
+            .unwrap_or_else(|| root.clone()),
         cgroup_root: root,
-        history: args.history,
+        history: args.history.unwrap_or(file.history),
     };
     let (agent, events, store) = Agent::start(cfg)?;
+    if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {
+        let m = agent.metrics();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                error!(%addr, error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     let (handle, commands) = Agent::channel();
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -157,11 +190,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let api_task = {
         let api = AgentApi::new(handle.clone(), store);
-        let socket = args.socket.clone();
-        let mode = args.socket_mode;
+        let socket = args.socket.clone().unwrap_or(file.api.socket.clone());
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            if let Err(e) = api::serve_unix(&socket, mode, api, stop).await {
+            if let Err(e) = api::serve_unix(&socket, socket_mode, api, stop).await {
                 error!(error = format!("{e:#}"), "the agent API stopped");
             }
         })

@@ -46,6 +46,9 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_send_length", "sock", "sock_send_length"),
 ];
 
+/// Capacity of the kernel's process tag map (`TASKS` in sensor-ebpf maps.rs).
+pub const TASKS_CAPACITY: u32 = 65_536;
+
 /// The loaded kernel side of the sensor.
 pub struct KernelSensor {
     ebpf: Ebpf,

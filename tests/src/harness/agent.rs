@@ -40,6 +40,11 @@ impl RunningAgent {
     /// Starts sensord with `policy` (TOML text) and `regions` (CSV text) and
     /// waits until its API answers.
     pub fn start(policy: &str, regions: &str) -> RunningAgent {
+        Self::start_with(policy, regions, &[])
+    }
+
+    /// As `start`, with extra sensord arguments.
+    pub fn start_with(policy: &str, regions: &str, extra: &[&str]) -> RunningAgent {
         super::privilege::require_root();
         let dir = std::env::temp_dir().join(format!(
             "rs-agent-{}-{}",
@@ -64,6 +69,7 @@ impl RunningAgent {
             .arg("666")
             .arg("--lock")
             .arg(dir.join("sensord.lock"))
+            .args(extra)
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 /// Residency Sensor operator CLI.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     global: Global,

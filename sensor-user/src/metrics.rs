@@ -1,0 +1,162 @@
+//! Prometheus metrics (opt-in `[metrics] listen`): what an SRE alerts on.
+//! Served as text on `GET /metrics` by a deliberately tiny HTTP responder.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::{info, warn};
+
+/// Labels of violation counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    pub class: String,
+    pub action: String,
+}
+
+/// Labels of kernel counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CounterLabels {
+    pub counter: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Counter,
+    pub violations: Family<ViolationLabels, Counter>,
+    pub kernel: Family<CounterLabels, Gauge<u64, AtomicU64>>,
+    pub tagged_processes: Gauge,
+    pub tag_map_used_ratio: Gauge<f64, AtomicU64>,
+    pub verdict_prefixes: Gauge,
+    pub spool_depth: Gauge,
+    pub policy_reloads: Counter,
+    pub policy_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("residency_sensor");
+        let m = Metrics {
+            events: Counter::default(),
+            violations: Family::default(),
+            kernel: Family::default(),
+            tagged_processes: Gauge::default(),
+            tag_map_used_ratio: Gauge::default(),
+            verdict_prefixes: Gauge::default(),
+            spool_depth: Gauge::default(),
+            policy_reloads: Counter::default(),
+            policy_reload_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events",
+            "Records received from the kernel",
+            m.events.clone(),
+        );
+        registry.register(
+            "violations",
+            "Violations by class and action (reported, denied), after aggregation",
+            m.violations.clone(),
+        );
+        registry.register(
+            "kernel_counter",
+            "Kernel counters: losses, map-full conditions, violations, denials",
+            m.kernel.clone(),
+        );
+        registry.register(
+            "tagged_processes",
+            "Processes carrying classes",
+            m.tagged_processes.clone(),
+        );
+        registry.register(
+            "tag_map_used_ratio",
+            "Fill of the kernel's process tag map (1 = full)",
+            m.tag_map_used_ratio.clone(),
+        );
+        registry.register(
+            "verdict_prefixes",
+            "Prefixes in the kernel's verdict table",
+            m.verdict_prefixes.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Records waiting in the outbound spool",
+            m.spool_depth.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads and applies that took effect",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "policy_reload_failures",
+            "Policy reloads and applies that were rejected",
+            m.policy_reload_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` forever.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(%addr, "metrics listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body, ctype) =
+                if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
+                    (
+                        "200 OK",
+                        metrics.render(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        "only GET /metrics is served here\n".to_owned(),
+                        "text/plain",
+                    )
+                };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = sock.write_all(resp.as_bytes()).await {
+                warn!(error = %e, "metrics response failed");
+            }
+        });
+    }
+}
