@@ -2,6 +2,7 @@
 
 mod dataset;
 mod leaks;
+mod package;
 
 mod setup;
 mod test;
@@ -30,6 +31,9 @@ enum Cmd {
     },
     /// Build the kernel object alone and print its path.
     BuildEbpf,
+    /// Build the Debian package (target/package/residency-sensor_VERSION_amd64.deb):
+    /// binaries, systemd unit, default config, example policy, region dataset, docs.
+    Package,
     /// Benchmarks (as root): the kernel sensor's cost per connect() on three
     /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
     /// as medians and ratios. Arguments after `--` go to sensor-bench
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             cargo_args,
         } => test::run(!no_lint, &cargo_args),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Package => package::run().map(|_| ()),
     }
 }
 
