@@ -34,6 +34,10 @@ enum Cmd {
     /// Build the Debian package (target/package/residency-sensor_VERSION_amd64.deb):
     /// binaries, systemd unit, default config, example policy, region dataset, docs.
     Package,
+    /// The product in one command (as root): sensord with the default dataset,
+    /// a demonstration process sending EU data to Frankfurt and Virginia, the
+    /// violations it causes, and enforcement denying the transfer in the kernel.
+    Demo,
     /// Benchmarks (as root): the kernel sensor's cost per connect() on three
     /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
     /// as medians and ratios. Arguments after `--` go to sensor-bench
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         } => test::run(!no_lint, &cargo_args),
         Cmd::Bench { args } => bench(&args),
         Cmd::Package => package::run().map(|_| ()),
+        Cmd::Demo => demo(),
     }
 }
 
@@ -111,5 +116,22 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running sensor-bench")?;
     anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    Ok(())
+}
+
+/// Builds and runs the demonstration.
+fn demo() -> anyhow::Result<()> {
+    let root = workspace_root();
+    crate::dataset::ensure(&root)?;
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "--workspace", "--bins"])
+        .current_dir(&root)
+        .status()
+        .context("while building")?;
+    anyhow::ensure!(status.success(), "the build failed");
+    let status = std::process::Command::new(root.join("target/release/residency-demo"))
+        .status()
+        .context("while running the demo")?;
+    anyhow::ensure!(status.success(), "the demo failed ({status})");
     Ok(())
 }

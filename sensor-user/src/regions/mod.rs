@@ -160,7 +160,9 @@ pub fn load_any(path: &Path) -> Result<RegionDb, RegionError> {
             .unwrap_or_default(),
         version: std::fs::metadata(path)
             .and_then(|m| m.modified())
-            .map(|t| format!("{:?}", t))
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| format!("file modified at Unix time {}", d.as_secs()))
             .unwrap_or_default(),
         licence: "as supplied by the operator".into(),
         attribution: String::new(),

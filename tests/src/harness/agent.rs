@@ -11,14 +11,16 @@ use std::{
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A binary of the workspace, next to the test binaries' directory.
+/// A binary of the workspace: next to the running binary (a tool in
+/// target/<profile>/), or one directory up (a test in target/<profile>/deps/).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join(name);
+    let here = exe.parent().expect("the binary is in a directory");
+    let path = if here.join(name).is_file() {
+        here.join(name)
+    } else {
+        here.parent().unwrap_or(here).join(name)
+    };
     assert!(
         path.is_file(),
         "{} is not built: run `cargo build --workspace --bins` (cargo xtask test does)",
@@ -61,8 +63,11 @@ impl RunningAgent {
         let child = Command::new(workspace_bin("sensord"))
             .arg("--policy")
             .arg(&policy_path)
-            .arg("--regions")
-            .arg(dir.join("regions.csv"))
+            .args(if extra.contains(&"--regions") {
+                vec![]
+            } else {
+                vec!["--regions".into(), dir.join("regions.csv").into_os_string()]
+            })
             .arg("--socket")
             .arg(&socket)
             .arg("--socket-mode")

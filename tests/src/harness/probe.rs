@@ -8,18 +8,7 @@ use std::{
 /// Path of the netprobe binary. Cargo builds it next to the test binaries'
 /// directory (`target/<profile>/netprobe`, tests in `target/<profile>/deps/`).
 pub fn netprobe() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join("netprobe");
-    assert!(
-        path.is_file(),
-        "netprobe is not built at {} (cargo test builds it)",
-        path.display()
-    );
-    path
+    super::agent::workspace_bin("netprobe")
 }
 
 /// What one netprobe run did.

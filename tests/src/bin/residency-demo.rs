@@ -1,0 +1,143 @@
+//! residency-demo: the product in one command (`cargo xtask demo`).
+//!
+//! Starts the real sensord with the default region dataset and a policy whose
+//! EU-personal-data class is carried by a demonstration cgroup; makes two
+//! "remote hosts" in network namespaces, one in Frankfurt and one in Virginia;
+//! runs a process in the cgroup that sends data to both; shows what the agent
+//! saw with sensorctl; switches enforcement on and shows the kernel refusing the
+//! transfer to Virginia before any packet leaves. Everything it creates is
+//! removed when it ends.
+
+use std::{process::Command, time::Duration};
+
+use harness::harness::{
+    agent::{RunningAgent, workspace_bin},
+    cgroup::TestCgroup,
+    netns::TestNet,
+    privilege::require_root,
+    probe,
+};
+use sensor_user::{regions, system::mountinfo};
+
+fn policy(cgroup_rel: &str) -> String {
+    format!(
+        r#"
+[host]
+id = "demo-host"
+aggregation_interval = "10s"
+
+[sites.fra1]
+cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
+country = "DE"
+
+[sites.iad1]
+cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
+country = "US"
+
+[classes.eu_personal]
+mode = "monitor"
+allowed_jurisdictions = ["EEA", "CH"]
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "{cgroup_rel}"
+"#
+    )
+}
+
+fn say(s: &str) {
+    println!("\n\x1b[1m== {s}\x1b[0m");
+}
+
+fn ctl(agent: &RunningAgent, args: &[&str]) {
+    let mut c = Command::new(workspace_bin("sensorctl"));
+    c.arg("--socket").arg(&agent.socket).args(args);
+    println!("$ sensorctl {}", args.join(" "));
+    let _ = c.status();
+}
+
+fn main() {
+    require_root();
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup v2");
+    let rel = format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under the root")
+            .display()
+    );
+    let regions_dir = regions::default_dir();
+    assert!(
+        regions_dir
+            .join(regions::default_dataset::FILES[0])
+            .is_file(),
+        "the default region dataset is missing in {}: run `cargo xtask setup`",
+        regions_dir.display()
+    );
+    let regions_arg = regions_dir.display().to_string();
+    say(
+        "starting sensord with the default region dataset and a policy for class eu_personal (monitor mode)",
+    );
+    let agent = RunningAgent::start_with(&policy(&rel), "", &["--regions", &regions_arg]);
+    ctl(&agent, &["status"]);
+
+    let fra = net.frankfurt.tcp_server(false);
+    let iad = net.virginia.tcp_server(false);
+    say(&format!(
+        "a process in {} (carries eu_personal) sends data to Frankfurt {} and Virginia {}",
+        cgroup.path().display(),
+        fra.addr,
+        iad.addr
+    ));
+    let p = probe::run(cgroup.command(probe::command(&[
+        "tcp-connect",
+        &fra.addr.to_string(),
+        "tcp-connect",
+        &iad.addr.to_string(),
+    ])));
+    println!(
+        "pid {}: Frankfurt errno {}, Virginia errno {} (monitor mode: both go through)",
+        p.pid, p.errnos[0], p.errnos[1]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ctl(&agent, &["violations"]);
+    ctl(&agent, &["lookup", &iad.addr.ip().to_string()]);
+
+    say("ops switch enforcement on");
+    ctl(
+        &agent,
+        &[
+            "enforce",
+            "on",
+            "--class",
+            "eu_personal",
+            "--reason",
+            "demo: transfers to the US are not allowed",
+        ],
+    );
+    let before = iad.received();
+    let p = probe::run(cgroup.command(probe::command(&[
+        "tcp-connect",
+        &fra.addr.to_string(),
+        "tcp-connect",
+        &iad.addr.to_string(),
+    ])));
+    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "pid {}: Frankfurt errno {}, Virginia errno {} ({}), Virginia saw {} new connections",
+        p.pid,
+        p.errnos[0],
+        p.errnos[1],
+        if p.errnos[1] == libc::EPERM {
+            "EPERM: denied in the kernel"
+        } else {
+            "not denied?"
+        },
+        iad.received() - before
+    );
+    ctl(&agent, &["violations"]);
+    say("done: stopping sensord and removing the demo cgroup and network namespaces");
+}
