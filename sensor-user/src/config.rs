@@ -73,6 +73,27 @@ pub struct ApiConfig {
     /// Its file mode (octal). Only root is served whatever the mode.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: String,
+    /// Optional TCP listener with mutual TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[api.tls]`: the API on TCP with mutual TLS. Clients must present a
+/// certificate signed by `client_ca`; those whose common name or DNS name is in
+/// `operators` may change modes, tags and policy, every other one may only read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address to listen on, e.g. "0.0.0.0:50443".
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA that signs client certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Client names (certificate CN or DNS SAN) with the operator role.
+    #[serde(default)]
+    pub operators: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +101,7 @@ impl Default for ApiConfig {
         ApiConfig {
             socket: default_socket(),
             socket_mode: default_socket_mode(),
+            tls: None,
         }
     }
 }

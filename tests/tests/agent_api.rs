@@ -57,8 +57,8 @@ fn setup() -> Setup {
     Setup { agent, cgroup, net }
 }
 
-fn mode_of(s: &Setup) -> String {
-    let st = s.agent.ctl_json(&["status"]);
+fn mode_of(agent: &RunningAgent) -> String {
+    let st = agent.ctl_json(&["status"]);
     st["modes"][0]["mode"]
         .as_i64()
         .map(|m| ["?", "off", "monitor", "enforce"][m as usize].to_owned())
@@ -74,7 +74,7 @@ fn status_reports_identity_policy_dataset_and_modes() {
     assert_eq!(st["policy_generation"], 1);
     assert_eq!(st["dataset"]["name"], "regions.csv");
     assert_eq!(st["modes"][0]["class"], "eu_personal");
-    assert_eq!(mode_of(&s), "monitor");
+    assert_eq!(mode_of(&s.agent), "monitor");
     assert!(
         st["counters"]
             .as_array()
@@ -141,7 +141,7 @@ fn enforce_flips_the_kernel_and_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(mode_of(&s), "enforce");
+    assert_eq!(mode_of(&s.agent), "enforce");
     assert_eq!(connect(), libc::EPERM, "enforce denies in the kernel");
     let before = server.received();
     let out = s.agent.ctl(&[
@@ -177,7 +177,7 @@ fn non_root_and_reasonless_enforcement_changes_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a reason is required"), "{err}");
-    assert_eq!(mode_of(&s), "monitor", "nothing changed");
+    assert_eq!(mode_of(&s.agent), "monitor", "nothing changed");
 }
 
 #[test]
@@ -280,4 +280,101 @@ fn metrics_endpoint_counts_violations() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(agent);
+}
+
+#[test]
+fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
+    let cgroup = TestCgroup::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup2");
+    let rel = format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under root")
+            .display()
+    );
+    let dir = std::env::temp_dir().join(format!("rs-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("pki dir");
+    let ca = harness::harness::pki::TestCa::create(&dir);
+    let server = ca.issue("sensord", &["localhost"]);
+    let operator = ca.issue("ops-alice", &[]);
+    let viewer = ca.issue("auditor-bob", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.join("sensord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\noperators = [\"ops-alice\"]\n",
+            server.cert.display(),
+            server.key.display(),
+            ca.cert.display()
+        ),
+    )
+    .expect("config");
+    let agent = RunningAgent::start_with(
+        &policy(&rel),
+        REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let endpoint = format!("https://localhost:{port}");
+    let tls = |who: &harness::harness::pki::Pem, args: &[&str]| {
+        let mut all = vec![
+            "--endpoint",
+            endpoint.as_str(),
+            "--ca",
+            ca.cert.to_str().expect("utf-8"),
+            "--cert",
+            who.cert.to_str().expect("utf-8"),
+            "--key",
+            who.key.to_str().expect("utf-8"),
+        ];
+        all.extend_from_slice(args);
+        agent.ctl(&all)
+    };
+    // Wait for the TLS listener.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tls(&viewer, &["status"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "TLS API did not come up: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tls(&viewer, &["enforce", "on", "--reason", "viewer tries"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cert auditor-bob has the viewer role, which may not change enforcement"),
+        "{err}"
+    );
+    assert_eq!(mode_of(&agent), "monitor");
+    let out = tls(
+        &operator,
+        &["enforce", "on", "--reason", "operator over TLS"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&agent), "enforce");
+    assert!(
+        agent.log_text().contains("cert ops-alice"),
+        "the audit record names the certificate"
+    );
+    // A client without a certificate from the CA gets nowhere.
+    let other_dir = std::env::temp_dir().join(format!("rs-pki-other-{}", std::process::id()));
+    std::fs::create_dir_all(&other_dir).expect("other pki dir");
+    let other_ca = harness::harness::pki::TestCa::create(&other_dir);
+    let stranger = other_ca.issue("mallory", &[]);
+    assert!(!tls(&stranger, &["status"]).status.success());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other_dir);
 }

@@ -6,6 +6,7 @@
 //! credentials (SO_PEERCRED) of its connection. A refused caller gets
 //! PERMISSION_DENIED with the reason.
 
+pub mod auth;
 mod service;
 
 use std::{os::unix::fs::PermissionsExt, path::Path};
@@ -15,6 +16,33 @@ pub use service::AgentApi;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
+
+/// Serves the API on TCP with mutual TLS until `shutdown` resolves.
+pub async fn serve_tls(
+    tls: &crate::config::TlsConfig,
+    api: AgentApi,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("while reading {}", p.display()))
+    };
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<AgentServer<AgentApi>>().await;
+    info!(listen = %tls.listen, operators = ?tls.operators, "agent API listening (mutual TLS)");
+    tonic::transport::Server::builder()
+        .tls_config(config)
+        .context("while configuring TLS (check the certificate and key)")?
+        .add_service(health)
+        .add_service(AgentServer::new(api))
+        .serve_with_shutdown(tls.listen, shutdown)
+        .await
+        .with_context(|| format!("while serving the agent API on {}", tls.listen))
+}
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/residency/sensord.sock";

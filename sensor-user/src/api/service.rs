@@ -5,7 +5,9 @@ use std::{net::IpAddr, pin::Pin, sync::Arc};
 
 use residency_proto::agent::v1::{self as pb, agent_server::Agent};
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
-use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Caller};
 
 use crate::{
     agent::{
@@ -20,30 +22,27 @@ use crate::{
 pub struct AgentApi {
     handle: AgentHandle,
     store: Arc<FlowStore>,
+    /// Certificate names with the operator role (TLS callers).
+    operators: Arc<Vec<String>>,
 }
 
 impl AgentApi {
-    pub fn new(handle: AgentHandle, store: Arc<FlowStore>) -> AgentApi {
-        AgentApi { handle, store }
+    pub fn new(handle: AgentHandle, store: Arc<FlowStore>, operators: Vec<String>) -> AgentApi {
+        AgentApi {
+            handle,
+            store,
+            operators: Arc::new(operators),
+        }
     }
-}
 
-/// The caller, if allowed: root on the Unix socket.
-fn caller<T>(req: &Request<T>) -> Result<String, Status> {
-    let Some(info) = req.extensions().get::<UdsConnectInfo>() else {
-        return Err(Status::permission_denied(
-            "the agent API is served to local root callers on its Unix socket only",
-        ));
-    };
-    match info.peer_cred {
-        Some(c) if c.uid() == 0 => Ok(format!("uid 0 (pid {})", c.pid().unwrap_or(0))),
-        Some(c) => Err(Status::permission_denied(format!(
-            "caller uid {} is not root: the agent's Unix socket is for root only (run sensorctl as root)",
-            c.uid()
-        ))),
-        None => Err(Status::permission_denied(
-            "the caller's credentials could not be read (SO_PEERCRED)",
-        )),
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        auth::caller(req, &self.operators)
+    }
+
+    fn operator<T>(&self, req: &Request<T>, what: &str) -> Result<String, Status> {
+        let c = self.caller(req)?;
+        auth::require_operator(&c, what)?;
+        Ok(c.actor)
     }
 }
 
@@ -74,7 +73,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::Status>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         self.handle
             .call(Command::Status)
             .await
@@ -86,7 +85,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<pb::FlowList>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         Ok(Response::new(pb::FlowList {
             flows: self.store.list(req.get_ref(), false),
         }))
@@ -96,7 +95,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<pb::FlowList>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         Ok(Response::new(pb::FlowList {
             flows: self.store.list(req.get_ref(), true),
         }))
@@ -108,7 +107,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<Self::WatchFlowsStream>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         let filter = req.into_inner();
         let stream =
             BroadcastStream::new(self.store.subscribe()).filter_map(move |item| match item {
@@ -133,7 +132,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::ListTaggedRequest>,
     ) -> Result<Response<pb::ListTaggedResponse>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         self.handle
             .call(Command::Tagged)
             .await
@@ -145,7 +144,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::TagProcessRequest>,
     ) -> Result<Response<pb::TagProcessResponse>, Status> {
-        let actor = caller(&req)?;
+        let actor = self.operator(&req, "tag processes")?;
         let r = req.into_inner();
         self.handle
             .call(|reply| Command::Tag {
@@ -163,7 +162,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::UntagProcessRequest>,
     ) -> Result<Response<pb::UntagProcessResponse>, Status> {
-        let actor = caller(&req)?;
+        let actor = self.operator(&req, "untag processes")?;
         let r = req.into_inner();
         self.handle
             .call(|reply| Command::Untag {
@@ -181,7 +180,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::SetEnforcementRequest>,
     ) -> Result<Response<pb::SetEnforcementResponse>, Status> {
-        let actor = caller(&req)?;
+        let actor = self.operator(&req, "change enforcement")?;
         let r = req.into_inner();
         let mode = mode_from(r.mode)?;
         let class = (!r.class.is_empty()).then_some(r.class);
@@ -202,7 +201,11 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let actor = caller(&req)?;
+        let actor = if req.get_ref().dry_run {
+            self.caller(&req)?.actor
+        } else {
+            self.operator(&req, "apply policies")?
+        };
         let r = req.into_inner();
         self.handle
             .call(|reply| Command::ApplyPolicy {
@@ -221,7 +224,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         self.handle
             .call(Command::GetPolicy)
             .await
@@ -233,7 +236,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        caller(&req)?;
+        self.caller(&req)?;
         let r = req.into_inner();
         let ip: IpAddr = r.ip.parse().map_err(|_| {
             Status::invalid_argument(format!("{:?} is not an IPv4 or IPv6 address", r.ip))

@@ -188,8 +188,23 @@ async fn main() -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let operators = file
+        .api
+        .tls
+        .as_ref()
+        .map(|t| t.operators.clone())
+        .unwrap_or_default();
+    let api = AgentApi::new(handle.clone(), store, operators);
+    if let Some(tls) = file.api.tls.clone() {
+        let api = api.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = api::serve_tls(&tls, api, stop).await {
+                error!(error = format!("{e:#}"), "the agent's TLS API stopped");
+            }
+        });
+    }
     let api_task = {
-        let api = AgentApi::new(handle.clone(), store);
         let socket = args.socket.clone().unwrap_or(file.api.socket.clone());
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {

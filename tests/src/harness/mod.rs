@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod netns;
+pub mod pki;
 pub mod privilege;
 pub mod probe;
 pub mod scenario;

@@ -7,11 +7,13 @@ use hyper_util::rt::TokioIo;
 use residency_proto::agent::v1::agent_client::AgentClient;
 use tonic::{
     Code, Status,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-/// Connects, or prints why not and returns None.
-pub async fn connect(socket: &Path) -> Option<AgentClient<Channel>> {
+use crate::Global;
+
+/// Connects over the Unix socket, or prints why not and returns None.
+async fn connect_unix(socket: &Path) -> Option<AgentClient<Channel>> {
     let path = socket.to_path_buf();
     // The URI is a placeholder: the connector below dials the Unix socket.
     let endpoint = Endpoint::from_static("http://sensord.local");
@@ -55,5 +57,43 @@ pub fn fail(what: &str, s: Status) -> i32 {
         | Code::PermissionDenied
         | Code::FailedPrecondition => 1,
         _ => 2,
+    }
+}
+
+/// Connects as the global options say: TLS when --endpoint is given, else the
+/// Unix socket.
+pub async fn connect(g: &Global) -> Option<AgentClient<Channel>> {
+    let Some(url) = &g.endpoint else {
+        return connect_unix(&g.socket).await;
+    };
+    let (Some(ca), Some(cert), Some(key)) = (&g.ca, &g.cert, &g.key) else {
+        eprintln!("error: --endpoint needs --ca, --cert and --key (mutual TLS)");
+        return None;
+    };
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .map_err(|e| eprintln!("error: {}: {e}", p.display()))
+            .ok()
+    };
+    let (ca, cert, key) = (read(ca)?, read(cert)?, read(key)?);
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    if let Some(name) = &g.tls_name {
+        tls = tls.domain_name(name.clone());
+    }
+    let endpoint = match Endpoint::from_shared(url.clone()).and_then(|e| e.tls_config(tls)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: endpoint {url}: {e}");
+            return None;
+        }
+    };
+    match endpoint.connect().await {
+        Ok(ch) => Some(AgentClient::new(ch)),
+        Err(e) => {
+            eprintln!("error: cannot reach sensord at {url}: {e:?}");
+            None
+        }
     }
 }

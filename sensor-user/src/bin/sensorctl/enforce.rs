@@ -16,7 +16,7 @@ pub enum Switch {
 }
 
 pub async fn run(g: &Global, switch: Switch, class: Option<String>, reason: String) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let mode = match switch {

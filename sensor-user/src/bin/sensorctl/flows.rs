@@ -47,7 +47,7 @@ const HEADERS: [&str; 10] = [
 ];
 
 pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let filter = FlowFilter {

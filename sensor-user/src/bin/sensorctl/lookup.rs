@@ -53,7 +53,7 @@ pub async fn run(g: &Global, a: LookupArgs) -> i32 {
 }
 
 async fn via_agent(g: &Global, a: LookupArgs) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     match c

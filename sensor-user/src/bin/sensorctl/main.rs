@@ -43,6 +43,22 @@ pub struct Global {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to the agent over TCP with mutual TLS instead of the Unix socket,
+    /// e.g. https://host:50443 (needs --ca, --cert, --key).
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
+    /// CA that signed the agent's certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Name to expect in the agent's certificate (default: the endpoint's host).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_name: Option<String>,
 }
 
 /// Where region data comes from (offline commands).

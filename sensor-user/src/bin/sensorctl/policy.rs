@@ -137,7 +137,7 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
             return 2;
         }
     };
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let r = match c
@@ -192,7 +192,7 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
 }
 
 async fn show(g: &Global) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     match c.get_policy(GetPolicyRequest {}).await {

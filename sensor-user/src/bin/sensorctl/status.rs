@@ -14,7 +14,7 @@ pub fn mode_name(m: i32) -> &'static str {
 }
 
 pub async fn run(g: &Global) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let s = match c.get_status(GetStatusRequest {}).await {

@@ -5,7 +5,7 @@ use residency_proto::agent::v1::{ListTaggedRequest, TagProcessRequest, UntagProc
 use crate::{Global, client, output};
 
 pub async fn list(g: &Global) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let r = match c.list_tagged(ListTaggedRequest {}).await {
@@ -35,7 +35,7 @@ pub async fn list(g: &Global) -> i32 {
 }
 
 pub async fn tag(g: &Global, pid: u32, class: String, add: bool) -> i32 {
-    let Some(mut c) = client::connect(&g.socket).await else {
+    let Some(mut c) = client::connect(g).await else {
         return 2;
     };
     let res = if add {
