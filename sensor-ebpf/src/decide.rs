@@ -61,7 +61,7 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     ev.protocol = dst.protocol;
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
-    ev.policy_generation = config().generation;
+    ev.policy_generation = config().map_or(0, |c| c.generation);
     submit(ev);
     all
 }
@@ -82,7 +82,9 @@ pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 
     if FAILSAFE.get(Key::new(128, dst.key)).is_some() {
         return ALLOW;
     }
-    let cfg = config();
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
     // The per-class results live in a per-CPU scratch map, read and written with
     // volatile accesses: the verifier does not track map memory, so the states
     // of different paths through one iteration are equal at the next and get

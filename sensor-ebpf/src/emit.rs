@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, generated,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
 };
@@ -45,16 +45,48 @@ pub fn task_record(slot: u32, kind: u8) -> Option<&'static mut FlowEvent> {
     // SAFETY: a per-CPU map value, used by one program run at a time per slot.
     let ev = unsafe { &mut *ev };
     let pid_tgid = bpf_get_current_pid_tgid();
-    *ev = FlowEvent::ZERO;
+    // Every field is written here, word by word: `*ev = FlowEvent::ZERO`
+    // compiles to a 128-iteration byte loop on BPF.
     // SAFETY: helpers without pointer arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.cookie = 0;
+    ev.classes = 0;
+    ev.detail = 0;
+    ev.duration_ns = 0;
     ev.pid = pid_tgid as u32;
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.policy_generation = 0;
     ev.count = 1;
     ev.kind = kind;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.family = 0;
+    ev.protocol = 0;
+    ev.verdict = 0;
+    ev.action = 0;
+    ev.reason = 0;
+    ev.local_port = 0;
+    ev.remote_port = 0;
+    ev._pad1 = 0;
+    for w in 0..2 {
+        // SAFETY: in bounds of the 16-byte arrays; u64 stores.
+        unsafe {
+            ev.local_addr
+                .as_mut_ptr()
+                .cast::<u64>()
+                .add(w)
+                .write_unaligned(0);
+            ev.remote_addr
+                .as_mut_ptr()
+                .cast::<u64>()
+                .add(w)
+                .write_unaligned(0);
+        }
+    }
+    // SAFETY: the helper writes at most 16 bytes into the map value.
+    if unsafe { generated::bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), 16) } != 0 {
+        ev.comm = [0; 16];
+    }
     Some(ev)
 }
 

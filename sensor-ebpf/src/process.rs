@@ -73,7 +73,9 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
     let existing = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
-    let cfg = config();
+    let Some(cfg) = config() else {
+        return 0;
+    };
     let mut added = 0u64;
 
     let mut cgroup_match = 0u64;
@@ -141,7 +143,9 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn on_fork(ctx: TracePointContext) -> u32 {
-    let cfg = config();
+    let Some(cfg) = config() else {
+        return 0;
+    };
     if cfg.tp_fork_child_pid == 0 {
         return 0;
     }
@@ -181,7 +185,9 @@ pub fn on_exit(ctx: TracePointContext) -> u32 {
     if pid != tgid {
         let _ = TASKS.remove(pid);
     }
-    let cfg = config();
+    let Some(cfg) = config() else {
+        return 0;
+    };
     let group_dead = if cfg.tp_exit_group_dead != 0 {
         // SAFETY: offset read from the tracepoint's format by user space.
         unsafe { ctx.read_at::<u8>(cfg.tp_exit_group_dead as usize) }

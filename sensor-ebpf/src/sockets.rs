@@ -106,7 +106,7 @@ pub fn on_sock_ops(ctx: SockOpsContext) -> u32 {
     ev.remote_addr = peer.addr;
     ev.remote_port = peer.port;
     ev.local_port = port as u16;
-    ev.policy_generation = config().generation;
+    ev.policy_generation = config().map_or(0, |c| c.generation);
     submit(ev);
     1
 }
@@ -118,7 +118,9 @@ pub fn on_sock_ops(ctx: SockOpsContext) -> u32 {
 /// host ~2%, measured with `cargo xtask bench`.)
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn on_send_length(ctx: TracePointContext) -> u32 {
-    let cfg = config();
+    let Some(cfg) = config() else {
+        return 0;
+    };
     if cfg.off_skc_cookie == 0 {
         return 0;
     }
