@@ -95,7 +95,7 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     let uid = bpf_get_current_uid_gid() as u32;
     // SAFETY: copied out at once.
     let uid_match = unsafe { UID_SELECTORS.get(uid) }.copied().unwrap_or(0);
-    let exe = current_exe(&cfg);
+    let exe = current_exe(cfg);
     let exe_match = match &exe {
         // SAFETY: copied out at once.
         Some(k) => unsafe { EXE_SELECTORS.get(k) }.copied().unwrap_or(0),

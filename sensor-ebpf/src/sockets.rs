@@ -155,7 +155,7 @@ pub fn on_send_length(ctx: TracePointContext) -> u32 {
     let flow = unsafe { &mut *flow };
     flow.detail += sent as u64;
     if flow.local_port == 0 {
-        local_endpoint(&cfg, sk, flow);
+        local_endpoint(cfg, sk, flow);
     }
     0
 }
