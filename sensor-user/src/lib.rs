@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod errors;
 pub mod events;
+pub mod export;
 pub mod kernel;
 pub mod ledger;
 pub mod metrics;
