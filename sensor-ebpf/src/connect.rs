@@ -8,24 +8,32 @@ use crate::{decide::judge, emit::Destination};
 
 #[cgroup_sock_addr(connect4)]
 pub fn on_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands a valid bpf_sock_addr to this program type.
-    let sa = unsafe { &*ctx.sock_addr };
-    let dst = destination4(sa.user_ip4, sa.protocol as u8, sa.user_port);
-    judge(&ctx, FlowKind::Connect, &dst)
+    judge_call(&ctx, FlowKind::Connect, false)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn on_connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as above.
+    judge_call(&ctx, FlowKind::Connect, true)
+}
+
+/// Reads the destination of a sock_addr call (IPv4 or IPv6 fields) and judges it.
+#[inline(always)]
+pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
     let sa = unsafe { &*ctx.sock_addr };
-    let ip6 = [
-        sa.user_ip6[0],
-        sa.user_ip6[1],
-        sa.user_ip6[2],
-        sa.user_ip6[3],
-    ];
-    let dst = destination6(ip6, sa.protocol as u8, sa.user_port);
-    judge(&ctx, FlowKind::Connect, &dst)
+    let dst = if v6 {
+        // Four 4-byte loads: the verifier refuses wider reads of user_ip6.
+        let ip6 = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
+        destination6(ip6, sa.protocol as u8, sa.user_port)
+    } else {
+        destination4(sa.user_ip4, sa.protocol as u8, sa.user_port)
+    };
+    judge(ctx, kind, &dst)
 }
 
 /// Destination of an IPv4 call (`ip4`, `port_be` as in bpf_sock_addr).

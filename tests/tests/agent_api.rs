@@ -3,36 +3,26 @@
 
 use std::time::{Duration, Instant};
 
-use harness::harness::{agent::RunningAgent, cgroup::TestCgroup, netns::TestNet, probe};
-use sensor_user::system::mountinfo;
+use harness::harness::{
+    agent::RunningAgent,
+    cgroup::TestCgroup,
+    netns::TestNet,
+    probe,
+    scenario::{FixturePolicy, cgroup_rel},
+};
 
 const REGIONS: &str = "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n";
 
 fn policy(cgroup_rel: &str) -> String {
-    format!(
-        r#"
-[host]
-id = "test-host-1"
-aggregation_interval = "0"
-
-[sites.fra]
-cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
-country = "DE"
-
-[sites.iad]
-cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
-country = "US"
-
-[classes.eu_personal]
-id = 0
-mode = "monitor"
-allowed_jurisdictions = ["EEA"]
-
-[[selectors]]
-class = "eu_personal"
-cgroup = "{cgroup_rel}"
-"#
-    )
+    FixturePolicy {
+        host_id: "test-host-1",
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel,
+        class_extra: "",
+    }
+    .text()
 }
 
 struct Setup {
@@ -44,15 +34,7 @@ struct Setup {
 fn setup() -> Setup {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = format!(
-        "/{}",
-        cgroup
-            .path()
-            .strip_prefix(&root)
-            .expect("under root")
-            .display()
-    );
+    let rel = cgroup_rel(&cgroup);
     let agent = RunningAgent::start(&policy(&rel), REGIONS);
     Setup { agent, cgroup, net }
 }
@@ -108,7 +90,7 @@ fn a_tagged_processs_violation_shows_in_violations() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(found["remote"], server.addr.to_string());
-    assert_eq!(found["remote_site"], "iad");
+    assert_eq!(found["remote_site"], "iad1");
     assert_eq!(found["remote_country"], "US");
     assert_eq!(found["action"], "reported");
     assert_eq!(found["verdict"], "deny");
@@ -239,15 +221,7 @@ fn metrics_endpoint_counts_violations() {
     use std::io::{Read, Write};
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = format!(
-        "/{}",
-        cgroup
-            .path()
-            .strip_prefix(&root)
-            .expect("under root")
-            .display()
-    );
+    let rel = cgroup_rel(&cgroup);
     // A free port on loopback for the metrics endpoint.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("port")
@@ -285,15 +259,7 @@ fn metrics_endpoint_counts_violations() {
 #[test]
 fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
     let cgroup = TestCgroup::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = format!(
-        "/{}",
-        cgroup
-            .path()
-            .strip_prefix(&root)
-            .expect("under root")
-            .display()
-    );
+    let rel = cgroup_rel(&cgroup);
     let dir = std::env::temp_dir().join(format!("rs-pki-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("pki dir");
     let ca = harness::harness::pki::TestCa::create(&dir);

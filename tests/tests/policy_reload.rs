@@ -11,7 +11,13 @@ use std::{
     time::Duration,
 };
 
-use harness::harness::{cgroup::TestCgroup, netns::TestNet, probe, sensor::SensorFixture};
+use harness::harness::{
+    cgroup::TestCgroup,
+    netns::TestNet,
+    probe,
+    scenario::{FixturePolicy, cgroup_rel},
+    sensor::SensorFixture,
+};
 use sensor_user::{
     ledger::TagLedger,
     policy::{apply, source::PolicySource},
@@ -36,31 +42,17 @@ impl Drop for TempFile {
 }
 
 fn policy_text(cgroup: &str, variant: u32) -> String {
-    format!(
-        r#"
-[host]
-aggregation_interval = "0"
-
-[sites.fra]
-cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
-country = "DE"
-
-[sites.iad]
-cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
-country = "US"
-
-[classes.eu_personal]
-id = 0
-mode = "enforce"
-allowed_jurisdictions = ["EEA"]
-# Changes every reload so each one rewrites the table.
-denied_cidrs = ["192.0.2.{variant}/32"]
-
-[[selectors]]
-class = "eu_personal"
-cgroup = "{cgroup}"
-"#
-    )
+    // The denied prefix changes every reload so each one rewrites the table.
+    let extra = format!(r#"denied_cidrs = ["192.0.2.{variant}/32"]"#);
+    FixturePolicy {
+        host_id: "reload-test",
+        aggregation: "0",
+        mode: "enforce",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: cgroup,
+        class_extra: &extra,
+    }
+    .text()
 }
 
 #[test]
@@ -69,14 +61,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = format!(
-        "/{}",
-        cgroup
-            .path()
-            .strip_prefix(&root)
-            .expect("under the root")
-            .display()
-    );
+    let rel = cgroup_rel(&cgroup);
     let regions = TempFile::new(
         "regions.csv",
         "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n",

@@ -91,6 +91,32 @@ impl KernelSensor {
         BpfHashMap::try_from(map).map_err(map_err("TASKS"))
     }
 
+    /// Writes one selector entry (`map` is a selector map of the object).
+    fn write_selector<K: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+        classes: u64,
+    ) -> Result<(), SensorError> {
+        let m = self.ebpf.map_mut(map).ok_or(SensorError::MissingMap(map))?;
+        let mut h: BpfHashMap<&mut MapData, K, u64> =
+            BpfHashMap::try_from(m).map_err(map_err(map))?;
+        h.insert(key, classes, 0).map_err(map_err(map))
+    }
+
+    /// Removes one selector entry; a missing one is fine.
+    fn remove_selector<K: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+    ) -> Result<(), SensorError> {
+        let m = self.ebpf.map_mut(map).ok_or(SensorError::MissingMap(map))?;
+        let mut h: BpfHashMap<&mut MapData, K, u64> =
+            BpfHashMap::try_from(m).map_err(map_err(map))?;
+        let _ = h.remove(&key);
+        Ok(())
+    }
+
     /// Adds `classes` (a bit mask) to process `tgid`. The kernel keeps them across
     /// fork and exec and drops them when the process exits.
     pub fn tag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
@@ -163,14 +189,7 @@ impl KernelSensor {
             .or_insert((0, path.to_owned()));
         entry.0 |= bit;
         let classes = entry.0;
-        let map = self
-            .ebpf
-            .map_mut("CGROUP_SELECTORS")
-            .ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, u64, u64> =
-            BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
-        m.insert(id, classes, 0)
-            .map_err(map_err("CGROUP_SELECTORS"))?;
+        self.write_selector("CGROUP_SELECTORS", id, classes)?;
         Ok(id)
     }
 
@@ -183,13 +202,7 @@ impl KernelSensor {
             .entry(uid)
             .and_modify(|c| *c |= bit)
             .or_insert(bit);
-        let map = self
-            .ebpf
-            .map_mut("UID_SELECTORS")
-            .ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, u32, u64> =
-            BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
-        m.insert(uid, classes, 0).map_err(map_err("UID_SELECTORS"))
+        self.write_selector("UID_SELECTORS", uid, classes)
     }
 
     /// Processes that exec the file at `path` (its identity: device and inode,
@@ -210,14 +223,7 @@ impl KernelSensor {
             .or_insert((0, path.to_owned()));
         entry.0 |= bit;
         let classes = entry.0;
-        let map = self
-            .ebpf
-            .map_mut("EXE_SELECTORS")
-            .ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> =
-            BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
-        m.insert(key, classes, 0)
-            .map_err(map_err("EXE_SELECTORS"))?;
+        self.write_selector("EXE_SELECTORS", key, classes)?;
         Ok(key)
     }
 
@@ -326,45 +332,24 @@ impl KernelSensor {
             }
         }
         let old = std::mem::replace(&mut self.selectors, want.clone());
-        {
-            let map = self
-                .ebpf
-                .map_mut("CGROUP_SELECTORS")
-                .ok_or(SensorError::MissingMap("CGROUP_SELECTORS"))?;
-            let mut m: BpfHashMap<&mut MapData, u64, u64> =
-                BpfHashMap::try_from(map).map_err(map_err("CGROUP_SELECTORS"))?;
-            for (id, (c, _)) in &want.cgroups {
-                m.insert(id, c, 0).map_err(map_err("CGROUP_SELECTORS"))?;
-            }
-            for id in old.cgroups.keys().filter(|k| !want.cgroups.contains_key(k)) {
-                let _ = m.remove(id);
-            }
+        // New and changed entries first, then stale ones out.
+        for (id, (c, _)) in &want.cgroups {
+            self.write_selector("CGROUP_SELECTORS", *id, *c)?;
         }
-        {
-            let map = self
-                .ebpf
-                .map_mut("UID_SELECTORS")
-                .ok_or(SensorError::MissingMap("UID_SELECTORS"))?;
-            let mut m: BpfHashMap<&mut MapData, u32, u64> =
-                BpfHashMap::try_from(map).map_err(map_err("UID_SELECTORS"))?;
-            for (uid, c) in &want.uids {
-                m.insert(uid, c, 0).map_err(map_err("UID_SELECTORS"))?;
-            }
-            for uid in old.uids.keys().filter(|k| !want.uids.contains_key(k)) {
-                let _ = m.remove(uid);
-            }
+        for (uid, c) in &want.uids {
+            self.write_selector("UID_SELECTORS", *uid, *c)?;
         }
-        let map = self
-            .ebpf
-            .map_mut("EXE_SELECTORS")
-            .ok_or(SensorError::MissingMap("EXE_SELECTORS"))?;
-        let mut m: BpfHashMap<&mut MapData, ExeKey, u64> =
-            BpfHashMap::try_from(map).map_err(map_err("EXE_SELECTORS"))?;
         for (k, (c, _)) in &want.exes {
-            m.insert(k, c, 0).map_err(map_err("EXE_SELECTORS"))?;
+            self.write_selector("EXE_SELECTORS", *k, *c)?;
+        }
+        for id in old.cgroups.keys().filter(|k| !want.cgroups.contains_key(k)) {
+            self.remove_selector("CGROUP_SELECTORS", *id)?;
+        }
+        for uid in old.uids.keys().filter(|k| !want.uids.contains_key(k)) {
+            self.remove_selector("UID_SELECTORS", *uid)?;
         }
         for k in old.exes.keys().filter(|k| !want.exes.contains_key(k)) {
-            let _ = m.remove(k);
+            self.remove_selector("EXE_SELECTORS", *k)?;
         }
         Ok(problems)
     }

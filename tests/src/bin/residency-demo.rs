@@ -16,33 +16,20 @@ use harness::harness::{
     netns::TestNet,
     privilege::require_root,
     probe,
+    scenario::{FixturePolicy, cgroup_rel},
 };
-use sensor_user::{regions, system::mountinfo};
+use sensor_user::regions;
 
 fn policy(cgroup_rel: &str) -> String {
-    format!(
-        r#"
-[host]
-id = "demo-host"
-aggregation_interval = "10s"
-
-[sites.fra1]
-cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
-country = "DE"
-
-[sites.iad1]
-cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
-country = "US"
-
-[classes.eu_personal]
-mode = "monitor"
-allowed_jurisdictions = ["EEA", "CH"]
-
-[[selectors]]
-class = "eu_personal"
-cgroup = "{cgroup_rel}"
-"#
-    )
+    FixturePolicy {
+        host_id: "demo-host",
+        aggregation: "10s",
+        mode: "monitor",
+        allowed: r#"["EEA", "CH"]"#,
+        cgroup_rel,
+        class_extra: "",
+    }
+    .text()
 }
 
 fn say(s: &str) {
@@ -60,15 +47,7 @@ fn main() {
     require_root();
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup v2");
-    let rel = format!(
-        "/{}",
-        cgroup
-            .path()
-            .strip_prefix(&root)
-            .expect("under the root")
-            .display()
-    );
+    let rel = cgroup_rel(&cgroup);
     let regions_dir = regions::default_dir();
     assert!(
         regions_dir

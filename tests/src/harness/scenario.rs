@@ -94,3 +94,68 @@ impl Scenario {
         self.cgroup.command(cmd)
     }
 }
+
+/// The test cgroup's path as policies write it (from the cgroup v2 root).
+pub fn cgroup_rel(cgroup: &TestCgroup) -> String {
+    let root = sensor_user::system::mountinfo::cgroup2_mount().expect("cgroup v2");
+    format!(
+        "/{}",
+        cgroup
+            .path()
+            .strip_prefix(&root)
+            .expect("under the cgroup v2 root")
+            .display()
+    )
+}
+
+/// A policy file for the fixture hosts: sites `fra1` (DE) and `iad1` (US) on
+/// the Frankfurt and Virginia ranges, and class `eu_personal` (id 0, allowed in
+/// `allowed`) carried by the processes that exec in `cgroup_rel`.
+/// `class_extra` is appended to the class table (more keys).
+pub struct FixturePolicy<'a> {
+    pub host_id: &'a str,
+    pub aggregation: &'a str,
+    pub mode: &'a str,
+    pub allowed: &'a str,
+    pub cgroup_rel: &'a str,
+    pub class_extra: &'a str,
+}
+
+impl FixturePolicy<'_> {
+    /// The TOML text.
+    pub fn text(&self) -> String {
+        let FixturePolicy {
+            host_id,
+            aggregation,
+            mode,
+            allowed,
+            cgroup_rel,
+            class_extra,
+        } = self;
+        format!(
+            r#"
+[host]
+id = "{host_id}"
+aggregation_interval = "{aggregation}"
+
+[sites.fra1]
+cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
+country = "DE"
+
+[sites.iad1]
+cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
+country = "US"
+
+[classes.eu_personal]
+id = 0
+mode = "{mode}"
+allowed_jurisdictions = {allowed}
+{class_extra}
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "{cgroup_rel}"
+"#
+        )
+    }
+}
