@@ -13,6 +13,12 @@ fn main() {
             std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
                 .join("residency_descriptor.bin"),
         )
-        .compile_protos(&["residency/agent/v1/agent.proto"], &["."])
+        .compile_protos(
+            &[
+                "residency/agent/v1/agent.proto",
+                "residency/collector/v1/collector.proto",
+            ],
+            &["."],
+        )
         .expect("compiling the protos");
 }

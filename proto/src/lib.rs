@@ -10,5 +10,13 @@ pub mod agent {
     }
 }
 
+/// `residency.collector.v1`.
+pub mod collector {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("residency.collector.v1");
+    }
+}
+
 /// Encoded file descriptors of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
