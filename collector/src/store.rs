@@ -113,6 +113,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Number of records of a host of one kind.
+    pub fn count_kind(&self, host: &str, kind: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM records WHERE host = ?1 AND kind = ?2",
+            params![host, kind],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// Number of records of a host.
     pub fn count(&self, host: &str) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(

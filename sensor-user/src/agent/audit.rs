@@ -20,22 +20,45 @@ pub struct AuditRecord {
 #[derive(Debug, Default)]
 pub struct AuditLog {
     records: Vec<AuditRecord>,
+    /// Records not yet written to the spool.
+    pending: Vec<AuditRecord>,
 }
 
 impl AuditLog {
     /// Records and logs a change.
     pub fn record(&mut self, actor: &str, action: &str, reason: &str) {
         info!(target: "audit", actor, action, reason, "audit");
-        self.records.push(AuditRecord {
+        let r = AuditRecord {
             at: SystemTime::now(),
             actor: actor.into(),
             action: action.into(),
             reason: reason.into(),
-        });
+        };
+        self.pending.push(r.clone());
+        self.records.push(r);
     }
 
     /// Every record so far.
     pub fn records(&self) -> &[AuditRecord] {
         &self.records
+    }
+}
+
+impl AuditLog {
+    /// Records not yet handed to the spool (they are handed over once).
+    pub fn take_pending(&mut self) -> Vec<AuditRecord> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+impl AuditRecord {
+    /// The record as JSON for the collector.
+    pub fn to_json(&self) -> String {
+        let at = self
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        serde_json::json!({ "time_unix_ns": at as u64, "actor": self.actor, "action": self.action, "reason": self.reason }).to_string()
     }
 }

@@ -26,7 +26,10 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use residency_proto::collector::v1 as cpb;
+
 use self::{audit::AuditLog, store::FlowStore};
+use crate::export::spool::{Fsync, Options as SpoolOptions, Spool};
 use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
 use crate::{
     SensorError,
@@ -102,6 +105,22 @@ pub enum Command {
         class: Option<String>,
         reply: Reply<pb::LookupResponse>,
     },
+    /// Spooled records from sequence `from` on (for delivery).
+    ReadSpool {
+        from: u64,
+        max: usize,
+        reply: Reply<Vec<cpb::Record>>,
+    },
+    /// The collector stored everything up to `seq`; `connected` names the
+    /// endpoint when a session just started.
+    Acked {
+        seq: u64,
+        connected: Option<String>,
+    },
+    /// The delivery session ended.
+    Disconnected {
+        why: String,
+    },
     /// Reload the policy from its file (SIGHUP).
     Reload,
 }
@@ -140,6 +159,8 @@ pub struct AgentConfig {
     pub attach: PathBuf,
     /// Records kept for ListFlows/ListViolations.
     pub history: usize,
+    /// The durable spool's directory, when records are delivered to a collector.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// The agent's state, owned by its task.
@@ -158,6 +179,8 @@ pub struct Agent {
     store: Arc<FlowStore>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    spool: Option<Spool>,
+    collector_state: String,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -197,7 +220,25 @@ impl Agent {
             store: store.clone(),
             audit: AuditLog::default(),
             metrics: Arc::new(Metrics::default()),
+            spool: None,
+            collector_state: "not configured".into(),
         };
+        if let Some(dir) = &agent.cfg.spool_dir {
+            let (spool, rec) = Spool::open(
+                dir,
+                SpoolOptions {
+                    fsync: Fsync::EveryN(u32::MAX),
+                    ..Default::default()
+                },
+            )
+            .with_context(|| format!("while opening the spool in {}", dir.display()))?;
+            info!(dir = %dir.display(), records = rec.records, torn_bytes = rec.torn_bytes, quarantined_bytes = rec.quarantined_bytes, next_seq = spool.next_seq(), "spool opened");
+            if rec.quarantined_bytes > 0 {
+                warn!(dir = %dir.display(), bytes = rec.quarantined_bytes, "corrupt spool records were moved to quarantine/");
+            }
+            agent.spool = Some(spool);
+            agent.collector_state = "connecting".into();
+        }
         agent
             .install()
             .context("while installing the policy in the kernel")?;
@@ -234,6 +275,11 @@ impl Agent {
             "policy in force"
         );
         Ok(())
+    }
+
+    /// The host identity records carry.
+    pub fn host_id(&self) -> String {
+        self.compiled.policy.host.id.clone()
     }
 
     /// The metrics this agent updates (serve them with `metrics::serve`).
@@ -315,8 +361,8 @@ impl Agent {
                     value: *v,
                 })
                 .collect(),
-            spool_depth: 0,
-            collector: "not configured".into(),
+            spool_depth: self.spool.as_ref().map_or(0, Spool::depth),
+            collector: self.collector_state.clone(),
             kernel: uname.trim().into(),
         }
     }
@@ -608,6 +654,34 @@ impl Agent {
                 let _ = reply.send(self.lookup(ip, class));
             }
             Command::Reload => self.reload(),
+            Command::ReadSpool { from, max, reply } => {
+                let res = match &self.spool {
+                    Some(s) => s
+                        .read_from(from, max)
+                        .map_err(|e| CommandError::Internal(format!("reading the spool: {e}")))
+                        .map(|v| {
+                            v.into_iter()
+                                .map(|(seq, payload)| decode_spooled(seq, &payload))
+                                .collect()
+                        }),
+                    None => Ok(Vec::new()),
+                };
+                let _ = reply.send(res);
+            }
+            Command::Acked { seq, connected } => {
+                if let Some(e) = connected {
+                    self.collector_state = format!("connected to {e}");
+                }
+                if let Some(s) = &mut self.spool
+                    && let Err(e) = s.ack(seq)
+                {
+                    error!(error = %e, "dropping acknowledged spool segments failed");
+                }
+                self.metrics
+                    .spool_depth
+                    .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);
+            }
+            Command::Disconnected { why } => self.collector_state = format!("disconnected: {why}"),
         }
     }
 
@@ -625,6 +699,10 @@ impl Agent {
                 continue;
             }
             let flow = enrich::flow(ev, &self.compiled);
+            if store::is_violation(&flow) && self.spool.is_some() {
+                let body = serde_json::to_string(&flow).unwrap_or_default();
+                self.spool_append("violation", flow.time_unix_ns, &body);
+            }
             if store::is_violation(&flow) {
                 for class in &flow.classes {
                     let labels = ViolationLabels {
@@ -640,6 +718,7 @@ impl Agent {
             }
             self.store.push(flow);
         }
+        self.spool_sync();
     }
 
     fn tick(&mut self) {
@@ -656,6 +735,9 @@ impl Agent {
                         );
                         if i == sensor_common::counters::RINGBUF_RESERVE_FAILED as usize {
                             self.store.lost("kernel", grew);
+                            let body = serde_json::json!({ "source": "kernel", "count": grew })
+                                .to_string();
+                            self.spool_append("gap", now_unix_ns(), &body);
                         }
                     }
                 }
@@ -727,7 +809,10 @@ impl Agent {
                 }
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),
-                Some(c) = commands.recv() => self.handle(c),
+                                Some(c) = commands.recv() => {
+                    self.handle(c);
+                    self.spool_sync();
+                },
                 _ = &mut shutdown => break,
             }
         }
@@ -770,5 +855,81 @@ fn reason_pb(c: &Compiled, r: &TagReason) -> pb::TagReason {
         classes: enrich::class_names(c, r.classes),
         why,
         at_unix_ms: unix_ms(r.at),
+    }
+}
+
+/// A spooled record: `{"k": kind, "t": unix ns, "b": body}`.
+fn encode_spooled(kind: &str, time_unix_ns: i64, body_json: &str) -> Vec<u8> {
+    let body: serde_json::Value =
+        serde_json::from_str(body_json).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "k": kind, "t": time_unix_ns, "b": body })
+        .to_string()
+        .into_bytes()
+}
+
+/// The delivery form of a spooled record (an undecodable one is delivered as a
+/// "corrupt" record rather than lost).
+fn decode_spooled(seq: u64, payload: &[u8]) -> cpb::Record {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => cpb::Record {
+            seq,
+            kind: v["k"].as_str().unwrap_or("unknown").to_owned(),
+            time_unix_ns: v["t"].as_i64().unwrap_or(0),
+            body_json: v["b"].to_string(),
+        },
+        Err(_) => cpb::Record {
+            seq,
+            kind: "corrupt".into(),
+            time_unix_ns: 0,
+            body_json: "null".into(),
+        },
+    }
+}
+
+fn now_unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Appends a record to the spool (when delivering to a collector).
+    fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
+        let Some(s) = &mut self.spool else { return };
+        if let Err(e) = s.append(&encode_spooled(kind, time_unix_ns, body_json)) {
+            error!(error = %e, kind, "appending to the spool failed; the record is only in the log");
+        }
+    }
+
+    /// Makes what was appended durable and records gaps: audit records waiting,
+    /// records the full spool dropped.
+    fn spool_sync(&mut self) {
+        for a in self.audit.take_pending() {
+            let t =
+                a.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+            self.spool_append("audit", t, &a.to_json());
+        }
+        let Some(s) = &mut self.spool else { return };
+        if let Some(d) = s.take_dropped() {
+            warn!(
+                count = d.count,
+                first_seq = d.first_seq,
+                last_seq = d.last_seq,
+                "the spool was full: records dropped (reported as a gap)"
+            );
+            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq }).to_string();
+            self.spool_append("gap", now_unix_ns(), &body);
+        }
+        if let Some(s) = &mut self.spool
+            && let Err(e) = s.flush()
+        {
+            error!(error = %e, "fsync of the spool failed");
+        }
+        self.metrics
+            .spool_depth
+            .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);
     }
 }

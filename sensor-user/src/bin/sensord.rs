@@ -172,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| root.clone()),
         cgroup_root: root,
         history: args.history.unwrap_or(file.history),
+        spool_dir: (!file.collector.endpoints.is_empty()).then(|| file.collector.spool_dir.clone()),
     };
     let (agent, events, store) = Agent::start(cfg)?;
     if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {
@@ -183,6 +184,12 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let (handle, commands) = Agent::channel();
+    if !file.collector.endpoints.is_empty() {
+        let endpoints = file.collector.endpoints.clone();
+        let host = agent.host_id();
+        let h = handle.clone();
+        tokio::spawn(async move { sensor_user::export::deliver::run(endpoints, host, h).await });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -1,5 +1,5 @@
 //! Getting records off the host without losing any: the durable outbound
-//! spool (this module's [`spool`]), and (with the collector) the stream that
-//! drains it.
+//! [`spool`], and [`deliver`], the stream that drains it into the collector.
 
+pub mod deliver;
 pub mod spool;

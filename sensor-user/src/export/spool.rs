@@ -33,6 +33,9 @@ use std::{
 
 const HEADER: usize = 16;
 
+/// Keeps the next sequence number when no segment is left to tell it.
+const NEXT_SEQ_FILE: &str = "next_seq";
+
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -205,7 +208,14 @@ impl Spool {
                 _ => fs::remove_file(&path)?,
             }
         }
-        let next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
+        // Numbering continues after the highest sequence ever handed out, even
+        // when every segment has been acknowledged and deleted: a reused
+        // sequence would be ignored by the collector as a duplicate.
+        let recorded: u64 = fs::read_to_string(dir.join(NEXT_SEQ_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        let next_seq = segments.last().map_or(1, |s| s.last_seq + 1).max(recorded);
         Ok((
             Spool {
                 dir: dir.to_owned(),
@@ -271,6 +281,7 @@ impl Spool {
                         self.tail = None;
                         if let Some(s) = self.segments.first() {
                             let (f, l) = (s.first_seq, s.last_seq);
+                            self.save_next_seq()?;
                             fs::remove_file(&s.path)?;
                             self.segments.clear();
                             self.note_dropped(f, l);
@@ -357,8 +368,22 @@ impl Spool {
             let s = self.segments.remove(0);
             if self.segments.is_empty() {
                 self.tail = None;
+                self.save_next_seq()?;
             }
             fs::remove_file(&s.path)?;
+        }
+        Ok(())
+    }
+
+    /// Records the next sequence durably (before the last segment goes).
+    fn save_next_seq(&self) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{NEXT_SEQ_FILE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(self.next_seq.to_string().as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join(NEXT_SEQ_FILE))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
         }
         Ok(())
     }
@@ -403,6 +428,9 @@ mod tests {
         assert_eq!(payloads(&s)[4], (5, "r4".into()));
         s.ack(5).unwrap();
         assert_eq!(s.depth(), 0);
+        drop(s);
+        // Numbering survives an empty spool and a restart.
+        let (mut s, _) = Spool::open(&d, Options::default()).unwrap();
         assert_eq!(
             s.append(b"after").unwrap(),
             Some(6),

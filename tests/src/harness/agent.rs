@@ -140,6 +140,12 @@ impl RunningAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash (the temporary directory is kept until drop).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGHUP (policy reload).
     pub fn hup(&self) {
         // SAFETY: kill has no memory-safety preconditions.

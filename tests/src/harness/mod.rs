@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod cgroup;
+pub mod collector;
 pub mod netns;
 pub mod pki;
 pub mod privilege;
