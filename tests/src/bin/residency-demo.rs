@@ -1,6 +1,6 @@
 //! residency-demo: the product in one command (`cargo xtask demo`).
 //!
-//! Starts the real sensord with the default region dataset and a policy whose
+//! Starts collectord and the real sensord with the default region dataset and a policy whose
 //! EU-personal-data class is carried by a demonstration cgroup; makes two
 //! "remote hosts" in network namespaces, one in Frankfurt and one in Virginia;
 //! runs a process in the cgroup that sends data to both; shows what the agent
@@ -13,6 +13,7 @@ use std::{process::Command, time::Duration};
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
+    collector::RunningCollector,
     netns::TestNet,
     privilege::require_root,
     probe,
@@ -60,7 +61,31 @@ fn main() {
     say(
         "starting sensord with the default region dataset and a policy for class eu_personal (monitor mode)",
     );
-    let agent = RunningAgent::start_with(&policy(&rel), "", &["--regions", &regions_arg]);
+    let dir = std::env::temp_dir().join(format!("rs-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("demo directory");
+    let collector = RunningCollector::start(&dir);
+    println!(
+        "collectord listening on {} (database {})",
+        collector.endpoint(),
+        collector.db.display()
+    );
+    let config = dir.join("sensord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
+            collector.endpoint(),
+            dir.join("spool").display()
+        ),
+    )
+    .expect("agent config");
+    let config_arg = config.display().to_string();
+    let agent = RunningAgent::start_with(
+        &policy(&rel),
+        "",
+        &["--regions", &regions_arg, "--config", &config_arg],
+    );
     ctl(&agent, &["status"]);
 
     let fra = net.frankfurt.tcp_server(false);
@@ -118,5 +143,28 @@ fn main() {
         iad.received() - before
     );
     ctl(&agent, &["violations"]);
-    say("done: stopping sensord and removing the demo cgroup and network namespaces");
+    say("what the collector stored (durably, exactly once) for the auditor");
+    std::thread::sleep(Duration::from_millis(1500));
+    let stored = collector
+        .store()
+        .query("violation", Some("demo-host"), 10)
+        .expect("query the collector");
+    println!(
+        "{:<6} {:<22} {:<8} {}",
+        "SEQ", "REMOTE", "ACTION", "CLASSES"
+    );
+    for r in stored.iter().rev() {
+        let v: serde_json::Value = serde_json::from_str(&r.body_json).unwrap_or_default();
+        println!(
+            "{:<6} {:<22} {:<8} {}",
+            r.seq,
+            v["remote"].as_str().unwrap_or("?"),
+            v["action"].as_str().unwrap_or("?"),
+            v["classes"]
+        );
+    }
+    say("done: stopping sensord and collectord, removing the demo cgroup and network namespaces");
+    drop(agent);
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
 }
