@@ -149,10 +149,7 @@ fn main() {
         .store()
         .query("violation", Some("demo-host"), 10)
         .expect("query the collector");
-    println!(
-        "{:<6} {:<22} {:<8} {}",
-        "SEQ", "REMOTE", "ACTION", "CLASSES"
-    );
+    println!("{:<6} {:<22} {:<8} CLASSES", "SEQ", "REMOTE", "ACTION");
     for r in stored.iter().rev() {
         let v: serde_json::Value = serde_json::from_str(&r.body_json).unwrap_or_default();
         println!(
