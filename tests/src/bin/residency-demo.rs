@@ -17,20 +17,34 @@ use harness::harness::{
     netns::TestNet,
     privilege::require_root,
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::cgroup_rel,
 };
 use sensor_user::regions;
 
+/// The shipped example policy, plus what the demonstration needs: its two
+/// "remote" hosts as sites and its cgroup as a selector of eu_personal.
 fn policy(cgroup_rel: &str) -> String {
-    FixturePolicy {
-        host_id: "demo-host",
-        aggregation: "10s",
-        mode: "monitor",
-        allowed: r#"["EEA", "CH"]"#,
-        cgroup_rel,
-        class_extra: "",
-    }
-    .text()
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policy.toml"
+    ))
+    .expect("examples/policy.toml");
+    format!(
+        r#"{example}
+# --- added by the demonstration ---
+[sites.demo-fra]
+cidrs = ["198.51.100.0/24", "2001:db8:de::/48"]
+country = "DE"
+
+[sites.demo-iad]
+cidrs = ["203.0.113.0/24", "2001:db8:a5::/48"]
+country = "US"
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "{cgroup_rel}"
+"#
+    )
 }
 
 fn say(s: &str) {
@@ -59,7 +73,7 @@ fn main() {
     );
     let regions_arg = regions_dir.display().to_string();
     say(
-        "starting sensord with the default region dataset and a policy for class eu_personal (monitor mode)",
+        "starting sensord with the default region dataset and examples/policy.toml (class eu_personal, monitor mode) plus the demo's sites and cgroup",
     );
     let dir = std::env::temp_dir().join(format!("rs-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -145,9 +159,13 @@ fn main() {
     ctl(&agent, &["violations"]);
     say("what the collector stored (durably, exactly once) for the auditor");
     std::thread::sleep(Duration::from_millis(1500));
+    let host = agent.ctl_json(&["status"])["host_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let stored = collector
         .store()
-        .query("violation", Some("demo-host"), 10)
+        .query("violation", Some(&host), 10)
         .expect("query the collector");
     println!("{:<6} {:<22} {:<8} CLASSES", "SEQ", "REMOTE", "ACTION");
     for r in stored.iter().rev() {
