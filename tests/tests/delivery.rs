@@ -11,6 +11,7 @@ use harness::harness::{
     netns::TestNet,
     probe,
     scenario::{FixturePolicy, cgroup_rel},
+    temp::TempPath,
 };
 
 const HOST: &str = "delivery-host";
@@ -51,9 +52,8 @@ fn wait_for_violations(c: &RunningCollector, want: u64) {
 fn every_violation_arrives_exactly_once_through_collector_and_agent_crashes() {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let dir = std::env::temp_dir().join(format!("rs-delivery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = TempPath::dir("delivery");
+    let dir = tmp.path().to_owned();
     let mut collector = RunningCollector::start(&dir);
     let config = dir.join("sensord.toml");
     std::fs::write(
@@ -119,5 +119,4 @@ fn every_violation_arrives_exactly_once_through_collector_and_agent_crashes() {
     );
     drop(agent);
     drop(collector);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,6 @@
 //! loop) never lets the kernel see an empty or partial table.
 
 use std::{
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,29 +16,13 @@ use harness::harness::{
     probe,
     scenario::{FixturePolicy, cgroup_rel},
     sensor::SensorFixture,
+    temp::TempPath,
 };
 use sensor_user::{
     ledger::TagLedger,
     policy::{apply, source::PolicySource},
     system::mountinfo,
 };
-
-/// A file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("rs-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).expect("writing a temp file");
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn policy_text(cgroup: &str, variant: u32) -> String {
     // The denied prefix changes every reload so each one rewrites the table.
@@ -62,14 +45,14 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     let net = TestNet::create();
     let root = mountinfo::cgroup2_mount().expect("cgroup2");
     let rel = cgroup_rel(&cgroup);
-    let regions = TempFile::new(
+    let regions = TempPath::file(
         "regions.csv",
         "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n",
     );
-    let policy = TempFile::new("policy.toml", &policy_text(&rel, 1));
+    let policy = TempPath::file("policy.toml", &policy_text(&rel, 1));
     let source = PolicySource {
-        policy: policy.0.clone(),
-        regions: regions.0.clone(),
+        policy: policy.path().to_owned(),
+        regions: regions.path().to_owned(),
         aws_ranges: None,
     };
     let mut ledger = TagLedger::default();
@@ -107,7 +90,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     };
     let mut generations = Vec::new();
     for i in 0..100 {
-        std::fs::write(&policy.0, policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
+        std::fs::write(policy.path(), policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
         let c = source.build().expect("policy builds");
         let r = apply::apply(&mut fx.sensor, &c, &root, &mut ledger).expect("apply");
         generations.push(r.generation);
@@ -145,14 +128,14 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
 
 #[test]
 fn a_policy_that_does_not_build_changes_nothing() {
-    let regions = TempFile::new("regions2.csv", "1.0.0.0,1.0.0.255,AU\n");
-    let policy = TempFile::new(
+    let regions = TempPath::file("regions2.csv", "1.0.0.0,1.0.0.255,AU\n");
+    let policy = TempPath::file(
         "bad-policy.toml",
         "[classes.eu]\nallowed_jurisdictions = [\"EU28\"]\n",
     );
     let source = PolicySource {
-        policy: policy.0.clone(),
-        regions: regions.0.clone(),
+        policy: policy.path().to_owned(),
+        regions: regions.path().to_owned(),
         aws_ranges: None,
     };
     let e = source.build().expect_err("must be rejected").to_string();

@@ -3,11 +3,12 @@
 //! explicit tags, failsafe and loopback destinations, aggregation, tag lifetime
 //! over 10,000 processes, and a full tag map.
 
-use std::{os::unix::process::CommandExt, path::PathBuf, time::Duration};
+use std::{os::unix::process::CommandExt, time::Duration};
 
 use harness::harness::{
     probe::{self, Waiting},
     scenario::{EU_BIT, Scenario},
+    temp::TempPath,
 };
 use sensor_common::{
     counters,
@@ -28,15 +29,6 @@ fn flows(sc: &mut Scenario, tgid: u32, n: usize) -> Vec<sensor_common::flow::Flo
     })
 }
 
-/// A file removed on drop.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn exe_selector_matches_the_file_through_a_symlink_but_not_a_copy() {
     let mut sc = Scenario::without_selector(Mode::Monitor);
@@ -45,17 +37,15 @@ fn exe_selector_matches_the_file_through_a_symlink_but_not_a_copy() {
         .sensor
         .add_exe_selector(&netprobe, 0)
         .expect("exe selector");
-    let link =
-        TempPath(std::env::temp_dir().join(format!("rs-netprobe-link-{}", std::process::id())));
-    std::os::unix::fs::symlink(&netprobe, &link.0).expect("symlink");
-    let copy =
-        TempPath(std::env::temp_dir().join(format!("rs-netprobe-copy-{}", std::process::id())));
-    std::fs::copy(&netprobe, &copy.0).expect("copy");
+    let link = TempPath::new("netprobe-link");
+    std::os::unix::fs::symlink(&netprobe, link.path()).expect("symlink");
+    let copy = TempPath::new("netprobe-copy");
+    std::fs::copy(&netprobe, copy.path()).expect("copy");
     let server = sc.net.virginia.udp_server(false);
     let target = server.addr.to_string();
 
     let via_link = probe::run({
-        let mut c = std::process::Command::new(&link.0);
+        let mut c = std::process::Command::new(link.path());
         c.args(["udp-sendto", &target]);
         c
     });
@@ -75,7 +65,7 @@ fn exe_selector_matches_the_file_through_a_symlink_but_not_a_copy() {
     assert_eq!(f[0].action, action::REPORTED);
 
     let via_copy = probe::run({
-        let mut c = std::process::Command::new(&copy.0);
+        let mut c = std::process::Command::new(copy.path());
         c.args(["udp-sendto", &target]);
         c
     });

@@ -8,3 +8,4 @@ pub mod probe;
 pub mod scenario;
 pub mod sensor;
 pub mod slot;
+pub mod temp;
