@@ -80,33 +80,33 @@ fn every_violation_arrives_exactly_once_through_collector_and_agent_crashes() {
     let target = server.addr.to_string();
 
     let mut agent = RunningAgent::start_with(&policy, regions, &cfg);
-    violate(&cgroup, &target, 300);
-    wait_for_violations(&collector, 300);
+    violate(&cgroup, &target, 6000);
+    wait_for_violations(&collector, 6000);
 
     // The collector crashes; violations keep coming and wait in the spool.
     collector.kill9();
-    violate(&cgroup, &target, 300);
+    violate(&cgroup, &target, 6000);
     std::thread::sleep(Duration::from_millis(500));
     let st = agent.ctl_json(&["status"]);
     assert!(
-        st["spool_depth"].as_u64().unwrap_or(0) >= 300,
+        st["spool_depth"].as_u64().unwrap_or(0) >= 6000,
         "spooled while the collector is down: {st}"
     );
     collector.restart();
-    wait_for_violations(&collector, 600);
+    wait_for_violations(&collector, 12_000);
 
     // Crash it again, mid-delivery this time.
-    violate(&cgroup, &target, 300);
+    violate(&cgroup, &target, 6000);
     collector.kill9();
     collector.restart();
-    wait_for_violations(&collector, 900);
+    wait_for_violations(&collector, 18_000);
 
     // The agent crashes; a new one resumes from the same spool.
     agent.kill9();
     drop(agent);
     let agent = RunningAgent::start_with(&policy, regions, &cfg);
-    violate(&cgroup, &target, 100);
-    wait_for_violations(&collector, 1000);
+    violate(&cgroup, &target, 2000);
+    wait_for_violations(&collector, 20_000);
 
     // Exactly once, and no sequence missing (violations, audit and gap records
     // share one sequence per host).
