@@ -3,6 +3,8 @@
 //!
 //! - [`store`]: SQLite storage (WAL), idempotent by (host, sequence).
 //! - [`service`]: the `residency.collector.v1` gRPC service.
+//! - [`export`]: CSV and JSON-lines reports.
 
+pub mod export;
 pub mod service;
 pub mod store;

@@ -113,6 +113,32 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records in a time window (`since` ≤ time < `until`, Unix ns), optionally
+    /// of one kind and host, in host and sequence order.
+    pub fn range(
+        &self,
+        kind: Option<&str>,
+        host: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT host, seq, kind, time_ns, body FROM records
+             WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR host = ?2) AND time_ns >= ?3 AND time_ns < ?4
+             ORDER BY host, seq",
+        )?;
+        let rows = stmt.query_map(params![kind, host, since, until], |r| {
+            Ok(StoredRecord {
+                host_id: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                kind: r.get(2)?,
+                time_unix_ns: r.get(3)?,
+                body_json: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Number of records of a host of one kind.
     pub fn count_kind(&self, host: &str, kind: &str) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(
