@@ -114,7 +114,7 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// `[collector]` (used from the collector issue on).
+/// `[collector]`: delivery of violations, audit and gap records.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
