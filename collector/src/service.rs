@@ -108,6 +108,19 @@ impl Collector for CollectorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::HostList>, Status> {
+        let hosts = self
+            .store
+            .lock()
+            .await
+            .hosts()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::HostList { hosts }))
+    }
+
     async fn query_violations(
         &self,
         req: Request<pb::ViolationQuery>,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use residency_proto::collector::v1::{Record, StoredRecord};
+use residency_proto::collector::v1::{HostSummary, Record, StoredRecord};
 use rusqlite::{Connection, params};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many ran.
@@ -139,6 +139,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every host with its last-seen time, last sequence and counts by kind.
+    pub fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT host, MAX(stored_ns), MAX(seq),
+                    SUM(kind = 'violation'), SUM(kind = 'gap'), SUM(kind = 'audit')
+             FROM records GROUP BY host ORDER BY host",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HostSummary {
+                host_id: r.get(0)?,
+                last_seen_unix_ns: r.get(1)?,
+                last_seq: r.get::<_, i64>(2)? as u64,
+                violations: r.get::<_, i64>(3)? as u64,
+                gaps: r.get::<_, i64>(4)? as u64,
+                audits: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Number of records of a host of one kind.
     pub fn count_kind(&self, host: &str, kind: &str) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(
@@ -195,6 +215,15 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.last_seq("a").unwrap(), 4);
         assert_eq!(s.count("a").unwrap(), 4);
+        let hosts = s.hosts().unwrap();
+        assert_eq!(
+            hosts
+                .iter()
+                .map(|h| (h.host_id.as_str(), h.last_seq, h.violations))
+                .collect::<Vec<_>>(),
+            vec![("a", 4, 4), ("b", 1, 1)]
+        );
+        assert!(hosts[0].last_seen_unix_ns > 0);
         let q = s.query("violation", Some("a"), 2).unwrap();
         assert_eq!(q.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 3]);
         for suffix in ["", "-wal", "-shm"] {

@@ -117,6 +117,14 @@ fn every_violation_arrives_exactly_once_through_collector_and_agent_crashes() {
         last,
         "sequences 1..={last} all stored, none twice"
     );
+    // What an auditor's host listing shows: every violation, and no gap (no loss
+    // anywhere on the way).
+    let hosts = store.hosts().expect("hosts");
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(
+        (hosts[0].violations, hosts[0].gaps, hosts[0].last_seq),
+        (20_000, 0, last)
+    );
     drop(agent);
     drop(collector);
 }
