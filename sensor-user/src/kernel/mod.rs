@@ -64,6 +64,25 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> S
     move |source| SensorError::Program { name, source }
 }
 
+/// Runs a program load, again when the kernel answers EAGAIN: the verifier gives
+/// up with EAGAIN when a signal arrives while it works (a SIGCHLD is enough; seen
+/// with many loads in parallel on 6.18). libbpf retries the same way.
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A program of `ebpf` by name, as its concrete type.
 fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SensorError>
 where
@@ -84,17 +103,17 @@ impl KernelSensor {
         let mut ebpf = Ebpf::load(OBJECT)?;
         for &name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = load_program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
         for &name in SOCK_PROGRAMS {
             let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
         let prog: &mut SockOps = load_program(&mut ebpf, SOCK_OPS_PROGRAM)?;
-        prog.load().map_err(prog_err(SOCK_OPS_PROGRAM))?;
+        retry_eagain(|| prog.load()).map_err(prog_err(SOCK_OPS_PROGRAM))?;
         for &(name, _, _) in TRACEPOINTS {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
         let mut config = Config::DEFAULT;
         offsets::discover(&mut config, &tracefs);
