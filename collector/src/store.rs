@@ -20,6 +20,17 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE records (
     );
     CREATE INDEX records_kind_time ON records (kind, time_ns);"];
 
+/// A row of `SELECT host, seq, kind, time_ns, body`.
+fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    Ok(StoredRecord {
+        host_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        kind: r.get(2)?,
+        time_unix_ns: r.get(3)?,
+        body_json: r.get(4)?,
+    })
+}
+
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,15 +112,7 @@ impl Store {
             "SELECT host, seq, kind, time_ns, body FROM records WHERE kind = ?1 AND (?2 IS NULL OR host = ?2)
              ORDER BY time_ns DESC, seq DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![kind, host, limit as i64], |r| {
-            Ok(StoredRecord {
-                host_id: r.get(0)?,
-                seq: r.get::<_, i64>(1)? as u64,
-                kind: r.get(2)?,
-                time_unix_ns: r.get(3)?,
-                body_json: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![kind, host, limit as i64], stored_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -127,15 +130,7 @@ impl Store {
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR host = ?2) AND time_ns >= ?3 AND time_ns < ?4
              ORDER BY host, seq",
         )?;
-        let rows = stmt.query_map(params![kind, host, since, until], |r| {
-            Ok(StoredRecord {
-                host_id: r.get(0)?,
-                seq: r.get::<_, i64>(1)? as u64,
-                kind: r.get(2)?,
-                time_unix_ns: r.get(3)?,
-                body_json: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![kind, host, since, until], stored_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -371,44 +371,37 @@ impl KernelSensor {
             });
             e.classes |= bit;
         }
-        let map = self
-            .ebpf
-            .map_mut("TAINT")
-            .ok_or(SensorError::MissingMap("TAINT"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], TaintSource> =
-            LpmTrie::try_from(map).map_err(map_err("TAINT"))?;
-        let old: Vec<PrefixKey> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| (k.prefix_len(), k.data()))
-            .collect();
-        for (k, v) in &want {
-            trie.insert(&Key::new(k.0, k.1), v, 0)
-                .map_err(map_err("TAINT"))?;
-        }
-        for k in old.iter().filter(|k| !want.contains_key(*k)) {
-            let _ = trie.remove(&Key::new(k.0, k.1));
-        }
-        Ok(())
+        self.replace_prefixes("TAINT", &want)
     }
 
     /// Makes the failsafe prefixes exactly `nets`, new ones first.
     pub fn set_failsafe(&mut self, nets: &[IpNet]) -> Result<(), SensorError> {
-        let want: HashMap<PrefixKey, ()> = nets.iter().map(|n| (prefix_key(n), ())).collect();
+        let want: HashMap<PrefixKey, u8> = nets.iter().map(|n| (prefix_key(n), 1)).collect();
+        self.replace_prefixes("FAILSAFE", &want)
+    }
+
+    /// Makes the LPM trie `name` hold exactly `want`: new and changed entries
+    /// are written first, stale ones removed after, so an entry both sets share
+    /// is never missing.
+    fn replace_prefixes<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        want: &HashMap<PrefixKey, V>,
+    ) -> Result<(), SensorError> {
         let map = self
             .ebpf
-            .map_mut("FAILSAFE")
-            .ok_or(SensorError::MissingMap("FAILSAFE"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-            LpmTrie::try_from(map).map_err(map_err("FAILSAFE"))?;
+            .map_mut(name)
+            .ok_or(SensorError::MissingMap(name))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], V> =
+            LpmTrie::try_from(map).map_err(map_err(name))?;
         let old: Vec<PrefixKey> = trie
             .keys()
             .filter_map(Result::ok)
             .map(|k| (k.prefix_len(), k.data()))
             .collect();
-        for k in want.keys() {
-            trie.insert(&Key::new(k.0, k.1), 1, 0)
-                .map_err(map_err("FAILSAFE"))?;
+        for (k, v) in want {
+            trie.insert(&Key::new(k.0, k.1), v, 0)
+                .map_err(map_err(name))?;
         }
         for k in old.iter().filter(|k| !want.contains_key(*k)) {
             let _ = trie.remove(&Key::new(k.0, k.1));
