@@ -1,10 +1,15 @@
 //! The collector: receives every agent's records over a delivery stream, stores
-//! them durably and exactly once, and serves them to auditors.
+//! them durably and exactly once, serves them to auditors, and carries
+//! operators' commands to the fleet.
 //!
-//! - [`store`]: SQLite storage (WAL), idempotent by (host, sequence).
+//! - [`store`]: SQLite or PostgreSQL storage, idempotent by (host, sequence).
 //! - [`service`]: the `residency.collector.v1` gRPC service.
+//! - [`auth`]: callers' roles from their certificates.
+//! - [`fleet`]: connected agents and commands to them.
 //! - [`export`]: CSV and JSON-lines reports.
 
+pub mod auth;
 pub mod export;
+pub mod fleet;
 pub mod service;
 pub mod store;

@@ -1,49 +1,220 @@
 //! The `residency.collector.v1.Collector` service.
 //!
-//! One writer: every delivery stream sends its batches to the store task over a
-//! channel and waits for the commit before acknowledging.
+//! Delivery streams share one store (one writer at a time): each batch is
+//! committed, then acknowledged, then published to live watchers. Operators'
+//! commands go to agents through [`Fleet`].
 
-use std::{pin::Pin, sync::Arc};
-
-use residency_proto::collector::v1::{
-    self as pb, agent_message::Message as In, collector_message::Message as Out,
-    collector_server::Collector,
+use std::{
+    net::IpAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::sync::{Mutex, mpsc};
+
+use ipnet::IpNet;
+use residency_proto::collector::v1::{
+    self as pb, agent_command::Command as Cmd, agent_message::Message as In,
+    collector_message::Message as Out, collector_server::Collector,
+};
+use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::store::Store;
+use crate::{
+    auth::{Caller, Roles},
+    fleet::Fleet,
+    store::{
+        Store,
+        filter::{Cursor, Filter, Indexed},
+    },
+};
 
-/// The service; the store is shared by every stream (one writer at a time).
+/// A stored record as watchers see it.
+type Stored = Arc<(String, pb::Record, Indexed)>;
+
+/// Records a watcher may fall behind by before its stream ends.
+const WATCH_BUFFER: usize = 16_384;
+
+/// Longest exception.
+const MAX_EXCEPTION: Duration = Duration::from_secs(30 * 86_400);
+
+/// The service.
 #[derive(Clone)]
 pub struct CollectorService {
     store: Arc<Mutex<Store>>,
+    roles: Arc<Roles>,
+    fleet: Arc<Fleet>,
+    stored: broadcast::Sender<Stored>,
+    exceptions: Arc<AtomicU64>,
 }
 
 impl CollectorService {
-    pub fn new(store: Store) -> CollectorService {
+    pub fn new(store: Store, roles: Roles) -> CollectorService {
         CollectorService {
             store: Arc::new(Mutex::new(store)),
+            roles: Arc::new(roles),
+            fleet: Arc::new(Fleet::default()),
+            stored: broadcast::channel(WATCH_BUFFER).0,
+            exceptions: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
-type OutStream = Pin<Box<dyn Stream<Item = Result<pb::CollectorMessage, Status>> + Send>>;
+type OutStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn out(m: Out) -> Result<pb::CollectorMessage, Status> {
     Ok(pb::CollectorMessage { message: Some(m) })
 }
 
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("collector storage: {e}"))
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// `off`, `monitor` or `enforce`.
+fn check_mode(mode: &str) -> Result<(), Status> {
+    match mode {
+        "off" | "monitor" | "enforce" => Ok(()),
+        m => Err(Status::invalid_argument(format!(
+            "mode {m:?} is not one of: off, monitor, enforce"
+        ))),
+    }
+}
+
+/// A prefix (normalised), an address (as a /32 or /128), or an ISO country
+/// code (upper-cased).
+fn check_destination(d: &str) -> Result<String, Status> {
+    if let Ok(net) = d.parse::<IpNet>() {
+        return Ok(net.trunc().to_string());
+    }
+    if let Ok(ip) = d.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip).to_string());
+    }
+    if d.len() == 2 && d.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Ok(d.to_ascii_uppercase());
+    }
+    Err(Status::invalid_argument(format!(
+        "destination {d:?} is neither an IP prefix (203.0.113.0/24), an address, nor an ISO country code (US)"
+    )))
+}
+
+fn target(host_id: &str) -> Option<&str> {
+    (!host_id.is_empty()).then_some(host_id)
+}
+
+impl CollectorService {
+    /// Stores a batch, then publishes it to watchers; returns how many were new.
+    async fn store_batch(&self, host: &str, records: Vec<pb::Record>) -> Result<usize, Status> {
+        let rows: Vec<(pb::Record, Indexed)> = records
+            .into_iter()
+            .map(|r| {
+                let ix = Indexed::of(&r);
+                (r, ix)
+            })
+            .collect();
+        let new = self
+            .store
+            .lock()
+            .await
+            .insert(host, &rows)
+            .await
+            .map_err(internal)?;
+        if self.stored.receiver_count() > 0 {
+            for (r, ix) in rows {
+                let _ = self.stored.send(Arc::new((host.to_owned(), r, ix)));
+            }
+        }
+        Ok(new)
+    }
+
+    /// Reads one delivery stream until it ends.
+    async fn serve_stream(
+        self,
+        host: String,
+        mut incoming: Streaming<pb::AgentMessage>,
+        tx: crate::fleet::StreamTx,
+    ) {
+        while let Some(msg) = incoming.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(host = %host, error = %e, "delivery stream broke");
+                    break;
+                }
+            };
+            match msg.message {
+                Some(In::Batch(batch)) => {
+                    let Some(upto) = batch.records.iter().map(|r| r.seq).max() else {
+                        continue;
+                    };
+                    let n = batch.records.len();
+                    // Commit, then acknowledge: an ack always means durable.
+                    match self.store_batch(&host, batch.records).await {
+                        Ok(new) => {
+                            info!(host = %host, seq = upto, records = n, new, "batch stored");
+                            if tx.send(out(Out::Ack(pb::Ack { seq: upto }))).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(host = %host, error = %e.message(), "storing a batch failed; the agent will resend it");
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                    }
+                }
+                Some(In::State(state)) => {
+                    if let Err(e) = self.store.lock().await.put_state(&host, &state).await {
+                        warn!(host = %host, error = %e, "storing the host's state failed");
+                    }
+                }
+                Some(In::Result(result)) => {
+                    info!(host = %host, command = result.id, error = %result.error, "command answered");
+                    self.fleet.answered(&host, result);
+                }
+                Some(In::Hello(_)) => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "hello may only open a stream",
+                        )))
+                        .await;
+                    break;
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Collector for CollectorService {
-    type DeliverStream = OutStream;
+    type DeliverStream = OutStream<pb::CollectorMessage>;
+    type WatchViolationsStream = OutStream<pb::StoredRecord>;
 
     async fn deliver(
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
+        let caller = self.roles.caller(&req)?;
+        let certified = match caller {
+            Caller::Agent { host } => Some(host),
+            Caller::Local => None,
+            Caller::Auditor { name } | Caller::Operator { name } => {
+                return Err(Status::permission_denied(format!(
+                    "certificate {name:?} is an auditor's or operator's; only agents deliver records"
+                )));
+            }
+        };
         let mut incoming = req.into_inner();
         let first = incoming
             .next()
@@ -54,70 +225,52 @@ impl Collector for CollectorService {
                 "the first message of a delivery stream must be hello",
             ));
         };
-        if hello.host_id.is_empty() {
-            return Err(Status::invalid_argument("hello needs a host_id"));
-        }
-        let host = hello.host_id;
-        let last = self
-            .store
-            .lock()
-            .await
-            .last_seq(&host)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        info!(host = %host, version = %hello.version, last_seq = last, "agent connected");
-        let (tx, rx) = mpsc::channel(16);
-        let _ = tx
-            .send(out(Out::Welcome(pb::Welcome { last_seq: last })))
-            .await;
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let batch = match msg {
-                    Ok(pb::AgentMessage {
-                        message: Some(In::Batch(b)),
-                    }) => b,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        warn!(host = %host, error = %e, "delivery stream ended");
-                        break;
-                    }
-                };
-                let Some(upto) = batch.records.iter().map(|r| r.seq).max() else {
-                    continue;
-                };
-                // Commit, then acknowledge: an ack always means durable.
-                let res = store.lock().await.insert(&host, &batch.records);
-                match res {
-                    Ok(new) => {
-                        info!(host = %host, seq = upto, records = batch.records.len(), new, "batch stored");
-                        if tx.send(out(Out::Ack(pb::Ack { seq: upto }))).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!(
-                                "storing the batch failed: {e}"
-                            ))))
-                            .await;
-                        break;
-                    }
-                }
+        let host = match certified {
+            Some(cert_host) if cert_host != hello.host_id => {
+                warn!(certificate = %cert_host, claimed = %hello.host_id, "refused an agent delivering for another host");
+                return Err(Status::permission_denied(format!(
+                    "this certificate is host {cert_host:?}'s; it may not deliver records for host {:?} (the policy's host id must equal the certificate's common name)",
+                    hello.host_id
+                )));
             }
+            Some(cert_host) => cert_host,
+            None if hello.host_id.is_empty() => {
+                return Err(Status::invalid_argument("hello without a host id"));
+            }
+            None => hello.host_id,
+        };
+        let mut store = self.store.lock().await;
+        if let Some(state) = &hello.state {
+            store.put_state(&host, state).await.map_err(internal)?;
+        }
+        let last_seq = store.last_seq(&host).await.map_err(internal)?;
+        drop(store);
+        info!(host = %host, version = %hello.version, last_seq, "agent connected");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(out(Out::Welcome(pb::Welcome { last_seq })))
+            .await
+            .map_err(|_| Status::unavailable("stream closed"))?;
+        let id = self.fleet.connect(&host, tx.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let fleet = this.fleet.clone();
+            this.serve_stream(host.clone(), incoming, tx).await;
+            fleet.disconnect(&host, id);
+            info!(host = %host, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_hosts(
         &self,
-        _req: Request<pb::ListHostsRequest>,
+        req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::HostList>, Status> {
-        let hosts = self
-            .store
-            .lock()
-            .await
-            .hosts()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        self.roles.reader(&req)?;
+        let mut hosts = self.store.lock().await.hosts().await.map_err(internal)?;
+        let connected = self.fleet.connected();
+        for h in &mut hosts {
+            h.connected = connected.contains(&h.host_id);
+        }
         Ok(Response::new(pb::HostList { hosts }))
     }
 
@@ -125,15 +278,157 @@ impl Collector for CollectorService {
         &self,
         req: Request<pb::ViolationQuery>,
     ) -> Result<Response<pb::ViolationPage>, Status> {
+        self.roles.reader(&req)?;
         let q = req.into_inner();
-        let host = (!q.host_id.is_empty()).then_some(q.host_id.as_str());
-        let limit = if q.limit == 0 { 1000 } else { q.limit };
+        let filter = Filter::violations(&q).map_err(Status::invalid_argument)?;
+        let limit = match q.limit {
+            0 => 1000,
+            n => n.min(10_000),
+        };
         let records = self
             .store
             .lock()
             .await
-            .query("violation", host, limit)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ViolationPage { records }))
+            .page(&filter, limit)
+            .await
+            .map_err(internal)?;
+        let next_page_token = match records.last() {
+            Some(r) if records.len() == limit as usize => Cursor {
+                time_ns: r.time_unix_ns,
+                host: r.host_id.clone(),
+                seq: r.seq as i64,
+            }
+            .token(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ViolationPage {
+            records,
+            next_page_token,
+        }))
+    }
+
+    async fn watch_violations(
+        &self,
+        req: Request<pb::ViolationQuery>,
+    ) -> Result<Response<Self::WatchViolationsStream>, Status> {
+        self.roles.reader(&req)?;
+        let mut filter = Filter::violations(&req.into_inner()).map_err(Status::invalid_argument)?;
+        filter.after = None;
+        let mut rx = self.stored.subscribe();
+        let (tx, out) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let item = match rx.recv().await {
+                    Ok(s) => s,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "this watcher fell {n} records behind and was cut off; catch up with QueryViolations and watch again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let (host, r, ix) = item.as_ref();
+                if !filter.matches(host, r, ix) {
+                    continue;
+                }
+                let rec = pb::StoredRecord {
+                    host_id: host.clone(),
+                    seq: r.seq,
+                    kind: r.kind.clone(),
+                    time_unix_ns: r.time_unix_ns,
+                    body_json: r.body_json.clone(),
+                };
+                if tx.send(Ok(rec)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn set_enforcement(
+        &self,
+        req: Request<pb::FleetSetEnforcementRequest>,
+    ) -> Result<Response<pb::FleetResponse>, Status> {
+        let caller = self.roles.operator(&req, "change enforcement")?;
+        let r = req.into_inner();
+        check_mode(&r.mode)?;
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a reason is required to change enforcement (every agent records it)",
+            ));
+        }
+        info!(actor = %caller.actor(), host = %r.host_id, class = %r.class, mode = %r.mode, reason = %r.reason, "fleet enforcement change");
+        let outcomes = self
+            .fleet
+            .command(
+                target(&r.host_id),
+                &caller.actor(),
+                &r.reason,
+                Cmd::SetEnforcement(pb::SetEnforcementCommand {
+                    class: r.class,
+                    mode: r.mode,
+                }),
+            )
+            .await;
+        Ok(Response::new(pb::FleetResponse {
+            outcomes,
+            exception_id: String::new(),
+        }))
+    }
+
+    async fn grant_exception(
+        &self,
+        req: Request<pb::GrantExceptionRequest>,
+    ) -> Result<Response<pb::FleetResponse>, Status> {
+        let caller = self.roles.operator(&req, "grant exceptions")?;
+        let r = req.into_inner();
+        if r.class.is_empty() {
+            return Err(Status::invalid_argument("an exception needs a class"));
+        }
+        let destination = check_destination(&r.destination)?;
+        let duration = Duration::from_secs(r.duration_seconds);
+        if duration.is_zero() || duration > MAX_EXCEPTION {
+            return Err(Status::invalid_argument(format!(
+                "duration_seconds must be between 1 and {} (30 days); grant again to extend",
+                MAX_EXCEPTION.as_secs()
+            )));
+        }
+        if r.justification.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a justification is required (every agent records it)",
+            ));
+        }
+        let now = now_ns();
+        let id = format!(
+            "exc-{}-{}",
+            now / 1_000_000,
+            self.exceptions.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        let exception = pb::ExceptionState {
+            id: id.clone(),
+            class: r.class,
+            destination,
+            expires_unix_ns: now + duration.as_nanos() as i64,
+            justification: r.justification.clone(),
+            actor: caller.actor(),
+        };
+        info!(actor = %caller.actor(), host = %r.host_id, id = %id, class = %exception.class, destination = %exception.destination, seconds = r.duration_seconds, justification = %r.justification, "granting an exception");
+        let outcomes = self
+            .fleet
+            .command(
+                target(&r.host_id),
+                &caller.actor(),
+                &r.justification,
+                Cmd::GrantException(exception),
+            )
+            .await;
+        Ok(Response::new(pb::FleetResponse {
+            outcomes,
+            exception_id: id,
+        }))
     }
 }

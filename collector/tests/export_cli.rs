@@ -1,6 +1,6 @@
 //! `collectord export` against a real database file.
 
-use collector::store::Store;
+use collector::store::{Store, filter::Indexed};
 use residency_proto::collector::v1::Record;
 
 #[test]
@@ -11,23 +11,27 @@ fn exports_a_time_window_as_jsonl_and_csv() {
     let db = dir.join("c.db");
     let day = 86_400 * 1_000_000_000i64;
     {
-        let mut s = Store::open(&db).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut s = rt.block_on(Store::open(db.to_str().unwrap())).unwrap();
         let rec = |seq: u64, t: i64, kind: &str| Record {
             seq,
             kind: kind.into(),
             time_unix_ns: t,
             body_json: format!(r#"{{"pid":{seq},"action":"denied"}}"#),
         };
-        s.insert(
-            "h1",
-            &[
-                rec(1, day, "violation"),
-                rec(2, 2 * day, "violation"),
-                rec(3, 2 * day + 1, "audit"),
-                rec(4, 3 * day, "violation"),
-            ],
-        )
-        .unwrap();
+        let rows: Vec<_> = [
+            rec(1, day, "violation"),
+            rec(2, 2 * day, "violation"),
+            rec(3, 2 * day + 1, "audit"),
+            rec(4, 3 * day, "violation"),
+        ]
+        .into_iter()
+        .map(|r| {
+            let ix = Indexed::of(&r);
+            (r, ix)
+        })
+        .collect();
+        rt.block_on(s.insert("h1", &rows)).unwrap();
     }
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_collectord"))

@@ -20,3 +20,5 @@ pub mod collector {
 
 /// Encoded file descriptors of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
+
+pub mod identity;

@@ -124,6 +124,25 @@ pub struct CollectorConfig {
     /// Durable outbound spool.
     #[serde(default = "default_spool")]
     pub spool_dir: PathBuf,
+    /// Mutual TLS to the collector (endpoints are then https://).
+    pub tls: Option<CollectorTlsConfig>,
+}
+
+/// `[collector.tls]`: this agent's certificate (its common name must be the
+/// policy's host id: the collector takes the host's identity from it) and the
+/// CA that signed the collector's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorTlsConfig {
+    /// CA that signs the collector's certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The name to expect in the collector's certificate when it differs from
+    /// the endpoint's host name.
+    pub server_name: Option<String>,
 }
 
 impl Default for CollectorConfig {
@@ -131,6 +150,7 @@ impl Default for CollectorConfig {
         CollectorConfig {
             endpoints: Vec::new(),
             spool_dir: default_spool(),
+            tls: None,
         }
     }
 }
@@ -181,6 +201,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             line: 0,
             col: 0,
             msg: format!("log_format {f:?}: write \"human\" or \"json\""),
+        });
+    }
+    let scheme = if cfg.collector.tls.is_some() {
+        "https://"
+    } else {
+        "http://"
+    };
+    if let Some(e) = cfg
+        .collector
+        .endpoints
+        .iter()
+        .find(|e| !e.starts_with(scheme))
+    {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            line: 0,
+            col: 0,
+            msg: format!(
+                "[collector] endpoint {e:?} must start with {scheme} ({})",
+                if cfg.collector.tls.is_some() {
+                    "[collector.tls] is set"
+                } else {
+                    "add [collector.tls] for https://"
+                }
+            ),
         });
     }
     Ok(cfg)

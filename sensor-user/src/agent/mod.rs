@@ -38,12 +38,13 @@ use crate::{
     ledger::{TagLedger, TagReason, Why},
     policy::{
         apply,
-        compile::{self, Compiled},
+        compile::Compiled,
+        exceptions::{self, Exception},
         explain,
         source::{BuildError, PolicySource},
         validate,
     },
-    procscan, regions,
+    procscan,
 };
 
 /// Why a command failed; the API maps these to gRPC codes.
@@ -123,6 +124,13 @@ pub enum Command {
     },
     /// Reload the policy from its file (SIGHUP).
     Reload,
+    /// What the collector is told about this host.
+    HostState(Reply<cpb::HostState>),
+    /// Grant (or replace, by id) an exception from the collector.
+    GrantException {
+        state: cpb::ExceptionState,
+        reply: Reply<()>,
+    },
 }
 
 /// A cheap, cloneable way to talk to the agent task.
@@ -181,6 +189,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     spool: Option<Spool>,
     collector_state: String,
+    /// Exceptions in force (persisted in the spool directory).
+    exceptions: Vec<Exception>,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -197,7 +207,19 @@ impl Agent {
     /// shared record store.
     pub fn start(cfg: AgentConfig) -> anyhow::Result<(Agent, EventReader, Arc<FlowStore>)> {
         use anyhow::Context;
-        let compiled = cfg.source.build().context("while building the policy")?;
+        let exceptions = match &cfg.spool_dir {
+            Some(dir) => exceptions::load(dir).with_context(|| {
+                format!("while reading {}", dir.join(exceptions::FILE).display())
+            })?,
+            None => Vec::new(),
+        };
+        for e in &exceptions {
+            info!(id = %e.state.id, class = %e.state.class, destination = %e.state.destination, expires_unix_ns = e.state.expires_unix_ns, "exception restored");
+        }
+        let compiled = cfg
+            .source
+            .build(&exceptions)
+            .context("while building the policy")?;
         let policy_text = std::fs::read_to_string(&cfg.source.policy).unwrap_or_default();
         let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
         sensor
@@ -222,6 +244,7 @@ impl Agent {
             metrics: Arc::new(Metrics::default()),
             spool: None,
             collector_state: "not configured".into(),
+            exceptions,
         };
         if let Some(dir) = &agent.cfg.spool_dir {
             let (spool, rec) = Spool::open(
@@ -429,16 +452,14 @@ impl Agent {
         reason: String,
         actor: String,
     ) -> Result<pb::ApplyPolicyResponse, CommandError> {
-        let policy = validate::parse(&self.cfg.source.policy, &text)
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
-        let db = regions::load_any(&self.cfg.source.regions)
-            .map_err(|e| CommandError::Internal(format!("region data: {e}")))?;
-        let cloud = match &self.cfg.source.aws_ranges {
-            Some(p) => regions::cloud::load_aws(p)
-                .map_err(|e| CommandError::Internal(format!("cloud ranges: {e}")))?,
-            None => Default::default(),
-        };
-        let compiled = compile::compile(policy, &db, &cloud);
+        let compiled = self
+            .cfg
+            .source
+            .build_text(&text, &self.exceptions)
+            .map_err(|e| match e {
+                BuildError::Policy(e) => CommandError::Invalid(e.to_string()),
+                e => CommandError::Internal(e.to_string()),
+            })?;
         let old: Vec<&str> = self
             .compiled
             .policy
@@ -547,7 +568,7 @@ impl Agent {
 
     fn reload(&mut self) {
         info!(policy = %self.cfg.source.policy.display(), "reloading the policy");
-        match self.cfg.source.build() {
+        match self.cfg.source.build(&self.exceptions) {
             Ok(c) => {
                 let previous = std::mem::replace(&mut self.compiled, c);
                 match self.install() {
@@ -682,6 +703,127 @@ impl Agent {
                     .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);
             }
             Command::Disconnected { why } => self.collector_state = format!("disconnected: {why}"),
+            Command::HostState(r) => drop(r.send(Ok(self.host_state()))),
+            Command::GrantException { state, reply } => {
+                let _ = reply.send(self.grant_exception(state));
+            }
+        }
+    }
+
+    /// What the collector is told about this host.
+    fn host_state(&self) -> cpb::HostState {
+        let drops = self
+            .sensor
+            .counters()
+            .ok()
+            .and_then(|c| {
+                c.get(sensor_common::counters::RINGBUF_RESERVE_FAILED as usize)
+                    .copied()
+            })
+            .unwrap_or(0);
+        cpb::HostState {
+            policy_sha256: self.compiled.policy.hash.clone(),
+            dataset: self
+                .compiled
+                .provenance
+                .as_ref()
+                .map(|d| format!("{} {}", d.name, d.version))
+                .unwrap_or_default(),
+            modes: self
+                .compiled
+                .policy
+                .classes
+                .iter()
+                .map(|c| cpb::ClassModeState {
+                    class: c.name.clone(),
+                    mode: self.mode_of(c).to_string(),
+                })
+                .collect(),
+            kernel_drops: drops,
+            exceptions: self.exceptions.iter().map(|e| e.state.clone()).collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Compiles the policy in force with `list` and installs it; on success
+    /// `list` is in force and persisted.
+    fn install_exceptions(&mut self, list: Vec<Exception>) -> Result<(), CommandError> {
+        let compiled = self
+            .cfg
+            .source
+            .build_text(&self.policy_text, &list)
+            .map_err(|e| CommandError::Internal(format!("rebuilding the policy: {e}")))?;
+        let previous = std::mem::replace(&mut self.compiled, compiled);
+        if let Err(e) = self.install() {
+            self.compiled = previous;
+            return Err(e.into());
+        }
+        if let Some(dir) = &self.cfg.spool_dir
+            && let Err(e) = exceptions::save(dir, &list)
+        {
+            error!(dir = %dir.display(), error = %e, "saving the exceptions failed; they are in force but will not survive a restart");
+        }
+        self.exceptions = list;
+        Ok(())
+    }
+
+    fn grant_exception(&mut self, state: cpb::ExceptionState) -> Result<(), CommandError> {
+        let e = Exception::parse(state).map_err(CommandError::Invalid)?;
+        self.class_id(&e.state.class)?;
+        if e.expired(SystemTime::now()) {
+            return Err(CommandError::Invalid(format!(
+                "exception {} has already expired (check the clocks of the collector and this host)",
+                e.state.id
+            )));
+        }
+        let mut list: Vec<Exception> = self
+            .exceptions
+            .iter()
+            .filter(|x| x.state.id != e.state.id)
+            .cloned()
+            .collect();
+        list.push(e.clone());
+        self.install_exceptions(list)?;
+        let until = e.state.expires_unix_ns / 1_000_000_000;
+        self.audit.record(
+            &e.state.actor,
+            &format!(
+                "granted exception {}: class {} may reach {} until Unix time {until}",
+                e.state.id, e.state.class, e.state.destination
+            ),
+            &e.state.justification,
+        );
+        Ok(())
+    }
+
+    /// Removes exceptions whose time is up.
+    fn expire_exceptions(&mut self) {
+        let now = SystemTime::now();
+        if !self.exceptions.iter().any(|e| e.expired(now)) {
+            return;
+        }
+        let (gone, kept): (Vec<Exception>, Vec<Exception>) = self
+            .exceptions
+            .iter()
+            .cloned()
+            .partition(|e| e.expired(now));
+        match self.install_exceptions(kept) {
+            Ok(()) => {
+                for e in gone {
+                    self.audit.record(
+                        "agent",
+                        &format!(
+                            "exception {} expired: class {} may no longer reach {}",
+                            e.state.id, e.state.class, e.state.destination
+                        ),
+                        &e.state.justification,
+                    );
+                }
+                self.spool_sync();
+            }
+            // Retried at the next tick; the exception stays in force meanwhile,
+            // which is logged loudly.
+            Err(e) => error!(error = %e, "removing expired exceptions failed; retrying in 1 s"),
         }
     }
 
@@ -794,6 +936,7 @@ impl Agent {
         let mut reader = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("while registering the ring buffer: {e}"))?;
         let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         // The kernel wakes us only for violations and tags, or when the buffer
         // fills (see sensor-ebpf emit.rs); flow and close records come here.
         let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
@@ -809,6 +952,7 @@ impl Agent {
                 }
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),
+                _ = expiry_tick.tick() => self.expire_exceptions(),
                                 Some(c) = commands.recv() => {
                     self.handle(c);
                     self.spool_sync();

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use tonic::{Request, Status, transport::server::UdsConnectInfo};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,26 +24,6 @@ pub struct Caller {
     /// For audit records: "uid 0 (pid 1234)", "cert CN=ops-alice".
     pub actor: String,
     pub role: Role,
-}
-
-/// Names a certificate carries: its subject CN and DNS SANs.
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .collect();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                names.push((*d).to_owned());
-            }
-        }
-    }
-    names
 }
 
 /// Authenticates a request.
@@ -64,10 +43,7 @@ pub fn caller<T>(req: &Request<T>, operators: &Arc<Vec<String>>) -> Result<Calle
             )),
         };
     }
-    if let Some(certs) = req.peer_certs()
-        && let Some(leaf) = certs.first()
-    {
-        let names = certificate_names(leaf.as_ref());
+    if let Some(names) = residency_proto::identity::peer_names(req) {
         let Some(first) = names.first().cloned() else {
             return Err(Status::permission_denied(
                 "the client certificate names no one (no CN, no DNS name)",

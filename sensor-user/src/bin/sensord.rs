@@ -186,9 +186,15 @@ async fn main() -> anyhow::Result<()> {
     let (handle, commands) = Agent::channel();
     if !file.collector.endpoints.is_empty() {
         let endpoints = file.collector.endpoints.clone();
+        let tls = match &file.collector.tls {
+            Some(t) => Some(sensor_user::export::deliver::tls_config(t)?),
+            None => None,
+        };
         let host = agent.host_id();
         let h = handle.clone();
-        tokio::spawn(async move { sensor_user::export::deliver::run(endpoints, host, h).await });
+        tokio::spawn(
+            async move { sensor_user::export::deliver::run(endpoints, tls, host, h).await },
+        );
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

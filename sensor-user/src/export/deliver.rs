@@ -1,23 +1,35 @@
 //! Delivery to the collector: a task that reads the spool through the agent
 //! (which owns it), streams batches with their sequence numbers, and tells the
 //! agent to drop what the collector acknowledged — only after its commit.
+//! The same stream carries this host's state up (policy, dataset, modes,
+//! exceptions, kernel drops; sent when it changes) and operators' commands
+//! down (SetEnforcement, GrantException), each answered with a result.
 //! Reconnects back off exponentially with jitter and rotate through the
 //! configured endpoints.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use residency_proto::collector::v1::{
-    self as pb, agent_message::Message as Out, collector_client::CollectorClient,
-    collector_message::Message as In,
+    self as pb, agent_command::Command as Cmd, agent_message::Message as Out,
+    collector_client::CollectorClient, collector_message::Message as In,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tracing::{info, warn};
 
-use crate::agent::{AgentHandle, Command};
+use crate::{
+    agent::{AgentHandle, Command},
+    config::CollectorTlsConfig,
+    kernel::verdicts::Mode,
+};
 
 /// Records per batch.
 const BATCH: usize = 500;
+
+/// How often an idle session looks for new records and state changes.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 fn jitter(base: Duration) -> Duration {
     // Up to +50%, from the clock's nanoseconds: enough to spread a fleet's
@@ -29,16 +41,120 @@ fn jitter(base: Duration) -> Duration {
     base + base.mul_f64(f64::from(n % 500) / 1000.0)
 }
 
+/// Reads the TLS files (at start, so that a wrong path stops the agent with a
+/// clear message rather than failing every reconnect).
+pub fn tls_config(t: &CollectorTlsConfig) -> anyhow::Result<ClientTlsConfig> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .with_context(|| format!("while reading [collector.tls] file {}", p.display()))
+    };
+    let mut c = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&t.ca)?))
+        .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+    if let Some(name) = &t.server_name {
+        c = c.domain_name(name.clone());
+    }
+    Ok(c)
+}
+
+async fn connect(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
+    let mut ep = Channel::from_shared(endpoint.to_owned()).map_err(|e| format!("endpoint: {e}"))?;
+    if let Some(t) = tls {
+        ep = ep.tls_config(t.clone()).map_err(|e| format!("TLS: {e}"))?;
+    }
+    ep.connect().await.map_err(|e| format!("connect: {e}"))
+}
+
+/// Applies an operator's command; the error text goes back to the collector.
+async fn apply(agent: &AgentHandle, c: pb::AgentCommand) -> String {
+    let actor = c.actor;
+    let reason = c.reason;
+    let res = match c.command {
+        Some(Cmd::SetEnforcement(s)) => match s.mode.parse::<Mode>() {
+            Ok(mode) => agent
+                .call(|reply| Command::SetEnforcement {
+                    class: (!s.class.is_empty()).then_some(s.class),
+                    mode,
+                    reason,
+                    actor,
+                    reply,
+                })
+                .await
+                .map(drop),
+            Err(e) => return e,
+        },
+        Some(Cmd::GrantException(state)) => {
+            agent
+                .call(|reply| Command::GrantException { state, reply })
+                .await
+        }
+        None => return "empty command (is this agent older than the collector?)".into(),
+    };
+    match res {
+        Ok(()) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Reads the collector's messages: acknowledgements go to the session,
+/// commands are applied and answered here.
+async fn read_loop(
+    mut incoming: tonic::Streaming<pb::CollectorMessage>,
+    acks: mpsc::Sender<Result<u64, String>>,
+    tx: mpsc::Sender<pb::AgentMessage>,
+    agent: AgentHandle,
+) {
+    let why = loop {
+        match incoming.next().await {
+            Some(Ok(pb::CollectorMessage {
+                message: Some(In::Ack(a)),
+            })) => {
+                if acks.send(Ok(a.seq)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(pb::CollectorMessage {
+                message: Some(In::Command(c)),
+            })) => {
+                let id = c.id;
+                info!(command = id, actor = %c.actor, reason = %c.reason, "command from the collector");
+                let error = apply(&agent, c).await;
+                if !error.is_empty() {
+                    warn!(command = id, error = %error, "command from the collector refused");
+                }
+                let msg = pb::AgentMessage {
+                    message: Some(Out::Result(pb::CommandResult { id, error })),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break format!("collector: {}", e.message()),
+            None => break "the collector closed the stream".into(),
+        }
+    };
+    let _ = acks.send(Err(why)).await;
+}
+
 /// One session with one endpoint; returns why it ended.
-async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(), String> {
-    let mut client = CollectorClient::connect(endpoint.to_owned())
+async fn session(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+    host_id: &str,
+    agent: &AgentHandle,
+) -> Result<(), String> {
+    let mut client = CollectorClient::new(connect(endpoint, tls).await?);
+    let (tx, rx) = mpsc::channel(16);
+    let state = agent
+        .call(Command::HostState)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (tx, rx) = mpsc::channel(4);
+        .map_err(|e| e.to_string())?;
     tx.send(pb::AgentMessage {
         message: Some(Out::Hello(pb::Hello {
             host_id: host_id.into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            state: Some(state.clone()),
         })),
     })
     .await
@@ -52,6 +168,7 @@ async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(
         Some(Ok(pb::CollectorMessage {
             message: Some(In::Welcome(w)),
         })) => w,
+        Some(Err(e)) => return Err(format!("collector: {}", e.message())),
         other => return Err(format!("expected welcome, got {other:?}")),
     };
     // Everything up to last_seq is stored: drop it here too.
@@ -62,8 +179,25 @@ async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(
         })
         .await;
     info!(endpoint, last_seq = welcome.last_seq, "collector connected");
+    let (ack_tx, mut acks) = mpsc::channel(64);
+    let reader = tokio::spawn(read_loop(incoming, ack_tx, tx.clone(), agent.clone()));
+    // The reader ends with the session, however the session ends.
+    let _reader = AbortOnDrop(reader);
+    let mut reported = state;
     let mut next = welcome.last_seq + 1;
     loop {
+        let state = agent
+            .call(Command::HostState)
+            .await
+            .map_err(|e| e.to_string())?;
+        if state != reported {
+            tx.send(pb::AgentMessage {
+                message: Some(Out::State(state.clone())),
+            })
+            .await
+            .map_err(|_| "stream closed".to_owned())?;
+            reported = state;
+        }
         let records = agent
             .call(|reply| Command::ReadSpool {
                 from: next,
@@ -73,7 +207,7 @@ async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(
             .await
             .map_err(|e| e.to_string())?;
         if records.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(IDLE_POLL).await;
             continue;
         }
         let upto = records.last().map(|r| r.seq).unwrap_or(next);
@@ -84,23 +218,20 @@ async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(
         .map_err(|_| "stream closed".to_owned())?;
         // Wait for this batch's acknowledgement (the collector answers in order).
         loop {
-            match tokio::time::timeout(Duration::from_secs(30), incoming.next()).await {
-                Ok(Some(Ok(pb::CollectorMessage {
-                    message: Some(In::Ack(a)),
-                }))) => {
+            match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
+                Ok(Some(Ok(seq))) => {
                     agent
                         .send(Command::Acked {
-                            seq: a.seq,
+                            seq,
                             connected: None,
                         })
                         .await;
-                    if a.seq >= upto {
+                    if seq >= upto {
                         break;
                     }
                 }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => return Err(format!("collector: {}", e.message())),
-                Ok(None) => return Err("the collector closed the stream".into()),
+                Ok(Some(Err(why))) => return Err(why),
+                Ok(None) => return Err("the stream reader stopped".into()),
                 Err(_) => return Err("no acknowledgement in 30 s".into()),
             }
         }
@@ -108,14 +239,27 @@ async fn session(endpoint: &str, host_id: &str, agent: &AgentHandle) -> Result<(
     }
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs forever: delivers the spool to the first reachable endpoint.
-pub async fn run(endpoints: Vec<String>, host_id: String, agent: AgentHandle) {
+pub async fn run(
+    endpoints: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    host_id: String,
+    agent: AgentHandle,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut i = 0;
     loop {
         let endpoint = &endpoints[i % endpoints.len()];
         let started = std::time::Instant::now();
-        let why = match session(endpoint, &host_id, &agent).await {
+        let why = match session(endpoint, tls.as_ref(), &host_id, &agent).await {
             Ok(()) => "session ended".to_owned(),
             Err(e) => e,
         };

@@ -8,10 +8,12 @@
 //! - [`compile`]: (policy × region data × sites) → per-class verdict prefixes.
 //! - [`explain`]: why an address gets the verdict it gets.
 //! - [`apply`]: installs a compiled policy into the kernel.
+//! - [`exceptions`]: operators' time-limited widenings of a class's policy.
 //! - [`source`]: the files a running agent builds its policy from.
 
 pub mod apply;
 pub mod compile;
+pub mod exceptions;
 pub mod explain;
 pub mod model;
 pub mod source;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::{
     compile::{self, Compiled},
+    exceptions::{self, Exception},
     validate::{self, PolicyErrors},
 };
 use crate::regions::{
@@ -33,9 +34,23 @@ pub enum BuildError {
 }
 
 impl PolicySource {
-    /// Reads, checks and compiles.
-    pub fn build(&self) -> Result<Compiled, BuildError> {
-        let policy = validate::load(&self.policy)?;
+    /// Reads, checks and compiles the policy file, widened by `exceptions`.
+    pub fn build(&self, exceptions: &[Exception]) -> Result<Compiled, BuildError> {
+        self.compile(validate::load(&self.policy)?, exceptions)
+    }
+
+    /// Checks and compiles policy text (as if read from the policy file),
+    /// widened by `exceptions`.
+    pub fn build_text(&self, text: &str, exceptions: &[Exception]) -> Result<Compiled, BuildError> {
+        self.compile(validate::parse(&self.policy, text)?, exceptions)
+    }
+
+    fn compile(
+        &self,
+        mut policy: validate::Policy,
+        exceptions: &[Exception],
+    ) -> Result<Compiled, BuildError> {
+        exceptions::widen(&mut policy, exceptions);
         let mut db = regions::load_any(&self.regions)?;
         let cloud = match &self.aws_ranges {
             Some(p) => cloud::load_aws(p)?,

@@ -82,7 +82,7 @@ fn main() {
     println!(
         "collectord listening on {} (database {})",
         collector.endpoint(),
-        collector.db.display()
+        collector.database
     );
     let config = dir.join("sensord.toml");
     std::fs::write(
@@ -163,16 +163,17 @@ fn main() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let stored = collector
-        .store()
-        .query("violation", Some(&host), 10)
-        .expect("query the collector");
+    let stored: Vec<serde_json::Value> = collector
+        .export(Some("violation"))
+        .into_iter()
+        .filter(|r| r["host"] == host.as_str())
+        .collect();
     println!("{:<6} {:<22} {:<8} CLASSES", "SEQ", "REMOTE", "ACTION");
-    for r in stored.iter().rev() {
-        let v: serde_json::Value = serde_json::from_str(&r.body_json).unwrap_or_default();
+    for r in stored.iter().rev().take(10).rev() {
+        let v = &r["record"];
         println!(
             "{:<6} {:<22} {:<8} {}",
-            r.seq,
+            r["seq"],
             v["remote"].as_str().unwrap_or("?"),
             v["action"].as_str().unwrap_or("?"),
             v["classes"]

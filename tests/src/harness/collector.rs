@@ -1,5 +1,6 @@
-//! A real `collectord` for delivery tests: a database in a directory the test
-//! owns (so it survives restarts), killed with SIGKILL on demand, stopped on drop.
+//! A real `collectord` for delivery tests: its database (a SQLite file in a
+//! directory the test owns, or a PostgreSQL URL) survives restarts; killed with
+//! SIGKILL on demand, stopped on drop. Optionally with mutual TLS.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,19 +8,39 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::agent::workspace_bin;
+use residency_proto::collector::v1::collector_client::CollectorClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use super::{agent::workspace_bin, pki};
+
+/// Mutual TLS for a collector: its certificate, the CA, and role names.
+pub struct CollectorTls {
+    pub ca: PathBuf,
+    pub server: pki::Pem,
+    pub auditors: Vec<String>,
+    pub operators: Vec<String>,
+}
 
 /// A running (or killed) collector.
 pub struct RunningCollector {
     child: Option<Child>,
     pub port: u16,
-    pub db: PathBuf,
+    /// --database: a file path or a postgres:// URL.
+    pub database: String,
+    tls: Option<CollectorTls>,
     log: PathBuf,
 }
 
 impl RunningCollector {
-    /// Starts collectord with its database in `dir`.
+    /// Starts collectord with a SQLite database in `dir`, without TLS.
     pub fn start(dir: &Path) -> RunningCollector {
+        let db = dir.join("collector.db").to_string_lossy().into_owned();
+        Self::start_with(dir, &db, None)
+    }
+
+    /// Starts collectord with `database`, and mutual TLS when given; its log
+    /// goes to `dir`.
+    pub fn start_with(dir: &Path, database: &str, tls: Option<CollectorTls>) -> RunningCollector {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("port")
             .local_addr()
@@ -28,7 +49,8 @@ impl RunningCollector {
         let mut c = RunningCollector {
             child: None,
             port,
-            db: dir.join("collector.db"),
+            database: database.to_owned(),
+            tls,
             log: dir.join("collectord.log"),
         };
         c.restart();
@@ -37,7 +59,10 @@ impl RunningCollector {
 
     /// The endpoint agents use.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts it again (same port, same database) and waits until it listens.
@@ -47,11 +72,27 @@ impl RunningCollector {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(workspace_bin("collectord"))
-            .arg("--listen")
+        let mut cmd = Command::new(workspace_bin("collectord"));
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--database")
-            .arg(&self.db)
+            .arg(&self.database);
+        if let Some(t) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&t.server.cert)
+                .arg("--tls-key")
+                .arg(&t.server.key)
+                .arg("--client-ca")
+                .arg(&t.ca);
+            for a in &t.auditors {
+                cmd.arg("--auditor").arg(a);
+            }
+            for o in &t.operators {
+                cmd.arg("--operator").arg(o);
+            }
+        }
+        let child = cmd
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -62,10 +103,15 @@ impl RunningCollector {
             assert!(
                 Instant::now() < deadline,
                 "collectord did not listen: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL, as a crash.
@@ -76,9 +122,54 @@ impl RunningCollector {
         }
     }
 
-    /// Opens the database (read side) to check what is stored.
-    pub fn store(&self) -> collector::store::Store {
-        collector::store::Store::open(&self.db).expect("opening the collector database")
+    /// Every stored record (of `kind`, when given), by host and sequence, as
+    /// `collectord export --format jsonl` prints them (works on either backend,
+    /// while the collector runs).
+    pub fn export(&self, kind: Option<&str>) -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(workspace_bin("collectord"));
+        cmd.arg("--database")
+            .arg(&self.database)
+            .args(["export", "--format", "jsonl"]);
+        if let Some(k) = kind {
+            cmd.args(["--kind", k]);
+        }
+        let out = cmd
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("collectord export");
+        assert!(
+            out.status.success(),
+            "collectord export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("export prints JSON lines"))
+            .collect()
+    }
+
+    /// Number of stored records of `host` of `kind`.
+    pub fn count(&self, host: &str, kind: &str) -> usize {
+        self.export(Some(kind))
+            .iter()
+            .filter(|r| r["host"] == host)
+            .count()
+    }
+
+    /// A gRPC client; `who` is the client certificate when the collector has TLS.
+    pub async fn client(&self, who: Option<&pki::Pem>) -> CollectorClient<Channel> {
+        let mut ep = Channel::from_shared(self.endpoint()).expect("endpoint");
+        if let (Some(t), Some(who)) = (&self.tls, who) {
+            let read = |p: &Path| std::fs::read(p).expect("reading a PEM file");
+            ep = ep
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(read(&t.ca)))
+                        .identity(Identity::from_pem(read(&who.cert), read(&who.key))),
+                )
+                .expect("TLS config");
+        }
+        CollectorClient::new(ep.connect().await.expect("connecting to collectord"))
     }
 }
 

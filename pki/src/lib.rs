@@ -1,5 +1,5 @@
-//! A throw-away PKI for TLS tests: a CA, a server certificate for localhost,
-//! and client certificates with chosen names, written as PEM files.
+//! A throw-away PKI for TLS tests and demos (`cargo xtask pki`): a CA, server
+//! certificates and client certificates with chosen names, written as PEM files.
 
 use std::path::{Path, PathBuf};
 

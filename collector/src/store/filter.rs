@@ -1,0 +1,354 @@
+//! What both storage backends share: the columns a record is indexed by
+//! (extracted from its JSON body once, at insert), auditors' filters turned
+//! into one SQL `WHERE` clause with backend-specific placeholders, and the
+//! opaque page token.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use residency_proto::collector::v1::{Record, ViolationQuery};
+
+/// Searchable columns of a record, from its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Indexed {
+    /// Class names as ";eu;health;" (a `LIKE '%;eu;%'` finds one).
+    pub classes: String,
+    pub country: String,
+    /// The remote address as 16 bytes (IPv4 mapped into IPv6), so that a prefix
+    /// is a byte range; empty when the record has none.
+    pub remote: Vec<u8>,
+    pub exe: String,
+    pub action: String,
+}
+
+/// 16-byte form of an address (IPv4 as ::ffff:a.b.c.d).
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Indexed {
+    /// Extracts the columns from a record's JSON body (a violation is a
+    /// `residency.agent.v1.Flow`); other kinds and unparsable bodies give empty
+    /// columns (the body itself is stored as sent).
+    pub fn of(r: &Record) -> Indexed {
+        let Ok(b) = serde_json::from_str::<serde_json::Value>(&r.body_json) else {
+            return Indexed::default();
+        };
+        let text = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
+        let classes: Vec<&str> = b["classes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+            .unwrap_or_default();
+        let remote = b["remote"]
+            .as_str()
+            .and_then(|s| {
+                s.parse::<SocketAddr>()
+                    .map(|a| a.ip())
+                    .or_else(|_| s.parse::<IpAddr>())
+                    .ok()
+            })
+            .map(|ip| addr_bytes(ip).to_vec())
+            .unwrap_or_default();
+        Indexed {
+            classes: if classes.is_empty() {
+                String::new()
+            } else {
+                format!(";{};", classes.join(";"))
+            },
+            country: text("remote_country"),
+            remote,
+            exe: text("exe"),
+            action: text("action"),
+        }
+    }
+}
+
+/// A bound query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+/// Where the previous page ended (the last row's sort key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub time_ns: i64,
+    pub host: String,
+    pub seq: i64,
+}
+
+impl Cursor {
+    /// The token handed to clients: hex of "time/seq/host", opaque to them.
+    pub fn token(&self) -> String {
+        format!("{}/{}/{}", self.time_ns, self.seq, self.host)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Parses a token made by [`Cursor::token`].
+    pub fn parse(token: &str) -> Result<Cursor, String> {
+        let bad = || {
+            "the page token is not one this collector issued (pass next_page_token back unchanged)"
+                .to_owned()
+        };
+        if token.len() % 2 != 0 || !token.is_ascii() {
+            return Err(bad());
+        }
+        let bytes: Vec<u8> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let mut parts = text.splitn(3, '/');
+        let (Some(t), Some(s), Some(h)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        Ok(Cursor {
+            time_ns: t.parse().map_err(|_| bad())?,
+            seq: s.parse().map_err(|_| bad())?,
+            host: h.to_owned(),
+        })
+    }
+}
+
+/// Auditors' filters, checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub kind: Option<String>,
+    pub host: Option<String>,
+    pub class: Option<String>,
+    pub country: Option<String>,
+    /// Inclusive 16-byte address range.
+    pub remote: Option<([u8; 16], [u8; 16])>,
+    pub exe: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub after: Option<Cursor>,
+}
+
+fn nonempty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// The inclusive 16-byte range of a prefix or single address.
+pub fn destination_range(s: &str) -> Result<([u8; 16], [u8; 16]), String> {
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            format!("destination {s:?} is neither an IP prefix (203.0.113.0/24) nor an address")
+        })?,
+    };
+    Ok((addr_bytes(net.network()), addr_bytes(net.broadcast())))
+}
+
+impl Filter {
+    /// A violation query's filters, or what is wrong with them.
+    pub fn violations(q: &ViolationQuery) -> Result<Filter, String> {
+        let action = nonempty(&q.action);
+        if let Some(a) = &action
+            && !["reported", "denied"].contains(&a.as_str())
+        {
+            return Err(format!("action {a:?} is not one of: reported, denied"));
+        }
+        if q.class.contains(';') {
+            return Err(format!("class {:?} is not a class name", q.class));
+        }
+        Ok(Filter {
+            kind: Some("violation".into()),
+            host: nonempty(&q.host_id),
+            class: nonempty(&q.class),
+            country: nonempty(&q.country.to_ascii_uppercase()),
+            remote: (!q.destination.is_empty())
+                .then(|| destination_range(&q.destination))
+                .transpose()?,
+            exe: nonempty(&q.exe),
+            action,
+            since: (q.since_unix_ns != 0).then_some(q.since_unix_ns),
+            until: (q.until_unix_ns != 0).then_some(q.until_unix_ns),
+            after: (!q.page_token.is_empty())
+                .then(|| Cursor::parse(&q.page_token))
+                .transpose()?,
+        })
+    }
+
+    /// Whether a record matches (for live watches, which see records before
+    /// any query would).
+    pub fn matches(&self, host: &str, r: &Record, ix: &Indexed) -> bool {
+        let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+        eq(&self.kind, &r.kind)
+            && eq(&self.host, host)
+            && self
+                .class
+                .as_deref()
+                .is_none_or(|c| ix.classes.contains(&format!(";{c};")))
+            && eq(&self.country, &ix.country)
+            && self.remote.is_none_or(|(lo, hi)| {
+                ix.remote.len() == 16
+                    && ix.remote.as_slice() >= &lo[..]
+                    && ix.remote.as_slice() <= &hi[..]
+            })
+            && eq(&self.exe, &ix.exe)
+            && eq(&self.action, &ix.action)
+            && self.since.is_none_or(|s| r.time_unix_ns >= s)
+            && self.until.is_none_or(|u| r.time_unix_ns < u)
+    }
+
+    /// The `WHERE` clause (without the keyword; "TRUE" when nothing is
+    /// filtered) and its parameters; `ph(n)` writes placeholder n (1-based).
+    pub fn sql(&self, ph: impl Fn(usize) -> String) -> (String, Vec<Param>) {
+        let mut params = Vec::new();
+        let mut clauses = Vec::new();
+        let mut bind = |p: Param| {
+            params.push(p);
+            ph(params.len())
+        };
+        if let Some(k) = &self.kind {
+            clauses.push(format!("kind = {}", bind(Param::Text(k.clone()))));
+        }
+        if let Some(h) = &self.host {
+            clauses.push(format!("host = {}", bind(Param::Text(h.clone()))));
+        }
+        if let Some(c) = &self.class {
+            clauses.push(format!(
+                "classes LIKE {}",
+                bind(Param::Text(format!("%;{c};%")))
+            ));
+        }
+        if let Some(c) = &self.country {
+            clauses.push(format!("country = {}", bind(Param::Text(c.clone()))));
+        }
+        if let Some((lo, hi)) = &self.remote {
+            clauses.push(format!(
+                "remote >= {} AND remote <= {}",
+                bind(Param::Bytes(lo.to_vec())),
+                bind(Param::Bytes(hi.to_vec()))
+            ));
+        }
+        if let Some(e) = &self.exe {
+            clauses.push(format!("exe = {}", bind(Param::Text(e.clone()))));
+        }
+        if let Some(a) = &self.action {
+            clauses.push(format!("action = {}", bind(Param::Text(a.clone()))));
+        }
+        if let Some(s) = self.since {
+            clauses.push(format!("time_ns >= {}", bind(Param::Int(s))));
+        }
+        if let Some(u) = self.until {
+            clauses.push(format!("time_ns < {}", bind(Param::Int(u))));
+        }
+        if let Some(c) = &self.after {
+            let t = bind(Param::Int(c.time_ns));
+            let h = bind(Param::Text(c.host.clone()));
+            let s = bind(Param::Int(c.seq));
+            clauses.push(format!(
+                "(time_ns < {t} OR (time_ns = {t} AND (host < {h} OR (host = {h} AND seq < {s}))))"
+            ));
+        }
+        if clauses.is_empty() {
+            ("TRUE".into(), params)
+        } else {
+            (clauses.join(" AND "), params)
+        }
+    }
+}
+
+/// Newest first, ties broken so that pages never overlap or skip.
+pub const NEWEST_FIRST: &str = "time_ns DESC, host DESC, seq DESC";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            time_ns: 1_795_417_200_000_000_000,
+            host: "eu/host-1".into(),
+            seq: 42,
+        };
+        assert_eq!(Cursor::parse(&c.token()).unwrap(), c);
+        assert!(Cursor::parse("zz").unwrap_err().contains("page token"));
+        assert!(Cursor::parse("616263").is_err());
+    }
+
+    #[test]
+    fn columns_come_from_the_flow_body() {
+        let r = Record {
+            seq: 1,
+            kind: "violation".into(),
+            time_unix_ns: 5,
+            body_json: r#"{"classes":["eu","health"],"remote":"[2001:db8::1]:443","remote_country":"US","exe":"/usr/bin/curl","action":"denied"}"#.into(),
+        };
+        let ix = Indexed::of(&r);
+        assert_eq!(ix.classes, ";eu;health;");
+        assert_eq!(ix.country, "US");
+        assert_eq!(
+            ix.remote,
+            addr_bytes("2001:db8::1".parse().unwrap()).to_vec()
+        );
+        let q = |f: &str| ViolationQuery {
+            destination: f.into(),
+            class: "health".into(),
+            action: "denied".into(),
+            ..Default::default()
+        };
+        assert!(
+            Filter::violations(&q("2001:db8::/32"))
+                .unwrap()
+                .matches("h", &r, &ix)
+        );
+        assert!(
+            !Filter::violations(&q("2001:db9::/32"))
+                .unwrap()
+                .matches("h", &r, &ix)
+        );
+        assert!(
+            !Filter::violations(&q("203.0.113.0/24"))
+                .unwrap()
+                .matches("h", &r, &ix)
+        );
+        assert!(
+            Filter::violations(&q("nowhere"))
+                .unwrap_err()
+                .contains("IP prefix")
+        );
+        let bad = ViolationQuery {
+            action: "blocked".into(),
+            ..Default::default()
+        };
+        assert!(
+            Filter::violations(&bad)
+                .unwrap_err()
+                .contains("reported, denied")
+        );
+    }
+
+    #[test]
+    fn where_clause_numbers_its_placeholders() {
+        let f = Filter {
+            kind: Some("violation".into()),
+            class: Some("eu".into()),
+            after: Some(Cursor {
+                time_ns: 9,
+                host: "h".into(),
+                seq: 3,
+            }),
+            ..Default::default()
+        };
+        let (sql, params) = f.sql(|n| format!("${n}"));
+        assert_eq!(
+            sql,
+            "kind = $1 AND classes LIKE $2 AND (time_ns < $3 OR (time_ns = $3 AND (host < $4 OR (host = $4 AND seq < $5))))"
+        );
+        assert_eq!(params.len(), 5);
+        assert_eq!(Filter::default().sql(|n| format!("?{n}")).0, "TRUE");
+    }
+}

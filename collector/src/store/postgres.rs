@@ -1,0 +1,190 @@
+//! PostgreSQL storage, for fleets (`--database postgres://…`): the same tables
+//! and columns as the SQLite store; a batch is one `INSERT … SELECT FROM
+//! UNNEST(…)` statement (one round trip) in its own transaction, acknowledged
+//! after the commit.
+
+use residency_proto::collector::v1::{Record, StoredRecord};
+use tokio_postgres::{Client, NoTls, types::ToSql};
+use tracing::error;
+
+use super::{
+    HostRow, StoreError,
+    filter::{Filter, Indexed, Param},
+    now_ns,
+};
+
+/// Schema migrations, applied in order; `schema_migrations` says how many
+/// ran. One step here is SQLite's first two together: the schemas are equal.
+const MIGRATIONS: &[&str] = &["CREATE TABLE records (
+        host TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        time_ns BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        stored_ns BIGINT NOT NULL,
+        classes TEXT NOT NULL DEFAULT '',
+        country TEXT NOT NULL DEFAULT '',
+        remote BYTEA NOT NULL DEFAULT '',
+        exe TEXT NOT NULL DEFAULT '',
+        action TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (host, seq)
+    );
+    CREATE INDEX records_kind_time ON records (kind, time_ns);
+    CREATE TABLE hosts (
+        host TEXT PRIMARY KEY,
+        state BYTEA NOT NULL,
+        state_ns BIGINT NOT NULL
+    );"];
+
+/// The PostgreSQL store.
+pub struct Postgres {
+    client: Client,
+}
+
+fn boxed(p: &Param) -> Box<dyn ToSql + Sync + Send> {
+    match p {
+        Param::Text(s) => Box::new(s.clone()),
+        Param::Int(i) => Box::new(*i),
+        Param::Bytes(b) => Box::new(b.clone()),
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` (postgres://user@host/db, or ?host=/run/postgresql for
+    /// a Unix socket) and migrates.
+    pub async fn open(url: &str) -> Result<Postgres, StoreError> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                error!(error = %e, "PostgreSQL connection lost; the collector stops acknowledging until restarted");
+            }
+        });
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL)")
+            .await?;
+        let tx = client.transaction().await?;
+        // One collector migrates at a time.
+        tx.batch_execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+            .await?;
+        let version: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(m).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[&((i + 1) as i64)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Postgres { client })
+    }
+
+    pub async fn last_seq(&self, host: &str) -> Result<u64, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0) FROM records WHERE host = $1",
+                &[&host],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub async fn insert(
+        &mut self,
+        host: &str,
+        records: &[(Record, Indexed)],
+    ) -> Result<usize, StoreError> {
+        let col = |f: &dyn Fn(&(Record, Indexed)) -> String| {
+            records.iter().map(f).collect::<Vec<String>>()
+        };
+        let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
+        let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
+        let remotes: Vec<Vec<u8>> = records.iter().map(|(_, ix)| ix.remote.clone()).collect();
+        let kinds = col(&|(r, _)| r.kind.clone());
+        let bodies = col(&|(r, _)| r.body_json.clone());
+        let classes = col(&|(_, ix)| ix.classes.clone());
+        let countries = col(&|(_, ix)| ix.country.clone());
+        let exes = col(&|(_, ix)| ix.exe.clone());
+        let actions = col(&|(_, ix)| ix.action.clone());
+        let tx = self.client.transaction().await?;
+        let new = tx
+            .execute(
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
+                 SELECT $1, s, k, t, b, $2, c, co, r, e, a
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
+                   AS u(s, k, t, b, c, co, r, e, a)
+                 ON CONFLICT (host, seq) DO NOTHING",
+                &[&host, &now_ns(), &seqs, &kinds, &times, &bodies, &classes, &countries, &remotes, &exes, &actions],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(new as usize)
+    }
+
+    pub async fn select(
+        &self,
+        filter: &Filter,
+        order: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let (clause, params) = filter.sql(|n| format!("${n}"));
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+        let rows = self
+            .client
+            .query(
+                &format!("SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"),
+                &refs,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredRecord {
+                host_id: r.get(0),
+                seq: r.get::<_, i64>(1) as u64,
+                kind: r.get(2),
+                time_unix_ns: r.get(3),
+                body_json: r.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn put_state(&self, host: &str, state: &[u8]) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO hosts (host, state, state_ns) VALUES ($1, $2, $3)
+                 ON CONFLICT (host) DO UPDATE SET state = excluded.state, state_ns = excluded.state_ns",
+                &[&host, &state, &now_ns()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let rows = self.client.query(super::HOSTS_SQL, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| HostRow {
+                host: r.get(0),
+                last_seen_ns: r.get(1),
+                last_seq: r.get(2),
+                violations: r.get(3),
+                gaps: r.get(4),
+                audits: r.get(5),
+                state: r.get(6),
+                state_ns: r.get(7),
+            })
+            .collect())
+    }
+}

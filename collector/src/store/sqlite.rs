@@ -1,0 +1,232 @@
+//! SQLite storage (the default): one file, WAL mode, `synchronous = FULL`, so a
+//! batch's commit has reached the disk before it is acknowledged.
+
+use std::path::Path;
+
+use residency_proto::collector::v1::{Record, StoredRecord};
+use rusqlite::{Connection, ToSql, params, params_from_iter, types::ToSqlOutput};
+
+use super::{
+    HostRow, StoreError,
+    filter::{Filter, Indexed, Param},
+    now_ns,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` says how many
+/// ran. Number 2 also fills the new columns of rows stored before it.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE records (
+        host TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        stored_ns INTEGER NOT NULL,
+        PRIMARY KEY (host, seq)
+    );
+    CREATE INDEX records_kind_time ON records (kind, time_ns);",
+    "ALTER TABLE records ADD COLUMN classes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN country TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN remote BLOB NOT NULL DEFAULT x'';
+    ALTER TABLE records ADD COLUMN exe TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN action TEXT NOT NULL DEFAULT '';
+    CREATE TABLE hosts (
+        host TEXT PRIMARY KEY,
+        state BLOB NOT NULL,
+        state_ns INTEGER NOT NULL
+    );",
+];
+
+impl ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Param::Text(s) => s.to_sql(),
+            Param::Int(i) => i.to_sql(),
+            Param::Bytes(b) => b.to_sql(),
+        }
+    }
+}
+
+/// A row of `SELECT host, seq, kind, time_ns, body`.
+fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    Ok(StoredRecord {
+        host_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        kind: r.get(2)?,
+        time_unix_ns: r.get(3)?,
+        body_json: r.get(4)?,
+    })
+}
+
+/// The SQLite store.
+pub struct Sqlite {
+    conn: Connection,
+}
+
+impl Sqlite {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        let conn = Connection::open(path)?;
+        // WAL: readers do not block the writer; FULL sync: a commit survives a
+        // power loss before it is acknowledged.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(m)?;
+            if i == 1 {
+                backfill(&tx)?;
+            }
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Sqlite { conn })
+    }
+
+    pub fn last_seq(&self, host: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT MAX(seq) FROM records WHERE host = ?1",
+            params![host],
+            |r| r.get(0),
+        )?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    pub fn insert(
+        &mut self,
+        host: &str,
+        records: &[(Record, Indexed)],
+    ) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut new = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
+            )?;
+            let stored = now_ns();
+            for (r, ix) in records {
+                new += stmt.execute(params![
+                    host,
+                    r.seq as i64,
+                    r.kind,
+                    r.time_unix_ns,
+                    r.body_json,
+                    stored,
+                    ix.classes,
+                    ix.country,
+                    ix.remote,
+                    ix.exe,
+                    ix.action
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    pub fn select(
+        &self,
+        filter: &Filter,
+        order: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let (clause, params) = filter.sql(|n| format!("?{n}"));
+        let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"
+        ))?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), stored_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn put_state(&self, host: &str, state: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO hosts (host, state, state_ns) VALUES (?1, ?2, ?3)
+             ON CONFLICT (host) DO UPDATE SET state = excluded.state, state_ns = excluded.state_ns",
+            params![host, state, now_ns()],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(super::HOSTS_SQL)?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HostRow {
+                host: r.get(0)?,
+                last_seen_ns: r.get(1)?,
+                last_seq: r.get(2)?,
+                violations: r.get(3)?,
+                gaps: r.get(4)?,
+                audits: r.get(5)?,
+                state: r.get(6)?,
+                state_ns: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Fills the searchable columns of rows stored before they existed.
+fn backfill(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(String, i64, String, i64, String)> = tx
+        .prepare("SELECT host, seq, kind, time_ns, body FROM records")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = tx.prepare(
+        "UPDATE records SET classes = ?3, country = ?4, remote = ?5, exe = ?6, action = ?7 WHERE host = ?1 AND seq = ?2",
+    )?;
+    for (host, seq, kind, time_unix_ns, body_json) in rows {
+        let ix = Indexed::of(&Record {
+            seq: seq as u64,
+            kind,
+            time_unix_ns,
+            body_json,
+        });
+        stmt.execute(params![
+            host, seq, ix.classes, ix.country, ix.remote, ix.exe, ix.action
+        ])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_one_databases_are_migrated_and_backfilled() {
+        let path = std::env::temp_dir().join(format!("rs-collector-mig-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO records VALUES ('h', 1, 'violation', 5, ?1, 6)",
+                params![r#"{"classes":["eu"],"remote":"203.0.113.9:443","remote_country":"US","action":"denied"}"#],
+            )
+            .unwrap();
+        }
+        let s = Sqlite::open(&path).unwrap();
+        let f = Filter {
+            country: Some("US".into()),
+            class: Some("eu".into()),
+            remote: Some(super::super::filter::destination_range("203.0.113.0/24").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.select(&f, super::super::filter::NEWEST_FIRST, None)
+                .unwrap()
+                .len(),
+            1
+        );
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
