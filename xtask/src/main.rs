@@ -46,6 +46,24 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// A throw-away certificate authority and certificates for mutual TLS
+    /// between agents, collector, auditors and operators (tests and demos
+    /// only: the keys are written unencrypted).
+    Pki {
+        /// Directory to write ca.pem and NAME.pem/NAME.key files into.
+        #[arg(long, default_value = "target/pki")]
+        out: std::path::PathBuf,
+        /// The collector's certificate name (it also gets DNS name localhost).
+        #[arg(long, default_value = "collector")]
+        server: String,
+        /// Agent certificates: one per host id (repeat).
+        #[arg(long = "host", value_name = "HOST_ID")]
+        hosts: Vec<String>,
+        /// Client certificates for auditors and operators (repeat); list them
+        /// with collectord --auditor/--operator.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
     /// The full test run CI does: fmt, clippy, unit tests and privileged
     /// end-to-end tests (as root), with a leak check of kernel objects around it.
     Test {
@@ -83,6 +101,12 @@ fn main() -> anyhow::Result<()> {
         } => test::run(!no_lint, &cargo_args),
         Cmd::Bench { args } => bench(&args),
         Cmd::Package => package::run().map(|_| ()),
+        Cmd::Pki {
+            out,
+            server,
+            hosts,
+            clients,
+        } => pki(&out, &server, &hosts, &clients),
         Cmd::Demo => demo(),
     }
 }
@@ -116,6 +140,30 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running sensor-bench")?;
     anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    Ok(())
+}
+
+/// Writes a test CA and certificates.
+fn pki(
+    out: &std::path::Path,
+    server: &str,
+    hosts: &[String],
+    clients: &[String],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("while creating {}", out.display()))?;
+    let ca = residency_pki::TestCa::create(out);
+    println!("CA           {}", ca.cert.display());
+    let s = ca.issue(server, &[server, "localhost"]);
+    println!("collector    {} {}", s.cert.display(), s.key.display());
+    for h in hosts {
+        let p = ca.issue(h, &[]);
+        println!("agent {h:<6} {} {}", p.cert.display(), p.key.display());
+    }
+    for c in clients {
+        let p = ca.issue(c, &[]);
+        println!("client {c:<5} {} {}", p.cert.display(), p.key.display());
+    }
     Ok(())
 }
 

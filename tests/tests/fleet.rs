@@ -1,0 +1,444 @@
+//! The collector as auditors and operators use it, with mutual TLS: identities
+//! from certificates, roles, fleet-wide enforcement reaching real agents and
+//! their kernels, exceptions applied and expiring, auditor queries and watches.
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{
+    agent::RunningAgent,
+    cgroup::TestCgroup,
+    collector::{CollectorTls, RunningCollector},
+    netns::TestNet,
+    pki::{Pem, TestCa},
+    probe,
+    scenario::{FixturePolicy, cgroup_rel},
+    temp::TempPath,
+};
+use residency_proto::collector::v1::{
+    self as pb, agent_message::Message as AgentMsg, collector_message::Message as CollectorMsg,
+};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// A CA with a collector, agent, auditor and operator certificates.
+struct Pki {
+    _dir: TempPath,
+    ca: TestCa,
+    auditor: Pem,
+    operator: Pem,
+}
+
+fn pki(name: &str) -> Pki {
+    let dir = TempPath::dir(name);
+    let ca = TestCa::create(dir.path());
+    let auditor = ca.issue("audit-1", &[]);
+    let operator = ca.issue("ops-1", &[]);
+    Pki {
+        _dir: dir,
+        ca,
+        auditor,
+        operator,
+    }
+}
+
+fn tls_collector(dir: &std::path::Path, p: &Pki) -> RunningCollector {
+    let db = dir.join("collector.db");
+    RunningCollector::start_with(
+        dir,
+        db.to_str().expect("utf-8"),
+        Some(CollectorTls {
+            ca: p.ca.cert.clone(),
+            server: p.ca.issue("collector", &["localhost"]),
+            auditors: vec!["audit-1".into()],
+            operators: vec!["ops-1".into()],
+        }),
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("tokio runtime")
+}
+
+/// Opens a delivery stream as `who` claiming `host`; returns the welcome or
+/// the refusal.
+async fn hello(
+    c: &RunningCollector,
+    who: &Pem,
+    host: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::AgentMessage>,
+        tonic::Streaming<pb::CollectorMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentMessage {
+        message: Some(AgentMsg::Hello(pb::Hello {
+            host_id: host.into(),
+            version: "test".into(),
+            state: None,
+        })),
+    })
+    .await
+    .expect("send hello");
+    let mut client = c.client(Some(who)).await;
+    let mut incoming = client
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match incoming.next().await {
+        Some(Ok(pb::CollectorMessage {
+            message: Some(CollectorMsg::Welcome(_)),
+        })) => Ok((tx, incoming)),
+        Some(Err(e)) => Err(e),
+        other => panic!("expected a welcome or an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn certificates_decide_the_host_and_the_role() {
+    let p = pki("fleet-pki-roles");
+    let dir = TempPath::dir("fleet-roles");
+    let c = tls_collector(dir.path(), &p);
+    let host_a = p.ca.issue("host-a", &[]);
+    rt().block_on(async {
+        // Host A's certificate cannot deliver for host B.
+        let e = hello(&c, &host_a, "host-b").await.expect_err("refused");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("host \"host-a\"'s"), "{}", e.message());
+        // For itself it can, and the batch is stored under its name.
+        let (tx, mut incoming) = hello(&c, &host_a, "host-a").await.expect("welcome");
+        tx.send(pb::AgentMessage {
+            message: Some(AgentMsg::Batch(pb::Batch {
+                records: vec![pb::Record {
+                    seq: 1,
+                    kind: "violation".into(),
+                    time_unix_ns: 1,
+                    body_json: r#"{"host_id":"host-b","action":"reported"}"#.into(),
+                }],
+            })),
+        })
+        .await
+        .expect("send batch");
+        match incoming.next().await {
+            Some(Ok(pb::CollectorMessage {
+                message: Some(CollectorMsg::Ack(a)),
+            })) => assert_eq!(a.seq, 1),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+        // An agent certificate may not read.
+        let e = c
+            .client(Some(&host_a))
+            .await
+            .query_violations(pb::ViolationQuery::default())
+            .await
+            .expect_err("agents do not read");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // An auditor reads, but may not steer.
+        let mut auditor = c.client(Some(&p.auditor)).await;
+        let page = auditor
+            .query_violations(pb::ViolationQuery::default())
+            .await
+            .expect("auditors read")
+            .into_inner();
+        assert_eq!(
+            page.records
+                .iter()
+                .map(|r| (r.host_id.as_str(), r.seq))
+                .collect::<Vec<_>>(),
+            vec![("host-a", 1)],
+            "stored under the certificate's host, whatever the body claims"
+        );
+        let e = auditor
+            .set_enforcement(pb::FleetSetEnforcementRequest {
+                mode: "enforce".into(),
+                reason: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("auditors do not steer");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("auditor role"), "{}", e.message());
+        let e = auditor
+            .grant_exception(pb::GrantExceptionRequest {
+                class: "eu_personal".into(),
+                destination: "US".into(),
+                duration_seconds: 60,
+                justification: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("auditors do not grant");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // An operator's bad request is explained.
+        let e = c
+            .client(Some(&p.operator))
+            .await
+            .set_enforcement(pb::FleetSetEnforcementRequest {
+                mode: "block".into(),
+                reason: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad mode");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("off, monitor, enforce"));
+    });
+    // A certificate from another CA is not let in at all.
+    let other = pki("fleet-pki-other");
+    let stranger = other.ca.issue("host-a", &[]);
+    let refused = rt().block_on(async {
+        let ep = tonic::transport::Channel::from_shared(c.endpoint())
+            .expect("endpoint")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        std::fs::read(&p.ca.cert).expect("ca"),
+                    ))
+                    .identity(tonic::transport::Identity::from_pem(
+                        std::fs::read(&stranger.cert).expect("cert"),
+                        std::fs::read(&stranger.key).expect("key"),
+                    )),
+            )
+            .expect("tls");
+        match ep.connect().await {
+            Err(_) => true,
+            Ok(ch) => pb::collector_client::CollectorClient::new(ch)
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .is_err(),
+        }
+    });
+    assert!(refused, "a certificate of another CA must be refused");
+}
+
+/// An agent of the fleet: its own cgroup, certificate and spool.
+struct Member {
+    cgroup: TestCgroup,
+    agent: RunningAgent,
+    _dir: TempPath,
+}
+
+fn member(host: &str, c: &RunningCollector, p: &Pki) -> Member {
+    let cgroup = TestCgroup::create();
+    let dir = TempPath::dir(&format!("fleet-{host}"));
+    let cert = p.ca.issue(host, &[]);
+    let config = dir.path().join("sensord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.endpoint(),
+            dir.path().join("spool").display(),
+            p.ca.cert.display(),
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    )
+    .expect("config");
+    let policy = FixturePolicy {
+        host_id: host,
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: &cgroup_rel(&cgroup),
+        class_extra: "",
+    }
+    .text();
+    let agent = RunningAgent::start_with(
+        &policy,
+        "5.0.0.0,5.0.0.255,DE\n",
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    Member {
+        cgroup,
+        agent,
+        _dir: dir,
+    }
+}
+
+fn connect_errno(m: &Member, target: &str) -> i32 {
+    probe::run(m.cgroup.command(probe::command(&["tcp-connect", target]))).errno()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
+    let p = pki("fleet-pki-ops");
+    let dir = TempPath::dir("fleet-ops");
+    let c = tls_collector(dir.path(), &p);
+    let net = TestNet::create();
+    let server = net.virginia.tcp_server(false);
+    let target = server.addr.to_string();
+    let a = member("fleet-a", &c, &p);
+    let b = member("fleet-b", &c, &p);
+    let rt = rt();
+    let hosts = || {
+        rt.block_on(async {
+            c.client(Some(&p.auditor))
+                .await
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .expect("list hosts")
+                .into_inner()
+                .hosts
+        })
+    };
+    wait_until("both agents connected", Duration::from_secs(30), || {
+        hosts().iter().filter(|h| h.connected).count() == 2
+    });
+    // Monitor mode: the transfer happens and is reported.
+    assert_eq!(connect_errno(&a, &target), 0);
+    assert_eq!(connect_errno(&b, &target), 0);
+    assert_eq!(server.wait_for(2, Duration::from_secs(5)), 2);
+
+    // One fleet-wide call: both agents apply it and say so.
+    let mut ops = rt.block_on(c.client(Some(&p.operator)));
+    let resp = rt
+        .block_on(ops.set_enforcement(pb::FleetSetEnforcementRequest {
+            host_id: String::new(),
+            class: String::new(),
+            mode: "enforce".into(),
+            reason: "regulator audit: no transfers".into(),
+        }))
+        .expect("set enforcement")
+        .into_inner();
+    assert_eq!(
+        resp.outcomes
+            .iter()
+            .map(|o| (o.host_id.as_str(), o.error.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("fleet-a", ""), ("fleet-b", "")]
+    );
+    // Both kernels deny now, before any packet.
+    assert_eq!(connect_errno(&a, &target), libc::EPERM);
+    assert_eq!(connect_errno(&b, &target), libc::EPERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.received(), 2, "the remote saw no new connection");
+    // The auditor sees the new modes and the audit records with the operator.
+    wait_until("modes reported", Duration::from_secs(10), || {
+        hosts().iter().all(|h| {
+            h.state
+                .as_ref()
+                .is_some_and(|s| s.modes.iter().all(|m| m.mode == "enforce"))
+        })
+    });
+    wait_until("audit records", Duration::from_secs(10), || {
+        let audits = c.export(Some("audit"));
+        ["fleet-a", "fleet-b"].iter().all(|h| {
+            audits.iter().any(|r| {
+                r["host"] == *h
+                    && r["record"]["actor"] == "cert ops-1 via collector"
+                    && r["record"]["reason"] == "regulator audit: no transfers"
+            })
+        })
+    });
+
+    // An exception for host a only, for 4 seconds: its kernel allows the
+    // destination, b's still denies; then it expires by itself.
+    let resp = rt
+        .block_on(ops.grant_exception(pb::GrantExceptionRequest {
+            host_id: "fleet-a".into(),
+            class: "eu_personal".into(),
+            destination: server.addr.ip().to_string(),
+            duration_seconds: 4,
+            justification: "vendor migration window".into(),
+        }))
+        .expect("grant")
+        .into_inner();
+    assert_eq!(resp.outcomes.len(), 1);
+    assert_eq!(resp.outcomes[0].error, "");
+    assert!(resp.exception_id.starts_with("exc-"));
+    assert_eq!(connect_errno(&a, &target), 0, "the exception allows it");
+    assert_eq!(connect_errno(&b, &target), libc::EPERM, "only on host a");
+    wait_until("the exception to expire", Duration::from_secs(15), || {
+        connect_errno(&a, &target) == libc::EPERM
+    });
+    assert!(a.agent.wait_log("expired", Duration::from_secs(5)));
+
+    // Auditor queries: filters and pages.
+    let auditor = rt.block_on(c.client(Some(&p.auditor)));
+    let q = |extra: pb::ViolationQuery| {
+        rt.block_on(auditor.clone().query_violations(extra))
+            .expect("query")
+            .into_inner()
+    };
+    wait_until("denied violations stored", Duration::from_secs(10), || {
+        q(pb::ViolationQuery {
+            action: "denied".into(),
+            ..Default::default()
+        })
+        .records
+        .len()
+            >= 3
+    });
+    let denied_a = q(pb::ViolationQuery {
+        host_id: "fleet-a".into(),
+        action: "denied".into(),
+        destination: format!("{}/24", server.addr.ip()),
+        class: "eu_personal".into(),
+        country: "us".into(),
+        ..Default::default()
+    });
+    assert!(!denied_a.records.is_empty());
+    assert!(
+        denied_a
+            .records
+            .iter()
+            .all(|r| r.host_id == "fleet-a" && r.body_json.contains("\"action\":\"denied\""))
+    );
+    let elsewhere = q(pb::ViolationQuery {
+        destination: "192.0.2.0/24".into(),
+        ..Default::default()
+    });
+    assert!(elsewhere.records.is_empty(), "no violation to 192.0.2.0/24");
+    let all = q(pb::ViolationQuery::default()).records;
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = q(pb::ViolationQuery {
+            limit: 2,
+            page_token: token.clone(),
+            ..Default::default()
+        });
+        paged.extend(page.records.iter().map(|r| (r.host_id.clone(), r.seq)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        paged,
+        all.iter()
+            .map(|r| (r.host_id.clone(), r.seq))
+            .collect::<Vec<_>>(),
+        "pages of 2 add up to the whole list, in order, without repeats"
+    );
+
+    // A live watch sees host b's next violation.
+    let mut watch = rt
+        .block_on(auditor.clone().watch_violations(pb::ViolationQuery {
+            host_id: "fleet-b".into(),
+            ..Default::default()
+        }))
+        .expect("watch")
+        .into_inner();
+    assert_eq!(connect_errno(&b, &target), libc::EPERM);
+    let seen = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), watch.next()).await })
+        .expect("a watched record in time")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(seen.host_id, "fleet-b");
+    assert!(seen.body_json.contains("\"action\":\"denied\""));
+    drop(a);
+    drop(b);
+}
