@@ -56,7 +56,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
         aws_ranges: None,
     };
     let mut ledger = TagLedger::default();
-    let first = source.build().expect("policy builds");
+    let first = source.build(&[]).expect("policy builds");
     apply::apply(&mut fx.sensor, &first, &root, &mut ledger).expect("apply");
 
     let fra = net.frankfurt.tcp_server(false);
@@ -91,7 +91,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     let mut generations = Vec::new();
     for i in 0..100 {
         std::fs::write(policy.path(), policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
-        let c = source.build().expect("policy builds");
+        let c = source.build(&[]).expect("policy builds");
         let r = apply::apply(&mut fx.sensor, &c, &root, &mut ledger).expect("apply");
         generations.push(r.generation);
     }
@@ -138,7 +138,7 @@ fn a_policy_that_does_not_build_changes_nothing() {
         regions: regions.path().to_owned(),
         aws_ranges: None,
     };
-    let e = source.build().expect_err("must be rejected").to_string();
+    let e = source.build(&[]).expect_err("must be rejected").to_string();
     assert!(
         e.contains("bad-policy.toml:2:26: class eu: unknown jurisdiction \"EU28\""),
         "{e}"

@@ -97,7 +97,7 @@ impl Cursor {
             "the page token is not one this collector issued (pass next_page_token back unchanged)"
                 .to_owned()
         };
-        if token.len() % 2 != 0 || !token.is_ascii() {
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
             return Err(bad());
         }
         let bytes: Vec<u8> = (0..token.len())
