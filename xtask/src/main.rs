@@ -40,7 +40,9 @@ enum Cmd {
     Demo,
     /// Benchmarks (as root): the kernel sensor's cost per connect() on three
     /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
-    /// as medians and ratios. Arguments after `--` go to sensor-bench
+    /// as medians and ratios; policy load time and memory; collector ingest
+    /// (SQLite and PostgreSQL, interleaved) and the end-to-end delivery rate
+    /// without loss. Arguments after `--` go to sensor-bench
     /// (`--rounds R --per-round N --prefixes P`).
     Bench {
         #[arg(last = true)]
@@ -119,10 +121,24 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "--release",
         "-p",
         "residency-tests",
+        "-p",
+        "collector",
+        "-p",
+        "sensor-user",
         "--bin",
         "sensor-bench",
         "--bin",
         "policy-bench",
+        "--bin",
+        "delivery-bench",
+        "--bin",
+        "collectord",
+        "--bin",
+        "sensord",
+        "--bin",
+        "sensorctl",
+        "--bin",
+        "netprobe",
     ];
     let status = std::process::Command::new("cargo")
         .args(build)
@@ -140,6 +156,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running sensor-bench")?;
     anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    let status = std::process::Command::new(root.join("target/release/delivery-bench"))
+        .status()
+        .context("while running delivery-bench")?;
+    anyhow::ensure!(status.success(), "delivery-bench failed ({status})");
     Ok(())
 }
 

@@ -11,6 +11,9 @@
 //!   tcp-serve ADDR:PORT          listen, accept one connection, close
 //!
 //! Or: netprobe fork-exit N       fork N children that exit at once
+//! Or: netprobe udp-rate ADDR:PORT RATE SECONDS
+//!                                sendto from one unconnected UDP socket, paced
+//!                                at RATE datagrams/s; prints {"sent":N,"errors":E}
 //!
 //! `--wait-stdin` waits for a line on stdin first (so a test can tag the process
 //! before it acts); `--fork` makes a child process do the operations (the child
@@ -110,10 +113,49 @@ fn fork_exit(args: &[String]) {
     println!("{{\"reaped\":{reaped}}}");
 }
 
+/// `netprobe udp-rate ADDR:PORT RATE SECONDS`: paced datagrams from one
+/// socket (the end-to-end delivery benchmark's load).
+fn udp_rate(args: &[String]) {
+    let usage = || -> ! {
+        eprintln!("usage: netprobe udp-rate ADDR:PORT RATE SECONDS");
+        std::process::exit(2);
+    };
+    let (Some(addr), Some(rate), Some(secs)) = (
+        args.get(1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        args.get(2).and_then(|a| a.parse::<u64>().ok()),
+        args.get(3).and_then(|a| a.parse::<f64>().ok()),
+    ) else {
+        usage()
+    };
+    let sock = UdpSocket::bind(unspecified(&addr)).unwrap_or_else(|_| usage());
+    let total = (rate as f64 * secs) as u64;
+    let start = std::time::Instant::now();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    for i in 0..total {
+        // Pace: datagram i is due at i / rate seconds.
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        match sock.send_to(b"ping", addr) {
+            Ok(_) => sent += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    println!(
+        "{{\"sent\":{sent},\"errors\":{errors},\"seconds\":{}}}",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("fork-exit") {
         fork_exit(&args);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("udp-rate") {
+        udp_rate(&args);
         return;
     }
     let mut take_flag = |f: &str| {

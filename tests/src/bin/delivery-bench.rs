@@ -1,0 +1,263 @@
+//! delivery-bench (`cargo xtask bench`, as root): how fast the collector
+//! stores records, and how many violations per second the whole path
+//! (kernel → agent → spool → collector) sustains without losing any.
+//!
+//! 1. Ingest: a client streams batches of 500 realistic violation records to
+//!    a real collectord the way an agent does (one batch in flight, waiting for
+//!    each acknowledgement, which comes after the commit), alternating round by
+//!    round between a SQLite and a PostgreSQL collector; medians and ratio.
+//! 2. End to end: a real sensord and collectord on loopback; a tagged process
+//!    sends UDP datagrams to a forbidden destination at rising paced rates; per
+//!    step: datagrams sent, the kernel's drop counter, and whether every
+//!    violation reached the collector. Reports the highest rate with zero drops
+//!    and zero loss.
+//!
+//! Usage: delivery-bench [--rounds R] [--records N] [--seconds S]
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{
+    agent::RunningAgent,
+    cgroup::TestCgroup,
+    collector::RunningCollector,
+    netns::TestNet,
+    postgres::PgServer,
+    probe,
+    scenario::{FixturePolicy, cgroup_rel},
+    temp::TempPath,
+};
+use residency_proto::collector::v1::{
+    self as pb, agent_message::Message as Out, collector_message::Message as In,
+};
+use tokio_stream::StreamExt;
+
+const BATCH: usize = 500;
+
+fn body(seq: u64) -> String {
+    format!(
+        r#"{{"kind":"sendmsg","time_unix_ns":{t},"ktime_ns":{seq},"pid":4242,"tid":4242,"uid":1000,"cgroup_id":7731,"comm":"export-job","exe":"/usr/local/bin/export-job","classes":["eu_personal"],"protocol":"udp","local":"10.0.0.5:40000","remote":"203.0.113.{h}:443","remote_country":"US","remote_site":"iad1","verdict":"deny","action":"reported","count":1,"bytes":0,"duration_ns":0,"cookie":{seq},"policy_generation":1,"host_id":"bench"}}"#,
+        t = 1_795_417_200_000_000_000u64 + seq,
+        h = seq % 250
+    )
+}
+
+/// Streams `n` records for `host` as an agent would; returns records/s.
+async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
+    let mut client = c.client(None).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentMessage {
+        message: Some(Out::Hello(pb::Hello {
+            host_id: host.into(),
+            version: "bench".into(),
+            state: None,
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut incoming = client
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("deliver")
+        .into_inner();
+    let _welcome = incoming.next().await;
+    let batches: Vec<Vec<pb::Record>> = (1..=n)
+        .collect::<Vec<u64>>()
+        .chunks(BATCH)
+        .map(|c| {
+            c.iter()
+                .map(|&seq| pb::Record {
+                    seq,
+                    kind: "violation".into(),
+                    time_unix_ns: seq as i64,
+                    body_json: body(seq),
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    for records in batches {
+        let upto = records.last().map(|r| r.seq).unwrap_or(0);
+        tx.send(pb::AgentMessage {
+            message: Some(Out::Batch(pb::Batch { records })),
+        })
+        .await
+        .expect("batch");
+        loop {
+            match incoming.next().await {
+                Some(Ok(pb::CollectorMessage {
+                    message: Some(In::Ack(a)),
+                })) if a.seq >= upto => break,
+                Some(Ok(_)) => {}
+                other => panic!("collector: {other:?}"),
+            }
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ingest_bench(rt: &tokio::runtime::Runtime, rounds: u64, records: u64) {
+    let dir = TempPath::dir("ingest-bench");
+    let pg = PgServer::start();
+    let db = dir.path().join("bench.db");
+    let sqlite = RunningCollector::start_with(dir.path(), db.to_str().expect("utf-8"), None);
+    let pg_dir = TempPath::dir("ingest-bench-pg");
+    let postgres = RunningCollector::start_with(pg_dir.path(), &pg.url, None);
+    let (mut s, mut p) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // Interleaved, and the order alternates, so drift hits both sides.
+        let host = format!("bench-{r}");
+        if r % 2 == 0 {
+            s.push(rt.block_on(ingest(&sqlite, &host, records)));
+            p.push(rt.block_on(ingest(&postgres, &host, records)));
+        } else {
+            p.push(rt.block_on(ingest(&postgres, &host, records)));
+            s.push(rt.block_on(ingest(&sqlite, &host, records)));
+        }
+    }
+    let (ms, mp) = (median(&mut s), median(&mut p));
+    println!(
+        "collector ingest ({rounds} rounds x {records} violation records, batches of {BATCH}, ack after commit):"
+    );
+    println!(
+        "  SQLite (WAL, synchronous=FULL)   median {ms:>9.0} records/s  (min {:.0}, max {:.0})",
+        s[0],
+        s[s.len() - 1]
+    );
+    println!(
+        "  PostgreSQL 15 (local socket)     median {mp:>9.0} records/s  (min {:.0}, max {:.0})",
+        p[0],
+        p[p.len() - 1]
+    );
+    println!("  ratio PostgreSQL/SQLite          {:.2}", mp / ms);
+    println!(
+        "  target SQLite >= 50,000 records/s: {}",
+        if ms >= 50_000.0 { "met" } else { "NOT met" }
+    );
+}
+
+fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
+    let host = "e2e-bench";
+    let dir = TempPath::dir("e2e-bench");
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start(dir.path());
+    let config = dir.path().join("sensord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
+            collector.endpoint(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("config");
+    let policy = FixturePolicy {
+        host_id: host,
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: &cgroup_rel(&cgroup),
+        class_extra: "",
+    }
+    .text();
+    let agent = RunningAgent::start_with(
+        &policy,
+        "5.0.0.0,5.0.0.255,DE\n",
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let drops = || {
+        agent.ctl_json(&["status"])["counters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "ringbuf_reserve_failed"))
+            .and_then(|c| c["value"].as_u64())
+            .unwrap_or(0)
+    };
+    let stored = || {
+        rt.block_on(async {
+            collector
+                .client(None)
+                .await
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .hosts
+                        .iter()
+                        .find(|h| h.host_id == host)
+                        .map_or(0, |h| h.violations)
+                })
+                .unwrap_or(0)
+        })
+    };
+    println!(
+        "end to end, kernel -> sensord -> spool -> collectord (SQLite), loopback, {seconds} s per step:"
+    );
+    println!(
+        "  {:>8} {:>9} {:>8} {:>10} {:>11} {:>8}",
+        "target/s", "sent/s", "drops", "delivered", "catch-up s", "lossless"
+    );
+    let mut best = 0u64;
+    let mut expected = 0u64;
+    for rate in [1_000u64, 2_000, 5_000, 10_000, 20_000, 40_000, 80_000] {
+        let d0 = drops();
+        let out = cgroup
+            .command({
+                let mut c = std::process::Command::new(probe::netprobe());
+                c.args(["udp-rate", &target, &rate.to_string(), &seconds.to_string()]);
+                c
+            })
+            .output()
+            .expect("netprobe udp-rate");
+        let r: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("netprobe prints JSON");
+        let sent = r["sent"].as_u64().unwrap_or(0);
+        let secs = r["seconds"].as_f64().unwrap_or(1.0);
+        let t = Instant::now();
+        // Everything that was not dropped in the kernel must arrive.
+        let dropped = drops() - d0;
+        expected += sent - dropped.min(sent);
+        let mut got = stored();
+        while got < expected && t.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(250));
+            got = stored();
+        }
+        let lossless = dropped == 0 && got == expected;
+        println!(
+            "  {rate:>8} {:>9.0} {dropped:>8} {:>10} {:>11.1} {:>8}",
+            sent as f64 / secs,
+            got,
+            t.elapsed().as_secs_f64(),
+            if lossless { "yes" } else { "NO" }
+        );
+        if !lossless {
+            break;
+        }
+        best = rate;
+    }
+    println!("  highest paced rate with zero kernel drops and every violation stored: {best}/s");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds = arg(&args, "--rounds", 7);
+    let records = arg(&args, "--records", 20_000);
+    let seconds = arg(&args, "--seconds", 3);
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    ingest_bench(&rt, rounds, records);
+    e2e_bench(&rt, seconds);
+}
