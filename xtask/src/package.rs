@@ -1,6 +1,10 @@
-//! `cargo xtask package`: a Debian package with the binaries, the systemd unit,
-//! a default config, the example policy, the default region dataset and the
-//! docs. Built with dpkg-deb from a staging tree (no extra tool to install).
+//! `cargo xtask package`: two Debian packages, built with dpkg-deb from staging
+//! trees (no extra tool to install):
+//! - `residency-sensor`: sensord and sensorctl, the systemd unit, a default
+//!   config, the example policy, the default region dataset and the docs;
+//! - `residency-collector`: collectord and its systemd unit.
+//!
+//! Binaries are stripped of debug information.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,7 +16,6 @@ use sensor_build::dataset;
 
 use crate::workspace_root;
 
-const NAME: &str = "residency-sensor";
 
 fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -26,7 +29,7 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Files (source relative to the workspace, destination in the package, mode).
-fn files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
+fn agent_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
     let mut f = vec![
         (
             root.join("target/release/sensord"),
@@ -84,48 +87,121 @@ fn files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
 }
 
 /// Builds the package; returns its path.
-pub fn run() -> anyhow::Result<PathBuf> {
+fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
+    vec![
+        (
+            root.join("target/release/collectord"),
+            "usr/bin/collectord",
+            0o755,
+        ),
+        (
+            root.join("packaging/collectord.service"),
+            "lib/systemd/system/collectord.service",
+            0o644,
+        ),
+        (
+            root.join("packaging/collectord.default"),
+            "etc/default/collectord",
+            0o644,
+        ),
+        (
+            root.join("README.md"),
+            "usr/share/doc/residency-collector/README.md",
+            0o644,
+        ),
+    ]
+}
+
+/// One Debian package.
+struct Deb {
+    name: &'static str,
+    description: &'static str,
+    files: Vec<(PathBuf, &'static str, u32)>,
+    conffiles: &'static str,
+    service: &'static str,
+}
+
+/// Builds the release binaries and both packages; returns their paths.
+pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     let root = workspace_root();
     crate::dataset::ensure(&root)?;
     let status = Command::new("cargo")
-        .args(["build", "--release", "-p", "sensor-user", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sensor-user",
+            "-p",
+            "collector",
+            "--bins",
+        ])
         .current_dir(&root)
         .status()
         .context("while building the release binaries")?;
     if !status.success() {
         bail!("building the release binaries failed");
     }
+    let debs = [
+        Deb {
+            name: "residency-sensor",
+            description: "data residency gates in the kernel (agent and CLI)\n sensord tags the processes that handle regulated data with eBPF, judges every\n connection they make against a residency policy in the kernel, and reports or\n denies violations. sensorctl is its operator CLI.",
+            files: agent_files(&root),
+            conffiles: "/etc/residency/sensord.toml\n/etc/residency/policy.toml\n",
+            service: "sensord.service",
+        },
+        Deb {
+            name: "residency-collector",
+            description: "data residency collector (collectord)\n collectord receives every Residency Sensor agent's violations, audit and gap\n records exactly once (SQLite or PostgreSQL), serves them to auditors, and\n carries operators' enforcement changes and exceptions to the fleet.",
+            files: collector_files(&root),
+            conffiles: "/etc/default/collectord\n",
+            service: "collectord.service",
+        },
+    ];
+    debs.iter().map(|d| build(&root, d)).collect()
+}
+
+fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
+    let name = deb.name;
     let version = env!("CARGO_PKG_VERSION");
     let stage = root
         .join("target/package")
-        .join(format!("{NAME}_{version}_amd64"));
+        .join(format!("{name}_{version}_amd64"));
     let _ = std::fs::remove_dir_all(&stage);
-    for (from, to, mode) in files(&root) {
-        copy(&from, &stage.join(to), mode)?;
+    for (from, to, mode) in &deb.files {
+        let dest = stage.join(to);
+        copy(from, &dest, *mode)?;
+        if to.starts_with("usr/bin/") {
+            let status = Command::new("strip")
+                .arg("--strip-debug")
+                .arg(&dest)
+                .status()
+                .context("while running strip (Debian package binutils)")?;
+            if !status.success() {
+                bail!("strip failed on {}", dest.display());
+            }
+        }
     }
     let debian = stage.join("DEBIAN");
     std::fs::create_dir_all(&debian)?;
     std::fs::write(
         debian.join("control"),
         format!(
-            "Package: {NAME}\nVersion: {version}\nArchitecture: amd64\nMaintainer: Residency Sensor maintainers <maintainers@residency-sensor.invalid>\nSection: admin\nPriority: optional\nDepends: libc6 (>= 2.36)\nDescription: data residency gates in the kernel (agent and CLI)\n sensord tags the processes that handle regulated data with eBPF, judges every\n connection they make against a residency policy in the kernel, and reports or\n denies violations. sensorctl is its operator CLI.\n"
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: Residency Sensor maintainers <maintainers@residency-sensor.invalid>\nSection: admin\nPriority: optional\nDepends: libc6 (>= 2.36)\nDescription: {}\n",
+            deb.description
         ),
     )?;
-    std::fs::write(
-        debian.join("conffiles"),
-        "/etc/residency/sensord.toml\n/etc/residency/policy.toml\n",
-    )?;
-    // Start on install (monitor mode per the example policy), stop on removal.
-    let postinst = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable sensord.service >/dev/null\nfi\n";
-    let prerm = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n  systemctl stop sensord.service || true\nfi\n";
-    for (name, body) in [("postinst", postinst), ("prerm", prerm)] {
-        std::fs::write(debian.join(name), body)?;
+    std::fs::write(debian.join("conffiles"), deb.conffiles)?;
+    let service = deb.service;
+    let postinst = format!("#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable {service} >/dev/null\nfi\n");
+    let prerm = format!("#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n  systemctl stop {service} || true\nfi\n");
+    for (file, body) in [("postinst", postinst), ("prerm", prerm)] {
+        std::fs::write(debian.join(file), body)?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(debian.join(name), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(debian.join(file), std::fs::Permissions::from_mode(0o755))?;
     }
     let out = root
         .join("target/package")
-        .join(format!("{NAME}_{version}_amd64.deb"));
+        .join(format!("{name}_{version}_amd64.deb"));
     let status = Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group"])
         .arg(&stage)
@@ -141,7 +217,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
         .arg(&out)
         .output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
-    for (_, to, _) in files(&root) {
+    for (_, to, _) in &deb.files {
         if !listing.contains(&format!("./{to}")) {
             bail!("{} lacks {to}", out.display());
         }
