@@ -1,8 +1,10 @@
 //! The `residency.collector.v1.Collector` service.
 //!
-//! Delivery streams share one store (one writer at a time): each batch is
-//! committed, then acknowledged, then published to live watchers. Operators'
-//! commands go to agents through [`Fleet`].
+//! Delivery streams hand their batches to one writer task, which commits
+//! whatever batches are waiting — of any number of hosts — in one transaction
+//! (group commit: one fsync for all), then lets each stream acknowledge its
+//! batch and publishes the records to live watchers. Operators' commands go to
+//! agents through [`Fleet`].
 
 use std::{
     net::IpAddr,
@@ -19,7 +21,7 @@ use residency_proto::collector::v1::{
     self as pb, agent_command::Command as Cmd, agent_message::Message as In,
     collector_message::Message as Out, collector_server::Collector,
 };
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -39,6 +41,58 @@ type Stored = Arc<(String, pb::Record, Indexed)>;
 /// Records a watcher may fall behind by before its stream ends.
 const WATCH_BUFFER: usize = 16_384;
 
+/// Batches one group commit takes at most.
+const GROUP_MAX: usize = 64;
+
+/// A batch waiting for the writer.
+struct Write {
+    host: String,
+    rows: Vec<(pb::Record, Indexed)>,
+    done: oneshot::Sender<Result<usize, String>>,
+}
+
+/// The writer task: group commits, then answers and publishes.
+fn spawn_writer(
+    store: Arc<Mutex<Store>>,
+    stored: broadcast::Sender<Stored>,
+) -> mpsc::Sender<Write> {
+    let (tx, mut rx) = mpsc::channel::<Write>(256);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(w) => group.push(w),
+                    Err(_) => break,
+                }
+            }
+            let slices: Vec<(&str, &[(pb::Record, Indexed)])> = group
+                .iter()
+                .map(|w| (w.host.as_str(), w.rows.as_slice()))
+                .collect();
+            let res = store.lock().await.insert_group(&slices).await;
+            match res {
+                Ok(counts) => {
+                    for (w, new) in group.into_iter().zip(counts) {
+                        let _ = w.done.send(Ok(new));
+                        if stored.receiver_count() > 0 {
+                            for (r, ix) in w.rows {
+                                let _ = stored.send(Arc::new((w.host.clone(), r, ix)));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for w in group {
+                        let _ = w.done.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
 /// Longest exception.
 const MAX_EXCEPTION: Duration = Duration::from_secs(30 * 86_400);
 
@@ -49,16 +103,20 @@ pub struct CollectorService {
     roles: Arc<Roles>,
     fleet: Arc<Fleet>,
     stored: broadcast::Sender<Stored>,
+    writer: mpsc::Sender<Write>,
     exceptions: Arc<AtomicU64>,
 }
 
 impl CollectorService {
     pub fn new(store: Store, roles: Roles) -> CollectorService {
+        let store = Arc::new(Mutex::new(store));
+        let stored = broadcast::channel(WATCH_BUFFER).0;
         CollectorService {
-            store: Arc::new(Mutex::new(store)),
+            writer: spawn_writer(store.clone(), stored.clone()),
+            store,
             roles: Arc::new(roles),
             fleet: Arc::new(Fleet::default()),
-            stored: broadcast::channel(WATCH_BUFFER).0,
+            stored,
             exceptions: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -113,28 +171,29 @@ fn target(host_id: &str) -> Option<&str> {
 }
 
 impl CollectorService {
-    /// Stores a batch, then publishes it to watchers; returns how many were new.
+    /// Has the writer store a batch (committed with whatever else is waiting);
+    /// returns how many records were new.
     async fn store_batch(&self, host: &str, records: Vec<pb::Record>) -> Result<usize, Status> {
-        let rows: Vec<(pb::Record, Indexed)> = records
+        let rows = records
             .into_iter()
             .map(|r| {
                 let ix = Indexed::of(&r);
                 (r, ix)
             })
             .collect();
-        let new = self
-            .store
-            .lock()
+        let (done, result) = oneshot::channel();
+        self.writer
+            .send(Write {
+                host: host.to_owned(),
+                rows,
+                done,
+            })
             .await
-            .insert(host, &rows)
+            .map_err(|_| Status::unavailable("the collector is shutting down"))?;
+        result
             .await
-            .map_err(internal)?;
-        if self.stored.receiver_count() > 0 {
-            for (r, ix) in rows {
-                let _ = self.stored.send(Arc::new((host.to_owned(), r, ix)));
-            }
-        }
-        Ok(new)
+            .map_err(|_| Status::unavailable("the collector is shutting down"))?
+            .map_err(internal)
     }
 
     /// Reads one delivery stream until it ends.

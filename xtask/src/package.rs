@@ -16,7 +16,6 @@ use sensor_build::dataset;
 
 use crate::workspace_root;
 
-
 fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = to.parent() {
@@ -192,8 +191,12 @@ fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
     )?;
     std::fs::write(debian.join("conffiles"), deb.conffiles)?;
     let service = deb.service;
-    let postinst = format!("#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable {service} >/dev/null\nfi\n");
-    let prerm = format!("#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n  systemctl stop {service} || true\nfi\n");
+    let postinst = format!(
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable {service} >/dev/null\nfi\n"
+    );
+    let prerm = format!(
+        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n  systemctl stop {service} || true\nfi\n"
+    );
     for (file, body) in [("postinst", postinst), ("prerm", prerm)] {
         std::fs::write(debian.join(file), body)?;
         use std::os::unix::fs::PermissionsExt;

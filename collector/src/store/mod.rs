@@ -95,9 +95,18 @@ impl Store {
         host: &str,
         records: &[(Record, Indexed)],
     ) -> Result<usize, StoreError> {
+        Ok(self.insert_group(&[(host, records)]).await?.iter().sum())
+    }
+
+    /// Stores batches of several hosts in one transaction (group commit: one
+    /// fsync for all of them); returns how many records of each were new.
+    pub async fn insert_group(
+        &mut self,
+        groups: &[(&str, &[(Record, Indexed)])],
+    ) -> Result<Vec<usize>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.insert(host, records),
-            Store::Postgres(p) => p.insert(host, records).await,
+            Store::Sqlite(s) => s.insert(groups),
+            Store::Postgres(p) => p.insert(groups).await,
         }
     }
 

@@ -96,36 +96,50 @@ impl Postgres {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    /// Stores batches of several hosts in one transaction (group commit);
+    /// returns how many records of each were new.
     pub async fn insert(
         &mut self,
-        host: &str,
-        records: &[(Record, Indexed)],
-    ) -> Result<usize, StoreError> {
-        let col = |f: &dyn Fn(&(Record, Indexed)) -> String| {
-            records.iter().map(f).collect::<Vec<String>>()
-        };
-        let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
-        let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
-        let remotes: Vec<Vec<u8>> = records.iter().map(|(_, ix)| ix.remote.clone()).collect();
-        let kinds = col(&|(r, _)| r.kind.clone());
-        let bodies = col(&|(r, _)| r.body_json.clone());
-        let classes = col(&|(_, ix)| ix.classes.clone());
-        let countries = col(&|(_, ix)| ix.country.clone());
-        let exes = col(&|(_, ix)| ix.exe.clone());
-        let actions = col(&|(_, ix)| ix.action.clone());
+        groups: &[(&str, &[(Record, Indexed)])],
+    ) -> Result<Vec<usize>, StoreError> {
         let tx = self.client.transaction().await?;
-        let new = tx
-            .execute(
+        let stmt = tx
+            .prepare(
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
                  SELECT $1, s, k, t, b, $2, c, co, r, e, a
                  FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
                    AS u(s, k, t, b, c, co, r, e, a)
                  ON CONFLICT (host, seq) DO NOTHING",
-                &[&host, &now_ns(), &seqs, &kinds, &times, &bodies, &classes, &countries, &remotes, &exes, &actions],
             )
             .await?;
+        let stored = now_ns();
+        let mut counts = Vec::with_capacity(groups.len());
+        for (host, records) in groups {
+            let col = |f: &dyn Fn(&(Record, Indexed)) -> String| {
+                records.iter().map(f).collect::<Vec<String>>()
+            };
+            let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
+            let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
+            let remotes: Vec<Vec<u8>> = records.iter().map(|(_, ix)| ix.remote.clone()).collect();
+            let kinds = col(&|(r, _)| r.kind.clone());
+            let bodies = col(&|(r, _)| r.body_json.clone());
+            let classes = col(&|(_, ix)| ix.classes.clone());
+            let countries = col(&|(_, ix)| ix.country.clone());
+            let exes = col(&|(_, ix)| ix.exe.clone());
+            let actions = col(&|(_, ix)| ix.action.clone());
+            let new = tx
+                .execute(
+                    &stmt,
+                    &[
+                        host, &stored, &seqs, &kinds, &times, &bodies, &classes, &countries,
+                        &remotes, &exes, &actions,
+                    ],
+                )
+                .await?;
+            counts.push(new as usize);
+        }
         tx.commit().await?;
-        Ok(new as usize)
+        Ok(counts)
     }
 
     pub async fn select(

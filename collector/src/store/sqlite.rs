@@ -94,37 +94,42 @@ impl Sqlite {
         Ok(v.unwrap_or(0) as u64)
     }
 
+    /// Stores batches of several hosts in one transaction (group commit);
+    /// returns how many records of each were new.
     pub fn insert(
         &mut self,
-        host: &str,
-        records: &[(Record, Indexed)],
-    ) -> Result<usize, StoreError> {
+        groups: &[(&str, &[(Record, Indexed)])],
+    ) -> Result<Vec<usize>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut new = 0;
+        let mut counts = Vec::with_capacity(groups.len());
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
             )?;
             let stored = now_ns();
-            for (r, ix) in records {
-                new += stmt.execute(params![
-                    host,
-                    r.seq as i64,
-                    r.kind,
-                    r.time_unix_ns,
-                    r.body_json,
-                    stored,
-                    ix.classes,
-                    ix.country,
-                    ix.remote,
-                    ix.exe,
-                    ix.action
-                ])?;
+            for (host, records) in groups {
+                let mut new = 0;
+                for (r, ix) in *records {
+                    new += stmt.execute(params![
+                        host,
+                        r.seq as i64,
+                        r.kind,
+                        r.time_unix_ns,
+                        r.body_json,
+                        stored,
+                        ix.classes,
+                        ix.country,
+                        ix.remote,
+                        ix.exe,
+                        ix.action
+                    ])?;
+                }
+                counts.push(new);
             }
         }
         tx.commit()?;
-        Ok(new)
+        Ok(counts)
     }
 
     pub fn select(
