@@ -180,7 +180,17 @@ async fn main() -> anyhow::Result<()> {
             info!(listen = %args.listen, database = %redact(&args.database), "collector listening");
         }
     }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<CollectorServer<CollectorService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(residency_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("while building the reflection service")?;
     server
+        .add_service(health)
+        .add_service(reflection)
         .add_service(CollectorServer::new(CollectorService::new(store, roles)))
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;

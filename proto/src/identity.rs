@@ -33,3 +33,25 @@ pub fn peer_names<T>(req: &Request<T>) -> Option<Vec<String>> {
     let leaf = certs.first()?;
     Some(certificate_names(leaf.as_ref()))
 }
+
+/// A client's mutual-TLS settings from PEM files: the CA that signed the
+/// server's certificate, this client's certificate and key, and optionally the
+/// name to expect in the server's certificate. Errors name the file.
+pub fn client_tls(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    server_name: Option<&str>,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut c = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(name) = server_name {
+        c = c.domain_name(name);
+    }
+    Ok(c)
+}

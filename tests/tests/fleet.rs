@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::RunningAgent,
+    agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
     collector::{CollectorTls, RunningCollector},
     netns::TestNet,
@@ -439,6 +439,72 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
         .expect("no error");
     assert_eq!(seen.host_id, "fleet-b");
     assert!(seen.body_json.contains("\"action\":\"denied\""));
+
+    // The same through collectorctl, as auditors and operators use it.
+    let ctl = |who: &Pem, args: &[&str]| {
+        let out = std::process::Command::new(workspace_bin("collectorctl"))
+            .arg("--endpoint")
+            .arg(c.endpoint())
+            .arg("--ca")
+            .arg(&p.ca.cert)
+            .arg("--cert")
+            .arg(&who.cert)
+            .arg("--key")
+            .arg(&who.key)
+            .args(args)
+            .output()
+            .expect("collectorctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = ctl(&p.auditor, &["--json", "hosts"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("hosts JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{out}");
+    let (code, out, _) = ctl(
+        &p.auditor,
+        &[
+            "--json",
+            "violations",
+            "--host",
+            "fleet-b",
+            "--action",
+            "denied",
+            "--all",
+            "--limit",
+            "1",
+        ],
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.lines().count() >= 2, "every page followed: {out}");
+    let (code, _, err) = ctl(
+        &p.auditor,
+        &[
+            "set-enforcement",
+            "--mode",
+            "monitor",
+            "--reason",
+            "end of audit",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("auditor role"), "{err}");
+    let (code, out, err) = ctl(
+        &p.operator,
+        &[
+            "set-enforcement",
+            "--mode",
+            "monitor",
+            "--reason",
+            "end of audit",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("fleet-a") && out.contains("applied"), "{out}");
+    assert_eq!(connect_errno(&a, &target), 0, "monitor mode again");
     drop(a);
     drop(b);
 }

@@ -2,7 +2,7 @@
 //! trees (no extra tool to install):
 //! - `residency-sensor`: sensord and sensorctl, the systemd unit, a default
 //!   config, the example policy, the default region dataset and the docs;
-//! - `residency-collector`: collectord and its systemd unit.
+//! - `residency-collector`: collectord, collectorctl and the systemd unit.
 //!
 //! Binaries are stripped of debug information.
 
@@ -91,6 +91,11 @@ fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
         (
             root.join("target/release/collectord"),
             "usr/bin/collectord",
+            0o755,
+        ),
+        (
+            root.join("target/release/collectorctl"),
+            "usr/bin/collectorctl",
             0o755,
         ),
         (

@@ -9,14 +9,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use residency_proto::collector::v1::{
     self as pb, agent_command::Command as Cmd, agent_message::Message as Out,
     collector_client::CollectorClient, collector_message::Message as In,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
@@ -44,17 +43,8 @@ fn jitter(base: Duration) -> Duration {
 /// Reads the TLS files (at start, so that a wrong path stops the agent with a
 /// clear message rather than failing every reconnect).
 pub fn tls_config(t: &CollectorTlsConfig) -> anyhow::Result<ClientTlsConfig> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .with_context(|| format!("while reading [collector.tls] file {}", p.display()))
-    };
-    let mut c = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&t.ca)?))
-        .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
-    if let Some(name) = &t.server_name {
-        c = c.domain_name(name.clone());
-    }
-    Ok(c)
+    residency_proto::identity::client_tls(&t.ca, &t.cert, &t.key, t.server_name.as_deref())
+        .map_err(|e| anyhow::anyhow!("[collector.tls]: {e}"))
 }
 
 async fn connect(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {

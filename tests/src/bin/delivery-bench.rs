@@ -213,7 +213,9 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
     );
     let mut best = 0u64;
     let mut expected = 0u64;
-    for rate in [1_000u64, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000] {
+    for rate in [
+        1_000u64, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000,
+    ] {
         let d0 = drops();
         let out = cgroup
             .command({

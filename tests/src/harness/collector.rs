@@ -9,7 +9,7 @@ use std::{
 };
 
 use residency_proto::collector::v1::collector_client::CollectorClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::{agent::workspace_bin, pki};
 
@@ -160,14 +160,9 @@ impl RunningCollector {
     pub async fn client(&self, who: Option<&pki::Pem>) -> CollectorClient<Channel> {
         let mut ep = Channel::from_shared(self.endpoint()).expect("endpoint");
         if let (Some(t), Some(who)) = (&self.tls, who) {
-            let read = |p: &Path| std::fs::read(p).expect("reading a PEM file");
-            ep = ep
-                .tls_config(
-                    ClientTlsConfig::new()
-                        .ca_certificate(Certificate::from_pem(read(&t.ca)))
-                        .identity(Identity::from_pem(read(&who.cert), read(&who.key))),
-                )
-                .expect("TLS config");
+            let tls = residency_proto::identity::client_tls(&t.ca, &who.cert, &who.key, None)
+                .expect("client TLS files");
+            ep = ep.tls_config(tls).expect("TLS config");
         }
         CollectorClient::new(ep.connect().await.expect("connecting to collectord"))
     }

@@ -1,0 +1,387 @@
+//! `collectorctl`: the auditors' and operators' command line for a collector.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use collector::export::parse_time;
+use residency_proto::collector::v1::{self as pb, collector_client::CollectorClient};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+/// Query a Residency Sensor collector (auditors) and steer the fleet
+/// (operators). With mutual TLS give --ca, --cert and --key: the certificate's
+/// name decides the role (collectord --auditor / --operator).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The collector (https:// with TLS).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50551")]
+    endpoint: String,
+    /// CA that signed the collector's certificate (PEM).
+    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// Your certificate (PEM).
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// Name to expect in the collector's certificate, when not the endpoint's.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Filters {
+    /// Only this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only records about this class.
+    #[arg(long)]
+    class: Option<String>,
+    /// Only this remote country (ISO code).
+    #[arg(long)]
+    country: Option<String>,
+    /// Only remote addresses in this prefix (or this address).
+    #[arg(long)]
+    destination: Option<String>,
+    /// Only this executable path.
+    #[arg(long)]
+    exe: Option<String>,
+    /// Only this action: reported or denied.
+    #[arg(long)]
+    action: Option<String>,
+    /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Before this time (same forms).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
+impl Filters {
+    fn query(&self) -> pb::ViolationQuery {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        pb::ViolationQuery {
+            host_id: s(&self.host),
+            class: s(&self.class),
+            country: s(&self.country),
+            destination: s(&self.destination),
+            exe: s(&self.exe),
+            action: s(&self.action),
+            since_unix_ns: self.since.unwrap_or(0),
+            until_unix_ns: self.until.unwrap_or(0),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every host: last seen, connected, counts, policy, modes, exceptions.
+    Hosts,
+    /// Stored violations, newest first.
+    Violations {
+        #[command(flatten)]
+        filters: Filters,
+        /// At most this many (per page with --all).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Follow the pages to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Violations as they are stored (Ctrl-C to stop).
+    Watch {
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Change enforcement on one host or every connected host (operators).
+    SetEnforcement {
+        /// off, monitor or enforce.
+        #[arg(long)]
+        mode: String,
+        /// One host (default: every connected host).
+        #[arg(long)]
+        host: Option<String>,
+        /// One class (default: every class).
+        #[arg(long)]
+        class: Option<String>,
+        /// Why (recorded by every agent).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a class reach a destination for a while (operators).
+    GrantException {
+        /// The class.
+        #[arg(long)]
+        class: String,
+        /// An IP prefix (203.0.113.0/24) or ISO country code (US).
+        #[arg(long)]
+        destination: String,
+        /// How long: 90s, 30m, 8h, 7d (at most 30d).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Duration,
+        /// Why (recorded by every agent).
+        #[arg(long)]
+        justification: String,
+        /// One host (default: every connected host).
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+/// "90s", "30m", "8h", "7d" or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write 90s, 30m, 8h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
+    let mut ep = Channel::from_shared(a.endpoint.clone())
+        .map_err(|e| format!("--endpoint {:?}: {e}", a.endpoint))?;
+    if let (Some(ca), Some(cert), Some(key)) = (&a.ca, &a.cert, &a.key) {
+        let tls = residency_proto::identity::client_tls(ca, cert, key, a.server_name.as_deref())?;
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the collector at {}: {e}", a.endpoint))?;
+    Ok(CollectorClient::new(ch))
+}
+
+fn when(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn print_records(records: &[pb::StoredRecord], json: bool) {
+    for r in records {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            continue;
+        }
+        let b: serde_json::Value = serde_json::from_str(&r.body_json).unwrap_or_default();
+        println!(
+            "{}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {}",
+            when(r.time_unix_ns),
+            r.host_id,
+            r.seq,
+            b["action"].as_str().unwrap_or("?"),
+            b["remote"].as_str().unwrap_or("?"),
+            b["remote_country"].as_str().unwrap_or(""),
+            b["exe"].as_str().or(b["comm"].as_str()).unwrap_or("?"),
+            b["classes"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else {
+        if !r.exception_id.is_empty() {
+            println!("exception {}", r.exception_id);
+        }
+        if r.outcomes.is_empty() {
+            println!("no host is connected to this collector");
+        }
+        for o in &r.outcomes {
+            if o.error.is_empty() {
+                println!("{:<24} applied", o.host_id);
+            } else {
+                println!("{:<24} FAILED: {}", o.host_id, o.error);
+            }
+        }
+    }
+    !r.outcomes.is_empty() && r.outcomes.iter().all(|o| o.error.is_empty())
+}
+
+async fn run(a: &Args) -> Result<bool, String> {
+    let mut c = client(a).await?;
+    let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
+    match &a.command {
+        Cmd::Hosts => {
+            let hosts = c
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .hosts;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&hosts).unwrap_or_default()
+                );
+                return Ok(true);
+            }
+            println!(
+                "{:<24} {:<9} {:<20} {:>10} {:>5} {:>6}  {:<12} MODES",
+                "HOST", "CONNECTED", "LAST SEEN", "VIOLATIONS", "GAPS", "AUDITS", "POLICY"
+            );
+            for h in hosts {
+                let st = h.state.unwrap_or_default();
+                let modes: Vec<String> = st
+                    .modes
+                    .iter()
+                    .map(|m| format!("{}={}", m.class, m.mode))
+                    .collect();
+                println!(
+                    "{:<24} {:<9} {:<20} {:>10} {:>5} {:>6}  {:<12} {}{}",
+                    h.host_id,
+                    if h.connected { "yes" } else { "no" },
+                    when(h.last_seen_unix_ns),
+                    h.violations,
+                    h.gaps,
+                    h.audits,
+                    st.policy_sha256.get(..12).unwrap_or("-"),
+                    modes.join(" "),
+                    if st.exceptions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} exceptions)", st.exceptions.len())
+                    }
+                );
+            }
+            Ok(true)
+        }
+        Cmd::Violations {
+            filters,
+            limit,
+            all,
+        } => {
+            let mut q = filters.query();
+            q.limit = *limit;
+            loop {
+                let page = c
+                    .query_violations(q.clone())
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print_records(&page.records, a.json);
+                if !*all || page.next_page_token.is_empty() {
+                    return Ok(true);
+                }
+                q.page_token = page.next_page_token;
+            }
+        }
+        Cmd::Watch { filters } => {
+            let mut s = c
+                .watch_violations(filters.query())
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(r) = s.next().await {
+                print_records(&[r.map_err(status)?], a.json);
+            }
+            Ok(true)
+        }
+        Cmd::SetEnforcement {
+            mode,
+            host,
+            class,
+            reason,
+        } => {
+            let r = c
+                .set_enforcement(pb::FleetSetEnforcementRequest {
+                    host_id: host.clone().unwrap_or_default(),
+                    class: class.clone().unwrap_or_default(),
+                    mode: mode.clone(),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(print_outcomes(&r, a.json))
+        }
+        Cmd::GrantException {
+            class,
+            destination,
+            duration,
+            justification,
+            host,
+        } => {
+            let r = c
+                .grant_exception(pb::GrantExceptionRequest {
+                    host_id: host.clone().unwrap_or_default(),
+                    class: class.clone(),
+                    destination: destination.clone(),
+                    duration_seconds: duration.as_secs(),
+                    justification: justification.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(print_outcomes(&r, a.json))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        // A fleet operation that did not reach or was refused by some host.
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("collectorctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(super::parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(super::parse_duration("8h").unwrap().as_secs(), 28_800);
+        assert!(super::parse_duration("soon").is_err());
+        assert!(super::parse_duration("3w").unwrap_err().contains("unit"));
+        assert_eq!(
+            super::when(1_795_417_200_000_000_000),
+            "2026-11-23T07:00:00Z"
+        );
+    }
+}
