@@ -203,7 +203,11 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
             b["action"].as_str().unwrap_or("?"),
             b["remote"].as_str().unwrap_or("?"),
             b["remote_country"].as_str().unwrap_or(""),
-            b["exe"].as_str().or(b["comm"].as_str()).unwrap_or("?"),
+            b["exe"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+                .or(b["comm"].as_str())
+                .unwrap_or("?"),
             b["classes"]
                 .as_array()
                 .map(|a| a

@@ -4,17 +4,19 @@
 //! EU-personal-data class is carried by a demonstration cgroup; makes two
 //! "remote hosts" in network namespaces, one in Frankfurt and one in Virginia;
 //! runs a process in the cgroup that sends data to both; shows what the agent
-//! saw with sensorctl; switches enforcement on and shows the kernel refusing the
-//! transfer to Virginia before any packet leaves. Everything it creates is
-//! removed when it ends.
+//! saw with sensorctl; an operator switches enforcement on for the fleet
+//! through the collector (mutual TLS, collectorctl) and the kernel refuses the
+//! transfer to Virginia before any packet leaves; the auditor reads what the
+//! collector stored. Everything it creates is removed when it ends.
 
 use std::{process::Command, time::Duration};
 
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
-    collector::RunningCollector,
+    collector::{CollectorTls, RunningCollector},
     netns::TestNet,
+    pki::{Pem, TestCa},
     privilege::require_root,
     probe,
     scenario::cgroup_rel,
@@ -58,6 +60,21 @@ fn ctl(agent: &RunningAgent, args: &[&str]) {
     let _ = c.status();
 }
 
+fn collectorctl(c: &RunningCollector, ca: &TestCa, who: &Pem, name: &str, args: &[&str]) {
+    println!("$ collectorctl   # as {name}\n    {}", args.join(" "));
+    let _ = Command::new(workspace_bin("collectorctl"))
+        .arg("--endpoint")
+        .arg(c.endpoint())
+        .arg("--ca")
+        .arg(&ca.cert)
+        .arg("--cert")
+        .arg(&who.cert)
+        .arg("--key")
+        .arg(&who.key)
+        .args(args)
+        .status();
+}
+
 fn main() {
     require_root();
     let cgroup = TestCgroup::create();
@@ -78,9 +95,30 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("rs-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("demo directory");
-    let collector = RunningCollector::start(&dir);
+    // A throw-away PKI (cargo xtask pki makes the same): the collector, this
+    // host (its certificate names the policy's host id, the hostname), an
+    // auditor and an operator.
+    let ca = TestCa::create(&dir);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let host_cert = ca.issue(&hostname, &[]);
+    let auditor = ca.issue("audit-1", &[]);
+    let operator = ca.issue("ops-1", &[]);
+    let db = dir.join("collector.db");
+    let collector = RunningCollector::start_with(
+        &dir,
+        db.to_str().expect("utf-8"),
+        Some(CollectorTls {
+            ca: ca.cert.clone(),
+            server: ca.issue("collector", &["localhost"]),
+            auditors: vec!["audit-1".into()],
+            operators: vec!["ops-1".into()],
+        }),
+    );
     println!(
-        "collectord listening on {} (database {})",
+        "collectord listening on {} with mutual TLS (database {}; auditor audit-1, operator ops-1)",
         collector.endpoint(),
         collector.database
     );
@@ -88,9 +126,12 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
+            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             collector.endpoint(),
-            dir.join("spool").display()
+            dir.join("spool").display(),
+            ca.cert.display(),
+            host_cert.cert.display(),
+            host_cert.key.display()
         ),
     )
     .expect("agent config");
@@ -124,12 +165,17 @@ fn main() {
     ctl(&agent, &["violations"]);
     ctl(&agent, &["lookup", &iad.addr.ip().to_string()]);
 
-    say("ops switch enforcement on");
-    ctl(
-        &agent,
+    say("an operator switches enforcement on for the whole fleet, through the collector");
+    std::thread::sleep(Duration::from_millis(500));
+    collectorctl(
+        &collector,
+        &ca,
+        &operator,
+        "ops-1",
         &[
+            "set-enforcement",
+            "--mode",
             "enforce",
-            "on",
             "--class",
             "eu_personal",
             "--reason",
@@ -157,28 +203,24 @@ fn main() {
         iad.received() - before
     );
     ctl(&agent, &["violations"]);
-    say("what the collector stored (durably, exactly once) for the auditor");
+    say("what the collector stored (durably, exactly once), as the auditor sees it");
     std::thread::sleep(Duration::from_millis(1500));
-    let host = agent.ctl_json(&["status"])["host_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let stored: Vec<serde_json::Value> = collector
-        .export(Some("violation"))
-        .into_iter()
-        .filter(|r| r["host"] == host.as_str())
-        .collect();
-    println!("{:<6} {:<22} {:<8} CLASSES", "SEQ", "REMOTE", "ACTION");
-    for r in stored.iter().rev().take(10).rev() {
-        let v = &r["record"];
-        println!(
-            "{:<6} {:<22} {:<8} {}",
-            r["seq"],
-            v["remote"].as_str().unwrap_or("?"),
-            v["action"].as_str().unwrap_or("?"),
-            v["classes"]
-        );
-    }
+    collectorctl(&collector, &ca, &auditor, "audit-1", &["hosts"]);
+    collectorctl(
+        &collector,
+        &ca,
+        &auditor,
+        "audit-1",
+        &["violations", "--class", "eu_personal", "--limit", "10"],
+    );
+    say("an auditor may not steer the fleet");
+    collectorctl(
+        &collector,
+        &ca,
+        &auditor,
+        "audit-1",
+        &["set-enforcement", "--mode", "off", "--reason", "curious"],
+    );
     say("done: stopping sensord and collectord, removing the demo cgroup and network namespaces");
     drop(agent);
     drop(collector);
