@@ -260,8 +260,8 @@ fn metrics_endpoint_counts_violations() {
 fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
     let cgroup = TestCgroup::create();
     let rel = cgroup_rel(&cgroup);
-    let dir = std::env::temp_dir().join(format!("rs-pki-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("pki dir");
+    let pki_dir = harness::harness::temp::TempPath::dir("pki");
+    let dir = pki_dir.path().to_owned();
     let ca = harness::harness::pki::TestCa::create(&dir);
     let server = ca.issue("sensord", &["localhost"]);
     let operator = ca.issue("ops-alice", &[]);
@@ -335,12 +335,10 @@ fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
         "the audit record names the certificate"
     );
     // A client without a certificate from the CA gets nowhere.
-    let other_dir = std::env::temp_dir().join(format!("rs-pki-other-{}", std::process::id()));
-    std::fs::create_dir_all(&other_dir).expect("other pki dir");
+    let other_pki = harness::harness::temp::TempPath::dir("pki-other");
+    let other_dir = other_pki.path().to_owned();
     let other_ca = harness::harness::pki::TestCa::create(&other_dir);
     let stranger = other_ca.issue("mallory", &[]);
     assert!(!tls(&stranger, &["status"]).status.success());
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&other_dir);
 }

@@ -1,5 +1,7 @@
 //! Leak check around the test suite: kernel objects the harness creates must all
-//! be gone when it ends (network namespaces, veths, cgroups, pinned objects).
+//! be gone when it ends (network namespaces, veths, cgroups, pinned objects), and
+//! so must the processes it starts (sensord, collectord, PostgreSQL servers)
+//! and their temporary directories.
 
 use std::{collections::BTreeSet, process::Command};
 
@@ -10,6 +12,32 @@ pub struct Snapshot {
     pub links: BTreeSet<String>,
     pub cgroups: BTreeSet<String>,
     pub pins: BTreeSet<String>,
+    /// "pid comm" of sensord, collectord and harness PostgreSQL processes.
+    pub processes: BTreeSet<String>,
+    /// The harness's temporary directories (`/tmp/rs-*`).
+    pub temp: BTreeSet<String>,
+}
+
+/// Processes the harness starts: our daemons, and PostgreSQL servers whose
+/// data lives in a harness directory (not the machine's own cluster).
+fn harness_processes() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = matches!(comm, "sensord" | "collectord")
+            || (comm == "postgres" && cmdline.contains("/rs-"));
+        if ours {
+            out.insert(format!("{pid} {comm}"));
+        }
+    }
+    out
 }
 
 fn dir_names(path: &str, keep: impl Fn(&str) -> bool) -> BTreeSet<String> {
@@ -56,6 +84,10 @@ pub fn snapshot() -> Snapshot {
             .map(|r| dir_names(&r, |n| n.starts_with("residency-test-")))
             .unwrap_or_default(),
         pins: dir_names("/sys/fs/bpf", |n| n != "maps.debug" && n != "progs.debug"),
+        processes: harness_processes(),
+        temp: dir_names(&std::env::temp_dir().to_string_lossy(), |n| {
+            n.starts_with("rs-")
+        }),
     }
 }
 
@@ -67,6 +99,8 @@ pub fn leaked(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         ("network link", &before.links, &after.links),
         ("cgroup", &before.cgroups, &after.cgroups),
         ("bpffs entry", &before.pins, &after.pins),
+        ("process", &before.processes, &after.processes),
+        ("temporary file", &before.temp, &after.temp),
     ] {
         out.extend(a.difference(b).map(|n| format!("{kind} {n}")));
     }
