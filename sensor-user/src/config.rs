@@ -277,6 +277,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn endpoint_schemes_follow_tls() {
+        let e = parse(
+            Path::new("s.toml"),
+            "[collector]\nendpoints = [\"https://c:1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must start with http://"), "{e}");
+        let e = parse(
+            Path::new("s.toml"),
+            "[collector]\nendpoints = [\"http://c:1\"]\n[collector.tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must start with https://"), "{e}");
+        parse(
+            Path::new("s.toml"),
+            "[collector]\nendpoints = [\"https://c:1\"]\n[collector.tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+    }
+
     /// The shipped default config must always load.
     #[test]
     fn packaged_config_loads() {
