@@ -13,6 +13,7 @@
 //! (run by `cargo xtask bench`; needs root).
 
 mod net;
+mod progstats;
 mod stats;
 mod worker;
 
@@ -186,15 +187,20 @@ fn main() {
     for (_, w) in sides.iter_mut() {
         w.run(o.per_round);
     }
+    let stats_fd = progstats::enable();
+    let mut prog: Vec<progstats::Stats> = vec![Default::default(); sides.len()];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     for round in 0..o.rounds {
         // Rotate the order so no side always runs first.
         for k in 0..sides.len() {
             let i = (round + k) % sides.len();
+            let before = progstats::snapshot();
             let ns = sides[i].1.run(o.per_round);
+            progstats::accumulate(&mut prog[i], &before, &progstats::snapshot());
             samples[i].push(ns as f64 / o.per_round as f64);
         }
     }
+    drop(stats_fd);
     stop.store(true, Ordering::Relaxed);
     let records = drained.join().unwrap_or(0);
     let counters = sensor.counters().unwrap_or_default();
@@ -225,4 +231,11 @@ fn main() {
         "records drained: {records}; ring buffer losses: {}",
         counters.first().copied().unwrap_or(0)
     );
+    println!();
+    println!(
+        "kernel run time of the sensor's programs per side (BPF stats; the accounting adds a little):"
+    );
+    for (i, (name, _)) in sides.iter().enumerate() {
+        progstats::report(name, &prog[i], o.rounds * o.per_round);
+    }
 }
