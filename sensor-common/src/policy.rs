@@ -103,6 +103,22 @@ pub struct Config {
     pub off_skc_num: u32,
     pub off_skc_rcv_saddr: u32,
     pub off_skc_v6_rcv_saddr: u32,
+    /// More of `struct sock_common`, for accept records: skc_family,
+    /// skc_daddr, skc_dport, skc_v6_daddr. `off_skc_family == 0` disables
+    /// accept records.
+    pub off_skc_family: u32,
+    pub off_skc_daddr: u32,
+    pub off_skc_dport: u32,
+    pub off_skc_v6_daddr: u32,
+    /// From the accepting process's new fd to its socket: task_struct.files,
+    /// files_struct.fdt, fdtable.fd, file.private_data, socket.sk (BTF), and
+    /// `ret` in the syscalls:sys_exit_accept(4) records (tracefs).
+    pub off_task_files: u32,
+    pub off_files_fdt: u32,
+    pub off_fdt_fd: u32,
+    pub off_file_private_data: u32,
+    pub off_socket_sk: u32,
+    pub tp_accept_ret: u32,
 }
 
 impl Config {
@@ -128,6 +144,16 @@ impl Config {
         off_skc_num: 0,
         off_skc_rcv_saddr: 0,
         off_skc_v6_rcv_saddr: 0,
+        off_skc_family: 0,
+        off_skc_daddr: 0,
+        off_skc_dport: 0,
+        off_skc_v6_daddr: 0,
+        off_task_files: 0,
+        off_files_fdt: 0,
+        off_fdt_fd: 0,
+        off_file_private_data: 0,
+        off_socket_sk: 0,
+        tp_accept_ret: 0,
     };
 }
 
@@ -142,7 +168,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 80);
+        assert_eq!(core::mem::size_of::<Config>(), 120);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);
     }

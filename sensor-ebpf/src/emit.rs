@@ -28,14 +28,13 @@ pub struct Destination {
 
 /// Per-CPU scratch slots for building records (a 128-byte record on the
 /// 512-byte BPF stack, copied a few times, overflows it). One slot per context
-/// that can interrupt another on the same CPU.
+/// that can interrupt another on the same CPU; every program runs in process
+/// context now (sock_addr and sock hooks, tracepoints, the accept kretprobe).
 pub mod slot {
-    /// Process context: sock_addr hooks, tracepoints, post_bind.
+    /// Process context.
     pub const PROCESS: u32 = 0;
-    /// softirq: sock_ops.
-    pub const SOFTIRQ: u32 = 1;
     /// Number of slots.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 1;
 }
 
 /// A record in scratch slot `slot` with the task fields filled in.

@@ -63,14 +63,6 @@ pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(409
 #[map]
 pub static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 1);
 
-/// TCP ports tagged processes listen on → a record template of the listener.
-#[map]
-pub static LISTENERS: HashMap<u32, FlowEvent> = HashMap::with_max_entries(4096, 0);
-
-/// Socket cookie of a listener → its port (to remove it at release).
-#[map]
-pub static LISTENER_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
-
 /// Aggregation state of recent flows.
 #[map]
 pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_536, 0);

@@ -18,7 +18,7 @@ use std::{fs::File, path::Path, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use sensor_common::{counters::COUNTER_COUNT, policy::Config};
 
@@ -34,16 +34,17 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/se
 /// cgroup sock_addr programs in the object.
 pub const SOCK_ADDR_PROGRAMS: &[&str] =
     &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
-/// cgroup sock programs (post_bind4/6, sock_release) in the object.
-pub const SOCK_PROGRAMS: &[&str] = &["on_post_bind4", "on_post_bind6", "on_sock_release"];
-/// The sock_ops program (accepted connections).
-pub const SOCK_OPS_PROGRAM: &str = "on_sock_ops";
+/// cgroup sock programs (sock_release) in the object.
+pub const SOCK_PROGRAMS: &[&str] = &["on_sock_release"];
+
 /// Tracepoint programs: (program, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_exec", "sched", "sched_process_exec"),
     ("on_fork", "sched", "sched_process_fork"),
     ("on_exit", "sched", "sched_process_exit"),
     ("on_send_length", "sock", "sock_send_length"),
+    ("on_accept4_exit", "syscalls", "sys_exit_accept4"),
+    ("on_accept_exit_plain", "syscalls", "sys_exit_accept"),
 ];
 
 /// Capacity of the kernel's process tag map (`TASKS` in sensor-ebpf maps.rs).
@@ -109,8 +110,6 @@ impl KernelSensor {
             let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
-        let prog: &mut SockOps = load_program(&mut ebpf, SOCK_OPS_PROGRAM)?;
-        retry_eagain(|| prog.load()).map_err(prog_err(SOCK_OPS_PROGRAM))?;
         for &(name, _, _) in TRACEPOINTS {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
@@ -137,8 +136,9 @@ impl KernelSensor {
         self.attach_cgroup(cgroup_path)
     }
 
-    /// Attaches the process tracepoints (exec, fork, exit) alone. They are
-    /// host-wide; attach them once per loaded object.
+    /// Attaches the host-wide programs alone: the tracepoints for processes
+    /// (exec, fork, exit), byte counting and accepts. Attach them once per
+    /// loaded object.
     pub fn attach_tracepoints(&mut self) -> Result<(), SensorError> {
         for &(name, category, tp) in TRACEPOINTS {
             let prog: &mut TracePoint = self.program(name)?;
@@ -159,9 +159,6 @@ impl KernelSensor {
             prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
         }
-        let prog: &mut SockOps = self.program(SOCK_OPS_PROGRAM)?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(prog_err(SOCK_OPS_PROGRAM))?;
         // Socket hooks last: by the time connects are judged, exec/fork
         // tracking and flow accounting are in place.
         for &name in SOCK_ADDR_PROGRAMS {

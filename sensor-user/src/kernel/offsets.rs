@@ -78,11 +78,75 @@ fn sock(btf: &Btf, tracefs: &Path, config: &mut Config) {
     }
 }
 
+/// Offsets to describe an accepted connection: from the accepting process's
+/// new file descriptor to its socket, then the peer and local endpoint.
+fn accept(btf: &Btf, tracefs: &Path, config: &mut Config) {
+    let skc = |m| btf.member_offset("sock_common", m);
+    let found = (|| {
+        Some([
+            btf.member_offset("task_struct", "files")?,
+            btf.member_offset("files_struct", "fdt")?,
+            btf.member_offset("fdtable", "fd")?,
+            btf.member_offset("file", "private_data")?,
+            btf.member_offset("socket", "sk")?,
+            skc("skc_family")?,
+            skc("skc_daddr")?,
+            skc("skc_dport")?,
+            skc("skc_v6_daddr")?,
+            skc("skc_num")?,
+            skc("skc_rcv_saddr")?,
+            skc("skc_v6_rcv_saddr")?,
+            tracefs::tracepoint_field(tracefs, "syscalls", "sys_exit_accept4", "ret")?,
+        ])
+    })();
+    match found {
+        Some(
+            [
+                files,
+                fdt,
+                fd,
+                private,
+                sk,
+                family,
+                daddr,
+                dport,
+                v6,
+                num,
+                l4,
+                l6,
+                ret,
+            ],
+        ) if family != 0 && ret != 0 => {
+            config.off_task_files = files;
+            config.off_files_fdt = fdt;
+            config.off_fdt_fd = fd;
+            config.off_file_private_data = private;
+            config.off_socket_sk = sk;
+            config.off_skc_family = family;
+            config.off_skc_daddr = daddr;
+            config.off_skc_dport = dport;
+            config.off_skc_v6_daddr = v6;
+            config.off_skc_num = num;
+            config.off_skc_rcv_saddr = l4;
+            config.off_skc_v6_rcv_saddr = l6;
+            config.tp_accept_ret = ret;
+            debug!(
+                files,
+                fdt, fd, private, sk, family, daddr, dport, v6, ret, "accept offsets"
+            );
+        }
+        _ => warn!(
+            "a kernel struct member or the syscalls:sys_exit_accept4 tracepoint is missing: accept records are disabled"
+        ),
+    }
+}
+
 /// Fills every layout-dependent field of `config`.
 pub fn discover(config: &mut Config, tracefs: &Path) {
     if let Some(btf) = read_btf() {
         exe(&btf, config);
         sock(&btf, tracefs, config);
+        accept(&btf, tracefs, config);
     }
     config.tp_fork_child_pid =
         tracefs::tracepoint_field(tracefs, "sched", "sched_process_fork", "child_pid")
