@@ -9,7 +9,7 @@
 //! not measure the trie) with SO_LINGER 0, so no TIME_WAIT builds up. The
 //! report gives each side's median of per-round means and its ratio to `none`.
 //!
-//! Usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P]
+//! Usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--prog-stats]
 //! (run by `cargo xtask bench`; needs root).
 
 mod net;
@@ -37,6 +37,10 @@ struct Options {
     rounds: usize,
     per_round: usize,
     prefixes: usize,
+    /// Report the kernel's run time of each program (BPF_ENABLE_STATS); the
+    /// accounting itself costs every run a little, so ratios are measured
+    /// without it.
+    prog_stats: bool,
 }
 
 fn parse_options() -> Options {
@@ -44,6 +48,7 @@ fn parse_options() -> Options {
         rounds: 60,
         per_round: 200,
         prefixes: 500_000,
+        prog_stats: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,8 +65,15 @@ fn parse_options() -> Options {
             "--rounds" => o.rounds = value(),
             "--per-round" => o.per_round = value(),
             "--prefixes" => o.prefixes = value(),
+            "--prog-stats" => {
+                o.prog_stats = true;
+                i += 1;
+                continue;
+            }
             "-h" | "--help" => {
-                println!("usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P]");
+                println!(
+                    "usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--prog-stats]"
+                );
                 std::process::exit(0);
             }
             other => {
@@ -187,16 +199,18 @@ fn main() {
     for (_, w) in sides.iter_mut() {
         w.run(o.per_round);
     }
-    let stats_fd = progstats::enable();
+    let stats_fd = o.prog_stats.then(progstats::enable).flatten();
     let mut prog: Vec<progstats::Stats> = vec![Default::default(); sides.len()];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     for round in 0..o.rounds {
         // Rotate the order so no side always runs first.
         for k in 0..sides.len() {
             let i = (round + k) % sides.len();
-            let before = progstats::snapshot();
+            let before = stats_fd.as_ref().map(|_| progstats::snapshot());
             let ns = sides[i].1.run(o.per_round);
-            progstats::accumulate(&mut prog[i], &before, &progstats::snapshot());
+            if let Some(before) = before {
+                progstats::accumulate(&mut prog[i], &before, &progstats::snapshot());
+            }
             samples[i].push(ns as f64 / o.per_round as f64);
         }
     }
@@ -231,11 +245,13 @@ fn main() {
         "records drained: {records}; ring buffer losses: {}",
         counters.first().copied().unwrap_or(0)
     );
-    println!();
-    println!(
-        "kernel run time of the sensor's programs per side (BPF stats; the accounting adds a little):"
-    );
-    for (i, (name, _)) in sides.iter().enumerate() {
-        progstats::report(name, &prog[i], o.rounds * o.per_round);
+    if o.prog_stats {
+        println!();
+        println!(
+            "kernel run time of the sensor's programs per side (BPF stats; the accounting adds a little):"
+        );
+        for (i, (name, _)) in sides.iter().enumerate() {
+            progstats::report(name, &prog[i], o.rounds * o.per_round);
+        }
     }
 }
