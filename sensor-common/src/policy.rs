@@ -76,7 +76,10 @@ pub struct Config {
     pub agg_interval_ns: u64,
     /// 1 when a destination with no verdict counts as a violation (the default).
     pub unknown_is_violation: u8,
-    pub _pad: [u8; 7],
+    /// 1 when the TAINT trie has entries: untagged calls skip its lookup
+    /// otherwise.
+    pub has_taint: u8,
+    pub _pad: [u8; 6],
     /// Offsets (from BTF, filled by user space) to read the executable's inode:
     /// task_struct.mm, mm_struct.exe_file, file.f_inode, inode.i_ino,
     /// inode.i_sb, super_block.s_dev. All zero: exe selectors are off.
@@ -129,7 +132,8 @@ impl Config {
         active_verdicts: 0,
         agg_interval_ns: 0,
         unknown_is_violation: 1,
-        _pad: [0; 7],
+        has_taint: 0,
+        _pad: [0; 6],
         off_task_mm: 0,
         off_mm_exe_file: 0,
         off_file_inode: 0,

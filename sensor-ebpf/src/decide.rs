@@ -1,7 +1,7 @@
 //! The verdict for one destination of one process, shared by the socket hooks.
 //!
 //! Order: untagged and not connecting to a taint source → allow at once (one
-//! TASKS lookup, one TAINT lookup). Loopback and failsafe destinations → allow,
+//! TASKS lookup, and one TAINT lookup only while taint sources exist). Loopback and failsafe destinations → allow,
 //! unrecorded. Otherwise every class the process carries whose mode is not off is
 //! judged against its verdict trie; any violating class in enforce mode denies.
 
@@ -75,16 +75,20 @@ pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 
     if is_loopback(dst) {
         return ALLOW;
     }
-    let classes = apply_taint(tgid, tagged, dst);
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let classes = if cfg.has_taint != 0 {
+        apply_taint(tgid, tagged, dst)
+    } else {
+        tagged
+    };
     if classes == 0 {
         return ALLOW;
     }
     if FAILSAFE.get(Key::new(128, dst.key)).is_some() {
         return ALLOW;
     }
-    let Some(cfg) = config() else {
-        return ALLOW;
-    };
     // The per-class results live in a per-CPU scratch map, read and written with
     // volatile accesses: the verifier does not track map memory, so the states
     // of different paths through one iteration are equal at the next and get

@@ -229,6 +229,15 @@ impl KernelSensor {
         self.config.off_task_mm != 0
     }
 
+    /// Tells the kernel whether any taint source exists.
+    pub(crate) fn set_has_taint(&mut self, on: bool) -> Result<(), SensorError> {
+        if (self.config.has_taint != 0) != on {
+            self.config.has_taint = u8::from(on);
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
     fn write_config(&mut self) -> Result<(), SensorError> {
         let map = self
             .ebpf

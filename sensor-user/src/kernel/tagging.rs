@@ -253,7 +253,8 @@ impl KernelSensor {
             port_hi: *ports.end(),
             _pad: 0,
         };
-        trie.insert(&key, value, 0).map_err(map_err("TAINT"))
+        trie.insert(&key, value, 0).map_err(map_err("TAINT"))?;
+        self.set_has_taint(true)
     }
 
     /// Destinations in `net` are never violations (collector, DNS resolvers,
@@ -371,7 +372,16 @@ impl KernelSensor {
             });
             e.classes |= bit;
         }
-        self.replace_prefixes("TAINT", &want)
+        // The kernel looks at the trie only while the flag is on: on before
+        // entries appear, off after the last one is gone.
+        if !want.is_empty() {
+            self.set_has_taint(true)?;
+        }
+        self.replace_prefixes("TAINT", &want)?;
+        if want.is_empty() {
+            self.set_has_taint(false)?;
+        }
+        Ok(())
     }
 
     /// Makes the failsafe prefixes exactly `nets`, new ones first.
