@@ -29,7 +29,7 @@ pub struct Destination {
 /// Per-CPU scratch slots for building records (a 128-byte record on the
 /// 512-byte BPF stack, copied a few times, overflows it). One slot per context
 /// that can interrupt another on the same CPU; every program runs in process
-/// context now (sock_addr and sock hooks, tracepoints, the accept kretprobe).
+/// context now (sock_addr and sock hooks, tracepoints).
 pub mod slot {
     /// Process context.
     pub const PROCESS: u32 = 0;
