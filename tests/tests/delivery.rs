@@ -49,7 +49,15 @@ fn wait_for_violations(c: &RunningCollector, host: &str, want: usize) {
 
 /// 20,000 violations while the collector is killed twice and the agent once;
 /// the collector's database is `database` (SQLite file or PostgreSQL URL).
-fn exactly_once(host: &str, dir: &std::path::Path, database: &str) {
+/// `database_restart` runs once the first 4,000 are stored (PostgreSQL: the
+/// server restarts under the running collector, which must reconnect by
+/// itself).
+fn exactly_once(
+    host: &str,
+    dir: &std::path::Path,
+    database: &str,
+    mut database_restart: impl FnMut(),
+) {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let mut collector = RunningCollector::start_with(dir, database, None);
@@ -78,7 +86,12 @@ fn exactly_once(host: &str, dir: &std::path::Path, database: &str) {
     let target = server.addr.to_string();
 
     let mut agent = RunningAgent::start_with(&policy, regions, &cfg);
-    violate(&cgroup, &target, 6000);
+    violate(&cgroup, &target, 4000);
+    wait_for_violations(&collector, host, 4000);
+    // The database restarts (PostgreSQL) while the collector keeps running: it
+    // must reconnect by itself and store what comes next.
+    database_restart();
+    violate(&cgroup, &target, 2000);
     wait_for_violations(&collector, host, 6000);
 
     // The collector crashes; violations keep coming and wait in the spool.
@@ -157,12 +170,21 @@ fn kernel_drops(agent: &RunningAgent) -> u64 {
 fn every_violation_arrives_exactly_once_through_collector_and_agent_crashes() {
     let tmp = TempPath::dir("delivery-sqlite");
     let db = tmp.path().join("collector.db");
-    exactly_once("delivery-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+    exactly_once(
+        "delivery-sqlite",
+        tmp.path(),
+        db.to_str().expect("utf-8"),
+        || {},
+    );
 }
 
 #[test]
-fn every_violation_arrives_exactly_once_in_postgresql() {
-    let pg = PgServer::start();
+fn every_violation_arrives_exactly_once_in_postgresql_through_its_restart() {
+    let mut pg = PgServer::start();
+    let url = pg.url.clone();
     let tmp = TempPath::dir("delivery-pg");
-    exactly_once("delivery-pg", tmp.path(), &pg.url);
+    // The database server restarts under the running collector too: the
+    // collector reconnects, and the batch that met the dead connection is sent
+    // again by the agent.
+    exactly_once("delivery-pg", tmp.path(), &url, || pg.restart());
 }

@@ -5,7 +5,7 @@
 
 use residency_proto::collector::v1::{Record, StoredRecord};
 use tokio_postgres::{Client, NoTls, types::ToSql};
-use tracing::error;
+use tracing::{info, warn};
 
 use super::{
     HostRow, StoreError,
@@ -36,9 +36,23 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE records (
         state_ns BIGINT NOT NULL
     );"];
 
-/// The PostgreSQL store.
+/// The PostgreSQL store. A lost connection (server restart, network) is
+/// re-established before the next operation; the operation that found it lost
+/// fails, and its agent resends the batch.
 pub struct Postgres {
     client: Client,
+    url: String,
+}
+
+/// Connects; the connection task logs when the connection ends.
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "PostgreSQL connection lost; reconnecting at the next operation");
+        }
+    });
+    Ok(client)
 }
 
 fn boxed(p: &Param) -> Box<dyn ToSql + Sync + Send> {
@@ -53,12 +67,7 @@ impl Postgres {
     /// Connects to `url` (postgres://user@host/db, or ?host=/run/postgresql for
     /// a Unix socket) and migrates.
     pub async fn open(url: &str) -> Result<Postgres, StoreError> {
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                error!(error = %e, "PostgreSQL connection lost; the collector stops acknowledging until restarted");
-            }
-        });
+        let mut client = connect(url).await?;
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL)")
             .await?;
@@ -82,12 +91,25 @@ impl Postgres {
             .await?;
         }
         tx.commit().await?;
-        Ok(Postgres { client })
+        Ok(Postgres {
+            client,
+            url: url.to_owned(),
+        })
     }
 
-    pub async fn last_seq(&self, host: &str) -> Result<u64, StoreError> {
+    /// The client, reconnected first if its connection was lost.
+    async fn live(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_closed() {
+            self.client = connect(&self.url).await?;
+            info!("reconnected to PostgreSQL");
+        }
+        Ok(&mut self.client)
+    }
+
+    pub async fn last_seq(&mut self, host: &str) -> Result<u64, StoreError> {
         let row = self
-            .client
+            .live()
+            .await?
             .query_one(
                 "SELECT COALESCE(MAX(seq), 0) FROM records WHERE host = $1",
                 &[&host],
@@ -102,7 +124,7 @@ impl Postgres {
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
     ) -> Result<Vec<usize>, StoreError> {
-        let tx = self.client.transaction().await?;
+        let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
@@ -143,7 +165,7 @@ impl Postgres {
     }
 
     pub async fn select(
-        &self,
+        &mut self,
         filter: &Filter,
         order: &str,
         limit: Option<u32>,
@@ -156,7 +178,8 @@ impl Postgres {
             .collect();
         let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let rows = self
-            .client
+            .live()
+            .await?
             .query(
                 &format!("SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"),
                 &refs,
@@ -174,8 +197,9 @@ impl Postgres {
             .collect())
     }
 
-    pub async fn put_state(&self, host: &str, state: &[u8]) -> Result<(), StoreError> {
-        self.client
+    pub async fn put_state(&mut self, host: &str, state: &[u8]) -> Result<(), StoreError> {
+        self.live()
+            .await?
             .execute(
                 "INSERT INTO hosts (host, state, state_ns) VALUES ($1, $2, $3)
                  ON CONFLICT (host) DO UPDATE SET state = excluded.state, state_ns = excluded.state_ns",
@@ -185,8 +209,8 @@ impl Postgres {
         Ok(())
     }
 
-    pub(crate) async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let rows = self.client.query(super::HOSTS_SQL, &[]).await?;
+    pub(crate) async fn hosts(&mut self) -> Result<Vec<HostRow>, StoreError> {
+        let rows = self.live().await?.query(super::HOSTS_SQL, &[]).await?;
         Ok(rows
             .iter()
             .map(|r| HostRow {

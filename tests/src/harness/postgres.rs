@@ -14,8 +14,10 @@ use super::temp::TempPath;
 
 /// A running server.
 pub struct PgServer {
-    child: Child,
+    child: Option<Child>,
     dir: TempPath,
+    bin: PathBuf,
+    user: (u32, u32),
     /// postgres://… for `collectord --database`.
     pub url: String,
 }
@@ -65,32 +67,52 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = dir.path().join("postgres.log");
-        let child = Command::new(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=", "-p", "5432"])
-            .uid(uid)
-            .gid(gid)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("pg log"))
-            .spawn()
-            .expect("starting postgres");
-        let server = PgServer {
-            child,
+        let mut server = PgServer {
+            child: None,
             url: format!(
                 "postgres://postgres@localhost/postgres?host={}&port=5432",
                 dir.path().display()
             ),
             dir,
+            bin,
+            user: (uid, gid),
         };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server process and waits until it accepts connections.
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("postgres.log");
+        let mark = std::fs::read_to_string(&log).map_or(0, |t| t.len());
+        let child = Command::new(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=", "-p", "5432"])
+            .uid(self.user.0)
+            .gid(self.user.1)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("pg log"),
+            )
+            .spawn()
+            .expect("starting postgres");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("ready to accept connections") {
-                return server;
+            if text
+                .get(mark..)
+                .unwrap_or("")
+                .contains("ready to accept connections")
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -98,6 +120,32 @@ impl PgServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SIGINT: fast shutdown (disconnect clients, stop).
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops and starts it again with the same data (every client connection
+    /// is cut).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     /// Where its socket and data are.
@@ -108,17 +156,6 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // SIGINT: fast shutdown (disconnect clients, stop).
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
