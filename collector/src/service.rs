@@ -285,7 +285,7 @@ impl Collector for CollectorService {
             ));
         };
         let host = match certified {
-            Some(cert_host) if cert_host != hello.host_id => {
+            Some(cert_host) if !hello.host_id.is_empty() && cert_host != hello.host_id => {
                 warn!(certificate = %cert_host, claimed = %hello.host_id, "refused an agent delivering for another host");
                 return Err(Status::permission_denied(format!(
                     "this certificate is host {cert_host:?}'s; it may not deliver records for host {:?} (the policy's host id must equal the certificate's common name)",
