@@ -184,6 +184,9 @@ pub struct Agent {
     pending_selectors: bool,
     events_total: u64,
     last_counters: Vec<u64>,
+    /// When the counters were last read (Unix ns): a kernel gap record spans
+    /// from here to the read that saw the loss.
+    counters_read_at: i64,
     store: Arc<FlowStore>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
@@ -239,6 +242,7 @@ impl Agent {
             pending_selectors: false,
             events_total: 0,
             last_counters: vec![0; COUNTER_COUNT as usize],
+            counters_read_at: now_unix_ns(),
             store: store.clone(),
             audit: AuditLog::default(),
             metrics: Arc::new(Metrics::default()),
@@ -877,9 +881,15 @@ impl Agent {
                         );
                         if i == sensor_common::counters::RINGBUF_RESERVE_FAILED as usize {
                             self.store.lost("kernel", grew);
-                            let body = serde_json::json!({ "source": "kernel", "count": grew })
-                                .to_string();
-                            self.spool_append("gap", now_unix_ns(), &body);
+                            let now = now_unix_ns();
+                            let body = serde_json::json!({
+                                "source": "kernel",
+                                "count": grew,
+                                "from_unix_ns": self.counters_read_at,
+                                "until_unix_ns": now,
+                            })
+                            .to_string();
+                            self.spool_append("gap", now, &body);
                         }
                     }
                 }
@@ -892,6 +902,7 @@ impl Agent {
                         .set(*v);
                 }
                 self.last_counters = c;
+                self.counters_read_at = now_unix_ns();
             }
             Err(e) => error!(error = %e, "reading kernel counters failed"),
         }
