@@ -151,6 +151,28 @@ fn exactly_once(
         .map(|r| r["record"]["count"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!((drops, gaps), (0, 0), "kernel drops and gap records agree");
+    // What an auditor's host listing shows (per-host counters kept with the
+    // records): every violation, no gap, the last sequence.
+    let listed = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            collector
+                .client(None)
+                .await
+                .list_hosts(residency_proto::collector::v1::ListHostsRequest {})
+                .await
+                .expect("ListHosts")
+                .into_inner()
+                .hosts
+        });
+    let h = listed
+        .iter()
+        .find(|h| h.host_id == host)
+        .expect("the host is listed");
+    assert_eq!(
+        (h.violations, h.gaps, h.last_seq),
+        (20_000, 0, seqs.len() as u64)
+    );
     drop(agent);
     drop(collector);
 }

@@ -34,17 +34,54 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Per host: records aggregated, and the state it last reported.
+/// Per-host counters, kept in the same transaction as the records (so
+/// ListHosts does not scan every record), and migrations' backfill of them.
+const HOST_COUNTS_TABLE: &str = "CREATE TABLE host_counts (
+        host TEXT PRIMARY KEY,
+        last_seq BIGINT NOT NULL,
+        last_stored_ns BIGINT NOT NULL,
+        violations BIGINT NOT NULL,
+        gaps BIGINT NOT NULL,
+        audits BIGINT NOT NULL
+    );
+    INSERT INTO host_counts
+    SELECT host, MAX(seq), MAX(stored_ns),
+        SUM(CASE WHEN kind = 'violation' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'gap' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'audit' THEN 1 ELSE 0 END)
+    FROM records GROUP BY host;";
+
+/// New records of one host in one batch, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewCounts {
+    pub total: i64,
+    pub last_seq: i64,
+    pub violations: i64,
+    pub gaps: i64,
+    pub audits: i64,
+}
+
+impl NewCounts {
+    fn add(&mut self, kind: &str, seq: i64) {
+        self.total += 1;
+        self.last_seq = self.last_seq.max(seq);
+        match kind {
+            "violation" => self.violations += 1,
+            "gap" => self.gaps += 1,
+            "audit" => self.audits += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Per host: its counters, and the state it last reported.
 const HOSTS_SQL: &str = "SELECT a.host,
-        COALESCE(MAX(r.stored_ns), 0), COALESCE(MAX(r.seq), 0),
-        COALESCE(SUM(CASE WHEN r.kind = 'violation' THEN 1 ELSE 0 END), 0),
-        COALESCE(SUM(CASE WHEN r.kind = 'gap' THEN 1 ELSE 0 END), 0),
-        COALESCE(SUM(CASE WHEN r.kind = 'audit' THEN 1 ELSE 0 END), 0),
-        h.state, MAX(h.state_ns)
-    FROM (SELECT host FROM records UNION SELECT host FROM hosts) AS a
-    LEFT JOIN records r ON r.host = a.host
+        COALESCE(c.last_stored_ns, 0), COALESCE(c.last_seq, 0),
+        COALESCE(c.violations, 0), COALESCE(c.gaps, 0), COALESCE(c.audits, 0),
+        h.state, h.state_ns
+    FROM (SELECT host FROM host_counts UNION SELECT host FROM hosts) AS a
+    LEFT JOIN host_counts c ON c.host = a.host
     LEFT JOIN hosts h ON h.host = a.host
-    GROUP BY a.host, h.state
     ORDER BY a.host";
 
 /// One row of [`HOSTS_SQL`].

@@ -8,14 +8,16 @@ use tokio_postgres::{Client, NoTls, types::ToSql};
 use tracing::{info, warn};
 
 use super::{
-    HostRow, StoreError,
+    HostRow, NewCounts, StoreError,
     filter::{Filter, Indexed, Param},
     now_ns,
 };
 
 /// Schema migrations, applied in order; `schema_migrations` says how many
-/// ran. One step here is SQLite's first two together: the schemas are equal.
-const MIGRATIONS: &[&str] = &["CREATE TABLE records (
+/// ran. The first step here is SQLite's first two together; the schemas are
+/// equal.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE records (
         host TEXT NOT NULL,
         seq BIGINT NOT NULL,
         kind TEXT NOT NULL,
@@ -34,7 +36,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE records (
         host TEXT PRIMARY KEY,
         state BYTEA NOT NULL,
         state_ns BIGINT NOT NULL
-    );"];
+    );",
+    super::HOST_COUNTS_TABLE,
+];
 
 /// The PostgreSQL store. A lost connection (server restart, network) is
 /// re-established before the next operation; the operation that found it lost
@@ -131,7 +135,20 @@ impl Postgres {
                  SELECT $1, s, k, t, b, $2, c, co, r, e, a
                  FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
                    AS u(s, k, t, b, c, co, r, e, a)
-                 ON CONFLICT (host, seq) DO NOTHING",
+                 ON CONFLICT (host, seq) DO NOTHING
+                 RETURNING seq, kind",
+            )
+            .await?;
+        let bump = tx
+            .prepare(
+                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (host) DO UPDATE SET
+                   last_seq = GREATEST(host_counts.last_seq, excluded.last_seq),
+                   last_stored_ns = excluded.last_stored_ns,
+                   violations = host_counts.violations + excluded.violations,
+                   gaps = host_counts.gaps + excluded.gaps,
+                   audits = host_counts.audits + excluded.audits",
             )
             .await?;
         let stored = now_ns();
@@ -149,8 +166,8 @@ impl Postgres {
             let countries = col(&|(_, ix)| ix.country.clone());
             let exes = col(&|(_, ix)| ix.exe.clone());
             let actions = col(&|(_, ix)| ix.action.clone());
-            let new = tx
-                .execute(
+            let rows = tx
+                .query(
                     &stmt,
                     &[
                         host, &stored, &seqs, &kinds, &times, &bodies, &classes, &countries,
@@ -158,7 +175,25 @@ impl Postgres {
                     ],
                 )
                 .await?;
-            counts.push(new as usize);
+            let mut new = NewCounts::default();
+            for row in &rows {
+                new.add(row.get::<_, &str>(1), row.get::<_, i64>(0));
+            }
+            if new.total > 0 {
+                tx.execute(
+                    &bump,
+                    &[
+                        host,
+                        &new.last_seq,
+                        &stored,
+                        &new.violations,
+                        &new.gaps,
+                        &new.audits,
+                    ],
+                )
+                .await?;
+            }
+            counts.push(new.total as usize);
         }
         tx.commit().await?;
         Ok(counts)

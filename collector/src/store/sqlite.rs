@@ -7,13 +7,14 @@ use residency_proto::collector::v1::{Record, StoredRecord};
 use rusqlite::{Connection, ToSql, params, params_from_iter, types::ToSqlOutput};
 
 use super::{
-    HostRow, StoreError,
+    HostRow, NewCounts, StoreError,
     filter::{Filter, Indexed, Param},
     now_ns,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many
-/// ran. Number 2 also fills the new columns of rows stored before it.
+/// ran. Number 2 also fills the new columns of rows stored before it; number 3
+/// adds per-host counters, counted from the records already stored.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE records (
         host TEXT NOT NULL,
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
         state BLOB NOT NULL,
         state_ns INTEGER NOT NULL
     );",
+    super::HOST_COUNTS_TABLE,
 ];
 
 impl ToSql for Param {
@@ -107,11 +109,21 @@ impl Sqlite {
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
             )?;
+            let mut bump = tx.prepare_cached(
+                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (host) DO UPDATE SET
+                   last_seq = MAX(last_seq, excluded.last_seq),
+                   last_stored_ns = excluded.last_stored_ns,
+                   violations = violations + excluded.violations,
+                   gaps = gaps + excluded.gaps,
+                   audits = audits + excluded.audits",
+            )?;
             let stored = now_ns();
             for (host, records) in groups {
-                let mut new = 0;
+                let mut new = NewCounts::default();
                 for (r, ix) in *records {
-                    new += stmt.execute(params![
+                    let n = stmt.execute(params![
                         host,
                         r.seq as i64,
                         r.kind,
@@ -124,8 +136,21 @@ impl Sqlite {
                         ix.exe,
                         ix.action
                     ])?;
+                    if n == 1 {
+                        new.add(&r.kind, r.seq as i64);
+                    }
                 }
-                counts.push(new);
+                if new.total > 0 {
+                    bump.execute(params![
+                        host,
+                        new.last_seq,
+                        stored,
+                        new.violations,
+                        new.gaps,
+                        new.audits
+                    ])?;
+                }
+                counts.push(new.total as usize);
             }
         }
         tx.commit()?;
@@ -229,6 +254,12 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+        let hosts = s.hosts().unwrap();
+        assert_eq!(
+            (hosts.len(), hosts[0].last_seq, hosts[0].violations),
+            (1, 1, 1),
+            "counters counted from the records already stored"
         );
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
