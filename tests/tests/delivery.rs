@@ -11,7 +11,7 @@ use harness::harness::{
     netns::TestNet,
     postgres::PgServer,
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 
@@ -61,26 +61,10 @@ fn exactly_once(
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let mut collector = RunningCollector::start_with(dir, database, None);
-    let config = dir.join("sensord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
-            collector.endpoint(),
-            dir.join("spool").display()
-        ),
-    )
-    .expect("config");
-    let policy = FixturePolicy {
-        host_id: host,
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &cgroup_rel(&cgroup),
-        class_extra: "",
-    }
-    .text();
-    let regions = "5.0.0.0,5.0.0.255,DE\n";
+    let config = collector.agent_config(dir, None);
+    let cgroup_rel = cgroup_rel(&cgroup);
+    let policy = FixturePolicy::delivering(host, &cgroup_rel).text();
+    let regions = DELIVERY_REGIONS;
     let cfg = ["--config", config.to_str().expect("utf-8")];
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
@@ -113,13 +97,13 @@ fn exactly_once(
     wait_for_violations(&collector, host, 18_000);
 
     // The agent crashes; a new one resumes from the same spool.
-    let drops_before = kernel_drops(&agent);
+    let drops_before = agent.kernel_drops();
     agent.kill9();
     drop(agent);
     let agent = RunningAgent::start_with(&policy, regions, &cfg);
     violate(&cgroup, &target, 2000);
     wait_for_violations(&collector, host, 20_000);
-    let drops = drops_before + kernel_drops(&agent);
+    let drops = drops_before + agent.kernel_drops();
 
     // Exactly once and none missing: violations, audit and gap records share one
     // sequence per host, and the stored sequences are exactly 1..=last.
@@ -175,17 +159,6 @@ fn exactly_once(
     );
     drop(agent);
     drop(collector);
-}
-
-/// The kernel's ring-buffer drop counter, from the agent's status.
-fn kernel_drops(agent: &RunningAgent) -> u64 {
-    agent.ctl_json(&["status"])["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .find(|c| c["name"] == "ringbuf_reserve_failed")
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use harness::harness::{
     netns::TestNet,
     pki::{Pem, TestCa},
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 use residency_proto::collector::v1::{
@@ -224,31 +224,11 @@ fn member(host: &str, c: &RunningCollector, p: &Pki) -> Member {
     let cgroup = TestCgroup::create();
     let dir = TempPath::dir(&format!("fleet-{host}"));
     let cert = p.ca.issue(host, &[]);
-    let config = dir.path().join("sensord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            c.endpoint(),
-            dir.path().join("spool").display(),
-            p.ca.cert.display(),
-            cert.cert.display(),
-            cert.key.display()
-        ),
-    )
-    .expect("config");
-    let policy = FixturePolicy {
-        host_id: host,
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &cgroup_rel(&cgroup),
-        class_extra: "",
-    }
-    .text();
+    let config = c.agent_config(dir.path(), Some(&cert));
+    let cgroup_rel = cgroup_rel(&cgroup);
     let agent = RunningAgent::start_with(
-        &policy,
-        "5.0.0.0,5.0.0.255,DE\n",
+        &FixturePolicy::delivering(host, &cgroup_rel).text(),
+        DELIVERY_REGIONS,
         &["--config", config.to_str().expect("utf-8")],
     );
     Member {

@@ -23,7 +23,7 @@ use harness::harness::{
     netns::TestNet,
     postgres::PgServer,
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 use residency_proto::collector::v1::{
@@ -154,39 +154,16 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let collector = RunningCollector::start(dir.path());
-    let config = dir.path().join("sensord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
-            collector.endpoint(),
-            dir.path().join("spool").display()
-        ),
-    )
-    .expect("config");
-    let policy = FixturePolicy {
-        host_id: host,
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &cgroup_rel(&cgroup),
-        class_extra: "",
-    }
-    .text();
+    let config = collector.agent_config(dir.path(), None);
+    let cgroup_rel = cgroup_rel(&cgroup);
     let agent = RunningAgent::start_with(
-        &policy,
-        "5.0.0.0,5.0.0.255,DE\n",
+        &FixturePolicy::delivering(host, &cgroup_rel).text(),
+        DELIVERY_REGIONS,
         &["--config", config.to_str().expect("utf-8")],
     );
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
-    let drops = || {
-        agent.ctl_json(&["status"])["counters"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == "ringbuf_reserve_failed"))
-            .and_then(|c| c["value"].as_u64())
-            .unwrap_or(0)
-    };
+    let drops = || agent.kernel_drops();
     let stored = || {
         rt.block_on(async {
             collector

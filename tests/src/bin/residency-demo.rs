@@ -122,19 +122,7 @@ fn main() {
         collector.endpoint(),
         collector.database
     );
-    let config = dir.join("sensord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            collector.endpoint(),
-            dir.join("spool").display(),
-            ca.cert.display(),
-            host_cert.cert.display(),
-            host_cert.key.display()
-        ),
-    )
-    .expect("agent config");
+    let config = collector.agent_config(&dir, Some(&host_cert));
     let config_arg = config.display().to_string();
     let agent = RunningAgent::start_with(
         &policy(&rel),

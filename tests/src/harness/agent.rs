@@ -135,6 +135,15 @@ impl RunningAgent {
         })
     }
 
+    /// The kernel's ring-buffer drop counter, from the agent's status.
+    pub fn kernel_drops(&self) -> u64 {
+        self.ctl_json(&["status"])["counters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "ringbuf_reserve_failed"))
+            .and_then(|c| c["value"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -109,6 +109,27 @@ impl RunningCollector {
         }
     }
 
+    /// Writes `dir/sensord.toml` for an agent that delivers here and spools in
+    /// `dir/spool`; `cert` is the agent's certificate when the collector has TLS.
+    pub fn agent_config(&self, dir: &Path, cert: Option<&pki::Pem>) -> PathBuf {
+        let mut text = format!(
+            "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
+            self.endpoint(),
+            dir.join("spool").display()
+        );
+        if let (Some(t), Some(cert)) = (&self.tls, cert) {
+            text.push_str(&format!(
+                "[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                t.ca.display(),
+                cert.cert.display(),
+                cert.key.display()
+            ));
+        }
+        let path = dir.join("sensord.toml");
+        std::fs::write(&path, text).expect("writing sensord.toml");
+        path
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -121,6 +121,25 @@ pub struct FixturePolicy<'a> {
     pub class_extra: &'a str,
 }
 
+/// Region data for agents of delivery tests: one German range, so the
+/// fixture's "Virginia" site is the only thing outside the EEA.
+pub const DELIVERY_REGIONS: &str = "5.0.0.0,5.0.0.255,DE\n";
+
+impl<'a> FixturePolicy<'a> {
+    /// Host `host_id`, class eu_personal in monitor mode allowed in the EEA,
+    /// carried by `cgroup_rel`, no aggregation: one violation per call.
+    pub fn delivering(host_id: &'a str, cgroup_rel: &'a str) -> FixturePolicy<'a> {
+        FixturePolicy {
+            host_id,
+            aggregation: "0",
+            mode: "monitor",
+            allowed: r#"["EEA"]"#,
+            cgroup_rel,
+            class_extra: "",
+        }
+    }
+}
+
 impl FixturePolicy<'_> {
     /// The TOML text.
     pub fn text(&self) -> String {
