@@ -162,7 +162,12 @@ async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
     let ch = ep
         .connect()
         .await
-        .map_err(|e| format!("cannot reach the collector at {}: {e}", a.endpoint))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach the collector at {}: {e} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)",
+                a.endpoint
+            )
+        })?;
     Ok(CollectorClient::new(ch))
 }
 

@@ -154,18 +154,18 @@ impl Postgres {
         let stored = now_ns();
         let mut counts = Vec::with_capacity(groups.len());
         for (host, records) in groups {
-            let col = |f: &dyn Fn(&(Record, Indexed)) -> String| {
-                records.iter().map(f).collect::<Vec<String>>()
-            };
+            // One array per column, borrowing the records (no copies).
+            let text =
+                |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
             let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
             let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
-            let remotes: Vec<Vec<u8>> = records.iter().map(|(_, ix)| ix.remote.clone()).collect();
-            let kinds = col(&|(r, _)| r.kind.clone());
-            let bodies = col(&|(r, _)| r.body_json.clone());
-            let classes = col(&|(_, ix)| ix.classes.clone());
-            let countries = col(&|(_, ix)| ix.country.clone());
-            let exes = col(&|(_, ix)| ix.exe.clone());
-            let actions = col(&|(_, ix)| ix.action.clone());
+            let remotes: Vec<&[u8]> = records.iter().map(|(_, ix)| ix.remote.as_slice()).collect();
+            let kinds = text(|(r, _)| &r.kind);
+            let bodies = text(|(r, _)| &r.body_json);
+            let classes = text(|(_, ix)| &ix.classes);
+            let countries = text(|(_, ix)| &ix.country);
+            let exes = text(|(_, ix)| &ix.exe);
+            let actions = text(|(_, ix)| &ix.action);
             let rows = tx
                 .query(
                     &stmt,

@@ -27,8 +27,12 @@ use crate::{
 /// Records per batch.
 const BATCH: usize = 500;
 
-/// How often an idle session looks for new records and state changes.
+/// How often an idle session looks for new records.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// How often a session checks whether the host's state (modes, policy,
+/// exceptions, drops) changed and tells the collector.
+const STATE_POLL: Duration = Duration::from_millis(500);
 
 fn jitter(base: Duration) -> Duration {
     // Up to +50%, from the clock's nanoseconds: enough to spread a fleet's
@@ -174,19 +178,23 @@ async fn session(
     // The reader ends with the session, however the session ends.
     let _reader = AbortOnDrop(reader);
     let mut reported = state;
+    let mut state_checked = std::time::Instant::now();
     let mut next = welcome.last_seq + 1;
     loop {
-        let state = agent
-            .call(Command::HostState)
-            .await
-            .map_err(|e| e.to_string())?;
-        if state != reported {
-            tx.send(pb::AgentMessage {
-                message: Some(Out::State(state.clone())),
-            })
-            .await
-            .map_err(|_| "stream closed".to_owned())?;
-            reported = state;
+        if state_checked.elapsed() >= STATE_POLL {
+            state_checked = std::time::Instant::now();
+            let state = agent
+                .call(Command::HostState)
+                .await
+                .map_err(|e| e.to_string())?;
+            if state != reported {
+                tx.send(pb::AgentMessage {
+                    message: Some(Out::State(state.clone())),
+                })
+                .await
+                .map_err(|_| "stream closed".to_owned())?;
+                reported = state;
+            }
         }
         let records = agent
             .call(|reply| Command::ReadSpool {
