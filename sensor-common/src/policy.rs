@@ -79,7 +79,11 @@ pub struct Config {
     /// 1 when the TAINT trie has entries: untagged calls skip its lookup
     /// otherwise.
     pub has_taint: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Bumped by user space with every change that can alter a verdict (the
+    /// verdict table, modes, the unknown setting, failsafe destinations). A
+    /// verdict cached in `AGG` is reused only while the epoch is unchanged.
+    pub epoch: u32,
     /// Offsets (from BTF, filled by user space) to read the executable's inode:
     /// task_struct.mm, mm_struct.exe_file, file.f_inode, inode.i_ino,
     /// inode.i_sb, super_block.s_dev. All zero: exe selectors are off.
@@ -95,13 +99,9 @@ pub struct Config {
     /// Offset of `group_dead` in sched_process_exit (0: absent; the process entry
     /// is then removed when the thread-group leader exits).
     pub tp_exit_group_dead: u32,
-    /// Offsets of `sk` and `ret` in the sock:sock_send_length tracepoint record
-    /// (0: per-flow byte counting is off).
-    pub tp_send_sk: u32,
-    pub tp_send_ret: u32,
     /// Offsets (from BTF) in `struct sock_common` (at offset 0 of every socket):
     /// skc_cookie, skc_num (local port), skc_rcv_saddr, skc_v6_rcv_saddr.
-    /// `off_skc_cookie == 0` disables byte counting.
+    /// `off_skc_num == 0`: close records carry no local endpoint.
     pub off_skc_cookie: u32,
     pub off_skc_num: u32,
     pub off_skc_rcv_saddr: u32,
@@ -133,7 +133,8 @@ impl Config {
         agg_interval_ns: 0,
         unknown_is_violation: 1,
         has_taint: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        epoch: 0,
         off_task_mm: 0,
         off_mm_exe_file: 0,
         off_file_inode: 0,
@@ -142,8 +143,6 @@ impl Config {
         off_sb_dev: 0,
         tp_fork_child_pid: 0,
         tp_exit_group_dead: 0,
-        tp_send_sk: 0,
-        tp_send_ret: 0,
         off_skc_cookie: 0,
         off_skc_num: 0,
         off_skc_rcv_saddr: 0,
@@ -172,7 +171,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 120);
+        assert_eq!(core::mem::size_of::<Config>(), 112);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);
     }

@@ -1,25 +1,34 @@
 //! The verdict for one destination of one process, shared by the socket hooks.
 //!
 //! Order: untagged and not connecting to a taint source → allow at once (one
-//! TASKS lookup, and one TAINT lookup only while taint sources exist). Loopback and failsafe destinations → allow,
-//! unrecorded. Otherwise every class the process carries whose mode is not off is
-//! judged against its verdict trie; any violating class in enforce mode denies.
+//! TASKS lookup, and one TAINT lookup only while taint sources exist). Loopback
+//! → allow, unrecorded. A verdict this process got for this destination under
+//! the same policy epoch and classes (cached in `AGG`, see `agg.rs`) → reused.
+//! Otherwise failsafe destinations → allow, unrecorded; every class the process
+//! carries whose mode is not off is judged against its verdict trie; any
+//! violating class in enforce mode denies.
 
 use core::ptr::{read_volatile, write_volatile};
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
 use sensor_common::{
     counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
-    flow::FlowKind,
+    flow::{AggKey, FlowEvent, FlowKind},
     net::AF_INET,
-    policy::{MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
+    policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
     tag::{TaskTag, reason},
 };
 
 use crate::{
-    emit::{Destination, aggregate, fill_flow, slot, submit, task_record, track_flow},
+    agg::{self, Decision},
+    emit::{Destination, fill_flow, slot, submit, task_record, track_flow},
     maps::{
-        FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config, count,
+        AGG, FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config,
+        count,
     },
 };
 
@@ -66,37 +75,20 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     all
 }
 
-/// Judges the current process's call to `dst`; returns the sock_addr verdict.
+/// Judges `dst` for a process carrying `classes` against the verdict tries.
+/// `None`: nothing to judge or record (a failsafe destination, or every class
+/// the process carries is off).
 #[inline(always)]
-pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    let tagged = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
-    if is_loopback(dst) {
-        return ALLOW;
-    }
-    let Some(cfg) = config() else {
-        return ALLOW;
-    };
-    let classes = if cfg.has_taint != 0 {
-        apply_taint(tgid, tagged, dst)
-    } else {
-        tagged
-    };
-    if classes == 0 {
-        return ALLOW;
-    }
+fn decide(cfg: &Config, classes: u64, dst: &Destination) -> Option<Decision> {
     if FAILSAFE.get(Key::new(128, dst.key)).is_some() {
-        return ALLOW;
+        return None;
     }
     // The per-class results live in a per-CPU scratch map, read and written with
     // volatile accesses: the verifier does not track map memory, so the states
     // of different paths through one iteration are equal at the next and get
     // pruned. Kept in registers, each iteration doubled the states and a 64-class
     // loop hit the 1M-instruction limit (E2BIG, seen on 6.18).
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return ALLOW;
-    };
+    let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a valid per-CPU map value for this program run.
     unsafe { write_volatile(scratch, Judgement::ZERO) };
     let mut key = VerdictKey {
@@ -144,39 +136,138 @@ pub fn judge<C: EbpfContext>(ctx: &C, kind: FlowKind, dst: &Destination) -> i32 
     }
     // SAFETY: as above.
     let j = unsafe { read_volatile(scratch) };
-    let (judged, violating, worst, enforce) =
-        (j.judged, j.violating, j.worst as u8, j.enforce != 0);
-    if judged == 0 {
+    if j.judged == 0 {
+        return None;
+    }
+    let (reported, action) = if j.violating == 0 {
+        (j.judged, action::NONE)
+    } else if j.enforce != 0 {
+        (j.violating, action::DENIED)
+    } else {
+        (j.violating, action::REPORTED)
+    };
+    Some(Decision {
+        reported,
+        verdict: j.worst as u8,
+        action,
+        generation: cfg.generation,
+    })
+}
+
+/// Fills the verdict fields of a flow record.
+#[inline(always)]
+fn fill_decision(ev: &mut FlowEvent, d: &Decision) {
+    ev.classes = d.reported;
+    ev.verdict = d.verdict;
+    ev.action = d.action;
+    ev.policy_generation = d.generation;
+}
+
+/// Judges the current process's call to `dst`; returns the sock_addr verdict.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let tagged = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
+    if is_loopback(dst) {
         return ALLOW;
     }
-    let act = if violating == 0 {
-        action::NONE
-    } else if enforce {
-        action::DENIED
-    } else {
-        action::REPORTED
+    let Some(cfg) = config() else {
+        return ALLOW;
     };
-    if violating != 0 {
+    let classes = if cfg.has_taint != 0 {
+        apply_taint(tgid, tagged, dst)
+    } else {
+        tagged
+    };
+    if classes == 0 {
+        return ALLOW;
+    }
+    let interval = cfg.agg_interval_ns;
+    let key = AggKey {
+        tgid,
+        port: dst.port,
+        protocol: dst.protocol,
+        _pad: 0,
+        addr: dst.key,
+    };
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cached = if interval != 0 {
+        AGG.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    let (d, n) = match cached {
+        // SAFETY: pointer from a successful lookup, valid for this run.
+        Some(state) if agg::holds(unsafe { &*state }, cfg, classes) => {
+            // SAFETY: as above.
+            let state = unsafe { &mut *state };
+            (Decision::cached(state), agg::fold(state, now, interval))
+        }
+        stale => {
+            if let Some(state) = stale {
+                // SAFETY: as above.
+                report_folded(ctx, kind, dst, unsafe { &mut *state });
+            }
+            let Some(d) = decide(cfg, classes, dst) else {
+                return ALLOW;
+            };
+            if interval != 0 {
+                agg::remember(&key, stale, &d, cfg.epoch, classes, now);
+            }
+            (d, 1)
+        }
+    };
+    let deny = d.action == action::DENIED;
+    if d.action != action::NONE {
         count(VIOLATIONS);
-        if enforce {
+        if deny {
             count(DENIED);
         }
     }
-    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
-        return if enforce { DENY } else { ALLOW };
-    };
-    ev.classes = if violating != 0 { violating } else { judged };
-    ev.verdict = worst;
-    ev.action = act;
-    ev.policy_generation = cfg.generation;
-    fill_flow(ctx, ev, dst);
-    if !enforce {
-        track_flow(ev);
+    let ret = if deny { DENY } else { ALLOW };
+    if n == 0 && deny {
+        // Folded, and a denied socket has no flow to track.
+        return ret;
     }
-    let n = aggregate(tgid, dst, act, ev.ktime_ns, cfg.agg_interval_ns);
+    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
+        return ret;
+    };
+    fill_decision(ev, &d);
+    fill_flow(ctx, ev, dst);
+    if !deny {
+        track_flow(ctx, ev);
+    }
     if n != 0 {
         ev.count = n;
         submit(ev);
     }
-    if enforce { DENY } else { ALLOW }
+    ret
+}
+
+/// Occurrences folded under a verdict that no longer holds (the policy or the
+/// process's classes changed since) are reported with that verdict before the
+/// destination is judged again: nothing folded is lost. The record describes
+/// the current call's process and destination; it has no socket (cookie 0).
+#[inline(always)]
+fn report_folded(
+    ctx: &SockAddrContext,
+    kind: FlowKind,
+    dst: &Destination,
+    state: &mut sensor_common::flow::AggState,
+) {
+    let folded = state.suppressed;
+    if folded == 0 {
+        return;
+    }
+    state.suppressed = 0;
+    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
+        return;
+    };
+    fill_decision(ev, &Decision::cached(state));
+    fill_flow(ctx, ev, dst);
+    ev.cookie = 0;
+    ev.count = folded;
+    submit(ev);
 }

@@ -1,19 +1,22 @@
-//! Records to user space: filling, aggregation, submission.
+//! Records to user space: filling and submission; flows tracked for their
+//! close record.
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, generated,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
     },
+    programs::SockAddrContext,
 };
 use sensor_common::{
-    counters::{AGG_MAP_FULL, FLOW_MAP_FULL, RINGBUF_RESERVE_FAILED},
-    flow::{AggKey, AggState, FlowEvent, FlowKind},
+    counters::{FLOW_TRACK_FAILED, RINGBUF_RESERVE_FAILED},
+    flow::{FlowEvent, FlowKind},
     policy::action,
 };
 
-use crate::maps::{AGG, EVENTS, FLOWS, RECORDS, count};
+use crate::maps::{EVENTS, RECORDS, count, flow_store};
 
 /// Destination of a socket operation, already unwrapped from v4-mapped IPv6.
 pub struct Destination {
@@ -114,49 +117,6 @@ pub fn submit(ev: &FlowEvent) {
     }
 }
 
-/// Decides whether a flow record is sent now, folding repeats within
-/// `interval_ns` into the next record's count. Returns the count to report, or
-/// 0 when this occurrence was folded.
-#[inline(always)]
-pub fn aggregate(tgid: u32, dst: &Destination, action: u8, now: u64, interval_ns: u64) -> u32 {
-    if interval_ns == 0 {
-        return 1;
-    }
-    let key = AggKey {
-        tgid,
-        port: dst.port,
-        protocol: dst.protocol,
-        action,
-        addr: dst.key,
-    };
-    match AGG.get_ptr_mut(key) {
-        Some(state) => {
-            // SAFETY: pointer from a successful lookup, valid for this run.
-            let state = unsafe { &mut *state };
-            if now.wrapping_sub(state.last_ns) < interval_ns {
-                state.suppressed = state.suppressed.wrapping_add(1);
-                0
-            } else {
-                let n = state.suppressed.wrapping_add(1);
-                state.last_ns = now;
-                state.suppressed = 0;
-                n
-            }
-        }
-        None => {
-            let fresh = AggState {
-                last_ns: now,
-                suppressed: 0,
-                _pad: 0,
-            };
-            if AGG.insert(key, fresh, 0).is_err() {
-                count(AGG_MAP_FULL);
-            }
-            1
-        }
-    }
-}
-
 /// Fills the socket fields of a flow record.
 #[inline(always)]
 pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination) {
@@ -168,17 +128,26 @@ pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination)
     ev.remote_port = dst.port;
 }
 
-/// Starts tracking a flow for its close record (bytes, duration). The first
-/// judged call on a socket wins (BPF_NOEXIST): later sendto()s on the same UDP
-/// socket add their bytes to it. The stored record keeps its connect/sendmsg
-/// kind until `sock_release` turns it into a close record.
+/// Starts tracking a flow for its close record (bytes, duration): the
+/// socket's `FLOW_STORE` entry is created as a copy of `ev`. The first judged
+/// call on a socket wins (an existing entry is kept): later sendto()s on the
+/// same UDP socket add their bytes to it. The stored record keeps its
+/// connect/sendmsg kind until `sock_release` turns it into a close record.
 #[inline(always)]
-pub fn track_flow(ev: &FlowEvent) {
-    const BPF_NOEXIST: u64 = 1;
-    const EEXIST: i32 = 17;
-    match FLOWS.insert(ev.cookie, ev, BPF_NOEXIST) {
-        Ok(()) => {}
-        Err(e) if e == -EEXIST => {}
-        Err(_) => count(FLOW_MAP_FULL),
+pub fn track_flow(ctx: &SockAddrContext, ev: &mut FlowEvent) {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs;
+    // its `sk` is the socket the helper expects, `ev` is a map value of the
+    // storage's value size (the initial value).
+    let stored = unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        bpf_sk_storage_get(
+            flow_store(),
+            sk.cast(),
+            core::ptr::from_mut(ev).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    };
+    if stored.is_null() {
+        count(FLOW_TRACK_FAILED);
     }
 }

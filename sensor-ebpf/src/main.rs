@@ -4,12 +4,14 @@
 //! - `connect.rs`: cgroup connect4/connect6 (TCP connect, UDP connect).
 //! - `sendmsg.rs`: cgroup sendmsg4/sendmsg6 (unconnected UDP sendto/sendmsg).
 //! - `process.rs`: exec/fork/exit tracepoints (tagging and its lifetime).
-//! - `sockets.rs`: listeners, accepted connections, bytes, close records.
+//! - `sockets.rs`: accepted connections, bytes, close records.
 //! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
-//! - `emit.rs`: records to user space, with aggregation.
+//! - `agg.rs`: aggregation of repeated flows and their cached verdicts.
+//! - `emit.rs`: records to user space; flow tracking in socket storage.
 #![no_std]
 #![no_main]
 
+mod agg;
 mod connect;
 mod decide;
 mod emit;

@@ -126,28 +126,47 @@ impl FlowEvent {
     };
 }
 
-/// Key of the kernel's `AGG` LRU map: repeated flows with the same key within
-/// `Config::agg_interval_ns` are folded into one record with a count.
+/// Key of the kernel's `AGG` LRU map: one process's flows to one destination.
+/// Repeats within `Config::agg_interval_ns` are folded into one record with a
+/// count, and reuse the verdict cached in the [`AggState`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AggKey {
     pub tgid: u32,
     pub port: u16,
     pub protocol: u8,
-    pub action: u8,
+    pub _pad: u8,
     /// Map-form remote address.
     pub addr: [u8; 16],
 }
 
-/// Value of the `AGG` map.
+/// Value of the `AGG` map: the verdict last reached for the key, and the
+/// aggregation state of its records.
+///
+/// The verdict is reused without consulting the verdict tries while
+/// `epoch` equals `Config::epoch` (no policy change since), `classes` equals
+/// the process's classes (no new tag since) and `last_ns` is within the
+/// aggregation interval.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AggState {
     /// When the last record for this key was sent.
     pub last_ns: u64,
+    /// The classes the process carried when the verdict was reached.
+    pub classes: u64,
+    /// The classes the records report (the violating ones, or all judged).
+    pub reported: u64,
     /// Occurrences folded since then (reported as `count - 1` of the next record).
     pub suppressed: u32,
-    pub _pad: u32,
+    /// `Config::epoch` when the verdict was reached.
+    pub epoch: u32,
+    /// `Config::generation` when the verdict was reached.
+    pub generation: u32,
+    /// Worst verdict ([`crate::policy::verdict`]).
+    pub verdict: u8,
+    /// Action ([`crate::policy::action`]).
+    pub action: u8,
+    pub _pad: [u8; 2],
 }
 
 #[cfg(test)]
@@ -165,7 +184,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowEvent, remote_addr), 96);
         assert_eq!(core::mem::offset_of!(FlowEvent, comm), 112);
         assert_eq!(core::mem::size_of::<AggKey>(), 24);
-        assert_eq!(core::mem::size_of::<AggState>(), 16);
+        assert_eq!(core::mem::size_of::<AggState>(), 40);
     }
 
     #[test]

@@ -270,7 +270,8 @@ impl KernelSensor {
             map_prefix_len(net.addr(), net.prefix_len()),
             to_map_form(net.network()),
         );
-        trie.insert(&key, 1, 0).map_err(map_err("FAILSAFE"))
+        trie.insert(&key, 1, 0).map_err(map_err("FAILSAFE"))?;
+        self.write_config()
     }
 }
 
@@ -387,7 +388,10 @@ impl KernelSensor {
     /// Makes the failsafe prefixes exactly `nets`, new ones first.
     pub fn set_failsafe(&mut self, nets: &[IpNet]) -> Result<(), SensorError> {
         let want: HashMap<PrefixKey, u8> = nets.iter().map(|n| (prefix_key(n), 1)).collect();
-        self.replace_prefixes("FAILSAFE", &want)
+        self.replace_prefixes("FAILSAFE", &want)?;
+        // Verdicts cached for destinations that are now failsafe (or no longer)
+        // must not outlive the change.
+        self.write_config()
     }
 
     /// Makes the LPM trie `name` hold exactly `want`: new and changed entries

@@ -109,7 +109,7 @@ fn verdict_key(class: ClassId, net: IpNet) -> Key<VerdictKey> {
 }
 
 impl KernelSensor {
-    /// Sets the mode of one class.
+    /// Sets the mode of one class (it applies to the next call of every process).
     pub fn set_mode(&mut self, class: ClassId, m: Mode) -> Result<(), SensorError> {
         class_bit(class)?;
         let map = self
@@ -119,7 +119,9 @@ impl KernelSensor {
         let mut modes: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_err("MODES"))?;
         modes
             .set(u32::from(class), m.code(), 0)
-            .map_err(map_err("MODES"))
+            .map_err(map_err("MODES"))?;
+        // Verdicts cached under the old mode must not outlive it.
+        self.write_config()
     }
 
     /// The policy generation in force (0 before the first table).
