@@ -249,10 +249,7 @@ pub fn build(workspace_root: &Path, target_dir: &Path) -> Result<PathBuf, BuildE
     if let Toolchain::Debian { rustc, .. } = &tc.toolchain {
         cmd.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
     }
-    // `--btf`: bpf-linker keeps the debug info as BTF, which the kernel needs
-    // for socket-storage maps (and aya for `.maps` definitions).
     cmd.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &tc.linker)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(&crate_dir);

@@ -10,10 +10,9 @@ pub const RINGBUF_RESERVE_FAILED: u32 = 0;
 /// runs untagged (its connects are not judged). The agent reports this as an
 /// explicit gap; see the README ("When a map is full").
 pub const TAG_MAP_FULL: u32 = 1;
-/// A flow of a tagged process could not be tracked for its close record (the
-/// kernel could not allocate the socket's `FLOW_STORE` entry, out of memory):
-/// the flow is reported, but its close record (bytes, duration) will be missing.
-pub const FLOW_TRACK_FAILED: u32 = 2;
+/// A flow of a tagged process could not be tracked for byte counting (the `FLOWS`
+/// map was full): its close record will be missing.
+pub const FLOW_MAP_FULL: u32 = 2;
 /// An aggregation entry could not be stored (LRU map insert failed): the record
 /// was sent un-aggregated, so nothing is lost.
 pub const AGG_MAP_FULL: u32 = 3;
@@ -28,7 +27,7 @@ pub const COUNTER_COUNT: u32 = 8;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_reserve_failed",
     "tag_map_full",
-    "flow_track_failed",
+    "flow_map_full",
     "agg_map_full",
     "violations",
     "denied",

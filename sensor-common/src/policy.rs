@@ -99,9 +99,13 @@ pub struct Config {
     /// Offset of `group_dead` in sched_process_exit (0: absent; the process entry
     /// is then removed when the thread-group leader exits).
     pub tp_exit_group_dead: u32,
+    /// Offsets of `sk` and `ret` in the sock:sock_send_length tracepoint record
+    /// (0: per-flow byte counting is off).
+    pub tp_send_sk: u32,
+    pub tp_send_ret: u32,
     /// Offsets (from BTF) in `struct sock_common` (at offset 0 of every socket):
     /// skc_cookie, skc_num (local port), skc_rcv_saddr, skc_v6_rcv_saddr.
-    /// `off_skc_num == 0`: close records carry no local endpoint.
+    /// `off_skc_cookie == 0` disables byte counting.
     pub off_skc_cookie: u32,
     pub off_skc_num: u32,
     pub off_skc_rcv_saddr: u32,
@@ -143,6 +147,8 @@ impl Config {
         off_sb_dev: 0,
         tp_fork_child_pid: 0,
         tp_exit_group_dead: 0,
+        tp_send_sk: 0,
+        tp_send_ret: 0,
         off_skc_cookie: 0,
         off_skc_num: 0,
         off_skc_rcv_saddr: 0,
@@ -171,7 +177,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 112);
+        assert_eq!(core::mem::size_of::<Config>(), 120);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);
     }

@@ -25,7 +25,8 @@ use sensor_common::{
 
 use crate::{
     agg::{self, Decision},
-    emit::{Destination, fill_flow, slot, submit, task_record, track_flow},
+    emit::{Destination, fill_flow, slot, submit, task_record},
+    flows,
     maps::{
         AGG, FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config,
         count,
@@ -237,7 +238,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     fill_decision(ev, &d);
     fill_flow(ctx, ev, dst);
     if !deny {
-        track_flow(ctx, ev);
+        flows::track(ev);
     }
     if n != 0 {
         ev.count = n;

@@ -1,22 +1,19 @@
-//! Records to user space: filling and submission; flows tracked for their
-//! close record.
+//! Records to user space: filling and submission.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, generated,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
-    programs::SockAddrContext,
 };
 use sensor_common::{
-    counters::{FLOW_TRACK_FAILED, RINGBUF_RESERVE_FAILED},
+    counters::RINGBUF_RESERVE_FAILED,
     flow::{FlowEvent, FlowKind},
     policy::action,
 };
 
-use crate::maps::{EVENTS, RECORDS, count, flow_store};
+use crate::maps::{EVENTS, RECORDS, count};
 
 /// Destination of a socket operation, already unwrapped from v4-mapped IPv6.
 pub struct Destination {
@@ -126,28 +123,4 @@ pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination)
     ev.protocol = dst.protocol;
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
-}
-
-/// Starts tracking a flow for its close record (bytes, duration): the
-/// socket's `FLOW_STORE` entry is created as a copy of `ev`. The first judged
-/// call on a socket wins (an existing entry is kept): later sendto()s on the
-/// same UDP socket add their bytes to it. The stored record keeps its
-/// connect/sendmsg kind until `sock_release` turns it into a close record.
-#[inline(always)]
-pub fn track_flow(ctx: &SockAddrContext, ev: &mut FlowEvent) {
-    // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs;
-    // its `sk` is the socket the helper expects, `ev` is a map value of the
-    // storage's value size (the initial value).
-    let stored = unsafe {
-        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
-        bpf_sk_storage_get(
-            flow_store(),
-            sk.cast(),
-            core::ptr::from_mut(ev).cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    };
-    if stored.is_null() {
-        count(FLOW_TRACK_FAILED);
-    }
 }

@@ -7,14 +7,18 @@
 //! - `sockets.rs`: accepted connections, bytes, close records.
 //! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
 //! - `agg.rs`: aggregation of repeated flows and their cached verdicts.
-//! - `emit.rs`: records to user space; flow tracking in socket storage.
+//! - `emit.rs`: records to user space.
+//! - `flows.rs`: flows tracked for their close record.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod agg;
 mod connect;
 mod decide;
 mod emit;
+mod flows;
 mod maps;
 mod process;
 mod sendmsg;

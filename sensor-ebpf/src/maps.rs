@@ -1,8 +1,7 @@
 //! Maps shared by all programs. User space finds them by these names.
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
@@ -59,21 +58,22 @@ pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(4096, 0);
 pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(4096, 0);
 
 /// Flows of tagged processes being tracked for their close record: the record
-/// to send at close (`detail` accumulates bytes sent), kept in the socket's
-/// own storage. The kernel frees it with the socket; nothing global is
-/// looked up or deleted per flow (a hash map keyed by cookie cost ~1 µs per
-/// tracked connect on these machines, mostly cache and TLB misses on its
-/// buckets, measured with `cargo xtask bench`).
-#[btf_map]
-pub static FLOW_STORE: SkStorage<FlowEvent> = SkStorage::new();
+/// to send at close (`detail` accumulates bytes sent), in the slot its socket
+/// cookie names (`cookie % FLOW_SLOT_COUNT`, see `flows.rs`). Consecutive
+/// connects get consecutive cookies, so they use neighbouring, cache-warm
+/// slots: no hashing, no allocation, no helper call.
+#[map]
+pub static FLOW_SLOTS: Array<FlowEvent> = Array::with_max_entries(FLOW_SLOT_COUNT, 0);
 
-/// The map pointer the socket-storage helpers take.
-#[inline(always)]
-pub fn flow_store() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&FLOW_STORE).cast_mut().cast()
-}
+/// Number of `FLOW_SLOTS` (a power of two): 4 MiB.
+pub const FLOW_SLOT_COUNT: u32 = 32_768;
 
-/// Aggregation state and cached verdicts of recent flows (see `AggState`).
+/// Flows whose slot was taken by another open flow: socket cookie → record.
+/// Not preallocated (BPF_F_NO_PREALLOC = 1): it holds only the overflow.
+#[map]
+pub static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 1);
+
+/// Aggregation state and cached verdicts of recent flows (see `agg.rs`).
 #[map]
 pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_536, 0);
 

@@ -8,20 +8,19 @@
 //!   ran five times for every TCP connection on the host, about 300 ns per
 //!   connect (measured with `cargo xtask bench`). (kprobes and fexit, which
 //!   could see `inet_csk_accept` directly, are not available on these kernels.)
-//! - `sock:sock_send_length` BTF tracepoint: payload bytes each send() puts on
-//!   a tracked flow (the socket's `FLOW_STORE` entry, made by
-//!   `decide::judge`).
+//! - `sock:sock_send_length` tracepoint: payload bytes each send() of a tagged
+//!   process puts on a tracked flow (found by socket cookie, see `flows.rs`;
+//!   tracked by `decide::judge`).
 //! - `sock_release`: the flow's `Close` record (bytes, duration).
 
-use core::{ffi::c_void, ptr::null_mut};
-
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_sk_storage_get},
+        generated::{bpf_get_current_task, bpf_get_socket_cookie},
     },
-    macros::{btf_tracepoint, cgroup_sock, tracepoint},
-    programs::{BtfTracePointContext, SockContext, TracePointContext},
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
 };
 use sensor_common::{
     flow::{FlowEvent, FlowKind},
@@ -32,7 +31,8 @@ use sensor_common::{
 use crate::{
     connect::{destination4, destination6},
     emit::{slot, submit, task_record},
-    maps::{TASKS, config, flow_store},
+    flows,
+    maps::{TASKS, config},
 };
 
 /// A field of a kernel socket at `off` (offsets from BTF; the read is checked).
@@ -147,33 +147,51 @@ pub fn on_accept_exit_plain(ctx: TracePointContext) -> u32 {
     on_accept_exit(&ctx)
 }
 
-/// Bytes sent on a tracked flow: the sock_send_length tracepoint fires after
-/// every sendmsg() with its result, in the sender's context. A BTF tracepoint,
-/// so that the socket it gets is typed and its storage can be looked up:
-/// sockets without an entry (everything untracked) cost one pointer test in
-/// the helper. (A cgroup_skb egress program would count per packet, but merely
-/// attaching one cost every connect on the host ~2%, measured with
-/// `cargo xtask bench`.)
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn on_send_length(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
-    let sent: i32 = ctx.arg(1);
+/// Bytes a tagged process sends on a tracked flow: the sock:sock_send_length
+/// tracepoint fires in the sender's context after every sendmsg() with its
+/// result. Untagged senders cost one TASKS lookup. (A cgroup_skb egress program
+/// would count per packet, but merely attaching one cost every connect on the
+/// host ~2%, measured with `cargo xtask bench`.)
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn on_send_length(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if cfg.off_skc_cookie == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: only checked for presence.
+    if unsafe { TASKS.get(tgid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: offsets read from tracefs and BTF by user space; reads are checked.
+    let (sent, sk) = unsafe {
+        let Ok(sent) = ctx.read_at::<i32>(cfg.tp_send_ret as usize) else {
+            return 0;
+        };
+        let Ok(sk) = ctx.read_at::<u64>(cfg.tp_send_sk as usize) else {
+            return 0;
+        };
+        (sent, sk as *const u8)
+    };
     if sent <= 0 {
         return 0;
     }
-    // SAFETY: `sk` is the tracepoint's typed `struct sock *`.
-    let flow = unsafe { bpf_sk_storage_get(flow_store(), sk, null_mut(), 0) }.cast::<FlowEvent>();
-    if flow.is_null() {
+    // SAFETY: as above.
+    let cookie =
+        unsafe { bpf_probe_read_kernel(sk.add(cfg.off_skc_cookie as usize).cast::<u64>()) };
+    let Ok(cookie) = cookie else {
         return 0;
-    }
-    // SAFETY: a storage pointer from the helper, valid for this run.
-    let flow = unsafe { &mut *flow };
+    };
+    let Some(flow) = flows::find(cookie) else {
+        return 0;
+    };
+    // SAFETY: a map value, valid for this run.
+    let flow = unsafe { &mut *flow.record() };
     flow.detail += sent as u64;
-    if flow.local_port == 0
-        && let Some(cfg) = config()
-        && cfg.off_skc_num != 0
-    {
-        local_endpoint(cfg, sk.cast_const().cast(), flow);
+    if flow.local_port == 0 {
+        local_endpoint(cfg, sk, flow);
     }
     0
 }
@@ -203,29 +221,37 @@ fn local_endpoint(cfg: &Config, sk: *const u8, flow: &mut FlowEvent) {
     }
 }
 
-/// The socket of a tracked flow is released: its `Close` record (bytes,
-/// duration). Sockets without a `FLOW_STORE` entry return at once; the entry
-/// goes away with the socket.
 #[cgroup_sock(sock_release)]
 pub fn on_sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: the context of a sock program is the kernel's struct sock, which
-    // is what this program type's storage helper takes.
-    let flow = unsafe { bpf_sk_storage_get(flow_store(), ctx.sock.cast(), null_mut(), 0) }
-        .cast::<FlowEvent>();
-    if flow.is_null() {
-        return 1;
+    // A tracked flow's socket has a cookie (judging it asked for one). Reading
+    // the field instead of asking bpf_get_socket_cookie keeps sockets without
+    // one — nearly all of them — from getting one and from a FLOWS lookup:
+    // ~250 ns of every socket close on the host (measured with cargo xtask
+    // bench). The context of a sock program is the kernel's struct sock.
+    let cookie = match config() {
+        Some(cfg) if cfg.off_skc_cookie != 0 => {
+            // SAFETY: offset from BTF; the read is checked by the helper.
+            match unsafe { sk_field::<u64>(ctx.as_ptr() as *const u8, cfg.off_skc_cookie) } {
+                Some(0) => return 1,
+                Some(c) => c,
+                None => return 1,
+            }
+        }
+        // SAFETY: the program's own context.
+        _ => unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    if let Some(flow) = flows::find(cookie) {
+        // SAFETY: a map value, valid for this run; the flow is ours to finish
+        // and forget.
+        let ev = unsafe { &mut *flow.record() };
+        // SAFETY: helper without pointer arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        ev.duration_ns = now.wrapping_sub(ev.ktime_ns);
+        ev.ktime_ns = now;
+        ev.kind = FlowKind::Close as u8;
+        ev.count = 1;
+        submit(ev);
+        flows::forget(flow, cookie);
     }
-    // SAFETY: a storage pointer from the helper, valid for this run.
-    let ev = unsafe { &mut *flow };
-    if ev.kind == FlowKind::Close as u8 {
-        return 1;
-    }
-    // SAFETY: helper without pointer arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    ev.duration_ns = now.wrapping_sub(ev.ktime_ns);
-    ev.ktime_ns = now;
-    ev.kind = FlowKind::Close as u8;
-    ev.count = 1;
-    submit(ev);
     1
 }

@@ -18,10 +18,9 @@ use std::{fs::File, path::Path, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use sensor_common::{counters::COUNTER_COUNT, policy::Config};
-use tracing::warn;
 
 use crate::{
     SensorError,
@@ -43,12 +42,10 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_exec", "sched", "sched_process_exec"),
     ("on_fork", "sched", "sched_process_fork"),
     ("on_exit", "sched", "sched_process_exit"),
+    ("on_send_length", "sock", "sock_send_length"),
     ("on_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("on_accept_exit_plain", "syscalls", "sys_exit_accept"),
 ];
-
-/// BTF tracepoint programs: (program, tracepoint). They need the kernel's BTF.
-pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("on_send_length", "sock_send_length")];
 
 /// Capacity of the kernel's process tag map (`TASKS` in sensor-ebpf maps.rs).
 pub const TASKS_CAPACITY: u32 = 65_536;
@@ -58,8 +55,6 @@ pub struct KernelSensor {
     ebpf: Ebpf,
     config: Config,
     selectors: tagging::Selectors,
-    /// The BTF tracepoints loaded (the kernel has BTF).
-    byte_counting: bool,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
@@ -119,26 +114,12 @@ impl KernelSensor {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
-        let byte_counting = match aya::Btf::from_sys_fs() {
-            Ok(btf) => {
-                for &(name, tp) in BTF_TRACEPOINTS {
-                    let prog: &mut BtfTracePoint = load_program(&mut ebpf, name)?;
-                    retry_eagain(|| prog.load(tp, &btf)).map_err(prog_err(name))?;
-                }
-                true
-            }
-            Err(e) => {
-                warn!(error = %e, "kernel BTF (/sys/kernel/btf/vmlinux) unreadable: per-flow byte counting is disabled (close records report 0 bytes)");
-                false
-            }
-        };
         let mut config = Config::DEFAULT;
         offsets::discover(&mut config, &tracefs);
         let mut sensor = Self {
             ebpf,
             config,
             selectors: tagging::Selectors::default(),
-            byte_counting,
         };
         sensor.write_config()?;
         Ok(sensor)
@@ -162,12 +143,6 @@ impl KernelSensor {
         for &(name, category, tp) in TRACEPOINTS {
             let prog: &mut TracePoint = self.program(name)?;
             prog.attach(category, tp).map_err(prog_err(name))?;
-        }
-        if self.byte_counting {
-            for &(name, _) in BTF_TRACEPOINTS {
-                let prog: &mut BtfTracePoint = self.program(name)?;
-                prog.attach().map_err(prog_err(name))?;
-            }
         }
         Ok(())
     }

@@ -51,25 +51,29 @@ fn exe(btf: &Btf, config: &mut Config) {
     }
 }
 
-/// Offsets to find a flow's local endpoint on its first send, and a socket's
-/// cookie.
-fn sock(btf: &Btf, config: &mut Config) {
+/// Offsets to count a flow's bytes and find its local endpoint on send.
+fn sock(btf: &Btf, tracefs: &Path, config: &mut Config) {
     let get = |m| btf.member_offset("sock_common", m);
+    let tp = |f| tracefs::tracepoint_field(tracefs, "sock", "sock_send_length", f);
     match (
         get("skc_cookie"),
         get("skc_num"),
         get("skc_rcv_saddr"),
         get("skc_v6_rcv_saddr"),
+        tp("sk"),
+        tp("ret"),
     ) {
-        (Some(cookie), Some(num), Some(v4), Some(v6)) => {
+        (Some(cookie), Some(num), Some(v4), Some(v6), Some(sk), Some(ret)) => {
             config.off_skc_cookie = cookie;
             config.off_skc_num = num;
             config.off_skc_rcv_saddr = v4;
             config.off_skc_v6_rcv_saddr = v6;
-            debug!(cookie, num, v4, v6, "socket offsets");
+            config.tp_send_sk = sk;
+            config.tp_send_ret = ret;
+            debug!(cookie, num, v4, v6, sk, ret, "socket offsets");
         }
         _ => warn!(
-            "kernel BTF lacks a sock_common member we need: close records carry no local endpoint and accept records no cookie"
+            "sock_common offsets or the sock:sock_send_length tracepoint are missing: per-flow byte counts are disabled (close records report 0 bytes)"
         ),
     }
 }
@@ -141,7 +145,7 @@ fn accept(btf: &Btf, tracefs: &Path, config: &mut Config) {
 pub fn discover(config: &mut Config, tracefs: &Path) {
     if let Some(btf) = read_btf() {
         exe(&btf, config);
-        sock(&btf, config);
+        sock(&btf, tracefs, config);
         accept(&btf, tracefs, config);
     }
     config.tp_fork_child_pid =
