@@ -25,7 +25,7 @@ use sensor_common::{
 
 use crate::{
     agg::{self, Decision},
-    emit::{Destination, fill_flow, slot, submit, task_record},
+    emit::{Destination, fill_flow, slot, submit, task_record, task_record_at},
     flows,
     maps::{
         AGG, FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config,
@@ -195,7 +195,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let cached = if interval != 0 {
-        AGG.get_ptr_mut(&key)
+        AGG.get_ptr_mut(key)
     } else {
         None
     };
@@ -209,7 +209,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         stale => {
             if let Some(state) = stale {
                 // SAFETY: as above.
-                report_folded(ctx, kind, dst, unsafe { &mut *state });
+                report_folded(ctx, kind, dst, unsafe { &mut *state }, now);
             }
             let Some(d) = decide(cfg, classes, dst) else {
                 return ALLOW;
@@ -232,7 +232,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         // Folded, and a denied socket has no flow to track.
         return ret;
     }
-    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
+    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, now) else {
         return ret;
     };
     fill_decision(ev, &d);
@@ -257,13 +257,14 @@ fn report_folded(
     kind: FlowKind,
     dst: &Destination,
     state: &mut sensor_common::flow::AggState,
+    now: u64,
 ) {
     let folded = state.suppressed;
     if folded == 0 {
         return;
     }
     state.suppressed = 0;
-    let Some(ev) = task_record(slot::PROCESS, kind as u8) else {
+    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, now) else {
         return;
     };
     fill_decision(ev, &Decision::cached(state));

@@ -40,14 +40,21 @@ pub mod slot {
 /// A record in scratch slot `slot` with the task fields filled in.
 #[inline(always)]
 pub fn task_record(slot: u32, kind: u8) -> Option<&'static mut FlowEvent> {
+    // SAFETY: helper without pointer arguments.
+    task_record_at(slot, kind, unsafe { bpf_ktime_get_ns() })
+}
+
+/// `task_record` for a caller that has read the clock already (`now`).
+#[inline(always)]
+pub fn task_record_at(slot: u32, kind: u8, now: u64) -> Option<&'static mut FlowEvent> {
     let ev = RECORDS.get_ptr_mut(slot)?;
     // SAFETY: a per-CPU map value, used by one program run at a time per slot.
     let ev = unsafe { &mut *ev };
     let pid_tgid = bpf_get_current_pid_tgid();
     // Every field is written here, word by word: `*ev = FlowEvent::ZERO`
     // compiles to a 128-iteration byte loop on BPF.
-    // SAFETY: helpers without pointer arguments.
-    ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ktime_ns = now;
+    // SAFETY: helper without pointer arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.cookie = 0;
     ev.classes = 0;

@@ -10,8 +10,10 @@
 //! - `emit.rs`: records to user space.
 //! - `flows.rs`: flows tracked for their close record.
 #![no_std]
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
+// Compare-and-swap for flow slots (see flows.rs): the BPF target offers it
+// only as an intrinsic. Host builds (clippy) use the stable atomic.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![no_main]
 
 mod agg;

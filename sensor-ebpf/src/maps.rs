@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counters::COUNTER_COUNT,
-    flow::{AggKey, AggState, FlowEvent},
+    flow::{AggKey, AggState, FLOW_SLOT_COUNT, FlowEvent},
     policy::{Config, MAX_CLASSES, TaintSource, VerdictKey},
     tag::{ExeKey, TaskTag},
 };
@@ -61,12 +61,9 @@ pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(409
 /// to send at close (`detail` accumulates bytes sent), in the slot its socket
 /// cookie names (`cookie % FLOW_SLOT_COUNT`, see `flows.rs`). Consecutive
 /// connects get consecutive cookies, so they use neighbouring, cache-warm
-/// slots: no hashing, no allocation, no helper call.
+/// slots: no hashing, no allocation, no helper call. 4 MiB.
 #[map]
 pub static FLOW_SLOTS: Array<FlowEvent> = Array::with_max_entries(FLOW_SLOT_COUNT, 0);
-
-/// Number of `FLOW_SLOTS` (a power of two): 4 MiB.
-pub const FLOW_SLOT_COUNT: u32 = 32_768;
 
 /// Flows whose slot was taken by another open flow: socket cookie → record.
 /// Not preallocated (BPF_F_NO_PREALLOC = 1): it holds only the overflow.

@@ -8,7 +8,7 @@ use harness::harness::{
     scenario::{EU_BIT, Scenario},
 };
 use sensor_common::{
-    flow::FlowKind,
+    flow::{FLOW_SLOT_COUNT, FlowKind},
     net::{AF_INET, AF_INET6, IPPROTO_TCP},
 };
 use sensor_user::kernel::verdicts::Mode;
@@ -141,6 +141,40 @@ fn tcp_close_record_has_bytes_and_duration() {
 
     assert!(ev.duration_ns > 0);
     assert_eq!(ev.classes, EU_BIT);
+}
+
+#[test]
+fn flows_whose_cookies_share_a_slot_both_get_their_close_record() {
+    // A tracked flow lives in the kernel slot its socket cookie names; a second
+    // open flow on the same slot goes to the overflow map. Both must close
+    // with their own bytes.
+    let mut sc = Scenario::new(Mode::Monitor);
+    let server = sc.net.frankfurt.tcp_server(false);
+    let mut w =
+        Waiting::start(sc.in_cgroup(probe::command(&["tcp-collide", &server.addr.to_string()])));
+    let line = w.read_line();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("cookies line");
+    let cookies = [&v["cookies"][0], &v["cookies"][1]].map(|c| c.as_u64().expect("cookie"));
+    let slots = u64::from(FLOW_SLOT_COUNT);
+    assert_ne!(cookies[0], cookies[1]);
+    assert_eq!(cookies[0] % slots, cookies[1] % slots, "{line}");
+    let p = w.go();
+    assert_eq!(p.errno(), 0);
+    let closes = sc.fx.wait_for(2, |e| {
+        e.tgid == p.pid && e.flow_kind() == Some(FlowKind::Close)
+    });
+    assert_eq!(closes.len(), 2, "{closes:?}");
+    for (cookie, bytes) in [(cookies[0], 4), (cookies[1], 8)] {
+        let ev = closes
+            .iter()
+            .find(|e| e.cookie == cookie)
+            .unwrap_or_else(|| panic!("no close record for cookie {cookie}: {closes:?}"));
+        assert_eq!(ev.detail, bytes, "payload bytes of cookie {cookie}");
+        assert_ne!(ev.local_port, 0, "{ev:?}");
+        assert_eq!(ev.remote(), server.addr);
+        assert_eq!(ev.classes, EU_BIT);
+        assert!(ev.duration_ns > 0);
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{os::unix::process::CommandExt, time::Duration};
 
 use harness::harness::{
     probe::{self, Waiting},
-    scenario::{EU_BIT, Scenario},
+    scenario::{EU, EU_BIT, Scenario},
     temp::TempPath,
 };
 use sensor_common::{
@@ -229,6 +229,53 @@ fn repeated_violations_are_aggregated_and_counted() {
         "every occurrence is counted"
     );
     assert_eq!(c[counters::DENIED as usize], 0);
+}
+
+#[test]
+fn a_mode_change_applies_at_once_and_what_was_folded_before_is_reported() {
+    // Repeats reuse the verdict cached with their aggregation state; a policy
+    // change must end that at the very next call, and the occurrences folded
+    // under the old verdict must still be reported, with it.
+    let mut sc = Scenario::new(Mode::Monitor);
+    sc.fx
+        .sensor
+        .set_aggregation(Duration::from_secs(60))
+        .expect("aggregation");
+    let server = sc.net.virginia.udp_server(false);
+    let t = server.addr.to_string();
+    let mut w = Waiting::start(sc.in_cgroup(probe::command(&[
+        "udp-sendto",
+        &t,
+        "udp-sendto",
+        &t,
+        "udp-sendto",
+        &t,
+        "pause",
+        &t,
+        "udp-sendto",
+        &t,
+    ])));
+    assert!(w.read_line().contains("paused"));
+    sc.fx.sensor.set_mode(EU, Mode::Enforce).expect("mode");
+    let p = w.go();
+    assert_eq!(p.errnos, vec![0, 0, 0, 0, libc::EPERM]);
+    assert_eq!(server.wait_for(3, Duration::from_secs(2)), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.received(), 3, "the denied datagram never left");
+    let f = flows(&mut sc, p.pid, 3);
+    let got: Vec<(u32, u8)> = f.iter().map(|e| (e.count, e.action)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, action::REPORTED),
+            (2, action::REPORTED),
+            (1, action::DENIED)
+        ],
+        "the first violation, the two folded under monitor, then the denial: {f:?}"
+    );
+    let c = sc.fx.sensor.counters().expect("counters");
+    assert_eq!(c[counters::VIOLATIONS as usize], 4);
+    assert_eq!(c[counters::DENIED as usize], 1);
 }
 
 #[test]

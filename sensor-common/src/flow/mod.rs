@@ -126,6 +126,11 @@ impl FlowEvent {
     };
 }
 
+/// Slots of the kernel's `FLOW_SLOTS` array (a power of two): a tracked flow
+/// lives in slot `cookie % FLOW_SLOT_COUNT` unless another open flow holds it
+/// (then in the `FLOWS` hash map).
+pub const FLOW_SLOT_COUNT: u32 = 32_768;
+
 /// Key of the kernel's `AGG` LRU map: one process's flows to one destination.
 /// Repeats within `Config::agg_interval_ns` are folded into one record with a
 /// count, and reuse the verdict cached in the [`AggState`].

@@ -9,6 +9,12 @@
 //!   udp-connect-send ADDR:PORT   connect a UDP socket, send one datagram
 //!   udp-sendto ADDR:PORT         sendto on an unconnected UDP socket
 //!   tcp-serve ADDR:PORT          listen, accept one connection, close
+//!   tcp-collide ADDR:PORT        two TCP connections open at once whose socket
+//!                                cookies name the same kernel flow slot; the
+//!                                first sends 4 bytes, the second 8; prints
+//!                                {"cookies":[FIRST,SECOND]} before closing both
+//!   pause ANY                    print {"paused":true}, wait for a stdin line
+//!                                (the test changes something meanwhile)
 //!
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS
@@ -57,6 +63,13 @@ fn run_op(op: &str, addr: SocketAddr) -> i32 {
             let _ = s.read(&mut buf);
             Ok(())
         }),
+        "tcp-collide" => tcp_collide(addr),
+        "pause" => {
+            println!("{{\"paused\":true}}");
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map(|_| ())
+        }
         other => {
             eprintln!("netprobe: unknown operation {other:?}");
             std::process::exit(2);
@@ -66,6 +79,62 @@ fn run_op(op: &str, addr: SocketAddr) -> i32 {
         Ok(()) => 0,
         Err(e) => errno_of(&e),
     }
+}
+
+/// The socket's cookie (SO_COOKIE; the kernel assigns one on first ask).
+fn cookie(fd: std::os::fd::RawFd) -> std::io::Result<u64> {
+    let mut value = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `tcp-collide`: see the usage at the top.
+fn tcp_collide(addr: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let slots = u64::from(sensor_common::flow::FLOW_SLOT_COUNT);
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let mut first = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    // Send at once: the test server closes a connection that stays silent.
+    first.write_all(b"ping")?;
+    let want = cookie(first.as_raw_fd())? % slots;
+    // Cookies are handed out in increasing order: ask fresh sockets for theirs
+    // until one lands on the first connection's slot.
+    let mut second = None;
+    for _ in 0..16 * slots {
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        if cookie(s.as_raw_fd())? % slots == want {
+            second = Some(s);
+            break;
+        }
+    }
+    let second = second.ok_or_else(|| std::io::Error::other("no cookie hit the slot"))?;
+    second.connect_timeout(&addr.into(), Duration::from_secs(3))?;
+    let mut second: TcpStream = second.into();
+    second.write_all(b"pingpong")?;
+    println!(
+        "{{\"cookies\":[{},{}]}}",
+        cookie(first.as_raw_fd())?,
+        cookie(second.as_raw_fd())?
+    );
+    std::io::stdout().flush()
 }
 
 fn run_all(ops: &[(String, SocketAddr)]) -> (u32, Vec<i32>) {
