@@ -8,8 +8,11 @@
 //! local, non-loopback address (loopback is exempt from judging, so it would
 //! not measure the trie) with SO_LINGER 0, so no TIME_WAIT builds up. The
 //! report gives each side's median of per-round means and its ratio to `none`.
+//! With aggregation on (the default, 10 s) the tagged side's repeats reuse the
+//! verdict its first connect got; `--aggregation 0` measures every connect
+//! judged against the trie and recorded.
 //!
-//! Usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--prog-stats]
+//! Usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--aggregation SECS] [--prog-stats]
 //! (run by `cargo xtask bench`; needs root).
 
 mod net;
@@ -37,6 +40,9 @@ struct Options {
     rounds: usize,
     per_round: usize,
     prefixes: usize,
+    /// Aggregation interval in seconds (0: every connect is judged afresh and
+    /// recorded: no verdict is reused).
+    aggregation: u64,
     /// Report the kernel's run time of each program (BPF_ENABLE_STATS); the
     /// accounting itself costs every run a little, so ratios are measured
     /// without it.
@@ -49,6 +55,7 @@ fn parse_options() -> Options {
         rounds: 1500,
         per_round: 40,
         prefixes: 500_000,
+        aggregation: 10,
         prog_stats: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +73,7 @@ fn parse_options() -> Options {
             "--rounds" => o.rounds = value(),
             "--per-round" => o.per_round = value(),
             "--prefixes" => o.prefixes = value(),
+            "--aggregation" => o.aggregation = value() as u64,
             "--prog-stats" => {
                 o.prog_stats = true;
                 i += 1;
@@ -73,7 +81,8 @@ fn parse_options() -> Options {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--prog-stats]"
+                    "usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--aggregation SECS] [--prog-stats]\n\n\
+                     --aggregation 0 judges every connect afresh (no cached verdict) and records each one"
                 );
                 std::process::exit(0);
             }
@@ -154,7 +163,7 @@ fn main() {
         .expect("selector");
     sensor.set_mode(0, Mode::Monitor).expect("mode");
     sensor
-        .set_aggregation(Duration::from_secs(10))
+        .set_aggregation(Duration::from_secs(o.aggregation))
         .expect("aggregation");
     let bench_net = IpNet::new(IpAddr::V4(dummy.addr), 24)
         .expect("valid")
@@ -223,10 +232,11 @@ fn main() {
     let base = stats::median(&samples[0]);
     println!();
     println!(
-        "connect()+close() to a local address, {} rounds x {} per side, {} verdict prefixes",
+        "connect()+close() to a local address, {} rounds x {} per side, {} verdict prefixes, aggregation {} s",
         o.rounds,
         o.per_round,
-        table.len()
+        table.len(),
+        o.aggregation
     );
     println!(
         "{:<10} {:>14} {:>14} {:>10}",
