@@ -249,7 +249,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
 
 /// Occurrences folded under a verdict that no longer holds (the policy or the
 /// process's classes changed since) are reported with that verdict before the
-/// destination is judged again: nothing folded is lost. The record describes
+/// destination is judged again: a policy change loses no count. The record describes
 /// the current call's process and destination; it has no socket (cookie 0).
 #[inline(always)]
 fn report_folded(
