@@ -8,7 +8,6 @@
 use sensor_common::{
     counters::AGG_MAP_FULL,
     flow::{AggKey, AggState},
-    policy::Config,
 };
 
 use crate::maps::{AGG, count};
@@ -42,8 +41,8 @@ impl Decision {
 /// Whether the verdict cached in `state` still holds for a process carrying
 /// `classes`: reached under the policy epoch in force, for the same classes.
 #[inline(always)]
-pub fn holds(state: &AggState, cfg: &Config, classes: u64) -> bool {
-    state.epoch == cfg.epoch && state.classes == classes
+pub fn holds(state: &AggState, epoch: u32, classes: u64) -> bool {
+    state.epoch == epoch && state.classes == classes
 }
 
 /// Counts one more occurrence under a verdict that holds. Returns the count the

@@ -185,6 +185,11 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         return ALLOW;
     }
     let interval = cfg.agg_interval_ns;
+    // The epoch this judgement works under, read once and first: if user
+    // space changes the policy meanwhile, what is cached below carries the old
+    // epoch and is judged again at the next call.
+    // SAFETY: a field of the live CONFIG value.
+    let epoch = unsafe { core::ptr::addr_of!(cfg.epoch).read_volatile() };
     let key = AggKey {
         tgid,
         port: dst.port,
@@ -201,7 +206,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     };
     let (d, n) = match cached {
         // SAFETY: pointer from a successful lookup, valid for this run.
-        Some(state) if agg::holds(unsafe { &*state }, cfg, classes) => {
+        Some(state) if agg::holds(unsafe { &*state }, epoch, classes) => {
             // SAFETY: as above.
             let state = unsafe { &mut *state };
             (Decision::cached(state), agg::fold(state, now, interval))
@@ -215,7 +220,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
                 return ALLOW;
             };
             if interval != 0 {
-                agg::remember(&key, stale, &d, cfg.epoch, classes, now);
+                agg::remember(&key, stale, &d, epoch, classes, now);
             }
             (d, 1)
         }

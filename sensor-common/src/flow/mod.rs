@@ -149,9 +149,8 @@ pub struct AggKey {
 /// aggregation state of its records.
 ///
 /// The verdict is reused without consulting the verdict tries while
-/// `epoch` equals `Config::epoch` (no policy change since), `classes` equals
-/// the process's classes (no new tag since) and `last_ns` is within the
-/// aggregation interval.
+/// `epoch` equals `Config::epoch` (no policy change since) and `classes`
+/// equals the process's classes (no new tag since).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AggState {

@@ -241,14 +241,23 @@ impl KernelSensor {
     /// Writes the configuration. Every write bumps the policy epoch: the
     /// kernel then judges each destination afresh instead of reusing the
     /// verdict it cached for it (see `AggState` in sensor-common).
+    ///
+    /// Written twice, the second time with only the epoch bumped again: the
+    /// kernel copies a map value without a lock, so a judgement running during
+    /// the first write may see the new epoch with old fields and cache what it
+    /// decided under it. The second write's other fields are all settled, and
+    /// its epoch retires anything cached during the first.
     fn write_config(&mut self) -> Result<(), SensorError> {
-        self.config.epoch = self.config.epoch.wrapping_add(1);
         let map = self
             .ebpf
             .map_mut("CONFIG")
             .ok_or(SensorError::MissingMap("CONFIG"))?;
         let mut array: Array<&mut MapData, Config> =
             Array::try_from(map).map_err(map_err("CONFIG"))?;
-        array.set(0, self.config, 0).map_err(map_err("CONFIG"))
+        for _ in 0..2 {
+            self.config.epoch = self.config.epoch.wrapping_add(1);
+            array.set(0, self.config, 0).map_err(map_err("CONFIG"))?;
+        }
+        Ok(())
     }
 }
