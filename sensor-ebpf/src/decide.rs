@@ -155,13 +155,23 @@ fn decide(cfg: &Config, classes: u64, dst: &Destination) -> Option<Decision> {
     })
 }
 
-/// Fills the verdict fields of a flow record.
+/// A flow record of the current call to `dst` under decision `d`, in the
+/// scratch slot.
 #[inline(always)]
-fn fill_decision(ev: &mut FlowEvent, d: &Decision) {
+fn flow_record(
+    ctx: &SockAddrContext,
+    kind: FlowKind,
+    dst: &Destination,
+    d: &Decision,
+    now: u64,
+) -> Option<&'static mut FlowEvent> {
+    let ev = task_record_at(slot::PROCESS, kind as u8, now)?;
     ev.classes = d.reported;
     ev.verdict = d.verdict;
     ev.action = d.action;
     ev.policy_generation = d.generation;
+    fill_flow(ctx, ev, dst);
+    Some(ev)
 }
 
 /// Judges the current process's call to `dst`; returns the sock_addr verdict.
@@ -237,11 +247,9 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         // Folded, and a denied socket has no flow to track.
         return ret;
     }
-    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, now) else {
+    let Some(ev) = flow_record(ctx, kind, dst, &d, now) else {
         return ret;
     };
-    fill_decision(ev, &d);
-    fill_flow(ctx, ev, dst);
     if !deny {
         flows::track(ev);
     }
@@ -269,11 +277,9 @@ fn report_folded(
         return;
     }
     state.suppressed = 0;
-    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, now) else {
+    let Some(ev) = flow_record(ctx, kind, dst, &Decision::cached(state), now) else {
         return;
     };
-    fill_decision(ev, &Decision::cached(state));
-    fill_flow(ctx, ev, dst);
     ev.cookie = 0;
     ev.count = folded;
     submit(ev);

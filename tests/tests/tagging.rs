@@ -6,6 +6,7 @@
 use std::{os::unix::process::CommandExt, time::Duration};
 
 use harness::harness::{
+    netns::Server,
     probe::{self, Waiting},
     scenario::{EU, EU_BIT, Scenario},
     temp::TempPath,
@@ -196,19 +197,30 @@ fn failsafe_and_loopback_destinations_are_never_violations() {
     assert!(stray.is_empty(), "no flow records: {stray:?}");
 }
 
-#[test]
-fn repeated_violations_are_aggregated_and_counted() {
+/// A monitor-mode scenario that folds repeats for a minute, and a UDP server
+/// in "Virginia" (a denied destination).
+fn aggregating() -> (Scenario, Server) {
     let mut sc = Scenario::new(Mode::Monitor);
     sc.fx
         .sensor
         .set_aggregation(Duration::from_secs(60))
         .expect("aggregation");
     let server = sc.net.virginia.udp_server(false);
-    let t = server.addr.to_string();
-    let args: Vec<&str> = std::iter::repeat_n(["udp-sendto", t.as_str()], 5)
+    (sc, server)
+}
+
+/// netprobe arguments: `n` sendto()s to `target`.
+fn sendtos(target: &str, n: usize) -> Vec<&str> {
+    std::iter::repeat_n(["udp-sendto", target], n)
         .flatten()
-        .collect();
-    let p = sc.inside(&args);
+        .collect()
+}
+
+#[test]
+fn repeated_violations_are_aggregated_and_counted() {
+    let (mut sc, server) = aggregating();
+    let t = server.addr.to_string();
+    let p = sc.inside(&sendtos(&t, 5));
     assert_eq!(p.errnos, vec![0; 5]);
     assert_eq!(server.wait_for(5, Duration::from_secs(2)), 5);
     // Marker from another process: everything of the first is in by then.
@@ -236,25 +248,10 @@ fn a_mode_change_applies_at_once_and_what_was_folded_before_is_reported() {
     // Repeats reuse the verdict cached with their aggregation state; a policy
     // change must end that at the very next call, and the occurrences folded
     // under the old verdict must still be reported, with it.
-    let mut sc = Scenario::new(Mode::Monitor);
-    sc.fx
-        .sensor
-        .set_aggregation(Duration::from_secs(60))
-        .expect("aggregation");
-    let server = sc.net.virginia.udp_server(false);
+    let (mut sc, server) = aggregating();
     let t = server.addr.to_string();
-    let mut w = Waiting::start(sc.in_cgroup(probe::command(&[
-        "udp-sendto",
-        &t,
-        "udp-sendto",
-        &t,
-        "udp-sendto",
-        &t,
-        "pause",
-        &t,
-        "udp-sendto",
-        &t,
-    ])));
+    let args = [sendtos(&t, 3), vec!["pause", &t], sendtos(&t, 1)].concat();
+    let mut w = Waiting::start(sc.in_cgroup(probe::command(&args)));
     assert!(w.read_line().contains("paused"));
     sc.fx.sensor.set_mode(EU, Mode::Enforce).expect("mode");
     let p = w.go();
