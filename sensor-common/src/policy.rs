@@ -166,8 +166,40 @@ impl Config {
     };
 }
 
+/// What the kernel does when the agent stops heartbeating: index 0 of the
+/// `LIVENESS` array. The agent writes `heartbeat_ns` (CLOCK_MONOTONIC, the
+/// clock of `bpf_ktime_get_ns`) every second; when it is older than
+/// `timeout_ns`, classes in `deny_classes` may reach only failsafe
+/// destinations (fail closed) and classes in `allow_classes` are not denied
+/// (fail open, still reported). Every other class keeps the last policy.
+/// `timeout_ns == 0` switches the check off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    pub heartbeat_ns: u64,
+    pub timeout_ns: u64,
+    pub deny_classes: u64,
+    pub allow_classes: u64,
+}
+
+impl Liveness {
+    /// No loss behaviour: every class keeps the last policy.
+    pub const KEEP: Self = Self {
+        heartbeat_ns: 0,
+        timeout_ns: 0,
+        deny_classes: 0,
+        allow_classes: 0,
+    };
+}
+
+/// Version of the pinned kernel state's layout (map keys, values and their
+/// meaning). Bump it with any change to a type in this crate that a pinned map
+/// holds, or to what a map's entries mean: a starting agent then re-creates
+/// the maps it cannot adopt instead of feeding new programs old bytes.
+pub const LAYOUT_VERSION: u32 = 2;
+
 #[cfg(feature = "user")]
-crate::pod!(VerdictKey, TaintSource, Config);
+crate::pod!(VerdictKey, TaintSource, Config, Liveness);
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +210,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
         assert_eq!(core::mem::size_of::<Config>(), 120);
+        assert_eq!(core::mem::size_of::<Liveness>(), 32);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);
     }

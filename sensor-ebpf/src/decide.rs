@@ -28,8 +28,8 @@ use crate::{
     emit::{Destination, fill_flow, slot, submit, task_record, task_record_at},
     flows,
     maps::{
-        AGG, FAILSAFE, Judgement, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B, config,
-        count,
+        AGG, FAILSAFE, Judgement, LIVENESS, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B,
+        config, count,
     },
 };
 
@@ -76,11 +76,39 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     all
 }
 
+/// Classes whose declared agent-loss behaviour is in effect now: the agent has
+/// not heartbeated within the timeout (see `Liveness` in sensor-common).
+#[derive(Clone, Copy)]
+struct Loss {
+    /// Fail closed: only failsafe destinations.
+    deny: u64,
+    /// Fail open: reported, never denied.
+    allow: u64,
+}
+
+#[inline(always)]
+fn agent_loss(classes: u64, now: u64) -> Loss {
+    let none = Loss { deny: 0, allow: 0 };
+    let Some(l) = LIVENESS.get(0) else {
+        return none;
+    };
+    if l.timeout_ns == 0 || (l.deny_classes | l.allow_classes) & classes == 0 {
+        return none;
+    }
+    if now.saturating_sub(l.heartbeat_ns) <= l.timeout_ns {
+        return none;
+    }
+    Loss {
+        deny: l.deny_classes & classes,
+        allow: l.allow_classes & classes,
+    }
+}
+
 /// Judges `dst` for a process carrying `classes` against the verdict tries.
 /// `None`: nothing to judge or record (a failsafe destination, or every class
 /// the process carries is off).
 #[inline(always)]
-fn decide(cfg: &Config, classes: u64, dst: &Destination) -> Option<Decision> {
+fn decide(cfg: &Config, classes: u64, dst: &Destination, loss: Loss) -> Option<Decision> {
     if FAILSAFE.get(Key::new(128, dst.key)).is_some() {
         return None;
     }
@@ -104,9 +132,15 @@ fn decide(cfg: &Config, classes: u64, dst: &Destination) -> Option<Decision> {
         if classes & bit == 0 {
             continue;
         }
-        let m = MODES.get(class).copied().unwrap_or(mode::OFF);
+        let mut m = MODES.get(class).copied().unwrap_or(mode::OFF);
         if m == mode::OFF {
             continue;
+        }
+        let fail_closed = loss.deny & bit != 0;
+        if fail_closed {
+            m = mode::ENFORCE;
+        } else if loss.allow & bit != 0 && m == mode::ENFORCE {
+            m = mode::MONITOR;
         }
         key.class_be = class.to_be_bytes();
         let lpm = Key::new(VERDICT_CLASS_BITS + 128, key);
@@ -115,7 +149,11 @@ fn decide(cfg: &Config, classes: u64, dst: &Destination) -> Option<Decision> {
         } else {
             VERDICTS_B.get(&lpm)
         };
-        let v = found.copied().unwrap_or(verdict::UNKNOWN);
+        let v = if fail_closed {
+            verdict::DENY
+        } else {
+            found.copied().unwrap_or(verdict::UNKNOWN)
+        };
         let bad = v == verdict::DENY || (v == verdict::UNKNOWN && cfg.unknown_is_violation != 0);
         // SAFETY: as above.
         unsafe {
@@ -194,7 +232,16 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     if classes == 0 {
         return ALLOW;
     }
-    let interval = cfg.agg_interval_ns;
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let loss = agent_loss(classes, now);
+    // A verdict reached under a declared agent-loss behaviour is neither cached
+    // nor taken from the cache: it holds only while the agent is away.
+    let interval = if loss.deny | loss.allow != 0 {
+        0
+    } else {
+        cfg.agg_interval_ns
+    };
     // The epoch this judgement works under, read once and first: if user
     // space changes the policy meanwhile, what is cached below carries the old
     // epoch and is judged again at the next call.
@@ -207,8 +254,6 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         _pad: 0,
         addr: dst.key,
     };
-    // SAFETY: helper without pointer arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let cached = if interval != 0 {
         AGG.get_ptr_mut(key)
     } else {
@@ -226,7 +271,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
                 // SAFETY: as above.
                 report_folded(ctx, kind, dst, unsafe { &mut *state }, now);
             }
-            let Some(d) = decide(cfg, classes, dst) else {
+            let Some(d) = decide(cfg, classes, dst, loss) else {
                 return ALLOW;
             };
             if interval != 0 {

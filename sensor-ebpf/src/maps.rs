@@ -7,7 +7,7 @@ use aya_ebpf::{
 use sensor_common::{
     counters::COUNTER_COUNT,
     flow::{AggKey, AggState, FLOW_SLOT_COUNT, FlowEvent},
-    policy::{Config, MAX_CLASSES, TaintSource, VerdictKey},
+    policy::{Config, Liveness, MAX_CLASSES, TaintSource, VerdictKey},
     tag::{ExeKey, TaskTag},
 };
 
@@ -23,6 +23,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 /// Host-wide configuration (index 0).
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The agent's heartbeat and what each class does without it (index 0).
+#[map]
+pub static LIVENESS: Array<Liveness> = Array::with_max_entries(1, 0);
 
 /// Mode per class id (`sensor_common::policy::mode`).
 #[map]

@@ -27,6 +27,12 @@ fn default_lock() -> PathBuf {
 fn default_history() -> usize {
     10_000
 }
+fn default_bpf_dir() -> PathBuf {
+    PathBuf::from(crate::kernel::pins::DEFAULT_DIR)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/residency/state")
+}
 fn default_spool() -> PathBuf {
     PathBuf::from("/var/lib/residency/spool")
 }
@@ -52,6 +58,13 @@ pub struct Config {
     /// Single-instance lock file.
     #[serde(default = "default_lock")]
     pub lock: PathBuf,
+    /// The pinned kernel state (bpffs): programs, links and maps that keep
+    /// enforcing while no agent runs.
+    #[serde(default = "default_bpf_dir")]
+    pub bpf_dir: PathBuf,
+    /// Operator state that outlives the agent (modes set over the API).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// The agent API.
     #[serde(default)]
     pub api: ApiConfig,

@@ -58,4 +58,6 @@ pub enum SensorError {
         "kernel program {0} is missing from the embedded object (the build is inconsistent: rebuild)"
     )]
     MissingProgram(&'static str),
+    #[error("pinned kernel state at {dir}: {reason}")]
+    Pins { dir: PathBuf, reason: String },
 }

@@ -27,6 +27,9 @@ pub enum Why {
     Inherited { parent: u32 },
     /// Tagged on request (API) by `actor`.
     Explicit { actor: String },
+    /// Found tagged in the pinned kernel state when the agent started: the
+    /// reason was recorded by an earlier agent.
+    Adopted,
 }
 
 /// A reason with the classes it gave and when.

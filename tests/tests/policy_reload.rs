@@ -57,7 +57,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     };
     let mut ledger = TagLedger::default();
     let first = source.build(&[]).expect("policy builds");
-    apply::apply(&mut fx.sensor, &first, &root, &mut ledger).expect("apply");
+    apply::apply(&mut fx.sensor, &first, &|c| c.mode, &root, &mut ledger).expect("apply");
 
     let fra = net.frankfurt.tcp_server(false);
     let iad = net.virginia.tcp_server(false);
@@ -92,7 +92,7 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     for i in 0..100 {
         std::fs::write(policy.path(), policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
         let c = source.build(&[]).expect("policy builds");
-        let r = apply::apply(&mut fx.sensor, &c, &root, &mut ledger).expect("apply");
+        let r = apply::apply(&mut fx.sensor, &c, &|c| c.mode, &root, &mut ledger).expect("apply");
         generations.push(r.generation);
     }
     std::thread::sleep(Duration::from_millis(100));

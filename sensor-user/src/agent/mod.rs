@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod enrich;
+pub mod persist;
 pub mod store;
 
 use std::{
@@ -28,7 +29,11 @@ use tracing::{error, info, warn};
 
 use residency_proto::collector::v1 as cpb;
 
-use self::{audit::AuditLog, store::FlowStore};
+use self::{
+    audit::AuditLog,
+    persist::{CounterBaseline, ModeOverride, OperatorState},
+    store::FlowStore,
+};
 use crate::export::spool::{Fsync, Options as SpoolOptions, Spool};
 use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
 use crate::{
@@ -169,6 +174,10 @@ pub struct AgentConfig {
     pub history: usize,
     /// The durable spool's directory, when records are delivered to a collector.
     pub spool_dir: Option<PathBuf>,
+    /// The pinned kernel state (on bpffs).
+    pub bpf_dir: PathBuf,
+    /// Operator state that outlives the process (modes set over the API).
+    pub state_dir: PathBuf,
 }
 
 /// The agent's state, owned by its task.
@@ -179,8 +188,11 @@ pub struct Agent {
     loaded_at: SystemTime,
     ledger: TagLedger,
     cfg: AgentConfig,
-    /// Modes set through SetEnforcement, by class id; they outlive reloads.
-    overrides: BTreeMap<u8, Mode>,
+    /// Modes set through SetEnforcement, by class name; they outlive reloads
+    /// and restarts (persisted in `state_dir`).
+    overrides: BTreeMap<String, ModeOverride>,
+    /// Id of the kernel counter map `last_counters` was read from.
+    counters_map_id: u32,
     pending_selectors: bool,
     events_total: u64,
     last_counters: Vec<u64>,
@@ -224,12 +236,24 @@ impl Agent {
             .build(&exceptions)
             .context("while building the policy")?;
         let policy_text = std::fs::read_to_string(&cfg.source.policy).unwrap_or_default();
-        let mut sensor = KernelSensor::load().context("while loading the kernel programs")?;
-        sensor
-            .attach(&cfg.attach)
-            .with_context(|| format!("while attaching to cgroup {}", cfg.attach.display()))?;
-        info!(cgroup = %cfg.attach.display(), "sensor attached");
+        let state = OperatorState::load(&cfg.state_dir)?;
+        // Order matters for a restart over a pinned set: the earlier agent's
+        // programs keep judging until the links are switched at the very end,
+        // by which time the policy and modes are in the maps; the tracepoints
+        // are attached before the start-up /proc walk so no exec slips between.
+        let mut sensor = KernelSensor::load_pinned(&cfg.bpf_dir)
+            .context("while loading the kernel programs")?;
         let events = sensor.take_events()?;
+        sensor
+            .attach_tracepoints()
+            .context("while attaching the process tracepoints")?;
+        let counters_map_id = sensor.counters_map_id()?;
+        let last_counters = match state.counters {
+            Some(b) if b.map_id == counters_map_id && b.values.len() == COUNTER_COUNT as usize => {
+                b.values
+            }
+            _ => vec![0; COUNTER_COUNT as usize],
+        };
         let store = Arc::new(FlowStore::new(cfg.history));
         let mut agent = Agent {
             sensor,
@@ -238,10 +262,11 @@ impl Agent {
             loaded_at: SystemTime::now(),
             ledger: TagLedger::default(),
             cfg,
-            overrides: BTreeMap::new(),
+            overrides: state.modes,
+            counters_map_id,
             pending_selectors: false,
             events_total: 0,
-            last_counters: vec![0; COUNTER_COUNT as usize],
+            last_counters,
             counters_read_at: now_unix_ns(),
             store: store.clone(),
             audit: AuditLog::default(),
@@ -269,7 +294,114 @@ impl Agent {
         agent
             .install()
             .context("while installing the policy in the kernel")?;
+        let attach = agent.cfg.attach.clone();
+        agent
+            .sensor
+            .attach_cgroup(&attach)
+            .with_context(|| format!("while attaching to cgroup {}", attach.display()))?;
+        info!(cgroup = %attach.display(), pins = %agent.cfg.bpf_dir.display(), "sensor attached");
+        agent.report_adoption();
+        agent.spool_sync();
         Ok((agent, events, store))
+    }
+
+    /// After taking over an earlier agent's pinned state: says so in the
+    /// audit trail, accounts for the time no agent ran, and gives the
+    /// processes that kept their tags a reason.
+    fn report_adoption(&mut self) {
+        let Some(pins) = self.sensor.pins() else {
+            return;
+        };
+        if pins.adopted.is_empty() {
+            return;
+        }
+        let adopted = pins.adopted.len();
+        let created = pins.created.clone();
+        let now_ns = now_unix_ns();
+        let mut what = format!("adopted the pinned kernel state ({adopted} maps)");
+        if !created.is_empty() {
+            what.push_str(&format!("; created afresh: {}", created.join(", ")));
+        }
+        if let Some(l) = self.sensor.adopted_liveness().filter(|l| l.heartbeat_ns != 0) {
+            let away_ns = crate::kernel::monotonic_ns().saturating_sub(l.heartbeat_ns);
+            let from = now_ns - away_ns as i64;
+            info!(away_ms = away_ns / 1_000_000, "no agent ran for this long; the pinned programs kept judging");
+            what.push_str(&format!("; no agent ran for {} ms", away_ns / 1_000_000));
+            if l.timeout_ns != 0 && away_ns > l.timeout_ns {
+                let (allow_names, deny_names) = (
+                    enrich::class_names(&self.compiled, l.allow_classes),
+                    enrich::class_names(&self.compiled, l.deny_classes),
+                );
+                if l.allow_classes != 0 {
+                    // Fail open: what the kernel let through unjudged-by-policy
+                    // from the timeout on is a gap in the guarantee.
+                    let body = serde_json::json!({
+                        "source": "agent_loss",
+                        "behaviour": "allow",
+                        "classes": allow_names,
+                        "from_unix_ns": from + l.timeout_ns as i64,
+                        "until_unix_ns": now_ns,
+                    })
+                    .to_string();
+                    warn!(classes = ?allow_names, "enforcement was open (on_agent_loss = allow) while no agent ran; recorded as a gap");
+                    self.spool_append("gap", now_ns, &body);
+                }
+                if l.deny_classes != 0 {
+                    what.push_str(&format!(
+                        "; classes {deny_names:?} failed closed (on_agent_loss = deny)"
+                    ));
+                }
+            }
+        }
+        self.audit.record("agent", &what, "agent restart");
+        let tagged = self.sensor.tagged_processes().unwrap_or_default();
+        for (pid, classes) in tagged {
+            if self.ledger.explain(pid).is_empty() {
+                self.ledger.record(
+                    pid,
+                    TagReason {
+                        classes,
+                        why: Why::Adopted,
+                        at: SystemTime::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes what must outlive this process to `state_dir`.
+    fn save_state(&self) {
+        let state = OperatorState {
+            modes: self.overrides.clone(),
+            counters: Some(CounterBaseline {
+                map_id: self.counters_map_id,
+                values: self.last_counters.clone(),
+            }),
+        };
+        if let Err(e) = state.save(&self.cfg.state_dir) {
+            error!(error = %e, "saving the operator state failed; modes set over the API will not survive a restart");
+        }
+    }
+
+    /// The heartbeat, with each class's declared behaviour without one.
+    fn heartbeat(&mut self) {
+        let p = &self.compiled.policy;
+        let mask = |want: validate::OnAgentLoss| {
+            p.classes
+                .iter()
+                .filter(|c| c.on_agent_loss == want)
+                .fold(0u64, |m, c| m | 1 << c.id)
+        };
+        let (deny, allow) = (
+            mask(validate::OnAgentLoss::Deny),
+            mask(validate::OnAgentLoss::Allow),
+        );
+        if let Err(e) = self
+            .sensor
+            .heartbeat(p.host.agent_loss_timeout, deny, allow)
+        {
+            error!(error = %e, "writing the heartbeat failed");
+        }
     }
 
     /// Installs `self.compiled` (and the mode overrides).
@@ -280,12 +412,14 @@ impl Agent {
         }
         let (before, after) = c.prefix_counts();
         let t = std::time::Instant::now();
-        let report = apply::apply(&mut self.sensor, c, &self.cfg.cgroup_root, &mut self.ledger)?;
-        for (class, mode) in &self.overrides {
-            if c.policy.classes.iter().any(|x| x.id == *class) {
-                self.sensor.set_mode(*class, *mode)?;
-            }
-        }
+        let overrides = &self.overrides;
+        let report = apply::apply(
+            &mut self.sensor,
+            c,
+            &|class| mode_with(overrides, class),
+            &self.cfg.cgroup_root,
+            &mut self.ledger,
+        )?;
         for w in &report.warnings {
             warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every 10 s): {w}");
         }
@@ -301,6 +435,8 @@ impl Agent {
             elapsed_ms = t.elapsed().as_millis() as u64,
             "policy in force"
         );
+        // The liveness masks follow the policy's on_agent_loss at once.
+        self.heartbeat();
         Ok(())
     }
 
@@ -315,7 +451,7 @@ impl Agent {
     }
 
     fn mode_of(&self, class: &validate::Class) -> Mode {
-        self.overrides.get(&class.id).copied().unwrap_or(class.mode)
+        mode_with(&self.overrides, class)
     }
 
     fn modes(&self) -> Vec<pb::ClassMode> {
@@ -438,8 +574,19 @@ impl Agent {
         };
         for id in &ids {
             self.sensor.set_mode(*id, mode)?;
-            self.overrides.insert(*id, mode);
+            if let Some(c) = self.compiled.policy.classes.iter().find(|c| c.id == *id) {
+                self.overrides.insert(
+                    c.name.clone(),
+                    ModeOverride {
+                        mode: mode.to_string(),
+                        actor: actor.clone(),
+                        reason: reason.clone(),
+                        at_unix_ms: unix_ms(SystemTime::now()),
+                    },
+                );
+            }
         }
+        self.save_state();
         let target = class.clone().unwrap_or_else(|| "host".into());
         self.audit.record(
             &actor,
@@ -901,8 +1048,15 @@ impl Agent {
                         })
                         .set(*v);
                 }
+                let changed = self.last_counters != c;
                 self.last_counters = c;
                 self.counters_read_at = now_unix_ns();
+                if changed {
+                    // After the gap records are in the spool (synced by the
+                    // caller's next spool_sync), so a crash in between reports
+                    // a loss twice rather than never.
+                    self.save_state();
+                }
             }
             Err(e) => error!(error = %e, "reading kernel counters failed"),
         }
@@ -963,7 +1117,10 @@ impl Agent {
                 }
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),
-                _ = expiry_tick.tick() => self.expire_exceptions(),
+                _ = expiry_tick.tick() => {
+                    self.heartbeat();
+                    self.expire_exceptions();
+                }
                                 Some(c) = commands.recv() => {
                     self.handle(c);
                     self.spool_sync();
@@ -979,6 +1136,14 @@ impl Agent {
         let (tx, rx) = mpsc::channel(64);
         (AgentHandle { tx }, rx)
     }
+}
+
+/// A class's mode: the operator's override if one was set, else the policy's.
+fn mode_with(overrides: &BTreeMap<String, ModeOverride>, class: &validate::Class) -> Mode {
+    overrides
+        .get(&class.name)
+        .and_then(|o| o.mode.parse().ok())
+        .unwrap_or(class.mode)
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -1005,6 +1170,7 @@ fn reason_pb(c: &Compiled, r: &TagReason) -> pb::TagReason {
         Why::Taint { source } => format!("taint {source}"),
         Why::Inherited { parent } => format!("inherited from {parent}"),
         Why::Explicit { actor } => format!("explicit by {actor}"),
+        Why::Adopted => "tagged before the agent restarted (kept by the kernel)".into(),
     };
     pb::TagReason {
         classes: enrich::class_names(c, r.classes),

@@ -34,6 +34,11 @@ enum LogFormat {
 /// kernel, and reports (or, in enforce mode, denies) violations. Serves its API
 /// to root on a Unix socket (`sensorctl`).
 ///
+/// The kernel programs and their state are pinned (bpf_dir): they keep
+/// enforcing the last policy when sensord stops or crashes, and a restarted
+/// sensord adopts them without a gap. `sensorctl enforce off --reason …` lifts
+/// enforcement; `sensord --uninstall` removes the sensor from the host.
+///
 /// Settings come from the config file (default /etc/residency/sensord.toml,
 /// every key optional); flags override it.
 #[derive(Debug, Parser)]
@@ -75,6 +80,21 @@ struct Args {
     /// [config: lock; default /run/residency/sensord.lock]
     #[arg(long, value_name = "PATH")]
     lock: Option<PathBuf>,
+    /// The pinned kernel state, on bpffs: programs stay attached and enforce
+    /// the last policy while no sensord runs (crash, restart, upgrade,
+    /// `systemctl stop`); a starting sensord adopts it.
+    /// [config: bpf_dir; default /sys/fs/bpf/residency]
+    #[arg(long, value_name = "DIR")]
+    bpf_dir: Option<PathBuf>,
+    /// Operator state that outlives the agent (modes set over the API, loss
+    /// already reported). [config: state_dir; default /var/lib/residency/state]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Detach every program and remove the pinned state (bpf_dir), then exit.
+    /// This, not stopping the service, lifts enforcement on this host: stop
+    /// sensord first (it holds the lock).
+    #[arg(long)]
+    uninstall: bool,
     /// Records kept in memory for `sensorctl flows` / `violations`.
     /// [config: history; default 10000]
     #[arg(long, value_name = "N")]
@@ -152,7 +172,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let socket_mode = parse_mode(args.socket_mode.as_deref().unwrap_or(&file.api.socket_mode))
         .map_err(|e| anyhow::anyhow!("socket mode: {e}"))?;
-    let _lock = lock(&args.lock.clone().unwrap_or(file.lock.clone()))?;
+    let lock_path = args.lock.clone().unwrap_or(file.lock.clone());
+    let bpf_dir = args.bpf_dir.clone().unwrap_or(file.bpf_dir.clone());
+    if args.uninstall {
+        let _lock = lock(&lock_path)?;
+        let removed = sensor_user::kernel::pins::uninstall(&bpf_dir)
+            .with_context(|| format!("while removing {}", bpf_dir.display()))?;
+        if removed {
+            info!(target: "audit", dir = %bpf_dir.display(), "uninstalled: every program detached, pinned state removed; this host no longer judges or enforces");
+        } else {
+            info!(dir = %bpf_dir.display(), "nothing pinned there: nothing to uninstall");
+        }
+        return Ok(());
+    }
+    let _lock = lock(&lock_path)?;
 
     let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
     let cfg = AgentConfig {
@@ -173,6 +206,8 @@ async fn main() -> anyhow::Result<()> {
         cgroup_root: root,
         history: args.history.unwrap_or(file.history),
         spool_dir: (!file.collector.endpoints.is_empty()).then(|| file.collector.spool_dir.clone()),
+        bpf_dir,
+        state_dir: args.state_dir.clone().unwrap_or(file.state_dir.clone()),
     };
     let (agent, events, store) = Agent::start(cfg)?;
     if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {
@@ -240,8 +275,8 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = hup.recv() => { info!("SIGHUP"); handle.send(Command::Reload).await; }
-                    _ = term.recv() => { info!("SIGTERM: detaching and exiting"); break; }
-                    _ = int.recv() => { info!("SIGINT: detaching and exiting"); break; }
+                    _ = term.recv() => { info!("SIGTERM: exiting; the pinned programs keep enforcing the last policy (sensord --uninstall removes them)"); break; }
+                    _ = int.recv() => { info!("SIGINT: exiting; the pinned programs keep enforcing the last policy (sensord --uninstall removes them)"); break; }
                 }
             }
             let _ = stop_tx.send(true);

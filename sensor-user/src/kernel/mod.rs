@@ -2,25 +2,34 @@
 //! its programs and maps.
 //!
 //! One owner, no global lock: the daemon keeps it in one task and sends it
-//! commands. Dropping it detaches every program (aya detaches the links it
-//! holds), so a crashed test or a stopped agent leaves nothing attached.
+//! commands. Loaded with [`KernelSensor::load_pinned`] (the daemon), its maps
+//! and links are pinned and outlive the process: the gates stay shut when the
+//! agent dies (see [`pins`]). Loaded with [`KernelSensor::load`] (tests,
+//! benchmarks), dropping it detaches every program.
 //!
 //! - this file: loading, attaching, configuration, counters;
+//! - [`pins`]: the pinned set, adopting it, replacing programs in place;
 //! - [`tagging`]: which processes carry which classes (tasks, selectors, taint);
 //! - [`verdicts`]: modes and the per-class destination verdicts.
 
 pub mod offsets;
+pub mod pins;
 pub mod tagging;
 pub mod verdicts;
 
 use std::{fs::File, path::Path, time::Duration};
 
 use aya::{
-    Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint, links::FdLink},
 };
-use sensor_common::{counters::COUNTER_COUNT, policy::Config};
+use sensor_common::{
+    counters::COUNTER_COUNT,
+    policy::{Config, Liveness},
+    tag::TaskTag,
+};
+use tracing::info;
 
 use crate::{
     SensorError,
@@ -55,6 +64,11 @@ pub struct KernelSensor {
     ebpf: Ebpf,
     config: Config,
     selectors: tagging::Selectors,
+    /// The pinned set, when loaded with `load_pinned`.
+    pins: Option<pins::PinSet>,
+    /// The liveness record as found at load (an earlier agent's last
+    /// heartbeat), when adopted.
+    adopted_liveness: Option<Liveness>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
@@ -84,6 +98,29 @@ fn retry_eagain(
     }
 }
 
+fn pins_err(pins: &pins::PinSet, name: &str, e: &dyn std::error::Error) -> SensorError {
+    SensorError::Pins {
+        dir: pins.dir().to_owned(),
+        reason: format!("program {name} has no bpf_link to pin: {}", pins::chain(e)),
+    }
+}
+
+/// Index 0 of the array map `name`, when it was ever written.
+fn read_array<T: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<Option<T>, SensorError> {
+    let map = ebpf.map(name).ok_or(SensorError::MissingMap(name))?;
+    let array: Array<&MapData, T> = Array::try_from(map).map_err(map_err(name))?;
+    Ok(array.get(&0, 0).ok())
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A program of `ebpf` by name, as its concrete type.
 fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SensorError>
 where
@@ -98,10 +135,35 @@ where
 impl KernelSensor {
     /// Loads every program into the kernel (not yet attached) and writes the
     /// initial configuration (struct and tracepoint offsets of this kernel).
+    /// Nothing is pinned: dropping the sensor detaches it (tests, benchmarks).
     pub fn load() -> Result<Self, SensorError> {
         bpffs::ensure_mounted()?;
+        Self::load_with(&mut EbpfLoader::new(), None)
+    }
+
+    /// Loads the programs against the pinned set in `dir` (on bpffs), adopting
+    /// the maps an earlier agent left there: tags, verdicts, modes, flows and
+    /// unread records carry over. Attach with [`KernelSensor::attach`], which
+    /// then swaps the programs of the pinned links in place.
+    pub fn load_pinned(dir: &Path) -> Result<Self, SensorError> {
+        bpffs::ensure_mounted()?;
+        let (set, paths) = pins::PinSet::prepare(dir, OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        if !set.adopted.is_empty() {
+            info!(dir = %dir.display(), adopted = ?set.adopted, created = ?set.created, "adopting the pinned kernel state of an earlier agent");
+        }
+        Self::load_with(&mut loader, Some(set))
+    }
+
+    fn load_with(
+        loader: &mut EbpfLoader<'_>,
+        pins: Option<pins::PinSet>,
+    ) -> Result<Self, SensorError> {
         let tracefs = tracefs::ensure_mounted()?;
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        let mut ebpf = loader.load(OBJECT)?;
         for &name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
@@ -114,15 +176,66 @@ impl KernelSensor {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
-        let mut config = Config::DEFAULT;
+        let adopted = |m: &str| pins.as_ref().is_some_and(|p| p.adopted(m));
+        // An adopted configuration is continued, not restarted: its verdict
+        // table switch says which trie the running programs read (writing the
+        // next table into that one would open the gates), and its generation
+        // and epoch must keep counting up.
+        let mut config = if adopted("CONFIG") {
+            read_array::<Config>(&ebpf, "CONFIG")?.unwrap_or(Config::DEFAULT)
+        } else {
+            Config::DEFAULT
+        };
         offsets::discover(&mut config, &tracefs);
+        let adopted_liveness = if adopted("LIVENESS") {
+            read_array::<Liveness>(&ebpf, "LIVENESS")?
+        } else {
+            None
+        };
         let mut sensor = Self {
             ebpf,
             config,
             selectors: tagging::Selectors::default(),
+            pins,
+            adopted_liveness,
         };
         sensor.write_config()?;
         Ok(sensor)
+    }
+
+    /// The pinned set, when loaded with `load_pinned`.
+    pub fn pins(&self) -> Option<&pins::PinSet> {
+        self.pins.as_ref()
+    }
+
+    /// What an earlier agent last wrote to the liveness record, when its
+    /// pinned state was adopted.
+    pub fn adopted_liveness(&self) -> Option<Liveness> {
+        self.adopted_liveness
+    }
+
+    /// Writes the liveness record: a heartbeat now, and what each class does
+    /// when heartbeats stop for `timeout` (zero: every class keeps the last
+    /// policy).
+    pub fn heartbeat(
+        &mut self,
+        timeout: Duration,
+        deny_classes: u64,
+        allow_classes: u64,
+    ) -> Result<(), SensorError> {
+        let value = Liveness {
+            heartbeat_ns: monotonic_ns(),
+            timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+            deny_classes,
+            allow_classes,
+        };
+        let map = self
+            .ebpf
+            .map_mut("LIVENESS")
+            .ok_or(SensorError::MissingMap("LIVENESS"))?;
+        let mut array: Array<&mut MapData, Liveness> =
+            Array::try_from(map).map_err(map_err("LIVENESS"))?;
+        array.set(0, value, 0).map_err(map_err("LIVENESS"))
     }
 
     /// Attaches the socket programs to the cgroup at `path` (a directory under the
@@ -141,8 +254,16 @@ impl KernelSensor {
     /// loaded object.
     pub fn attach_tracepoints(&mut self) -> Result<(), SensorError> {
         for &(name, category, tp) in TRACEPOINTS {
-            let prog: &mut TracePoint = self.program(name)?;
-            prog.attach(category, tp).map_err(prog_err(name))?;
+            let prog: &mut TracePoint = load_program(&mut self.ebpf, name)?;
+            let id = prog.attach(category, tp).map_err(prog_err(name))?;
+            if let Some(pins) = &self.pins {
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                let link = FdLink::try_from(link).map_err(|e| SensorError::Pins {
+                    dir: pins.dir().to_owned(),
+                    reason: format!("tracepoint {name} has no bpf_link to pin: {}", pins::chain(&e)),
+                })?;
+                pins.replace_link(&format!("tp-{name}"), link)?;
+            }
         }
         Ok(())
     }
@@ -154,28 +275,60 @@ impl KernelSensor {
             path: cgroup_path.to_owned(),
             source,
         })?;
-        for &name in SOCK_PROGRAMS {
-            let prog: &mut CgroupSock = self.program(name)?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+        let cgroup_id = tagging::cgroup_id(cgroup_path)?;
+        let mut pinned = Vec::new();
+        // One body for both program types (aya gives them no common trait):
+        // attach, or, pinned, swap the program of the link pinned for this
+        // cgroup in place and pin a new link only where there is none.
+        macro_rules! attach_all {
+            ($ty:ty, $names:expr) => {
+                for &name in $names {
+                    let prog: &mut $ty = load_program(&mut self.ebpf, name)?;
+                    let Some(pins) = &self.pins else {
+                        prog.attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(prog_err(name))?;
+                        continue;
+                    };
+                    let link_name = format!("cg-{cgroup_id}-{name}");
+                    let fd = prog
+                        .fd()
+                        .map_err(prog_err(name))?
+                        .try_clone()
+                        .map_err(|e| pins_err(pins, name, &e))?;
+                    pins.cgroup_link(&link_name, &fd, || {
+                        let id = prog
+                            .attach(&cgroup, CgroupAttachMode::Single)
+                            .map_err(prog_err(name))?;
+                        let link = prog.take_link(id).map_err(prog_err(name))?;
+                        FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))
+                    })?;
+                    pinned.push(link_name);
+                }
+            };
         }
+        attach_all!(CgroupSock, SOCK_PROGRAMS);
         // Socket hooks last: by the time connects are judged, exec/fork
         // tracking and flow accounting are in place.
-        for &name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self.program(name)?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+        attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
+        if let Some(pins) = &mut self.pins {
+            // The new programs run everywhere now: links to a cgroup no
+            // longer configured go, and so does state of an older layout.
+            pinned.extend(TRACEPOINTS.iter().map(|(n, _, _)| format!("tp-{n}")));
+            pins.remove_links_except(&pinned)?;
+            let map = self
+                .ebpf
+                .map_mut("TASKS")
+                .ok_or(SensorError::MissingMap("TASKS"))?;
+            let mut tasks: BpfHashMap<&mut MapData, u32, TaskTag> =
+                BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
+            let carried = pins.retire(&mut tasks)?;
+            if carried > 0 {
+                info!(processes = carried, "process tags carried over from the older layout");
+            }
         }
         Ok(())
     }
 
-    /// A program of the object by name and type.
-    fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, SensorError>
-    where
-        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-    {
-        load_program(&mut self.ebpf, name)
-    }
 
     /// Takes the ring buffer out of the object; call once, hand it to the drain task.
     pub fn take_events(&mut self) -> Result<EventReader, SensorError> {
@@ -204,6 +357,22 @@ impl KernelSensor {
                     .map_err(map_err("COUNTERS"))
             })
             .collect()
+    }
+
+    /// The kernel id of the counter map: it changes when the map is created
+    /// afresh (a reboot, a new layout), and the counters with it.
+    pub fn counters_map_id(&self) -> Result<u32, SensorError> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(SensorError::MissingMap("COUNTERS"))?;
+        let data: &MapData = match map {
+            aya::maps::Map::PerCpuArray(d) => d,
+            _ => return Err(SensorError::MissingMap("COUNTERS")),
+        };
+        data.info()
+            .map(|i| i.id())
+            .map_err(map_err("COUNTERS"))
     }
 
     /// The configuration in force.

@@ -11,7 +11,10 @@ use std::path::Path;
 use ipnet::IpNet;
 use sensor_common::policy::MAX_CLASSES;
 
-use super::{compile::Compiled, validate::SelectorKind};
+use super::{
+    compile::Compiled,
+    validate::{Class, SelectorKind},
+};
 use crate::{
     SensorError,
     kernel::{KernelSensor, tagging::SelectorSpec, verdicts::Mode},
@@ -33,11 +36,15 @@ pub struct ApplyReport {
     pub warnings: Vec<String>,
 }
 
-/// Installs `compiled` into `sensor`. `cgroup_root` is the cgroup v2 mount
-/// (selector paths are relative to it).
+/// Installs `compiled` into `sensor`, each class in the mode `mode_of` gives
+/// (the policy's, or an operator's override: written once, never the policy's
+/// first, so a restart does not flip an enforced class to monitor even for a
+/// moment). `cgroup_root` is the cgroup v2 mount (selector paths are relative
+/// to it).
 pub fn apply(
     sensor: &mut KernelSensor,
     compiled: &Compiled,
+    mode_of: &dyn Fn(&Class) -> Mode,
     cgroup_root: &Path,
     ledger: &mut TagLedger,
 ) -> Result<ApplyReport, SensorError> {
@@ -51,7 +58,7 @@ pub fn apply(
             .classes
             .iter()
             .find(|c| c.id == class)
-            .map_or(Mode::Off, |c| c.mode);
+            .map_or(Mode::Off, mode_of);
         sensor.set_mode(class, mode)?;
     }
     sensor.set_unknown_is_violation(p.host.unknown_is_violation)?;

@@ -44,6 +44,9 @@ pub struct HostSection {
     /// control plane.
     #[serde(default)]
     pub failsafe: Vec<Spanned<String>>,
+    /// How long the agent may be silent before classes' `on_agent_loss`
+    /// takes effect, e.g. "30s" (default).
+    pub agent_loss_timeout: Option<Spanned<String>>,
 }
 
 /// `[sites.NAME]`.
@@ -64,6 +67,9 @@ pub struct ClassSection {
     pub id: Option<Spanned<u32>>,
     /// off | monitor | enforce (default: host.default_mode).
     pub mode: Option<Spanned<String>>,
+    /// keep (default) | deny | allow: what the kernel does for this class
+    /// while the agent is gone longer than `host.agent_loss_timeout`.
+    pub on_agent_loss: Option<Spanned<String>>,
     /// Country codes and groups (EU27, EEA, EU_ADEQUACY).
     #[serde(default)]
     pub allowed_jurisdictions: Vec<Spanned<String>>,

@@ -22,6 +22,9 @@ use crate::{
     regions::{Country, countries},
 };
 
+/// `host.agent_loss_timeout` when the policy sets none.
+pub const DEFAULT_AGENT_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A checked site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
@@ -44,6 +47,32 @@ pub struct Class {
     pub allowed_sites: Vec<usize>,
     pub allowed_cidrs: Vec<IpNet>,
     pub denied_cidrs: Vec<IpNet>,
+    /// What the kernel does for this class while the agent is gone.
+    pub on_agent_loss: OnAgentLoss,
+}
+
+/// A class's declared failure mode: what the kernel does for it when the
+/// agent has not heartbeated for `Host::agent_loss_timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnAgentLoss {
+    /// Keep enforcing the last policy (the pinned programs and maps do).
+    #[default]
+    Keep,
+    /// Fail closed: tagged processes may reach only failsafe destinations.
+    Deny,
+    /// Fail open: nothing is denied (still reported); the agent records a gap
+    /// for the time it was away.
+    Allow,
+}
+
+impl fmt::Display for OnAgentLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnAgentLoss::Keep => "keep",
+            OnAgentLoss::Deny => "deny",
+            OnAgentLoss::Allow => "allow",
+        })
+    }
 }
 
 /// What a selector matches.
@@ -80,6 +109,8 @@ pub struct Host {
     pub unknown_is_violation: bool,
     pub aggregation: Duration,
     pub failsafe: Vec<IpNet>,
+    /// Silence after which classes' `on_agent_loss` takes effect.
+    pub agent_loss_timeout: Duration,
 }
 
 /// A checked policy.
@@ -311,6 +342,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         .iter()
         .filter_map(|s| c.cidr(s, "failsafe"))
         .collect();
+    let agent_loss_timeout = match file.host.agent_loss_timeout.as_ref() {
+        None => DEFAULT_AGENT_LOSS_TIMEOUT,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(d) if d >= Duration::from_secs(2) => d,
+            _ => {
+                c.err(s.span(), format!("agent_loss_timeout {:?}: write a duration of at least \"2s\" (the agent heartbeats every second), e.g. \"30s\"", s.get_ref()));
+                DEFAULT_AGENT_LOSS_TIMEOUT
+            }
+        },
+    };
     let host = Host {
         id: file
             .host
@@ -322,6 +363,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         unknown_is_violation,
         aggregation,
         failsafe,
+        agent_loss_timeout,
     };
 
     // Sites.
@@ -396,6 +438,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
             .as_ref()
             .and_then(|m| c.mode(m))
             .unwrap_or(default_mode);
+        let on_agent_loss = match section.on_agent_loss.as_ref() {
+            None => OnAgentLoss::Keep,
+            Some(s) => match s.get_ref().as_str() {
+                "keep" => OnAgentLoss::Keep,
+                "deny" => OnAgentLoss::Deny,
+                "allow" => OnAgentLoss::Allow,
+                other => {
+                    c.err(
+                        s.span(),
+                        format!("class {name}: on_agent_loss {other:?}: write \"keep\" (the kernel goes on enforcing the last policy), \"deny\" (fail closed) or \"allow\" (fail open)"),
+                    );
+                    OnAgentLoss::Keep
+                }
+            },
+        };
         let mut allowed_countries = BTreeSet::new();
         let mut written = Vec::new();
         for j in &section.allowed_jurisdictions {
@@ -469,6 +526,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
             allowed_sites,
             allowed_cidrs: allowed.into_iter().map(|(n, _)| n).collect(),
             denied_cidrs: denied.into_iter().map(|(n, _)| n).collect(),
+            on_agent_loss,
         });
     }
     let class_id = |c: &mut Checker, name: &Spanned<String>, what: &str| -> Option<u8> {
