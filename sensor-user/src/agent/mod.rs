@@ -241,8 +241,8 @@ impl Agent {
         // programs keep judging until the links are switched at the very end,
         // by which time the policy and modes are in the maps; the tracepoints
         // are attached before the start-up /proc walk so no exec slips between.
-        let mut sensor = KernelSensor::load_pinned(&cfg.bpf_dir)
-            .context("while loading the kernel programs")?;
+        let mut sensor =
+            KernelSensor::load_pinned(&cfg.bpf_dir).context("while loading the kernel programs")?;
         let events = sensor.take_events()?;
         sensor
             .attach_tracepoints()
@@ -322,10 +322,17 @@ impl Agent {
         if !created.is_empty() {
             what.push_str(&format!("; created afresh: {}", created.join(", ")));
         }
-        if let Some(l) = self.sensor.adopted_liveness().filter(|l| l.heartbeat_ns != 0) {
+        if let Some(l) = self
+            .sensor
+            .adopted_liveness()
+            .filter(|l| l.heartbeat_ns != 0)
+        {
             let away_ns = crate::kernel::monotonic_ns().saturating_sub(l.heartbeat_ns);
             let from = now_ns - away_ns as i64;
-            info!(away_ms = away_ns / 1_000_000, "no agent ran for this long; the pinned programs kept judging");
+            info!(
+                away_ms = away_ns / 1_000_000,
+                "no agent ran for this long; the pinned programs kept judging"
+            );
             what.push_str(&format!("; no agent ran for {} ms", away_ns / 1_000_000));
             if l.timeout_ns != 0 && away_ns > l.timeout_ns {
                 let (allow_names, deny_names) = (

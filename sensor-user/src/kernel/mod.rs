@@ -260,7 +260,10 @@ impl KernelSensor {
                 let link = prog.take_link(id).map_err(prog_err(name))?;
                 let link = FdLink::try_from(link).map_err(|e| SensorError::Pins {
                     dir: pins.dir().to_owned(),
-                    reason: format!("tracepoint {name} has no bpf_link to pin: {}", pins::chain(&e)),
+                    reason: format!(
+                        "tracepoint {name} has no bpf_link to pin: {}",
+                        pins::chain(&e)
+                    ),
                 })?;
                 pins.replace_link(&format!("tp-{name}"), link)?;
             }
@@ -323,12 +326,14 @@ impl KernelSensor {
                 BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
             let carried = pins.retire(&mut tasks)?;
             if carried > 0 {
-                info!(processes = carried, "process tags carried over from the older layout");
+                info!(
+                    processes = carried,
+                    "process tags carried over from the older layout"
+                );
             }
         }
         Ok(())
     }
-
 
     /// Takes the ring buffer out of the object; call once, hand it to the drain task.
     pub fn take_events(&mut self) -> Result<EventReader, SensorError> {
@@ -370,9 +375,7 @@ impl KernelSensor {
             aya::maps::Map::PerCpuArray(d) => d,
             _ => return Err(SensorError::MissingMap("COUNTERS")),
         };
-        data.info()
-            .map(|i| i.id())
-            .map_err(map_err("COUNTERS"))
+        data.info().map(|i| i.id()).map_err(map_err("COUNTERS"))
     }
 
     /// The configuration in force.

@@ -50,7 +50,7 @@ pub const DEFAULT_DIR: &str = "/sys/fs/bpf/residency";
 const SCRATCH_MAPS: &[&str] = &["SCRATCH", "RECORDS"];
 
 /// bpffs's `statfs` magic.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SensorError + '_ {
     move |source| SensorError::Io {
@@ -284,11 +284,7 @@ fn check_bpffs(dir: &Path) -> Result<(), SensorError> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io_err(dir)(std::io::Error::last_os_error()));
     }
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type is i64 on x86_64 but not on every target"
-    )]
-    if st.f_type as i64 != BPF_FS_MAGIC {
+    if st.f_type != BPF_FS_MAGIC {
         return Err(SensorError::Pins {
             dir: dir.to_owned(),
             reason: "not on a BPF filesystem (bpffs): pins live only there; set bpf_dir to a directory under /sys/fs/bpf".into(),
@@ -318,11 +314,9 @@ fn copy_tasks(
         });
     }
     let old: BpfHashMap<MapData, u32, TaskTag> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| {
-            SensorError::Map {
-                name: "TASKS (old layout)",
-                source,
-            }
+        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| SensorError::Map {
+            name: "TASKS (old layout)",
+            source,
         })?;
     let mut n = 0;
     for (tgid, tag) in old.iter().filter_map(Result::ok) {

@@ -51,7 +51,8 @@ fn main() {
     let compile_time = t.elapsed();
     let t = Instant::now();
     let mut ledger = TagLedger::default();
-    let report = apply::apply(&mut sensor, &compiled, &|c| c.mode, &root, &mut ledger).expect("apply");
+    let report =
+        apply::apply(&mut sensor, &compiled, &|c| c.mode, &root, &mut ledger).expect("apply");
     let load = t.elapsed();
     let (before, after) = compiled.prefix_counts();
     let total = parse + compile_time + load;

@@ -1,6 +1,7 @@
-//! A real `sensord` process for API tests: its own policy, region data, socket
-//! and lock in a temporary directory; stopped (SIGTERM, then SIGKILL) and
-//! cleaned up on drop.
+//! A real `sensord` process for API tests: its own policy, region data, socket,
+//! lock, state directory and pinned kernel state (a bpffs directory of its
+//! own); stopped (SIGTERM, then SIGKILL) on drop, and its pinned state removed
+//! (which detaches its programs) even when the test failed.
 
 use std::{
     path::{Path, PathBuf},
@@ -32,7 +33,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 /// A running sensord.
 pub struct RunningAgent {
     child: Child,
+    /// The command line, to start it again after a crash.
+    args: Vec<std::ffi::OsString>,
     pub dir: PathBuf,
+    /// Its pinned kernel state (`--bpf-dir`).
+    pub bpf_dir: PathBuf,
     pub socket: PathBuf,
     pub policy: PathBuf,
     pub log: PathBuf,
@@ -60,45 +65,88 @@ impl RunningAgent {
         std::fs::write(dir.join("regions.csv"), regions).expect("regions");
         let socket = dir.join("sensord.sock");
         let log = dir.join("sensord.log");
-        let child = Command::new(workspace_bin("sensord"))
-            .arg("--policy")
-            .arg(&policy_path)
-            .args(if extra.contains(&"--regions") {
-                vec![]
-            } else {
-                vec!["--regions".into(), dir.join("regions.csv").into_os_string()]
-            })
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--socket-mode")
-            .arg("666")
-            .arg("--lock")
-            .arg(dir.join("sensord.lock"))
-            .args(extra)
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("starting sensord");
+        let bpf_dir = PathBuf::from("/sys/fs/bpf").join(
+            dir.file_name()
+                .expect("a temp dir has a name")
+                .to_string_lossy()
+                .into_owned(),
+        );
+        let _ = std::fs::remove_dir_all(&bpf_dir);
+        let mut args: Vec<std::ffi::OsString> = vec!["--policy".into(), policy_path.clone().into()];
+        if !extra.contains(&"--regions") {
+            args.extend(["--regions".into(), dir.join("regions.csv").into_os_string()]);
+        }
+        args.extend([
+            "--socket".into(),
+            socket.clone().into_os_string(),
+            "--socket-mode".into(),
+            "666".into(),
+            "--lock".into(),
+            dir.join("sensord.lock").into_os_string(),
+            "--bpf-dir".into(),
+            bpf_dir.clone().into_os_string(),
+            "--state-dir".into(),
+            dir.join("state").into_os_string(),
+        ]);
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        let child = spawn(&args, &log);
         let agent = RunningAgent {
             child,
+            args,
             dir,
+            bpf_dir,
             socket,
             policy: policy_path,
             log,
         };
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts sensord again with the same settings (after `kill9` or
+    /// `stop`), logging after what it logged before, and waits until its API
+    /// answers.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.args, &self.log);
+        self.wait_ready();
+    }
+
+    /// SIGTERM, as `systemctl stop`, and waits for the exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if agent.socket.exists() && agent.ctl(&["status"]).status.success() {
-                return agent;
+            if self.socket.exists() && self.ctl(&["status"]).status.success() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "sensord did not come up in 30 s; its log:\n{}",
-                agent.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs sensord with `args` once (e.g. `--uninstall`) with this agent's
+    /// lock and pinned state directory; returns what it did.
+    pub fn sensord_once(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("sensord"))
+            .args(args)
+            .arg("--lock")
+            .arg(self.dir.join("sensord.lock"))
+            .arg("--bpf-dir")
+            .arg(&self.bpf_dir)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running sensord")
     }
 
     /// Runs sensorctl against this agent.
@@ -192,6 +240,24 @@ impl Drop for RunningAgent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pinned links keep the programs attached after the process is
+        // gone: removing them is what detaches this agent from the host.
+        let _ = std::fs::remove_dir_all(&self.bpf_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn(args: &[std::ffi::OsString], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(workspace_bin("sensord"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting sensord")
 }

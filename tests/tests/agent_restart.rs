@@ -1,0 +1,334 @@
+//! The gates outlive the agent: the real `sensord` is killed, stopped and
+//! restarted while tagged processes keep sending, and the kernel keeps judging
+//! from its pinned programs and maps the whole time.
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{
+    agent::RunningAgent,
+    cgroup::TestCgroup,
+    netns::TestNet,
+    probe::{self, Waiting},
+    scenario::{FixturePolicy, cgroup_rel},
+};
+
+const REGIONS: &str = "5.0.0.0,5.0.0.255,DE\n";
+
+fn enforcing(cgroup_rel: &str, class_extra: &str) -> String {
+    FixturePolicy {
+        host_id: "restart-host",
+        aggregation: "0",
+        mode: "enforce",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel,
+        class_extra,
+    }
+    .text()
+}
+
+/// `netprobe udp-rate` output: {"sent":N,"errors":E,...} (sent: the calls
+/// that succeeded; errors: those refused).
+fn rate_report(out: &std::process::Output) -> (u64, u64) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("udp-rate printed no JSON ({e}): {text}"));
+    (
+        v["sent"].as_u64().expect("sent"),
+        v["errors"].as_u64().expect("errors"),
+    )
+}
+
+#[test]
+fn a_crashed_agent_keeps_enforcing_and_its_successor_reads_what_happened_meanwhile() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let mut agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
+    let server = net.virginia.udp_server(false);
+    // A tagged process sends to the denied host every 2 ms for 5 s; the agent
+    // is killed after 1 s and started again 2 s later.
+    let sender = cgroup
+        .command(probe::command(&[
+            "udp-rate",
+            &server.addr.to_string(),
+            "500",
+            "5",
+        ]))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("udp-rate");
+    std::thread::sleep(Duration::from_secs(1));
+    agent.kill9();
+    let killed_at = now_unix_ns();
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted_at = now_unix_ns();
+    agent.restart();
+    let out = sender.wait_with_output().expect("udp-rate");
+    let (sent, refused) = rate_report(&out);
+    assert_eq!(sent, 0, "no datagram to the denied host was let through");
+    assert_eq!(refused, 2500, "every one of the 2,500 calls was refused");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.received(), 0, "nothing reached the denied host");
+
+    // The successor adopted the pinned state and read the records the kernel
+    // wrote while no agent ran.
+    assert!(
+        agent.log_text().contains("adopted the pinned kernel state"),
+        "{}",
+        agent.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = agent.ctl_json(&["violations", "--limit", "10000"]);
+        let during = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|f| f["action"] == "denied")
+                    .filter_map(|f| f["time_unix_ns"].as_i64())
+                    .filter(|t| *t > killed_at && *t < restarted_at)
+                    .count()
+            })
+            .unwrap_or(0);
+        if during > 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the denials made while no agent ran were not reported ({during} found)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The kernel's counters carried over too: every refusal is counted.
+    let st = agent.ctl_json(&["status"]);
+    let denied = st["counters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "denied"))
+        .and_then(|c| c["value"].as_u64())
+        .unwrap_or(0);
+    assert_eq!(denied, refused, "the denial counter survived the crash");
+}
+
+#[test]
+fn tags_by_taint_by_api_and_by_inheritance_survive_a_crash() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let taint = format!(
+        "\n[[taint_sources]]\nclass = \"eu_personal\"\ncidr = \"{}/32\"\n",
+        net.frankfurt.v4
+    );
+    let policy = enforcing(&rel, "") + &taint;
+    let mut agent = RunningAgent::start(&policy, REGIONS);
+    let source = net.frankfurt.tcp_server(false);
+    let server = net.virginia.udp_server(false);
+    let (src, dst) = (source.addr.to_string(), server.addr.to_string());
+
+    // Tainted: connects to the declared source, then waits.
+    let mut tainted = Waiting::start(probe::command(&[
+        "tcp-connect",
+        &src,
+        "pause",
+        &dst,
+        "udp-sendto",
+        &dst,
+    ]));
+    assert!(tainted.read_line().contains("paused"));
+    // Tagged over the API.
+    let mut explicit = Waiting::start(probe::command(&["pause", &dst, "udp-sendto", &dst]));
+    assert!(explicit.read_line().contains("paused"));
+    let out = agent.ctl(&["tag", &explicit.pid().to_string(), "--class", "eu_personal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Inherited: a child forked in the selected cgroup, then moved out of it
+    // (so no selector would tag it again).
+    let mut inherited = Waiting::start(cgroup.command(probe::command(&[
+        "--fork",
+        "pause",
+        &dst,
+        "udp-sendto",
+        &dst,
+    ])));
+    assert!(inherited.read_line().contains("paused"));
+    let root = sensor_user::system::mountinfo::cgroup2_mount().expect("cgroup v2");
+    for pid in cgroup.pids() {
+        std::fs::write(root.join("cgroup.procs"), pid.to_string()).expect("moving out");
+    }
+    assert!(cgroup.pids().is_empty());
+
+    agent.kill9();
+    agent.restart();
+
+    let tagged = agent.ctl_json(&["tagged"]);
+    let pids: Vec<u64> = tagged
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["pid"].as_u64()).collect())
+        .unwrap_or_default();
+    for (what, pid) in [("tainted", tainted.pid()), ("explicit", explicit.pid())] {
+        assert!(
+            pids.contains(&u64::from(pid)),
+            "the {what} process {pid} is no longer tagged: {tagged}"
+        );
+    }
+    for (what, w) in [
+        ("tainted", tainted),
+        ("explicit", explicit),
+        ("inherited", inherited),
+    ] {
+        let p = w.go();
+        assert_eq!(
+            p.errnos.last().copied(),
+            Some(libc::EPERM),
+            "the {what} process's transfer to the denied host after the restart"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.received(), 0, "nothing reached the denied host");
+}
+
+#[test]
+fn stopping_the_agent_keeps_enforcing_modes_survive_and_uninstall_lifts_the_gates() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let policy = FixturePolicy {
+        host_id: "restart-host",
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: &rel,
+        class_extra: "",
+    }
+    .text();
+    let mut agent = RunningAgent::start(&policy, REGIONS);
+    let server = net.virginia.udp_server(false);
+    let dst = server.addr.to_string();
+    let send = || probe::run(cgroup.command(probe::command(&["udp-sendto", &dst]))).errno();
+    assert_eq!(send(), 0, "monitor mode lets it through");
+    let out = agent.ctl(&["enforce", "on", "--reason", "restart test"]);
+    assert!(out.status.success());
+    assert_eq!(send(), libc::EPERM);
+
+    // systemctl stop: the kernel keeps enforcing.
+    agent.stop();
+    assert!(agent.log_text().contains("keep enforcing"));
+    assert_eq!(send(), libc::EPERM, "denied while no agent runs");
+
+    // The mode set over the API comes back with the agent, not the file's.
+    agent.restart();
+    let st = agent.ctl_json(&["status"]);
+    assert_eq!(
+        st["modes"][0]["mode"], 3,
+        "enforce (3) survived the restart: {st}"
+    );
+    assert_eq!(send(), libc::EPERM);
+    assert_eq!(server.wait_for(1, Duration::from_millis(300)), 1);
+
+    // Removing the sensor is explicit, and it detaches everything.
+    agent.stop();
+    let refused = agent.sensord_once(&["--uninstall"]);
+    assert!(
+        refused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!agent.bpf_dir.exists(), "the pinned state is gone");
+    assert_eq!(send(), 0, "nothing judges any more");
+    assert_eq!(server.wait_for(2, Duration::from_secs(2)), 2);
+}
+
+#[test]
+fn each_class_fails_as_its_policy_declares_while_the_agent_is_gone() {
+    let (deny_cg, allow_cg, keep_cg) = (
+        TestCgroup::create(),
+        TestCgroup::create(),
+        TestCgroup::create(),
+    );
+    let net = TestNet::create();
+    let class = |name: &str, id: u32, loss: &str, cg: &TestCgroup| {
+        format!(
+            "[classes.{name}]\nid = {id}\nmode = \"enforce\"\nallowed_jurisdictions = [\"EEA\"]\non_agent_loss = \"{loss}\"\n\n[[selectors]]\nclass = \"{name}\"\ncgroup = \"{}\"\n\n",
+            cgroup_rel(cg)
+        )
+    };
+    let policy = format!(
+        "[host]\nid = \"loss-host\"\naggregation_interval = \"10s\"\nagent_loss_timeout = \"2s\"\n\n[sites.fra1]\ncidrs = [\"198.51.100.0/24\", \"2001:db8:de::/48\"]\ncountry = \"DE\"\n\n[sites.iad1]\ncidrs = [\"203.0.113.0/24\", \"2001:db8:a5::/48\"]\ncountry = \"US\"\n\n{}{}{}",
+        class("fail_closed", 0, "deny", &deny_cg),
+        class("fail_open", 1, "allow", &allow_cg),
+        class("kept", 2, "keep", &keep_cg),
+    );
+    let mut agent = RunningAgent::start(&policy, REGIONS);
+    let fra = net.frankfurt.udp_server(false);
+    let iad = net.virginia.udp_server(false);
+    let (f, v) = (fra.addr.to_string(), iad.addr.to_string());
+    let errnos = |cg: &TestCgroup| {
+        probe::run(cg.command(probe::command(&["udp-sendto", &f, "udp-sendto", &v]))).errnos
+    };
+    let eperm = libc::EPERM;
+    // With the agent: every class reaches Frankfurt, none Virginia.
+    for cg in [&deny_cg, &allow_cg, &keep_cg] {
+        assert_eq!(errnos(cg), vec![0, eperm]);
+    }
+    agent.kill9();
+    // Within the timeout nothing changes.
+    for cg in [&deny_cg, &allow_cg, &keep_cg] {
+        assert_eq!(errnos(cg), vec![0, eperm], "within the timeout");
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(errnos(&deny_cg), vec![eperm, eperm], "deny: failsafe only");
+    assert_eq!(errnos(&allow_cg), vec![0, 0], "allow: fail open");
+    assert_eq!(errnos(&keep_cg), vec![0, eperm], "keep: the last policy");
+    assert_eq!(
+        iad.wait_for(1, Duration::from_secs(1)),
+        1,
+        "only the fail-open class reached Virginia"
+    );
+
+    agent.restart();
+    for cg in [&deny_cg, &allow_cg, &keep_cg] {
+        assert_eq!(errnos(cg), vec![0, eperm], "after the agent returned");
+    }
+    assert!(
+        agent.log_text().contains("on_agent_loss = allow"),
+        "the open window is reported: {}",
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(iad.received(), 1);
+}
+
+#[test]
+fn a_policy_with_a_bad_failure_mode_is_refused_with_its_place() {
+    let dir = std::env::temp_dir().join(format!("rs-loss-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("p.toml");
+    std::fs::write(
+        &path,
+        "[host]\nagent_loss_timeout = \"1s\"\n\n[classes.c]\nallowed_jurisdictions = [\"EEA\"]\non_agent_loss = \"maybe\"\n",
+    )
+    .expect("policy");
+    let out = std::process::Command::new(harness::harness::agent::workspace_bin("sensorctl"))
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .expect("sensorctl");
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("p.toml:2:22: agent_loss_timeout"), "{err}");
+    assert!(
+        err.contains("p.toml:6:17: class c: on_agent_loss \"maybe\""),
+        "{err}"
+    );
+}
+
+fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
