@@ -165,9 +165,57 @@ fn check_btf() -> Check {
 }
 
 /// Runs every check.
+/// The oldest kernel the sensor can run on: bpf_link for perf events (5.15)
+/// is what lets the tracepoint links be pinned, so the gates outlive the
+/// agent. BPF compare-and-swap (5.12) and cgroup link updates (5.7) are older.
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+/// The kernel every end-to-end test of this release ran on.
+pub const TESTED_KERNEL: (u32, u32) = (6, 18);
+
+/// "6.18.44-fc-v857" → (6, 18).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The kernel's version against what the sensor needs and what was tested.
+fn check_kernel_version(release: &str) -> Check {
+    let (min, tested) = (MIN_KERNEL, TESTED_KERNEL);
+    let found = parse_kernel_version(release);
+    let problem = match found {
+        None => Some(format!(
+            "cannot read a version from kernel release {release:?}; the sensor needs Linux {}.{} or newer",
+            min.0, min.1
+        )),
+        Some(v) if v < min => Some(format!(
+            "kernel {}.{} is older than {}.{}: the pinned tracepoint links that keep the gates shut while the agent restarts need bpf_link for perf events (5.15); upgrade the kernel",
+            v.0, v.1, min.0, min.1
+        )),
+        Some(_) => None,
+    };
+    let detail = match found {
+        Some(v) if v < tested => format!(
+            "{} (supported; the release was tested on {}.{}: run the end-to-end tests on this kernel before relying on it)",
+            release.trim(),
+            tested.0,
+            tested.1
+        ),
+        _ => release.trim().to_owned(),
+    };
+    Check {
+        name: "kernel",
+        problem,
+        detail,
+    }
+}
+
 pub fn run() -> Report {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     Report {
         checks: vec![
+            check_kernel_version(&release),
             check_privileges(),
             check_bpf_syscall(),
             check_cgroup2(),
@@ -200,6 +248,19 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("ok    btf"));
         assert!(text.contains("FAIL  bpf        do this"));
+    }
+
+    #[test]
+    fn kernel_versions_are_checked_against_the_minimum() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v857"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert!(check_kernel_version("6.18.44").problem.is_none());
+        let old = check_kernel_version("5.10.0-28-amd64");
+        assert!(old.problem.as_deref().is_some_and(|p| p.contains("5.15")));
+        let untested = check_kernel_version("6.1.0-18-amd64");
+        assert!(untested.problem.is_none());
+        assert!(untested.detail.contains("tested on 6.18"));
+        assert!(check_kernel_version("garbage").problem.is_some());
     }
 
     #[test]

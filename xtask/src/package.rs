@@ -123,6 +123,11 @@ struct Deb {
     files: Vec<(PathBuf, &'static str, u32)>,
     conffiles: &'static str,
     service: &'static str,
+    /// Shell run by prerm when the package is removed (not upgraded), after
+    /// the service stopped.
+    on_remove: &'static str,
+    /// Shell run by postrm on purge.
+    on_purge: &'static str,
 }
 
 /// Builds the release binaries and both packages; returns their paths.
@@ -152,6 +157,10 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
             files: agent_files(&root),
             conffiles: "/etc/residency/sensord.toml\n/etc/residency/policy.toml\n",
             service: "sensord.service",
+            // Stopping sensord leaves its pinned programs enforcing; removing
+            // the package is when they go.
+            on_remove: "  /usr/bin/sensord --uninstall --config /etc/residency/sensord.toml || true\n",
+            on_purge: "  rm -rf /sys/fs/bpf/residency /var/lib/residency/state\n",
         },
         Deb {
             name: "residency-collector",
@@ -159,6 +168,8 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
             files: collector_files(&root),
             conffiles: "/etc/default/collectord\n",
             service: "collectord.service",
+            on_remove: "",
+            on_purge: "",
         },
     ];
     debs.iter().map(|d| build(&root, d)).collect()
@@ -196,13 +207,19 @@ fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
     )?;
     std::fs::write(debian.join("conffiles"), deb.conffiles)?;
     let service = deb.service;
+    // An upgrade does not stop the service: the new binary is started over
+    // the running one's state by try-restart (for sensord: it adopts the
+    // pinned programs and swaps them in place, with no instant unguarded).
     let postinst = format!(
-        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable {service} >/dev/null\nfi\n"
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  systemctl daemon-reload\n  systemctl enable {service} >/dev/null\n  systemctl try-restart {service} || true\nfi\n"
     );
+    let on_remove = deb.on_remove;
     let prerm = format!(
-        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n  systemctl stop {service} || true\nfi\n"
+        "#!/bin/sh\nset -e\nif [ \"$1\" = remove ] || [ \"$1\" = deconfigure ]; then\n  if [ -d /run/systemd/system ]; then\n    systemctl stop {service} || true\n  fi\n{on_remove}fi\n"
     );
-    for (file, body) in [("postinst", postinst), ("prerm", prerm)] {
+    let on_purge = deb.on_purge;
+    let postrm = format!("#!/bin/sh\nset -e\nif [ \"$1\" = purge ]; then\n{on_purge}  true\nfi\n");
+    for (file, body) in [("postinst", postinst), ("prerm", prerm), ("postrm", postrm)] {
         std::fs::write(debian.join(file), body)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(debian.join(file), std::fs::Permissions::from_mode(0o755))?;

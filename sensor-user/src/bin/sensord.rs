@@ -162,18 +162,9 @@ async fn main() -> anyhow::Result<()> {
     });
     init_logging(log_format);
 
-    let report = preflight::run();
-    if args.preflight {
-        print!("{report}");
-        std::process::exit(if report.ok() { 0 } else { 1 });
-    }
-    if !report.ok() {
-        bail!("this host cannot run the sensor:\n{report}");
-    }
-    let socket_mode = parse_mode(args.socket_mode.as_deref().unwrap_or(&file.api.socket_mode))
-        .map_err(|e| anyhow::anyhow!("socket mode: {e}"))?;
     let lock_path = args.lock.clone().unwrap_or(file.lock.clone());
     let bpf_dir = args.bpf_dir.clone().unwrap_or(file.bpf_dir.clone());
+    // Before the host checks: removing the sensor must work on any host.
     if args.uninstall {
         let _lock = lock(&lock_path)?;
         let removed = sensor_user::kernel::pins::uninstall(&bpf_dir)
@@ -185,6 +176,16 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let report = preflight::run();
+    if args.preflight {
+        print!("{report}");
+        std::process::exit(if report.ok() { 0 } else { 1 });
+    }
+    if !report.ok() {
+        bail!("this host cannot run the sensor:\n{report}");
+    }
+    let socket_mode = parse_mode(args.socket_mode.as_deref().unwrap_or(&file.api.socket_mode))
+        .map_err(|e| anyhow::anyhow!("socket mode: {e}"))?;
     let _lock = lock(&lock_path)?;
 
     let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
