@@ -301,6 +301,66 @@ fn each_class_fails_as_its_policy_declares_while_the_agent_is_gone() {
 }
 
 #[test]
+fn an_upgrade_to_another_layout_switches_without_a_gap_and_carries_tags_over() {
+    // A build with another LAYOUT_VERSION finds the pinned maps under another
+    // directory name: renaming this build's set to `maps-v1` while the agent
+    // is stopped makes the same binary meet an "older layout", running.
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let mut agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
+    let server = net.virginia.udp_server(false);
+    let dst = server.addr.to_string();
+    // Tagged over the API only: after the upgrade only the carried-over
+    // process tags can say it carries the class.
+    let mut explicit = Waiting::start(probe::command(&["pause", &dst, "udp-sendto", &dst]));
+    assert!(explicit.read_line().contains("paused"));
+    let out = agent.ctl(&["tag", &explicit.pid().to_string(), "--class", "eu_personal"]);
+    assert!(out.status.success());
+    agent.stop();
+    let current = std::fs::read_dir(&agent.bpf_dir)
+        .expect("pinned set")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+        })
+        .expect("a maps directory");
+    let old = agent.bpf_dir.join("maps-v1");
+    std::fs::rename(&current, &old).expect("renaming the maps directory on bpffs");
+
+    let sender = cgroup
+        .command(probe::command(&["udp-rate", &dst, "500", "3"]))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("udp-rate");
+    std::thread::sleep(Duration::from_millis(500));
+    agent.restart();
+    let (sent, refused) = rate_report(&sender.wait_with_output().expect("udp-rate"));
+    assert_eq!(
+        (sent, refused),
+        (0, 1500),
+        "every send refused across the upgrade"
+    );
+    assert!(!old.exists(), "the old layout's maps were removed");
+    assert!(current.exists(), "the new layout's maps are pinned");
+    assert!(
+        agent.log_text().contains("process tags carried over"),
+        "{}",
+        agent.log_text()
+    );
+    let p = explicit.go();
+    assert_eq!(
+        p.errnos,
+        vec![0, libc::EPERM],
+        "the API tag was carried over"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.received(), 0);
+}
+
+#[test]
 fn a_policy_with_a_bad_failure_mode_is_refused_with_its_place() {
     let dir = std::env::temp_dir().join(format!("rs-loss-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
