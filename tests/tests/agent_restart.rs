@@ -361,6 +361,122 @@ fn an_upgrade_to_another_layout_switches_without_a_gap_and_carries_tags_over() {
 }
 
 #[test]
+fn connections_open_before_the_agent_started_are_judged_and_cut_in_enforce_mode() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let denied = net.virginia.tcp_hold_server(false);
+    let allowed = net.frankfurt.tcp_hold_server(false);
+    // Both connections are opened while no agent runs: nothing judges them.
+    let open = |server: &harness::harness::netns::Server| {
+        let d = server.addr.to_string();
+        let mut w = Waiting::start(cgroup.command(probe::command(&[
+            "tcp-open",
+            &d,
+            "pause",
+            &d,
+            "tcp-send-held",
+            &d,
+        ])));
+        assert!(w.read_line().contains("paused"));
+        w
+    };
+    let (to_us, to_de) = (open(&denied), open(&allowed));
+    assert_eq!(denied.wait_for(4, Duration::from_secs(2)), 4);
+    assert_eq!(allowed.wait_for(4, Duration::from_secs(2)), 4);
+
+    let agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
+    let v = agent.ctl_json(&["violations"]);
+    let existing: Vec<&serde_json::Value> = v
+        .as_array()
+        .map(|a| a.iter().filter(|f| f["kind"] == "existing").collect())
+        .unwrap_or_default();
+    assert_eq!(
+        existing.len(),
+        1,
+        "one open connection violates: {v}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(existing[0]["remote"], denied.addr.to_string());
+    assert_eq!(existing[0]["pid"], to_us.pid());
+    assert_eq!(existing[0]["action"], "denied");
+    assert_eq!(existing[0]["protocol"], "tcp");
+
+    let cut = to_us.go();
+    assert_eq!(
+        cut.errnos,
+        vec![0, 0, libc::ECONNABORTED],
+        "the agent closed it"
+    );
+    let kept = to_de.go();
+    assert_eq!(kept.errnos, vec![0, 0, 0], "the allowed one stays open");
+    assert_eq!(allowed.wait_for(8, Duration::from_secs(2)), 8);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(denied.received(), 4, "nothing more reached the denied host");
+}
+
+#[test]
+fn switching_to_enforce_cuts_a_violating_connection_already_open() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let policy = FixturePolicy {
+        host_id: "restart-host",
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: &rel,
+        class_extra: "",
+    }
+    .text();
+    let agent = RunningAgent::start(&policy, REGIONS);
+    let denied = net.virginia.tcp_hold_server(false);
+    let d = denied.addr.to_string();
+    let mut w = Waiting::start(cgroup.command(probe::command(&[
+        "tcp-open",
+        &d,
+        "pause",
+        &d,
+        "tcp-send-held",
+        &d,
+    ])));
+    assert!(w.read_line().contains("paused"));
+    assert_eq!(denied.wait_for(4, Duration::from_secs(2)), 4, "monitor");
+    let out = agent.ctl(&["enforce", "on", "--reason", "cut test"]);
+    assert!(out.status.success());
+    let p = w.go();
+    assert_eq!(p.errnos, vec![0, 0, libc::ECONNABORTED]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        denied.received(),
+        4,
+        "nothing more left after enforcement began"
+    );
+    let v = agent.ctl_json(&["violations"]);
+    let kinds: Vec<(String, String)> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["kind"].as_str().unwrap_or("").to_owned(),
+                        f["action"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        kinds,
+        vec![
+            ("connect".into(), "reported".into()),
+            ("existing".into(), "denied".into())
+        ],
+        "{v}"
+    );
+}
+
+#[test]
 fn a_policy_with_a_bad_failure_mode_is_refused_with_its_place() {
     let dir = std::env::temp_dir().join(format!("rs-loss-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

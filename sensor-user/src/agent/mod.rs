@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod enrich;
+mod existing;
 pub mod persist;
 pub mod store;
 
@@ -206,6 +207,9 @@ pub struct Agent {
     collector_state: String,
     /// Exceptions in force (persisted in the spool directory).
     exceptions: Vec<Exception>,
+    /// The socket programs are attached (start-up is over): from then on a
+    /// policy install also cuts open connections it now denies.
+    attached: bool,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -274,6 +278,7 @@ impl Agent {
             spool: None,
             collector_state: "not configured".into(),
             exceptions,
+            attached: false,
         };
         if let Some(dir) = &agent.cfg.spool_dir {
             let (spool, rec) = Spool::open(
@@ -300,7 +305,11 @@ impl Agent {
             .attach_cgroup(&attach)
             .with_context(|| format!("while attaching to cgroup {}", attach.display()))?;
         info!(cgroup = %attach.display(), pins = %agent.cfg.bpf_dir.display(), "sensor attached");
+        agent.attached = true;
         agent.report_adoption();
+        // Connections opened before anything judged them (before this agent,
+        // or while no class was enforced) are judged now.
+        agent.judge_existing(true);
         agent.spool_sync();
         Ok((agent, events, store))
     }
@@ -444,6 +453,11 @@ impl Agent {
         );
         // The liveness masks follow the policy's on_agent_loss at once.
         self.heartbeat();
+        if self.attached {
+            // Destinations the new policy denies are denied to connections
+            // already open as well.
+            self.judge_existing(false);
+        }
         Ok(())
     }
 
@@ -600,6 +614,10 @@ impl Agent {
             &format!("set enforcement of {target} to {mode}"),
             &reason,
         );
+        if mode == Mode::Enforce {
+            // Enforcement applies to connections already open too.
+            self.judge_existing(false);
+        }
         Ok(self.modes())
     }
 
@@ -999,26 +1017,32 @@ impl Agent {
                 continue;
             }
             let flow = enrich::flow(ev, &self.compiled);
-            if store::is_violation(&flow) && self.spool.is_some() {
+            self.record_flow(flow);
+        }
+        self.spool_sync();
+    }
+
+    /// Keeps a record: spooled for the collector, counted, logged and kept
+    /// for the API when it is a violation; kept for the API in any case.
+    fn record_flow(&mut self, flow: pb::Flow) {
+        if store::is_violation(&flow) {
+            if self.spool.is_some() {
                 let body = serde_json::to_string(&flow).unwrap_or_default();
                 self.spool_append("violation", flow.time_unix_ns, &body);
             }
-            if store::is_violation(&flow) {
-                for class in &flow.classes {
-                    let labels = ViolationLabels {
-                        class: class.clone(),
-                        action: flow.action.clone(),
-                    };
-                    self.metrics
-                        .violations
-                        .get_or_create(&labels)
-                        .inc_by(u64::from(flow.count));
-                }
-                info!(target: "violation", pid = flow.pid, comm = %flow.comm, remote = %flow.remote, country = %flow.remote_country, classes = ?flow.classes, action = %flow.action, "violation");
+            for class in &flow.classes {
+                let labels = ViolationLabels {
+                    class: class.clone(),
+                    action: flow.action.clone(),
+                };
+                self.metrics
+                    .violations
+                    .get_or_create(&labels)
+                    .inc_by(u64::from(flow.count));
             }
-            self.store.push(flow);
+            info!(target: "violation", pid = flow.pid, comm = %flow.comm, kind = %flow.kind, remote = %flow.remote, country = %flow.remote_country, classes = ?flow.classes, action = %flow.action, "violation");
         }
-        self.spool_sync();
+        self.store.push(flow);
     }
 
     fn tick(&mut self) {

@@ -72,11 +72,13 @@ impl FlowStore {
     }
 }
 
-/// A violation: a connect or send whose action is reported or denied. (The
+/// A violation: a connect or send whose action is reported or denied, or an
+/// open connection the agent found violating (`existing`). (The
 /// close record of a reported flow carries its action too, with the bytes; it
 /// is listed with the flows, not counted as a second violation.)
 pub fn is_violation(f: &pb::Flow) -> bool {
-    (f.kind == "connect" || f.kind == "sendmsg") && (f.action == "reported" || f.action == "denied")
+    matches!(f.kind.as_str(), "connect" | "sendmsg" | "existing")
+        && (f.action == "reported" || f.action == "denied")
 }
 
 /// True when `f` passes `filter`.

@@ -108,7 +108,75 @@ fn verdict_key(class: ClassId, net: IpNet) -> Key<VerdictKey> {
     )
 }
 
+/// What the kernel's programs would decide for a destination now (see
+/// `decide.rs` in sensor-ebpf), read from the same maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// Classes for which the destination is a violation.
+    pub violating: u64,
+    /// The worst verdict code among them (`sensor_common::policy::verdict`).
+    pub verdict: u8,
+    /// Whether a violating class is in enforce mode.
+    pub enforce: bool,
+}
+
 impl KernelSensor {
+    /// Judges `ip` for a process carrying `classes` exactly as the kernel
+    /// does at connect: failsafe destinations and loopback pass, every class
+    /// whose mode is not off is looked up in the live verdict table. `None`:
+    /// not a violation.
+    pub fn judge(&self, classes: u64, ip: std::net::IpAddr) -> Option<Judgement> {
+        if ip.is_loopback() || ip.to_canonical().is_loopback() {
+            return None;
+        }
+        let addr = to_map_form(ip);
+        let failsafe: LpmTrie<&MapData, [u8; 16], u8> =
+            LpmTrie::try_from(self.ebpf.map("FAILSAFE")?).ok()?;
+        if failsafe.get(&Key::new(128, addr), 0).is_ok() {
+            return None;
+        }
+        let modes: Array<&MapData, u8> = Array::try_from(self.ebpf.map("MODES")?).ok()?;
+        let name = if self.config.active_verdicts == 0 {
+            "VERDICTS_A"
+        } else {
+            "VERDICTS_B"
+        };
+        let trie: LpmTrie<&MapData, VerdictKey, u8> =
+            LpmTrie::try_from(self.ebpf.map(name)?).ok()?;
+        let mut j = Judgement {
+            violating: 0,
+            verdict: verdict::NONE,
+            enforce: false,
+        };
+        for class in 0..64u32 {
+            if classes & (1 << class) == 0 {
+                continue;
+            }
+            let m = modes.get(&class, 0).unwrap_or(mode::OFF);
+            if m == mode::OFF {
+                continue;
+            }
+            let key = Key::new(
+                VERDICT_CLASS_BITS + 128,
+                VerdictKey {
+                    class_be: class.to_be_bytes(),
+                    addr,
+                },
+            );
+            let v = trie.get(&key, 0).unwrap_or(verdict::UNKNOWN);
+            let bad = v == verdict::DENY
+                || (v == verdict::UNKNOWN && self.config.unknown_is_violation != 0);
+            if bad {
+                j.violating |= 1 << class;
+                if j.verdict != verdict::DENY {
+                    j.verdict = v;
+                }
+                j.enforce |= m == mode::ENFORCE;
+            }
+        }
+        (j.violating != 0).then_some(j)
+    }
+
     /// Sets the mode of one class (it applies to the next call of every process).
     pub fn set_mode(&mut self, class: ClassId, m: Mode) -> Result<(), SensorError> {
         class_bit(class)?;

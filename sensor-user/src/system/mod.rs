@@ -4,4 +4,5 @@ pub mod bpffs;
 pub mod btf;
 pub mod mountinfo;
 pub mod netif;
+pub mod sockets;
 pub mod tracefs;

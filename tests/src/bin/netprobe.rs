@@ -15,6 +15,10 @@
 //!                                {"cookies":[FIRST,SECOND]} before closing both
 //!   pause ANY                    print {"paused":true}, wait for a stdin line
 //!                                (the test changes something meanwhile)
+//!   tcp-open ADDR:PORT           connect and send 4 bytes; keep the connection
+//!   tcp-send-held ANY            send 4 more bytes on the connection
+//!                                tcp-open made (its errno: ECONNABORTED once
+//!                                the agent closed it)
 //!
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS
@@ -44,6 +48,11 @@ fn unspecified(addr: &SocketAddr) -> SocketAddr {
     }
 }
 
+thread_local! {
+    /// Connections `tcp-open` keeps for later operations.
+    static HELD: std::cell::RefCell<Vec<TcpStream>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn run_op(op: &str, addr: SocketAddr) -> i32 {
     let result = match op {
         "tcp-connect" => TcpStream::connect_timeout(&addr, Duration::from_secs(3))
@@ -64,6 +73,17 @@ fn run_op(op: &str, addr: SocketAddr) -> i32 {
             Ok(())
         }),
         "tcp-collide" => tcp_collide(addr),
+        "tcp-open" => {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|mut s| {
+                s.write_all(b"ping")?;
+                HELD.with(|h| h.borrow_mut().push(s));
+                Ok(())
+            })
+        }
+        "tcp-send-held" => HELD.with(|h| match h.borrow_mut().last_mut() {
+            Some(s) => s.write_all(b"pong").and_then(|()| s.flush()),
+            None => Err(std::io::Error::other("tcp-send-held without tcp-open")),
+        }),
         "pause" => {
             println!("{{\"paused\":true}}");
             let _ = std::io::stdout().flush();

@@ -186,6 +186,32 @@ impl RemoteHost {
         })
     }
 
+    /// A TCP server on the remote host that keeps every connection open and
+    /// counts the bytes that arrive on all of them (`received`).
+    pub fn tcp_hold_server(&self, v6: bool) -> Server {
+        let ip = self.addr(v6);
+        let listener = self
+            .inside(move || TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp in netns"));
+        let addr = listener.local_addr().expect("local_addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Server::spawn(addr, move |count, stop| {
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((s, _)) = listener.accept() {
+                    let _ = s.set_nonblocking(true);
+                    open.push(s);
+                }
+                let mut buf = [0u8; 64];
+                for s in &mut open {
+                    if let Ok(n) = s.read(&mut buf) {
+                        count.fetch_add(n, Ordering::SeqCst);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    }
+
     /// A UDP socket on the remote host that counts the datagrams it receives.
     pub fn udp_server(&self, v6: bool) -> Server {
         let ip = self.addr(v6);

@@ -1,0 +1,123 @@
+//! Connections that were open before the kernel judged them: opened before
+//! this agent started (or before the process got its class), or while the
+//! class was not enforced. The connect hooks never saw them, so the agent
+//! walks the sockets of tagged processes, judges each remote with the kernel's
+//! own maps, reports violations as records of kind `existing`, and in enforce
+//! mode closes the socket (`SOCK_DESTROY`): the owner's next send fails.
+
+use std::time::SystemTime;
+
+use residency_proto::agent::v1 as pb;
+use sensor_common::{net::IPPROTO_TCP, policy::verdict};
+use tracing::{error, info};
+
+use super::{Agent, enrich};
+use crate::{
+    kernel::verdicts::Judgement,
+    policy::explain,
+    system::sockets::{self, OpenSocket},
+};
+
+impl Agent {
+    /// Judges the open sockets of every tagged process. With `report_all`
+    /// every violating one is reported (at start); otherwise only those an
+    /// enforced class cuts (after a mode or policy change: the others were
+    /// reported when they were opened).
+    pub(super) fn judge_existing(&mut self, report_all: bool) {
+        let tagged = self.sensor.tagged_processes().unwrap_or_default();
+        let mut cut = 0usize;
+        let mut reported = 0usize;
+        for (pid, classes) in tagged {
+            if !enrich::is_process(pid) {
+                continue;
+            }
+            for sock in sockets::open_sockets(pid) {
+                let Some(j) = self.sensor.judge(classes, sock.remote.ip()) else {
+                    continue;
+                };
+                if !report_all && !j.enforce {
+                    continue;
+                }
+                let destroyed = j.enforce
+                    && {
+                        match sockets::destroy(pid, &sock) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                error!(pid, remote = %sock.remote, error = %e, "closing a connection to a disallowed destination failed (is CONFIG_INET_DIAG_DESTROY set?); it stays open and is reported");
+                                false
+                            }
+                        }
+                    };
+                cut += usize::from(destroyed);
+                reported += 1;
+                let flow = self.existing_flow(pid, &sock, &j, destroyed);
+                self.record_flow(flow);
+            }
+        }
+        if reported > 0 {
+            info!(
+                reported,
+                closed = cut,
+                "judged connections that were open before the kernel judged them"
+            );
+        }
+    }
+
+    /// The record of an open connection found violating.
+    fn existing_flow(
+        &self,
+        pid: u32,
+        sock: &OpenSocket,
+        j: &Judgement,
+        destroyed: bool,
+    ) -> pb::Flow {
+        let loc = explain::location(&self.compiled, sock.remote.ip());
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        pb::Flow {
+            kind: "existing".into(),
+            time_unix_ns: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            ktime_ns: crate::kernel::monotonic_ns(),
+            pid,
+            tid: pid,
+            uid,
+            cgroup_id: 0,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            exe: enrich::exe(pid),
+            classes: enrich::class_names(&self.compiled, j.violating),
+            protocol: if sock.protocol == IPPROTO_TCP {
+                "tcp"
+            } else {
+                "udp"
+            }
+            .into(),
+            local: sock.local.to_string(),
+            remote: sock.remote.to_string(),
+            remote_country: loc.country.map(|c| c.to_string()).unwrap_or_default(),
+            remote_site: loc.site.unwrap_or_default(),
+            verdict: if j.verdict == verdict::DENY {
+                "deny"
+            } else {
+                "unknown"
+            }
+            .into(),
+            action: if destroyed { "denied" } else { "reported" }.into(),
+            count: 1,
+            bytes: 0,
+            duration_ns: 0,
+            cookie: 0,
+            policy_generation: self.sensor.generation(),
+            host_id: self.compiled.policy.host.id.clone(),
+        }
+    }
+}
