@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use harness::harness::{
     agent::RunningAgent,
     cgroup::TestCgroup,
+    collector::RunningCollector,
     netns::TestNet,
     probe::{self, Waiting},
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    temp::TempPath,
 };
 
 const REGIONS: &str = "5.0.0.0,5.0.0.255,DE\n";
@@ -474,6 +476,70 @@ fn switching_to_enforce_cuts_a_violating_connection_already_open() {
         ],
         "{v}"
     );
+}
+
+#[test]
+fn what_the_ring_buffer_could_not_hold_while_no_agent_ran_arrives_as_a_gap() {
+    // Every violation the kernel saw while the agent was down reaches the
+    // collector, either as a record or counted in a gap record: 60,000
+    // sends overflow the 4 MiB ring buffer (32k records) before an agent
+    // drains it.
+    let dir = TempPath::dir("rs-ring-gap");
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start(dir.path());
+    let config = collector.agent_config(dir.path(), None);
+    let rel = cgroup_rel(&cgroup);
+    let host = "ring-gap-host";
+    let policy = FixturePolicy::delivering(host, &rel).text();
+    let cfg = ["--config", config.to_str().expect("utf-8")];
+    let mut agent = RunningAgent::start_with(&policy, DELIVERY_REGIONS, &cfg);
+    let server = net.virginia.udp_server(false);
+    agent.kill9();
+    let out = cgroup
+        .command(probe::command(&[
+            "udp-rate",
+            &server.addr.to_string(),
+            "1000000",
+            "0.06",
+        ]))
+        .output()
+        .expect("udp-rate");
+    let (sent, refused) = rate_report(&out);
+    assert_eq!((sent, refused), (60_000, 0), "monitor mode");
+    agent.restart();
+    let drops = agent.kernel_drops();
+    assert!(drops > 0, "the ring buffer overflowed");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let violations = collector.count(host, "violation") as u64;
+        let gaps: u64 = collector
+            .export(Some("gap"))
+            .iter()
+            .filter(|r| r["host"] == host)
+            .filter_map(|r| r["record"]["count"].as_u64())
+            .sum();
+        // A gap counts every record the kernel could not keep, of any kind
+        // (the sender's exec tag and its socket's close record compete for
+        // the same ring): every violation is either stored or counted.
+        if violations + gaps >= sent {
+            assert_eq!(gaps, drops, "the gap counts exactly the kernel's loss");
+            assert!(
+                violations <= sent,
+                "{violations} violations of {sent} sends"
+            );
+            assert!(
+                violations + gaps <= sent + 2,
+                "{violations} + {gaps}: more than the sends, their tag and close"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {violations} violations and {gaps} in gaps of {sent} arrived"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
