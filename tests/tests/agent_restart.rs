@@ -543,6 +543,26 @@ fn what_the_ring_buffer_could_not_hold_while_no_agent_ran_arrives_as_a_gap() {
 }
 
 #[test]
+fn a_restart_with_a_changed_policy_leaves_nothing_of_the_old_one_in_the_kernel() {
+    // The pinned maps hold the old policy's selectors; the new agent's policy
+    // must replace them, not add to them.
+    let (old_cg, new_cg) = (TestCgroup::create(), TestCgroup::create());
+    let net = TestNet::create();
+    let mut agent = RunningAgent::start(&enforcing(&cgroup_rel(&old_cg), ""), REGIONS);
+    let server = net.virginia.udp_server(false);
+    let dst = server.addr.to_string();
+    let send =
+        |cg: &TestCgroup| probe::run(cg.command(probe::command(&["udp-sendto", &dst]))).errno();
+    assert_eq!(send(&old_cg), libc::EPERM);
+    assert_eq!(send(&new_cg), 0);
+    agent.stop();
+    std::fs::write(&agent.policy, enforcing(&cgroup_rel(&new_cg), "")).expect("policy");
+    agent.restart();
+    assert_eq!(send(&old_cg), 0, "the old selector is gone");
+    assert_eq!(send(&new_cg), libc::EPERM, "the new one is in force");
+}
+
+#[test]
 fn a_policy_with_a_bad_failure_mode_is_refused_with_its_place() {
     let dir = std::env::temp_dir().join(format!("rs-loss-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -104,19 +104,6 @@ impl KernelSensor {
         h.insert(key, classes, 0).map_err(map_err(map))
     }
 
-    /// Removes one selector entry; a missing one is fine.
-    fn remove_selector<K: aya::Pod>(
-        &mut self,
-        map: &'static str,
-        key: K,
-    ) -> Result<(), SensorError> {
-        let m = self.ebpf.map_mut(map).ok_or(SensorError::MissingMap(map))?;
-        let mut h: BpfHashMap<&mut MapData, K, u64> =
-            BpfHashMap::try_from(m).map_err(map_err(map))?;
-        let _ = h.remove(&key);
-        Ok(())
-    }
-
     /// Adds `classes` (a bit mask) to process `tgid`. The kernel keeps them across
     /// fork and exec and drops them when the process exits.
     pub fn tag_process(&mut self, tgid: u32, classes: u64) -> Result<(), SensorError> {
@@ -333,7 +320,7 @@ impl KernelSensor {
                 Err(e) => return Err(e),
             }
         }
-        let old = std::mem::replace(&mut self.selectors, want.clone());
+        self.selectors = want.clone();
         // New and changed entries first, then stale ones out.
         for (id, (c, _)) in &want.cgroups {
             self.write_selector("CGROUP_SELECTORS", *id, *c)?;
@@ -344,16 +331,33 @@ impl KernelSensor {
         for (k, (c, _)) in &want.exes {
             self.write_selector("EXE_SELECTORS", *k, *c)?;
         }
-        for id in old.cgroups.keys().filter(|k| !want.cgroups.contains_key(k)) {
-            self.remove_selector("CGROUP_SELECTORS", *id)?;
-        }
-        for uid in old.uids.keys().filter(|k| !want.uids.contains_key(k)) {
-            self.remove_selector("UID_SELECTORS", *uid)?;
-        }
-        for k in old.exes.keys().filter(|k| !want.exes.contains_key(k)) {
-            self.remove_selector("EXE_SELECTORS", *k)?;
-        }
+        self.remove_stale_selectors("CGROUP_SELECTORS", |k: &u64| want.cgroups.contains_key(k))?;
+        self.remove_stale_selectors("UID_SELECTORS", |k: &u32| want.uids.contains_key(k))?;
+        self.remove_stale_selectors("EXE_SELECTORS", |k: &ExeKey| want.exes.contains_key(k))?;
         Ok(problems)
+    }
+
+    /// Removes the entries of selector map `map` that `keep` rejects. The keys
+    /// are read from the kernel, not from the user-space mirror: entries an
+    /// earlier agent wrote into an adopted pinned map go too.
+    fn remove_stale_selectors<K: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        keep: impl Fn(&K) -> bool,
+    ) -> Result<(), SensorError> {
+        let m = self.ebpf.map_mut(map).ok_or(SensorError::MissingMap(map))?;
+        let mut h: BpfHashMap<&mut MapData, K, u64> =
+            BpfHashMap::try_from(m).map_err(map_err(map))?;
+        let stale: Vec<K> = h
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep(k))
+            .collect();
+        for k in &stale {
+            // Gone already is fine.
+            let _ = h.remove(k);
+        }
+        Ok(())
     }
 
     /// Makes the taint sources exactly `sources`, new ones first (see
