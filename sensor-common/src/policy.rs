@@ -5,6 +5,25 @@
 /// in a `u64` class mask).
 pub const MAX_CLASSES: u32 = 64;
 
+/// How many entries each kernel map holds. The kernel crate declares its maps
+/// with these; `policy check` refuses a policy that needs more, and the agent
+/// checks again before it writes anything, so a policy never half-installs
+/// for want of room.
+pub mod capacity {
+    /// Each verdict trie (`VERDICTS_A`, `VERDICTS_B`): prefixes of all classes.
+    pub const VERDICTS: u32 = 1 << 20;
+    /// `FAILSAFE`: the policy's failsafe prefixes and the host's own addresses.
+    pub const FAILSAFE: u32 = 4096;
+    /// Of [`FAILSAFE`], kept for the host's own addresses (added by the agent).
+    pub const FAILSAFE_HOST_RESERVE: u32 = 256;
+    /// `TAINT`: distinct taint source prefixes.
+    pub const TAINT: u32 = 4096;
+    /// Each selector map (`CGROUP_SELECTORS`, `UID_SELECTORS`, `EXE_SELECTORS`).
+    pub const SELECTORS: u32 = 4096;
+    /// `TASKS`: tagged processes (and threads of tagged processes).
+    pub const TASKS: u32 = 65_536;
+}
+
 /// Verdict for a destination, per class.
 pub mod verdict {
     /// Not evaluated (the process carried no class with a mode other than off).

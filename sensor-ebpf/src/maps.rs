@@ -7,7 +7,7 @@ use aya_ebpf::{
 use sensor_common::{
     counters::COUNTER_COUNT,
     flow::{AggKey, AggState, FLOW_SLOT_COUNT, FlowEvent},
-    policy::{Config, Liveness, MAX_CLASSES, TaintSource, VerdictKey},
+    policy::{Config, Liveness, MAX_CLASSES, TaintSource, VerdictKey, capacity},
     tag::{ExeKey, TaskTag},
 };
 
@@ -34,32 +34,33 @@ pub static MODES: Array<u8> = Array::with_max_entries(MAX_CLASSES, 0);
 
 /// Processes that carry classes: tgid → classes.
 #[map]
-pub static TASKS: HashMap<u32, TaskTag> = HashMap::with_max_entries(65_536, 0);
+pub static TASKS: HashMap<u32, TaskTag> = HashMap::with_max_entries(capacity::TASKS, 0);
 
 /// Selectors, evaluated at exec: cgroup id (the cgroup or any ancestor), uid,
 /// executable identity → classes.
 #[map]
-pub static CGROUP_SELECTORS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+pub static CGROUP_SELECTORS: HashMap<u64, u64> = HashMap::with_max_entries(capacity::SELECTORS, 0);
 #[map]
-pub static UID_SELECTORS: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub static UID_SELECTORS: HashMap<u32, u64> = HashMap::with_max_entries(capacity::SELECTORS, 0);
 #[map]
-pub static EXE_SELECTORS: HashMap<ExeKey, u64> = HashMap::with_max_entries(4096, 0);
+pub static EXE_SELECTORS: HashMap<ExeKey, u64> = HashMap::with_max_entries(capacity::SELECTORS, 0);
 
 /// Destination verdicts per class, double-buffered: user space fills the
 /// inactive one, then flips `Config::active_verdicts` in one map write.
 #[map]
-pub static VERDICTS_A: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(1 << 20, 0);
+pub static VERDICTS_A: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(capacity::VERDICTS, 0);
 #[map]
-pub static VERDICTS_B: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(1 << 20, 0);
+pub static VERDICTS_B: LpmTrie<VerdictKey, u8> = LpmTrie::with_max_entries(capacity::VERDICTS, 0);
 
 /// Destinations that are never violations (collector, resolvers, control plane,
 /// the host's own addresses), map-form addresses.
 #[map]
-pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(4096, 0);
+pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(capacity::FAILSAFE, 0);
 
 /// Taint sources: connecting there tags the process.
 #[map]
-pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(4096, 0);
+pub static TAINT: LpmTrie<[u8; 16], TaintSource> =
+    LpmTrie::with_max_entries(capacity::TAINT, 0);
 
 /// Flows of tagged processes being tracked for their close record: the record
 /// to send at close (`detail` accumulates bytes sent), in the slot its socket

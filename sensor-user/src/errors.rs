@@ -58,6 +58,14 @@ pub enum SensorError {
         "kernel program {0} is missing from the embedded object (the build is inconsistent: rebuild)"
     )]
     MissingProgram(&'static str),
+    #[error(
+        "the policy needs {need} entries in kernel map {map}, which holds {capacity}; nothing was installed and the running policy stays in force"
+    )]
+    Capacity {
+        map: &'static str,
+        need: usize,
+        capacity: u32,
+    },
     #[error("pinned kernel state at {dir}: {reason}")]
     Pins { dir: PathBuf, reason: String },
 }

@@ -342,3 +342,79 @@ fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
     assert!(!tls(&stranger, &["status"]).status.success());
     drop(agent);
 }
+
+#[test]
+fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
+    // 5,000 taint sources (SIGHUP reload) and 100,000 failsafe prefixes
+    // (ApplyPolicy) do not fit the kernel's 4,096-entry maps: both are refused
+    // with their place in the file, the denied destination stays denied, and
+    // status names the policy the kernel enforces.
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let base = FixturePolicy {
+        host_id: "test-host-1",
+        aggregation: "0",
+        mode: "enforce",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel: &rel,
+        class_extra: "",
+    }
+    .text();
+    let agent = RunningAgent::start(&base, REGIONS);
+    let hash = agent.ctl_json(&["status"])["policy_sha256"].clone();
+    let server = net.virginia.udp_server(false);
+    let send = || {
+        probe::run(cgroup.command(probe::command(&["udp-sendto", &server.addr.to_string()])))
+            .errno()
+    };
+    assert_eq!(send(), libc::EPERM);
+
+    let taint: String = (0..5000u32)
+        .map(|i| {
+            format!(
+                "[[taint_sources]]\nclass = \"eu_personal\"\ncidr = \"10.{}.{}.0/24\"\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&agent.policy, format!("{base}\n{taint}")).expect("policy");
+    agent.hup();
+    assert!(
+        agent.wait_log("distinct taint source prefixes", Duration::from_secs(20)),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("the kernel holds 4096"));
+    assert_eq!(send(), libc::EPERM, "still denied after the refused reload");
+    assert_eq!(agent.ctl_json(&["status"])["policy_sha256"], hash);
+
+    let failsafe: Vec<String> = (0..100_000u32)
+        .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let text = base.replace(
+        "aggregation_interval",
+        &format!("failsafe = [{}]\naggregation_interval", failsafe.join(", ")),
+    );
+    let file = agent.dir().join("huge.toml");
+    std::fs::write(&file, &text).expect("policy");
+    let out = agent.ctl(&[
+        "policy",
+        "apply",
+        file.to_str().expect("utf-8"),
+        "--reason",
+        "capacity test",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("host.failsafe: 100000 distinct prefixes; the kernel holds 3840"),
+        "{err}"
+    );
+    assert_eq!(send(), libc::EPERM, "still denied after the refused apply");
+    let st = agent.ctl_json(&["status"]);
+    assert_eq!(st["policy_sha256"], hash);
+    assert_eq!(st["policy_problem"], "", "{st}");
+    assert_eq!(server.received(), 0);
+}

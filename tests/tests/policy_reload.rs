@@ -144,3 +144,48 @@ fn a_policy_that_does_not_build_changes_nothing() {
         "{e}"
     );
 }
+
+#[test]
+fn an_install_that_would_overflow_a_kernel_map_writes_nothing() {
+    // A policy that bypassed `policy check` (here: failsafe prefixes added
+    // after the check) is refused before the first write: the verdict table,
+    // its generation and the failsafe set stay as they were.
+    let mut fx = SensorFixture::attach();
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let root = mountinfo::cgroup2_mount().expect("cgroup2");
+    let rel = cgroup_rel(&cgroup);
+    let regions = TempPath::file("regions3.csv", "5.0.0.0,5.0.0.255,DE\n");
+    let policy = TempPath::file("policy3.toml", &policy_text(&rel, 1));
+    let source = PolicySource {
+        policy: policy.path().to_owned(),
+        regions: regions.path().to_owned(),
+        aws_ranges: None,
+    };
+    let mut ledger = TagLedger::default();
+    let first = source.build(&[]).expect("policy builds");
+    let r = apply::apply(&mut fx.sensor, &first, &|c| c.mode, &root, &mut ledger).expect("apply");
+    let iad = net.virginia.udp_server(false);
+    let send =
+        || probe::run(cgroup.command(probe::command(&["udp-sendto", &iad.addr.to_string()])));
+    assert_eq!(send().errno(), libc::EPERM);
+
+    let mut huge = source.build(&[]).expect("policy builds");
+    // 5,000 /32s covering Virginia's address among them.
+    huge.policy.host.failsafe = (0..5000u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(u32::from(net.virginia.v4) + i);
+            ipnet::IpNet::from(std::net::IpAddr::V4(ip))
+        })
+        .collect();
+    let e = apply::apply(&mut fx.sensor, &huge, &|c| c.mode, &root, &mut ledger)
+        .expect_err("must not fit")
+        .to_string();
+    assert!(
+        e.contains("FAILSAFE") && e.contains("nothing was installed"),
+        "{e}"
+    );
+    assert_eq!(fx.sensor.generation(), r.generation, "no table switch");
+    assert_eq!(send().errno(), libc::EPERM, "Virginia stays denied");
+    assert_eq!(iad.received(), 0);
+}

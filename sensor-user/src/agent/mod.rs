@@ -207,6 +207,8 @@ pub struct Agent {
     collector_state: String,
     /// Exceptions in force (persisted in the spool directory).
     exceptions: Vec<Exception>,
+    /// Empty while the kernel enforces exactly `compiled`; otherwise why not.
+    policy_problem: String,
     /// The socket programs are attached (start-up is over): from then on a
     /// policy install also cuts open connections it now denies.
     attached: bool,
@@ -279,6 +281,7 @@ impl Agent {
             collector_state: "not configured".into(),
             exceptions,
             attached: false,
+            policy_problem: String::new(),
         };
         if let Some(dir) = &agent.cfg.spool_dir {
             let (spool, rec) = Spool::open(
@@ -461,6 +464,32 @@ impl Agent {
         Ok(())
     }
 
+    /// Puts `new` in force, whole or not at all: when installing it fails
+    /// part-way (the kernel refused a write), the previous policy is installed
+    /// again over whatever was written, so the kernel enforces the policy
+    /// `status` names. Should even that fail, `status` says so
+    /// (`policy_problem`) until a policy installs cleanly.
+    fn switch_policy(&mut self, new: Compiled) -> Result<(), SensorError> {
+        let previous = std::mem::replace(&mut self.compiled, new);
+        let Err(e) = self.install() else {
+            self.policy_problem.clear();
+            return Ok(());
+        };
+        self.compiled = previous;
+        match self.install() {
+            Ok(()) => {
+                warn!(error = %e, sha256 = %self.compiled.policy.hash, "installing the new policy failed; the previous policy was installed again and is in force");
+            }
+            Err(again) => {
+                self.policy_problem = format!(
+                    "installing a new policy failed ({e}) and re-installing the previous one failed too ({again}): the kernel may hold parts of both; apply a policy again"
+                );
+                error!(error = %e, rollback_error = %again, "the kernel may hold parts of two policies");
+            }
+        }
+        Err(e)
+    }
+
     /// The host identity records carry.
     pub fn host_id(&self) -> String {
         self.compiled.policy.host.id.clone()
@@ -548,6 +577,7 @@ impl Agent {
             spool_depth: self.spool.as_ref().map_or(0, Spool::depth),
             collector: self.collector_state.clone(),
             kernel: uname.trim().into(),
+            policy_problem: self.policy_problem.clone(),
         }
     }
 
@@ -634,6 +664,7 @@ impl Agent {
             .build_text(&text, &self.exceptions)
             .map_err(|e| match e {
                 BuildError::Policy(e) => CommandError::Invalid(e.to_string()),
+                BuildError::Capacity(m) => CommandError::Invalid(m),
                 e => CommandError::Internal(e.to_string()),
             })?;
         let old: Vec<&str> = self
@@ -682,11 +713,7 @@ impl Agent {
                 "a reason is required to apply a policy (it is recorded with the change)".into(),
             ));
         }
-        let previous = std::mem::replace(&mut self.compiled, compiled);
-        if let Err(e) = self.install() {
-            self.compiled = previous;
-            return Err(e.into());
-        }
+        self.switch_policy(compiled)?;
         // The file on disk stays as it was: an API-applied policy is in force until
         // the next reload of the file or the next ApplyPolicy.
         self.policy_text = text;
@@ -745,27 +772,23 @@ impl Agent {
     fn reload(&mut self) {
         info!(policy = %self.cfg.source.policy.display(), "reloading the policy");
         match self.cfg.source.build(&self.exceptions) {
-            Ok(c) => {
-                let previous = std::mem::replace(&mut self.compiled, c);
-                match self.install() {
-                    Ok(()) => {
-                        self.metrics.policy_reloads.inc();
-                        self.policy_text =
-                            std::fs::read_to_string(&self.cfg.source.policy).unwrap_or_default();
-                        self.loaded_at = SystemTime::now();
-                        self.audit.record(
-                            "signal",
-                            &format!("reloaded policy sha256 {}", self.compiled.policy.hash),
-                            "SIGHUP",
-                        );
-                    }
-                    Err(e) => {
-                        self.metrics.policy_reload_failures.inc();
-                        error!(error = %e, "policy reload failed while installing; the previous verdict table stays in force");
-                        self.compiled = previous;
-                    }
+            Ok(c) => match self.switch_policy(c) {
+                Ok(()) => {
+                    self.metrics.policy_reloads.inc();
+                    self.policy_text =
+                        std::fs::read_to_string(&self.cfg.source.policy).unwrap_or_default();
+                    self.loaded_at = SystemTime::now();
+                    self.audit.record(
+                        "signal",
+                        &format!("reloaded policy sha256 {}", self.compiled.policy.hash),
+                        "SIGHUP",
+                    );
                 }
-            }
+                Err(e) => {
+                    self.metrics.policy_reload_failures.inc();
+                    error!(error = %e, sha256 = %self.compiled.policy.hash, "policy reload failed while installing; the previous policy is in force");
+                }
+            },
             Err(BuildError::Policy(e)) => {
                 self.metrics.policy_reload_failures.inc();
                 error!(sha256 = %self.compiled.policy.hash, "policy reload rejected; the running policy stays in force:\n{e}")
@@ -929,11 +952,7 @@ impl Agent {
             .source
             .build_text(&self.policy_text, &list)
             .map_err(|e| CommandError::Internal(format!("rebuilding the policy: {e}")))?;
-        let previous = std::mem::replace(&mut self.compiled, compiled);
-        if let Err(e) = self.install() {
-            self.compiled = previous;
-            return Err(e.into());
-        }
+        self.switch_policy(compiled)?;
         if let Some(dir) = &self.cfg.spool_dir
             && let Err(e) = exceptions::save(dir, &list)
         {

@@ -57,7 +57,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Capacity of the kernel's process tag map (`TASKS` in sensor-ebpf maps.rs).
-pub const TASKS_CAPACITY: u32 = 65_536;
+pub const TASKS_CAPACITY: u32 = sensor_common::policy::capacity::TASKS;
 
 /// The loaded kernel side of the sensor.
 pub struct KernelSensor {

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use ipnet::IpNet;
-use sensor_common::policy::MAX_CLASSES;
+use sensor_common::policy::{MAX_CLASSES, capacity};
 
 use super::{
     compile::Compiled,
@@ -51,6 +51,16 @@ pub fn apply(
     let p = &compiled.policy;
     let mut report = ApplyReport::default();
     let entries = compiled.entries();
+    let failsafe: Vec<IpNet> = p
+        .host
+        .failsafe
+        .iter()
+        .copied()
+        .chain(netif::local_addresses().into_iter().map(IpNet::from))
+        .collect();
+    // Everything that could run out of room is counted before the first
+    // write: a policy is installed whole or not at all.
+    check_capacity(compiled, entries.len(), &failsafe)?;
     report.prefixes = entries.len();
     report.generation = sensor.replace_verdicts(&entries)?;
     for class in 0..MAX_CLASSES as u8 {
@@ -72,16 +82,58 @@ pub fn apply(
         .map(|t| (t.net, t.ports.clone(), t.class))
         .collect();
     sensor.set_taint_sources(&taint)?;
-    let failsafe: Vec<IpNet> = p
-        .host
-        .failsafe
-        .iter()
-        .copied()
-        .chain(netif::local_addresses().into_iter().map(IpNet::from))
-        .collect();
     sensor.set_failsafe(&failsafe)?;
     report.tagged_running = procscan::tag_running(sensor, cgroup_root, ledger)?;
     Ok(report)
+}
+
+/// Refuses a policy whose entries do not fit the kernel's maps (see
+/// `sensor_common::policy::capacity`; `policy check` refuses them too, this
+/// guards the host's own addresses and any policy that bypassed the check).
+fn check_capacity(
+    compiled: &Compiled,
+    verdicts: usize,
+    failsafe: &[IpNet],
+) -> Result<(), SensorError> {
+    use std::collections::HashSet;
+    let p = &compiled.policy;
+    let distinct = |nets: &mut dyn Iterator<Item = IpNet>| nets.collect::<HashSet<_>>().len();
+    // Distinct keys per selector map, as the kernel stores them.
+    let mut cgroups = HashSet::new();
+    let mut exes = HashSet::new();
+    let mut uids = HashSet::new();
+    for s in &p.selectors {
+        match &s.kind {
+            SelectorKind::Cgroup(c) => cgroups.insert(c.as_str()),
+            SelectorKind::Exe(e) => exes.insert(e.as_path()),
+            SelectorKind::Uid(u) => uids.insert(*u),
+        };
+    }
+    for (map, need, cap) in [
+        ("VERDICTS", verdicts, capacity::VERDICTS),
+        (
+            "FAILSAFE",
+            distinct(&mut failsafe.iter().copied()),
+            capacity::FAILSAFE,
+        ),
+        (
+            "TAINT",
+            distinct(&mut p.taint.iter().map(|t| t.net)),
+            capacity::TAINT,
+        ),
+        ("CGROUP_SELECTORS", cgroups.len(), capacity::SELECTORS),
+        ("EXE_SELECTORS", exes.len(), capacity::SELECTORS),
+        ("UID_SELECTORS", uids.len(), capacity::SELECTORS),
+    ] {
+        if need > cap as usize {
+            return Err(SensorError::Capacity {
+                map,
+                need,
+                capacity: cap,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Installs the policy's selectors (new entries first, stale ones removed).

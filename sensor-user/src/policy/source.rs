@@ -31,6 +31,9 @@ pub enum BuildError {
     Policy(#[from] PolicyErrors),
     #[error("region data: {0}")]
     Regions(#[from] RegionError),
+    /// The compiled policy needs more kernel map entries than there are.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 impl PolicySource {
@@ -57,6 +60,20 @@ impl PolicySource {
             None => CloudRanges::default(),
         };
         let compiled = compile::compile(policy, &db, &cloud);
+        let (_, prefixes) = compiled.prefix_counts();
+        let cap = sensor_common::policy::capacity::VERDICTS as usize;
+        if prefixes > cap {
+            let per_class: Vec<String> = compiled
+                .classes
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.entries.len()))
+                .collect();
+            return Err(BuildError::Capacity(format!(
+                "{}: the compiled verdict table needs {prefixes} prefixes ({}); the kernel holds {cap}: give classes with the same allowed set one class, or allow whole groups (EEA) rather than many single countries",
+                self.policy.display(),
+                per_class.join(", ")
+            )));
+        }
         // The dataset's ranges are no longer needed once compiled (the geography
         // keeps what lookups use); drop them before the caller keeps `compiled`.
         db.countries = Default::default();

@@ -13,10 +13,11 @@ use std::{
 };
 
 use ipnet::IpNet;
+use sensor_common::policy::capacity;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::model::{ClassSection, PolicyFile};
+use super::model::{ClassSection, PolicyFile, SelectorSection};
 use crate::{
     kernel::verdicts::Mode,
     regions::{Country, countries},
@@ -170,19 +171,70 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Byte offsets of the starts of a text's lines, for locating many
+/// diagnostics in one pass over the text (a 2 MB policy with thousands of
+/// problems is located in linear time, not one rescan per problem).
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// 1-based line and column (in characters) of `offset`.
+    fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        let line = self.starts.partition_point(|s| *s <= offset);
+        let start = self.starts[line - 1];
+        let col = text.get(start..offset).map_or(0, |s| s.chars().count()) + 1;
+        (line, col)
+    }
+}
+
 struct Checker<'a> {
     text: &'a str,
     diags: Vec<Diagnostic>,
+    /// Built at the first diagnostic.
+    lines: Option<LineIndex>,
 }
 
 impl Checker<'_> {
     fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
+        let text = self.text;
+        let (line, col) = self
+            .lines
+            .get_or_insert_with(|| LineIndex::new(text))
+            .locate(text, span.start);
         self.diags.push(Diagnostic {
             line,
             col,
             msg: msg.into(),
         });
+    }
+
+    /// Refuses more than `limit` distinct `keys` (as written; duplicates share
+    /// a kernel entry), pointing at the first one past the limit.
+    fn capacity<'k>(
+        &mut self,
+        keys: impl Iterator<Item = (&'k str, Range<usize>)>,
+        limit: u32,
+        msg: impl FnOnce(usize) -> String,
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        let mut first_over = None;
+        for (k, span) in keys {
+            if seen.insert(k) && seen.len() == limit as usize + 1 {
+                first_over = Some(span);
+            }
+        }
+        if let Some(span) = first_over {
+            self.err(span, msg(seen.len()));
+        }
     }
 
     fn cidr(&mut self, s: &Spanned<String>, what: &str) -> Option<IpNet> {
@@ -306,6 +358,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
     let mut c = Checker {
         text,
         diags: Vec::new(),
+        lines: None,
     };
 
     // Host.
@@ -342,6 +395,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         .iter()
         .filter_map(|s| c.cidr(s, "failsafe"))
         .collect();
+    let room = capacity::FAILSAFE - capacity::FAILSAFE_HOST_RESERVE;
+    c.capacity(
+        file.host.failsafe.iter().map(|s| (s.get_ref().trim(), s.span())),
+        room,
+        |n| format!("host.failsafe: {n} distinct prefixes; the kernel holds {room} for the policy ({} in all, {} kept for the host's own addresses): merge them into fewer, wider prefixes", capacity::FAILSAFE, capacity::FAILSAFE_HOST_RESERVE),
+    );
     let agent_loss_timeout = match file.host.agent_loss_timeout.as_ref() {
         None => DEFAULT_AGENT_LOSS_TIMEOUT,
         Some(s) => match parse_duration(s.get_ref()) {
@@ -610,6 +669,41 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         }
     }
 
+    // Kernel capacities (see sensor_common::policy::capacity).
+    let cap = capacity::SELECTORS;
+    for (kind, pick) in [
+        (
+            "cgroup",
+            (|s: &SelectorSection| s.cgroup.as_ref().map(|v| (v.get_ref().clone(), v.span())))
+                as fn(&SelectorSection) -> Option<(String, Range<usize>)>,
+        ),
+        ("exe", |s: &SelectorSection| {
+            s.exe.as_ref().map(|v| (v.get_ref().clone(), v.span()))
+        }),
+        ("uid", |s: &SelectorSection| {
+            s.uid.as_ref().map(|v| (v.get_ref().to_string(), v.span()))
+        }),
+    ] {
+        let keys: Vec<(String, Range<usize>)> = file
+            .selectors
+            .iter()
+            .filter_map(|s| pick(s.get_ref()))
+            .collect();
+        c.capacity(
+            keys.iter().map(|(k, span)| (k.as_str(), span.clone())),
+            cap,
+            |n| format!("{n} distinct {kind} selectors; the kernel holds {cap}: select a parent cgroup, a uid or fewer binaries instead"),
+        );
+    }
+    let cap = capacity::TAINT;
+    c.capacity(
+        file.taint_sources
+            .iter()
+            .map(|t| (t.get_ref().cidr.get_ref().trim(), t.span())),
+        cap,
+        |n| format!("{n} distinct taint source prefixes; the kernel holds {cap}: merge them into fewer, wider prefixes"),
+    );
+
     if !c.diags.is_empty() {
         c.diags.sort_by_key(|d| (d.line, d.col));
         return Err(fail(c.diags));
@@ -757,6 +851,38 @@ uid = 1000
         assert_eq!(parse_ports("*"), Some(0..=65535));
         assert_eq!(parse_ports("9-1"), None);
     }
+    #[test]
+    fn policies_beyond_a_kernel_capacity_are_refused_at_the_first_entry_too_many() {
+        let sel: String = (0..4097)
+            .map(|i| format!("[[selectors]]\nclass = \"c\"\nuid = {i}\n"))
+            .collect();
+        let text = format!("[classes.c]\nallowed_jurisdictions = [\"EEA\"]\n{sel}");
+        let e = check(&text).unwrap_err();
+        // The 4,097th selector's uid is on line 2 + 3 * 4096 + 3.
+        assert!(
+            e.contains(&format!("p.toml:{}:7: 4097 distinct uid selectors; the kernel holds 4096", 2 + 3 * 4096 + 3)),
+            "{e}"
+        );
+        // Duplicates share an entry and do not count.
+        let dup: String = (0..5000)
+            .map(|_| "[[taint_sources]]\nclass = \"c\"\ncidr = \"10.0.0.0/8\"\n".to_owned())
+            .collect();
+        check(&format!("[classes.c]\nallowed_jurisdictions = [\"EEA\"]\n{dup}")).unwrap();
+        let fs: Vec<String> = (0..3841).map(|i| format!("\"10.0.{}.{}/32\"", i / 256, i % 256)).collect();
+        let e = check(&format!("[host]\nfailsafe = [{}]\n", fs.join(","))).unwrap_err();
+        assert!(e.contains("host.failsafe: 3841 distinct prefixes; the kernel holds 3840"), "{e}");
+    }
+
+    #[test]
+    fn the_line_index_locates_like_a_rescan() {
+        let text = "a = 1\n\nbé = \"x\"\nlast";
+        let idx = LineIndex::new(text);
+        for off in 0..=text.len() {
+            if text.is_char_boundary(off) {
+                assert_eq!(idx.locate(text, off), line_col(text, off), "offset {off}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -771,4 +897,5 @@ mod example_tests {
         assert_eq!(p.selectors.len(), 2);
         assert_eq!(p.taint.len(), 1);
     }
+
 }

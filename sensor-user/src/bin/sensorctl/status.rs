@@ -33,6 +33,9 @@ pub async fn run(g: &Global) -> i32 {
         "policy:     {} sha256 {} generation {}",
         s.policy_path, s.policy_sha256, s.policy_generation
     );
+    if !s.policy_problem.is_empty() {
+        println!("PROBLEM:    {}", s.policy_problem);
+    }
     if let Some(d) = &s.dataset {
         println!("regions:    {} {} ({})", d.name, d.version, d.licence);
     }
