@@ -860,17 +860,28 @@ uid = 1000
         let e = check(&text).unwrap_err();
         // The 4,097th selector's uid is on line 2 + 3 * 4096 + 3.
         assert!(
-            e.contains(&format!("p.toml:{}:7: 4097 distinct uid selectors; the kernel holds 4096", 2 + 3 * 4096 + 3)),
+            e.contains(&format!(
+                "p.toml:{}:7: 4097 distinct uid selectors; the kernel holds 4096",
+                2 + 3 * 4096 + 3
+            )),
             "{e}"
         );
         // Duplicates share an entry and do not count.
         let dup: String = (0..5000)
             .map(|_| "[[taint_sources]]\nclass = \"c\"\ncidr = \"10.0.0.0/8\"\n".to_owned())
             .collect();
-        check(&format!("[classes.c]\nallowed_jurisdictions = [\"EEA\"]\n{dup}")).unwrap();
-        let fs: Vec<String> = (0..3841).map(|i| format!("\"10.0.{}.{}/32\"", i / 256, i % 256)).collect();
+        check(&format!(
+            "[classes.c]\nallowed_jurisdictions = [\"EEA\"]\n{dup}"
+        ))
+        .unwrap();
+        let fs: Vec<String> = (0..3841)
+            .map(|i| format!("\"10.0.{}.{}/32\"", i / 256, i % 256))
+            .collect();
         let e = check(&format!("[host]\nfailsafe = [{}]\n", fs.join(","))).unwrap_err();
-        assert!(e.contains("host.failsafe: 3841 distinct prefixes; the kernel holds 3840"), "{e}");
+        assert!(
+            e.contains("host.failsafe: 3841 distinct prefixes; the kernel holds 3840"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -897,5 +908,4 @@ mod example_tests {
         assert_eq!(p.selectors.len(), 2);
         assert_eq!(p.taint.len(), 1);
     }
-
 }
