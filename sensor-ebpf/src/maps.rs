@@ -59,8 +59,7 @@ pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(capacity:
 
 /// Taint sources: connecting there tags the process.
 #[map]
-pub static TAINT: LpmTrie<[u8; 16], TaintSource> =
-    LpmTrie::with_max_entries(capacity::TAINT, 0);
+pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(capacity::TAINT, 0);
 
 /// Flows of tagged processes being tracked for their close record: the record
 /// to send at close (`detail` accumulates bytes sent), in the slot its socket
