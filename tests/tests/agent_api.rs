@@ -418,3 +418,55 @@ fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
     assert_eq!(st["policy_problem"], "", "{st}");
     assert_eq!(server.received(), 0);
 }
+
+#[test]
+fn a_slow_policy_compile_does_not_stall_the_agent() {
+    // A dry run of a policy with many classes over the full default dataset
+    // compiles for seconds. It runs off the agent's task: status answers
+    // meanwhile, as often as it is asked.
+    let cgroup = TestCgroup::create();
+    let rel = cgroup_rel(&cgroup);
+    let agent = RunningAgent::start_with(
+        &policy(&rel),
+        "",
+        &[
+            "--regions",
+            sensor_user::regions::default_dir().to_str().expect("utf-8"),
+        ],
+    );
+    let classes: String = ["US", "CN", "JP", "BR", "IN", "ZA", "AU", "CA"]
+        .iter()
+        .map(|cc| format!("[classes.only_{cc}]\nallowed_jurisdictions = [\"{cc}\"]\n"))
+        .collect();
+    let file = agent.dir().join("many-classes.toml");
+    std::fs::write(&file, format!("{}\n{classes}", policy(&rel))).expect("policy");
+    let mut dry = agent
+        .ctl_cmd(&[
+            "policy",
+            "apply",
+            file.to_str().expect("utf-8"),
+            "--dry-run",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sensorctl");
+    let mut answered_meanwhile = 0;
+    let done = loop {
+        if let Some(status) = dry.try_wait().expect("waiting") {
+            break status;
+        }
+        let st = agent.ctl(&["status"]);
+        assert!(st.status.success(), "status answers during the compile");
+        // Counted only if the compile was still running after the answer.
+        if dry.try_wait().expect("waiting").is_none() {
+            answered_meanwhile += 1;
+        }
+    };
+    let out = dry.wait_with_output().expect("sensorctl");
+    assert!(done.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        answered_meanwhile >= 2,
+        "status answered {answered_meanwhile} times while the dry run compiled"
+    );
+}

@@ -7,9 +7,11 @@
 //! - [`audit`]: who changed what, when and why.
 
 pub mod audit;
+pub mod compiler;
 pub mod enrich;
 mod existing;
 pub mod persist;
+pub mod policy_state;
 pub mod store;
 
 use std::{
@@ -47,7 +49,7 @@ use crate::{
         compile::Compiled,
         exceptions::{self, Exception},
         explain,
-        source::{BuildError, PolicySource},
+        source::PolicySource,
         validate,
     },
     procscan,
@@ -65,6 +67,12 @@ pub enum CommandError {
     /// The agent failed (INTERNAL).
     #[error("{0}")]
     Internal(String),
+    /// Too much is queued; retry later (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Busy(String),
+    /// It took too long and was abandoned (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    Deadline(String),
 }
 
 impl From<SensorError> for CommandError {
@@ -99,12 +107,16 @@ pub enum Command {
         actor: String,
         reply: Reply<Vec<pb::ClassMode>>,
     },
-    ApplyPolicy {
-        text: String,
-        dry_run: bool,
-        reason: String,
-        actor: String,
-        reply: Reply<pb::ApplyPolicyResponse>,
+    /// What a policy is compiled from now (see `policy_state`).
+    CompileInputs(Reply<policy_state::CompileInputs>),
+    /// A compile finished (off this task): install it if its inputs are
+    /// still current, else compile the same change again over them. The
+    /// reply gets the new generation.
+    Compiled {
+        result: Result<Box<compiler::Built>, CommandError>,
+        serial: u64,
+        intent: policy_state::Intent,
+        reply: Option<Reply<u32>>,
     },
     GetPolicy(Reply<pb::GetPolicyResponse>),
     Lookup {
@@ -132,10 +144,11 @@ pub enum Command {
     Reload,
     /// What the collector is told about this host.
     HostState(Reply<cpb::HostState>),
-    /// Grant (or replace, by id) an exception from the collector.
+    /// Grant (or replace, by id) an exception from the collector; the reply
+    /// gets the generation it is in force with.
     GrantException {
         state: cpb::ExceptionState,
-        reply: Reply<()>,
+        reply: Reply<u32>,
     },
 }
 
@@ -209,6 +222,15 @@ pub struct Agent {
     exceptions: Vec<Exception>,
     /// Empty while the kernel enforces exactly `compiled`; otherwise why not.
     policy_problem: String,
+    /// Compiles policies off this task.
+    compiler: compiler::Compiler,
+    /// This agent's own command channel, for compiles to report back on.
+    handle: Option<AgentHandle>,
+    /// Bumped whenever what policies are compiled from changes (the policy
+    /// text, the exceptions): a compile started before is redone.
+    inputs_serial: u64,
+    /// An expiry's compile is under way (the 1 s tick must not start another).
+    expiry_compiling: bool,
     /// The socket programs are attached (start-up is over): from then on a
     /// policy install also cuts open connections it now denies.
     attached: bool,
@@ -282,6 +304,10 @@ impl Agent {
             exceptions,
             attached: false,
             policy_problem: String::new(),
+            compiler: compiler::Compiler::default(),
+            handle: None,
+            inputs_serial: 0,
+            expiry_compiling: false,
         };
         if let Some(dir) = &agent.cfg.spool_dir {
             let (spool, rec) = Spool::open(
@@ -464,35 +490,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Puts `new` in force, whole or not at all: when installing it fails
-    /// part-way (the kernel refused a write), the previous policy is installed
-    /// again over whatever was written, so the kernel enforces the policy
-    /// `status` names. Should even that fail, `status` says so
-    /// (`policy_problem`) until a policy installs cleanly.
-    fn switch_policy(&mut self, new: Compiled) -> Result<(), SensorError> {
-        let previous = std::mem::replace(&mut self.compiled, new);
-        let Err(e) = self.install() else {
-            self.policy_problem.clear();
-            return Ok(());
-        };
-        self.compiled = previous;
-        match self.install() {
-            Ok(()) => {
-                warn!(error = %e, sha256 = %self.compiled.policy.hash, "installing the new policy failed; the previous policy was installed again and is in force");
-            }
-            Err(again) => {
-                self.policy_problem = format!(
-                    "installing a new policy failed ({e}) and re-installing the previous one failed too ({again}): the kernel may hold parts of both; apply a policy again"
-                );
-                error!(error = %e, rollback_error = %again, "the kernel may hold parts of two policies");
-            }
-        }
-        Err(e)
-    }
-
     /// The host identity records carry.
     pub fn host_id(&self) -> String {
         self.compiled.policy.host.id.clone()
+    }
+
+    /// The compiler the API shares with this agent (one queue for both).
+    pub fn compiler(&self) -> compiler::Compiler {
+        self.compiler.clone()
     }
 
     /// The metrics this agent updates (serve them with `metrics::serve`).
@@ -651,83 +656,6 @@ impl Agent {
         Ok(self.modes())
     }
 
-    fn apply_policy(
-        &mut self,
-        text: String,
-        dry_run: bool,
-        reason: String,
-        actor: String,
-    ) -> Result<pb::ApplyPolicyResponse, CommandError> {
-        let compiled = self
-            .cfg
-            .source
-            .build_text(&text, &self.exceptions)
-            .map_err(|e| match e {
-                BuildError::Policy(e) => CommandError::Invalid(e.to_string()),
-                BuildError::Capacity(m) => CommandError::Invalid(m),
-                e => CommandError::Internal(e.to_string()),
-            })?;
-        let old: Vec<&str> = self
-            .compiled
-            .policy
-            .classes
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        let new: Vec<&str> = compiled
-            .policy
-            .classes
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        let mut resp = pb::ApplyPolicyResponse {
-            policy_sha256: compiled.policy.hash.clone(),
-            prefixes: compiled
-                .classes
-                .iter()
-                .map(|c| pb::ClassPrefixes {
-                    class: c.name.clone(),
-                    allow: c.allow_prefixes as u64,
-                    deny: c.deny_prefixes as u64,
-                    before_merging: c.prefixes_before as u64,
-                })
-                .collect(),
-            classes_added: new
-                .iter()
-                .filter(|n| !old.contains(n))
-                .map(|n| (*n).to_owned())
-                .collect(),
-            classes_removed: old
-                .iter()
-                .filter(|n| !new.contains(n))
-                .map(|n| (*n).to_owned())
-                .collect(),
-            generation: 0,
-            warnings: Vec::new(),
-        };
-        if dry_run {
-            return Ok(resp);
-        }
-        if reason.trim().is_empty() {
-            return Err(CommandError::Invalid(
-                "a reason is required to apply a policy (it is recorded with the change)".into(),
-            ));
-        }
-        self.switch_policy(compiled)?;
-        // The file on disk stays as it was: an API-applied policy is in force until
-        // the next reload of the file or the next ApplyPolicy.
-        self.policy_text = text;
-        self.loaded_at = SystemTime::now();
-        resp.generation = self.sensor.generation();
-        self.metrics.policy_reloads.inc();
-        self.audit.record(
-            &actor,
-            &format!("applied policy sha256 {}", self.compiled.policy.hash),
-            &reason,
-        );
-        Ok(resp)
-    }
-
     fn lookup(
         &self,
         ip: IpAddr,
@@ -767,37 +695,6 @@ impl Agent {
                 .collect(),
             text: e.to_string(),
         })
-    }
-
-    fn reload(&mut self) {
-        info!(policy = %self.cfg.source.policy.display(), "reloading the policy");
-        match self.cfg.source.build(&self.exceptions) {
-            Ok(c) => match self.switch_policy(c) {
-                Ok(()) => {
-                    self.metrics.policy_reloads.inc();
-                    self.policy_text =
-                        std::fs::read_to_string(&self.cfg.source.policy).unwrap_or_default();
-                    self.loaded_at = SystemTime::now();
-                    self.audit.record(
-                        "signal",
-                        &format!("reloaded policy sha256 {}", self.compiled.policy.hash),
-                        "SIGHUP",
-                    );
-                }
-                Err(e) => {
-                    self.metrics.policy_reload_failures.inc();
-                    error!(error = %e, sha256 = %self.compiled.policy.hash, "policy reload failed while installing; the previous policy is in force");
-                }
-            },
-            Err(BuildError::Policy(e)) => {
-                self.metrics.policy_reload_failures.inc();
-                error!(sha256 = %self.compiled.policy.hash, "policy reload rejected; the running policy stays in force:\n{e}")
-            }
-            Err(e) => {
-                self.metrics.policy_reload_failures.inc();
-                error!(error = %e, "policy reload rejected; the running policy stays in force")
-            }
-        }
     }
 
     fn handle(&mut self, c: Command) {
@@ -854,15 +751,13 @@ impl Agent {
             } => {
                 let _ = reply.send(self.set_enforcement(class, mode, reason, actor));
             }
-            Command::ApplyPolicy {
-                text,
-                dry_run,
-                reason,
-                actor,
+            Command::CompileInputs(r) => drop(r.send(Ok(self.compile_inputs()))),
+            Command::Compiled {
+                result,
+                serial,
+                intent,
                 reply,
-            } => {
-                let _ = reply.send(self.apply_policy(text, dry_run, reason, actor));
-            }
+            } => self.on_compiled(result, serial, intent, reply),
             Command::GetPolicy(r) => {
                 let _ = r.send(Ok(pb::GetPolicyResponse {
                     policy_toml: self.policy_text.clone(),
@@ -873,7 +768,7 @@ impl Agent {
             Command::Lookup { ip, class, reply } => {
                 let _ = reply.send(self.lookup(ip, class));
             }
-            Command::Reload => self.reload(),
+            Command::Reload => self.start_reload(),
             Command::ReadSpool { from, max, reply } => {
                 let res = match &self.spool {
                     Some(s) => s
@@ -903,9 +798,7 @@ impl Agent {
             }
             Command::Disconnected { why } => self.collector_state = format!("disconnected: {why}"),
             Command::HostState(r) => drop(r.send(Ok(self.host_state()))),
-            Command::GrantException { state, reply } => {
-                let _ = reply.send(self.grant_exception(state));
-            }
+            Command::GrantException { state, reply } => self.grant_exception(state, reply),
         }
     }
 
@@ -941,84 +834,6 @@ impl Agent {
             kernel_drops: drops,
             exceptions: self.exceptions.iter().map(|e| e.state.clone()).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
-
-    /// Compiles the policy in force with `list` and installs it; on success
-    /// `list` is in force and persisted.
-    fn install_exceptions(&mut self, list: Vec<Exception>) -> Result<(), CommandError> {
-        let compiled = self
-            .cfg
-            .source
-            .build_text(&self.policy_text, &list)
-            .map_err(|e| CommandError::Internal(format!("rebuilding the policy: {e}")))?;
-        self.switch_policy(compiled)?;
-        if let Some(dir) = &self.cfg.spool_dir
-            && let Err(e) = exceptions::save(dir, &list)
-        {
-            error!(dir = %dir.display(), error = %e, "saving the exceptions failed; they are in force but will not survive a restart");
-        }
-        self.exceptions = list;
-        Ok(())
-    }
-
-    fn grant_exception(&mut self, state: cpb::ExceptionState) -> Result<(), CommandError> {
-        let e = Exception::parse(state).map_err(CommandError::Invalid)?;
-        self.class_id(&e.state.class)?;
-        if e.expired(SystemTime::now()) {
-            return Err(CommandError::Invalid(format!(
-                "exception {} has already expired (check the clocks of the collector and this host)",
-                e.state.id
-            )));
-        }
-        let mut list: Vec<Exception> = self
-            .exceptions
-            .iter()
-            .filter(|x| x.state.id != e.state.id)
-            .cloned()
-            .collect();
-        list.push(e.clone());
-        self.install_exceptions(list)?;
-        let until = e.state.expires_unix_ns / 1_000_000_000;
-        self.audit.record(
-            &e.state.actor,
-            &format!(
-                "granted exception {}: class {} may reach {} until Unix time {until}",
-                e.state.id, e.state.class, e.state.destination
-            ),
-            &e.state.justification,
-        );
-        Ok(())
-    }
-
-    /// Removes exceptions whose time is up.
-    fn expire_exceptions(&mut self) {
-        let now = SystemTime::now();
-        if !self.exceptions.iter().any(|e| e.expired(now)) {
-            return;
-        }
-        let (gone, kept): (Vec<Exception>, Vec<Exception>) = self
-            .exceptions
-            .iter()
-            .cloned()
-            .partition(|e| e.expired(now));
-        match self.install_exceptions(kept) {
-            Ok(()) => {
-                for e in gone {
-                    self.audit.record(
-                        "agent",
-                        &format!(
-                            "exception {} expired: class {} may no longer reach {}",
-                            e.state.id, e.state.class, e.state.destination
-                        ),
-                        &e.state.justification,
-                    );
-                }
-                self.spool_sync();
-            }
-            // Retried at the next tick; the exception stays in force meanwhile,
-            // which is logged loudly.
-            Err(e) => error!(error = %e, "removing expired exceptions failed; retrying in 1 s"),
         }
     }
 
@@ -1143,9 +958,10 @@ impl Agent {
     pub async fn run(
         mut self,
         reader: EventReader,
-        mut commands: mpsc::Receiver<Command>,
+        (handle, mut commands): (AgentHandle, mpsc::Receiver<Command>),
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        self.handle = Some(handle);
         // SAFETY: the EventReader owns the ring buffer's fd and keeps it open for
         // as long as the AsyncFd that wraps it lives.
         let mut reader = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }

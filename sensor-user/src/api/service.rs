@@ -12,6 +12,8 @@ use super::auth::{self, Caller};
 use crate::{
     agent::{
         AgentHandle, Command, CommandError,
+        compiler::{Budget, Compiler, Input},
+        policy_state::{Intent, apply_response},
         store::{FlowStore, matches},
     },
     kernel::verdicts::Mode,
@@ -22,15 +24,23 @@ use crate::{
 pub struct AgentApi {
     handle: AgentHandle,
     store: Arc<FlowStore>,
+    /// Policies are compiled here, not on the agent's task.
+    compiler: Compiler,
     /// Certificate names with the operator role (TLS callers).
     operators: Arc<Vec<String>>,
 }
 
 impl AgentApi {
-    pub fn new(handle: AgentHandle, store: Arc<FlowStore>, operators: Vec<String>) -> AgentApi {
+    pub fn new(
+        handle: AgentHandle,
+        store: Arc<FlowStore>,
+        compiler: Compiler,
+        operators: Vec<String>,
+    ) -> AgentApi {
         AgentApi {
             handle,
             store,
+            compiler,
             operators: Arc::new(operators),
         }
     }
@@ -51,6 +61,8 @@ fn status(e: CommandError) -> Status {
         CommandError::Invalid(m) => Status::invalid_argument(m),
         CommandError::NotFound(m) => Status::not_found(m),
         CommandError::Internal(m) => Status::internal(m),
+        CommandError::Busy(m) => Status::resource_exhausted(m),
+        CommandError::Deadline(m) => Status::deadline_exceeded(m),
     }
 }
 
@@ -201,23 +213,56 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let actor = if req.get_ref().dry_run {
-            self.caller(&req)?.actor
-        } else {
-            self.operator(&req, "apply policies")?
-        };
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
-        self.handle
-            .call(|reply| Command::ApplyPolicy {
-                text: r.policy_toml,
-                dry_run: r.dry_run,
-                reason: r.reason,
-                actor,
-                reply,
+        if !r.dry_run {
+            auth::require_operator(&caller, "apply policies")?;
+            if r.reason.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "a reason is required to apply a policy (it is recorded with the change)",
+                ));
+            }
+        }
+        // Viewers may only dry-run, within a smaller budget.
+        let budget = if auth::require_operator(&caller, "").is_err() {
+            Budget::VIEWER
+        } else {
+            Budget::OPERATOR
+        };
+        let inputs = self
+            .handle
+            .call(Command::CompileInputs)
+            .await
+            .map_err(status)?;
+        let built = self
+            .compiler
+            .build(
+                inputs.source,
+                Input::Text(r.policy_toml),
+                inputs.exceptions,
+                budget,
+            )
+            .await
+            .map_err(status)?;
+        let mut resp = apply_response(&built.0, &inputs.classes);
+        if r.dry_run {
+            return Ok(Response::new(resp));
+        }
+        let intent = Intent::Apply {
+            reason: r.reason,
+            actor: caller.actor,
+        };
+        resp.generation = self
+            .handle
+            .call(|reply| Command::Compiled {
+                result: Ok(Box::new(built)),
+                serial: inputs.serial,
+                intent,
+                reply: Some(reply),
             })
             .await
-            .map(Response::new)
-            .map_err(status)
+            .map_err(status)?;
+        Ok(Response::new(resp))
     }
 
     async fn get_policy(

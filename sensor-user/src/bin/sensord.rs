@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|t| t.operators.clone())
         .unwrap_or_default();
-    let api = AgentApi::new(handle.clone(), store, operators);
+    let api = AgentApi::new(handle.clone(), store, agent.compiler(), operators);
     if let Some(tls) = file.api.tls.clone() {
         let api = api.clone();
         let stop = stopped(stop_rx.clone());
@@ -283,7 +283,9 @@ async fn main() -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         });
     }
-    agent.run(events, commands, stopped(stop_rx)).await?;
+    agent
+        .run(events, (handle, commands), stopped(stop_rx))
+        .await?;
     let _ = api_task.await;
     Ok(())
 }

@@ -77,11 +77,10 @@ async fn apply(agent: &AgentHandle, c: pb::AgentCommand) -> String {
                 .map(drop),
             Err(e) => return e,
         },
-        Some(Cmd::GrantException(state)) => {
-            agent
-                .call(|reply| Command::GrantException { state, reply })
-                .await
-        }
+        Some(Cmd::GrantException(state)) => agent
+            .call(|reply| Command::GrantException { state, reply })
+            .await
+            .map(drop),
         None => return "empty command (is this agent older than the collector?)".into(),
     };
     match res {

@@ -31,6 +31,13 @@ pub enum BuildError {
     Policy(#[from] PolicyErrors),
     #[error("region data: {0}")]
     Regions(#[from] RegionError),
+    /// The policy file could not be read.
+    #[error("reading the policy {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The compiled policy needs more kernel map entries than there are.
     #[error("{0}")]
     Capacity(String),
