@@ -157,6 +157,31 @@ fn exactly_once(
         (h.violations, h.gaps, h.last_seq),
         (20_000, 0, seqs.len() as u64)
     );
+    // An auditor's class filter matches the name exactly: LIKE's wildcards in
+    // it are not wildcards.
+    let found = |class: &str| {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                collector
+                    .client(None)
+                    .await
+                    .query_violations(residency_proto::collector::v1::ViolationQuery {
+                        class: class.into(),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("QueryViolations")
+                    .into_inner()
+                    .records
+                    .len()
+            })
+    };
+    assert_eq!(
+        (found("eu_personal"), found("eu_%"), found("eu%"), found("%")),
+        (10, 0, 0, 0)
+    );
     drop(agent);
     drop(collector);
 }

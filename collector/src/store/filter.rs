@@ -217,9 +217,11 @@ impl Filter {
             clauses.push(format!("host = {}", bind(Param::Text(h.clone()))));
         }
         if let Some(c) = &self.class {
+            // The class name matches exactly: LIKE's wildcards in it are
+            // escaped (a filter "eu_%" must not match "eu_personal").
             clauses.push(format!(
-                "classes LIKE {}",
-                bind(Param::Text(format!("%;{c};%")))
+                "classes LIKE {} ESCAPE '\\'",
+                bind(Param::Text(format!("%;{};%", like_literal(c))))
             ));
         }
         if let Some(c) = &self.country {
@@ -262,6 +264,18 @@ impl Filter {
 
 /// Newest first, ties broken so that pages never overlap or skip.
 pub const NEWEST_FIRST: &str = "time_ns DESC, host DESC, seq DESC";
+
+/// `s` as a LIKE pattern that matches only itself (escape character `\`).
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -332,6 +346,13 @@ mod tests {
     }
 
     #[test]
+    fn like_wildcards_in_names_match_only_themselves() {
+        assert_eq!(like_literal("eu_%"), "eu\\_\\%");
+        assert_eq!(like_literal("a\\b"), "a\\\\b");
+        assert_eq!(like_literal("eu_personal"), "eu\\_personal");
+    }
+
+    #[test]
     fn where_clause_numbers_its_placeholders() {
         let f = Filter {
             kind: Some("violation".into()),
@@ -346,7 +367,7 @@ mod tests {
         let (sql, params) = f.sql(|n| format!("${n}"));
         assert_eq!(
             sql,
-            "kind = $1 AND classes LIKE $2 AND (time_ns < $3 OR (time_ns = $3 AND (host < $4 OR (host = $4 AND seq < $5))))"
+            "kind = $1 AND classes LIKE $2 ESCAPE '\\' AND (time_ns < $3 OR (time_ns = $3 AND (host < $4 OR (host = $4 AND seq < $5))))"
         );
         assert_eq!(params.len(), 5);
         assert_eq!(Filter::default().sql(|n| format!("?{n}")).0, "TRUE");
