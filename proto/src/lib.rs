@@ -22,3 +22,4 @@ pub mod collector {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
 
 pub mod identity;
+pub mod unix;

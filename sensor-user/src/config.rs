@@ -92,7 +92,9 @@ pub struct ApiConfig {
 
 /// `[api.tls]`: the API on TCP with mutual TLS. Clients must present a
 /// certificate signed by `client_ca`; those whose common name or DNS name is in
-/// `operators` may change modes, tags and policy, every other one may only read.
+/// `operators` may change modes, tags and policy, those in `viewers` may only
+/// read, and every other certificate (another host's, say: the same CA signs
+/// them all) is refused.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -107,6 +109,9 @@ pub struct TlsConfig {
     /// Client names (certificate CN or DNS SAN) with the operator role.
     #[serde(default)]
     pub operators: Vec<String>,
+    /// Client names with the read-only viewer role.
+    #[serde(default)]
+    pub viewers: Vec<String>,
 }
 
 impl Default for ApiConfig {

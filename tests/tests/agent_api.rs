@@ -163,6 +163,40 @@ fn non_root_and_reasonless_enforcement_changes_are_refused() {
 }
 
 #[test]
+fn on_the_root_only_socket_others_get_health_and_nothing_else() {
+    let s = setup();
+    let probe = |uid: Option<u32>| {
+        let mut cmd =
+            std::process::Command::new(harness::harness::agent::workspace_bin("grpc-probe"));
+        cmd.arg(&s.agent.socket);
+        if let Some(u) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, u);
+        }
+        let out = cmd.output().expect("grpc-probe");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "grpc-probe printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let root = probe(None);
+    assert_eq!(root["health"], "SERVING");
+    assert!(
+        root["reflection"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("ok")),
+        "{root}"
+    );
+    let nobody = probe(Some(65534));
+    assert_eq!(nobody["health"], "SERVING", "health only says it serves");
+    assert_eq!(
+        nobody["reflection"], "error: PermissionDenied",
+        "reflection is for root, like the API: {nobody}"
+    );
+}
+
+#[test]
 fn sighup_with_a_broken_policy_keeps_the_old_one_and_says_why() {
     let s = setup();
     let before = s.agent.ctl_json(&["status"]);
@@ -275,7 +309,7 @@ fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
     std::fs::write(
         &config,
         format!(
-            "[api.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\noperators = [\"ops-alice\"]\n",
+            "[api.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\noperators = [\"ops-alice\"]\nviewers = [\"auditor-bob\"]\n",
             server.cert.display(),
             server.key.display(),
             ca.cert.display()
@@ -334,6 +368,18 @@ fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
         agent.log_text().contains("cert ops-alice"),
         "the audit record names the certificate"
     );
+    // Another host's certificate from the same CA is no viewer: it may not
+    // read this host's flows.
+    let host = ca.issue("host-7.dc1", &[]);
+    let out = tls(&host, &["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("certificate \"host-7.dc1\" has no role on this agent"),
+        "{err}"
+    );
+    let out = tls(&host, &["violations"]);
+    assert!(!out.status.success());
     // A client without a certificate from the CA gets nowhere.
     let other_pki = harness::harness::temp::TempPath::dir("pki-other");
     let other_dir = other_pki.path().to_owned();

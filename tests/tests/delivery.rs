@@ -179,7 +179,12 @@ fn exactly_once(
             })
     };
     assert_eq!(
-        (found("eu_personal"), found("eu_%"), found("eu%"), found("%")),
+        (
+            found("eu_personal"),
+            found("eu_%"),
+            found("eu%"),
+            found("%")
+        ),
         (10, 0, 0, 0)
     );
     drop(agent);

@@ -3,7 +3,9 @@
 //! - Unix socket: the peer's credentials (SO_PEERCRED) of the connection; only
 //!   uid 0 is served, as an operator.
 //! - TCP with mutual TLS: the verified client certificate; its common name or a
-//!   DNS name listed in `operators` makes an operator, any other is a viewer.
+//!   DNS name listed in `operators` makes an operator, one listed in `viewers`
+//!   a viewer; any other certificate is refused (one CA signs every host's
+//!   certificate, and a host must not read another host's flows).
 
 use std::sync::Arc;
 
@@ -26,8 +28,15 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The certificate names with each role on the TLS API.
+#[derive(Debug, Clone, Default)]
+pub struct TlsRoles {
+    pub operators: Vec<String>,
+    pub viewers: Vec<String>,
+}
+
 /// Authenticates a request.
-pub fn caller<T>(req: &Request<T>, operators: &Arc<Vec<String>>) -> Result<Caller, Status> {
+pub fn caller<T>(req: &Request<T>, roles: &Arc<TlsRoles>) -> Result<Caller, Status> {
     if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
         return match info.peer_cred {
             Some(c) if c.uid() == 0 => Ok(Caller {
@@ -49,21 +58,33 @@ pub fn caller<T>(req: &Request<T>, operators: &Arc<Vec<String>>) -> Result<Calle
                 "the client certificate names no one (no CN, no DNS name)",
             ));
         };
-        let operator = names.iter().find(|n| operators.contains(n));
-        return Ok(match operator {
-            Some(n) => Caller {
+        if let Some(n) = names.iter().find(|n| roles.operators.contains(n)) {
+            return Ok(Caller {
                 actor: format!("cert {n}"),
                 role: Role::Operator,
-            },
-            None => Caller {
-                actor: format!("cert {first}"),
+            });
+        }
+        if let Some(n) = names.iter().find(|n| roles.viewers.contains(n)) {
+            return Ok(Caller {
+                actor: format!("cert {n}"),
                 role: Role::Viewer,
-            },
-        });
+            });
+        }
+        return Err(Status::permission_denied(format!(
+            "certificate {first:?} has no role on this agent: list it in [api.tls] viewers (read-only) or operators"
+        )));
     }
     Err(Status::permission_denied(
         "unauthenticated: use the Unix socket as root, or TLS with a client certificate",
     ))
+}
+
+/// For services outside the agent API (gRPC reflection): the same callers as
+/// the API itself, checked before the request is served.
+pub fn interceptor(
+    roles: Arc<TlsRoles>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| caller(&req, &roles).map(|_| req)
 }
 
 /// Refuses non-operators, saying what they would need.

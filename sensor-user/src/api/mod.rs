@@ -33,7 +33,7 @@ pub async fn serve_tls(
         .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentApi>>().await;
-    info!(listen = %tls.listen, operators = ?tls.operators, "agent API listening (mutual TLS)");
+    info!(listen = %tls.listen, operators = ?tls.operators, viewers = ?tls.viewers, "agent API listening (mutual TLS)");
     tonic::transport::Server::builder()
         .tls_config(config)
         .context("while configuring TLS (check the certificate and key)")?
@@ -73,6 +73,12 @@ pub async fn serve_unix(
         .register_encoded_file_descriptor_set(residency_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("while building the reflection service")?;
+    // Health answers anyone who can reach the socket (it tells only that the
+    // agent serves); reflection, like the API, root only.
+    let reflection = tonic::service::interceptor::InterceptedService::new(
+        reflection,
+        auth::interceptor(api.roles()),
+    );
     info!(socket = %path.display(), "agent API listening");
     tonic::transport::Server::builder()
         .add_service(health)

@@ -26,27 +26,32 @@ pub struct AgentApi {
     store: Arc<FlowStore>,
     /// Policies are compiled here, not on the agent's task.
     compiler: Compiler,
-    /// Certificate names with the operator role (TLS callers).
-    operators: Arc<Vec<String>>,
+    /// Certificate names with each role (TLS callers).
+    roles: Arc<auth::TlsRoles>,
 }
 
 impl AgentApi {
+    /// Who may call (for the services beside this one).
+    pub fn roles(&self) -> Arc<auth::TlsRoles> {
+        self.roles.clone()
+    }
+
     pub fn new(
         handle: AgentHandle,
         store: Arc<FlowStore>,
         compiler: Compiler,
-        operators: Vec<String>,
+        roles: auth::TlsRoles,
     ) -> AgentApi {
         AgentApi {
             handle,
             store,
             compiler,
-            operators: Arc::new(operators),
+            roles: Arc::new(roles),
         }
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        auth::caller(req, &self.operators)
+        auth::caller(req, &self.roles)
     }
 
     fn operator<T>(&self, req: &Request<T>, what: &str) -> Result<String, Status> {

@@ -237,13 +237,16 @@ async fn main() -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let operators = file
+    let roles = file
         .api
         .tls
         .as_ref()
-        .map(|t| t.operators.clone())
+        .map(|t| sensor_user::api::auth::TlsRoles {
+            operators: t.operators.clone(),
+            viewers: t.viewers.clone(),
+        })
         .unwrap_or_default();
-    let api = AgentApi::new(handle.clone(), store, agent.compiler(), operators);
+    let api = AgentApi::new(handle.clone(), store, agent.compiler(), roles);
     if let Some(tls) = file.api.tls.clone() {
         let api = api.clone();
         let stop = stopped(stop_rx.clone());

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use hyper_util::rt::TokioIo;
 use residency_proto::agent::v1::agent_client::AgentClient;
 use tonic::{
     Code, Status,
@@ -14,20 +13,7 @@ use crate::Global;
 
 /// Connects over the Unix socket, or prints why not and returns None.
 async fn connect_unix(socket: &Path) -> Option<AgentClient<Channel>> {
-    let path = socket.to_path_buf();
-    // The URI is a placeholder: the connector below dials the Unix socket.
-    let endpoint = Endpoint::from_static("http://sensord.local");
-    match endpoint
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-    {
+    match residency_proto::unix::channel(socket).await {
         Ok(ch) => Some(AgentClient::new(ch)),
         Err(e) => {
             eprintln!("error: cannot reach sensord at {}: {e}", socket.display());
