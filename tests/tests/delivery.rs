@@ -213,3 +213,50 @@ fn every_violation_arrives_exactly_once_in_postgresql_through_its_restart() {
     // again by the agent.
     exactly_once("delivery-pg", tmp.path(), &url, || pg.restart());
 }
+
+#[test]
+fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
+    // Someone writes a record with sequence 10^9 for this host into the
+    // collector's database. The agent must not take it as "everything up to
+    // 10^9 is stored": it keeps delivering, and loses nothing.
+    let tmp = TempPath::dir("delivery-forged");
+    let db = tmp.path().join("collector.db");
+    let host = "delivery-forged";
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start_with(tmp.path(), db.to_str().expect("utf-8"), None);
+    let config = collector.agent_config(tmp.path(), None);
+    let rel = cgroup_rel(&cgroup);
+    let policy = FixturePolicy::delivering(host, &rel).text();
+    let cfg = ["--config", config.to_str().expect("utf-8")];
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let agent = RunningAgent::start_with(&policy, DELIVERY_REGIONS, &cfg);
+    violate(&cgroup, &target, 10);
+    wait_for_violations(&collector, host, 10);
+
+    collector.kill9();
+    {
+        let c = rusqlite::Connection::open(&db).expect("database");
+        c.execute(
+            "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns) VALUES (?1, 1000000000, 'audit', 0, '{}', 0)",
+            [host],
+        )
+        .expect("forged record");
+        c.execute(
+            "UPDATE host_counts SET last_seq = 1000000000 WHERE host = ?1",
+            [host],
+        )
+        .expect("forged counter");
+    }
+    collector.restart();
+    violate(&cgroup, &target, 10);
+    wait_for_violations(&collector, host, 20);
+    assert!(
+        agent
+            .log_text()
+            .contains("the collector claims records this host never wrote"),
+        "{}",
+        agent.log_text()
+    );
+}

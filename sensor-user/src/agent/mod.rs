@@ -124,6 +124,9 @@ pub enum Command {
         class: Option<String>,
         reply: Reply<pb::LookupResponse>,
     },
+    /// The spool's oldest unacknowledged sequence and the next one it will
+    /// give (for delivery: what the collector can truthfully claim to have).
+    SpoolBounds(Reply<(u64, u64)>),
     /// Spooled records from sequence `from` on (for delivery).
     ReadSpool {
         from: u64,
@@ -769,6 +772,13 @@ impl Agent {
                 let _ = reply.send(self.lookup(ip, class));
             }
             Command::Reload => self.start_reload(),
+            Command::SpoolBounds(r) => {
+                let b = self
+                    .spool
+                    .as_ref()
+                    .map_or((1, 1), |s| (s.first_unacked(), s.next_seq()));
+                let _ = r.send(Ok(b));
+            }
             Command::ReadSpool { from, max, reply } => {
                 let res = match &self.spool {
                     Some(s) => s

@@ -16,7 +16,7 @@ use residency_proto::collector::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::{Channel, ClientTlsConfig};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     agent::{AgentHandle, Command},
@@ -164,10 +164,28 @@ async fn session(
         Some(Err(e)) => return Err(format!("collector: {}", e.message())),
         other => return Err(format!("expected welcome, got {other:?}")),
     };
-    // Everything up to last_seq is stored: drop it here too.
+    // Everything up to last_seq is stored: drop it here too. Unless the
+    // collector claims records this host never wrote (a forged record, a
+    // database of another history): then nothing is taken as delivered and
+    // every record still spooled is sent again (the collector de-duplicates).
+    let (first_unacked, next_seq) = agent
+        .call(Command::SpoolBounds)
+        .await
+        .map_err(|e| e.to_string())?;
+    let believed = if welcome.last_seq >= next_seq {
+        error!(
+            endpoint,
+            collector_last_seq = welcome.last_seq,
+            written = next_seq - 1,
+            "the collector claims records this host never wrote; not trusting it: every unacknowledged record is delivered again"
+        );
+        0
+    } else {
+        welcome.last_seq
+    };
     agent
         .send(Command::Acked {
-            seq: welcome.last_seq,
+            seq: believed,
             connected: Some(endpoint.to_owned()),
         })
         .await;
@@ -178,7 +196,11 @@ async fn session(
     let _reader = AbortOnDrop(reader);
     let mut reported = state;
     let mut state_checked = std::time::Instant::now();
-    let mut next = welcome.last_seq + 1;
+    let mut next = if believed == 0 {
+        first_unacked
+    } else {
+        believed + 1
+    };
     loop {
         if state_checked.elapsed() >= STATE_POLL {
             state_checked = std::time::Instant::now();

@@ -243,6 +243,11 @@ impl Spool {
         }
     }
 
+    /// The oldest record not yet acknowledged (`next_seq` when none is).
+    pub fn first_unacked(&self) -> u64 {
+        self.segments.first().map_or(self.next_seq, |s| s.first_seq)
+    }
+
     /// The sequence number the next append gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
