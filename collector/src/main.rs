@@ -18,11 +18,15 @@ use tracing::{info, warn};
 /// and carries operators' commands to the agents. Without a subcommand it
 /// serves; `collectord export` writes reports.
 ///
-/// With --tls-cert/--tls-key/--client-ca every caller must present a client
-/// certificate signed by the CA: names listed with --operator may read and
-/// steer the fleet, names listed with --auditor may only read, and any other
-/// certificate is an agent's, which may deliver records only for the host its
-/// common name names. Without TLS the collector listens on loopback only.
+/// Nobody is trusted for where they connect from. On TCP with
+/// --tls-cert/--tls-key/--client-ca every caller presents a client certificate
+/// signed by the CA: names listed with --operator may read and steer the
+/// fleet, names listed with --auditor may only read, and any other certificate
+/// is an agent's, which may deliver records only for the host its common name
+/// names. Without TLS the TCP listener is loopback only and serves only agents
+/// with a token (--agent-tokens). Local operators and auditors use the Unix
+/// socket (--socket): root and --operator-group members operate,
+/// --auditor-group members audit.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -57,6 +61,35 @@ struct Args {
     /// GrantException); repeat for more.
     #[arg(long, value_name = "NAME")]
     operator: Vec<String>,
+    /// Unix socket for local operators and auditors (peer credentials decide:
+    /// root and --operator-group operate, --auditor-group audits).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/residency-collector/collectord.sock"
+    )]
+    socket: PathBuf,
+    /// Members of this group are operators on the Unix socket.
+    #[arg(long, value_name = "GROUP")]
+    operator_group: Option<String>,
+    /// Members of this group are auditors on the Unix socket.
+    #[arg(long, value_name = "GROUP")]
+    auditor_group: Option<String>,
+    /// Agents' tokens for plain TCP without TLS: lines `HOST TOKEN` (read at
+    /// every connection, so tokens are added and revoked without a restart).
+    #[arg(long, value_name = "FILE")]
+    agent_tokens: Option<PathBuf>,
+}
+
+/// The gid of group `name`.
+fn gid_of(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("a group name has no NUL byte")?;
+    // SAFETY: getgrnam reads a NUL-terminated name; the result is copied out
+    // at once (single-threaded at start-up).
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    anyhow::ensure!(!g.is_null(), "no group named {name:?} on this host");
+    // SAFETY: non-null pointer from getgrnam.
+    Ok(unsafe { (*g).gr_gid })
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -112,6 +145,28 @@ fn redact(spec: &str) -> String {
     }
 }
 
+/// Binds the Unix socket (replacing a stale one). Mode 0666: whoever connects
+/// is told by their credentials what they may do, or why not.
+fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("while creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another collectord serves {} already; stop it or give --socket",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("while binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("while setting the mode of {}", path.display()))?;
+    Ok(l)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -151,7 +206,17 @@ async fn main() -> anyhow::Result<()> {
     let roles = Roles {
         auditors: args.auditor.clone(),
         operators: args.operator.clone(),
+        operator_group: args.operator_group.as_deref().map(gid_of).transpose()?,
+        auditor_group: args.auditor_group.as_deref().map(gid_of).transpose()?,
+        agent_tokens: args.agent_tokens.clone(),
     };
+    if let Some(t) = &roles.agent_tokens {
+        anyhow::ensure!(
+            t.is_file(),
+            "--agent-tokens {}: no such file (lines `HOST TOKEN`)",
+            t.display()
+        );
+    }
     let mut server = tonic::transport::Server::builder();
     match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => {
@@ -174,29 +239,63 @@ async fn main() -> anyhow::Result<()> {
             );
             anyhow::ensure!(
                 roles.auditors.is_empty() && roles.operators.is_empty(),
-                "--auditor and --operator need mutual TLS (--tls-cert, --tls-key, --client-ca): without it every local caller may do everything"
+                "--auditor and --operator name certificates: they need mutual TLS (--tls-cert, --tls-key, --client-ca); without TLS use --operator-group/--auditor-group on the Unix socket"
             );
-            warn!(listen = %args.listen, "no TLS: every local caller may deliver for any host and steer the fleet; use mutual TLS in production");
-            info!(listen = %args.listen, database = %redact(&args.database), "collector listening");
+            if roles.agent_tokens.is_none() {
+                warn!(listen = %args.listen, "no TLS and no --agent-tokens: no agent can deliver on TCP");
+            }
+            info!(listen = %args.listen, database = %redact(&args.database), "collector listening (agents with tokens only)");
         }
     }
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<CollectorServer<CollectorService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(residency_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("while building the reflection service")?;
-    server
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(residency_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("while building the reflection service")
+    };
+    // Reflection, like reading, is for auditors and operators.
+    let readers = {
+        let roles = roles.clone();
+        move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
+    };
+    let service = CollectorService::new(store, roles);
+    let unix = bind_socket(&args.socket)?;
+    info!(socket = %args.socket.display(), "collector socket for local operators and auditors");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp = server
+        .add_service(health.clone())
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection()?,
+            readers.clone(),
+        ))
+        .add_service(CollectorServer::new(service.clone()))
+        .serve_with_shutdown(args.listen, stopped(stop_rx.clone()));
+    let local = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
-        .add_service(CollectorServer::new(CollectorService::new(store, roles)))
-        .serve_with_shutdown(args.listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .with_context(|| format!("while serving on {}", args.listen))?;
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection()?,
+            readers,
+        ))
+        .add_service(CollectorServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(unix),
+            stopped(stop_rx),
+        );
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    let (tcp, local) = tokio::join!(tcp, local);
+    tcp.with_context(|| format!("while serving on {}", args.listen))?;
+    local.with_context(|| format!("while serving on {}", args.socket.display()))?;
+    let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }
 

@@ -266,11 +266,10 @@ impl Collector for CollectorService {
     ) -> Result<Response<Self::DeliverStream>, Status> {
         let caller = self.roles.caller(&req)?;
         let certified = match caller {
-            Caller::Agent { host } => Some(host),
-            Caller::Local => None,
+            Caller::Agent { host } => host,
             Caller::Auditor { name } | Caller::Operator { name } => {
                 return Err(Status::permission_denied(format!(
-                    "certificate {name:?} is an auditor's or operator's; only agents deliver records"
+                    "{name} is an auditor or operator; only agents deliver records"
                 )));
             }
         };
@@ -284,20 +283,14 @@ impl Collector for CollectorService {
                 "the first message of a delivery stream must be hello",
             ));
         };
-        let host = match certified {
-            Some(cert_host) if !hello.host_id.is_empty() && cert_host != hello.host_id => {
-                warn!(certificate = %cert_host, claimed = %hello.host_id, "refused an agent delivering for another host");
-                return Err(Status::permission_denied(format!(
-                    "this certificate is host {cert_host:?}'s; it may not deliver records for host {:?} (the policy's host id must equal the certificate's common name)",
-                    hello.host_id
-                )));
-            }
-            Some(cert_host) => cert_host,
-            None if hello.host_id.is_empty() => {
-                return Err(Status::invalid_argument("hello without a host id"));
-            }
-            None => hello.host_id,
-        };
+        if !hello.host_id.is_empty() && certified != hello.host_id {
+            warn!(authenticated = %certified, claimed = %hello.host_id, "refused an agent delivering for another host");
+            return Err(Status::permission_denied(format!(
+                "this agent is host {certified:?} (by its certificate or token); it may not deliver records for host {:?} (the policy's host id must equal the certificate's common name or the token's host)",
+                hello.host_id
+            )));
+        }
+        let host = certified;
         let mut store = self.store.lock().await;
         if let Some(state) = &hello.state {
             store.put_state(&host, state).await.map_err(internal)?;

@@ -144,6 +144,9 @@ pub struct CollectorConfig {
     pub spool_dir: PathBuf,
     /// Mutual TLS to the collector (endpoints are then https://).
     pub tls: Option<CollectorTlsConfig>,
+    /// Without TLS: a file holding this agent's token, which the collector
+    /// lists for this host (`collectord --agent-tokens`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[collector.tls]`: this agent's certificate (its common name must be the
@@ -169,6 +172,7 @@ impl Default for CollectorConfig {
             endpoints: Vec::new(),
             spool_dir: default_spool(),
             tls: None,
+            token_file: None,
         }
     }
 }
@@ -244,6 +248,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     "add [collector.tls] for https://"
                 }
             ),
+        });
+    }
+    if !cfg.collector.endpoints.is_empty()
+        && cfg.collector.tls.is_none()
+        && cfg.collector.token_file.is_none()
+    {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            line: 0,
+            col: 0,
+            msg: "[collector] needs a way to prove this host's identity: [collector.tls] (mutual TLS) or token_file (a token the collector lists for this host with --agent-tokens)".into(),
         });
     }
     Ok(cfg)

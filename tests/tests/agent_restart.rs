@@ -494,9 +494,9 @@ fn what_the_ring_buffer_could_not_hold_while_no_agent_ran_arrives_as_a_gap() {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let collector = RunningCollector::start(dir.path());
-    let config = collector.agent_config(dir.path(), None);
-    let rel = cgroup_rel(&cgroup);
     let host = "ring-gap-host";
+    let config = collector.agent_config(dir.path(), host, None);
+    let rel = cgroup_rel(&cgroup);
     let policy = FixturePolicy::delivering(host, &rel).text();
     let cfg = ["--config", config.to_str().expect("utf-8")];
     let mut agent = RunningAgent::start_with(&policy, DELIVERY_REGIONS, &cfg);

@@ -61,7 +61,7 @@ fn exactly_once(
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let mut collector = RunningCollector::start_with(dir, database, None);
-    let config = collector.agent_config(dir, None);
+    let config = collector.agent_config(dir, host, None);
     let cgroup_rel = cgroup_rel(&cgroup);
     let policy = FixturePolicy::delivering(host, &cgroup_rel).text();
     let regions = DELIVERY_REGIONS;
@@ -225,7 +225,7 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let mut collector = RunningCollector::start_with(tmp.path(), db.to_str().expect("utf-8"), None);
-    let config = collector.agent_config(tmp.path(), None);
+    let config = collector.agent_config(tmp.path(), host, None);
     let rel = cgroup_rel(&cgroup);
     let policy = FixturePolicy::delivering(host, &rel).text();
     let cfg = ["--config", config.to_str().expect("utf-8")];

@@ -106,7 +106,11 @@ fn certificates_decide_the_host_and_the_role() {
         // Host A's certificate cannot deliver for host B.
         let e = hello(&c, &host_a, "host-b").await.expect_err("refused");
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-        assert!(e.message().contains("host \"host-a\"'s"), "{}", e.message());
+        assert!(
+            e.message().contains("this agent is host \"host-a\""),
+            "{}",
+            e.message()
+        );
         // For itself it can, and the batch is stored under its name.
         let (tx, mut incoming) = hello(&c, &host_a, "host-a").await.expect("welcome");
         tx.send(pb::AgentMessage {
@@ -224,7 +228,7 @@ fn member(host: &str, c: &RunningCollector, p: &Pki) -> Member {
     let cgroup = TestCgroup::create();
     let dir = TempPath::dir(&format!("fleet-{host}"));
     let cert = p.ca.issue(host, &[]);
-    let config = c.agent_config(dir.path(), Some(&cert));
+    let config = c.agent_config(dir.path(), host, Some(&cert));
     let cgroup_rel = cgroup_rel(&cgroup);
     let agent = RunningAgent::start_with(
         &FixturePolicy::delivering(host, &cgroup_rel).text(),
@@ -487,4 +491,86 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
     assert_eq!(connect_errno(&a, &target), 0, "monitor mode again");
     drop(a);
     drop(b);
+}
+
+#[test]
+fn without_tls_nobody_steers_or_delivers_unauthenticated() {
+    // The collector as installed: no TLS. An unprivileged local user may not
+    // steer the fleet or read records, on the socket or on TCP, and nobody
+    // delivers on TCP without a host's token, or for another host.
+    let dir = TempPath::dir("fleet-local-auth");
+    let c = RunningCollector::start(dir.path());
+    let ctl = |uid: Option<u32>, remote: bool, args: &[&str]| {
+        let mut cmd = std::process::Command::new(workspace_bin("collectorctl"));
+        if remote {
+            cmd.arg("--endpoint").arg(c.endpoint());
+        } else {
+            cmd.arg("--socket").arg(&c.socket);
+        }
+        if let Some(u) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, u);
+        }
+        let out = cmd.args(args).output().expect("collectorctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let off = [
+        "set-enforcement",
+        "--mode",
+        "off",
+        "--reason",
+        "let me through",
+    ];
+    let (code, err) = ctl(Some(65534), false, &off);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("uid 65534 may not use the collector's socket"),
+        "{err}"
+    );
+    let (code, err) = ctl(Some(65534), true, &off);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("only agents with a token"), "{err}");
+    let (code, err) = ctl(Some(65534), true, &["hosts"]);
+    assert_ne!(code, Some(0), "{err}");
+    // root on the socket is an operator.
+    let (code, err) = ctl(None, false, &["hosts"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let rt = rt();
+    let deliver = |token_host: Option<&str>, claimed: &str| {
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(pb::AgentMessage {
+                message: Some(AgentMsg::Hello(pb::Hello {
+                    host_id: claimed.into(),
+                    version: "test".into(),
+                    state: None,
+                })),
+            })
+            .await
+            .expect("hello");
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            match token_host {
+                Some(h) => c.agent_client(h).await.deliver(stream).await.map(|_| ()),
+                None => {
+                    let ch = tonic::transport::Channel::from_shared(c.endpoint())
+                        .expect("endpoint")
+                        .connect()
+                        .await
+                        .expect("connect");
+                    pb::collector_client::CollectorClient::new(ch)
+                        .deliver(stream)
+                        .await
+                        .map(|_| ())
+                }
+            }
+        })
+    };
+    let e = deliver(None, "web-1").expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let e = deliver(Some("web-2"), "web-1").expect_err("another host's token");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    deliver(Some("web-1"), "web-1").expect("its own token");
 }

@@ -109,6 +109,11 @@ fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
             0o644,
         ),
         (
+            root.join("packaging/agent-tokens"),
+            "etc/residency/agent-tokens",
+            0o600,
+        ),
+        (
             root.join("README.md"),
             "usr/share/doc/residency-collector/README.md",
             0o644,
@@ -166,7 +171,7 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
             name: "residency-collector",
             description: "data residency collector (collectord)\n collectord receives every Residency Sensor agent's violations, audit and gap\n records exactly once (SQLite or PostgreSQL), serves them to auditors, and\n carries operators' enforcement changes and exceptions to the fleet.",
             files: collector_files(&root),
-            conffiles: "/etc/default/collectord\n",
+            conffiles: "/etc/default/collectord\n/etc/residency/agent-tokens\n",
             service: "collectord.service",
             on_remove: "",
             on_purge: "",

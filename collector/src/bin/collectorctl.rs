@@ -9,14 +9,25 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 /// Query a Residency Sensor collector (auditors) and steer the fleet
-/// (operators). With mutual TLS give --ca, --cert and --key: the certificate's
-/// name decides the role (collectord --auditor / --operator).
+/// (operators). On the collector's host it talks to its Unix socket, where
+/// your user decides the role (root and collectord --operator-group operate,
+/// --auditor-group audits). Remotely give --endpoint https://… with --ca,
+/// --cert and --key: the certificate's name decides the role (collectord
+/// --auditor / --operator).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The collector (https:// with TLS).
-    #[arg(long, global = true, default_value = "http://127.0.0.1:50551")]
-    endpoint: String,
+    /// A remote collector (https://host:port, with --ca, --cert, --key).
+    /// Without it, the local collector's Unix socket.
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// The local collector's socket.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/residency-collector/collectord.sock"
+    )]
+    socket: PathBuf,
     /// CA that signed the collector's certificate (PEM).
     #[arg(long, global = true, requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
@@ -153,8 +164,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
-    let mut ep = Channel::from_shared(a.endpoint.clone())
-        .map_err(|e| format!("--endpoint {:?}: {e}", a.endpoint))?;
+    let Some(endpoint) = &a.endpoint else {
+        let ch = residency_proto::unix::channel(&a.socket)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach the collector's socket {}: {e} (is collectord running on this host? Remotely: --endpoint https://host:port with --ca, --cert, --key)",
+                    a.socket.display()
+                )
+            })?;
+        return Ok(CollectorClient::new(ch));
+    };
+    let mut ep = Channel::from_shared(endpoint.clone())
+        .map_err(|e| format!("--endpoint {endpoint:?}: {e}"))?;
     if let (Some(ca), Some(cert), Some(key)) = (&a.ca, &a.cert, &a.key) {
         let tls = residency_proto::identity::client_tls(ca, cert, key, a.server_name.as_deref())?;
         ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
@@ -164,8 +186,7 @@ async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
         .await
         .map_err(|e| {
             format!(
-                "cannot reach the collector at {}: {e} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)",
-                a.endpoint
+                "cannot reach the collector at {endpoint}: {e} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)"
             )
         })?;
     Ok(CollectorClient::new(ch))

@@ -222,15 +222,24 @@ async fn main() -> anyhow::Result<()> {
     let (handle, commands) = Agent::channel();
     if !file.collector.endpoints.is_empty() {
         let endpoints = file.collector.endpoints.clone();
-        let tls = match &file.collector.tls {
-            Some(t) => Some(sensor_user::export::deliver::tls_config(t)?),
-            None => None,
+        use sensor_user::export::deliver;
+        let creds = deliver::Credentials {
+            tls: file
+                .collector
+                .tls
+                .as_ref()
+                .map(deliver::tls_config)
+                .transpose()?,
+            token: file
+                .collector
+                .token_file
+                .as_deref()
+                .map(deliver::token)
+                .transpose()?,
         };
         let host = agent.host_id();
         let h = handle.clone();
-        tokio::spawn(
-            async move { sensor_user::export::deliver::run(endpoints, tls, host, h).await },
-        );
+        tokio::spawn(async move { deliver::run(endpoints, creds, host, h).await });
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

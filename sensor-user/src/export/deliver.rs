@@ -44,6 +44,48 @@ fn jitter(base: Duration) -> Duration {
     base + base.mul_f64(f64::from(n % 500) / 1000.0)
 }
 
+/// How this agent proves who it is: its certificate (mutual TLS) or its token
+/// (plain TCP to a collector on the same host).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub tls: Option<ClientTlsConfig>,
+    /// `authorization: Bearer TOKEN`.
+    pub token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// Reads the token file (at start, like the TLS files).
+pub fn token(
+    path: &std::path::Path,
+) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("collector.token_file {}: {e}", path.display()))?;
+    let t = t.trim();
+    anyhow::ensure!(
+        !t.is_empty() && !t.contains(char::is_whitespace),
+        "collector.token_file {}: the file must hold one token (no spaces)",
+        path.display()
+    );
+    format!("Bearer {t}").parse().map_err(|_| {
+        anyhow::anyhow!(
+            "collector.token_file {}: the token must be printable ASCII",
+            path.display()
+        )
+    })
+}
+
+/// Adds the token to every call.
+#[derive(Clone)]
+struct WithToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for WithToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Reads the TLS files (at start, so that a wrong path stops the agent with a
 /// clear message rather than failing every reconnect).
 pub fn tls_config(t: &CollectorTlsConfig) -> anyhow::Result<ClientTlsConfig> {
@@ -133,11 +175,14 @@ async fn read_loop(
 /// One session with one endpoint; returns why it ended.
 async fn session(
     endpoint: &str,
-    tls: Option<&ClientTlsConfig>,
+    creds: &Credentials,
     host_id: &str,
     agent: &AgentHandle,
 ) -> Result<(), String> {
-    let mut client = CollectorClient::new(connect(endpoint, tls).await?);
+    let mut client = CollectorClient::with_interceptor(
+        connect(endpoint, creds.tls.as_ref()).await?,
+        WithToken(creds.token.clone()),
+    );
     let (tx, rx) = mpsc::channel(16);
     let state = agent
         .call(Command::HostState)
@@ -267,18 +312,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs forever: delivers the spool to the first reachable endpoint.
-pub async fn run(
-    endpoints: Vec<String>,
-    tls: Option<ClientTlsConfig>,
-    host_id: String,
-    agent: AgentHandle,
-) {
+pub async fn run(endpoints: Vec<String>, creds: Credentials, host_id: String, agent: AgentHandle) {
     let mut backoff = Duration::from_millis(200);
     let mut i = 0;
     loop {
         let endpoint = &endpoints[i % endpoints.len()];
         let started = std::time::Instant::now();
-        let why = match session(endpoint, tls.as_ref(), &host_id, &agent).await {
+        let why = match session(endpoint, &creds, &host_id, &agent).await {
             Ok(()) => "session ended".to_owned(),
             Err(e) => e,
         };

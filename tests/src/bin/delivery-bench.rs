@@ -43,7 +43,7 @@ fn body(seq: u64) -> String {
 
 /// Streams `n` records for `host` as an agent would; returns records/s.
 async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
-    let mut client = c.client(None).await;
+    let mut client = c.agent_client(host).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::AgentMessage {
         message: Some(Out::Hello(pb::Hello {
@@ -154,7 +154,7 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let collector = RunningCollector::start(dir.path());
-    let config = collector.agent_config(dir.path(), None);
+    let config = collector.agent_config(dir.path(), host, None);
     let cgroup_rel = cgroup_rel(&cgroup);
     let agent = RunningAgent::start_with(
         &FixturePolicy::delivering(host, &cgroup_rel).text(),

@@ -122,7 +122,7 @@ fn main() {
         collector.endpoint(),
         collector.database
     );
-    let config = collector.agent_config(&dir, Some(&host_cert));
+    let config = collector.agent_config(&dir, &hostname, Some(&host_cert));
     let config_arg = config.display().to_string();
     let agent = RunningAgent::start_with(
         &policy(&rel),

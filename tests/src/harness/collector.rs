@@ -1,6 +1,8 @@
 //! A real `collectord` for delivery tests: its database (a SQLite file in a
 //! directory the test owns, or a PostgreSQL URL) survives restarts; killed with
-//! SIGKILL on demand, stopped on drop. Optionally with mutual TLS.
+//! SIGKILL on demand, stopped on drop. Optionally with mutual TLS; without it,
+//! agents get tokens (`agent_config` adds one per host) and the test reads and
+//! steers through the collector's Unix socket, as root.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,7 +11,7 @@ use std::{
 };
 
 use residency_proto::collector::v1::collector_client::CollectorClient;
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use super::{agent::workspace_bin, pki};
 
@@ -29,7 +31,18 @@ pub struct RunningCollector {
     pub database: String,
     tls: Option<CollectorTls>,
     log: PathBuf,
+    /// Its Unix socket (operators and auditors without TLS).
+    pub socket: PathBuf,
+    /// `HOST TOKEN` lines of agents on plain TCP.
+    tokens: PathBuf,
 }
+
+/// Adds an agent's token to each call.
+pub type AddToken =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+/// An agent's client with its token (plain TCP).
+pub type TokenClient = CollectorClient<InterceptedService<Channel, AddToken>>;
 
 impl RunningCollector {
     /// Starts collectord with a SQLite database in `dir`, without TLS.
@@ -46,12 +59,18 @@ impl RunningCollector {
             .local_addr()
             .expect("addr")
             .port();
+        let tokens = dir.join("agent-tokens");
+        if !tokens.exists() {
+            std::fs::write(&tokens, "# HOST TOKEN\n").expect("tokens file");
+        }
         let mut c = RunningCollector {
             child: None,
             port,
             database: database.to_owned(),
             tls,
             log: dir.join("collectord.log"),
+            socket: dir.join("collectord.sock"),
+            tokens,
         };
         c.restart();
         c
@@ -76,7 +95,11 @@ impl RunningCollector {
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--database")
-            .arg(&self.database);
+            .arg(&self.database)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--agent-tokens")
+            .arg(&self.tokens);
         if let Some(t) = &self.tls {
             cmd.arg("--tls-cert")
                 .arg(&t.server.cert)
@@ -109,14 +132,40 @@ impl RunningCollector {
         }
     }
 
-    /// Writes `dir/sensord.toml` for an agent that delivers here and spools in
-    /// `dir/spool`; `cert` is the agent's certificate when the collector has TLS.
-    pub fn agent_config(&self, dir: &Path, cert: Option<&pki::Pem>) -> PathBuf {
+    /// A new token for `host` (listed in the collector's tokens file, which
+    /// it reads at every connection).
+    pub fn token_for(&self, host: &str) -> String {
+        use std::io::Write;
+        let token = format!(
+            "tok-{host}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.tokens)
+            .expect("tokens file");
+        writeln!(f, "{host} {token}").expect("writing a token");
+        token
+    }
+
+    /// Writes `dir/sensord.toml` for an agent of `host` that delivers here and
+    /// spools in `dir/spool`; `cert` is the agent's certificate when the
+    /// collector has TLS, otherwise the agent gets a token.
+    pub fn agent_config(&self, dir: &Path, host: &str, cert: Option<&pki::Pem>) -> PathBuf {
         let mut text = format!(
             "[collector]\nendpoints = [\"{}\"]\nspool_dir = \"{}\"\n",
             self.endpoint(),
             dir.join("spool").display()
         );
+        if self.tls.is_none() {
+            let file = dir.join("collector-token");
+            std::fs::write(&file, self.token_for(host)).expect("token file");
+            text.push_str(&format!("token_file = \"{}\"\n", file.display()));
+        }
         if let (Some(t), Some(cert)) = (&self.tls, cert) {
             text.push_str(&format!(
                 "[collector.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -177,8 +226,34 @@ impl RunningCollector {
             .count()
     }
 
-    /// A gRPC client; `who` is the client certificate when the collector has TLS.
+    /// An agent's client on plain TCP with a fresh token for `host`.
+    pub async fn agent_client(&self, host: &str) -> TokenClient {
+        let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", self.token_for(host))
+                .parse()
+                .expect("ascii");
+        let ch = Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connecting to collectord");
+        let add: AddToken = Box::new(move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+        CollectorClient::with_interceptor(ch, add)
+    }
+
+    /// A gRPC client; `who` is the client certificate when the collector has
+    /// TLS. Without one: the collector's Unix socket, as root (an operator).
     pub async fn client(&self, who: Option<&pki::Pem>) -> CollectorClient<Channel> {
+        if who.is_none() {
+            return CollectorClient::new(
+                residency_proto::unix::channel(&self.socket)
+                    .await
+                    .expect("connecting to collectord's socket"),
+            );
+        }
         let mut ep = Channel::from_shared(self.endpoint()).expect("endpoint");
         if let (Some(t), Some(who)) = (&self.tls, who) {
             let tls = residency_proto::identity::client_tls(&t.ca, &who.cert, &who.key, None)
