@@ -9,7 +9,7 @@ use collector::{
     service::CollectorService,
     store::{Store, filter::Filter, is_postgres},
 };
-use residency_proto::collector::v1::collector_server::CollectorServer;
+use residency_proto::{collector::v1::collector_server::CollectorServer, listen};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -203,6 +203,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let store = open_store(&args.database, true).await?;
+    let fds = residency_proto::listen::raise_fd_limit();
+    info!(open_files = fds, "file descriptor limit");
     let roles = Roles {
         auditors: args.auditor.clone(),
         operators: args.operator.clone(),
@@ -225,7 +227,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(read(cert)?, read(key)?))
-                .client_ca_root(Certificate::from_pem(read(ca)?));
+                .client_ca_root(Certificate::from_pem(read(ca)?))
+                .timeout(std::time::Duration::from_secs(10));
             server = server
                 .tls_config(tls)
                 .context("while configuring TLS (check the certificate and key)")?;
@@ -269,15 +272,20 @@ async fn main() -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let incoming = listen::bind_tcp(args.listen, listen::Limits::default())
+        .await
+        .with_context(|| format!("while binding {}", args.listen))?;
     let tcp = server
+        .http2_keepalive_interval(Some(listen::KEEPALIVE))
         .add_service(health.clone())
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection()?,
             readers.clone(),
         ))
         .add_service(CollectorServer::new(service.clone()))
-        .serve_with_shutdown(args.listen, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let local = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(listen::KEEPALIVE))
         .add_service(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection()?,
@@ -285,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
         ))
         .add_service(CollectorServer::new(service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(unix),
+            listen::unix(unix, listen::Limits::default()),
             stopped(stop_rx),
         );
     tokio::spawn(async move {

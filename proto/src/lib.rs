@@ -22,4 +22,5 @@ pub mod collector {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
 
 pub mod identity;
+pub mod listen;
 pub mod unix;

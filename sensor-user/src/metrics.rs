@@ -123,8 +123,18 @@ impl Metrics {
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     info!(%addr, "metrics listening");
-    loop {
-        let (mut sock, _) = listener.accept().await?;
+    // Guarded like the API: bounded connections, silent clients dropped,
+    // accept errors backed off (the endpoint never stops for good).
+    let mut incoming = residency_proto::listen::tcp(
+        listener,
+        residency_proto::listen::Limits {
+            max_connections: 64,
+            per_peer: 16,
+            idle: std::time::Duration::from_secs(5),
+        },
+    );
+    while let Some(sock) = tokio_stream::StreamExt::next(&mut incoming).await {
+        let Ok(mut sock) = sock else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
@@ -159,4 +169,5 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }
         });
     }
+    Ok(())
 }

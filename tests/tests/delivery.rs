@@ -260,3 +260,144 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
         agent.log_text()
     );
 }
+
+/// Holds `n` connections to `target` that never speak, as `uid` (root when
+/// None), until dropped.
+struct Flood(std::process::Child);
+
+impl Flood {
+    fn start(target: &str, n: usize, uid: Option<u32>) -> Flood {
+        let mut cmd = std::process::Command::new(probe::netprobe());
+        cmd.args(["hold", target, &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(u) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, u);
+        }
+        let mut child = cmd.spawn().expect("netprobe hold");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("held");
+        assert!(line.contains("held"), "{line}");
+        Flood(child)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after ")".
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
+    let tmp = TempPath::dir("delivery-flood");
+    let host = "delivery-flood";
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let rel = cgroup_rel(&cgroup);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let agent = RunningAgent::start_with(
+        &FixturePolicy::delivering(host, &rel).text(),
+        DELIVERY_REGIONS,
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let agent_pid = agent.pid();
+    let collector_pid = collector.pid().expect("collectord runs");
+    // As under systemd without LimitNOFILE (soft 1,024), with no way to
+    // raise it: the listeners' limits must keep the daemons' own files open.
+    for pid in [agent_pid, collector_pid] {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), "--nofile=1024:1024"])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(st.success());
+    }
+
+    let floods = [
+        Flood::start(agent.socket.to_str().expect("utf-8"), 1500, Some(65534)),
+        Flood::start(&metrics, 1500, None),
+        Flood::start(&collector.endpoint()["http://".len()..], 1500, Some(65534)),
+        Flood::start(collector.socket.to_str().expect("utf-8"), 1500, Some(65534)),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks = cpu_ticks(collector_pid);
+    violate(&cgroup, &target, 100);
+    // Root's tools are served throughout.
+    assert!(agent.ctl(&["status"]).status.success(), "sensorctl status");
+    let out = std::process::Command::new(harness::harness::agent::workspace_bin("collectorctl"))
+        .arg("--socket")
+        .arg(&collector.socket)
+        .arg("hosts")
+        .output()
+        .expect("collectorctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Nobody spins on accept errors; nobody runs out of descriptors.
+    let spent = cpu_ticks(collector_pid) - ticks;
+    assert!(
+        spent < 100,
+        "collectord used {spent} ticks in ~2 s of flood"
+    );
+    for (who, pid) in [("sensord", agent_pid), ("collectord", collector_pid)] {
+        let n = open_fds(pid);
+        assert!(n < 1200, "{who} holds {n} descriptors during the flood");
+    }
+    drop(floods);
+    // Every violation reaches the collector.
+    wait_for_violations(&collector, host, 100);
+    // The metrics endpoint still answers once the flood is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answered = std::net::TcpStream::connect(&metrics)
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                let mut body = String::new();
+                s.read_to_string(&mut body)?;
+                Ok(body.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if answered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the metrics endpoint stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

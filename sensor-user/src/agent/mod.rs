@@ -234,6 +234,8 @@ pub struct Agent {
     inputs_serial: u64,
     /// An expiry's compile is under way (the 1 s tick must not start another).
     expiry_compiling: bool,
+    /// Records the spool could not take: count, since (Unix ns), last error.
+    unspooled: (u64, i64, String),
     /// The socket programs are attached (start-up is over): from then on a
     /// policy install also cuts open connections it now denies.
     attached: bool,
@@ -311,6 +313,7 @@ impl Agent {
             handle: None,
             inputs_serial: 0,
             expiry_compiling: false,
+            unspooled: (0, 0, String::new()),
         };
         if let Some(dir) = &agent.cfg.spool_dir {
             let (spool, rec) = Spool::open(
@@ -1091,17 +1094,51 @@ fn now_unix_ns() -> i64 {
 }
 
 impl Agent {
-    /// Appends a record to the spool (when delivering to a collector).
+    /// Appends a record to the spool (when delivering to a collector). A
+    /// record that cannot be written (disk full, no file descriptor left) is
+    /// counted, and the count goes out as a gap record as soon as the spool
+    /// takes writes again.
     fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
         let Some(s) = &mut self.spool else { return };
         if let Err(e) = s.append(&encode_spooled(kind, time_unix_ns, body_json)) {
-            error!(error = %e, kind, "appending to the spool failed; the record is only in the log");
+            if self.unspooled.0 == 0 {
+                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again");
+                self.unspooled.1 = now_unix_ns();
+            }
+            self.unspooled.0 += 1;
+            self.unspooled.2 = e.to_string();
+        }
+    }
+
+    /// Reports records the spool could not take, once it takes one again.
+    fn report_unspooled(&mut self) {
+        let (count, from, why) = std::mem::take(&mut self.unspooled);
+        if count == 0 {
+            return;
+        }
+        let now = now_unix_ns();
+        let body = serde_json::json!({
+            "source": "spool_write",
+            "count": count,
+            "from_unix_ns": from,
+            "until_unix_ns": now,
+            "error": why,
+        })
+        .to_string();
+        self.spool_append("gap", now, &body);
+        if self.unspooled.0 == 0 {
+            warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
+        } else {
+            // Still failing: keep the whole count for the next try.
+            self.unspooled.0 += count - 1;
+            self.unspooled.1 = from;
         }
     }
 
     /// Makes what was appended durable and records gaps: audit records waiting,
     /// records the full spool dropped.
     fn spool_sync(&mut self) {
+        self.report_unspooled();
         for a in self.audit.take_pending() {
             let t =
                 a.at.duration_since(SystemTime::UNIX_EPOCH)

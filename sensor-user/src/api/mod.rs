@@ -11,10 +11,9 @@ mod service;
 
 use std::{os::unix::fs::PermissionsExt, path::Path};
 
-use residency_proto::agent::v1::agent_server::AgentServer;
+use residency_proto::{agent::v1::agent_server::AgentServer, listen};
 pub use service::AgentApi;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 /// Serves the API on TCP with mutual TLS until `shutdown` resolves.
@@ -30,19 +29,27 @@ pub async fn serve_tls(
     };
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
+        .timeout(TLS_HANDSHAKE);
+    let incoming = listen::bind_tcp(tls.listen, listen::Limits::default())
+        .await
+        .with_context(|| format!("while binding {}", tls.listen))?;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentApi>>().await;
     info!(listen = %tls.listen, operators = ?tls.operators, viewers = ?tls.viewers, "agent API listening (mutual TLS)");
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(listen::KEEPALIVE))
         .tls_config(config)
         .context("while configuring TLS (check the certificate and key)")?
         .add_service(health)
         .add_service(AgentServer::new(api))
-        .serve_with_shutdown(tls.listen, shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .with_context(|| format!("while serving the agent API on {}", tls.listen))
 }
+
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/residency/sensord.sock";
@@ -81,10 +88,11 @@ pub async fn serve_unix(
     );
     info!(socket = %path.display(), "agent API listening");
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(listen::KEEPALIVE))
         .add_service(health)
         .add_service(reflection)
         .add_service(AgentServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(listen::unix(listener, listen::Limits::default()), shutdown)
         .await
         .context("while serving the agent API")?;
     let _ = std::fs::remove_file(path);

@@ -187,6 +187,8 @@ async fn main() -> anyhow::Result<()> {
     let socket_mode = parse_mode(args.socket_mode.as_deref().unwrap_or(&file.api.socket_mode))
         .map_err(|e| anyhow::anyhow!("socket mode: {e}"))?;
     let _lock = lock(&lock_path)?;
+    let fds = residency_proto::listen::raise_fd_limit();
+    info!(open_files = fds, "file descriptor limit");
 
     let root = mountinfo::cgroup2_mount().context("while looking for the cgroup v2 mount")?;
     let cfg = AgentConfig {

@@ -20,6 +20,10 @@
 //!                                tcp-open made (its errno: ECONNABORTED once
 //!                                the agent closed it)
 //!
+//! Or: netprobe hold ADDR:PORT|PATH N
+//!                                open N connections (TCP, or a Unix socket
+//!                                path) that never send; prints {"held":K}
+//!                                and keeps them until stdin closes
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS
 //!                                sendto from one unconnected UDP socket, paced
@@ -237,8 +241,42 @@ fn udp_rate(args: &[String]) {
     );
 }
 
+/// `netprobe hold TARGET N`: a client flood that never speaks.
+fn hold(args: &[String]) {
+    let (Some(target), Some(n)) = (
+        args.get(1),
+        args.get(2).and_then(|n| n.parse::<usize>().ok()),
+    ) else {
+        eprintln!("usage: netprobe hold ADDR:PORT|PATH N");
+        std::process::exit(2);
+    };
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
+    for _ in 0..n {
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => tcp.push(s),
+                Err(_) => break,
+            }
+        } else {
+            match std::os::unix::net::UnixStream::connect(target) {
+                Ok(s) => unix.push(s),
+                Err(_) => break,
+            }
+        }
+    }
+    println!("{{\"held\":{}}}", tcp.len() + unix.len());
+    let _ = std::io::stdout().flush();
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hold") {
+        hold(&args);
+        return;
+    }
     if args.first().map(String::as_str) == Some("fork-exit") {
         fork_exit(&args);
         return;

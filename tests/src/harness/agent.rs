@@ -135,6 +135,11 @@ impl RunningAgent {
         }
     }
 
+    /// The sensord process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs sensord with `args` once (e.g. `--uninstall`) with this agent's
     /// lock and pinned state directory; returns what it did.
     pub fn sensord_once(&self, args: &[&str]) -> Output {
