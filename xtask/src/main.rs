@@ -66,6 +66,15 @@ enum Cmd {
         #[arg(long = "client", value_name = "NAME")]
         clients: Vec<String>,
     },
+    /// A long fuzzing pass over every parser of user and peer input (policy
+    /// TOML, range CSV, MaxMind DB, AWS ip-ranges.json, spool segments, the
+    /// collector's record decoder); `cargo xtask test` runs a short one.
+    /// Seeds: tests/fuzz/corpus/<target>/.
+    Fuzz {
+        /// Cases per target.
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
     /// The full test run CI does: fmt, clippy, unit tests and privileged
     /// end-to-end tests (as root), with a leak check of kernel objects around it.
     Test {
@@ -110,7 +119,30 @@ fn main() -> anyhow::Result<()> {
             clients,
         } => pki(&out, &server, &hosts, &clients),
         Cmd::Demo => demo(),
+        Cmd::Fuzz { cases } => fuzz(cases),
     }
+}
+
+/// `cargo xtask fuzz`: the fuzz targets with many cases, optimised.
+fn fuzz(cases: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("cargo")
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "residency-tests",
+            "--test",
+            "fuzz",
+        ])
+        .env("PROPTEST_CASES", cases.to_string())
+        .current_dir(workspace_root())
+        .status()
+        .context("while starting cargo test")?;
+    anyhow::ensure!(
+        status.success(),
+        "a fuzz target failed ({status}); proptest printed the minimal input above"
+    );
+    Ok(())
 }
 
 /// Builds and runs the benchmark binaries in release mode.

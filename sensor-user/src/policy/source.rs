@@ -63,7 +63,16 @@ impl PolicySource {
         exceptions::widen(&mut policy, exceptions);
         let mut db = regions::load_any(&self.regions)?;
         let cloud = match &self.aws_ranges {
-            Some(p) => cloud::load_aws(p)?,
+            Some(p) => {
+                let c = cloud::load_aws(p)?;
+                if c.skipped > 0 {
+                    tracing::warn!(file = %p.display(), prefixes = c.skipped, regions = ?c.unknown_regions, "AWS prefixes skipped: their region has no single jurisdiction in this build's table (they fall back to the country data)");
+                }
+                if c.host_bits > 0 {
+                    tracing::warn!(file = %p.display(), prefixes = c.host_bits, "AWS prefixes written with host bits set; used as their networks");
+                }
+                c
+            }
             None => CloudRanges::default(),
         };
         let compiled = compile::compile(policy, &db, &cloud);

@@ -102,6 +102,12 @@ pub struct CloudRanges {
     pub versions: Vec<String>,
     /// Prefixes skipped because their region has no single jurisdiction.
     pub skipped: usize,
+    /// Those regions, by name (e.g. "GLOBAL", or a region newer than this
+    /// build's table), for the log.
+    pub unknown_regions: Vec<String>,
+    /// Prefixes written with host bits set ("3.5.140.7/22"), used as their
+    /// network: a file a user would want to hear about.
+    pub host_bits: usize,
 }
 
 /// Reads an AWS `ip-ranges.json`.
@@ -124,6 +130,8 @@ pub fn parse_aws(path: &Path, text: &str) -> Result<CloudRanges, RegionError> {
         ),
     })?;
     let mut skipped = 0;
+    let mut unknown_regions = std::collections::BTreeSet::new();
+    let mut host_bits = 0;
     let mut prefixes = Vec::new();
     let all = file
         .prefixes
@@ -137,8 +145,12 @@ pub fn parse_aws(path: &Path, text: &str) -> Result<CloudRanges, RegionError> {
     for (net, region) in all {
         let Some(country) = aws_region_country(&region) else {
             skipped += 1;
+            unknown_regions.insert(region);
             continue;
         };
+        if net.trunc() != net {
+            host_bits += 1;
+        }
         let net = net.trunc();
         let (start, end) = ranges::net_range(&net);
         let len = 128
@@ -159,6 +171,8 @@ pub fn parse_aws(path: &Path, text: &str) -> Result<CloudRanges, RegionError> {
         map: RangeMap::from_prefixes(prefixes),
         versions: vec![file.create_date],
         skipped,
+        unknown_regions: unknown_regions.into_iter().collect(),
+        host_bits,
     })
 }
 
@@ -199,5 +213,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.json: not AWS ip-ranges.json"), "{e}");
+    }
+
+    #[test]
+    fn host_bits_and_unknown_regions_are_counted_for_the_log() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fuzz/corpus/aws/small.json"),
+        )
+        .unwrap();
+        let c = parse_aws(std::path::Path::new("aws.json"), &text).unwrap();
+        assert_eq!(c.host_bits, 1, "3.5.141.7/22");
+        assert_eq!(c.skipped, 1);
+        assert_eq!(c.unknown_regions, vec!["GLOBAL".to_owned()]);
     }
 }

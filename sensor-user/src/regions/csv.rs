@@ -68,6 +68,17 @@ pub fn load(files: &[PathBuf]) -> Result<RegionDb, RegionError> {
         })?;
         all.extend(parse(path, &text)?);
     }
+    if all.is_empty() {
+        // An empty file would make every destination unknown: say so rather
+        // than start with no region data.
+        return Err(RegionError::Format {
+            path: files.first().cloned().unwrap_or_default(),
+            msg: format!(
+                "no ranges in {} file(s): every destination would be unknown; give lines start,end,CC",
+                files.len()
+            ),
+        });
+    }
     // Registry data nests ranges (a /23 with one address inside re-assigned):
     // the more specific range wins, as in routing. Sorting once is enough for
     // disjoint data; only nested data pays for the sweep.
@@ -111,5 +122,14 @@ mod tests {
         assert!(e.contains("after end"), "{e}");
         let e = parse(p, "1.0.0.0,::1,AU\n").unwrap_err().to_string();
         assert!(e.contains("different families"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_range_file_is_refused_not_taken_as_no_data() {
+        let path = std::env::temp_dir().join(format!("rs-empty-{}.csv", std::process::id()));
+        std::fs::write(&path, "# only a comment\n\n").unwrap();
+        let e = load(std::slice::from_ref(&path)).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("no ranges") && e.contains("rs-empty-"), "{e}");
     }
 }
