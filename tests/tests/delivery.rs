@@ -154,8 +154,8 @@ fn exactly_once(
         .find(|h| h.host_id == host)
         .expect("the host is listed");
     assert_eq!(
-        (h.violations, h.gaps, h.last_seq),
-        (20_000, 0, seqs.len() as u64)
+        (h.violations, h.gaps, h.last_seq, h.unexplained_jumps),
+        (20_000, 0, seqs.len() as u64, 0)
     );
     // An auditor's class filter matches the name exactly: LIKE's wildcards in
     // it are not wildcards.
@@ -216,9 +216,9 @@ fn every_violation_arrives_exactly_once_in_postgresql_through_its_restart() {
 
 #[test]
 fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
-    // Someone writes a record with sequence 10^9 for this host into the
-    // collector's database. The agent must not take it as "everything up to
-    // 10^9 is stored": it keeps delivering, and loses nothing.
+    // Someone delivers a record with sequence 10^9 for this host (a stolen
+    // token, a bug). The collector flags the jump; the agent must not take it
+    // as "everything up to 10^9 is stored": it keeps delivering, loses nothing.
     let tmp = TempPath::dir("delivery-forged");
     let db = tmp.path().join("collector.db");
     let host = "delivery-forged";
@@ -235,20 +235,68 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
     violate(&cgroup, &target, 10);
     wait_for_violations(&collector, host, 10);
 
+    // A client with this host's token delivers a record with sequence 10^9.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use residency_proto::collector::v1::{
+            self as pb, agent_message::Message as Out, collector_message::Message as In,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::AgentMessage {
+            message: Some(Out::Hello(pb::Hello {
+                host_id: host.into(),
+                version: "forger".into(),
+                state: None,
+            })),
+        })
+        .await
+        .expect("hello");
+        let mut incoming = collector
+            .agent_client(host)
+            .await
+            .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("deliver")
+            .into_inner();
+        let _welcome = incoming.message().await;
+        tx.send(pb::AgentMessage {
+            message: Some(Out::Batch(pb::Batch {
+                records: vec![pb::Record {
+                    seq: 1_000_000_000,
+                    kind: "audit".into(),
+                    time_unix_ns: 0,
+                    body_json: "{}".into(),
+                }],
+            })),
+        })
+        .await
+        .expect("batch");
+        match incoming.message().await {
+            Ok(Some(pb::CollectorMessage {
+                message: Some(In::Ack(a)),
+            })) => assert_eq!(a.seq, 1_000_000_000),
+            other => panic!("expected the forged batch's ack, got {other:?}"),
+        }
+    });
+    // The collector shows the jump as unexplained.
+    let jumps = |collector: &RunningCollector| {
+        rt.block_on(async {
+            collector
+                .client(None)
+                .await
+                .list_hosts(residency_proto::collector::v1::ListHostsRequest {})
+                .await
+                .expect("ListHosts")
+                .into_inner()
+                .hosts
+                .into_iter()
+                .find(|h| h.host_id == host)
+                .map(|h| h.unexplained_jumps)
+        })
+    };
+    assert_eq!(jumps(&collector), Some(1), "the forged sequence is flagged");
+    // The agent meets the forged last sequence at its next connection.
     collector.kill9();
-    {
-        let c = rusqlite::Connection::open(&db).expect("database");
-        c.execute(
-            "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns) VALUES (?1, 1000000000, 'audit', 0, '{}', 0)",
-            [host],
-        )
-        .expect("forged record");
-        c.execute(
-            "UPDATE host_counts SET last_seq = 1000000000 WHERE host = ?1",
-            [host],
-        )
-        .expect("forged counter");
-    }
     collector.restart();
     violate(&cgroup, &target, 10);
     wait_for_violations(&collector, host, 20);
@@ -258,6 +306,11 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
             .contains("the collector claims records this host never wrote"),
         "{}",
         agent.log_text()
+    );
+    assert_eq!(
+        jumps(&collector),
+        Some(1),
+        "the agent's own records below it add none"
     );
 }
 

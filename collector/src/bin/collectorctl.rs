@@ -286,8 +286,8 @@ async fn run(a: &Args) -> Result<bool, String> {
                 return Ok(true);
             }
             println!(
-                "{:<24} {:<9} {:<20} {:>10} {:>5} {:>6}  {:<12} MODES",
-                "HOST", "CONNECTED", "LAST SEEN", "VIOLATIONS", "GAPS", "AUDITS", "POLICY"
+                "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6}  {:<12} MODES",
+                "HOST", "CONNECTED", "LAST SEEN", "VIOLATIONS", "GAPS", "JUMPS", "AUDITS", "POLICY"
             );
             for h in hosts {
                 let st = h.state.unwrap_or_default();
@@ -297,12 +297,13 @@ async fn run(a: &Args) -> Result<bool, String> {
                     .map(|m| format!("{}={}", m.class, m.mode))
                     .collect();
                 println!(
-                    "{:<24} {:<9} {:<20} {:>10} {:>5} {:>6}  {:<12} {}{}",
+                    "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6}  {:<12} {}{}",
                     h.host_id,
                     if h.connected { "yes" } else { "no" },
                     when(h.last_seen_unix_ns),
                     h.violations,
                     h.gaps,
+                    h.unexplained_jumps,
                     h.audits,
                     st.policy_sha256.get(..12).unwrap_or("-"),
                     modes.join(" "),

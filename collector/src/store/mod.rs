@@ -74,11 +74,78 @@ impl NewCounts {
     }
 }
 
-/// Per host: its counters, and the state it last reported.
+/// Jumps in a host's sequence (see [`jumps`]); `explained_by` is the sequence
+/// of the spool gap record that accounts for one (0: none yet).
+const SEQUENCE_JUMPS_TABLE: &str = "CREATE TABLE sequence_jumps (
+        host TEXT NOT NULL,
+        from_seq BIGINT NOT NULL,
+        to_seq BIGINT NOT NULL,
+        stored_ns BIGINT NOT NULL,
+        explained_by BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (host, from_seq)
+    );";
+
+/// Records a jump (the same statement text on both backends, with `$n`
+/// turned into the backend's placeholders).
+const INSERT_JUMP: &str = "INSERT INTO sequence_jumps (host, from_seq, to_seq, stored_ns)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (host, from_seq) DO NOTHING";
+
+/// Marks jumps a spool gap record (sequence $2) covers ($3..=$4) explained.
+const EXPLAIN_JUMPS: &str = "UPDATE sequence_jumps SET explained_by = $2
+    WHERE host = $1 AND explained_by = 0 AND from_seq >= $3 AND to_seq <= $4";
+
+/// Sequences `from..=to` of a host that were skipped: never stored, and
+/// beyond what was stored before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Jump {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The jumps the newly stored sequences `new` make past `last` (the host's
+/// highest stored sequence before them). Sequences below `last` fill in and
+/// are no jump.
+pub(crate) fn jumps(last: i64, new: &[i64]) -> Vec<Jump> {
+    let mut sorted: Vec<i64> = new.iter().copied().filter(|s| *s > last).collect();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    let mut expect = last + 1;
+    for s in sorted {
+        if s > expect {
+            out.push(Jump {
+                from: expect,
+                to: s - 1,
+            });
+        }
+        expect = expect.max(s + 1);
+    }
+    out
+}
+
+/// The ranges the agent's spool gap records among `records` account for:
+/// (gap record's sequence, first, last).
+pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> {
+    records
+        .iter()
+        .filter(|(r, _)| r.kind == "gap")
+        .filter_map(|(r, _)| {
+            let b: serde_json::Value = serde_json::from_str(&r.body_json).ok()?;
+            (b["source"] == "spool").then_some(())?;
+            Some((
+                r.seq as i64,
+                b["first_seq"].as_i64()?,
+                b["last_seq"].as_i64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Per host: its counters, unexplained jumps, and the state it last reported.
 const HOSTS_SQL: &str = "SELECT a.host,
         COALESCE(c.last_stored_ns, 0), COALESCE(c.last_seq, 0),
         COALESCE(c.violations, 0), COALESCE(c.gaps, 0), COALESCE(c.audits, 0),
-        h.state, h.state_ns
+        h.state, h.state_ns,
+        (SELECT COUNT(*) FROM sequence_jumps j WHERE j.host = a.host AND j.explained_by = 0)
     FROM (SELECT host FROM host_counts UNION SELECT host FROM hosts) AS a
     LEFT JOIN host_counts c ON c.host = a.host
     LEFT JOIN hosts h ON h.host = a.host
@@ -94,6 +161,7 @@ pub(crate) struct HostRow {
     audits: i64,
     state: Option<Vec<u8>>,
     state_ns: Option<i64>,
+    unexplained_jumps: i64,
 }
 
 /// The store.
@@ -197,6 +265,7 @@ impl Store {
                 violations: r.violations as u64,
                 gaps: r.gaps as u64,
                 audits: r.audits as u64,
+                unexplained_jumps: r.unexplained_jumps as u64,
                 connected: false,
                 state: r.state.and_then(|b| HostState::decode(b.as_slice()).ok()),
             })
@@ -283,6 +352,47 @@ mod tests {
             .map(|(h, s)| (h.to_string(), *s))
             .collect();
         assert_eq!(seen, want);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn jumps_are_the_sequences_skipped_past_the_last_stored() {
+        assert_eq!(jumps(0, &[1, 2, 3]), vec![]);
+        assert_eq!(jumps(2, &[5, 3]), vec![Jump { from: 4, to: 4 }]);
+        assert_eq!(
+            jumps(10, &[1_000_000_000, 11]),
+            vec![Jump {
+                from: 12,
+                to: 999_999_999
+            }]
+        );
+        assert_eq!(jumps(100, &[50, 60]), vec![], "filling in below is no jump");
+    }
+
+    #[tokio::test]
+    async fn an_unexplained_jump_shows_until_a_spool_gap_accounts_for_it() {
+        let path = std::env::temp_dir().join(format!("rs-jumps-{}.db", std::process::id()));
+        let spec = path.to_str().unwrap().to_owned();
+        let _ = std::fs::remove_file(&path);
+        let mut s = Store::open(&spec).await.unwrap();
+        s.insert("a", &[rec(1), rec(2), rec(5)]).await.unwrap();
+        let jumps = |h: &[HostSummary]| h[0].unexplained_jumps;
+        assert_eq!(jumps(&s.hosts().await.unwrap()), 1, "3..=4 never came");
+        let gap = Record {
+            seq: 6,
+            kind: "gap".into(),
+            time_unix_ns: 6,
+            body_json: r#"{"source":"spool","count":2,"first_seq":3,"last_seq":4}"#.into(),
+        };
+        let ix = Indexed::of(&gap);
+        s.insert("a", &[(gap, ix)]).await.unwrap();
+        assert_eq!(
+            jumps(&s.hosts().await.unwrap()),
+            0,
+            "the spool dropped them"
+        );
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
         state_ns BIGINT NOT NULL
     );",
     super::HOST_COUNTS_TABLE,
+    super::SEQUENCE_JUMPS_TABLE,
 ];
 
 /// The PostgreSQL store. A lost connection (server restart, network) is
@@ -151,9 +152,18 @@ impl Postgres {
                    audits = host_counts.audits + excluded.audits",
             )
             .await?;
+        let last_of = tx
+            .prepare("SELECT last_seq FROM host_counts WHERE host = $1")
+            .await?;
+        let jump = tx.prepare(super::INSERT_JUMP).await?;
+        let explain = tx.prepare(super::EXPLAIN_JUMPS).await?;
         let stored = now_ns();
         let mut counts = Vec::with_capacity(groups.len());
         for (host, records) in groups {
+            let last: i64 = tx
+                .query_opt(&last_of, &[host])
+                .await?
+                .map_or(0, |r| r.get(0));
             // One array per column, borrowing the records (no copies).
             let text =
                 |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
@@ -176,8 +186,16 @@ impl Postgres {
                 )
                 .await?;
             let mut new = NewCounts::default();
+            let mut new_seqs = Vec::with_capacity(rows.len());
             for row in &rows {
                 new.add(row.get::<_, &str>(1), row.get::<_, i64>(0));
+                new_seqs.push(row.get::<_, i64>(0));
+            }
+            for j in super::jumps(last, &new_seqs) {
+                tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
+            }
+            for (seq, first, last) in super::spool_gaps(records) {
+                tx.execute(&explain, &[host, &seq, &first, &last]).await?;
             }
             if new.total > 0 {
                 tx.execute(
@@ -257,6 +275,7 @@ impl Postgres {
                 audits: r.get(5),
                 state: r.get(6),
                 state_ns: r.get(7),
+                unexplained_jumps: r.get(8),
             })
             .collect())
     }

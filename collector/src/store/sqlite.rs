@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use residency_proto::collector::v1::{Record, StoredRecord};
-use rusqlite::{Connection, ToSql, params, params_from_iter, types::ToSqlOutput};
+use rusqlite::{
+    Connection, OptionalExtension, ToSql, params, params_from_iter, types::ToSqlOutput,
+};
 
 use super::{
     HostRow, NewCounts, StoreError,
@@ -37,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
         state_ns INTEGER NOT NULL
     );",
     super::HOST_COUNTS_TABLE,
+    super::SEQUENCE_JUMPS_TABLE,
 ];
 
 impl ToSql for Param {
@@ -119,9 +122,18 @@ impl Sqlite {
                    gaps = gaps + excluded.gaps,
                    audits = audits + excluded.audits",
             )?;
+            let mut last_of =
+                tx.prepare_cached("SELECT last_seq FROM host_counts WHERE host = ?1")?;
+            let mut jump = tx.prepare_cached(&super::INSERT_JUMP.replace('$', "?"))?;
+            let mut explain = tx.prepare_cached(&super::EXPLAIN_JUMPS.replace('$', "?"))?;
             let stored = now_ns();
             for (host, records) in groups {
+                let last: i64 = last_of
+                    .query_row(params![host], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
                 let mut new = NewCounts::default();
+                let mut new_seqs = Vec::new();
                 for (r, ix) in *records {
                     let n = stmt.execute(params![
                         host,
@@ -138,7 +150,14 @@ impl Sqlite {
                     ])?;
                     if n == 1 {
                         new.add(&r.kind, r.seq as i64);
+                        new_seqs.push(r.seq as i64);
                     }
+                }
+                for j in super::jumps(last, &new_seqs) {
+                    jump.execute(params![host, j.from, j.to, stored])?;
+                }
+                for (seq, first, last) in super::spool_gaps(records) {
+                    explain.execute(params![host, seq, first, last])?;
                 }
                 if new.total > 0 {
                     bump.execute(params![
@@ -193,6 +212,7 @@ impl Sqlite {
                 audits: r.get(5)?,
                 state: r.get(6)?,
                 state_ns: r.get(7)?,
+                unexplained_jumps: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
