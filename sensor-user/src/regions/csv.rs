@@ -84,6 +84,23 @@ pub fn load(files: &[PathBuf]) -> Result<RegionDb, RegionError> {
     // disjoint data; only nested data pays for the sweep.
     all.sort_by_key(|r| r.0);
     let disjoint = all.windows(2).all(|w| w[0].1 < w[1].0);
+    if !disjoint {
+        // Nesting is how registries re-assign part of a block; a partial
+        // overlap (neither range inside the other) is more likely a mistake
+        // the operator wants to hear about. The later-starting range wins.
+        let partial: Vec<&[(Addr, Addr, Country)]> = all
+            .windows(2)
+            .filter(|w| w[0].1 >= w[1].0 && w[1].1 > w[0].1)
+            .collect();
+        if let Some(w) = partial.first() {
+            tracing::warn!(
+                files = ?files,
+                count = partial.len(),
+                first = %format!("{}..{} ({}) and {}..{} ({})", ranges::ip(w[0].0), ranges::ip(w[0].1), w[0].2, ranges::ip(w[1].0), ranges::ip(w[1].1), w[1].2),
+                "region ranges overlap partly (neither inside the other); where they overlap, the range that starts later wins"
+            );
+        }
+    }
     let countries = if disjoint {
         RangeMap::from_disjoint(all).unwrap_or_default()
     } else {
