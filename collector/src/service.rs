@@ -296,6 +296,13 @@ impl Collector for CollectorService {
             store.put_state(&host, state).await.map_err(internal)?;
         }
         let last_seq = store.last_seq(&host).await.map_err(internal)?;
+        let missed = match &hello.state {
+            Some(state) => crate::store::missed_modes(
+                &store.fleet_modes(&host).await.map_err(internal)?,
+                state,
+            ),
+            None => Vec::new(),
+        };
         drop(store);
         info!(host = %host, version = %hello.version, last_seq, "agent connected");
         let (tx, rx) = mpsc::channel(16);
@@ -303,6 +310,30 @@ impl Collector for CollectorService {
             .await
             .map_err(|_| Status::unavailable("stream closed"))?;
         let id = self.fleet.connect(&host, tx.clone());
+        if !missed.is_empty() {
+            // Fleet commands this host missed while it was away.
+            let fleet = self.fleet.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                for (class, m) in missed {
+                    info!(host = %host, class = %class, mode = %m.mode, actor = %m.actor, "replaying a fleet enforcement change the host missed");
+                    let outcomes = fleet
+                        .command(
+                            Some(&host),
+                            &format!("{} (replayed at reconnect)", m.actor),
+                            &m.reason,
+                            Cmd::SetEnforcement(pb::SetEnforcementCommand {
+                                class,
+                                mode: m.mode,
+                            }),
+                        )
+                        .await;
+                    for o in outcomes.iter().filter(|o| !o.error.is_empty()) {
+                        warn!(host = %o.host_id, error = %o.error, "replayed fleet command failed");
+                    }
+                }
+            });
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let fleet = this.fleet.clone();
@@ -414,6 +445,25 @@ impl Collector for CollectorService {
             ));
         }
         info!(actor = %caller.actor(), host = %r.host_id, class = %r.class, mode = %r.mode, reason = %r.reason, "fleet enforcement change");
+        // Kept first: a host not connected now gets it when it connects
+        // (unless it changed its mode after this).
+        let kept = crate::store::FleetMode {
+            target: r.host_id.clone(),
+            class: r.class.clone(),
+            mode: r.mode.clone(),
+            actor: caller.actor(),
+            reason: r.reason.clone(),
+            issued_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+        };
+        self.store
+            .lock()
+            .await
+            .put_fleet_mode(&kept)
+            .await
+            .map_err(internal)?;
         let outcomes = self
             .fleet
             .command(

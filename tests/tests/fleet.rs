@@ -574,3 +574,77 @@ fn without_tls_nobody_steers_or_delivers_unauthenticated() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     deliver(Some("web-1"), "web-1").expect("its own token");
 }
+
+#[test]
+fn a_host_that_was_away_gets_the_fleet_command_it_missed_unless_it_changed_since() {
+    let p = pki("fleet-pki-away");
+    let dir = TempPath::dir("fleet-away");
+    let c = tls_collector(dir.path(), &p);
+    let net = TestNet::create();
+    let server = net.virginia.tcp_server(false);
+    let target = server.addr.to_string();
+    let a = member("away-a", &c, &p);
+    let mut b = member("away-b", &c, &p);
+    let rt = rt();
+    let connected = |host: &str| {
+        rt.block_on(async {
+            c.client(Some(&p.auditor))
+                .await
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .expect("list hosts")
+                .into_inner()
+                .hosts
+                .iter()
+                .any(|h| h.host_id == host && h.connected)
+        })
+    };
+    wait_until("both agents connected", Duration::from_secs(30), || {
+        connected("away-a") && connected("away-b")
+    });
+    // b is away (crashed; its pinned kernel state keeps monitor mode).
+    b.agent.kill9();
+    wait_until("b gone", Duration::from_secs(10), || !connected("away-b"));
+    let mut ops = rt.block_on(c.client(Some(&p.operator)));
+    let resp = rt
+        .block_on(ops.set_enforcement(pb::FleetSetEnforcementRequest {
+            host_id: String::new(),
+            class: String::new(),
+            mode: "enforce".into(),
+            reason: "incident 7: stop transfers".into(),
+        }))
+        .expect("set enforcement")
+        .into_inner();
+    assert_eq!(resp.outcomes.len(), 1, "only a is connected: {resp:?}");
+    assert_eq!(connect_errno(&a, &target), libc::EPERM);
+    assert_eq!(connect_errno(&b, &target), 0, "b missed it");
+    // b comes back: the command it missed is applied.
+    b.agent.restart();
+    wait_until("b applies what it missed", Duration::from_secs(20), || {
+        connect_errno(&b, &target) == libc::EPERM
+    });
+    assert!(
+        b.agent.log_text().contains("replayed at reconnect"),
+        "the audit record says how it came"
+    );
+    // An operator on b decides otherwise after the command: that stands
+    // across b's next reconnect.
+    let out = b.agent.ctl(&[
+        "enforce",
+        "monitor",
+        "--reason",
+        "local decision after incident 7",
+    ]);
+    assert!(out.status.success());
+    b.agent.kill9();
+    b.agent.restart();
+    wait_until("b back", Duration::from_secs(20), || connected("away-b"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        connect_errno(&b, &target),
+        0,
+        "the newer local mode stands: {}\n{}",
+        b.agent.log_text(),
+        c.log_text()
+    );
+}

@@ -85,6 +85,68 @@ const SEQUENCE_JUMPS_TABLE: &str = "CREATE TABLE sequence_jumps (
         PRIMARY KEY (host, from_seq)
     );";
 
+/// The last fleet-wide or per-host mode command per (target, class): target
+/// '' is every host, class '' every class. Replayed to a host that missed it
+/// (see `Store::fleet_modes`).
+const FLEET_MODES_TABLE: &str = "CREATE TABLE fleet_modes (
+        target TEXT NOT NULL,
+        class TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        issued_ns BIGINT NOT NULL,
+        PRIMARY KEY (target, class)
+    );";
+
+/// Keeps a fleet mode command ($1 target, $2 class, $3 mode, $4 actor,
+/// $5 reason, $6 issued): a newer command for the same target and class
+/// replaces it, and one for every class replaces that target's per-class
+/// ones (`CLEAR_CLASS_MODES` first).
+const PUT_FLEET_MODE: &str =
+    "INSERT INTO fleet_modes (target, class, mode, actor, reason, issued_ns)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (target, class) DO UPDATE SET mode = excluded.mode, actor = excluded.actor,
+      reason = excluded.reason, issued_ns = excluded.issued_ns";
+const CLEAR_CLASS_MODES: &str = "DELETE FROM fleet_modes WHERE target = $1 AND class <> ''";
+
+/// The fleet mode commands that apply to host $1.
+const FLEET_MODES_FOR: &str = "SELECT target, class, mode, actor, reason, issued_ns
+    FROM fleet_modes WHERE target = '' OR target = $1";
+
+/// A fleet mode command as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetMode {
+    /// '' for every host.
+    pub target: String,
+    /// '' for every class.
+    pub class: String,
+    pub mode: String,
+    pub actor: String,
+    pub reason: String,
+    pub issued_ns: i64,
+}
+
+/// Which kept commands a host missed: for each of its classes, the newest
+/// command that applies, if it is newer than the mode the host reports and
+/// says otherwise. Returns (class, command).
+pub fn missed_modes(
+    kept: &[FleetMode],
+    state: &residency_proto::collector::v1::HostState,
+) -> Vec<(String, FleetMode)> {
+    state
+        .modes
+        .iter()
+        .filter_map(|m| {
+            let newest = kept
+                .iter()
+                .filter(|k| k.class.is_empty() || k.class == m.class)
+                .max_by_key(|k| k.issued_ns)?;
+            (newest.issued_ns > m.set_unix_ns && newest.mode != m.mode)
+                .then(|| (m.class.clone(), newest.clone()))
+        })
+        .collect()
+}
+
 /// Records a jump (the same statement text on both backends, with `$n`
 /// turned into the backend's placeholders).
 const INSERT_JUMP: &str = "INSERT INTO sequence_jumps (host, from_seq, to_seq, stored_ns)
@@ -251,6 +313,22 @@ impl Store {
     }
 
     /// Every host that delivered records or reported its state.
+    /// Keeps a fleet mode command (replacing older ones it covers).
+    pub async fn put_fleet_mode(&mut self, m: &FleetMode) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.put_fleet_mode(m),
+            Store::Postgres(p) => p.put_fleet_mode(m).await,
+        }
+    }
+
+    /// The fleet mode commands that apply to `host`.
+    pub async fn fleet_modes(&mut self, host: &str) -> Result<Vec<FleetMode>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.fleet_modes(host),
+            Store::Postgres(p) => p.fleet_modes(host).await,
+        }
+    }
+
     pub async fn hosts(&mut self) -> Result<Vec<HostSummary>, StoreError> {
         let rows = match self {
             Store::Sqlite(s) => s.hosts()?,
@@ -396,5 +474,50 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    #[test]
+    fn a_missed_fleet_mode_is_replayed_only_if_newer_and_different() {
+        use residency_proto::collector::v1::ClassModeState;
+        let kept = |target: &str, class: &str, mode: &str, at: i64| FleetMode {
+            target: target.into(),
+            class: class.into(),
+            mode: mode.into(),
+            actor: "ops".into(),
+            reason: "r".into(),
+            issued_ns: at,
+        };
+        let state = |modes: &[(&str, &str, i64)]| HostState {
+            modes: modes
+                .iter()
+                .map(|(c, m, at)| ClassModeState {
+                    class: (*c).into(),
+                    mode: (*m).into(),
+                    set_unix_ns: *at,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let all = [kept("", "", "enforce", 100)];
+        let missed = missed_modes(&all, &state(&[("eu", "monitor", 0), ("hr", "enforce", 0)]));
+        assert_eq!(
+            missed
+                .iter()
+                .map(|(c, m)| (c.as_str(), m.mode.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("eu", "enforce")],
+            "hr is in that mode already"
+        );
+        assert!(
+            missed_modes(&all, &state(&[("eu", "monitor", 200)])).is_empty(),
+            "changed on the host after the command"
+        );
+        let newest_wins = [kept("", "", "enforce", 100), kept("h", "eu", "off", 150)];
+        assert_eq!(
+            missed_modes(&newest_wins, &state(&[("eu", "monitor", 0)]))[0]
+                .1
+                .mode,
+            "off"
+        );
     }
 }

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
+    super::FLEET_MODES_TABLE,
 ];
 
 /// The PostgreSQL store. A lost connection (server restart, network) is
@@ -121,6 +122,46 @@ impl Postgres {
             )
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub async fn put_fleet_mode(&mut self, m: &super::FleetMode) -> Result<(), StoreError> {
+        let tx = self.live().await?.transaction().await?;
+        if m.class.is_empty() {
+            tx.execute(super::CLEAR_CLASS_MODES, &[&m.target]).await?;
+        }
+        tx.execute(
+            super::PUT_FLEET_MODE,
+            &[
+                &m.target,
+                &m.class,
+                &m.mode,
+                &m.actor,
+                &m.reason,
+                &m.issued_ns,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn fleet_modes(&mut self, host: &str) -> Result<Vec<super::FleetMode>, StoreError> {
+        let rows = self
+            .live()
+            .await?
+            .query(super::FLEET_MODES_FOR, &[&host])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::FleetMode {
+                target: r.get(0),
+                class: r.get(1),
+                mode: r.get(2),
+                actor: r.get(3),
+                reason: r.get(4),
+                issued_ns: r.get(5),
+            })
+            .collect())
     }
 
     /// Stores batches of several hosts in one transaction (group commit);

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
+    super::FLEET_MODES_TABLE,
 ];
 
 impl ToSql for Param {
@@ -188,6 +189,39 @@ impl Sqlite {
             "SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"
         ))?;
         let rows = stmt.query_map(params_from_iter(params.iter()), stored_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn put_fleet_mode(&mut self, m: &super::FleetMode) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        if m.class.is_empty() {
+            tx.execute(
+                &super::CLEAR_CLASS_MODES.replace('$', "?"),
+                params![m.target],
+            )?;
+        }
+        tx.execute(
+            &super::PUT_FLEET_MODE.replace('$', "?"),
+            params![m.target, m.class, m.mode, m.actor, m.reason, m.issued_ns],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn fleet_modes(&self, host: &str) -> Result<Vec<super::FleetMode>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::FLEET_MODES_FOR.replace('$', "?"))?;
+        let rows = stmt.query_map(params![host], |r| {
+            Ok(super::FleetMode {
+                target: r.get(0)?,
+                class: r.get(1)?,
+                mode: r.get(2)?,
+                actor: r.get(3)?,
+                reason: r.get(4)?,
+                issued_ns: r.get(5)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -842,6 +842,10 @@ impl Agent {
                 .map(|c| cpb::ClassModeState {
                     class: c.name.clone(),
                     mode: self.mode_of(c).to_string(),
+                    set_unix_ns: self
+                        .overrides
+                        .get(&c.name)
+                        .map_or(0, |o| o.at_unix_ms.saturating_mul(1_000_000)),
                 })
                 .collect(),
             kernel_drops: drops,
