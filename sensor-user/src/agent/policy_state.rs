@@ -168,9 +168,7 @@ impl Agent {
         intent: Intent,
         reply: Option<Reply<u32>>,
     ) {
-        if matches!(&intent, Intent::Exceptions { expired, .. } if !expired.is_empty()) {
-            self.expiry_compiling = false;
-        }
+        let expiry = matches!(&intent, Intent::Exceptions { expired, .. } if !expired.is_empty());
         let built = match result {
             Ok(b) => *b,
             Err(e) => {
@@ -187,10 +185,14 @@ impl Agent {
                 if let Some(r) = reply {
                     let _ = r.send(Err(e));
                 }
+                if expiry {
+                    self.expiry_compiling = false;
+                }
                 return;
             }
         };
         if serial != self.inputs_serial {
+            // Still compiling for this expiry: the flag stays set.
             // The policy or the exceptions changed while this compiled.
             let input = match &intent {
                 Intent::Apply { .. } => Input::Text(built.1),
@@ -199,6 +201,9 @@ impl Agent {
             };
             self.spawn_compile(input, intent, reply);
             return;
+        }
+        if expiry {
+            self.expiry_compiling = false;
         }
         let (compiled, text) = built;
         let exceptions = self.exceptions_after(&intent);
