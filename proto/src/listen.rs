@@ -163,18 +163,55 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
-/// Accepts on `accept` forever, admitting within `limits`.
-fn run<IO, F, Fut>(
-    limits: Limits,
-    name: String,
-    mut accept: F,
-    peer_of: fn(&IO) -> Peer,
-) -> ReceiverStream<io::Result<Guarded<IO>>>
-where
-    IO: Send + 'static,
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = io::Result<IO>> + Send,
-{
+/// What the guard needs of a listener.
+trait Listener: Send + Sync + 'static {
+    type Io: Send + 'static;
+    /// For log lines.
+    fn name(&self) -> String;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// Who a connection comes from.
+    fn peer(io: &Self::Io) -> Peer;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+    fn name(&self) -> String {
+        self.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+    async fn accept(&self) -> io::Result<TcpStream> {
+        let (s, _) = TcpListener::accept(self).await?;
+        // Best effort: requests are small, latency matters.
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+    fn peer(s: &TcpStream) -> Peer {
+        s.peer_addr().map_or(Peer::Exempt, |a| Peer::Ip(a.ip()))
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = UnixStream;
+    fn name(&self) -> String {
+        self.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_default()
+    }
+    async fn accept(&self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn peer(s: &UnixStream) -> Peer {
+        match s.peer_cred() {
+            Ok(c) if c.uid() == 0 => Peer::Exempt,
+            Ok(c) => Peer::Uid(c.uid()),
+            Err(_) => Peer::Exempt,
+        }
+    }
+}
+
+/// Accepts on `listener` forever, admitting within `limits`.
+fn run<L: Listener>(listener: L, limits: Limits) -> ReceiverStream<io::Result<Guarded<L::Io>>> {
+    let name = listener.name();
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let peers = Arc::new(PeerCounts::default());
@@ -182,7 +219,7 @@ where
         let mut backoff = Duration::from_millis(10);
         let mut failing = false;
         loop {
-            let io = match accept().await {
+            let io = match listener.accept().await {
                 Ok(io) => {
                     backoff = Duration::from_millis(10);
                     failing = false;
@@ -202,7 +239,7 @@ where
                 tracing::debug!(listener = %name, "connection limit reached; closing a new connection");
                 continue;
             };
-            let peer = peer_of(&io);
+            let peer = L::peer(&io);
             if !peers.try_add(&peer, limits.per_peer) {
                 tracing::debug!(listener = %name, ?peer, "per-peer connection limit reached; closing");
                 continue;
@@ -228,25 +265,7 @@ pub fn tcp(
     listener: TcpListener,
     limits: Limits,
 ) -> ReceiverStream<io::Result<Guarded<TcpStream>>> {
-    let name = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let l = Arc::new(listener);
-    run(
-        limits,
-        name,
-        move || {
-            let l = l.clone();
-            async move {
-                let (s, _) = l.accept().await?;
-                // Best effort: requests are small, latency matters.
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
-        },
-        |s: &TcpStream| s.peer_addr().map_or(Peer::Exempt, |a| Peer::Ip(a.ip())),
-    )
+    run(listener, limits)
 }
 
 /// A guarded Unix socket listener (per-peer: by uid, root exempt).
@@ -254,25 +273,7 @@ pub fn unix(
     listener: UnixListener,
     limits: Limits,
 ) -> ReceiverStream<io::Result<Guarded<UnixStream>>> {
-    let name = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-        .unwrap_or_default();
-    let l = Arc::new(listener);
-    run(
-        limits,
-        name,
-        move || {
-            let l = l.clone();
-            async move { l.accept().await.map(|(s, _)| s) }
-        },
-        |s: &UnixStream| match s.peer_cred() {
-            Ok(c) if c.uid() == 0 => Peer::Exempt,
-            Ok(c) => Peer::Uid(c.uid()),
-            Err(_) => Peer::Exempt,
-        },
-    )
+    run(listener, limits)
 }
 
 /// Binds `addr` and guards it.

@@ -257,11 +257,7 @@ fn metrics_endpoint_counts_violations() {
     let net = TestNet::create();
     let rel = cgroup_rel(&cgroup);
     // A free port on loopback for the metrics endpoint.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = harness::harness::collector::free_port();
     let listen = format!("127.0.0.1:{port}");
     let agent = RunningAgent::start_with(&policy(&rel), REGIONS, &["--metrics-listen", &listen]);
     let scrape = || {
@@ -300,11 +296,7 @@ fn tls_viewer_may_read_but_not_change_enforcement_operator_may() {
     let server = ca.issue("sensord", &["localhost"]);
     let operator = ca.issue("ops-alice", &[]);
     let viewer = ca.issue("auditor-bob", &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = harness::harness::collector::free_port();
     let config = dir.join("sensord.toml");
     std::fs::write(
         &config,
@@ -399,12 +391,8 @@ fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
     let net = TestNet::create();
     let rel = cgroup_rel(&cgroup);
     let base = FixturePolicy {
-        host_id: "test-host-1",
-        aggregation: "0",
         mode: "enforce",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &rel,
-        class_extra: "",
+        ..FixturePolicy::delivering("test-host-1", &rel)
     }
     .text();
     let agent = RunningAgent::start(&base, REGIONS);

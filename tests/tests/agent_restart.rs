@@ -16,16 +16,29 @@ use harness::harness::{
 
 const REGIONS: &str = "5.0.0.0,5.0.0.255,DE\n";
 
+/// The fixture policy in enforce mode, with `class_extra` keys.
 fn enforcing(cgroup_rel: &str, class_extra: &str) -> String {
     FixturePolicy {
-        host_id: "restart-host",
-        aggregation: "0",
         mode: "enforce",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel,
         class_extra,
+        ..FixturePolicy::delivering("restart-host", cgroup_rel)
     }
     .text()
+}
+
+/// A process in `cgroup` that opens a TCP connection to `to` (sending 4
+/// bytes) and holds it; `go()` makes it send 4 more bytes on it.
+fn holding_open(cgroup: &TestCgroup, to: &str) -> Waiting {
+    let mut w = Waiting::start(cgroup.command(probe::command(&[
+        "tcp-open",
+        to,
+        "pause",
+        to,
+        "tcp-send-held",
+        to,
+    ])));
+    assert!(w.read_line().contains("paused"));
+    w
 }
 
 /// `netprobe udp-rate` output: {"sent":N,"errors":E,...} (sent: the calls
@@ -196,15 +209,7 @@ fn stopping_the_agent_keeps_enforcing_modes_survive_and_uninstall_lifts_the_gate
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let rel = cgroup_rel(&cgroup);
-    let policy = FixturePolicy {
-        host_id: "restart-host",
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &rel,
-        class_extra: "",
-    }
-    .text();
+    let policy = FixturePolicy::delivering("restart-host", &rel).text();
     let mut agent = RunningAgent::start(&policy, REGIONS);
     let server = net.virginia.udp_server(false);
     let dst = server.addr.to_string();
@@ -376,19 +381,8 @@ fn connections_open_before_the_agent_started_are_judged_and_cut_in_enforce_mode(
     let denied = net.virginia.tcp_hold_server(false);
     let allowed = net.frankfurt.tcp_hold_server(false);
     // Both connections are opened while no agent runs: nothing judges them.
-    let open = |server: &harness::harness::netns::Server| {
-        let d = server.addr.to_string();
-        let mut w = Waiting::start(cgroup.command(probe::command(&[
-            "tcp-open",
-            &d,
-            "pause",
-            &d,
-            "tcp-send-held",
-            &d,
-        ])));
-        assert!(w.read_line().contains("paused"));
-        w
-    };
+    let open =
+        |server: &harness::harness::netns::Server| holding_open(&cgroup, &server.addr.to_string());
     let (to_us, to_de) = (open(&denied), open(&allowed));
     assert_eq!(denied.wait_for(4, Duration::from_secs(2)), 4);
     assert_eq!(allowed.wait_for(4, Duration::from_secs(2)), 4);
@@ -428,27 +422,10 @@ fn switching_to_enforce_cuts_a_violating_connection_already_open() {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let rel = cgroup_rel(&cgroup);
-    let policy = FixturePolicy {
-        host_id: "restart-host",
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &rel,
-        class_extra: "",
-    }
-    .text();
+    let policy = FixturePolicy::delivering("restart-host", &rel).text();
     let agent = RunningAgent::start(&policy, REGIONS);
     let denied = net.virginia.tcp_hold_server(false);
-    let d = denied.addr.to_string();
-    let mut w = Waiting::start(cgroup.command(probe::command(&[
-        "tcp-open",
-        &d,
-        "pause",
-        &d,
-        "tcp-send-held",
-        &d,
-    ])));
-    assert!(w.read_line().contains("paused"));
+    let w = holding_open(&cgroup, &denied.addr.to_string());
     assert_eq!(denied.wait_for(4, Duration::from_secs(2)), 4, "monitor");
     let out = agent.ctl(&["enforce", "on", "--reason", "cut test"]);
     assert!(out.status.success());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use harness::harness::{
     agent::RunningAgent,
     cgroup::TestCgroup,
-    collector::RunningCollector,
+    collector::{RunningCollector, free_port, hello_message},
     netns::TestNet,
     postgres::PgServer,
     probe,
@@ -137,18 +137,7 @@ fn exactly_once(
     assert_eq!((drops, gaps), (0, 0), "kernel drops and gap records agree");
     // What an auditor's host listing shows (per-host counters kept with the
     // records): every violation, no gap, the last sequence.
-    let listed = tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async {
-            collector
-                .client(None)
-                .await
-                .list_hosts(residency_proto::collector::v1::ListHostsRequest {})
-                .await
-                .expect("ListHosts")
-                .into_inner()
-                .hosts
-        });
+    let listed = collector.hosts();
     let h = listed
         .iter()
         .find(|h| h.host_id == host)
@@ -242,15 +231,7 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
             self as pb, agent_message::Message as Out, collector_message::Message as In,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::AgentMessage {
-            message: Some(Out::Hello(pb::Hello {
-                host_id: host.into(),
-                version: "forger".into(),
-                state: None,
-            })),
-        })
-        .await
-        .expect("hello");
+        tx.send(hello_message(host)).await.expect("hello");
         let mut incoming = collector
             .agent_client(host)
             .await
@@ -280,19 +261,11 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
     });
     // The collector shows the jump as unexplained.
     let jumps = |collector: &RunningCollector| {
-        rt.block_on(async {
-            collector
-                .client(None)
-                .await
-                .list_hosts(residency_proto::collector::v1::ListHostsRequest {})
-                .await
-                .expect("ListHosts")
-                .into_inner()
-                .hosts
-                .into_iter()
-                .find(|h| h.host_id == host)
-                .map(|h| h.unexplained_jumps)
-        })
+        collector
+            .hosts()
+            .into_iter()
+            .find(|h| h.host_id == host)
+            .map(|h| h.unexplained_jumps)
     };
     assert_eq!(jumps(&collector), Some(1), "the forged sequence is flagged");
     // The agent meets the forged last sequence at its next connection.
@@ -368,12 +341,7 @@ fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
     let collector = RunningCollector::start(tmp.path());
     let config = collector.agent_config(tmp.path(), host, None);
     let rel = cgroup_rel(&cgroup);
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
+    let metrics = format!("127.0.0.1:{}", free_port());
     let agent = RunningAgent::start_with(
         &FixturePolicy::delivering(host, &rel).text(),
         DELIVERY_REGIONS,

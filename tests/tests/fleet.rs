@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
-    collector::{CollectorTls, RunningCollector},
+    collector::{CollectorTls, RunningCollector, hello_message},
     netns::TestNet,
     pki::{Pem, TestCa},
     probe,
@@ -73,15 +73,7 @@ async fn hello(
     tonic::Status,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::AgentMessage {
-        message: Some(AgentMsg::Hello(pb::Hello {
-            host_id: host.into(),
-            version: "test".into(),
-            state: None,
-        })),
-    })
-    .await
-    .expect("send hello");
+    tx.send(hello_message(host)).await.expect("send hello");
     let mut client = c.client(Some(who)).await;
     let mut incoming = client
         .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -542,15 +534,7 @@ fn without_tls_nobody_steers_or_delivers_unauthenticated() {
     let deliver = |token_host: Option<&str>, claimed: &str| {
         rt.block_on(async {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tx.send(pb::AgentMessage {
-                message: Some(AgentMsg::Hello(pb::Hello {
-                    host_id: claimed.into(),
-                    version: "test".into(),
-                    state: None,
-                })),
-            })
-            .await
-            .expect("hello");
+            tx.send(hello_message(claimed)).await.expect("hello");
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
             match token_host {
                 Some(h) => c.agent_client(h).await.deliver(stream).await.map(|_| ()),

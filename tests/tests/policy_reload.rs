@@ -38,26 +38,73 @@ fn policy_text(cgroup: &str, variant: u32) -> String {
     .text()
 }
 
+/// A kernel sensor with the fixture policy (variant 1) installed from files,
+/// a test cgroup it tags, and the remote hosts.
+struct Installed {
+    fx: SensorFixture,
+    cgroup: TestCgroup,
+    net: TestNet,
+    root: std::path::PathBuf,
+    rel: String,
+    source: PolicySource,
+    ledger: TagLedger,
+    /// Generation of the first install.
+    generation: u32,
+    policy: TempPath,
+    _regions: TempPath,
+}
+
+impl Installed {
+    /// `name` keeps its files apart from other tests'.
+    fn new(name: &str, regions: &str) -> Installed {
+        let mut fx = SensorFixture::attach();
+        let cgroup = TestCgroup::create();
+        let net = TestNet::create();
+        let root = mountinfo::cgroup2_mount().expect("cgroup2");
+        let rel = cgroup_rel(&cgroup);
+        let regions = TempPath::file(&format!("{name}-regions.csv"), regions);
+        let policy = TempPath::file(&format!("{name}-policy.toml"), &policy_text(&rel, 1));
+        let source = PolicySource {
+            policy: policy.path().to_owned(),
+            regions: regions.path().to_owned(),
+            aws_ranges: None,
+        };
+        let mut ledger = TagLedger::default();
+        let first = source.build(&[]).expect("policy builds");
+        let r =
+            apply::apply(&mut fx.sensor, &first, &|c| c.mode, &root, &mut ledger).expect("apply");
+        Installed {
+            fx,
+            cgroup,
+            net,
+            root,
+            rel,
+            source,
+            ledger,
+            generation: r.generation,
+            policy,
+            _regions: regions,
+        }
+    }
+
+    /// Installs `c` (modes as the policy says).
+    fn apply(&mut self, c: &sensor_user::policy::compile::Compiled) -> Result<u32, String> {
+        apply::apply(
+            &mut self.fx.sensor,
+            c,
+            &|c| c.mode,
+            &self.root,
+            &mut self.ledger,
+        )
+        .map(|r| r.generation)
+        .map_err(|e| e.to_string())
+    }
+}
+
 #[test]
 fn hundred_reloads_never_show_a_wrong_verdict() {
-    let mut fx = SensorFixture::attach();
-    let cgroup = TestCgroup::create();
-    let net = TestNet::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = cgroup_rel(&cgroup);
-    let regions = TempPath::file(
-        "regions.csv",
-        "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n",
-    );
-    let policy = TempPath::file("policy.toml", &policy_text(&rel, 1));
-    let source = PolicySource {
-        policy: policy.path().to_owned(),
-        regions: regions.path().to_owned(),
-        aws_ranges: None,
-    };
-    let mut ledger = TagLedger::default();
-    let first = source.build(&[]).expect("policy builds");
-    apply::apply(&mut fx.sensor, &first, &|c| c.mode, &root, &mut ledger).expect("apply");
+    let mut k = Installed::new("reloads", "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n");
+    let (cgroup, net, rel) = (&k.cgroup, &k.net, k.rel.clone());
 
     let fra = net.frankfurt.tcp_server(false);
     let iad = net.virginia.tcp_server(false);
@@ -90,10 +137,9 @@ fn hundred_reloads_never_show_a_wrong_verdict() {
     };
     let mut generations = Vec::new();
     for i in 0..100 {
-        std::fs::write(policy.path(), policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
-        let c = source.build(&[]).expect("policy builds");
-        let r = apply::apply(&mut fx.sensor, &c, &|c| c.mode, &root, &mut ledger).expect("apply");
-        generations.push(r.generation);
+        std::fs::write(k.policy.path(), policy_text(&rel, 2 + (i % 2))).expect("rewrite policy");
+        let c = k.source.build(&[]).expect("policy builds");
+        generations.push(k.apply(&c).expect("apply"));
     }
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
@@ -150,42 +196,29 @@ fn an_install_that_would_overflow_a_kernel_map_writes_nothing() {
     // A policy that bypassed `policy check` (here: failsafe prefixes added
     // after the check) is refused before the first write: the verdict table,
     // its generation and the failsafe set stay as they were.
-    let mut fx = SensorFixture::attach();
-    let cgroup = TestCgroup::create();
-    let net = TestNet::create();
-    let root = mountinfo::cgroup2_mount().expect("cgroup2");
-    let rel = cgroup_rel(&cgroup);
-    let regions = TempPath::file("regions3.csv", "5.0.0.0,5.0.0.255,DE\n");
-    let policy = TempPath::file("policy3.toml", &policy_text(&rel, 1));
-    let source = PolicySource {
-        policy: policy.path().to_owned(),
-        regions: regions.path().to_owned(),
-        aws_ranges: None,
+    let mut k = Installed::new("overflow", "5.0.0.0,5.0.0.255,DE\n");
+    let iad = k.net.virginia.udp_server(false);
+    let target = iad.addr.to_string();
+    let send = |cgroup: &TestCgroup| {
+        probe::run(cgroup.command(probe::command(&["udp-sendto", &target]))).errno()
     };
-    let mut ledger = TagLedger::default();
-    let first = source.build(&[]).expect("policy builds");
-    let r = apply::apply(&mut fx.sensor, &first, &|c| c.mode, &root, &mut ledger).expect("apply");
-    let iad = net.virginia.udp_server(false);
-    let send =
-        || probe::run(cgroup.command(probe::command(&["udp-sendto", &iad.addr.to_string()])));
-    assert_eq!(send().errno(), libc::EPERM);
+    assert_eq!(send(&k.cgroup), libc::EPERM);
 
-    let mut huge = source.build(&[]).expect("policy builds");
+    let mut huge = k.source.build(&[]).expect("policy builds");
     // 5,000 /32s covering Virginia's address among them.
+    let virginia = u32::from(k.net.virginia.v4);
     huge.policy.host.failsafe = (0..5000u32)
         .map(|i| {
-            let ip = std::net::Ipv4Addr::from(u32::from(net.virginia.v4) + i);
+            let ip = std::net::Ipv4Addr::from(virginia + i);
             ipnet::IpNet::from(std::net::IpAddr::V4(ip))
         })
         .collect();
-    let e = apply::apply(&mut fx.sensor, &huge, &|c| c.mode, &root, &mut ledger)
-        .expect_err("must not fit")
-        .to_string();
+    let e = k.apply(&huge).expect_err("must not fit");
     assert!(
         e.contains("FAILSAFE") && e.contains("nothing was installed"),
         "{e}"
     );
-    assert_eq!(fx.sensor.generation(), r.generation, "no table switch");
-    assert_eq!(send().errno(), libc::EPERM, "Virginia stays denied");
+    assert_eq!(k.fx.sensor.generation(), k.generation, "no table switch");
+    assert_eq!(send(&k.cgroup), libc::EPERM, "Virginia stays denied");
     assert_eq!(iad.received(), 0);
 }

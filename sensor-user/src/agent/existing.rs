@@ -84,7 +84,7 @@ impl Agent {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
-            ktime_ns: crate::kernel::monotonic_ns(),
+            ktime_ns: crate::clock::monotonic_ns(),
             pid,
             tid: pid,
             uid,

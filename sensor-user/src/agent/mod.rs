@@ -371,7 +371,7 @@ impl Agent {
             .adopted_liveness()
             .filter(|l| l.heartbeat_ns != 0)
         {
-            let away_ns = crate::kernel::monotonic_ns().saturating_sub(l.heartbeat_ns);
+            let away_ns = crate::clock::monotonic_ns().saturating_sub(l.heartbeat_ns);
             let from = now_ns - away_ns as i64;
             info!(
                 away_ms = away_ns / 1_000_000,

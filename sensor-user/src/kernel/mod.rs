@@ -101,8 +101,28 @@ fn retry_eagain(
 fn pins_err(pins: &pins::PinSet, name: &str, e: &dyn std::error::Error) -> SensorError {
     SensorError::Pins {
         dir: pins.dir().to_owned(),
-        reason: format!("program {name} has no bpf_link to pin: {}", pins::chain(e)),
+        reason: format!(
+            "program {name}: {} (pinning needs bpf_link, kernel 5.15 or newer; `sensord --preflight` checks)",
+            pins::chain(e)
+        ),
     }
+}
+
+/// The process tag map, writable.
+fn tasks_map(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u32, TaskTag>, SensorError> {
+    let map = ebpf
+        .map_mut("TASKS")
+        .ok_or(SensorError::MissingMap("TASKS"))?;
+    BpfHashMap::try_from(map).map_err(map_err("TASKS"))
+}
+
+/// The array map `name`, writable.
+pub(crate) fn array_mut<'a, T: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, T>, SensorError> {
+    let map = ebpf.map_mut(name).ok_or(SensorError::MissingMap(name))?;
+    Array::try_from(map).map_err(map_err(name))
 }
 
 /// Index 0 of the array map `name`, when it was ever written.
@@ -110,15 +130,6 @@ fn read_array<T: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<Option<T>,
     let map = ebpf.map(name).ok_or(SensorError::MissingMap(name))?;
     let array: Array<&MapData, T> = Array::try_from(map).map_err(map_err(name))?;
     Ok(array.get(&0, 0).ok())
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A program of `ebpf` by name, as its concrete type.
@@ -224,18 +235,14 @@ impl KernelSensor {
         allow_classes: u64,
     ) -> Result<(), SensorError> {
         let value = Liveness {
-            heartbeat_ns: monotonic_ns(),
+            heartbeat_ns: crate::clock::monotonic_ns(),
             timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
             deny_classes,
             allow_classes,
         };
-        let map = self
-            .ebpf
-            .map_mut("LIVENESS")
-            .ok_or(SensorError::MissingMap("LIVENESS"))?;
-        let mut array: Array<&mut MapData, Liveness> =
-            Array::try_from(map).map_err(map_err("LIVENESS"))?;
-        array.set(0, value, 0).map_err(map_err("LIVENESS"))
+        array_mut(&mut self.ebpf, "LIVENESS")?
+            .set(0, value, 0)
+            .map_err(map_err("LIVENESS"))
     }
 
     /// Attaches the socket programs to the cgroup at `path` (a directory under the
@@ -256,16 +263,10 @@ impl KernelSensor {
         for &(name, category, tp) in TRACEPOINTS {
             let prog: &mut TracePoint = load_program(&mut self.ebpf, name)?;
             let id = prog.attach(category, tp).map_err(prog_err(name))?;
-            if let Some(pins) = &self.pins {
+            if let Some(pins) = &mut self.pins {
                 let link = prog.take_link(id).map_err(prog_err(name))?;
-                let link = FdLink::try_from(link).map_err(|e| SensorError::Pins {
-                    dir: pins.dir().to_owned(),
-                    reason: format!(
-                        "tracepoint {name} has no bpf_link to pin: {}",
-                        pins::chain(&e)
-                    ),
-                })?;
-                pins.replace_link(&format!("tp-{name}"), link)?;
+                let link = FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))?;
+                pins.add_link(&format!("tp-{name}"), link)?;
             }
         }
         Ok(())
@@ -279,6 +280,16 @@ impl KernelSensor {
             source,
         })?;
         let cgroup_id = tagging::cgroup_id(cgroup_path)?;
+        if let Some(pins) = &self.pins {
+            // A new layout's programs start with the old set's process tags.
+            let carried = pins.carry_tasks(&mut tasks_map(&mut self.ebpf)?);
+            if carried > 0 {
+                info!(
+                    processes = carried,
+                    "process tags carried over from the older layout"
+                );
+            }
+        }
         let mut pinned = Vec::new();
         // One body for both program types (aya gives them no common trait):
         // attach, or, pinned, swap the program of the link pinned for this
@@ -314,23 +325,13 @@ impl KernelSensor {
         // tracking and flow accounting are in place.
         attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
         if let Some(pins) = &mut self.pins {
-            // The new programs run everywhere now: links to a cgroup no
-            // longer configured go, and so does state of an older layout.
+            // The new programs run everywhere now: the old tracepoint links
+            // go, so do links to a cgroup no longer configured and the maps
+            // of an older layout (after a last copy of its process tags).
+            pins.commit_links()?;
             pinned.extend(TRACEPOINTS.iter().map(|(n, _, _)| format!("tp-{n}")));
             pins.remove_links_except(&pinned)?;
-            let map = self
-                .ebpf
-                .map_mut("TASKS")
-                .ok_or(SensorError::MissingMap("TASKS"))?;
-            let mut tasks: BpfHashMap<&mut MapData, u32, TaskTag> =
-                BpfHashMap::try_from(map).map_err(map_err("TASKS"))?;
-            let carried = pins.retire(&mut tasks)?;
-            if carried > 0 {
-                info!(
-                    processes = carried,
-                    "process tags carried over from the older layout"
-                );
-            }
+            pins.retire(&mut tasks_map(&mut self.ebpf)?)?;
         }
         Ok(())
     }
@@ -420,12 +421,7 @@ impl KernelSensor {
     /// decided under it. The second write's other fields are all settled, and
     /// its epoch retires anything cached during the first.
     fn write_config(&mut self) -> Result<(), SensorError> {
-        let map = self
-            .ebpf
-            .map_mut("CONFIG")
-            .ok_or(SensorError::MissingMap("CONFIG"))?;
-        let mut array: Array<&mut MapData, Config> =
-            Array::try_from(map).map_err(map_err("CONFIG"))?;
+        let mut array = array_mut::<Config>(&mut self.ebpf, "CONFIG")?;
         for _ in 0..2 {
             self.config.epoch = self.config.epoch.wrapping_add(1);
             array.set(0, self.config, 0).map_err(map_err("CONFIG"))?;

@@ -67,9 +67,12 @@ pub struct PinSet {
     pub adopted: Vec<String>,
     /// Maps that were created afresh (none pinned, or not adoptable).
     pub created: Vec<String>,
-    /// Directories and pins of an older layout, removed once the links run
-    /// the new programs.
+    /// Map sets of an older layout, removed once the links run the new
+    /// programs.
     retired: Vec<PathBuf>,
+    /// Tracepoint links pinned beside the ones they replace, switched once
+    /// the cgroup links run the new programs.
+    pending_links: Vec<String>,
 }
 
 impl PinSet {
@@ -94,59 +97,69 @@ impl PinSet {
             adopted: Vec::new(),
             created: Vec::new(),
             retired: Vec::new(),
+            pending_links: Vec::new(),
         };
-        // Older layouts: retired once the new programs run.
+        // Older layouts, and sets a crash left aside: retired once the new
+        // programs run (their process tags carried over).
         for e in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("maps-v") && e.path() != maps_dir {
+            if name.starts_with("maps-") && e.path() != maps_dir {
                 set.retired.push(e.path());
             }
         }
-        let mut paths = Vec::new();
+        let mut wanted = Vec::new();
+        let mut pinned = 0;
+        let mut mismatches = Vec::new();
         for (name, def) in &obj.maps {
             if name.starts_with('.') || SCRATCH_MAPS.contains(&name.as_str()) {
                 continue;
             }
             let path = maps_dir.join(name);
             if path.exists() {
+                pinned += 1;
                 match MapInfo::from_pin(&path) {
-                    Ok(info)
-                        if info.map_type().map(|t| t as u32).ok() == Some(def.map_type())
-                            && info.key_size() == def.key_size()
-                            && info.value_size() == def.value_size()
-                            && info.max_entries() == def.max_entries() =>
-                    {
-                        set.adopted.push(name.clone());
-                    }
-                    other => {
-                        let why = match other {
-                            Ok(i) => format!(
-                                "pinned shape key {} value {} entries {}, object has key {} value {} entries {}",
-                                i.key_size(),
-                                i.value_size(),
-                                i.max_entries(),
-                                def.key_size(),
-                                def.value_size(),
-                                def.max_entries()
-                            ),
-                            Err(e) => e.to_string(),
-                        };
-                        warn!(map = %name, reason = %why, "pinned map cannot be adopted; creating it afresh");
-                        let aside = dir.join(format!("retired-{name}"));
-                        let _ = std::fs::remove_file(&aside);
-                        std::fs::rename(&path, &aside).map_err(io_err(&path))?;
-                        set.retired.push(aside);
-                        set.created.push(name.clone());
-                    }
+                    Ok(i)
+                        if i.map_type().map(|t| t as u32).ok() == Some(def.map_type())
+                            && i.key_size() == def.key_size()
+                            && i.value_size() == def.value_size()
+                            && i.max_entries() == def.max_entries() => {}
+                    Ok(i) => mismatches.push(format!(
+                        "{name}: pinned key {} value {} entries {}, this build key {} value {} entries {}",
+                        i.key_size(),
+                        i.value_size(),
+                        i.max_entries(),
+                        def.key_size(),
+                        def.value_size(),
+                        def.max_entries()
+                    )),
+                    Err(e) => mismatches.push(format!("{name}: {e}")),
                 }
             } else {
-                set.created.push(name.clone());
+                mismatches.push(format!("{name}: not pinned"));
             }
-            paths.push((name.clone(), path));
+            wanted.push((name.clone(), path));
+        }
+        // All or nothing: programs of this build must never share a map
+        // with programs of another (the configuration names which verdict
+        // trie is live; a trie re-created beside an adopted configuration
+        // would switch the running programs to a stale one).
+        if pinned > 0 && !mismatches.is_empty() {
+            warn!(dir = %dir.display(), reasons = ?mismatches, "the pinned maps do not fit this build; creating a new set beside them (process tags are carried over)");
+            let aside = dir.join(format!("maps-retired-{}", crate::clock::monotonic_ns()));
+            std::fs::rename(&maps_dir, &aside).map_err(io_err(&maps_dir))?;
+            std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+            set.retired.push(aside);
+            pinned = 0;
+        }
+        let names = wanted.iter().map(|(n, _)| n.clone());
+        if pinned > 0 {
+            set.adopted.extend(names);
+        } else {
+            set.created.extend(names);
         }
         set.adopted.sort();
         set.created.sort();
-        Ok((set, paths))
+        Ok((set, wanted))
     }
 
     /// Whether an earlier agent's state was found (the configuration map
@@ -178,7 +191,7 @@ impl PinSet {
             let update = obj_get(&path).and_then(|fd| link_update(&fd, program));
             update.map_err(|e| SensorError::Pins {
                 dir: path.clone(),
-                reason: format!("replacing the program of the pinned link: {e}"),
+                reason: format!("replacing the program of the pinned link: {e} (`sensord --uninstall` removes the pinned set, which detaches it; the next start pins afresh)"),
             })?;
             return Ok(true);
         }
@@ -190,10 +203,11 @@ impl PinSet {
         Ok(false)
     }
 
-    /// Pins a new tracepoint link as `name`, replacing (and so detaching) the
-    /// one pinned there before, after the new one runs.
-    pub(crate) fn replace_link(&self, name: &str, link: FdLink) -> Result<(), SensorError> {
-        let path = self.link_path(name);
+    /// Pins a new tracepoint link beside the one pinned as `name`: both run
+    /// until [`PinSet::commit_links`] (repeating idempotent tagging for a
+    /// moment), so no exec or fork goes untracked while the old programs
+    /// still judge.
+    pub(crate) fn add_link(&mut self, name: &str, link: FdLink) -> Result<(), SensorError> {
         // bpffs refuses names with a dot.
         let fresh = self.link_path(&format!("{name}-new"));
         let _ = std::fs::remove_file(&fresh);
@@ -201,9 +215,19 @@ impl PinSet {
             dir: fresh.clone(),
             reason: format!("pinning the link: {}", chain(&e)),
         })?;
-        // rename(2) over the old pin: the old link loses its last reference
-        // and detaches only now, with the new one already running.
-        std::fs::rename(&fresh, &path).map_err(io_err(&path))
+        self.pending_links.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Makes the links added with `add_link` the pinned ones: rename(2) over
+    /// each old pin, whose link loses its last reference and detaches.
+    pub(crate) fn commit_links(&mut self) -> Result<(), SensorError> {
+        for name in std::mem::take(&mut self.pending_links) {
+            let path = self.link_path(&name);
+            std::fs::rename(self.link_path(&format!("{name}-new")), &path)
+                .map_err(io_err(&path))?;
+        }
+        Ok(())
     }
 
     /// Removes pinned cgroup links that are not in `keep` (links to a cgroup
@@ -220,36 +244,36 @@ impl PinSet {
         Ok(())
     }
 
-    /// Carries process tags over from a retired `TASKS` map into `tasks`, then
-    /// removes every retired map and directory. Call once the links run the
-    /// new programs (no retired map is written any more).
+    /// Copies process tags from retired sets into `tasks` (classes are a
+    /// union). Call before the links switch (so the new programs start with
+    /// them) and again by `retire` after (for what the old programs tagged
+    /// meanwhile).
+    pub(crate) fn carry_tasks(&self, tasks: &mut BpfHashMap<&mut MapData, u32, TaskTag>) -> usize {
+        let mut carried = 0;
+        for old in &self.retired {
+            let pin = old.join("TASKS");
+            if !pin.exists() {
+                continue;
+            }
+            match copy_tasks(&pin, tasks) {
+                Ok(n) => carried += n,
+                Err(e) => {
+                    warn!(map = %pin.display(), error = %e, "process tags of the old layout could not be carried over; selectors re-tag at the next exec and the start-up scan re-tags running processes")
+                }
+            }
+        }
+        carried
+    }
+
+    /// Carries process tags over a last time and removes every retired set.
+    /// Call once the links run the new programs.
     pub(crate) fn retire(
         &mut self,
         tasks: &mut BpfHashMap<&mut MapData, u32, TaskTag>,
     ) -> Result<usize, SensorError> {
-        let mut carried = 0;
+        let carried = self.carry_tasks(tasks);
         for old in std::mem::take(&mut self.retired) {
-            let pin = if old.is_dir() {
-                old.join("TASKS")
-            } else if old.file_name().is_some_and(|n| n == "retired-TASKS") {
-                old.clone()
-            } else {
-                PathBuf::new()
-            };
-            if pin.exists() {
-                match copy_tasks(&pin, tasks) {
-                    Ok(n) => carried += n,
-                    Err(e) => {
-                        warn!(map = %pin.display(), error = %e, "process tags of the old layout could not be carried over; selectors re-tag at the next exec and the start-up scan re-tags running processes")
-                    }
-                }
-            }
-            let removed = if old.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
-            removed.map_err(io_err(&old))?;
+            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
             info!(path = %old.display(), "removed pinned state of an older layout");
         }
         Ok(carried)

@@ -18,7 +18,7 @@ use aya::maps::{
 use ipnet::IpNet;
 use sensor_common::{
     net::{map_prefix_len, to_map_form},
-    policy::{MAX_CLASSES, TaintSource},
+    policy::{MAX_CLASSES, TaintSource, capacity},
     tag::{ExeKey, TaskTag, kernel_dev},
 };
 
@@ -321,43 +321,38 @@ impl KernelSensor {
             }
         }
         self.selectors = want.clone();
-        // New and changed entries first, then stale ones out.
-        for (id, (c, _)) in &want.cgroups {
-            self.write_selector("CGROUP_SELECTORS", *id, *c)?;
-        }
-        for (uid, c) in &want.uids {
-            self.write_selector("UID_SELECTORS", *uid, *c)?;
-        }
-        for (k, (c, _)) in &want.exes {
-            self.write_selector("EXE_SELECTORS", *k, *c)?;
-        }
-        self.remove_stale_selectors("CGROUP_SELECTORS", |k: &u64| want.cgroups.contains_key(k))?;
-        self.remove_stale_selectors("UID_SELECTORS", |k: &u32| want.uids.contains_key(k))?;
-        self.remove_stale_selectors("EXE_SELECTORS", |k: &ExeKey| want.exes.contains_key(k))?;
+        let cgroups: Vec<(u64, u64)> = want.cgroups.iter().map(|(k, (c, _))| (*k, *c)).collect();
+        let uids: Vec<(u32, u64)> = want.uids.iter().map(|(k, c)| (*k, *c)).collect();
+        let exes: Vec<(ExeKey, u64)> = want.exes.iter().map(|(k, (c, _))| (*k, *c)).collect();
+        self.replace_selectors("CGROUP_SELECTORS", &cgroups)?;
+        self.replace_selectors("UID_SELECTORS", &uids)?;
+        self.replace_selectors("EXE_SELECTORS", &exes)?;
         Ok(problems)
     }
 
-    /// Removes the entries of selector map `map` that `keep` rejects. The keys
-    /// are read from the kernel, not from the user-space mirror: entries an
-    /// earlier agent wrote into an adopted pinned map go too.
-    fn remove_stale_selectors<K: aya::Pod>(
+    /// Makes selector map `map` hold exactly `want` (see `replace_entries`).
+    /// The keys are read from the kernel, not from the user-space mirror:
+    /// entries an earlier agent wrote into an adopted pinned map go too.
+    fn replace_selectors<K: aya::Pod + Eq + std::hash::Hash>(
         &mut self,
         map: &'static str,
-        keep: impl Fn(&K) -> bool,
+        want: &[(K, u64)],
     ) -> Result<(), SensorError> {
         let m = self.ebpf.map_mut(map).ok_or(SensorError::MissingMap(map))?;
-        let mut h: BpfHashMap<&mut MapData, K, u64> =
-            BpfHashMap::try_from(m).map_err(map_err(map))?;
-        let stale: Vec<K> = h
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep(k))
-            .collect();
-        for k in &stale {
-            // Gone already is fine.
-            let _ = h.remove(k);
-        }
-        Ok(())
+        let h = std::cell::RefCell::new(
+            BpfHashMap::<&mut MapData, K, u64>::try_from(m).map_err(map_err(map))?,
+        );
+        let old: Vec<K> = h.borrow().keys().filter_map(Result::ok).collect();
+        replace_entries(
+            &old,
+            want,
+            capacity::SELECTORS,
+            |k, v| h.borrow_mut().insert(k, v, 0).map_err(map_err(map)),
+            |k| {
+                // Gone already is fine.
+                let _ = h.borrow_mut().remove(k);
+            },
+        )
     }
 
     /// Makes the taint sources exactly `sources`, new ones first (see
@@ -382,7 +377,7 @@ impl KernelSensor {
         if !want.is_empty() {
             self.set_has_taint(true)?;
         }
-        self.replace_prefixes("TAINT", &want)?;
+        self.replace_prefixes("TAINT", &want, capacity::TAINT)?;
         if want.is_empty() {
             self.set_has_taint(false)?;
         }
@@ -392,7 +387,7 @@ impl KernelSensor {
     /// Makes the failsafe prefixes exactly `nets`, new ones first.
     pub fn set_failsafe(&mut self, nets: &[IpNet]) -> Result<(), SensorError> {
         let want: HashMap<PrefixKey, u8> = nets.iter().map(|n| (prefix_key(n), 1)).collect();
-        self.replace_prefixes("FAILSAFE", &want)?;
+        self.replace_prefixes("FAILSAFE", &want, capacity::FAILSAFE)?;
         // Verdicts cached for destinations that are now failsafe (or no longer)
         // must not outlive the change.
         self.write_config()
@@ -405,25 +400,95 @@ impl KernelSensor {
         &mut self,
         name: &'static str,
         want: &HashMap<PrefixKey, V>,
+        cap: u32,
     ) -> Result<(), SensorError> {
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(SensorError::MissingMap(name))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], V> =
+        let trie: LpmTrie<&mut MapData, [u8; 16], V> =
             LpmTrie::try_from(map).map_err(map_err(name))?;
         let old: Vec<PrefixKey> = trie
             .keys()
             .filter_map(Result::ok)
             .map(|k| (k.prefix_len(), k.data()))
             .collect();
-        for (k, v) in want {
-            trie.insert(&Key::new(k.0, k.1), v, 0)
-                .map_err(map_err(name))?;
-        }
-        for k in old.iter().filter(|k| !want.contains_key(*k)) {
-            let _ = trie.remove(&Key::new(k.0, k.1));
-        }
-        Ok(())
+        let want: Vec<(PrefixKey, V)> = want.iter().map(|(k, v)| (*k, *v)).collect();
+        let trie = std::cell::RefCell::new(trie);
+        replace_entries(
+            &old,
+            &want,
+            cap,
+            |k, v| {
+                trie.borrow_mut()
+                    .insert(&Key::new(k.0, k.1), v, 0)
+                    .map_err(map_err(name))
+            },
+            |k| {
+                let _ = trie.borrow_mut().remove(&Key::new(k.0, k.1));
+            },
+        )
+    }
+}
+
+/// Makes a map that holds `old` hold exactly `want`: new and changed entries
+/// first, stale ones after, so an entry both sets share is never missing and
+/// no destination is briefly uncovered that a new entry covers. When old and
+/// new together would not fit the map's `cap`, stale entries go first
+/// instead: an install must not fail half-way on a full map.
+fn replace_entries<K: Copy + Eq + std::hash::Hash, V: Copy>(
+    old: &[K],
+    want: &[(K, V)],
+    cap: u32,
+    mut insert: impl FnMut(K, V) -> Result<(), SensorError>,
+    mut remove: impl FnMut(&K),
+) -> Result<(), SensorError> {
+    let wanted: std::collections::HashSet<&K> = want.iter().map(|(k, _)| k).collect();
+    let had: std::collections::HashSet<&K> = old.iter().collect();
+    let stale: Vec<&K> = old.iter().filter(|k| !wanted.contains(k)).collect();
+    let union = old.len() + wanted.iter().filter(|k| !had.contains(*k)).count();
+    let stale_first = union > cap as usize;
+    if stale_first {
+        stale.iter().for_each(|k| remove(k));
+    }
+    for (k, v) in want {
+        insert(*k, *v)?;
+    }
+    if !stale_first {
+        stale.iter().for_each(|k| remove(k));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operations `replace_entries` does, in order.
+    fn ops(old: &[u32], want: &[u32], cap: u32) -> Vec<String> {
+        let log = std::cell::RefCell::new(Vec::new());
+        let want: Vec<(u32, ())> = want.iter().map(|k| (*k, ())).collect();
+        replace_entries(
+            old,
+            &want,
+            cap,
+            |k, ()| {
+                log.borrow_mut().push(format!("+{k}"));
+                Ok(())
+            },
+            |k| log.borrow_mut().push(format!("-{k}")),
+        )
+        .unwrap();
+        log.into_inner()
+    }
+
+    #[test]
+    fn new_entries_go_in_before_stale_ones_leave_unless_that_overfills_the_map() {
+        assert_eq!(ops(&[1, 2], &[2, 3], 4), ["+2", "+3", "-1"]);
+        assert_eq!(
+            ops(&[1, 2], &[2, 3], 2),
+            ["-1", "+2", "+3"],
+            "1, 2 and 3 at once do not fit 2"
+        );
     }
 }

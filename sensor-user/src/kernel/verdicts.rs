@@ -180,12 +180,7 @@ impl KernelSensor {
     /// Sets the mode of one class (it applies to the next call of every process).
     pub fn set_mode(&mut self, class: ClassId, m: Mode) -> Result<(), SensorError> {
         class_bit(class)?;
-        let map = self
-            .ebpf
-            .map_mut("MODES")
-            .ok_or(SensorError::MissingMap("MODES"))?;
-        let mut modes: Array<&mut MapData, u8> = Array::try_from(map).map_err(map_err("MODES"))?;
-        modes
+        super::array_mut::<u8>(&mut self.ebpf, "MODES")?
             .set(u32::from(class), m.code(), 0)
             .map_err(map_err("MODES"))?;
         // Verdicts cached under the old mode must not outlive it.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use harness::harness::{
     agent::RunningAgent,
     cgroup::TestCgroup,
-    collector::RunningCollector,
+    collector::{RunningCollector, hello_message},
     netns::TestNet,
     postgres::PgServer,
     probe,
@@ -45,15 +45,7 @@ fn body(seq: u64) -> String {
 async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
     let mut client = c.agent_client(host).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::AgentMessage {
-        message: Some(Out::Hello(pb::Hello {
-            host_id: host.into(),
-            version: "bench".into(),
-            state: None,
-        })),
-    })
-    .await
-    .expect("hello");
+    tx.send(hello_message(host)).await.expect("hello");
     let mut incoming = client
         .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

@@ -44,7 +44,45 @@ pub type AddToken =
 /// An agent's client with its token (plain TCP).
 pub type TokenClient = CollectorClient<InterceptedService<Channel, AddToken>>;
 
+/// A loopback port nothing listens on now (for a daemon to bind next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The hello that opens an agent's delivery stream for `host`.
+pub fn hello_message(host: &str) -> residency_proto::collector::v1::AgentMessage {
+    use residency_proto::collector::v1::{self as pb, agent_message::Message};
+    pb::AgentMessage {
+        message: Some(Message::Hello(pb::Hello {
+            host_id: host.into(),
+            version: "test".into(),
+            state: None,
+        })),
+    }
+}
+
 impl RunningCollector {
+    /// Every host it lists (ListHosts over its Unix socket, as root).
+    pub fn hosts(&self) -> Vec<residency_proto::collector::v1::HostSummary> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                self.client(None)
+                    .await
+                    .list_hosts(residency_proto::collector::v1::ListHostsRequest {})
+                    .await
+                    .expect("ListHosts")
+                    .into_inner()
+                    .hosts
+            })
+    }
+
     /// Starts collectord with a SQLite database in `dir`, without TLS.
     pub fn start(dir: &Path) -> RunningCollector {
         let db = dir.join("collector.db").to_string_lossy().into_owned();
@@ -54,11 +92,7 @@ impl RunningCollector {
     /// Starts collectord with `database`, and mutual TLS when given; its log
     /// goes to `dir`.
     pub fn start_with(dir: &Path, database: &str, tls: Option<CollectorTls>) -> RunningCollector {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let tokens = dir.join("agent-tokens");
         if !tokens.exists() {
             std::fs::write(&tokens, "# HOST TOKEN\n").expect("tokens file");

@@ -164,13 +164,19 @@ impl RemoteHost {
         .expect("thread inside the netns panicked")
     }
 
-    /// A TCP listener on the remote host that counts the connections it accepts.
-    pub fn tcp_server(&self, v6: bool) -> Server {
+    /// A non-blocking TCP listener on the remote host, and its address.
+    fn tcp_listener(&self, v6: bool) -> (TcpListener, SocketAddr) {
         let ip = self.addr(v6);
         let listener = self
             .inside(move || TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp in netns"));
         let addr = listener.local_addr().expect("local_addr");
         listener.set_nonblocking(true).expect("nonblocking");
+        (listener, addr)
+    }
+
+    /// A TCP listener on the remote host that counts the connections it accepts.
+    pub fn tcp_server(&self, v6: bool) -> Server {
+        let (listener, addr) = self.tcp_listener(v6);
         Server::spawn(addr, move |count, stop| {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -189,11 +195,7 @@ impl RemoteHost {
     /// A TCP server on the remote host that keeps every connection open and
     /// counts the bytes that arrive on all of them (`received`).
     pub fn tcp_hold_server(&self, v6: bool) -> Server {
-        let ip = self.addr(v6);
-        let listener = self
-            .inside(move || TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp in netns"));
-        let addr = listener.local_addr().expect("local_addr");
-        listener.set_nonblocking(true).expect("nonblocking");
+        let (listener, addr) = self.tcp_listener(v6);
         Server::spawn(addr, move |count, stop| {
             let mut open: Vec<std::net::TcpStream> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
