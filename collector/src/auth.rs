@@ -58,25 +58,32 @@ pub struct Roles {
     pub agent_tokens: Option<PathBuf>,
 }
 
-/// The groups (primary and supplementary) of process `pid`.
-fn groups_of(pid: i32) -> Vec<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix("Groups:") {
-            out.extend(
-                rest.split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
-        } else if let Some(rest) = line.strip_prefix("Gid:") {
-            out.extend(
-                rest.split_whitespace()
-                    .next()
-                    .and_then(|g| g.parse::<u32>().ok()),
-            );
-        }
+/// The groups of user `uid` (primary `gid` and the supplementary groups the
+/// system's group database gives it). Taken from the user, not from the
+/// peer process: a pid can be reused once its process is gone.
+fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid passwd; getpwuid_r fills it, pointing into
+    // `buf`, which outlives every use below.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as above; sizes match the buffers.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return vec![gid];
     }
-    out
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: pw_name points into `buf`; `groups` holds `n` entries.
+        let rc = unsafe { libc::getgrouplist(pwd.pw_name, gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n as usize);
+            return groups;
+        }
+        // Too small: `n` says how many there are.
+        groups.resize((n as usize).max(groups.len() * 2), 0);
+    }
 }
 
 /// Equality that takes as long whatever the contents (token comparison).
@@ -101,7 +108,12 @@ impl Roles {
             .filter_map(|l| l.split_once(char::is_whitespace))
             .find(|(_, t)| same_secret(t.trim().as_bytes(), token.as_bytes()))
             .map(|(host, _)| host.to_owned())
-            .ok_or_else(|| Status::unauthenticated("unknown agent token"))
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "unknown agent token: it must be listed for this host in {} (a line `HOST TOKEN`)",
+                    path.display()
+                ))
+            })
     }
 
     /// Authenticates a request.
@@ -117,7 +129,7 @@ impl Roles {
             if uid == 0 {
                 return Ok(Caller::Operator { name });
             }
-            let groups = cred.pid().map(groups_of).unwrap_or_default();
+            let groups = groups_of(uid, cred.gid());
             let member = |g: Option<u32>| g.is_some_and(|g| groups.contains(&g));
             if member(self.operator_group) {
                 return Ok(Caller::Operator { name });

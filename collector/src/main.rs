@@ -79,6 +79,17 @@ struct Args {
     /// every connection, so tokens are added and revoked without a restart).
     #[arg(long, value_name = "FILE")]
     agent_tokens: Option<PathBuf>,
+    /// Connections each listener (TCP, socket) admits at once; more are
+    /// closed at once, which is logged. Default: sized to the open-file limit
+    /// (half of it, less 256 for the database and logs, at most 16,384), so a
+    /// flood of clients cannot starve the database of descriptors.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections one peer (source address; uid on the socket, root exempt)
+    /// may hold. Default: a quarter of --max-connections; raise it when many
+    /// agents share an address (NAT).
+    #[arg(long, value_name = "N")]
+    max_connections_per_peer: Option<usize>,
 }
 
 /// The gid of group `name`.
@@ -204,7 +215,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = open_store(&args.database, true).await?;
     let fds = residency_proto::listen::raise_fd_limit();
-    info!(open_files = fds, "file descriptor limit");
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| (fds.saturating_sub(256) / 2).clamp(64, 16_384) as usize);
+    let limits = listen::Limits {
+        max_connections,
+        per_peer: args
+            .max_connections_per_peer
+            .unwrap_or((max_connections / 4).max(32)),
+        ..listen::Limits::default()
+    };
+    info!(
+        open_files = fds,
+        max_connections = limits.max_connections,
+        per_peer = limits.per_peer,
+        "connection limits"
+    );
     let roles = Roles {
         auditors: args.auditor.clone(),
         operators: args.operator.clone(),
@@ -272,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let incoming = listen::bind_tcp(args.listen, listen::Limits::default())
+    let incoming = listen::bind_tcp(args.listen, limits)
         .await
         .with_context(|| format!("while binding {}", args.listen))?;
     let tcp = server
@@ -292,10 +318,7 @@ async fn main() -> anyhow::Result<()> {
             readers,
         ))
         .add_service(CollectorServer::new(service))
-        .serve_with_incoming_shutdown(
-            listen::unix(unix, listen::Limits::default()),
-            stopped(stop_rx),
-        );
+        .serve_with_incoming_shutdown(listen::unix(unix, limits), stopped(stop_rx));
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);

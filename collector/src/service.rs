@@ -453,10 +453,7 @@ impl Collector for CollectorService {
             mode: r.mode.clone(),
             actor: caller.actor(),
             reason: r.reason.clone(),
-            issued_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
+            issued_ns: now_ns(),
         };
         self.store
             .lock()

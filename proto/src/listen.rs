@@ -218,6 +218,7 @@ fn run<L: Listener>(listener: L, limits: Limits) -> ReceiverStream<io::Result<Gu
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(10);
         let mut failing = false;
+        let mut refusing = false;
         loop {
             let io = match listener.accept().await {
                 Ok(io) => {
@@ -235,15 +236,24 @@ fn run<L: Listener>(listener: L, limits: Limits) -> ReceiverStream<io::Result<Gu
                     continue;
                 }
             };
+            // Refusals are logged once per streak, at warn: a fleet that
+            // outgrew the limit must be seen, a flood must not fill the log.
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(listener = %name, "connection limit reached; closing a new connection");
+                if !refusing {
+                    tracing::warn!(listener = %name, limit = limits.max_connections, "connection limit reached; closing new connections until one ends (collectord: --max-connections)");
+                    refusing = true;
+                }
                 continue;
             };
             let peer = L::peer(&io);
             if !peers.try_add(&peer, limits.per_peer) {
-                tracing::debug!(listener = %name, ?peer, "per-peer connection limit reached; closing");
+                if !refusing {
+                    tracing::warn!(listener = %name, ?peer, limit = limits.per_peer, "per-peer connection limit reached; closing its new connections until one ends (collectord: --max-connections-per-peer)");
+                    refusing = true;
+                }
                 continue;
             }
+            refusing = false;
             let g = Guarded {
                 io,
                 idle: limits.idle,

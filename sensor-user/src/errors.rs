@@ -59,7 +59,7 @@ pub enum SensorError {
     )]
     MissingProgram(&'static str),
     #[error(
-        "the policy needs {need} entries in kernel map {map}, which holds {capacity}; nothing was installed and the running policy stays in force"
+        "the policy needs {need} entries in kernel map {map}, which holds {capacity}; nothing was installed and the running policy stays in force (`sensorctl policy check --compile FILE` points at the section to shrink)"
     )]
     Capacity {
         map: &'static str,

@@ -35,7 +35,7 @@ fn cgroup_path(tgid: u32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
-fn real_uid(tgid: u32) -> Option<u32> {
+pub(crate) fn real_uid(tgid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("Uid:"))?

@@ -184,6 +184,14 @@ pub(crate) fn jumps(last: i64, new: &[i64]) -> Vec<Jump> {
     out
 }
 
+/// `jumps` past the host's highest stored sequence, or, for a host with none
+/// stored yet, past the first new one (a spool that starts beyond 1, because
+/// an earlier collector acknowledged what came before, is no jump).
+pub(crate) fn jumps_after(stored: Option<i64>, new: &[i64]) -> Vec<Jump> {
+    let base = stored.or_else(|| new.iter().min().map(|m| m - 1));
+    base.map_or_else(Vec::new, |b| jumps(b, new))
+}
+
 /// The ranges the agent's spool gap records among `records` account for:
 /// (gap record's sequence, first, last).
 pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> {
@@ -447,6 +455,12 @@ mod tests {
             }]
         );
         assert_eq!(jumps(100, &[50, 60]), vec![], "filling in below is no jump");
+        assert_eq!(
+            jumps_after(None, &[501, 502]),
+            vec![],
+            "a first delivery from 501"
+        );
+        assert_eq!(jumps_after(None, &[1, 2, 5]), vec![Jump { from: 3, to: 4 }]);
     }
 
     #[tokio::test]

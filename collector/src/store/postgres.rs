@@ -201,10 +201,9 @@ impl Postgres {
         let stored = now_ns();
         let mut counts = Vec::with_capacity(groups.len());
         for (host, records) in groups {
-            let last: i64 = tx
-                .query_opt(&last_of, &[host])
-                .await?
-                .map_or(0, |r| r.get(0));
+            // None: the host's first records here (a spool that starts past
+            // 1 is no jump).
+            let last: Option<i64> = tx.query_opt(&last_of, &[host]).await?.map(|r| r.get(0));
             // One array per column, borrowing the records (no copies).
             let text =
                 |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
@@ -232,7 +231,7 @@ impl Postgres {
                 new.add(row.get::<_, &str>(1), row.get::<_, i64>(0));
                 new_seqs.push(row.get::<_, i64>(0));
             }
-            for j in super::jumps(last, &new_seqs) {
+            for j in super::jumps_after(last, &new_seqs) {
                 tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
             }
             for (seq, first, last) in super::spool_gaps(records) {

@@ -129,10 +129,10 @@ impl Sqlite {
             let mut explain = tx.prepare_cached(&super::EXPLAIN_JUMPS.replace('$', "?"))?;
             let stored = now_ns();
             for (host, records) in groups {
-                let last: i64 = last_of
-                    .query_row(params![host], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
+                // None: the host's first records here (a spool that starts
+                // past 1 is no jump).
+                let last: Option<i64> =
+                    last_of.query_row(params![host], |r| r.get(0)).optional()?;
                 let mut new = NewCounts::default();
                 let mut new_seqs = Vec::new();
                 for (r, ix) in *records {
@@ -154,7 +154,7 @@ impl Sqlite {
                         new_seqs.push(r.seq as i64);
                     }
                 }
-                for j in super::jumps(last, &new_seqs) {
+                for j in super::jumps_after(last, &new_seqs) {
                     jump.execute(params![host, j.from, j.to, stored])?;
                 }
                 for (seq, first, last) in super::spool_gaps(records) {

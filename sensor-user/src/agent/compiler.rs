@@ -24,6 +24,9 @@ use crate::policy::{
 pub const CONCURRENT: usize = 1;
 /// Compiles waiting for a slot; one more is refused as busy.
 pub const QUEUED: usize = 4;
+/// Of those, how many may be viewers' dry runs: viewers cannot fill the
+/// queue that reloads, operators and exception expiries need.
+pub const VIEWERS_QUEUED: usize = 1;
 
 /// What one caller may ask of the compiler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,7 @@ pub enum Input {
 pub struct Compiler {
     running: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
+    viewers: Arc<Semaphore>,
 }
 
 impl Default for Compiler {
@@ -68,6 +72,7 @@ impl Default for Compiler {
         Compiler {
             running: Arc::new(Semaphore::new(CONCURRENT)),
             waiting: Arc::new(Semaphore::new(CONCURRENT + QUEUED)),
+            viewers: Arc::new(Semaphore::new(VIEWERS_QUEUED)),
         }
     }
 }
@@ -94,6 +99,16 @@ impl Compiler {
                 Budget::OPERATOR.max_bytes
             )));
         }
+        let viewer = if budget == Budget::VIEWER {
+            let Ok(p) = self.viewers.clone().try_acquire_owned() else {
+                return Err(CommandError::Busy(
+                    "a viewer's dry run is compiling already; retry when it is done".into(),
+                ));
+            };
+            Some(p)
+        } else {
+            None
+        };
         let Ok(queued) = self.waiting.clone().try_acquire_owned() else {
             return Err(CommandError::Busy(format!(
                 "{} policy compilations are running or queued; retry in a few seconds",
@@ -111,7 +126,7 @@ impl Compiler {
                 // The slot and the queue place are held until the compile
                 // ends, also when its caller gave up waiting: the number of
                 // compiles in memory stays bounded.
-                let _held = (slot, queued);
+                let _held = (slot, queued, viewer);
                 match input {
                     Input::File => {
                         let text =

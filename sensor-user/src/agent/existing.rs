@@ -5,8 +5,6 @@
 //! own maps, reports violations as records of kind `existing`, and in enforce
 //! mode closes the socket (`SOCK_DESTROY`): the owner's next send fails.
 
-use std::time::SystemTime;
-
 use residency_proto::agent::v1 as pb;
 use sensor_common::{net::IPPROTO_TCP, policy::verdict};
 use tracing::{error, info};
@@ -27,11 +25,12 @@ impl Agent {
         let tagged = self.sensor.tagged_processes().unwrap_or_default();
         let mut cut = 0usize;
         let mut reported = 0usize;
+        let mut walk = sockets::Walk::default();
         for (pid, classes) in tagged {
             if !enrich::is_process(pid) {
                 continue;
             }
-            for sock in sockets::open_sockets(pid) {
+            for sock in walk.open_sockets(pid) {
                 let Some(j) = self.sensor.judge(classes, sock.remote.ip()) else {
                     continue;
                 };
@@ -43,7 +42,14 @@ impl Agent {
                         match sockets::destroy(pid, &sock) {
                             Ok(()) => true,
                             Err(e) => {
-                                error!(pid, remote = %sock.remote, error = %e, "closing a connection to a disallowed destination failed (is CONFIG_INET_DIAG_DESTROY set?); it stays open and is reported");
+                                let hint = match e.raw_os_error() {
+                                    Some(libc::EOPNOTSUPP) => {
+                                        "this kernel lacks CONFIG_INET_DIAG_DESTROY; enforce such connections by restarting the process"
+                                    }
+                                    Some(libc::ENOENT) => "it closed meanwhile",
+                                    _ => "it stays open and is reported",
+                                };
+                                error!(pid, remote = %sock.remote, error = %e, hint, "closing a connection to a disallowed destination failed");
                                 false
                             }
                         }
@@ -72,18 +78,10 @@ impl Agent {
         destroyed: bool,
     ) -> pb::Flow {
         let loc = explain::location(&self.compiled, sock.remote.ip());
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let uid = crate::procscan::real_uid(pid).unwrap_or(0);
         pb::Flow {
             kind: "existing".into(),
-            time_unix_ns: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
+            time_unix_ns: super::now_unix_ns(),
             ktime_ns: crate::clock::monotonic_ns(),
             pid,
             tid: pid,

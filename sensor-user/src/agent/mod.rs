@@ -281,8 +281,14 @@ impl Agent {
             .attach_tracepoints()
             .context("while attaching the process tracepoints")?;
         let counters_map_id = sensor.counters_map_id()?;
+        // The baseline holds for these counters only: the same map (ids
+        // restart at every boot, so the boot too).
         let last_counters = match state.counters {
-            Some(b) if b.map_id == counters_map_id && b.values.len() == COUNTER_COUNT as usize => {
+            Some(b)
+                if b.map_id == counters_map_id
+                    && b.boot_id == persist::boot_id()
+                    && b.values.len() == COUNTER_COUNT as usize =>
+            {
                 b.values
             }
             _ => vec![0; COUNTER_COUNT as usize],
@@ -426,6 +432,7 @@ impl Agent {
             modes: self.overrides.clone(),
             counters: Some(CounterBaseline {
                 map_id: self.counters_map_id,
+                boot_id: persist::boot_id(),
                 values: self.last_counters.clone(),
             }),
         };
@@ -457,6 +464,9 @@ impl Agent {
 
     /// Installs `self.compiled` (and the mode overrides).
     fn install(&mut self) -> Result<(), SensorError> {
+        // A heartbeat first: a large table takes about a second to write,
+        // and the kernel must not take the agent for gone meanwhile.
+        self.heartbeat();
         let c = &self.compiled;
         if let Some(p) = &c.provenance {
             info!(dataset = %p.name, version = %p.version, licence = %p.licence, attribution = %p.attribution, "region data");
@@ -634,8 +644,14 @@ impl Agent {
             Some(name) => vec![self.class_id(name)?],
             None => self.compiled.policy.classes.iter().map(|c| c.id).collect(),
         };
+        // Each class as it is switched: should the kernel refuse one, the
+        // classes switched before it are saved and audited all the same.
+        let mut failed = None;
         for id in &ids {
-            self.sensor.set_mode(*id, mode)?;
+            if let Err(e) = self.sensor.set_mode(*id, mode) {
+                failed = Some(e);
+                break;
+            }
             if let Some(c) = self.compiled.policy.classes.iter().find(|c| c.id == *id) {
                 self.overrides.insert(
                     c.name.clone(),
@@ -650,11 +666,14 @@ impl Agent {
         }
         self.save_state();
         let target = class.clone().unwrap_or_else(|| "host".into());
-        self.audit.record(
-            &actor,
-            &format!("set enforcement of {target} to {mode}"),
-            &reason,
-        );
+        let what = match &failed {
+            None => format!("set enforcement of {target} to {mode}"),
+            Some(e) => format!("set enforcement of {target} to {mode}, failed part-way ({e})"),
+        };
+        self.audit.record(&actor, &what, &reason);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         if mode == Mode::Enforce {
             // Enforcement applies to connections already open too.
             self.judge_existing(false);
@@ -930,7 +949,11 @@ impl Agent {
                         })
                         .set(*v);
                 }
-                let changed = self.last_counters != c;
+                // Only the loss counters matter across a restart: the state
+                // file is written when one of them moved, not at every
+                // violation.
+                let losses = ..=sensor_common::counters::AGG_MAP_FULL as usize;
+                let changed = self.last_counters[losses] != c[losses];
                 self.last_counters = c;
                 self.counters_read_at = now_unix_ns();
                 if changed {

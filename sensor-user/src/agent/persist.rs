@@ -34,12 +34,23 @@ pub struct ModeOverride {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterBaseline {
     pub map_id: u32,
+    /// The boot the map id is of (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: String,
     pub values: Vec<u64>,
 }
 
+/// This boot's id (empty when unreadable).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// The whole file.
+/// Unknown fields are ignored (not refused): an older agent started after a
+/// newer one must still start, and heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OperatorState {
     /// Mode overrides by class name; they outlive policy reloads and restarts.
     #[serde(default)]
@@ -124,6 +135,7 @@ mod tests {
         );
         s.counters = Some(CounterBaseline {
             map_id: 7,
+            boot_id: boot_id(),
             values: vec![1, 2],
         });
         s.save(&dir).unwrap();

@@ -109,8 +109,11 @@ impl Agent {
     fn exceptions_after(&self, intent: &Intent) -> Vec<Exception> {
         match intent {
             Intent::Exceptions { granted, expired } => {
+                // An expired one goes only if it still is: renewed under the
+                // same id meanwhile, it stays.
+                let now = SystemTime::now();
                 let gone = |x: &Exception| {
-                    expired.iter().any(|e| e.state.id == x.state.id)
+                    (x.expired(now) && expired.iter().any(|e| e.state.id == x.state.id))
                         || granted.as_ref().is_some_and(|g| g.state.id == x.state.id)
                 };
                 self.exceptions

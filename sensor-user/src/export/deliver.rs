@@ -284,6 +284,18 @@ async fn session(
         loop {
             match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
                 Ok(Some(Ok(seq))) => {
+                    // Never more than was sent: the spool drops what is
+                    // acknowledged, and a collector that claims more would
+                    // make it drop records it never had.
+                    if seq > upto {
+                        error!(
+                            endpoint,
+                            acked = seq,
+                            sent_up_to = upto,
+                            "the collector acknowledged records it was not sent; taking only what was sent as delivered"
+                        );
+                    }
+                    let seq = seq.min(upto);
                     agent
                         .send(Command::Acked {
                             seq,

@@ -2,16 +2,17 @@
 //!
 //! A socket opened before the agent judged its process (before the agent
 //! started, or while its class was not enforced) was never seen by the
-//! connect hooks. [`open_sockets`] finds a process's connected TCP and UDP
+//! connect hooks. [`Walk::open_sockets`] finds a process's connected TCP and UDP
 //! sockets from `/proc/PID/fd` (socket inodes) and the tables of its network
 //! namespace (`/proc/PID/net/{tcp,tcp6,udp,udp6}`); [`destroy`] closes one
 //! from outside with the kernel's `SOCK_DESTROY` (sock_diag, needs
 //! `CONFIG_INET_DIAG_DESTROY`): the owner's next send fails with ECONNABORTED.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::fs::MetadataExt,
 };
 
 use sensor_common::net::{IPPROTO_TCP, IPPROTO_UDP};
@@ -69,9 +70,9 @@ fn parse_endpoint(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Parses one `/proc/net/{tcp,udp}[6]` table, keeping the sockets in `want`
-/// that can carry data to a remote.
-fn parse_table(text: &str, protocol: u8, want: &HashSet<u64>, out: &mut Vec<OpenSocket>) {
+/// Parses one `/proc/net/{tcp,udp}[6]` table: the sockets that can carry
+/// data to a remote.
+fn parse_table(text: &str, protocol: u8, out: &mut Vec<OpenSocket>) {
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (Some(local), Some(remote), Some(state), Some(inode)) = (
@@ -87,7 +88,7 @@ fn parse_table(text: &str, protocol: u8, want: &HashSet<u64>, out: &mut Vec<Open
         } else {
             state == UDP_CONNECTED
         };
-        if live && want.contains(&inode) && !remote.ip().is_unspecified() && remote.port() != 0 {
+        if live && !remote.ip().is_unspecified() && remote.port() != 0 {
             out.push(OpenSocket {
                 protocol,
                 local,
@@ -98,25 +99,48 @@ fn parse_table(text: &str, protocol: u8, want: &HashSet<u64>, out: &mut Vec<Open
     }
 }
 
-/// The connected TCP and UDP sockets process `pid` holds (empty when it is
-/// gone or holds none).
-pub fn open_sockets(pid: u32) -> Vec<OpenSocket> {
-    let inodes = socket_inodes(pid);
-    let mut out = Vec::new();
-    if inodes.is_empty() {
-        return out;
-    }
-    for (file, protocol) in [
-        ("tcp", IPPROTO_TCP),
-        ("tcp6", IPPROTO_TCP),
-        ("udp", IPPROTO_UDP),
-        ("udp6", IPPROTO_UDP),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
-            parse_table(&text, protocol, &inodes, &mut out);
+/// One walk over processes' sockets: each network namespace's tables are
+/// read once, and a socket several processes share (inherited across fork,
+/// passed) is handed out once, to the first of them.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Connected sockets by network namespace inode.
+    tables: HashMap<u64, Vec<OpenSocket>>,
+    seen: HashSet<u64>,
+}
+
+impl Walk {
+    /// The connected TCP and UDP sockets process `pid` holds that no
+    /// earlier process of this walk held (empty when it is gone or holds
+    /// none).
+    pub fn open_sockets(&mut self, pid: u32) -> Vec<OpenSocket> {
+        let inodes = socket_inodes(pid);
+        if inodes.is_empty() {
+            return Vec::new();
         }
+        let Ok(netns) = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()) else {
+            return Vec::new();
+        };
+        let table = self.tables.entry(netns).or_insert_with(|| {
+            let mut all = Vec::new();
+            for (file, protocol) in [
+                ("tcp", IPPROTO_TCP),
+                ("tcp6", IPPROTO_TCP),
+                ("udp", IPPROTO_UDP),
+                ("udp6", IPPROTO_UDP),
+            ] {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+                    parse_table(&text, protocol, &mut all);
+                }
+            }
+            all
+        });
+        table
+            .iter()
+            .filter(|s| inodes.contains(&s.inode) && self.seen.insert(s.inode))
+            .cloned()
+            .collect()
     }
-    out
 }
 
 /// Closes `sock` of process `pid` with `SOCK_DESTROY`, from inside the
@@ -248,9 +272,8 @@ mod tests {
    1: 0100007F:A000 0371A8C0:0050 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
    2: 0100007F:A001 0371A8C0:0050 06 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 20 4 30 10 -1
 ";
-        let want: HashSet<u64> = [111, 222, 333].into();
         let mut out = Vec::new();
-        parse_table(tcp, IPPROTO_TCP, &want, &mut out);
+        parse_table(tcp, IPPROTO_TCP, &mut out);
         assert_eq!(
             out,
             vec![OpenSocket {
@@ -265,7 +288,7 @@ mod tests {
    0: 00000000000000000000000001000000:A000 B80D0120000000000000000001000000:01BB 01 00000000:00000000 00:00000000 00000000     0        0 444 1
 ";
         let mut out = Vec::new();
-        parse_table(v6, IPPROTO_TCP, &[444].into(), &mut out);
+        parse_table(v6, IPPROTO_TCP, &mut out);
         assert_eq!(out[0].remote, "[2001:db8::1]:443".parse().unwrap());
         assert_eq!(out[0].local, "[::1]:40960".parse().unwrap());
     }

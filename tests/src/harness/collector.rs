@@ -35,6 +35,8 @@ pub struct RunningCollector {
     pub socket: PathBuf,
     /// `HOST TOKEN` lines of agents on plain TCP.
     tokens: PathBuf,
+    /// An open-file limit to run it under (as systemd's default would).
+    pub open_files: Option<u64>,
 }
 
 /// Adds an agent's token to each call.
@@ -105,6 +107,7 @@ impl RunningCollector {
             log: dir.join("collectord.log"),
             socket: dir.join("collectord.sock"),
             tokens,
+            open_files: None,
         };
         c.restart();
         c
@@ -125,7 +128,17 @@ impl RunningCollector {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = Command::new(workspace_bin("collectord"));
+        // prlimit (util-linux) sets the limit and execs collectord: same pid.
+        let mut cmd = match self.open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(workspace_bin("collectord"));
+                c
+            }
+            None => Command::new(workspace_bin("collectord")),
+        };
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--database")
