@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -94,23 +93,11 @@ impl OperatorState {
 
     /// Writes `dir/state.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        // The rename is durable once the directory is.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::system::atomic::write_atomic(dir, FILE, &body).map_err(|source| StateError::Io {
+            path: dir.join(FILE),
+            source,
+        })
     }
 }
 

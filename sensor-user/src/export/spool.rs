@@ -382,15 +382,11 @@ impl Spool {
 
     /// Records the next sequence durably (before the last segment goes).
     fn save_next_seq(&self) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{NEXT_SEQ_FILE}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(self.next_seq.to_string().as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.dir.join(NEXT_SEQ_FILE))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::system::atomic::write_atomic(
+            &self.dir,
+            NEXT_SEQ_FILE,
+            self.next_seq.to_string().as_bytes(),
+        )
     }
 }
 

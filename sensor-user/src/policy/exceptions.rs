@@ -9,7 +9,7 @@
 //! in `exceptions.pb` in the spool directory) and are removed at expiry.
 
 use std::{
-    io::{self, Write},
+    io,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -115,11 +115,7 @@ pub fn save(dir: &Path, exceptions: &[Exception]) -> io::Result<()> {
             .encode_length_delimited(&mut bytes)
             .map_err(io::Error::other)?;
     }
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FILE))
+    crate::system::atomic::write_atomic(dir, FILE, &bytes)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Facts about the host that the sensor depends on.
 
+pub mod atomic;
 pub mod bpffs;
 pub mod btf;
 pub mod mountinfo;
