@@ -425,3 +425,88 @@ fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A tmpfs of `size` at `path`, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a tmpfs at {}", path.display());
+        SmallDisk(path.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_costs_no_record_without_a_gap() {
+    // The spool lives on a 128 KiB disk and the collector is down: the disk
+    // fills. Every violation must still reach the collector, as a record or
+    // counted in a spool_write gap record, once the collector is back and
+    // its acknowledgements free the disk.
+    let tmp = TempPath::dir("delivery-disk-full");
+    let host = "delivery-disk-full";
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let disk = SmallDisk::mount(&tmp.path().join("spool"), "128k");
+    let rel = cgroup_rel(&cgroup);
+    let agent = RunningAgent::start_with(
+        &FixturePolicy::delivering(host, &rel).text(),
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    collector.kill9();
+    violate(&cgroup, &target, 1000);
+    assert!(
+        agent.wait_log("appending to the spool failed", Duration::from_secs(10)),
+        "the disk filled: {}",
+        agent.log_text()
+    );
+    collector.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let violations = collector.count(host, "violation") as u64;
+        let lost: u64 = collector
+            .export(Some("gap"))
+            .iter()
+            .filter(|r| r["host"] == host && r["record"]["source"] == "spool_write")
+            .filter_map(|r| r["record"]["count"].as_u64())
+            .sum();
+        if violations + lost == 1000 && lost > 0 {
+            break;
+        }
+        assert!(
+            violations + lost <= 1000,
+            "more than sent: {violations} + {lost}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "only {violations} violations and {lost} counted as not spooled of 1000; status {}; log {}",
+            agent.ctl_json(&["status"]),
+            agent
+                .log_text()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(agent);
+    drop(disk);
+}

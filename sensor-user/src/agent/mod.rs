@@ -1139,10 +1139,10 @@ impl Agent {
 
     /// Reports records the spool could not take, once it takes one again.
     fn report_unspooled(&mut self) {
-        let (count, from, why) = std::mem::take(&mut self.unspooled);
-        if count == 0 {
+        let (count, from, why) = &self.unspooled;
+        let Some(s) = self.spool.as_mut().filter(|_| *count > 0) else {
             return;
-        }
+        };
         let now = now_unix_ns();
         let body = serde_json::json!({
             "source": "spool_write",
@@ -1152,13 +1152,11 @@ impl Agent {
             "error": why,
         })
         .to_string();
-        self.spool_append("gap", now, &body);
-        if self.unspooled.0 == 0 {
+        // Still failing: the count stays for the next try (logged once, when
+        // the failures began).
+        if s.append(&encode_spooled("gap", now, &body)).is_ok() {
             warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
-        } else {
-            // Still failing: keep the whole count for the next try.
-            self.unspooled.0 += count - 1;
-            self.unspooled.1 = from;
+            self.unspooled = (0, 0, String::new());
         }
     }
 

@@ -216,18 +216,18 @@ impl Spool {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1);
         let next_seq = segments.last().map_or(1, |s| s.last_seq + 1).max(recorded);
-        Ok((
-            Spool {
-                dir: dir.to_owned(),
-                opts,
-                segments,
-                tail: None,
-                next_seq,
-                unsynced: 0,
-                dropped: Dropped::default(),
-            },
-            rec,
-        ))
+        let spool = Spool {
+            dir: dir.to_owned(),
+            opts,
+            segments,
+            tail: None,
+            next_seq,
+            unsynced: 0,
+            dropped: Dropped::default(),
+        };
+        // The file exists from now on, so rewriting it never needs space.
+        spool.save_next_seq()?;
+        Ok((spool, rec))
     }
 
     /// Bytes on disk.
@@ -318,16 +318,23 @@ impl Spool {
             }
         }
         let f = self.tail.as_mut().expect("opened above");
-        f.write_all(&frame(seq, payload))?;
-        self.unsynced += 1;
         let sync = match self.opts.fsync {
             Fsync::Always => true,
-            Fsync::EveryN(n) => self.unsynced >= n.max(1),
+            Fsync::EveryN(n) => self.unsynced + 1 >= n.max(1),
         };
-        if sync {
-            f.sync_data()?;
-            self.unsynced = 0;
+        let written = f
+            .write_all(&frame(seq, payload))
+            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // A frame half written (disk full) would hide every frame
+            // appended after it from the reader, and one written but not
+            // synced would share its sequence with the next: cut it off. The
+            // caller counts the record as not spooled.
+            let keep = self.segments.last().map_or(0, |s| s.bytes);
+            let _ = f.set_len(keep);
+            return Err(e);
         }
+        self.unsynced = if sync { 0 } else { self.unsynced + 1 };
         let s = self.segments.last_mut().expect("pushed above");
         s.last_seq = seq;
         s.bytes += size;
@@ -381,12 +388,20 @@ impl Spool {
     }
 
     /// Records the next sequence durably (before the last segment goes).
+    /// Rewritten in place at a fixed width (the file is created when the
+    /// spool opens): it needs no new disk block, so acknowledgements still
+    /// free a full disk instead of failing on it.
     fn save_next_seq(&self) -> io::Result<()> {
-        crate::system::atomic::write_atomic(
-            &self.dir,
-            NEXT_SEQ_FILE,
-            self.next_seq.to_string().as_bytes(),
-        )
+        use std::os::unix::fs::FileExt;
+        let line = format!("{:020}\n", self.next_seq);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(NEXT_SEQ_FILE))?;
+        f.write_all_at(line.as_bytes(), 0)?;
+        f.set_len(line.len() as u64)?;
+        f.sync_data()
     }
 }
 
