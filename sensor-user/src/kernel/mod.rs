@@ -81,21 +81,36 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> S
 
 /// Runs a program load, again when the kernel answers EAGAIN: the verifier gives
 /// up with EAGAIN when a signal arrives while it works (a SIGCHLD is enough; seen
-/// with many loads in parallel on 6.18). libbpf retries the same way.
+/// with many loads in parallel on 6.18, more often since the agent-loss check
+/// made the connect programs longer to verify). libbpf retries the same way;
+/// this thread also blocks signals while it loads, so that a process-directed
+/// signal goes to another thread (or waits) instead of aborting the verifier.
 fn retry_eagain(
     mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
 ) -> Result<(), aya::programs::ProgramError> {
+    // SAFETY: sigset_t is plain data; the calls only read and write the sets
+    // we own, and the old mask is restored below on every path.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+    }
     let mut attempt = 0;
-    loop {
+    let result = loop {
         match load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 20 =>
             {
                 attempt += 1;
             }
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
 }
 
 fn pins_err(pins: &pins::PinSet, name: &str, e: &dyn std::error::Error) -> SensorError {
