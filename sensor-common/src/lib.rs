@@ -7,6 +7,7 @@
 //!
 //! - [`flow`]: records the kernel sends up (flows, tags, closes).
 //! - [`policy`]: verdict codes, modes, the verdict/failsafe/taint map keys, config.
+//! - [`mark`]: classes carried by sockets (socket-local storage).
 //! - [`tag`]: which processes carry which data classes, and why.
 //! - [`counters`]: loss and map-full counters.
 //! - [`net`]: address families, protocols, and the 16-byte address form.
@@ -17,6 +18,7 @@ extern crate std;
 
 pub mod counters;
 pub mod flow;
+pub mod mark;
 pub mod net;
 pub mod policy;
 pub mod tag;

@@ -13,6 +13,39 @@ pub const IPPROTO_TCP: u8 = 6;
 /// `IPPROTO_UDP`.
 pub const IPPROTO_UDP: u8 = 17;
 
+/// `IPPROTO_ICMP`.
+pub const IPPROTO_ICMP: u8 = 1;
+/// `IPPROTO_ICMPV6`.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// `IPPROTO_UDPLITE`.
+pub const IPPROTO_UDPLITE: u8 = 136;
+/// `IPPROTO_RAW`.
+pub const IPPROTO_RAW: u8 = 255;
+/// `IPPROTO_MPTCP`: a socket protocol, not an IP one (its packets are TCP).
+pub const IPPROTO_MPTCP: u16 = 262;
+/// `AF_PACKET`.
+pub const AF_PACKET: u8 = 17;
+/// `SOCK_RAW`.
+pub const SOCK_RAW: u32 = 3;
+
+/// The usual name of a protocol: `sock_protocol` when the socket's own
+/// protocol differs from the one on the wire (MPTCP), else the IP protocol.
+pub const fn protocol_name(protocol: u8, sock_protocol: u16) -> &'static str {
+    if sock_protocol == IPPROTO_MPTCP {
+        return "mptcp";
+    }
+    match protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
+        IPPROTO_UDPLITE => "udplite",
+        IPPROTO_RAW => "raw",
+        0 => "ip",
+        _ => "other",
+    }
+}
+
 /// Bits of the v4-mapped prefix `::ffff:0:0/96`.
 pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 

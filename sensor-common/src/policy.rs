@@ -145,6 +145,32 @@ pub struct Config {
     pub off_file_private_data: u32,
     pub off_socket_sk: u32,
     pub tp_accept_ret: u32,
+    /// Classes whose processes may open raw and ICMP sockets
+    /// (`allow_raw_sockets` in the policy). Other classes: refused in enforce
+    /// mode, reported in monitor mode (`sock_create`).
+    pub raw_allowed: u64,
+    /// Classes whose processes are killed (SIGKILL) when they open an
+    /// AF_PACKET socket in enforce mode (`packet_sockets = "kill"`); the kernel
+    /// has no hook to refuse one. Every tagged process's packet socket is
+    /// reported.
+    pub packet_kill: u64,
+    /// Classes that propagate over local connections (`propagate_over_local`):
+    /// a process that accepts a loopback or host-local connection from a
+    /// process carrying them carries them too.
+    pub local_classes: u64,
+    /// Offsets of `family` and `type` in the syscalls:sys_enter_socket record
+    /// (tracefs). 0: packet sockets are not seen.
+    pub tp_socket_family: u32,
+    pub tp_socket_type: u32,
+    /// For selectors evaluated when a task moves cgroup (BTF):
+    /// cgroup.level, cgroup.ancestors, cgroup.kn, kernfs_node.id,
+    /// task_struct.tgid. `off_cgroup_kn == 0`: cgroup moves are not seen.
+    pub off_cgroup_level: u32,
+    pub off_cgroup_ancestors: u32,
+    pub off_cgroup_kn: u32,
+    pub off_kernfs_id: u32,
+    pub off_task_tgid: u32,
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -182,6 +208,17 @@ impl Config {
         off_file_private_data: 0,
         off_socket_sk: 0,
         tp_accept_ret: 0,
+        raw_allowed: 0,
+        packet_kill: 0,
+        local_classes: 0,
+        tp_socket_family: 0,
+        tp_socket_type: 0,
+        off_cgroup_level: 0,
+        off_cgroup_ancestors: 0,
+        off_cgroup_kn: 0,
+        off_kernfs_id: 0,
+        off_task_tgid: 0,
+        _pad2: 0,
     };
 }
 
@@ -215,7 +252,7 @@ impl Liveness {
 /// meaning). Bump it with any change to a type in this crate that a pinned map
 /// holds, or to what a map's entries mean: a starting agent then re-creates
 /// the maps it cannot adopt instead of feeding new programs old bytes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 crate::pod!(VerdictKey, TaintSource, Config, Liveness);
@@ -228,7 +265,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 120);
+        assert_eq!(core::mem::size_of::<Config>(), 176);
         assert_eq!(core::mem::size_of::<Liveness>(), 32);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);

@@ -26,6 +26,14 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Nothing to judge or report (a failsafe destination, every class off).
+    pub const NOTHING: Self = Self {
+        reported: 0,
+        verdict: 0,
+        action: 0,
+        generation: 0,
+    };
+
     /// The verdict cached in `state`.
     #[inline(always)]
     pub fn cached(state: &AggState) -> Self {

@@ -21,7 +21,7 @@ pub fn on_connect6(ctx: SockAddrContext) -> i32 {
 pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
     // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
     let sa = unsafe { &*ctx.sock_addr };
-    let dst = if v6 {
+    let mut dst = if v6 {
         // Four 4-byte loads: the verifier refuses wider reads of user_ip6.
         let ip6 = [
             sa.user_ip6[0],
@@ -33,6 +33,11 @@ pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
     } else {
         destination4(sa.user_ip4, sa.protocol as u8, sa.user_port)
     };
+    // MPTCP sockets (protocol 262) send TCP: the record says both.
+    if sa.protocol > 255 {
+        dst.sock_protocol = sa.protocol as u16;
+        dst.protocol = sensor_common::net::IPPROTO_TCP;
+    }
     judge(ctx, kind, &dst)
 }
 
@@ -48,6 +53,7 @@ pub fn destination4(ip4: u32, protocol: u8, port_be: u32) -> Destination {
         addr,
         key: sensor_common::net::v4_mapped(b),
         port: u16::from_be(port_be as u16),
+        sock_protocol: 0,
     }
 }
 
@@ -71,5 +77,6 @@ pub fn destination6(ip6: [u32; 4], protocol: u8, port_be: u32) -> Destination {
         addr,
         key: addr,
         port: u16::from_be(port_be as u16),
+        sock_protocol: 0,
     }
 }

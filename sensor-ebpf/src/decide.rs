@@ -26,7 +26,7 @@ use sensor_common::{
 use crate::{
     agg::{self, Decision},
     emit::{Destination, fill_flow, slot, submit, task_record, task_record_at},
-    flows,
+    flows, marks,
     maps::{
         AGG, FAILSAFE, Judgement, LIVENESS, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B,
         config, count,
@@ -38,7 +38,7 @@ pub const ALLOW: i32 = 1;
 pub const DENY: i32 = 0;
 
 #[inline(always)]
-fn is_loopback(dst: &Destination) -> bool {
+pub fn is_loopback(dst: &Destination) -> bool {
     if dst.family == AF_INET {
         return dst.addr[0] == 127;
     }
@@ -78,17 +78,34 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
 
 /// Classes whose declared agent-loss behaviour is in effect now: the agent has
 /// not heartbeated within the timeout (see `Liveness` in sensor-common).
+/// Also carries the classes judged violating whatever the destination (a
+/// packet with a source route goes further than its destination says).
 #[derive(Clone, Copy)]
-struct Loss {
+pub struct Loss {
     /// Fail closed: only failsafe destinations.
-    deny: u64,
+    pub deny: u64,
     /// Fail open: reported, never denied.
-    allow: u64,
+    pub allow: u64,
+    /// Verdict `DENY` whatever the tries say, mode unchanged.
+    pub route: u64,
+}
+
+impl Loss {
+    /// Whether the verdict depends on something other than the policy (it
+    /// must then be neither cached nor taken from a cache).
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        self.deny | self.allow | self.route != 0
+    }
 }
 
 #[inline(always)]
-fn agent_loss(classes: u64, now: u64) -> Loss {
-    let none = Loss { deny: 0, allow: 0 };
+pub fn agent_loss(classes: u64, now: u64) -> Loss {
+    let none = Loss {
+        deny: 0,
+        allow: 0,
+        route: 0,
+    };
     let Some(l) = LIVENESS.get(0) else {
         return none;
     };
@@ -101,15 +118,23 @@ fn agent_loss(classes: u64, now: u64) -> Loss {
     Loss {
         deny: l.deny_classes & classes,
         allow: l.allow_classes & classes,
+        route: 0,
     }
 }
 
 /// Judges `dst` for a process carrying `classes` against the verdict tries.
 /// `None`: nothing to judge or record (a failsafe destination, or every class
-/// the process carries is off).
+/// the process carries is off). `slot`: the scratch slot of the calling
+/// context (`emit::slot`).
 #[inline(always)]
-fn decide(cfg: &Config, classes: u64, dst: &Destination, loss: Loss) -> Option<Decision> {
-    if FAILSAFE.get(Key::new(128, dst.key)).is_some() {
+pub fn decide(
+    cfg: &Config,
+    classes: u64,
+    dst: &Destination,
+    loss: Loss,
+    slot: u32,
+) -> Option<Decision> {
+    if loss.route == 0 && FAILSAFE.get(Key::new(128, dst.key)).is_some() {
         return None;
     }
     // The per-class results live in a per-CPU scratch map, read and written with
@@ -117,7 +142,7 @@ fn decide(cfg: &Config, classes: u64, dst: &Destination, loss: Loss) -> Option<D
     // of different paths through one iteration are equal at the next and get
     // pruned. Kept in registers, each iteration doubled the states and a 64-class
     // loop hit the 1M-instruction limit (E2BIG, seen on 6.18).
-    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let scratch = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a valid per-CPU map value for this program run.
     unsafe { write_volatile(scratch, Judgement::ZERO) };
     let mut key = VerdictKey {
@@ -149,7 +174,7 @@ fn decide(cfg: &Config, classes: u64, dst: &Destination, loss: Loss) -> Option<D
         } else {
             VERDICTS_B.get(&lpm)
         };
-        let v = if fail_closed {
+        let v = if fail_closed || loss.route & bit != 0 {
             verdict::DENY
         } else {
             found.copied().unwrap_or(verdict::UNKNOWN)
@@ -237,7 +262,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     let loss = agent_loss(classes, now);
     // A verdict reached under a declared agent-loss behaviour is neither cached
     // nor taken from the cache: it holds only while the agent is away.
-    let interval = if loss.deny | loss.allow != 0 {
+    let interval = if loss.any() {
         0
     } else {
         cfg.agg_interval_ns
@@ -271,7 +296,8 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
                 // SAFETY: as above.
                 report_folded(ctx, kind, dst, unsafe { &mut *state }, now);
             }
-            let Some(d) = decide(cfg, classes, dst, loss) else {
+            let Some(d) = decide(cfg, classes, dst, loss, slot::PROCESS) else {
+                mark_socket(ctx, classes, dst, &Decision::NOTHING, epoch, loss);
                 return ALLOW;
             };
             if interval != 0 {
@@ -280,6 +306,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
             (d, 1)
         }
     };
+    mark_socket(ctx, classes, dst, &d, epoch, loss);
     let deny = d.action == action::DENIED;
     if d.action != action::NONE {
         count(VIOLATIONS);
@@ -303,6 +330,29 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         submit(ev);
     }
     ret
+}
+
+/// The socket carries the process's classes from now on, with the verdict
+/// just reached: the egress backstop judges its packets again only when their
+/// real destination, the policy or the classes differ.
+#[inline(always)]
+fn mark_socket(
+    ctx: &SockAddrContext,
+    classes: u64,
+    dst: &Destination,
+    d: &Decision,
+    epoch: u32,
+    loss: Loss,
+) {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if let Some(m) = marks::mark_current(sk.cast(), classes) {
+        if loss.any() {
+            m.judged_classes = 0;
+        } else {
+            marks::remember(m, &dst.key, dst.port, d, epoch);
+        }
+    }
 }
 
 /// Occurrences folded under a verdict that no longer holds (the policy or the

@@ -24,17 +24,22 @@ pub struct Destination {
     /// Map form (v4-mapped for IPv4), for lookups.
     pub key: [u8; 16],
     pub port: u16,
+    /// The socket's own protocol when its packets are another's (MPTCP), else 0.
+    pub sock_protocol: u16,
 }
 
 /// Per-CPU scratch slots for building records (a 128-byte record on the
 /// 512-byte BPF stack, copied a few times, overflows it). One slot per context
-/// that can interrupt another on the same CPU; every program runs in process
-/// context now (sock_addr and sock hooks, tracepoints).
+/// that can interrupt another on the same CPU: the socket hooks and
+/// tracepoints run in process context, the egress backstop also in softirq
+/// context (TCP retransmits and ACK-clocked sends).
 pub mod slot {
     /// Process context.
     pub const PROCESS: u32 = 0;
+    /// The egress backstop.
+    pub const PACKET: u32 = 1;
     /// Number of slots.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// A record in scratch slot `slot` with the task fields filled in.
@@ -47,22 +52,39 @@ pub fn task_record(slot: u32, kind: u8) -> Option<&'static mut FlowEvent> {
 /// `task_record` for a caller that has read the clock already (`now`).
 #[inline(always)]
 pub fn task_record_at(slot: u32, kind: u8, now: u64) -> Option<&'static mut FlowEvent> {
+    let ev = blank_at(slot, kind, now)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without pointer arguments.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.pid = pid_tgid as u32;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: the helper writes at most 16 bytes into the map value.
+    if unsafe { generated::bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), 16) } != 0 {
+        ev.comm = [0; 16];
+    }
+    Some(ev)
+}
+
+/// A record in scratch slot `slot` with every field zero but the time, kind
+/// and a count of one. Calls no helper about the current task (the egress
+/// backstop may not).
+#[inline(always)]
+fn blank_at(slot: u32, kind: u8, now: u64) -> Option<&'static mut FlowEvent> {
     let ev = RECORDS.get_ptr_mut(slot)?;
     // SAFETY: a per-CPU map value, used by one program run at a time per slot.
     let ev = unsafe { &mut *ev };
-    let pid_tgid = bpf_get_current_pid_tgid();
     // Every field is written here, word by word: `*ev = FlowEvent::ZERO`
     // compiles to a 128-iteration byte loop on BPF.
     ev.ktime_ns = now;
-    // SAFETY: helper without pointer arguments.
-    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.cgroup_id = 0;
     ev.cookie = 0;
     ev.classes = 0;
     ev.detail = 0;
     ev.duration_ns = 0;
-    ev.pid = pid_tgid as u32;
-    ev.tgid = (pid_tgid >> 32) as u32;
-    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.pid = 0;
+    ev.tgid = 0;
+    ev.uid = 0;
     ev.policy_generation = 0;
     ev.count = 1;
     ev.kind = kind;
@@ -73,7 +95,7 @@ pub fn task_record_at(slot: u32, kind: u8, now: u64) -> Option<&'static mut Flow
     ev.reason = 0;
     ev.local_port = 0;
     ev.remote_port = 0;
-    ev._pad1 = 0;
+    ev.sock_protocol = 0;
     for w in 0..2 {
         // SAFETY: in bounds of the 16-byte arrays; u64 stores.
         unsafe {
@@ -89,10 +111,24 @@ pub fn task_record_at(slot: u32, kind: u8, now: u64) -> Option<&'static mut Flow
                 .write_unaligned(0);
         }
     }
-    // SAFETY: the helper writes at most 16 bytes into the map value.
-    if unsafe { generated::bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), 16) } != 0 {
-        ev.comm = [0; 16];
-    }
+    Some(ev)
+}
+
+/// A record in scratch slot `slot` about the process that marked a socket
+/// (`m`): packets leave in softirq context too, where the current task is
+/// whoever was interrupted.
+#[inline(always)]
+pub fn mark_record(
+    slot: u32,
+    kind: u8,
+    m: &sensor_common::mark::SockMark,
+    now: u64,
+) -> Option<&'static mut FlowEvent> {
+    let ev = blank_at(slot, kind, now)?;
+    ev.pid = m.tgid;
+    ev.tgid = m.tgid;
+    ev.uid = m.uid;
+    ev.comm = m.comm;
     Some(ev)
 }
 
@@ -130,4 +166,5 @@ pub fn fill_flow<C: EbpfContext>(ctx: &C, ev: &mut FlowEvent, dst: &Destination)
     ev.protocol = dst.protocol;
     ev.remote_addr = dst.addr;
     ev.remote_port = dst.port;
+    ev.sock_protocol = dst.sock_protocol;
 }

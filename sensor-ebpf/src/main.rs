@@ -5,6 +5,10 @@
 //! - `sendmsg.rs`: cgroup sendmsg4/sendmsg6 (unconnected UDP sendto/sendmsg).
 //! - `process.rs`: exec/fork/exit tracepoints (tagging and its lifetime).
 //! - `sockets.rs`: accepted connections, bytes, close records.
+//! - `marks.rs`: classes carried by sockets (socket-local storage).
+//! - `backstop.rs`: cgroup_skb egress, judging packets of marked sockets by
+//!   their real destination.
+//! - `guard.rs`: raw, ICMP and packet sockets, source-route options.
 //! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
 //! - `agg.rs`: aggregation of repeated flows and their cached verdicts.
 //! - `emit.rs`: records to user space.
@@ -17,11 +21,14 @@
 #![no_main]
 
 mod agg;
+mod backstop;
 mod connect;
 mod decide;
 mod emit;
 mod flows;
+mod guard;
 mod maps;
+mod marks;
 mod process;
 mod sendmsg;
 mod sockets;

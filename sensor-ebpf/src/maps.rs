@@ -114,9 +114,10 @@ impl Judgement {
     };
 }
 
-/// Scratch space for `decide::judge` (one slot per CPU).
+/// Scratch space for `decide::decide` (one per `emit::slot` per CPU).
 #[map]
-pub static SCRATCH: PerCpuArray<Judgement> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Judgement> =
+    PerCpuArray::with_max_entries(crate::emit::slot::COUNT, 0);
 
 /// Scratch records, one per `emit::slot` per CPU.
 #[map]

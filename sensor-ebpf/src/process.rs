@@ -2,16 +2,18 @@
 //!
 //! Selectors are evaluated at exec, when the process becomes the program it
 //! will be: container runtimes and systemd move a process into its cgroup and
-//! then exec, so a cgroup selector catches every unit or container process. A
-//! process's existing classes are kept across exec (tags survive exec).
+//! then exec, so a cgroup selector catches every unit or container process.
+//! Cgroup selectors are evaluated again when a process is moved into another
+//! cgroup later. A process's existing classes are kept across exec and moves
+//! (tags survive both).
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     counters::TAG_MAP_FULL,
@@ -199,5 +201,100 @@ pub fn on_exit(ctx: TracePointContext) -> u32 {
     if group_dead {
         let _ = TASKS.remove(tgid);
     }
+    0
+}
+
+/// A process moved into another cgroup (cgroup:cgroup_attach_task, raw: its
+/// arguments are the destination `struct cgroup *`, the path, the
+/// `struct task_struct *` and whether the whole thread group moves). Cgroup
+/// selectors are evaluated for the moved process as at exec: a process moved
+/// into a selected cgroup after its exec carries the class from the move on.
+/// (The mover, not the moved process, is the current task: the selected
+/// cgroup and its ancestors are read from the destination cgroup.)
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn on_cgroup_attach(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    if cfg.off_cgroup_kn == 0 {
+        return 0;
+    }
+    let cgrp: *const u8 = ctx.arg(0);
+    let task: *const u8 = ctx.arg(2);
+    // SAFETY: offsets from BTF; bpf_probe_read_kernel checks every address.
+    let (level, tgid) = unsafe {
+        let Ok(level) = bpf_probe_read_kernel(cgrp.add(cfg.off_cgroup_level as usize).cast::<i32>())
+        else {
+            return 0;
+        };
+        let Ok(tgid) = bpf_probe_read_kernel(task.add(cfg.off_task_tgid as usize).cast::<i32>())
+        else {
+            return 0;
+        };
+        (level, tgid as u32)
+    };
+    let mut cgroup_match = 0u64;
+    let mut cgroup_id = 0u64;
+    for l in 0..MAX_CGROUP_DEPTH {
+        if l > level {
+            break;
+        }
+        // SAFETY: as above; `ancestors[l]` for l <= level is a valid cgroup.
+        let id = unsafe {
+            let slot = cgrp.add(cfg.off_cgroup_ancestors as usize + (l as usize) * 8);
+            let Ok(anc) = bpf_probe_read_kernel(slot.cast::<*const u8>()) else {
+                break;
+            };
+            let Ok(kn) = bpf_probe_read_kernel(anc.add(cfg.off_cgroup_kn as usize).cast::<*const u8>())
+            else {
+                break;
+            };
+            let Ok(id) = bpf_probe_read_kernel(kn.add(cfg.off_kernfs_id as usize).cast::<u64>())
+            else {
+                break;
+            };
+            id
+        };
+        // SAFETY: copied out at once.
+        if let Some(c) = unsafe { CGROUP_SELECTORS.get(id) } {
+            cgroup_match |= *c;
+            cgroup_id = id;
+        }
+    }
+    if cgroup_match == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    let existing = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
+    let new = cgroup_match & !existing;
+    if new == 0 {
+        return 0;
+    }
+    if TASKS
+        .insert(
+            tgid,
+            TaskTag {
+                classes: existing | cgroup_match,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(TAG_MAP_FULL);
+        return 0;
+    }
+    let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
+        return 0;
+    };
+    // The record is about the moved process, not the mover.
+    ev.pid = tgid;
+    ev.tgid = tgid;
+    ev.comm = [0; 16];
+    ev.cgroup_id = cgroup_id;
+    ev.classes = new;
+    ev.reason = reason::CGROUP;
+    ev.detail = cgroup_id;
+    ev.policy_generation = cfg.generation;
+    submit(ev);
     0
 }

@@ -19,11 +19,13 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task, bpf_get_socket_cookie},
     },
-    macros::{cgroup_sock, tracepoint},
-    programs::{SockContext, TracePointContext},
+    macros::{btf_tracepoint, cgroup_sock, tracepoint},
+    programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
 use sensor_common::{
+    counters::{DENIED, VIOLATIONS},
     flow::{FlowEvent, FlowKind},
+    policy::action,
     net::{AF_INET6, IPPROTO_TCP},
     policy::Config,
 };
@@ -32,7 +34,9 @@ use crate::{
     connect::{destination4, destination6},
     emit::{slot, submit, task_record},
     flows,
-    maps::{TASKS, config},
+    decide::{agent_loss, decide, is_loopback},
+    maps::{TASKS, config, count},
+    marks,
 };
 
 /// A field of a kernel socket at `off` (offsets from BTF; the read is checked).
@@ -109,10 +113,38 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         let a = unsafe { sk_field::<u32>(sk, cfg.off_skc_daddr) }.unwrap_or(0);
         destination4(a, IPPROTO_TCP, u32::from(dport))
     };
+    // Inbound is a transfer too: the reply carries the process's data to the
+    // peer. A peer denied for its classes is a violation; in enforce mode the
+    // egress backstop drops every packet of the socket (it is marked when
+    // the process writes, or inherited from a marked listener).
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let d = if is_loopback(&peer) {
+        None
+    } else {
+        decide(
+            cfg,
+            tag.classes,
+            &peer,
+            agent_loss(tag.classes, now),
+            slot::PROCESS,
+        )
+    };
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Accept as u8) else {
         return 0;
     };
     ev.classes = tag.classes;
+    if let Some(d) = d {
+        ev.classes = d.reported;
+        ev.verdict = d.verdict;
+        ev.action = d.action;
+        if d.action != action::NONE {
+            count(VIOLATIONS);
+            if d.action == action::DENIED {
+                count(DENIED);
+            }
+        }
+    }
     ev.family = peer.family;
     ev.protocol = IPPROTO_TCP;
     ev.remote_addr = peer.addr;
@@ -147,22 +179,38 @@ pub fn on_accept_exit_plain(ctx: TracePointContext) -> u32 {
     on_accept_exit(&ctx)
 }
 
-/// Bytes a tagged process sends on a tracked flow: the sock:sock_send_length
-/// tracepoint fires in the sender's context after every sendmsg() with its
-/// result. Untagged senders cost one TASKS lookup. (A cgroup_skb egress program
-/// would count per packet, but merely attaching one cost every connect on the
-/// host ~2%, measured with `cargo xtask bench`.)
+/// A tagged process is about to write to a TCP socket (tp_btf
+/// tcp:tcp_sendmsg_locked fires before the data is queued, in the writer's
+/// context, for send(), write(), sendfile, splice and io_uring alike): the
+/// socket is marked with its classes, so the egress backstop judges the
+/// socket's packets from the first byte this process writes, whoever opened
+/// the socket and whenever (a connection opened before the process was
+/// tagged, a pooled connection, a socket received over SCM_RIGHTS or taken
+/// with pidfd_getfd, an accepted connection). Untagged writers cost one TASKS
+/// lookup.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn on_tcp_sendmsg(ctx: BtfTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let Some(classes) = (unsafe { TASKS.get(tgid) }).map(|t| t.classes) else {
+        return 0;
+    };
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    let _ = marks::mark_current(sk, classes);
+    0
+}
+
+/// Bytes sent on a tracked flow, by any writer (a socket handed to another
+/// process counts its bytes too): the sock:sock_send_length tracepoint fires
+/// in the sender's context after every sendmsg() with its result. A socket
+/// without a cookie was never tracked: nearly every socket on the host stops
+/// at that read.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn on_send_length(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else {
         return 0;
     };
     if cfg.off_skc_cookie == 0 {
-        return 0;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: only checked for presence.
-    if unsafe { TASKS.get(tgid) }.is_none() {
         return 0;
     }
     // SAFETY: offsets read from tracefs and BTF by user space; reads are checked.
@@ -184,6 +232,9 @@ pub fn on_send_length(ctx: TracePointContext) -> u32 {
     let Ok(cookie) = cookie else {
         return 0;
     };
+    if cookie == 0 {
+        return 0;
+    }
     let Some(flow) = flows::find(cookie) else {
         return 0;
     };

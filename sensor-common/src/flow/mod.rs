@@ -21,6 +21,26 @@ pub enum FlowKind {
     /// The process got classes (`classes`), for `reason`
     /// ([`crate::tag::reason`]); `detail` says which selector.
     Tag = 5,
+    /// A packet of a marked socket judged on its way out (egress backstop):
+    /// its post-NAT destination differs from the one judged at connect, the
+    /// policy or the socket's classes changed since, or the socket came from
+    /// another process. `detail` is [`packet::SOURCE_ROUTE`] when the packet
+    /// carries a source route.
+    Packet = 6,
+    /// A tagged process opened a socket that cannot be judged by destination
+    /// (raw, ICMP, AF_PACKET): `protocol`/`sock_protocol` and `family` say
+    /// which, `detail` the socket type.
+    Socket = 7,
+    /// A tagged process asked for a source route (`IP_OPTIONS`,
+    /// `IPV6_RTHDR`): `detail` is `level << 32 | optname`.
+    SockOpt = 8,
+}
+
+/// Flags in the `detail` of [`FlowKind::Packet`] records.
+pub mod packet {
+    /// The packet carries a source route (IPv4 LSRR/SSRR option, IPv6
+    /// routing header): the destination judged is only its first hop.
+    pub const SOURCE_ROUTE: u64 = 1;
 }
 
 impl FlowKind {
@@ -32,6 +52,9 @@ impl FlowKind {
             3 => Some(Self::Accept),
             4 => Some(Self::Close),
             5 => Some(Self::Tag),
+            6 => Some(Self::Packet),
+            7 => Some(Self::Socket),
+            8 => Some(Self::SockOpt),
             _ => None,
         }
     }
@@ -75,7 +98,8 @@ pub struct FlowEvent {
     /// [`crate::net::AF_INET`] or [`crate::net::AF_INET6`], after v4-mapped
     /// addresses are unwrapped.
     pub family: u8,
-    /// [`crate::net::IPPROTO_TCP`] or [`crate::net::IPPROTO_UDP`].
+    /// IP protocol number on the wire ([`crate::net::IPPROTO_TCP`],
+    /// [`crate::net::IPPROTO_UDP`], ICMP, UDP-Lite, ...).
     pub protocol: u8,
     /// Verdict for the destination ([`crate::policy::verdict`]).
     pub verdict: u8,
@@ -87,8 +111,9 @@ pub struct FlowEvent {
     pub local_port: u16,
     /// Remote port, host byte order.
     pub remote_port: u16,
-    /// Explicit padding; always zero.
-    pub _pad1: u16,
+    /// The socket's own protocol when it differs from `protocol` on the wire
+    /// (`IPPROTO_MPTCP` = 262, whose packets are TCP), else 0.
+    pub sock_protocol: u16,
     /// Local address (zero when not yet bound).
     pub local_addr: [u8; 16],
     /// Remote address.
@@ -119,7 +144,7 @@ impl FlowEvent {
         reason: 0,
         local_port: 0,
         remote_port: 0,
-        _pad1: 0,
+        sock_protocol: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: [0; COMM_LEN],
@@ -198,6 +223,10 @@ mod tests {
             FlowKind::Sendmsg,
             FlowKind::Accept,
             FlowKind::Close,
+            FlowKind::Tag,
+            FlowKind::Packet,
+            FlowKind::Socket,
+            FlowKind::SockOpt,
         ] {
             assert_eq!(FlowKind::from_raw(k as u8), Some(k));
         }

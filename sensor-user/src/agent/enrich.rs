@@ -4,7 +4,6 @@
 use residency_proto::agent::v1 as pb;
 use sensor_common::{
     flow::{FlowEvent, FlowKind},
-    net::IPPROTO_TCP,
     policy::{action, verdict},
 };
 
@@ -65,6 +64,21 @@ pub fn verdict_name(v: Option<Verdict>) -> &'static str {
     }
 }
 
+/// The protocol a record names: the socket's own for sockets that cannot be
+/// judged by destination ("packet" for AF_PACKET, "raw" for raw IP sockets),
+/// else the protocol on the wire ("mptcp" for MPTCP sockets).
+fn protocol(ev: &FlowEvent) -> &'static str {
+    if ev.flow_kind() == Some(FlowKind::Socket) {
+        if ev.family == sensor_common::net::AF_PACKET {
+            return "packet";
+        }
+        if ev.detail == u64::from(sensor_common::net::SOCK_RAW) {
+            return "raw";
+        }
+    }
+    sensor_common::net::protocol_name(ev.protocol, ev.sock_protocol)
+}
+
 /// The API record for a kernel record.
 pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
     let remote = ev.remote();
@@ -80,6 +94,9 @@ pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
             Some(FlowKind::Accept) => "accept",
             Some(FlowKind::Close) => "close",
             Some(FlowKind::Tag) => "tag",
+            Some(FlowKind::Packet) => "packet",
+            Some(FlowKind::Socket) => "socket",
+            Some(FlowKind::SockOpt) => "sockopt",
             None => "unknown",
         }
         .into(),
@@ -92,18 +109,17 @@ pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
         comm: ev.comm_str(),
         exe: exe(ev.tgid),
         classes: class_names(c, ev.classes),
-        protocol: if ev.protocol == IPPROTO_TCP {
-            "tcp"
-        } else {
-            "udp"
-        }
-        .into(),
+        protocol: protocol(ev).into(),
         local: if ev.local_port == 0 {
             String::new()
         } else {
             ev.local().to_string()
         },
-        remote: remote.to_string(),
+        remote: if matches!(ev.flow_kind(), Some(FlowKind::Socket | FlowKind::SockOpt)) {
+            String::new()
+        } else {
+            remote.to_string()
+        },
         remote_country: loc.country.map(|cc| cc.to_string()).unwrap_or_default(),
         remote_site: loc.site.unwrap_or_default(),
         verdict: match ev.verdict {

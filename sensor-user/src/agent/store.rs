@@ -72,12 +72,17 @@ impl FlowStore {
     }
 }
 
-/// A violation: a connect or send whose action is reported or denied, or an
-/// open connection the agent found violating (`existing`). (The
+/// A violation: a connect, send, accept, packet (egress backstop), socket
+/// (raw, ICMP, packet) or socket option (source route) whose action is
+/// reported or denied, or an open connection the agent found violating
+/// (`existing`). (The
 /// close record of a reported flow carries its action too, with the bytes; it
 /// is listed with the flows, not counted as a second violation.)
 pub fn is_violation(f: &pb::Flow) -> bool {
-    matches!(f.kind.as_str(), "connect" | "sendmsg" | "existing")
+    matches!(
+        f.kind.as_str(),
+        "connect" | "sendmsg" | "accept" | "packet" | "socket" | "sockopt" | "existing"
+    )
         && (f.action == "reported" || f.action == "denied")
 }
 

@@ -22,7 +22,10 @@ use std::{fs::File, path::Path, time::Duration};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint, links::FdLink},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, CgroupSockopt, RawTracePoint, TracePoint, links::FdLink,
+    },
 };
 use sensor_common::{
     counters::COUNTER_COUNT,
@@ -43,8 +46,16 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/se
 /// cgroup sock_addr programs in the object.
 pub const SOCK_ADDR_PROGRAMS: &[&str] =
     &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
-/// cgroup sock programs (sock_release) in the object.
-pub const SOCK_PROGRAMS: &[&str] = &["on_sock_release"];
+/// cgroup sock programs (sock_release, sock_create) in the object.
+pub const SOCK_PROGRAMS: &[&str] = &["on_sock_release", "on_sock_create"];
+/// cgroup setsockopt programs in the object.
+pub const SOCKOPT_PROGRAMS: &[&str] = &["on_setsockopt"];
+/// cgroup_skb egress programs (the backstop) in the object.
+pub const SKB_EGRESS_PROGRAMS: &[&str] = &["on_egress"];
+/// Raw tracepoint programs: (program, tracepoint).
+pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("on_cgroup_attach", "cgroup_attach_task")];
+/// BTF tracepoint programs: (program, tracepoint).
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("on_tcp_sendmsg", "tcp_sendmsg_locked")];
 
 /// Tracepoint programs: (program, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -54,7 +65,18 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_send_length", "sock", "sock_send_length"),
     ("on_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("on_accept_exit_plain", "syscalls", "sys_exit_accept"),
+    ("on_socket_enter", "syscalls", "sys_enter_socket"),
 ];
+
+/// Names of every host-wide (non-cgroup) program's pinned link.
+fn host_link_names() -> impl Iterator<Item = String> {
+    TRACEPOINTS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(RAW_TRACEPOINTS.iter().map(|(n, _)| *n))
+        .chain(BTF_TRACEPOINTS.iter().map(|(n, _)| *n))
+        .map(|n| format!("tp-{n}"))
+}
 
 /// Capacity of the kernel's process tag map (`TASKS` in sensor-ebpf maps.rs).
 pub const TASKS_CAPACITY: u32 = sensor_common::policy::capacity::TASKS;
@@ -198,9 +220,27 @@ impl KernelSensor {
             let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
+        for &name in SOCKOPT_PROGRAMS {
+            let prog: &mut CgroupSockopt = load_program(&mut ebpf, name)?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
+        }
+        for &name in SKB_EGRESS_PROGRAMS {
+            let prog: &mut CgroupSkb = load_program(&mut ebpf, name)?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
+        }
         for &(name, _, _) in TRACEPOINTS {
             let prog: &mut TracePoint = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
+        }
+        for &(name, _) in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = load_program(&mut ebpf, name)?;
+            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
+        }
+        let vmlinux = aya::Btf::from_sys_fs()
+            .map_err(|e| prog_err(BTF_TRACEPOINTS[0].0)(aya::programs::ProgramError::Btf(e)))?;
+        for &(name, tp) in BTF_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = load_program(&mut ebpf, name)?;
+            retry_eagain(|| prog.load(tp, &vmlinux)).map_err(prog_err(name))?;
         }
         let adopted = |m: &str| pins.as_ref().is_some_and(|p| p.adopted(m));
         // An adopted configuration is continued, not restarted: its verdict
@@ -284,6 +324,24 @@ impl KernelSensor {
                 pins.add_link(&format!("tp-{name}"), link)?;
             }
         }
+        for &(name, tp) in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = load_program(&mut self.ebpf, name)?;
+            let id = prog.attach(tp).map_err(prog_err(name))?;
+            if let Some(pins) = &mut self.pins {
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                let link = FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))?;
+                pins.add_link(&format!("tp-{name}"), link)?;
+            }
+        }
+        for &(name, _) in BTF_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = load_program(&mut self.ebpf, name)?;
+            let id = prog.attach().map_err(prog_err(name))?;
+            if let Some(pins) = &mut self.pins {
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                let link = FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))?;
+                pins.add_link(&format!("tp-{name}"), link)?;
+            }
+        }
         Ok(())
     }
 
@@ -311,11 +369,14 @@ impl KernelSensor {
         // cgroup in place and pin a new link only where there is none.
         macro_rules! attach_all {
             ($ty:ty, $names:expr) => {
+                attach_all!($ty, $names, |prog: &mut $ty| prog
+                    .attach(&cgroup, CgroupAttachMode::Single))
+            };
+            ($ty:ty, $names:expr, $attach:expr) => {
                 for &name in $names {
                     let prog: &mut $ty = load_program(&mut self.ebpf, name)?;
                     let Some(pins) = &self.pins else {
-                        prog.attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(prog_err(name))?;
+                        ($attach)(&mut *prog).map_err(prog_err(name))?;
                         continue;
                     };
                     let link_name = format!("cg-{cgroup_id}-{name}");
@@ -325,17 +386,47 @@ impl KernelSensor {
                         .try_clone()
                         .map_err(|e| pins_err(pins, name, &e))?;
                     pins.cgroup_link(&link_name, &fd, || {
-                        let id = prog
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(prog_err(name))?;
+                        let id = ($attach)(&mut *prog).map_err(prog_err(name))?;
                         let link = prog.take_link(id).map_err(prog_err(name))?;
-                        FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))
+                        FdLink::try_from(link)
+                            .map(pins::NewLink::Aya)
+                            .map_err(|e| pins_err(pins, name, &e))
                     })?;
                     pinned.push(link_name);
                 }
             };
         }
         attach_all!(CgroupSock, SOCK_PROGRAMS);
+        for &name in SOCKOPT_PROGRAMS {
+            // aya 0.14's sockopt link has no FdLink form: pinned, the link is
+            // created with a plain BPF_LINK_CREATE.
+            let prog: &mut CgroupSockopt = load_program(&mut self.ebpf, name)?;
+            let Some(pins) = &self.pins else {
+                prog.attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                continue;
+            };
+            let link_name = format!("cg-{cgroup_id}-{name}");
+            let fd = prog
+                .fd()
+                .map_err(prog_err(name))?
+                .try_clone()
+                .map_err(|e| pins_err(pins, name, &e))?;
+            pins.cgroup_link(&link_name, &fd, || {
+                pins::cgroup_link_create(&fd, &cgroup, pins::BPF_CGROUP_SETSOCKOPT)
+                    .map(pins::NewLink::Raw)
+                    .map_err(|e| pins_err(pins, name, &e))
+            })?;
+            pinned.push(link_name);
+        }
+        // The backstop before the connect hooks: every socket they mark is
+        // judged again on the way out from its first packet.
+        attach_all!(CgroupSkb, SKB_EGRESS_PROGRAMS, |prog: &mut CgroupSkb| prog
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single
+            ));
         // Socket hooks last: by the time connects are judged, exec/fork
         // tracking and flow accounting are in place.
         attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
@@ -344,7 +435,7 @@ impl KernelSensor {
             // go, so do links to a cgroup no longer configured and the maps
             // of an older layout (after a last copy of its process tags).
             pins.commit_links()?;
-            pinned.extend(TRACEPOINTS.iter().map(|(n, _, _)| format!("tp-{n}")));
+            pinned.extend(host_link_names());
             pins.remove_links_except(&pinned)?;
             pins.retire(&mut tasks_map(&mut self.ebpf)?)?;
         }
@@ -418,6 +509,25 @@ impl KernelSensor {
     }
 
     /// Tells the kernel whether any taint source exists.
+    /// Per-class socket rules (class bit masks): raw and ICMP sockets
+    /// allowed, AF_PACKET sockets kill in enforce mode, classes carried over
+    /// local connections.
+    pub fn set_socket_rules(
+        &mut self,
+        raw_allowed: u64,
+        packet_kill: u64,
+        local_classes: u64,
+    ) -> Result<(), SensorError> {
+        let c = &mut self.config;
+        if (c.raw_allowed, c.packet_kill, c.local_classes) == (raw_allowed, packet_kill, local_classes) {
+            return Ok(());
+        }
+        c.raw_allowed = raw_allowed;
+        c.packet_kill = packet_kill;
+        c.local_classes = local_classes;
+        self.write_config()
+    }
+
     pub(crate) fn set_has_taint(&mut self, on: bool) -> Result<(), SensorError> {
         if (self.config.has_taint != 0) != on {
             self.config.has_taint = u8::from(on);

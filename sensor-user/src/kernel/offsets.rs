@@ -141,12 +141,49 @@ fn accept(btf: &Btf, tracefs: &Path, config: &mut Config) {
     }
 }
 
+/// Offsets to evaluate cgroup selectors when a process moves cgroup.
+fn cgroup_moves(btf: &Btf, config: &mut Config) {
+    let found = (|| {
+        Some([
+            btf.member_offset("cgroup", "level")?,
+            btf.member_offset("cgroup", "ancestors")?,
+            btf.member_offset("cgroup", "kn")?,
+            btf.member_offset("kernfs_node", "id")?,
+            btf.member_offset("task_struct", "tgid")?,
+        ])
+    })();
+    match found {
+        Some([level, ancestors, kn, id, tgid]) if kn != 0 || ancestors != 0 => {
+            config.off_cgroup_level = level;
+            config.off_cgroup_ancestors = ancestors;
+            config.off_cgroup_kn = kn;
+            config.off_kernfs_id = id;
+            config.off_task_tgid = tgid;
+            debug!(level, ancestors, kn, id, tgid, "cgroup move offsets");
+        }
+        _ => warn!(
+            "a kernel struct member for cgroup moves is missing (cgroup.ancestors needs Linux 6.1): cgroup selectors are evaluated at exec only"
+        ),
+    }
+}
+
 /// Fills every layout-dependent field of `config`.
 pub fn discover(config: &mut Config, tracefs: &Path) {
     if let Some(btf) = read_btf() {
         exe(&btf, config);
         sock(&btf, tracefs, config);
         accept(&btf, tracefs, config);
+        cgroup_moves(&btf, config);
+    }
+    match (
+        tracefs::tracepoint_field(tracefs, "syscalls", "sys_enter_socket", "family"),
+        tracefs::tracepoint_field(tracefs, "syscalls", "sys_enter_socket", "type"),
+    ) {
+        (Some(family), Some(ty)) => {
+            config.tp_socket_family = family;
+            config.tp_socket_type = ty;
+        }
+        _ => warn!("syscalls:sys_enter_socket has no family/type field: packet sockets of tagged processes are not reported"),
     }
     config.tp_fork_child_pid =
         tracefs::tracepoint_field(tracefs, "sched", "sched_process_fork", "child_pid")

@@ -73,6 +73,17 @@ pub fn apply(
     }
     sensor.set_unknown_is_violation(p.host.unknown_is_violation)?;
     sensor.set_aggregation(p.host.aggregation)?;
+    let mask = |f: fn(&crate::policy::validate::Class) -> bool| {
+        p.classes
+            .iter()
+            .filter(|c| f(c))
+            .fold(0u64, |m, c| m | 1u64 << c.id)
+    };
+    sensor.set_socket_rules(
+        mask(|c| c.allow_raw_sockets),
+        mask(|c| c.kill_packet_sockets),
+        mask(|c| c.propagate_over_local),
+    )?;
 
     report.warnings = install_selectors(sensor, compiled, cgroup_root)?;
     report.selectors = p.selectors.len() - report.warnings.len();

@@ -70,6 +70,19 @@ pub struct ClassSection {
     /// keep (default) | deny | allow: what the kernel does for this class
     /// while the agent is gone longer than `host.agent_loss_timeout`.
     pub on_agent_loss: Option<Spanned<String>>,
+    /// Whether processes of the class may open raw and ICMP (ping) sockets,
+    /// which no destination hook judges (default false: refused in enforce
+    /// mode, reported in monitor mode).
+    pub allow_raw_sockets: Option<bool>,
+    /// report (default) | kill: what an AF_PACKET socket of a process of the
+    /// class gets in enforce mode. The kernel offers no hook to refuse one
+    /// here; "kill" sends SIGKILL before the socket() call returns.
+    pub packet_sockets: Option<Spanned<String>>,
+    /// Whether a local process (loopback, the host's own addresses) that
+    /// accepts a connection from a process of the class carries the class
+    /// too, so a sidecar or proxy is judged for what it forwards (default
+    /// false).
+    pub propagate_over_local: Option<bool>,
     /// Country codes and groups (EU27, EEA, EU_ADEQUACY).
     #[serde(default)]
     pub allowed_jurisdictions: Vec<Spanned<String>>,

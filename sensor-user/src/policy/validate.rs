@@ -50,6 +50,12 @@ pub struct Class {
     pub denied_cidrs: Vec<IpNet>,
     /// What the kernel does for this class while the agent is gone.
     pub on_agent_loss: OnAgentLoss,
+    /// Raw and ICMP sockets are allowed (`allow_raw_sockets`).
+    pub allow_raw_sockets: bool,
+    /// AF_PACKET sockets kill the process in enforce mode (`packet_sockets = "kill"`).
+    pub kill_packet_sockets: bool,
+    /// Local peers that accept from the class's processes carry it (`propagate_over_local`).
+    pub propagate_over_local: bool,
 }
 
 /// A class's declared failure mode: what the kernel does for it when the
@@ -509,6 +515,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
                 }
             },
         };
+        let kill_packet_sockets = match section.packet_sockets.as_ref() {
+            None => false,
+            Some(s) => match s.get_ref().as_str() {
+                "report" => false,
+                "kill" => true,
+                other => {
+                    c.err(
+                        s.span(),
+                        format!("class {name}: packet_sockets {other:?}: write \"report\" (recorded as a violation) or \"kill\" (in enforce mode the process is killed before socket() returns)"),
+                    );
+                    false
+                }
+            },
+        };
         let mut allowed_countries = BTreeSet::new();
         let mut written = Vec::new();
         for j in &section.allowed_jurisdictions {
@@ -583,6 +603,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
             allowed_cidrs: allowed.into_iter().map(|(n, _)| n).collect(),
             denied_cidrs: denied.into_iter().map(|(n, _)| n).collect(),
             on_agent_loss,
+            allow_raw_sockets: section.allow_raw_sockets.unwrap_or(false),
+            kill_packet_sockets,
+            propagate_over_local: section.propagate_over_local.unwrap_or(false),
         });
     }
     let class_id = |c: &mut Checker, name: &Spanned<String>, what: &str| -> Option<u8> {

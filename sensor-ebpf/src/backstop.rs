@@ -1,0 +1,300 @@
+//! The egress backstop: a cgroup_skb egress program that judges the packets of
+//! marked sockets (`marks.rs`) by where they really go.
+//!
+//! The connect and sendmsg hooks judge the address a process names, once.
+//! Packets can go elsewhere or outlive that judgement: NAT rewrites a service
+//! VIP to its backend (cgroup egress runs after the nat OUTPUT and POSTROUTING
+//! hooks), a source route takes the packet past its first hop, a socket is
+//! handed to another process, a class is switched to enforce while a
+//! connection is open, the kernel opens MPTCP subflows itself. Every packet of
+//! a marked socket is compared with the verdict kept in its mark (one
+//! comparison while nothing changed); a differing destination, policy epoch or
+//! class set is judged again, a violation reported (and folded like connect
+//! records) and, in enforce mode, the packet dropped.
+//!
+//! Unmarked sockets cost a socket-storage lookup. Unmarked non-TCP sockets
+//! (UDP, ICMP, raw) also send only from the sending process's context, so a
+//! tagged sender marks them here, before their first packet leaves; TCP
+//! sockets are marked by their writer in `sockets.rs` (TCP also sends from
+//! softirq context, where the current task is whoever was interrupted).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use sensor_common::{
+    counters::{DENIED, VIOLATIONS},
+    flow::{AggKey, FlowKind, packet},
+    mark::SockMark,
+    net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, v4_mapped},
+    policy::action,
+};
+
+use crate::{
+    agg::{self, Decision},
+    decide::{agent_loss, decide, is_loopback},
+    emit::{Destination, mark_record, slot, submit},
+    maps::{AGG, TASKS, config, count},
+    marks,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86dd;
+
+/// IPv4 options that route the packet (loose, strict source route).
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+/// IPv6 extension headers: hop-by-hop, routing, destination options.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_DEST: u8 = 60;
+
+#[cgroup_skb(egress)]
+pub fn on_egress(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own __sk_buff.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return PASS;
+    }
+    // SAFETY: a socket pointer from the context; the helper checks it.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return PASS;
+    }
+    let m = match marks::get(sk.cast()) {
+        Some(m) => m,
+        None => {
+            // SAFETY: a full socket the verifier knows as one.
+            if unsafe { (*sk).protocol } == u32::from(IPPROTO_TCP) {
+                return PASS;
+            }
+            // Non-TCP sockets send only from their sender's context.
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            // SAFETY: copied out at once.
+            let Some(classes) = (unsafe { TASKS.get(tgid) }).map(|t| t.classes) else {
+                return PASS;
+            };
+            let Some(m) = marks::mark_sender(sk.cast(), classes, tgid) else {
+                return PASS;
+            };
+            m
+        }
+    };
+    judge_packet(&ctx, m)
+}
+
+/// The packet's destination and whether it carries a source route.
+#[inline(always)]
+fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
+    let proto = ctx.skb.protocol();
+    if proto == ETH_P_IP.to_be() {
+        let b0: u8 = ctx.load(0).ok()?;
+        let ihl = usize::from(b0 & 0x0f) * 4;
+        let protocol: u8 = ctx.load(9).ok()?;
+        let daddr: [u8; 4] = ctx.load(16).ok()?;
+        let route = ihl > 20 && ipv4_source_route(ctx, ihl);
+        let port = l4_port(ctx, protocol, ihl);
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&daddr);
+        return Some((
+            Destination {
+                family: AF_INET,
+                protocol,
+                addr,
+                key: v4_mapped(daddr),
+                port,
+                sock_protocol: 0,
+            },
+            route,
+        ));
+    }
+    if proto == ETH_P_IPV6.to_be() {
+        let mut next: u8 = ctx.load(6).ok()?;
+        let daddr: [u8; 16] = ctx.load(24).ok()?;
+        let mut off = 40usize;
+        let mut route = false;
+        // Up to two extension headers before the routing header or the
+        // transport: hop-by-hop and destination options precede it.
+        for _ in 0..2 {
+            if next == NEXTHDR_ROUTING {
+                route = true;
+                break;
+            }
+            if next != NEXTHDR_HOP && next != NEXTHDR_DEST {
+                break;
+            }
+            let n: u8 = ctx.load(off).ok()?;
+            let len: u8 = ctx.load(off + 1).ok()?;
+            next = n;
+            off += (usize::from(len) + 1) * 8;
+        }
+        if next == NEXTHDR_ROUTING {
+            route = true;
+        }
+        let port = if route { 0 } else { l4_port(ctx, next, off) };
+        // A v4-mapped destination on the wire cannot happen; judge as is.
+        return Some((
+            Destination {
+                family: AF_INET6,
+                protocol: next,
+                addr: daddr,
+                key: daddr,
+                port,
+                sock_protocol: 0,
+            },
+            route,
+        ));
+    }
+    None
+}
+
+/// Destination port of a TCP/UDP/UDP-Lite header at `off` (host order), 0 for
+/// other protocols.
+#[inline(always)]
+fn l4_port(ctx: &SkBuffContext, protocol: u8, off: usize) -> u16 {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP && protocol != IPPROTO_UDPLITE {
+        return 0;
+    }
+    ctx.load::<u16>(off + 2).map(u16::from_be).unwrap_or(0)
+}
+
+/// Whether the IPv4 options (bytes 20..ihl) hold a source route.
+#[inline(always)]
+fn ipv4_source_route(ctx: &SkBuffContext, ihl: usize) -> bool {
+    let mut off = 20usize;
+    for _ in 0..10 {
+        if off >= ihl || off >= 60 {
+            return false;
+        }
+        let Ok(t) = ctx.load::<u8>(off) else {
+            return false;
+        };
+        match t {
+            0 => return false,
+            1 => off += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {
+                let Ok(len) = ctx.load::<u8>(off + 1) else {
+                    return false;
+                };
+                if len < 2 {
+                    return false;
+                }
+                off += usize::from(len);
+            }
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
+    let Some(cfg) = config() else {
+        return PASS;
+    };
+    let Some((dst, route)) = destination(ctx) else {
+        return PASS;
+    };
+    if is_loopback(&dst) {
+        return PASS;
+    }
+    // SAFETY: a field of the live CONFIG value.
+    let epoch = unsafe { core::ptr::addr_of!(cfg.epoch).read_volatile() };
+    if !route && marks::holds(m, &dst.key, dst.port, epoch) {
+        return if m.action == action::DENIED {
+            DROP
+        } else {
+            PASS
+        };
+    }
+    // SAFETY: helper without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut loss = agent_loss(m.classes, now);
+    if route {
+        loss.route = m.classes;
+    }
+    let d = decide(cfg, m.classes, &dst, loss, slot::PACKET).unwrap_or(Decision::NOTHING);
+    if loss.any() {
+        m.judged_classes = 0;
+    } else {
+        marks::remember(m, &dst.key, dst.port, &d, epoch);
+    }
+    if d.action == action::NONE {
+        return PASS;
+    }
+    count(VIOLATIONS);
+    let deny = d.action == action::DENIED;
+    if deny {
+        count(DENIED);
+    }
+    report(ctx, m, &dst, &d, route, epoch, now, cfg.agg_interval_ns);
+    if deny { DROP } else { PASS }
+}
+
+/// A `Packet` record of a violation, folded with the same process's earlier
+/// packet records to the same destination within the aggregation interval.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn report(
+    ctx: &SkBuffContext,
+    m: &SockMark,
+    dst: &Destination,
+    d: &Decision,
+    route: bool,
+    epoch: u32,
+    now: u64,
+    interval: u64,
+) {
+    let key = AggKey {
+        tgid: m.tgid,
+        port: dst.port,
+        protocol: dst.protocol,
+        // Packet records fold apart from the connect records of the key.
+        _pad: 1,
+        addr: dst.key,
+    };
+    let n = match AGG.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup, valid for this run.
+        Some(state) if interval != 0 && agg::holds(unsafe { &*state }, epoch, m.classes) => {
+            // SAFETY: as above.
+            agg::fold(unsafe { &mut *state }, now, interval)
+        }
+        stale => {
+            if interval != 0 {
+                agg::remember(&key, stale, d, epoch, m.classes, now);
+            }
+            1
+        }
+    };
+    if n == 0 {
+        return;
+    }
+    let Some(ev) = mark_record(slot::PACKET, FlowKind::Packet as u8, m, now) else {
+        return;
+    };
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own context.
+    unsafe {
+        ev.cgroup_id = bpf_skb_cgroup_id(skb);
+        ev.cookie = bpf_get_socket_cookie(skb.cast());
+    }
+    ev.classes = d.reported;
+    ev.verdict = d.verdict;
+    ev.action = d.action;
+    ev.policy_generation = d.generation;
+    ev.family = dst.family;
+    ev.protocol = dst.protocol;
+    ev.remote_addr = dst.addr;
+    ev.remote_port = dst.port;
+    ev.detail = if route { packet::SOURCE_ROUTE } else { 0 };
+    ev.count = n;
+    submit(ev);
+}
