@@ -45,9 +45,6 @@ use crate::{
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
-
 /// IPv4 options that route the packet (loose, strict source route).
 const IPOPT_LSRR: u8 = 0x83;
 const IPOPT_SSRR: u8 = 0x89;
@@ -94,9 +91,11 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
 /// The packet's destination and whether it carries a source route.
 #[inline(always)]
 fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
-    let proto = ctx.skb.protocol();
-    if proto == ETH_P_IP.to_be() {
-        let b0: u8 = ctx.load(0).ok()?;
+    // The IP version nibble, not skb->protocol: it is not set yet on every
+    // path that reaches cgroup egress.
+    let b0: u8 = ctx.load(0).ok()?;
+    let version = b0 >> 4;
+    if version == 4 {
         let ihl = usize::from(b0 & 0x0f) * 4;
         let protocol: u8 = ctx.load(9).ok()?;
         let daddr: [u8; 4] = ctx.load(16).ok()?;
@@ -116,7 +115,7 @@ fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
             route,
         ));
     }
-    if proto == ETH_P_IPV6.to_be() {
+    if version == 6 {
         let mut next: u8 = ctx.load(6).ok()?;
         let daddr: [u8; 16] = ctx.load(24).ok()?;
         let mut off = 40usize;

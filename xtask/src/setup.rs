@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use sensor_build::{BPF_LINKER_VERSION, DEBIAN_LLVM_PREFIX, DEBIAN_PACKAGES};
 
 /// Packages the tests need besides the toolchain.
-const TEST_PACKAGES: &[&str] = &["iproute2", "postgresql"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "postgresql", "nftables"];
 
 fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

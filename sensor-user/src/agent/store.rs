@@ -82,8 +82,7 @@ pub fn is_violation(f: &pb::Flow) -> bool {
     matches!(
         f.kind.as_str(),
         "connect" | "sendmsg" | "accept" | "packet" | "socket" | "sockopt" | "existing"
-    )
-        && (f.action == "reported" || f.action == "denied")
+    ) && (f.action == "reported" || f.action == "denied")
 }
 
 /// True when `f` passes `filter`.

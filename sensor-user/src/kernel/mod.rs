@@ -329,8 +329,7 @@ impl KernelSensor {
             let id = prog.attach(tp).map_err(prog_err(name))?;
             if let Some(pins) = &mut self.pins {
                 let link = prog.take_link(id).map_err(prog_err(name))?;
-                let link = FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))?;
-                pins.add_link(&format!("tp-{name}"), link)?;
+                pins.add_link(&format!("tp-{name}"), FdLink::from(link))?;
             }
         }
         for &(name, _) in BTF_TRACEPOINTS {
@@ -338,8 +337,7 @@ impl KernelSensor {
             let id = prog.attach().map_err(prog_err(name))?;
             if let Some(pins) = &mut self.pins {
                 let link = prog.take_link(id).map_err(prog_err(name))?;
-                let link = FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))?;
-                pins.add_link(&format!("tp-{name}"), link)?;
+                pins.add_link(&format!("tp-{name}"), FdLink::from(link))?;
             }
         }
         Ok(())
@@ -519,7 +517,9 @@ impl KernelSensor {
         local_classes: u64,
     ) -> Result<(), SensorError> {
         let c = &mut self.config;
-        if (c.raw_allowed, c.packet_kill, c.local_classes) == (raw_allowed, packet_kill, local_classes) {
+        if (c.raw_allowed, c.packet_kill, c.local_classes)
+            == (raw_allowed, packet_kill, local_classes)
+        {
             return Ok(());
         }
         c.raw_allowed = raw_allowed;

@@ -183,7 +183,9 @@ pub fn discover(config: &mut Config, tracefs: &Path) {
             config.tp_socket_family = family;
             config.tp_socket_type = ty;
         }
-        _ => warn!("syscalls:sys_enter_socket has no family/type field: packet sockets of tagged processes are not reported"),
+        _ => warn!(
+            "syscalls:sys_enter_socket has no family/type field: packet sockets of tagged processes are not reported"
+        ),
     }
     config.tp_fork_child_pid =
         tracefs::tracepoint_field(tracefs, "sched", "sched_process_fork", "child_pid")

@@ -68,6 +68,13 @@ impl TestCgroup {
         cmd
     }
 
+    /// Moves the running process `pid` into this cgroup (as a container
+    /// runtime or `systemctl` would, after its exec).
+    pub fn enter(&self, pid: u32) {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path.display()));
+    }
+
     /// pids currently in the cgroup.
     pub fn pids(&self) -> Vec<u32> {
         pids_in(&self.path)

@@ -15,7 +15,7 @@ use std::{
     fs::File,
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd},
     process::Command,
     sync::{
         Arc,
@@ -232,6 +232,64 @@ impl RemoteHost {
         })
     }
 
+    /// Captures every packet that reaches this host (an AF_PACKET socket in
+    /// its namespace), so a test can assert that no byte of a marker left.
+    pub fn sniffer(&self) -> Sniffer {
+        let fd = self.inside(|| {
+            // SAFETY: plain syscall; the fd is owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    i32::from((libc::ETH_P_ALL as u16).to_be()),
+                )
+            };
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: a fresh fd we own.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+        });
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        let packets = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st) = (packets.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !st.load(Ordering::Relaxed) {
+                // SAFETY: valid fd and buffer.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    let mut v = p.lock().expect("sniffer lock");
+                    if v.len() < 100_000 {
+                        v.push(buf[..n as usize].to_vec());
+                    }
+                }
+            }
+        });
+        Sniffer {
+            packets,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// A command that runs inside this host's network namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -289,6 +347,47 @@ impl Server {
 }
 
 impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every packet a remote host received since the sniffer started.
+pub struct Sniffer {
+    packets: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sniffer {
+    /// How many captured packets contain `marker`.
+    pub fn count(&self, marker: &[u8]) -> usize {
+        self.packets
+            .lock()
+            .expect("sniffer lock")
+            .iter()
+            .filter(|p| p.windows(marker.len()).any(|w| w == marker))
+            .count()
+    }
+
+    /// Waits up to `timeout` for a packet containing `marker`; returns how
+    /// many were seen.
+    pub fn wait_for(&self, marker: &[u8], timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let n = self.count(marker);
+            if n > 0 || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sniffer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -119,6 +119,15 @@ impl Waiting {
         }
     }
 
+    /// Writes `line` (and a newline) to the process's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("writing to the probe");
+    }
+
     /// Reads the next line the process prints (e.g. `{"listening":PORT}`).
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();

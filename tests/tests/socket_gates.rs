@@ -1,0 +1,723 @@
+//! No way around the gates: every way a tagged process can get data out that
+//! the connect and sendmsg hooks alone do not see (issue 13). Each case runs
+//! in monitor mode (detected: the record names the process, class and real
+//! destination; the packet leaves) and enforce mode (the remote host's
+//! sniffer sees no byte of the marker payload), and untagged processes are
+//! never judged.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use harness::harness::{
+    agent::workspace_bin,
+    netns::Sniffer,
+    probe::{self, Waiting},
+    scenario::{EU, EU_BIT, Scenario},
+};
+use sensor_common::{
+    flow::{FlowEvent, FlowKind, packet},
+    net::{AF_INET, AF_PACKET, IPPROTO_ICMP, IPPROTO_UDP},
+    policy::{action, verdict},
+};
+use sensor_user::kernel::verdicts::{Mode, Verdict, VerdictEntry};
+
+/// How long an enforce test watches the remote for a packet that must not come.
+const QUIET: Duration = Duration::from_millis(400);
+
+fn gateprobe(args: &[&str]) -> Command {
+    let mut c = Command::new(workspace_bin("gateprobe"));
+    c.args(args);
+    c
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("gateprobe printed {line:?}: {e}"))
+}
+
+/// A gateprobe that keeps running: its JSON lines, its stdin.
+struct Gate {
+    w: Waiting,
+}
+
+impl Gate {
+    fn start(cmd: Command) -> Gate {
+        Gate {
+            w: Waiting::start(cmd),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.w.pid()
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        json(&self.w.read_line())
+    }
+
+    /// The errno list of the next report line.
+    fn errnos(&mut self) -> Vec<i64> {
+        loop {
+            let v = self.line();
+            if let Some(a) = v["errno"].as_array() {
+                return a.iter().map(|e| e.as_i64().expect("errno")).collect();
+            }
+        }
+    }
+
+    /// `hold`: writes `payload` on the held socket; returns the write's errno.
+    fn write(&mut self, payload: &str) -> i64 {
+        self.w.send_line(payload);
+        self.line()["errno"].as_i64().expect("errno")
+    }
+}
+
+fn marker(name: &str) -> String {
+    format!("RSMARK-{name}-{}", std::process::id())
+}
+
+/// Records of process `tgid` of `kind`.
+fn records(sc: &mut Scenario, n: usize, tgid: u32, kind: FlowKind) -> Vec<FlowEvent> {
+    sc.fx
+        .wait_for(n, |e| e.tgid == tgid && e.flow_kind() == Some(kind))
+}
+
+/// Asserts the remote saw the marker (monitor) or not one byte of it (enforce).
+fn assert_leak(mode: Mode, sniffer: &Sniffer, marker: &str) {
+    match mode {
+        Mode::Enforce => {
+            thread::sleep(QUIET);
+            assert_eq!(
+                sniffer.count(marker.as_bytes()),
+                0,
+                "enforce mode: the remote must not see {marker}"
+            );
+        }
+        _ => assert!(
+            sniffer.wait_for(marker.as_bytes(), Duration::from_secs(3)) > 0,
+            "monitor mode: the remote saw {marker}"
+        ),
+    }
+}
+
+fn want_action(mode: Mode) -> u8 {
+    if mode == Mode::Enforce {
+        action::DENIED
+    } else {
+        action::REPORTED
+    }
+}
+
+/// One violation record of `tgid` about `remote`, with the class and action.
+fn assert_packet_record(sc: &mut Scenario, mode: Mode, tgid: u32, remote: IpAddr) -> FlowEvent {
+    let recs = records(sc, 1, tgid, FlowKind::Packet);
+    let ev = recs
+        .iter()
+        .find(|e| e.remote().ip() == remote)
+        .copied()
+        .unwrap_or_else(|| panic!("a packet record of {tgid} to {remote}: {recs:?}"));
+    assert_eq!(ev.classes, EU_BIT);
+    assert_eq!(ev.verdict, verdict::DENY);
+    assert_eq!(ev.action, want_action(mode));
+    ev
+}
+
+// ---------------------------------------------------------------------------
+// Sockets that cannot be judged by destination.
+
+fn raw_socket(mode: Mode, op: &str) {
+    let mut sc = Scenario::new(mode);
+    let sniffer = sc.net.virginia.sniffer();
+    let m = marker(op);
+    let target = match op {
+        "raw-udp" => SocketAddr::new(IpAddr::V4(sc.net.virginia.v4), 9).to_string(),
+        _ => sc.net.virginia.v4.to_string(),
+    };
+    let mut g = Gate::start(sc.in_cgroup(gateprobe(&[op, &target, &m])));
+    let errno = g.errnos()[0];
+    let pid = g.pid();
+    let recs = records(&mut sc, 1, pid, FlowKind::Socket);
+    assert_eq!(recs.len(), 1, "one socket record: {recs:?}");
+    let ev = recs[0];
+    assert_eq!(ev.classes, EU_BIT);
+    assert_eq!(ev.family, AF_INET);
+    assert_eq!(ev.action, want_action(mode));
+    if op == "raw-udp" {
+        assert_eq!(ev.protocol, IPPROTO_UDP);
+        assert_eq!(ev.detail, libc::SOCK_RAW as u64);
+    } else {
+        assert_eq!(ev.protocol, IPPROTO_ICMP);
+    }
+    if mode == Mode::Enforce {
+        assert_eq!(errno, i64::from(libc::EPERM), "socket() refused");
+    } else {
+        assert_eq!(errno, 0, "monitor mode lets the send through");
+        // The socket is marked: its packet is judged by destination too.
+        {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, mode, pid, ip)
+        };
+    }
+    assert_leak(mode, &sniffer, &m);
+}
+
+/// Ping sockets need the caller's group in net.ipv4.ping_group_range; the
+/// guard puts the old range back.
+struct PingRange(String);
+
+impl PingRange {
+    const PATH: &'static str = "/proc/sys/net/ipv4/ping_group_range";
+    fn open() -> PingRange {
+        let old = std::fs::read_to_string(Self::PATH).expect("ping_group_range");
+        std::fs::write(Self::PATH, "0 2147483647").expect("setting ping_group_range");
+        PingRange(old.trim().replace('\t', " "))
+    }
+}
+
+impl Drop for PingRange {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+mod raw {
+    use super::*;
+
+    #[test]
+    fn raw_udp_monitor() {
+        raw_socket(Mode::Monitor, "raw-udp");
+    }
+    #[test]
+    fn raw_udp_enforce() {
+        raw_socket(Mode::Enforce, "raw-udp");
+    }
+    #[test]
+    fn raw_icmp_monitor() {
+        raw_socket(Mode::Monitor, "raw-icmp");
+    }
+    #[test]
+    fn raw_icmp_enforce() {
+        raw_socket(Mode::Enforce, "raw-icmp");
+    }
+    #[test]
+    fn ping_socket_monitor_and_enforce() {
+        let _range = PingRange::open();
+        raw_socket(Mode::Monitor, "ping");
+        raw_socket(Mode::Enforce, "ping");
+    }
+
+    #[test]
+    fn policy_can_allow_raw_sockets_per_class() {
+        let mut sc = Scenario::new(Mode::Enforce);
+        sc.fx
+            .sensor
+            .set_socket_rules(EU_BIT, 0, 0)
+            .expect("socket rules");
+        let sniffer = sc.net.frankfurt.sniffer();
+        let m = marker("raw-allowed");
+        let target = SocketAddr::new(IpAddr::V4(sc.net.frankfurt.v4), 9).to_string();
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&["raw-udp", &target, &m])));
+        assert_eq!(g.errnos(), vec![0], "allowed raw socket to an allowed host");
+        assert!(sniffer.wait_for(m.as_bytes(), Duration::from_secs(3)) > 0);
+        thread::sleep(Duration::from_millis(200));
+        assert!(records(&mut sc, 0, g.pid(), FlowKind::Socket).is_empty());
+    }
+
+    #[test]
+    fn packet_socket_reported_and_killed_on_request() {
+        let mut sc = Scenario::new(Mode::Enforce);
+        // Reported, not killed, by default.
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&["packet"])));
+        assert_eq!(g.errnos(), vec![0]);
+        let recs = records(&mut sc, 1, g.pid(), FlowKind::Socket);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].family, AF_PACKET);
+        assert_eq!(recs[0].classes, EU_BIT);
+        assert_eq!(recs[0].action, action::REPORTED);
+        // packet_sockets = "kill": the process dies before socket() returns.
+        sc.fx
+            .sensor
+            .set_socket_rules(0, EU_BIT, 0)
+            .expect("socket rules");
+        let mut child = sc
+            .in_cgroup(gateprobe(&["packet"]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("gateprobe");
+        let pid = child.id();
+        let status = child.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed: {status:?}");
+        let mut out = String::new();
+        let _ = child.stdout.take().expect("piped").read_to_string(&mut out);
+        assert!(!out.contains("errno"), "socket() never returned: {out}");
+        let recs = records(&mut sc, 1, pid, FlowKind::Socket);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].action, action::DENIED);
+    }
+
+    #[test]
+    fn untagged_process_is_never_judged() {
+        let mut sc = Scenario::new(Mode::Enforce);
+        let sniffer = sc.net.virginia.sniffer();
+        let m = marker("untagged-raw");
+        let target = SocketAddr::new(IpAddr::V4(sc.net.virginia.v4), 9).to_string();
+        let mut raw = Gate::start(gateprobe(&["raw-udp", &target, &m]));
+        assert_eq!(raw.errnos(), vec![0]);
+        let mut pkt = Gate::start(gateprobe(&["packet"]));
+        assert_eq!(pkt.errnos(), vec![0]);
+        let m2 = marker("untagged-lsrr");
+        let mut opt = Gate::start(gateprobe(&["lsrr", &target, &m2]));
+        assert_eq!(opt.errnos(), vec![0, 0]);
+        assert!(sniffer.wait_for(m.as_bytes(), Duration::from_secs(3)) > 0);
+        thread::sleep(Duration::from_millis(200));
+        for pid in [raw.pid(), pkt.pid(), opt.pid()] {
+            assert!(
+                sc.fx.all(|e| e.tgid == pid).is_empty(),
+                "no record for an untagged process"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Source routes.
+
+mod source_route {
+    use super::*;
+
+    fn lsrr(mode: Mode) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.frankfurt.sniffer();
+        let m = marker("lsrr");
+        let target = SocketAddr::new(IpAddr::V4(sc.net.frankfurt.v4), 9).to_string();
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&["lsrr", &target, &m])));
+        let errnos = g.errnos();
+        let pid = g.pid();
+        let recs = records(&mut sc, 1, pid, FlowKind::SockOpt);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].classes, EU_BIT);
+        assert_eq!(recs[0].detail, libc::IP_OPTIONS as u64);
+        assert_eq!(recs[0].action, want_action(mode));
+        if mode == Mode::Enforce {
+            assert_eq!(errnos[0], i64::from(libc::EPERM), "IP_OPTIONS refused");
+        } else {
+            assert_eq!(errnos, vec![0, 0]);
+            // The packet carries the route: the backstop reports it too.
+            let ev = {
+                let ip = IpAddr::V4(sc.net.frankfurt.v4);
+                assert_packet_record(&mut sc, mode, pid, ip)
+            };
+            assert_eq!(ev.detail, packet::SOURCE_ROUTE);
+            assert!(sniffer.wait_for(m.as_bytes(), Duration::from_secs(3)) > 0);
+        }
+    }
+
+    #[test]
+    fn ipv4_loose_source_route_monitor() {
+        lsrr(Mode::Monitor);
+    }
+    #[test]
+    fn ipv4_loose_source_route_enforce() {
+        lsrr(Mode::Enforce);
+    }
+
+    #[test]
+    fn ipv6_segment_routing_header() {
+        for mode in [Mode::Monitor, Mode::Enforce] {
+            let mut sc = Scenario::new(mode);
+            let target = SocketAddr::new(IpAddr::V6(sc.net.frankfurt.v6), 9).to_string();
+            let mut g = Gate::start(sc.in_cgroup(gateprobe(&["srh", &target, &marker("srh")])));
+            let errnos = g.errnos();
+            let recs = records(&mut sc, 1, g.pid(), FlowKind::SockOpt);
+            assert_eq!(recs.len(), 1, "{mode:?}: {recs:?}");
+            assert_eq!(recs[0].detail, (41u64 << 32) | libc::IPV6_RTHDR as u64);
+            assert_eq!(recs[0].action, want_action(mode));
+            if mode == Mode::Enforce {
+                assert_eq!(errnos[0], i64::from(libc::EPERM), "IPV6_RTHDR refused");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sockets that change hands or outlive their judgement.
+
+mod handed_over {
+    use super::*;
+
+    fn scm_rights(mode: Mode, proto: &str) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.virginia.sniffer();
+        let server = if proto == "tcp" {
+            sc.net.virginia.tcp_hold_server(false)
+        } else {
+            sc.net.virginia.udp_server(false)
+        };
+        let path = format!("/tmp/rs-gate-{}-{proto}-{mode:?}.sock", std::process::id());
+        // An untagged process connects (allowed: it carries no class)…
+        let mut owner = Gate::start(gateprobe(&[
+            "fd-serve",
+            &path,
+            proto,
+            &server.addr.to_string(),
+        ]));
+        assert_eq!(owner.line()["ready"], true);
+        // …and hands the socket to a tagged one, which writes.
+        let m = marker(&format!("scm-{proto}"));
+        let mut taker = Gate::start(sc.in_cgroup(gateprobe(&["fd-recv", &path, &m])));
+        let errno = taker.errnos()[0];
+        if proto == "udp" && mode == Mode::Enforce {
+            assert_eq!(
+                errno,
+                i64::from(libc::EPERM),
+                "the datagram is dropped on its way out"
+            );
+        }
+        assert_leak(mode, &sniffer, &m);
+        {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, mode, taker.pid(), ip)
+        };
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn scm_rights_tcp_monitor() {
+        scm_rights(Mode::Monitor, "tcp");
+    }
+    #[test]
+    fn scm_rights_tcp_enforce() {
+        scm_rights(Mode::Enforce, "tcp");
+    }
+    #[test]
+    fn scm_rights_udp_monitor() {
+        scm_rights(Mode::Monitor, "udp");
+    }
+    #[test]
+    fn scm_rights_udp_enforce() {
+        scm_rights(Mode::Enforce, "udp");
+    }
+
+    fn pidfd_getfd(mode: Mode, proto: &str) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.virginia.sniffer();
+        let server = if proto == "tcp" {
+            sc.net.virginia.tcp_hold_server(false)
+        } else {
+            sc.net.virginia.udp_server(false)
+        };
+        let mut owner = Gate::start(gateprobe(&["hold", proto, &server.addr.to_string()]));
+        let held = owner.line();
+        assert_eq!(held["errno"], 0);
+        let (pid, fd) = (held["pid"].to_string(), held["fd"].to_string());
+        let m = marker(&format!("getfd-{proto}"));
+        let mut taker = Gate::start(sc.in_cgroup(gateprobe(&["getfd", &pid, &fd, &m])));
+        assert_eq!(taker.errnos().len(), 1);
+        assert_leak(mode, &sniffer, &m);
+        {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, mode, taker.pid(), ip)
+        };
+    }
+
+    #[test]
+    fn pidfd_getfd_tcp_monitor() {
+        pidfd_getfd(Mode::Monitor, "tcp");
+    }
+    #[test]
+    fn pidfd_getfd_tcp_enforce() {
+        pidfd_getfd(Mode::Enforce, "tcp");
+    }
+    #[test]
+    fn pidfd_getfd_udp_enforce() {
+        pidfd_getfd(Mode::Enforce, "udp");
+    }
+
+    fn opened_before_tagging(mode: Mode, proto: &str) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.virginia.sniffer();
+        let server = if proto == "tcp" {
+            sc.net.virginia.tcp_hold_server(false)
+        } else {
+            sc.net.virginia.udp_server(false)
+        };
+        let mut pool = Gate::start(gateprobe(&["hold", proto, &server.addr.to_string()]));
+        assert_eq!(pool.line()["errno"], 0);
+        // Before the tag: it may send.
+        let before = marker(&format!("pool-before-{proto}"));
+        assert_eq!(pool.write(&before), 0);
+        assert!(sniffer.wait_for(before.as_bytes(), Duration::from_secs(3)) > 0);
+        sc.fx
+            .sensor
+            .tag_process(pool.pid(), EU_BIT)
+            .expect("tagging the process");
+        let after = marker(&format!("pool-after-{proto}"));
+        pool.write(&after);
+        assert_leak(mode, &sniffer, &after);
+        {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, mode, pool.pid(), ip)
+        };
+    }
+
+    #[test]
+    fn connection_opened_before_tagging_tcp_monitor() {
+        opened_before_tagging(Mode::Monitor, "tcp");
+    }
+    #[test]
+    fn connection_opened_before_tagging_tcp_enforce() {
+        opened_before_tagging(Mode::Enforce, "tcp");
+    }
+    #[test]
+    fn connection_opened_before_tagging_udp_enforce() {
+        opened_before_tagging(Mode::Enforce, "udp");
+    }
+
+    #[test]
+    fn switching_to_enforce_stops_an_open_transfer() {
+        let mut sc = Scenario::new(Mode::Monitor);
+        let sniffer = sc.net.virginia.sniffer();
+        let server = sc.net.virginia.tcp_hold_server(false);
+        let mut g =
+            Gate::start(sc.in_cgroup(gateprobe(&["hold", "tcp", &server.addr.to_string()])));
+        assert_eq!(g.line()["errno"], 0);
+        let first = marker("transfer-first");
+        assert_eq!(g.write(&first), 0);
+        assert!(sniffer.wait_for(first.as_bytes(), Duration::from_secs(3)) > 0);
+        sc.fx.sensor.set_mode(EU, Mode::Enforce).expect("enforce");
+        let second = marker("transfer-second");
+        g.write(&second);
+        assert_leak(Mode::Enforce, &sniffer, &second);
+        {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, Mode::Enforce, g.pid(), ip)
+        };
+    }
+
+    #[test]
+    fn bytes_of_another_writer_are_counted() {
+        let mut sc = Scenario::new(Mode::Monitor);
+        let server = sc.net.frankfurt.tcp_hold_server(false);
+        let mut owner =
+            Gate::start(sc.in_cgroup(gateprobe(&["hold", "tcp", &server.addr.to_string()])));
+        let held = owner.line();
+        let (pid, fd) = (held["pid"].to_string(), held["fd"].to_string());
+        let payload = "x".repeat(50);
+        // An untagged process writes 50 bytes on the tagged process's socket.
+        let mut other = Gate::start(gateprobe(&["getfd", &pid, &fd, &payload]));
+        assert_eq!(other.errnos(), vec![0]);
+        drop(other);
+        drop(owner);
+        let close = records(
+            &mut sc,
+            1,
+            held["pid"].as_u64().expect("pid") as u32,
+            FlowKind::Close,
+        );
+        assert_eq!(close.len(), 1, "{close:?}");
+        assert_eq!(close[0].detail, 50, "bytes of every writer");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// NAT, inbound, cgroup moves.
+
+/// An nftables table for one test; deleted on drop.
+struct Nft(String);
+
+impl Nft {
+    fn new(name: &str, rules: &str) -> Nft {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", name])
+            .output();
+        let script = format!("table ip {name} {{\n{rules}\n}}\n");
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())
+            .expect("nft script");
+        assert!(child.wait().expect("nft").success(), "nft -f: {script}");
+        Nft(name.to_owned())
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .output();
+    }
+}
+
+mod nat_inbound_moves {
+    use super::*;
+
+    fn service_vip(mode: Mode) {
+        let mut sc = Scenario::new(mode);
+        let server = sc.net.virginia.tcp_server(false);
+        // A service VIP (198.18/15, the benchmark range), allowed by the
+        // policy, DNAT'd to the Virginia backend like a Kubernetes Service
+        // (masqueraded, so the backend can answer).
+        let vip = format!("198.18.{}.{}", std::process::id() % 250, 10 + (mode as u8));
+        let table = format!("rs_vip_{}_{}", std::process::id(), mode as u8);
+        let _nft = Nft::new(
+            &table,
+            &format!(
+                "chain out {{\n type nat hook output priority -100;\n ip daddr {vip} tcp dport {port} dnat to {backend}\n}}\n\
+                 chain post {{\n type nat hook postrouting priority 100;\n ip daddr {ip} tcp dport {port} masquerade\n}}",
+                port = server.addr.port(),
+                backend = server.addr,
+                ip = server.addr.ip(),
+            ),
+        );
+        let mut table_entries = vec![VerdictEntry {
+            class: EU,
+            net: format!("{vip}/32").parse().expect("vip"),
+            verdict: Verdict::Allow,
+        }];
+        for (host, v) in [
+            (&sc.net.frankfurt, Verdict::Allow),
+            (&sc.net.virginia, Verdict::Deny),
+        ] {
+            for net in harness::harness::scenario::host_nets(host) {
+                table_entries.push(VerdictEntry {
+                    class: EU,
+                    net,
+                    verdict: v,
+                });
+            }
+        }
+        sc.fx
+            .sensor
+            .replace_verdicts(&table_entries)
+            .expect("verdicts");
+        let target = format!("{vip}:{}", server.addr.port());
+        let p = sc.inside(&["tcp-connect", &target]);
+        match mode {
+            Mode::Enforce => {
+                assert_ne!(p.errno(), 0, "the connection to the VIP fails");
+                thread::sleep(QUIET);
+                assert_eq!(server.received(), 0, "the backend saw no connection");
+            }
+            _ => {
+                assert_eq!(p.errno(), 0);
+                assert_eq!(server.wait_for(1, Duration::from_secs(3)), 1);
+            }
+        }
+        let ev = {
+            let ip = IpAddr::V4(sc.net.virginia.v4);
+            assert_packet_record(&mut sc, mode, p.pid, ip)
+        };
+        assert_eq!(ev.remote_port, server.addr.port());
+    }
+
+    #[test]
+    fn service_vip_dnat_monitor() {
+        service_vip(Mode::Monitor);
+    }
+    #[test]
+    fn service_vip_dnat_enforce() {
+        service_vip(Mode::Enforce);
+    }
+
+    fn tagged_server(mode: Mode) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.virginia.sniffer();
+        let m = marker("reply");
+        let bind = SocketAddr::new(IpAddr::V4(sc.net.virginia.host_v4), 0).to_string();
+        let mut srv = Gate::start(sc.in_cgroup(gateprobe(&["serve", &bind, &m])));
+        let port = srv.line()["port"].as_u64().expect("port") as u16;
+        let to = SocketAddr::new(IpAddr::V4(sc.net.virginia.host_v4), port);
+        // A client in the disallowed country connects and reads the reply.
+        let got = sc.net.virginia.inside(move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else {
+                return None;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(800)))
+                .expect("timeout");
+            let mut buf = vec![0u8; 256];
+            let n = s.read(&mut buf).unwrap_or(0);
+            buf.truncate(n);
+            Some(buf)
+        });
+        if mode == Mode::Enforce {
+            // The listener is marked: its SYN-ACK to the denied peer is
+            // dropped, so the handshake never completes and accept() never
+            // returns.
+            assert_eq!(got, None, "the handshake is refused");
+            let ev = {
+                let ip = IpAddr::V4(sc.net.virginia.v4);
+                assert_packet_record(&mut sc, mode, srv.pid(), ip)
+            };
+            assert_eq!(ev.local_port, 0);
+        } else {
+            assert_eq!(got.as_deref(), Some(m.as_bytes()));
+            let recs = records(&mut sc, 1, srv.pid(), FlowKind::Accept);
+            assert_eq!(recs.len(), 1, "{recs:?}");
+            assert_eq!(recs[0].remote().ip(), IpAddr::V4(sc.net.virginia.v4));
+            assert_eq!(recs[0].classes, EU_BIT);
+            assert_eq!(recs[0].verdict, verdict::DENY);
+            assert_eq!(recs[0].action, action::REPORTED);
+        }
+        assert_leak(mode, &sniffer, &m);
+    }
+
+    #[test]
+    fn tagged_server_with_disallowed_client_monitor() {
+        tagged_server(Mode::Monitor);
+    }
+    #[test]
+    fn tagged_server_with_disallowed_client_enforce() {
+        tagged_server(Mode::Enforce);
+    }
+
+    fn moved_into_selected_cgroup(mode: Mode) {
+        let mut sc = Scenario::new(mode);
+        let server = sc.net.virginia.tcp_server(false);
+        let w = Waiting::start(probe::command(&[
+            "--wait-stdin",
+            "tcp-connect",
+            &server.addr.to_string(),
+        ]));
+        let pid = w.pid();
+        // Started outside: untagged. Moved in after its exec: tagged.
+        sc.cgroup.enter(pid);
+        let tags = sc
+            .fx
+            .wait_for(1, |e| e.tgid == pid && e.flow_kind() == Some(FlowKind::Tag));
+        assert_eq!(tags.len(), 1, "tagged by the move: {tags:?}");
+        assert_eq!(tags[0].classes, EU_BIT);
+        let p = w.go();
+        let connects = records(&mut sc, 1, pid, FlowKind::Connect);
+        assert_eq!(connects.len(), 1, "{connects:?}");
+        assert_eq!(connects[0].action, want_action(mode));
+        if mode == Mode::Enforce {
+            assert_eq!(p.errno(), libc::EPERM);
+            thread::sleep(QUIET);
+            assert_eq!(server.received(), 0);
+        } else {
+            assert_eq!(p.errno(), 0);
+        }
+    }
+
+    #[test]
+    fn moved_into_selected_cgroup_monitor() {
+        moved_into_selected_cgroup(Mode::Monitor);
+    }
+    #[test]
+    fn moved_into_selected_cgroup_enforce() {
+        moved_into_selected_cgroup(Mode::Enforce);
+    }
+}
