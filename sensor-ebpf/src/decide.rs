@@ -26,11 +26,12 @@ use sensor_common::{
 use crate::{
     agg::{self, Decision},
     emit::{Destination, fill_flow, slot, submit, task_record, task_record_at},
-    flows, marks,
+    flows,
     maps::{
         AGG, FAILSAFE, Judgement, LIVENESS, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B,
         config, count,
     },
+    marks,
 };
 
 /// sock_addr return codes.
@@ -262,11 +263,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     let loss = agent_loss(classes, now);
     // A verdict reached under a declared agent-loss behaviour is neither cached
     // nor taken from the cache: it holds only while the agent is away.
-    let interval = if loss.any() {
-        0
-    } else {
-        cfg.agg_interval_ns
-    };
+    let interval = if loss.any() { 0 } else { cfg.agg_interval_ns };
     // The epoch this judgement works under, read once and first: if user
     // space changes the policy meanwhile, what is cached below carries the old
     // epoch and is judged again at the next call.

@@ -109,8 +109,7 @@ fn record(kind: FlowKind, r: &Refusal, family: u8, protocol: u8, detail: u64, de
         count(DENIED);
     }
     // SAFETY: helper without pointer arguments.
-    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, unsafe { bpf_ktime_get_ns() })
-    else {
+    let Some(ev) = task_record_at(slot::PROCESS, kind as u8, unsafe { bpf_ktime_get_ns() }) else {
         return;
     };
     ev.classes = r.classes;

@@ -223,7 +223,8 @@ pub fn on_cgroup_attach(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(2);
     // SAFETY: offsets from BTF; bpf_probe_read_kernel checks every address.
     let (level, tgid) = unsafe {
-        let Ok(level) = bpf_probe_read_kernel(cgrp.add(cfg.off_cgroup_level as usize).cast::<i32>())
+        let Ok(level) =
+            bpf_probe_read_kernel(cgrp.add(cfg.off_cgroup_level as usize).cast::<i32>())
         else {
             return 0;
         };
@@ -245,7 +246,8 @@ pub fn on_cgroup_attach(ctx: RawTracePointContext) -> i32 {
             let Ok(anc) = bpf_probe_read_kernel(slot.cast::<*const u8>()) else {
                 break;
             };
-            let Ok(kn) = bpf_probe_read_kernel(anc.add(cfg.off_cgroup_kn as usize).cast::<*const u8>())
+            let Ok(kn) =
+                bpf_probe_read_kernel(anc.add(cfg.off_cgroup_kn as usize).cast::<*const u8>())
             else {
                 break;
             };

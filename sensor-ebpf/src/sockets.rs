@@ -25,16 +25,16 @@ use aya_ebpf::{
 use sensor_common::{
     counters::{DENIED, VIOLATIONS},
     flow::{FlowEvent, FlowKind},
-    policy::action,
     net::{AF_INET6, IPPROTO_TCP},
     policy::Config,
+    policy::action,
 };
 
 use crate::{
     connect::{destination4, destination6},
+    decide::{agent_loss, decide, is_loopback},
     emit::{slot, submit, task_record},
     flows,
-    decide::{agent_loss, decide, is_loopback},
     maps::{TASKS, config, count},
     marks,
 };
