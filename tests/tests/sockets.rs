@@ -14,7 +14,9 @@ use sensor_common::{
 use sensor_user::kernel::verdicts::Mode;
 
 fn inbound(v6: bool) {
-    let mut sc = Scenario::new(Mode::Enforce);
+    // Monitor mode: in enforce mode a denied peer's handshake is refused
+    // (tests/tests/socket_gates.rs).
+    let mut sc = Scenario::new(Mode::Monitor);
     let host_ip = if v6 {
         sc.net.virginia.host_v6.to_string()
     } else {
@@ -41,7 +43,11 @@ fn inbound(v6: bool) {
         .command(probe::netprobe().to_str().expect("utf-8 path"));
     client.args(["tcp-connect", &target]);
     let c = probe::run(client);
-    assert_eq!(c.errno(), 0, "inbound is recorded, not denied: {c:?}");
+    assert_eq!(
+        c.errno(),
+        0,
+        "monitor mode: inbound is reported, not denied: {c:?}"
+    );
     let server_pid = server.pid();
     let s = server.go();
     assert_eq!(s.errno(), 0);
@@ -64,6 +70,8 @@ fn inbound(v6: bool) {
     assert_eq!(ev.family, if v6 { AF_INET6 } else { AF_INET });
     assert_eq!(ev.protocol, IPPROTO_TCP);
     assert_eq!(ev.classes, EU_BIT);
+    assert_eq!(ev.verdict, sensor_common::policy::verdict::DENY);
+    assert_eq!(ev.action, sensor_common::policy::action::REPORTED);
     assert_eq!(ev.comm_str(), "netprobe");
     assert_eq!(
         ev.local().ip().to_string(),
