@@ -60,8 +60,31 @@ impl SockMark {
     };
 }
 
+/// Key of the kernel's `LOCAL_FLOWS` map: a local TCP connection opened by a
+/// process whose classes propagate over local connections, as its SYN left
+/// (map-form addresses, host-order ports). The accepting side finds it from
+/// its accepted socket's peer and local endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalFlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
+/// Value of `LOCAL_FLOWS`: the classes to carry over and who carried them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalFlow {
+    pub classes: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
-crate::pod!(SockMark);
+crate::pod!(SockMark, LocalFlowKey, LocalFlow);
 
 #[cfg(test)]
 mod tests {

@@ -38,6 +38,10 @@ pub mod reason {
     pub const TAINT: u8 = 5;
     /// Tagged by user space (explicit API request or start-up /proc walk).
     pub const USER: u8 = 6;
+    /// Accepted a local connection (loopback, the host's own addresses) from a
+    /// process carrying classes that propagate over local connections; the
+    /// record's remote is that peer, `detail` its tgid.
+    pub const LOCAL: u8 = 7;
 }
 
 /// Convert a user-space `st_dev` (glibc encoding) to the kernel's `s_dev`.

@@ -29,7 +29,7 @@ use aya_ebpf::{
 use sensor_common::{
     counters::{DENIED, VIOLATIONS},
     flow::{AggKey, FlowKind, packet},
-    mark::SockMark,
+    mark::{LocalFlow, LocalFlowKey, SockMark},
     net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, v4_mapped},
     policy::action,
 };
@@ -38,7 +38,7 @@ use crate::{
     agg::{self, Decision},
     decide::{agent_loss, decide, is_loopback},
     emit::{Destination, mark_record, slot, submit},
-    maps::{AGG, TASKS, config, count},
+    maps::{AGG, LOCAL_FLOWS, TASKS, config, count},
     marks,
 };
 
@@ -202,6 +202,11 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     let Some((dst, route)) = destination(ctx) else {
         return PASS;
     };
+    // SAFETY: the program's own __sk_buff.
+    let via_lo = unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
+    if (via_lo || is_loopback(&dst)) && m.classes & cfg.local_classes != 0 {
+        note_local_flow(ctx, m, &dst);
+    }
     if is_loopback(&dst) {
         return PASS;
     }
@@ -236,6 +241,57 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     }
     report(ctx, m, &dst, &d, route, epoch, now, cfg.agg_interval_ns);
     if deny { DROP } else { PASS }
+}
+
+/// The loopback device's ifindex (1 in every network namespace).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Notes a local TCP connection of a process whose classes propagate over
+/// local connections, at its SYN: the process that accepts it carries the
+/// classes too (`sockets.rs`), so a relay on the host is judged for what it
+/// forwards.
+#[inline(always)]
+fn note_local_flow(ctx: &SkBuffContext, m: &SockMark, dst: &Destination) {
+    if dst.protocol != IPPROTO_TCP {
+        return;
+    }
+    let Ok(b0) = ctx.load::<u8>(0) else {
+        return;
+    };
+    let (saddr, l4) = if dst.family == AF_INET {
+        let Ok(s) = ctx.load::<[u8; 4]>(12) else {
+            return;
+        };
+        (v4_mapped(s), usize::from(b0 & 0x0f) * 4)
+    } else {
+        let Ok(s) = ctx.load::<[u8; 16]>(8) else {
+            return;
+        };
+        (s, 40)
+    };
+    // SYN without ACK: the connection's first packet.
+    let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+        return;
+    };
+    if flags & 0x12 != 0x02 {
+        return;
+    }
+    let Ok(sport) = ctx.load::<u16>(l4) else {
+        return;
+    };
+    let key = LocalFlowKey {
+        saddr,
+        daddr: dst.key,
+        sport: u16::from_be(sport),
+        dport: dst.port,
+        _pad: 0,
+    };
+    let value = LocalFlow {
+        classes: m.classes & config().map_or(0, |c| c.local_classes),
+        tgid: m.tgid,
+        _pad: 0,
+    };
+    let _ = LOCAL_FLOWS.insert(&key, &value, 0);
 }
 
 /// A `Packet` record of a violation, folded with the same process's earlier

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use sensor_common::{
     counters::COUNTER_COUNT,
     flow::{AggKey, AggState, FLOW_SLOT_COUNT, FlowEvent},
+    mark::{LocalFlow, LocalFlowKey},
     policy::{Config, Liveness, MAX_CLASSES, TaintSource, VerdictKey, capacity},
     tag::{ExeKey, TaskTag},
 };
@@ -77,6 +78,13 @@ pub static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 1)
 /// Aggregation state and cached verdicts of recent flows (see `agg.rs`).
 #[map]
 pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Local TCP connections opened by processes whose classes propagate over
+/// local connections (`Config::local_classes`), noted by the egress backstop
+/// as their SYN leaves, found by the accepting side (`sockets.rs`).
+#[map]
+pub static LOCAL_FLOWS: LruHashMap<LocalFlowKey, LocalFlow> =
+    LruHashMap::with_max_entries(16_384, 0);
 
 /// Adds one to counter `index` on this CPU.
 #[inline(always)]

@@ -23,19 +23,23 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
 use sensor_common::{
-    counters::{DENIED, VIOLATIONS},
+    counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
     flow::{FlowEvent, FlowKind},
+    mark::LocalFlowKey,
+    net::v4_mapped,
     net::{AF_INET6, IPPROTO_TCP},
     policy::Config,
     policy::action,
+    tag::{TaskTag, reason},
 };
 
 use crate::{
     connect::{destination4, destination6},
     decide::{agent_loss, decide, is_loopback},
+    emit::Destination,
     emit::{slot, submit, task_record},
     flows,
-    maps::{TASKS, config, count},
+    maps::{LOCAL_FLOWS, TASKS, config, count},
     marks,
 };
 
@@ -82,9 +86,12 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(tag) = (unsafe { TASKS.get(tgid) }).copied() else {
+    let tagged = (unsafe { TASKS.get(tgid) }).map_or(0, |t| t.classes);
+    // Untagged acceptors matter only while some class propagates over local
+    // connections.
+    if tagged == 0 && cfg.local_classes == 0 {
         return 0;
-    };
+    }
     // SAFETY: the offset of `ret` comes from the tracepoint's format file.
     let Ok(fd) = (unsafe { ctx.read_at::<i64>(cfg.tp_accept_ret as usize) }) else {
         return 0;
@@ -113,6 +120,15 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         let a = unsafe { sk_field::<u32>(sk, cfg.off_skc_daddr) }.unwrap_or(0);
         destination4(a, IPPROTO_TCP, u32::from(dport))
     };
+    let classes = if cfg.local_classes != 0 {
+        carry_local(cfg, tgid, tagged, sk, &peer, lport)
+    } else {
+        tagged
+    };
+    if classes == 0 {
+        return 0;
+    }
+    let tag = TaskTag { classes };
     // Inbound is a transfer too: the reply carries the process's data to the
     // peer. A peer denied for its classes is a violation; in enforce mode the
     // egress backstop drops every packet of the socket (it is marked when
@@ -167,6 +183,65 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     ev.policy_generation = cfg.generation;
     submit(ev);
     0
+}
+
+/// A local connection from a process whose classes propagate over local
+/// connections (noted by the egress backstop at its SYN): the acceptor
+/// carries those classes from now on. Returns the acceptor's classes.
+#[inline(always)]
+fn carry_local(
+    cfg: &Config,
+    tgid: u32,
+    classes: u64,
+    sk: *const u8,
+    peer: &Destination,
+    lport: u16,
+) -> u64 {
+    // SAFETY: offsets from BTF; every read is checked by the helper.
+    let local = unsafe {
+        if peer.family == AF_INET6 {
+            sk_field::<[u8; 16]>(sk, cfg.off_skc_v6_rcv_saddr)
+        } else {
+            sk_field::<[u8; 4]>(sk, cfg.off_skc_rcv_saddr).map(v4_mapped)
+        }
+    };
+    let Some(local) = local else {
+        return classes;
+    };
+    let key = LocalFlowKey {
+        saddr: peer.key,
+        daddr: local,
+        sport: peer.port,
+        dport: lport,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(from) = (unsafe { LOCAL_FLOWS.get(&key) }).copied() else {
+        return classes;
+    };
+    let _ = LOCAL_FLOWS.remove(&key);
+    let new = from.classes & !classes;
+    if new == 0 {
+        return classes;
+    }
+    let all = classes | from.classes;
+    if TASKS.insert(tgid, TaskTag { classes: all }, 0).is_err() {
+        count(TAG_MAP_FULL);
+        return classes;
+    }
+    if let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) {
+        ev.classes = new;
+        ev.reason = reason::LOCAL;
+        ev.detail = u64::from(from.tgid);
+        ev.family = peer.family;
+        ev.protocol = IPPROTO_TCP;
+        ev.remote_addr = peer.addr;
+        ev.remote_port = peer.port;
+        ev.local_port = lport;
+        ev.policy_generation = cfg.generation;
+        submit(ev);
+    }
+    all
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]

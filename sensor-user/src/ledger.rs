@@ -23,6 +23,9 @@ pub enum Why {
     Exe { ino: u64, path: Option<PathBuf> },
     /// The process connected to a taint source.
     Taint { source: SocketAddr },
+    /// Accepted a local connection from process `from` (at `peer`), whose
+    /// classes propagate over local connections.
+    Local { peer: SocketAddr, from: u32 },
     /// Inherited from the parent at fork (the parent's reasons follow in the list).
     Inherited { parent: u32 },
     /// Tagged on request (API) by `actor`.
@@ -74,6 +77,10 @@ impl TagLedger {
             },
             reason::TAINT => Why::Taint {
                 source: ev.remote(),
+            },
+            reason::LOCAL => Why::Local {
+                peer: ev.remote(),
+                from: ev.detail as u32,
             },
             reason::INHERITED => {
                 let parent = ev.detail as u32;

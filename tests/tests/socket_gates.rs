@@ -721,3 +721,75 @@ mod nat_inbound_moves {
         moved_into_selected_cgroup(Mode::Enforce);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Local relays.
+
+mod local_relay {
+    use super::*;
+
+    /// A tagged client hands its data to an untagged relay on 127.0.0.1,
+    /// which sends it on to Virginia.
+    fn relay(mode: Mode, propagate: bool) {
+        let mut sc = Scenario::new(mode);
+        if propagate {
+            sc.fx
+                .sensor
+                .set_socket_rules(0, 0, EU_BIT)
+                .expect("socket rules");
+        }
+        let sniffer = sc.net.virginia.sniffer();
+        let server = sc.net.virginia.tcp_hold_server(false);
+        let m = marker(&format!("relay-{propagate}"));
+        let mut relay = Gate::start(gateprobe(&[
+            "relay",
+            "127.0.0.1:0",
+            &server.addr.to_string(),
+            &m,
+        ]));
+        let port = relay.line()["port"].as_u64().expect("port");
+        let client = sc.inside(&["tcp-connect", &format!("127.0.0.1:{port}")]);
+        assert_eq!(client.errno(), 0, "loopback is always allowed");
+        let errnos = relay.errnos();
+        let pid = relay.pid();
+        if !propagate {
+            assert_eq!(errnos, vec![0, 0], "an untagged relay is not judged");
+            assert!(sniffer.wait_for(m.as_bytes(), Duration::from_secs(3)) > 0);
+            assert!(sc.fx.all(|e| e.tgid == pid).is_empty());
+            return;
+        }
+        let tags = records(&mut sc, 1, pid, FlowKind::Tag);
+        assert_eq!(tags.len(), 1, "{tags:?}");
+        assert_eq!(tags[0].classes, EU_BIT);
+        assert_eq!(tags[0].reason, sensor_common::tag::reason::LOCAL);
+        assert_eq!(
+            tags[0].detail,
+            u64::from(client.pid),
+            "carried from the client"
+        );
+        let connects = records(&mut sc, 1, pid, FlowKind::Connect);
+        assert_eq!(
+            connects.len(),
+            1,
+            "the relay's connect is judged: {connects:?}"
+        );
+        assert_eq!(connects[0].action, want_action(mode));
+        if mode == Mode::Enforce {
+            assert_eq!(errnos[0], i64::from(libc::EPERM));
+        }
+        assert_leak(mode, &sniffer, &m);
+    }
+
+    #[test]
+    fn relay_carries_the_class_monitor() {
+        relay(Mode::Monitor, true);
+    }
+    #[test]
+    fn relay_carries_the_class_enforce() {
+        relay(Mode::Enforce, true);
+    }
+    #[test]
+    fn relay_without_propagate_over_local_is_not_judged() {
+        relay(Mode::Enforce, false);
+    }
+}

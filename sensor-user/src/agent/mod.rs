@@ -1074,6 +1074,9 @@ fn reason_pb(c: &Compiled, r: &TagReason) -> pb::TagReason {
                 .unwrap_or_else(|| format!("inode {ino}"))
         ),
         Why::Taint { source } => format!("taint {source}"),
+        Why::Local { peer, from } => {
+            format!("accepted a local connection from pid {from} ({peer})")
+        }
         Why::Inherited { parent } => format!("inherited from {parent}"),
         Why::Explicit { actor } => format!("explicit by {actor}"),
         Why::Adopted => "tagged before the agent restarted (kept by the kernel)".into(),

@@ -27,6 +27,10 @@
 //!   getfd PID FD MARKER          take fd FD of process PID (pidfd_getfd), write MARKER
 //!   serve ADDR:PORT MARKER       listen; print {"port":P}; accept one
 //!                                connection, write MARKER; print {"errno":E}
+//!   relay ADDR:PORT TARGET MARKER
+//!                                a local relay: listen; print {"port":P};
+//!                                accept one connection, then connect to
+//!                                TARGET and write MARKER; errno [connect, write]
 
 use std::{
     io::{BufRead, Read, Write},
@@ -393,6 +397,20 @@ fn serve(addr: SocketAddr, marker: &[u8]) {
     report(&[errno]);
 }
 
+fn relay(addr: SocketAddr, target: SocketAddr, marker: &[u8]) -> Vec<i32> {
+    let l = std::net::TcpListener::bind(addr).expect("bind");
+    say(&format!(
+        "{{\"port\":{},\"pid\":{}}}",
+        l.local_addr().expect("local").port(),
+        pid()
+    ));
+    let _client = l.accept().expect("accept");
+    match connected("tcp", target) {
+        Ok(fd) => vec![0, write_fd(fd.as_raw_fd(), marker)],
+        Err(e) => vec![e, e],
+    }
+}
+
 fn parse_addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| {
         eprintln!("gateprobe: {s:?} is not ADDR:PORT: {e}");
@@ -434,6 +452,7 @@ fn main() {
             a(3).as_bytes(),
         ),
         "serve" => return serve(parse_addr(a(1)), a(2).as_bytes()),
+        "relay" => relay(parse_addr(a(1)), parse_addr(a(2)), a(3).as_bytes()),
         other => {
             eprintln!("gateprobe: unknown operation {other:?}");
             std::process::exit(2)
