@@ -37,7 +37,9 @@ pub struct SockMark {
     pub _pad: u32,
     /// Classes reported with the cached verdict.
     pub reported: u64,
-    /// The marking process's `comm`.
+    /// The marking process's `comm` (left empty by the kernel, which would
+    /// pay for it on every marked socket; the agent fills records from
+    /// /proc).
     pub comm: [u8; crate::flow::COMM_LEN],
 }
 

@@ -244,12 +244,19 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is copied out at once.
     let tagged = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
-    if is_loopback(dst) {
-        return ALLOW;
-    }
     let Some(cfg) = config() else {
         return ALLOW;
     };
+    if is_loopback(dst) {
+        // Never judged; marked when its classes propagate over local
+        // connections, so the backstop notes the connection for the acceptor.
+        if tagged & cfg.local_classes != 0 {
+            // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
+            let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+            let _ = marks::mark_current(sk.cast(), tagged);
+        }
+        return ALLOW;
+    }
     let classes = if cfg.has_taint != 0 {
         apply_taint(tgid, tagged, dst)
     } else {

@@ -3,10 +3,14 @@
 //!
 //! - `sock_create` (cgroup): raw sockets and ICMP sockets (ping sockets send
 //!   with `sendto` and no sendmsg hook sees them), unless the policy allows
-//!   them for every class the process carries (`Config::raw_allowed`). Every
-//!   socket a tagged process creates is marked with its classes.
-//! - `setsockopt` (cgroup): source routes (`IP_OPTIONS`, `IPV6_RTHDR`): the
-//!   first hop is what the hooks see, the packet goes on elsewhere.
+//!   them for every class the process carries (`Config::raw_allowed`).
+//! - `bind4`/`bind6` (cgroup): a socket a tagged process binds (a listener)
+//!   is marked, so the backstop refuses its handshakes with denied peers and
+//!   its accepted sockets inherit the mark.
+//! - Source routes (`IP_OPTIONS`, `IPV6_RTHDR`, set with setsockopt or per
+//!   packet with a cmsg) are judged per packet by the egress backstop: a cgroup
+//!   setsockopt program would cost every setsockopt() on the host a socket lock
+//!   (~1% of a connect in `cargo xtask bench`) and still miss the cmsg.
 //! - `syscalls:sys_enter_socket`: AF_PACKET sockets bypass the IP stack and
 //!   every cgroup hook; there is no hook to refuse one here (no LSM), so they
 //!   are reported and, for classes with `packet_sockets = "kill"` in enforce
@@ -16,8 +20,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_send_signal},
-    macros::{cgroup_sock, cgroup_sockopt, tracepoint},
-    programs::{SockContext, SockoptContext, TracePointContext},
+    macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use sensor_common::{
     counters::{DENIED, VIOLATIONS},
@@ -35,12 +39,6 @@ use crate::{
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
-
-const SOL_IP: i32 = 0;
-const IP_OPTIONS: i32 = 4;
-const SOL_IPV6: i32 = 41;
-const IPV6_2292RTHDR: i32 = 5;
-const IPV6_RTHDR: i32 = 57;
 
 const SIGKILL: u32 = 9;
 
@@ -135,18 +133,21 @@ fn current_classes() -> u64 {
 
 #[cgroup_sock(sock_create)]
 pub fn on_sock_create(ctx: SockContext) -> i32 {
-    let classes = current_classes();
-    if classes == 0 {
-        return ALLOW;
-    }
     let sk = ctx.sock;
     // SAFETY: the kernel hands a valid bpf_sock to sock programs.
     let (family, ty, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
-    let _ = marks::mark_current(sk.cast(), classes);
+    // Socket type first: every other socket on the host stops here, before
+    // any map lookup.
     let icmp = protocol == u32::from(IPPROTO_ICMP) || protocol == u32::from(IPPROTO_ICMPV6);
     if ty != SOCK_RAW && !icmp {
         return ALLOW;
     }
+    let classes = current_classes();
+    if classes == 0 {
+        return ALLOW;
+    }
+    // Marked: its packets are judged by destination too (monitor mode).
+    let _ = marks::mark_current(sk.cast(), classes);
     let Some(cfg) = config() else {
         return ALLOW;
     };
@@ -163,36 +164,6 @@ pub fn on_sock_create(ctx: SockContext) -> i32 {
         u64::from(ty),
         deny,
     );
-    if deny { REFUSE } else { ALLOW }
-}
-
-#[cgroup_sockopt(setsockopt)]
-pub fn on_setsockopt(ctx: SockoptContext) -> i32 {
-    // SAFETY: the kernel hands a valid bpf_sockopt to sockopt programs.
-    let so = unsafe { &*ctx.sockopt };
-    let (level, name) = (so.level, so.optname);
-    let route = so.optlen > 0
-        && ((level == SOL_IP && name == IP_OPTIONS)
-            || (level == SOL_IPV6 && (name == IPV6_RTHDR || name == IPV6_2292RTHDR)));
-    if !route {
-        return ALLOW;
-    }
-    let classes = current_classes();
-    if classes == 0 {
-        return ALLOW;
-    }
-    let r = refusal(classes);
-    if r.classes == 0 {
-        return ALLOW;
-    }
-    let deny = r.enforced != 0;
-    let family = if level == SOL_IP {
-        sensor_common::net::AF_INET
-    } else {
-        sensor_common::net::AF_INET6
-    };
-    let detail = ((level as u64) << 32) | u64::from(name as u32);
-    record(FlowKind::SockOpt, &r, family, 0, detail, deny);
     if deny { REFUSE } else { ALLOW }
 }
 
@@ -229,4 +200,27 @@ pub fn on_socket_enter(ctx: TracePointContext) -> u32 {
         unsafe { bpf_send_signal(SIGKILL) };
     }
     0
+}
+
+/// A tagged process binds a socket (typically a listener): marked with its
+/// classes. Only bind() pays for this; connects and plain sockets do not.
+#[inline(always)]
+fn mark_bound(ctx: &SockAddrContext) -> i32 {
+    let classes = current_classes();
+    if classes != 0 {
+        // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
+        let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+        let _ = marks::mark_current(sk.cast(), classes);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn on_bind4(ctx: SockAddrContext) -> i32 {
+    mark_bound(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn on_bind6(ctx: SockAddrContext) -> i32 {
+    mark_bound(&ctx)
 }

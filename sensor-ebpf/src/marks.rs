@@ -4,8 +4,7 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{bpf_get_current_comm, bpf_sk_storage_get},
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_sk_storage_get,
 };
 use sensor_common::mark::SockMark;
 
@@ -67,8 +66,6 @@ pub fn mark_current(sk: *mut c_void, classes: u64) -> Option<&'static mut SockMa
         m.classes |= classes;
         m.tgid = tgid;
         m.uid = bpf_get_current_uid_gid() as u32;
-        // SAFETY: the helper writes at most 16 bytes into the map value.
-        unsafe { bpf_get_current_comm(m.comm.as_mut_ptr().cast(), 16) };
     }
     Some(m)
 }

@@ -31,9 +31,6 @@ pub enum FlowKind {
     /// (raw, ICMP, AF_PACKET): `protocol`/`sock_protocol` and `family` say
     /// which, `detail` the socket type.
     Socket = 7,
-    /// A tagged process asked for a source route (`IP_OPTIONS`,
-    /// `IPV6_RTHDR`): `detail` is `level << 32 | optname`.
-    SockOpt = 8,
 }
 
 /// Flags in the `detail` of [`FlowKind::Packet`] records.
@@ -54,7 +51,6 @@ impl FlowKind {
             5 => Some(Self::Tag),
             6 => Some(Self::Packet),
             7 => Some(Self::Socket),
-            8 => Some(Self::SockOpt),
             _ => None,
         }
     }
@@ -226,7 +222,6 @@ mod tests {
             FlowKind::Tag,
             FlowKind::Packet,
             FlowKind::Socket,
-            FlowKind::SockOpt,
         ] {
             assert_eq!(FlowKind::from_raw(k as u8), Some(k));
         }

@@ -64,6 +64,18 @@ pub fn verdict_name(v: Option<Verdict>) -> &'static str {
     }
 }
 
+/// The record's `comm`, or the live process's when the kernel left it empty
+/// (packet records: the kernel does not copy it into every socket mark).
+fn comm(ev: &FlowEvent) -> String {
+    let c = ev.comm_str();
+    if !c.is_empty() {
+        return c;
+    }
+    std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
 /// The protocol a record names: the socket's own for sockets that cannot be
 /// judged by destination ("packet" for AF_PACKET, "raw" for raw IP sockets),
 /// else the protocol on the wire ("mptcp" for MPTCP sockets).
@@ -96,7 +108,6 @@ pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
             Some(FlowKind::Tag) => "tag",
             Some(FlowKind::Packet) => "packet",
             Some(FlowKind::Socket) => "socket",
-            Some(FlowKind::SockOpt) => "sockopt",
             None => "unknown",
         }
         .into(),
@@ -106,7 +117,7 @@ pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
         tid: ev.pid,
         uid: ev.uid,
         cgroup_id: ev.cgroup_id,
-        comm: ev.comm_str(),
+        comm: comm(ev),
         exe: exe(ev.tgid),
         classes: class_names(c, ev.classes),
         protocol: protocol(ev).into(),
@@ -115,7 +126,7 @@ pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
         } else {
             ev.local().to_string()
         },
-        remote: if matches!(ev.flow_kind(), Some(FlowKind::Socket | FlowKind::SockOpt)) {
+        remote: if matches!(ev.flow_kind(), Some(FlowKind::Socket)) {
             String::new()
         } else {
             remote.to_string()

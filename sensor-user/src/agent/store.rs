@@ -72,8 +72,8 @@ impl FlowStore {
     }
 }
 
-/// A violation: a connect, send, accept, packet (egress backstop), socket
-/// (raw, ICMP, packet) or socket option (source route) whose action is
+/// A violation: a connect, send, accept, packet (egress backstop) or socket
+/// (raw, ICMP, packet) whose action is
 /// reported or denied, or an open connection the agent found violating
 /// (`existing`). (The
 /// close record of a reported flow carries its action too, with the bytes; it
@@ -81,7 +81,7 @@ impl FlowStore {
 pub fn is_violation(f: &pb::Flow) -> bool {
     matches!(
         f.kind.as_str(),
-        "connect" | "sendmsg" | "accept" | "packet" | "socket" | "sockopt" | "existing"
+        "connect" | "sendmsg" | "accept" | "packet" | "socket" | "existing"
     ) && (f.action == "reported" || f.action == "denied")
 }
 

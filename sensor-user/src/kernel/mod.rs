@@ -24,7 +24,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, CgroupSockopt, RawTracePoint, TracePoint, links::FdLink,
+        CgroupSockAddr, RawTracePoint, TracePoint, links::FdLink,
     },
 };
 use sensor_common::{
@@ -44,12 +44,16 @@ use crate::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
 
 /// cgroup sock_addr programs in the object.
-pub const SOCK_ADDR_PROGRAMS: &[&str] =
-    &["on_connect4", "on_connect6", "on_sendmsg4", "on_sendmsg6"];
+pub const SOCK_ADDR_PROGRAMS: &[&str] = &[
+    "on_connect4",
+    "on_connect6",
+    "on_sendmsg4",
+    "on_sendmsg6",
+    "on_bind4",
+    "on_bind6",
+];
 /// cgroup sock programs (sock_release, sock_create) in the object.
 pub const SOCK_PROGRAMS: &[&str] = &["on_sock_release", "on_sock_create"];
-/// cgroup setsockopt programs in the object.
-pub const SOCKOPT_PROGRAMS: &[&str] = &["on_setsockopt"];
 /// cgroup_skb egress programs (the backstop) in the object.
 pub const SKB_EGRESS_PROGRAMS: &[&str] = &["on_egress"];
 /// Raw tracepoint programs: (program, tracepoint).
@@ -220,10 +224,6 @@ impl KernelSensor {
             let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
-        for &name in SOCKOPT_PROGRAMS {
-            let prog: &mut CgroupSockopt = load_program(&mut ebpf, name)?;
-            retry_eagain(|| prog.load()).map_err(prog_err(name))?;
-        }
         for &name in SKB_EGRESS_PROGRAMS {
             let prog: &mut CgroupSkb = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
@@ -386,37 +386,13 @@ impl KernelSensor {
                     pins.cgroup_link(&link_name, &fd, || {
                         let id = ($attach)(&mut *prog).map_err(prog_err(name))?;
                         let link = prog.take_link(id).map_err(prog_err(name))?;
-                        FdLink::try_from(link)
-                            .map(pins::NewLink::Aya)
-                            .map_err(|e| pins_err(pins, name, &e))
+                        FdLink::try_from(link).map_err(|e| pins_err(pins, name, &e))
                     })?;
                     pinned.push(link_name);
                 }
             };
         }
         attach_all!(CgroupSock, SOCK_PROGRAMS);
-        for &name in SOCKOPT_PROGRAMS {
-            // aya 0.14's sockopt link has no FdLink form: pinned, the link is
-            // created with a plain BPF_LINK_CREATE.
-            let prog: &mut CgroupSockopt = load_program(&mut self.ebpf, name)?;
-            let Some(pins) = &self.pins else {
-                prog.attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(prog_err(name))?;
-                continue;
-            };
-            let link_name = format!("cg-{cgroup_id}-{name}");
-            let fd = prog
-                .fd()
-                .map_err(prog_err(name))?
-                .try_clone()
-                .map_err(|e| pins_err(pins, name, &e))?;
-            pins.cgroup_link(&link_name, &fd, || {
-                pins::cgroup_link_create(&fd, &cgroup, pins::BPF_CGROUP_SETSOCKOPT)
-                    .map(pins::NewLink::Raw)
-                    .map_err(|e| pins_err(pins, name, &e))
-            })?;
-            pinned.push(link_name);
-        }
         // The backstop before the connect hooks: every socket they mark is
         // judged again on the way out from its first packet.
         attach_all!(CgroupSkb, SKB_EGRESS_PROGRAMS, |prog: &mut CgroupSkb| prog

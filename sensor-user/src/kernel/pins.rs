@@ -184,7 +184,7 @@ impl PinSet {
         &self,
         name: &str,
         program: &aya::programs::ProgramFd,
-        attach: impl FnOnce() -> Result<NewLink, SensorError>,
+        attach: impl FnOnce() -> Result<FdLink, SensorError>,
     ) -> Result<bool, SensorError> {
         let path = self.link_path(name);
         if path.exists() {
@@ -195,13 +195,10 @@ impl PinSet {
             })?;
             return Ok(true);
         }
-        let pinned = match attach()? {
-            NewLink::Aya(link) => link.pin(&path).map(|_| ()).map_err(|e| chain(&e)),
-            NewLink::Raw(fd) => obj_pin(&fd, &path).map_err(|e| e.to_string()),
-        };
-        pinned.map_err(|e| SensorError::Pins {
+        let link = attach()?;
+        link.pin(&path).map_err(|e| SensorError::Pins {
             dir: path.clone(),
-            reason: format!("pinning the link: {e}"),
+            reason: format!("pinning the link: {}", chain(&e)),
         })?;
         Ok(false)
     }
@@ -380,63 +377,6 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(rc)
-}
-
-/// A link just created, to pin: aya's, or one created with
-/// [`cgroup_link_create`] for program types whose aya link has no `FdLink`
-/// form (cgroup sockopt in aya 0.14).
-pub(crate) enum NewLink {
-    Aya(FdLink),
-    Raw(OwnedFd),
-}
-
-/// `BPF_CGROUP_SETSOCKOPT`, the attach type of a cgroup setsockopt program.
-pub(crate) const BPF_CGROUP_SETSOCKOPT: u32 = 22;
-
-/// `BPF_LINK_CREATE` of `program` on `cgroup` for `attach_type`.
-pub(crate) fn cgroup_link_create(
-    program: &aya::programs::ProgramFd,
-    cgroup: &impl AsRawFd,
-    attach_type: u32,
-) -> std::io::Result<OwnedFd> {
-    /// `union bpf_attr`'s `link_create` member (its head).
-    #[repr(C)]
-    struct LinkCreate {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-    }
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    let attr = LinkCreate {
-        prog_fd: program.as_fd().as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        flags: 0,
-    };
-    let fd = sys_bpf(BPF_LINK_CREATE, &attr)?;
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `BPF_OBJ_PIN`: pins the object behind `fd` at `path`.
-fn obj_pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
-    /// `union bpf_attr`'s object member.
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let attr = ObjPin {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    sys_bpf(BPF_OBJ_PIN, &attr).map(|_| ())
 }
 
 /// `BPF_OBJ_GET`: a new fd for the object pinned at `path`.
