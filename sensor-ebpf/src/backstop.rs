@@ -61,16 +61,15 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return PASS;
     }
-    // SAFETY: a socket pointer from the context; the helper checks it.
-    let sk = unsafe { bpf_sk_fullsock(sk) };
-    if sk.is_null() {
-        return PASS;
-    }
+    // The storage lookup takes any socket (it answers nothing for one that is
+    // not a full socket): one helper call for an unmarked socket's packet.
     let m = match marks::get(sk.cast()) {
         Some(m) => m,
         None => {
-            // SAFETY: a full socket the verifier knows as one.
-            if unsafe { (*sk).protocol } == u32::from(IPPROTO_TCP) {
+            // SAFETY: a socket pointer from the context; the helper checks it.
+            let sk = unsafe { bpf_sk_fullsock(sk) };
+            // SAFETY: a full socket the verifier knows as one, when not null.
+            if sk.is_null() || unsafe { (*sk).protocol } == u32::from(IPPROTO_TCP) {
                 return PASS;
             }
             // Non-TCP sockets send only from their sender's context.
@@ -88,9 +87,78 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
     judge_packet(&ctx, m)
 }
 
-/// The packet's destination and whether it carries a source route.
+/// The packet's destination and whether it carries a source route: read
+/// straight from the packet for the usual IPv4 and IPv6 headers (no helper
+/// call), else with `bpf_skb_load_bytes`.
 #[inline(always)]
 fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own __sk_buff; data/data_end are packet pointers
+    // the verifier checks every access against.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if data + 44 <= end {
+        let p = data as *const u8;
+        // SAFETY: 44 bytes are in bounds (checked above).
+        let b0 = unsafe { *p };
+        if b0 == 0x45 {
+            // IPv4 without options: protocol, destination, then the ports.
+            // SAFETY: as above.
+            let (protocol, daddr) =
+                unsafe { (*p.add(9), p.add(16).cast::<[u8; 4]>().read_unaligned()) };
+            let port = if protocol == IPPROTO_TCP
+                || protocol == IPPROTO_UDP
+                || protocol == IPPROTO_UDPLITE
+            {
+                // SAFETY: as above (bytes 22..24).
+                u16::from_be(unsafe { p.add(22).cast::<u16>().read_unaligned() })
+            } else {
+                0
+            };
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&daddr);
+            return Some((
+                Destination {
+                    family: AF_INET,
+                    protocol,
+                    addr,
+                    key: v4_mapped(daddr),
+                    port,
+                    sock_protocol: 0,
+                },
+                false,
+            ));
+        }
+        // SAFETY: as above (byte 6).
+        let next = unsafe { *p.add(6) };
+        if b0 >> 4 == 6 && (next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_UDPLITE) {
+            // IPv6 straight to the transport header.
+            // SAFETY: as above (bytes 24..40 and 42..44).
+            let (daddr, port) = unsafe {
+                (
+                    p.add(24).cast::<[u8; 16]>().read_unaligned(),
+                    u16::from_be(p.add(42).cast::<u16>().read_unaligned()),
+                )
+            };
+            return Some((
+                Destination {
+                    family: AF_INET6,
+                    protocol: next,
+                    addr: daddr,
+                    key: daddr,
+                    port,
+                    sock_protocol: 0,
+                },
+                false,
+            ));
+        }
+    }
+    destination_slow(ctx)
+}
+
+/// `destination` for packets whose headers are not in the linear part, carry
+/// IPv4 options or IPv6 extension headers.
+#[inline(always)]
+fn destination_slow(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
     // The IP version nibble, not skb->protocol: it is not set yet on every
     // path that reaches cgroup egress.
     let b0: u8 = ctx.load(0).ok()?;
