@@ -18,7 +18,7 @@ use aya_ebpf::{
 use sensor_common::{
     counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
     flow::{AggKey, FlowEvent, FlowKind},
-    net::AF_INET,
+    net::{AF_INET, IPPROTO_TCP},
     policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
     tag::{TaskTag, reason},
 };
@@ -350,7 +350,20 @@ fn mark_socket(
 ) {
     // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    if let Some(m) = marks::mark_current(sk.cast(), classes) {
+    let mark = if dst.protocol == IPPROTO_TCP {
+        // A TCP socket is marked when a tagged process first writes to it
+        // (`sockets.rs`), before its first byte is queued: creating the mark
+        // here would cost every tagged connect a socket-storage allocation
+        // (~0.8 µs) and guard nothing more (a handshake carries no data). An
+        // existing mark (a socket bound by a tagged process) gets the verdict.
+        marks::get(sk.cast()).map(|m| {
+            m.classes |= classes;
+            m
+        })
+    } else {
+        marks::mark_current(sk.cast(), classes)
+    };
+    if let Some(m) = mark {
         if loss.any() {
             m.judged_classes = 0;
         } else {
