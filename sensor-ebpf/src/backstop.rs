@@ -359,7 +359,7 @@ fn note_local_flow(ctx: &SkBuffContext, m: &SockMark, dst: &Destination) {
         tgid: m.tgid,
         _pad: 0,
     };
-    let _ = LOCAL_FLOWS.insert(&key, &value, 0);
+    let _ = LOCAL_FLOWS.insert(key, value, 0);
 }
 
 /// A `Packet` record of a violation, folded with the same process's earlier

@@ -356,10 +356,13 @@ fn mark_socket(
         // here would cost every tagged connect a socket-storage allocation
         // (~0.8 µs) and guard nothing more (a handshake carries no data). An
         // existing mark (a socket bound by a tagged process) gets the verdict.
-        marks::get(sk.cast()).map(|m| {
+        let existing = marks::get(sk.cast());
+        if let Some(m) = existing {
             m.classes |= classes;
-            m
-        })
+            Some(m)
+        } else {
+            None
+        }
     } else {
         marks::mark_current(sk.cast(), classes)
     };

@@ -13,11 +13,14 @@
 
 use sensor_common::{
     counters::FLOW_MAP_FULL,
-    flow::{FLOW_SLOT_COUNT, FlowEvent},
+    flow::{FLOW_SLOT_COUNT, FlowEvent, FlowKind},
     net::IPPROTO_UDP,
 };
 
-use crate::maps::{FLOW_SLOTS, FLOWS, count};
+use crate::{
+    emit::submit,
+    maps::{FLOW_SLOTS, FLOWS, count},
+};
 
 /// Where a tracked flow's record lives.
 pub enum Tracked {
@@ -61,10 +64,11 @@ pub fn find(cookie: u64) -> Option<Tracked> {
     FLOWS.get_ptr_mut(cookie).map(Tracked::Overflow)
 }
 
-/// Starts tracking the flow `ev` describes (`ev.cookie` non-zero) unless its
-/// socket is tracked already: the first judged call on a socket wins, later
-/// sendto()s on the same UDP socket add their bytes to it. The stored record
-/// keeps its connect/sendmsg kind until the socket is released.
+/// Starts tracking the flow `ev` describes (`ev.cookie` non-zero). A socket
+/// tracked already keeps its record while it talks to the same destination;
+/// an unconnected UDP socket that moves on to another destination closes the
+/// record of the one before (a `Close` record with its bytes and duration)
+/// and tracks the new one, so bytes are counted per destination.
 #[inline(always)]
 pub fn track(ev: &FlowEvent) {
     const BPF_NOEXIST: u64 = 1;
@@ -73,25 +77,53 @@ pub fn track(ev: &FlowEvent) {
     if let Some(rec) = slot(cookie) {
         let current = owner(rec);
         if current == cookie {
+            retarget(rec, ev);
             return;
         }
         // A TCP socket is judged once, at connect; a UDP socket again at every
         // sendto() and re-connect, and may have overflowed before its slot
         // came free.
-        let elsewhere = ev.protocol == IPPROTO_UDP && FLOWS.get_ptr(cookie).is_some();
-        if current == 0 && !elsewhere && claim(rec, cookie) {
-            fill_slot(rec, ev);
+        let elsewhere = if ev.protocol == IPPROTO_UDP {
+            FLOWS.get_ptr_mut(cookie)
+        } else {
+            None
+        };
+        if let Some(other) = elsewhere {
+            retarget(other, ev);
             return;
         }
-        if elsewhere {
+        if current == 0 && claim(rec, cookie) {
+            fill_slot(rec, ev);
             return;
         }
     }
     match FLOWS.insert(cookie, ev, BPF_NOEXIST) {
         Ok(()) => {}
-        Err(e) if e == -EEXIST => {}
+        Err(e) if e == -EEXIST => {
+            if let Some(other) = FLOWS.get_ptr_mut(cookie) {
+                retarget(other, ev);
+            }
+        }
         Err(_) => count(FLOW_MAP_FULL),
     }
+}
+
+/// A tracked socket judged again for `ev`'s destination: when it is another
+/// one (unconnected UDP), the record so far is sent as the destination's
+/// close record and the socket tracked for the new destination.
+#[inline(always)]
+fn retarget(rec: *mut FlowEvent, ev: &FlowEvent) {
+    // SAFETY: a map value, valid for this program run.
+    let r = unsafe { &mut *rec };
+    if r.remote_port == ev.remote_port && crate::marks::same(&r.remote_addr, &ev.remote_addr) {
+        return;
+    }
+    r.duration_ns = ev.ktime_ns.wrapping_sub(r.ktime_ns);
+    r.ktime_ns = ev.ktime_ns;
+    r.kind = FlowKind::Close as u8;
+    r.count = 1;
+    submit(r);
+    fill_slot(rec, ev);
 }
 
 /// Claims a free slot for `cookie`: compare-and-swap of its cookie word from 0.

@@ -216,10 +216,10 @@ fn carry_local(
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    let Some(from) = (unsafe { LOCAL_FLOWS.get(&key) }).copied() else {
+    let Some(from) = (unsafe { LOCAL_FLOWS.get(key) }).copied() else {
         return classes;
     };
-    let _ = LOCAL_FLOWS.remove(&key);
+    let _ = LOCAL_FLOWS.remove(key);
     let new = from.classes & !classes;
     if new == 0 {
         return classes;

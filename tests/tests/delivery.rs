@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::RunningAgent,
+    agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
     collector::{RunningCollector, free_port, hello_message},
     netns::TestNet,
     postgres::PgServer,
-    probe,
+    probe::{self, Waiting},
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
@@ -509,4 +509,88 @@ fn a_full_disk_costs_no_record_without_a_gap() {
     }
     drop(agent);
     drop(disk);
+}
+
+/// Violations the connect hooks never saw reach the collector like any other:
+/// an inbound connection from a denied peer (`accept`), a raw socket
+/// (`socket`) and a handed-over socket's bytes to a denied host (`packet`),
+/// each with the process that did it.
+#[test]
+fn inbound_raw_and_handed_over_violations_reach_the_collector() {
+    let tmp = TempPath::dir("rs-delivery-kinds");
+    let host = "kinds-host";
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
+    let cfg = ["--config", config.to_str().expect("utf-8")];
+    let _agent = RunningAgent::start_with(&policy, DELIVERY_REGIONS, &cfg);
+    let gate = |args: &[&str]| {
+        let mut c = std::process::Command::new(workspace_bin("gateprobe"));
+        c.args(args);
+        c
+    };
+    let read_json = |w: &mut Waiting| -> serde_json::Value {
+        serde_json::from_str(w.read_line().trim()).expect("gateprobe json")
+    };
+
+    // A tagged server; a client in the denied country connects and reads.
+    let bind = format!("{}:0", net.virginia.host_v4);
+    let mut server = Waiting::start(cgroup.command(gate(&["serve", &bind, "reply"])));
+    let port = read_json(&mut server)["port"].as_u64().expect("port") as u16;
+    let to = std::net::SocketAddr::new(std::net::IpAddr::V4(net.virginia.host_v4), port);
+    net.virginia.inside(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .expect("monitor mode: the client connects");
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = std::io::Read::read(&mut s, &mut [0u8; 16]);
+    });
+    // A raw socket.
+    let raw_to = format!("{}:9", net.virginia.v4);
+    let mut raw = Waiting::start(cgroup.command(gate(&["raw-udp", &raw_to, "raw"])));
+    assert_eq!(read_json(&mut raw)["errno"][0], 0);
+    // A socket an untagged process opened, written by a tagged one.
+    let sink = net.virginia.tcp_hold_server(false);
+    let mut owner = Waiting::start(gate(&["hold", "tcp", &sink.addr.to_string()]));
+    let held = read_json(&mut owner);
+    let (pid, fd) = (held["pid"].to_string(), held["fd"].to_string());
+    let mut taker = Waiting::start(cgroup.command(gate(&["getfd", &pid, &fd, "handed"])));
+    assert_eq!(read_json(&mut taker)["errno"][0], 0);
+
+    let want = [
+        ("accept", server.pid()),
+        ("socket", raw.pid()),
+        ("packet", taker.pid()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: Vec<(String, u64)> = collector
+            .export(None)
+            .into_iter()
+            .filter(|r| r["host"] == host && r["kind"] == "violation")
+            .map(|r| {
+                (
+                    r["record"]["kind"].as_str().unwrap_or("").to_owned(),
+                    r["record"]["pid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, p)| {
+                !stored
+                    .iter()
+                    .any(|(sk, sp)| sk == k && *sp == u64::from(*p))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not at the collector: {missing:?}; stored: {stored:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

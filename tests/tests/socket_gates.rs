@@ -492,6 +492,43 @@ mod handed_over {
     }
 
     #[test]
+    fn unconnected_udp_bytes_are_counted_per_destination() {
+        let mut sc = Scenario::new(Mode::Monitor);
+        let a = sc.net.frankfurt.udp_server(false);
+        let b = sc.net.frankfurt.udp_server(false);
+        let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&[
+            "udp-multi",
+            &sa,
+            "10",
+            &sb,
+            "20",
+            &sa,
+            "30",
+            &sa,
+            "5",
+        ])));
+        assert_eq!(g.errnos(), vec![0, 0, 0, 0]);
+        let pid = g.pid();
+        drop(g);
+        // A at 10 bytes, B at 20, A again at 30 + 5 (closed with the socket).
+        let closes = records(&mut sc, 3, pid, FlowKind::Close);
+        let sum = |port: u16| -> u64 {
+            closes
+                .iter()
+                .filter(|e| e.remote_port == port)
+                .map(|e| e.detail)
+                .sum()
+        };
+        assert_eq!(closes.len(), 3, "{closes:?}");
+        assert_eq!(
+            (sum(a.addr.port()), sum(b.addr.port())),
+            (45, 20),
+            "{closes:?}"
+        );
+    }
+
+    #[test]
     fn bytes_of_another_writer_are_counted() {
         let mut sc = Scenario::new(Mode::Monitor);
         let server = sc.net.frankfurt.tcp_hold_server(false);

@@ -27,6 +27,9 @@
 //!   getfd PID FD MARKER          take fd FD of process PID (pidfd_getfd), write MARKER
 //!   serve ADDR:PORT MARKER       listen; print {"port":P}; accept one
 //!                                connection, write MARKER; print {"errno":E}
+//!   udp-multi ADDR:PORT N [ADDR:PORT N]…
+//!                                one unconnected UDP socket: N bytes to each
+//!                                destination in turn; errno per datagram
 //!   relay ADDR:PORT TARGET MARKER
 //!                                a local relay: listen; print {"port":P};
 //!                                accept one connection, then connect to
@@ -411,6 +414,20 @@ fn relay(addr: SocketAddr, target: SocketAddr, marker: &[u8]) -> Vec<i32> {
     }
 }
 
+fn udp_multi(args: &[String]) -> Vec<i32> {
+    let first = parse_addr(&args[0]);
+    let fd = match socket(domain(first.ip()), libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return vec![e],
+    };
+    args.chunks(2)
+        .map(|c| {
+            let n: usize = c.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+            sendto(fd.as_raw_fd(), &vec![b'u'; n], parse_addr(&c[0]))
+        })
+        .collect()
+}
+
 fn parse_addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| {
         eprintln!("gateprobe: {s:?} is not ADDR:PORT: {e}");
@@ -452,6 +469,7 @@ fn main() {
             a(3).as_bytes(),
         ),
         "serve" => return serve(parse_addr(a(1)), a(2).as_bytes()),
+        "udp-multi" => udp_multi(&args[1..]),
         "relay" => relay(parse_addr(a(1)), parse_addr(a(2)), a(3).as_bytes()),
         other => {
             eprintln!("gateprobe: unknown operation {other:?}");
