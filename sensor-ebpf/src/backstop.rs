@@ -38,6 +38,7 @@ use crate::{
     agg::{self, Decision},
     decide::{agent_loss, decide, is_loopback},
     emit::{Destination, mark_record, slot, submit},
+    flows,
     maps::{AGG, LOCAL_FLOWS, TASKS, config, count},
     marks,
 };
@@ -302,13 +303,35 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     if d.action == action::NONE {
         return PASS;
     }
-    count(VIOLATIONS);
     let deny = d.action == action::DENIED;
+    if reported_at_connect(ctx, &dst, &d) {
+        return if deny { DROP } else { PASS };
+    }
+    count(VIOLATIONS);
     if deny {
         count(DENIED);
     }
     report(ctx, m, &dst, &d, route, epoch, now, cfg.agg_interval_ns);
     if deny { DROP } else { PASS }
+}
+
+/// Whether the socket's tracked flow already reported this very verdict for
+/// this destination (a monitor-mode connect whose socket was marked at its
+/// first write): one transfer, one violation record.
+#[inline(always)]
+fn reported_at_connect(ctx: &SkBuffContext, dst: &Destination, d: &Decision) -> bool {
+    // SAFETY: the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let Some(flow) = flows::find(cookie) else {
+        return false;
+    };
+    // SAFETY: a map value, valid for this run.
+    let rec = unsafe { &*flow.record() };
+    rec.remote_port == dst.port
+        && marks::same(&rec.remote_addr, &dst.addr)
+        && rec.action == d.action
+        && rec.verdict == d.verdict
+        && rec.classes == d.reported
 }
 
 /// The loopback device's ifindex (1 in every network namespace).

@@ -165,10 +165,12 @@ fn check_btf() -> Check {
 }
 
 /// Runs every check.
-/// The oldest kernel the sensor can run on: bpf_link for perf events (5.15)
-/// is what lets the tracepoint links be pinned, so the gates outlive the
-/// agent. BPF compare-and-swap (5.12) and cgroup link updates (5.7) are older.
-pub const MIN_KERNEL: (u32, u32) = (5, 15);
+/// The oldest kernel the sensor can run on: the egress backstop asks for the
+/// current process id in a cgroup_skb program (allowed since 6.10); bpf_link
+/// for perf events (5.15, pinned tracepoint links), `cgroup.ancestors` (6.1,
+/// cgroup moves), BPF compare-and-swap (5.12) and cgroup link updates (5.7)
+/// are older.
+pub const MIN_KERNEL: (u32, u32) = (6, 10);
 /// The kernel every end-to-end test of this release ran on.
 pub const TESTED_KERNEL: (u32, u32) = (6, 18);
 
@@ -190,7 +192,7 @@ fn check_kernel_version(release: &str) -> Check {
             min.0, min.1
         )),
         Some(v) if v < min => Some(format!(
-            "kernel {}.{} is older than {}.{}: the pinned tracepoint links that keep the gates shut while the agent restarts need bpf_link for perf events (5.15); upgrade the kernel",
+            "kernel {}.{} is older than {}.{}: the egress backstop that judges packets after NAT needs bpf_get_current_pid_tgid in cgroup_skb programs (6.10); upgrade the kernel",
             v.0, v.1, min.0, min.1
         )),
         Some(_) => None,
@@ -256,8 +258,8 @@ mod tests {
         assert_eq!(parse_kernel_version("5.15.0-91-generic"), Some((5, 15)));
         assert!(check_kernel_version("6.18.44").problem.is_none());
         let old = check_kernel_version("5.10.0-28-amd64");
-        assert!(old.problem.as_deref().is_some_and(|p| p.contains("5.15")));
-        let untested = check_kernel_version("6.1.0-18-amd64");
+        assert!(old.problem.as_deref().is_some_and(|p| p.contains("6.10")));
+        let untested = check_kernel_version("6.12.0-18-amd64");
         assert!(untested.problem.is_none());
         assert!(untested.detail.contains("tested on 6.18"));
         assert!(check_kernel_version("garbage").problem.is_some());
