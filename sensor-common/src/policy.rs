@@ -170,6 +170,12 @@ pub struct Config {
     pub off_cgroup_kn: u32,
     pub off_kernfs_id: u32,
     pub off_task_tgid: u32,
+    /// sock.sk_socket and socket.file (BTF): a socket without a file is the
+    /// kernel's own (tunnels, neighbour discovery), never marked from the
+    /// current task. `off_sk_socket == 0`: non-TCP sockets are not marked by
+    /// the backstop.
+    pub off_sk_socket: u32,
+    pub off_socket_file: u32,
     pub _pad2: u32,
 }
 
@@ -218,6 +224,8 @@ impl Config {
         off_cgroup_kn: 0,
         off_kernfs_id: 0,
         off_task_tgid: 0,
+        off_sk_socket: 0,
+        off_socket_file: 0,
         _pad2: 0,
     };
 }
@@ -265,7 +273,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 176);
+        assert_eq!(core::mem::size_of::<Config>(), 184);
         assert_eq!(core::mem::size_of::<Liveness>(), 32);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);

@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
     },
     macros::cgroup_skb,
@@ -39,7 +39,7 @@ use crate::{
     decide::{agent_loss, decide, is_loopback},
     emit::{Destination, mark_record, slot, submit},
     flows,
-    maps::{AGG, LOCAL_FLOWS, TASKS, config, count},
+    maps::{AGG, LOCAL_FLOWS, SOCK_ADDR, TASKS, config, count},
     marks,
 };
 
@@ -70,15 +70,26 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
             // SAFETY: a socket pointer from the context; the helper checks it.
             let sk = unsafe { bpf_sk_fullsock(sk) };
             // SAFETY: a full socket the verifier knows as one, when not null.
-            if sk.is_null() || unsafe { (*sk).protocol } == u32::from(IPPROTO_TCP) {
+            let protocol = if sk.is_null() {
+                0
+            } else {
+                unsafe { (*sk).protocol }
+            };
+            // A user's UDP socket sends only from its sender's context (raw
+            // and ICMP sockets of tagged processes are marked at creation).
+            if protocol != u32::from(IPPROTO_UDP) && protocol != u32::from(IPPROTO_UDPLITE) {
                 return PASS;
             }
-            // Non-TCP sockets send only from their sender's context.
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
             // SAFETY: copied out at once.
             let Some(classes) = (unsafe { TASKS.get(tgid) }).map(|t| t.classes) else {
                 return PASS;
             };
+            // The kernel's own UDP sockets (tunnels) also send from softirq
+            // context, where the current task is whoever was interrupted.
+            if !user_socket(sk.cast()) {
+                return PASS;
+            }
             let Some(m) = marks::mark_sender(sk.cast(), classes, tgid) else {
                 return PASS;
             };
@@ -86,6 +97,41 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
         }
     };
     judge_packet(&ctx, m)
+}
+
+/// Whether `sk` belongs to a user-space socket (its `struct socket` has a
+/// file): kernel sockets (tunnels, neighbour discovery) have none. The socket
+/// pointer goes through a per-CPU map slot to become a plain number the
+/// verifier lets us add a BTF offset to.
+#[inline(always)]
+fn user_socket(sk: *const u8) -> bool {
+    let Some(cfg) = config() else {
+        return false;
+    };
+    if cfg.off_sk_socket == 0 {
+        return false;
+    }
+    let Some(slot) = SOCK_ADDR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU map value; the reads below are checked by the helper.
+    unsafe {
+        core::ptr::write_volatile(slot, sk as u64);
+        let addr = core::ptr::read_volatile(slot) as *const u8;
+        let Ok(socket) = bpf_probe_read_kernel(addr.add(cfg.off_sk_socket as usize).cast::<u64>())
+        else {
+            return false;
+        };
+        if socket == 0 {
+            return false;
+        }
+        let file = bpf_probe_read_kernel(
+            (socket as *const u8)
+                .add(cfg.off_socket_file as usize)
+                .cast::<u64>(),
+        );
+        matches!(file, Ok(f) if f != 0)
+    }
 }
 
 /// The packet's destination and whether it carries a source route: read

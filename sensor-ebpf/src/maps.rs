@@ -127,6 +127,10 @@ impl Judgement {
 pub static SCRATCH: PerCpuArray<Judgement> =
     PerCpuArray::with_max_entries(crate::emit::slot::COUNT, 0);
 
+/// A socket's address as a plain number (see `backstop::user_socket`).
+#[map]
+pub static SOCK_ADDR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Scratch records, one per `emit::slot` per CPU.
 #[map]
 pub static RECORDS: PerCpuArray<FlowEvent> =

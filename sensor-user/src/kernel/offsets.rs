@@ -174,6 +174,18 @@ pub fn discover(config: &mut Config, tracefs: &Path) {
         sock(&btf, tracefs, config);
         accept(&btf, tracefs, config);
         cgroup_moves(&btf, config);
+        match (
+            btf.member_offset("sock", "sk_socket"),
+            btf.member_offset("socket", "file"),
+        ) {
+            (Some(sk_socket), Some(file)) if sk_socket != 0 => {
+                config.off_sk_socket = sk_socket;
+                config.off_socket_file = file;
+            }
+            _ => warn!(
+                "kernel BTF lacks sock.sk_socket or socket.file: UDP sockets handed to a tagged process are judged only from their next judged send"
+            ),
+        }
     }
     match (
         tracefs::tracepoint_field(tracefs, "syscalls", "sys_enter_socket", "family"),

@@ -47,7 +47,7 @@ use crate::SensorError;
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/residency";
 
 /// Maps that are per-CPU scratch space for one program run: never pinned.
-const SCRATCH_MAPS: &[&str] = &["SCRATCH", "RECORDS"];
+const SCRATCH_MAPS: &[&str] = &["SCRATCH", "RECORDS", "SOCK_ADDR"];
 
 /// bpffs's `statfs` magic.
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
