@@ -21,7 +21,7 @@ pub fn on_connect6(ctx: SockAddrContext) -> i32 {
 pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
     // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
     let sa = unsafe { &*ctx.sock_addr };
-    let mut dst = if v6 {
+    let dst = if v6 {
         // Four 4-byte loads: the verifier refuses wider reads of user_ip6.
         let ip6 = [
             sa.user_ip6[0],
@@ -33,11 +33,6 @@ pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
     } else {
         destination4(sa.user_ip4, sa.protocol as u8, sa.user_port)
     };
-    // MPTCP sockets (protocol 262) send TCP: the record says both.
-    if sa.protocol > 255 {
-        dst.sock_protocol = sa.protocol as u16;
-        dst.protocol = sensor_common::net::IPPROTO_TCP;
-    }
     judge(ctx, kind, &dst)
 }
 

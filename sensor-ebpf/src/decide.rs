@@ -11,14 +11,14 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_skc_to_mptcp_sock},
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use sensor_common::{
     counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
     flow::{AggKey, FlowEvent, FlowKind},
-    net::{AF_INET, IPPROTO_TCP},
+    net::{AF_INET, IPPROTO_MPTCP, IPPROTO_TCP},
     policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
     tag::{TaskTag, reason},
 };
@@ -235,6 +235,16 @@ fn flow_record(
     ev.action = d.action;
     ev.policy_generation = d.generation;
     fill_flow(ctx, ev, dst);
+    if dst.protocol == IPPROTO_TCP {
+        // An MPTCP connect reaches the hook with its first subflow, a TCP
+        // socket: the record says MPTCP (its packets are TCP).
+        // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs;
+        // the helper checks the socket.
+        let msk = unsafe { bpf_skc_to_mptcp_sock((*ctx.sock_addr).__bindgen_anon_1.sk.cast()) };
+        if !msk.is_null() {
+            ev.sock_protocol = IPPROTO_MPTCP;
+        }
+    }
     Some(ev)
 }
 

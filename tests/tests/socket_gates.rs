@@ -823,3 +823,23 @@ mod local_relay {
         relay(Mode::Enforce, false);
     }
 }
+
+/// An MPTCP connection's records say MPTCP, not TCP (its packets are TCP).
+#[test]
+fn mptcp_records_say_mptcp() {
+    if std::fs::read_to_string("/proc/sys/net/mptcp/enabled").map_or(true, |v| v.trim() != "1") {
+        eprintln!("MPTCP is disabled on this host (net.mptcp.enabled): nothing to check");
+        return;
+    }
+    let mut sc = Scenario::new(Mode::Monitor);
+    let server = sc.net.virginia.tcp_hold_server(false);
+    let target = server.addr.to_string();
+    let mut g = Gate::start(sc.in_cgroup(gateprobe(&["mptcp", &target, &marker("mptcp")])));
+    assert_eq!(g.errnos(), vec![0]);
+    let pid = g.pid();
+    let recs = records(&mut sc, 1, pid, FlowKind::Connect);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].protocol, sensor_common::net::IPPROTO_TCP);
+    assert_eq!(recs[0].sock_protocol, sensor_common::net::IPPROTO_MPTCP);
+    assert_eq!(recs[0].action, action::REPORTED);
+}

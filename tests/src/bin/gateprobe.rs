@@ -27,6 +27,7 @@
 //!   getfd PID FD MARKER          take fd FD of process PID (pidfd_getfd), write MARKER
 //!   serve ADDR:PORT MARKER       listen; print {"port":P}; accept one
 //!                                connection, write MARKER; print {"errno":E}
+//!   mptcp ADDR:PORT MARKER       an MPTCP connection (IPPROTO_MPTCP): MARKER
 //!   udp-multi ADDR:PORT N [ADDR:PORT N]…
 //!                                one unconnected UDP socket: N bytes to each
 //!                                destination in turn; errno per datagram
@@ -414,6 +415,18 @@ fn relay(addr: SocketAddr, target: SocketAddr, marker: &[u8]) -> Vec<i32> {
     }
 }
 
+fn mptcp(addr: SocketAddr, marker: &[u8]) -> Vec<i32> {
+    const IPPROTO_MPTCP: i32 = 262;
+    let fd = match socket(domain(addr.ip()), libc::SOCK_STREAM, IPPROTO_MPTCP) {
+        Ok(fd) => fd,
+        Err(e) => return vec![e],
+    };
+    match connect(fd.as_raw_fd(), addr) {
+        0 => vec![write_fd(fd.as_raw_fd(), marker)],
+        e => vec![e],
+    }
+}
+
 fn udp_multi(args: &[String]) -> Vec<i32> {
     let first = parse_addr(&args[0]);
     let fd = match socket(domain(first.ip()), libc::SOCK_DGRAM, 0) {
@@ -470,6 +483,7 @@ fn main() {
         ),
         "serve" => return serve(parse_addr(a(1)), a(2).as_bytes()),
         "udp-multi" => udp_multi(&args[1..]),
+        "mptcp" => mptcp(parse_addr(a(1)), a(2).as_bytes()),
         "relay" => relay(parse_addr(a(1)), parse_addr(a(2)), a(3).as_bytes()),
         other => {
             eprintln!("gateprobe: unknown operation {other:?}");
