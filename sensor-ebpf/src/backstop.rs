@@ -30,7 +30,8 @@ use sensor_common::{
     counters::{DENIED, VIOLATIONS},
     flow::{AggKey, FlowKind, packet},
     mark::{LocalFlow, LocalFlowKey, SockMark},
-    net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, v4_mapped},
+    net::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, v4_mapped},
+    policy::Config,
     policy::action,
 };
 
@@ -87,7 +88,7 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
             };
             // The kernel's own UDP sockets (tunnels) also send from softirq
             // context, where the current task is whoever was interrupted.
-            if !user_socket(sk.cast()) {
+            if !config().is_some_and(|cfg| user_socket(cfg, sk.cast())) {
                 return PASS;
             }
             let Some(m) = marks::mark_sender(sk.cast(), classes, tgid) else {
@@ -104,10 +105,7 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
 /// pointer goes through a per-CPU map slot to become a plain number the
 /// verifier lets us add a BTF offset to.
 #[inline(always)]
-fn user_socket(sk: *const u8) -> bool {
-    let Some(cfg) = config() else {
-        return false;
-    };
+fn user_socket(cfg: &Config, sk: *const u8) -> bool {
     if cfg.off_sk_socket == 0 {
         return false;
     }
@@ -152,32 +150,17 @@ fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
             // SAFETY: as above.
             let (protocol, daddr) =
                 unsafe { (*p.add(9), p.add(16).cast::<[u8; 4]>().read_unaligned()) };
-            let port = if protocol == IPPROTO_TCP
-                || protocol == IPPROTO_UDP
-                || protocol == IPPROTO_UDPLITE
-            {
+            let port = if carries_ports(protocol) {
                 // SAFETY: as above (bytes 22..24).
                 u16::from_be(unsafe { p.add(22).cast::<u16>().read_unaligned() })
             } else {
                 0
             };
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&daddr);
-            return Some((
-                Destination {
-                    family: AF_INET,
-                    protocol,
-                    addr,
-                    key: v4_mapped(daddr),
-                    port,
-                    sock_protocol: 0,
-                },
-                false,
-            ));
+            return Some((Destination::v4(daddr, protocol, port), false));
         }
         // SAFETY: as above (byte 6).
         let next = unsafe { *p.add(6) };
-        if b0 >> 4 == 6 && (next == IPPROTO_TCP || next == IPPROTO_UDP || next == IPPROTO_UDPLITE) {
+        if b0 >> 4 == 6 && carries_ports(next) {
             // IPv6 straight to the transport header.
             // SAFETY: as above (bytes 24..40 and 42..44).
             let (daddr, port) = unsafe {
@@ -186,17 +169,7 @@ fn destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
                     u16::from_be(p.add(42).cast::<u16>().read_unaligned()),
                 )
             };
-            return Some((
-                Destination {
-                    family: AF_INET6,
-                    protocol: next,
-                    addr: daddr,
-                    key: daddr,
-                    port,
-                    sock_protocol: 0,
-                },
-                false,
-            ));
+            return Some((Destination::v6(daddr, next, port), false));
         }
     }
     destination_slow(ctx)
@@ -216,19 +189,7 @@ fn destination_slow(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
         let daddr: [u8; 4] = ctx.load(16).ok()?;
         let route = ihl > 20 && ipv4_source_route(ctx, ihl);
         let port = l4_port(ctx, protocol, ihl);
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&daddr);
-        return Some((
-            Destination {
-                family: AF_INET,
-                protocol,
-                addr,
-                key: v4_mapped(daddr),
-                port,
-                sock_protocol: 0,
-            },
-            route,
-        ));
+        return Some((Destination::v4(daddr, protocol, port), route));
     }
     if version == 6 {
         let mut next: u8 = ctx.load(6).ok()?;
@@ -255,26 +216,22 @@ fn destination_slow(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
         }
         let port = if route { 0 } else { l4_port(ctx, next, off) };
         // A v4-mapped destination on the wire cannot happen; judge as is.
-        return Some((
-            Destination {
-                family: AF_INET6,
-                protocol: next,
-                addr: daddr,
-                key: daddr,
-                port,
-                sock_protocol: 0,
-            },
-            route,
-        ));
+        return Some((Destination::v6(daddr, next, port), route));
     }
     None
+}
+
+/// Whether `protocol`'s header starts with source and destination ports.
+#[inline(always)]
+fn carries_ports(protocol: u8) -> bool {
+    protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE
 }
 
 /// Destination port of a TCP/UDP/UDP-Lite header at `off` (host order), 0 for
 /// other protocols.
 #[inline(always)]
 fn l4_port(ctx: &SkBuffContext, protocol: u8, off: usize) -> u16 {
-    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP && protocol != IPPROTO_UDPLITE {
+    if !carries_ports(protocol) {
         return 0;
     }
     ctx.load::<u16>(off + 2).map(u16::from_be).unwrap_or(0)
@@ -320,7 +277,7 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     // SAFETY: the program's own __sk_buff.
     let via_lo = unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
     if (via_lo || is_loopback(&dst)) && m.classes & cfg.local_classes != 0 {
-        note_local_flow(ctx, m, &dst);
+        note_local_flow(ctx, m, &dst, m.classes & cfg.local_classes);
     }
     if is_loopback(&dst) {
         return PASS;
@@ -338,7 +295,7 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut loss = agent_loss(m.classes, now);
     if route {
-        loss.route = m.classes;
+        loss.forced = m.classes;
     }
     let d = decide(cfg, m.classes, &dst, loss, slot::PACKET).unwrap_or(Decision::NOTHING);
     if loss.any() {
@@ -388,7 +345,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// classes too (`sockets.rs`), so a relay on the host is judged for what it
 /// forwards.
 #[inline(always)]
-fn note_local_flow(ctx: &SkBuffContext, m: &SockMark, dst: &Destination) {
+fn note_local_flow(ctx: &SkBuffContext, m: &SockMark, dst: &Destination, classes: u64) {
     if dst.protocol != IPPROTO_TCP {
         return;
     }
@@ -424,7 +381,7 @@ fn note_local_flow(ctx: &SkBuffContext, m: &SockMark, dst: &Destination) {
         _pad: 0,
     };
     let value = LocalFlow {
-        classes: m.classes & config().map_or(0, |c| c.local_classes),
+        classes,
         tgid: m.tgid,
         _pad: 0,
     };

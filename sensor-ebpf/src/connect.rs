@@ -39,17 +39,7 @@ pub fn judge_call(ctx: &SockAddrContext, kind: FlowKind, v6: bool) -> i32 {
 /// Destination of an IPv4 call (`ip4`, `port_be` as in bpf_sock_addr).
 #[inline(always)]
 pub fn destination4(ip4: u32, protocol: u8, port_be: u32) -> Destination {
-    let b = ip4.to_ne_bytes();
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&b);
-    Destination {
-        family: sensor_common::net::AF_INET,
-        protocol,
-        addr,
-        key: sensor_common::net::v4_mapped(b),
-        port: u16::from_be(port_be as u16),
-        sock_protocol: 0,
-    }
+    Destination::v4(ip4.to_ne_bytes(), protocol, u16::from_be(port_be as u16))
 }
 
 /// Destination of an IPv6 call. A v4-mapped address (::ffff:a.b.c.d, a
@@ -66,12 +56,5 @@ pub fn destination6(ip6: [u32; 4], protocol: u8, port_be: u32) -> Destination {
     addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&w2);
     addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
-    Destination {
-        family: sensor_common::net::AF_INET6,
-        protocol,
-        addr,
-        key: addr,
-        port: u16::from_be(port_be as u16),
-        sock_protocol: 0,
-    }
+    Destination::v6(addr, protocol, u16::from_be(port_be as u16))
 }

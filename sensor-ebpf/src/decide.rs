@@ -16,11 +16,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
+    counters::{DENIED, VIOLATIONS},
     flow::{AggKey, FlowEvent, FlowKind},
     net::{AF_INET, IPPROTO_MPTCP, IPPROTO_TCP},
     policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
-    tag::{TaskTag, reason},
+    tag::reason,
 };
 
 use crate::{
@@ -32,6 +32,7 @@ use crate::{
         config, count,
     },
     marks,
+    process::set_classes,
 };
 
 /// sock_addr return codes.
@@ -59,8 +60,7 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
     }
     let added = src.classes & !classes;
     let all = classes | src.classes;
-    if TASKS.insert(tgid, TaskTag { classes: all }, 0).is_err() {
-        count(TAG_MAP_FULL);
+    if !set_classes(tgid, all) {
         return classes;
     }
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
@@ -80,15 +80,17 @@ fn apply_taint(tgid: u32, classes: u64, dst: &Destination) -> u64 {
 /// Classes whose declared agent-loss behaviour is in effect now: the agent has
 /// not heartbeated within the timeout (see `Liveness` in sensor-common).
 /// Also carries the classes judged violating whatever the destination (a
-/// packet with a source route goes further than its destination says).
+/// packet with a source route goes further than its destination says; a raw
+/// or packet socket has no destination to judge).
 #[derive(Clone, Copy)]
 pub struct Loss {
     /// Fail closed: only failsafe destinations.
     pub deny: u64,
     /// Fail open: reported, never denied.
     pub allow: u64,
-    /// Verdict `DENY` whatever the tries say, mode unchanged.
-    pub route: u64,
+    /// Verdict `DENY` whatever the tries say (no trie or failsafe lookup),
+    /// mode unchanged.
+    pub forced: u64,
 }
 
 impl Loss {
@@ -96,7 +98,7 @@ impl Loss {
     /// must then be neither cached nor taken from a cache).
     #[inline(always)]
     pub fn any(&self) -> bool {
-        self.deny | self.allow | self.route != 0
+        self.deny | self.allow | self.forced != 0
     }
 }
 
@@ -105,7 +107,7 @@ pub fn agent_loss(classes: u64, now: u64) -> Loss {
     let none = Loss {
         deny: 0,
         allow: 0,
-        route: 0,
+        forced: 0,
     };
     let Some(l) = LIVENESS.get(0) else {
         return none;
@@ -119,7 +121,7 @@ pub fn agent_loss(classes: u64, now: u64) -> Loss {
     Loss {
         deny: l.deny_classes & classes,
         allow: l.allow_classes & classes,
-        route: 0,
+        forced: 0,
     }
 }
 
@@ -135,7 +137,7 @@ pub fn decide(
     loss: Loss,
     slot: u32,
 ) -> Option<Decision> {
-    if loss.route == 0 && FAILSAFE.get(Key::new(128, dst.key)).is_some() {
+    if loss.forced == 0 && FAILSAFE.get(Key::new(128, dst.key)).is_some() {
         return None;
     }
     // The per-class results live in a per-CPU scratch map, read and written with
@@ -168,16 +170,16 @@ pub fn decide(
         } else if loss.allow & bit != 0 && m == mode::ENFORCE {
             m = mode::MONITOR;
         }
-        key.class_be = class.to_be_bytes();
-        let lpm = Key::new(VERDICT_CLASS_BITS + 128, key);
-        let found = if cfg.active_verdicts == 0 {
-            VERDICTS_A.get(&lpm)
-        } else {
-            VERDICTS_B.get(&lpm)
-        };
-        let v = if fail_closed || loss.route & bit != 0 {
+        let v = if fail_closed || loss.forced & bit != 0 {
             verdict::DENY
         } else {
+            key.class_be = class.to_be_bytes();
+            let lpm = Key::new(VERDICT_CLASS_BITS + 128, key);
+            let found = if cfg.active_verdicts == 0 {
+                VERDICTS_A.get(&lpm)
+            } else {
+                VERDICTS_B.get(&lpm)
+            };
             found.copied().unwrap_or(verdict::UNKNOWN)
         };
         let bad = v == verdict::DENY || (v == verdict::UNKNOWN && cfg.unknown_is_violation != 0);

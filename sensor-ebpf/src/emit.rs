@@ -28,6 +28,36 @@ pub struct Destination {
     pub sock_protocol: u16,
 }
 
+impl Destination {
+    /// An IPv4 destination (`addr` in network order, `port` in host order).
+    #[inline(always)]
+    pub fn v4(addr4: [u8; 4], protocol: u8, port: u16) -> Self {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&addr4);
+        Self {
+            family: sensor_common::net::AF_INET,
+            protocol,
+            addr,
+            key: sensor_common::net::v4_mapped(addr4),
+            port,
+            sock_protocol: 0,
+        }
+    }
+
+    /// An IPv6 destination, taken as it is.
+    #[inline(always)]
+    pub fn v6(addr: [u8; 16], protocol: u8, port: u16) -> Self {
+        Self {
+            family: sensor_common::net::AF_INET6,
+            protocol,
+            addr,
+            key: addr,
+            port,
+            sock_protocol: 0,
+        }
+    }
+}
+
 /// Per-CPU scratch slots for building records (a 128-byte record on the
 /// 512-byte BPF stack, copied a few times, overflows it). One slot per context
 /// that can interrupt another on the same CPU: the socket hooks and

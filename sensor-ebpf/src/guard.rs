@@ -16,8 +16,6 @@
 //!   are reported and, for classes with `packet_sockets = "kill"` in enforce
 //!   mode, the process is killed before the call returns.
 
-use core::ptr::{read_volatile, write_volatile};
-
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_send_signal},
     macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
@@ -27,13 +25,14 @@ use sensor_common::{
     counters::{DENIED, VIOLATIONS},
     flow::FlowKind,
     net::{AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_RAW},
-    policy::{MAX_CLASSES, action, mode, verdict},
+    policy::{Config, action},
 };
 
 use crate::{
-    decide::agent_loss,
-    emit::{slot, submit, task_record_at},
-    maps::{Judgement, MODES, SCRATCH, TASKS, config, count},
+    agg::Decision,
+    decide::{agent_loss, decide},
+    emit::{Destination, slot, submit, task_record_at},
+    maps::{TASKS, config, count},
     marks,
 };
 
@@ -42,85 +41,38 @@ const REFUSE: i32 = 0;
 
 const SIGKILL: u32 = 9;
 
-/// Judgement of an operation that is a violation for every class not off.
-struct Refusal {
-    /// Classes judged (their mode is not off).
-    classes: u64,
-    /// Classes in enforce mode among them (agent-loss behaviour applied).
-    enforced: u64,
-}
-
 /// Judges an operation that is a violation for each of `classes` whose mode
-/// is not off.
+/// is not off, whatever the destination: the shared judgement with every
+/// class's verdict forced to deny (modes and agent-loss behaviour applied as
+/// for any destination). `None`: every class is off.
 #[inline(always)]
-fn refusal(classes: u64) -> Refusal {
-    let none = Refusal {
-        classes: 0,
-        enforced: 0,
-    };
+fn refusal(cfg: &Config, classes: u64) -> Option<Decision> {
     // SAFETY: helper without pointer arguments.
-    let loss = agent_loss(classes, unsafe { bpf_ktime_get_ns() });
-    // Per-class results in the per-CPU scratch map with volatile accesses,
-    // as in `decide::decide`: kept in registers, every iteration doubles the
-    // verifier's states and the 64-class loop exceeds its limit.
-    let Some(scratch) = SCRATCH.get_ptr_mut(slot::PROCESS) else {
-        return none;
-    };
-    // SAFETY: a valid per-CPU map value for this program run.
-    unsafe { write_volatile(scratch, Judgement::ZERO) };
-    for class in 0..MAX_CLASSES {
-        if classes >> class == 0 {
-            break;
-        }
-        let bit = 1u64 << class;
-        if classes & bit == 0 {
-            continue;
-        }
-        let m = MODES.get(class).copied().unwrap_or(mode::OFF);
-        if m == mode::OFF {
-            continue;
-        }
-        let enforced = loss.deny & bit != 0 || (m == mode::ENFORCE && loss.allow & bit == 0);
-        // SAFETY: as above.
-        unsafe {
-            let mut j = read_volatile(scratch);
-            j.judged |= bit;
-            if enforced {
-                j.enforce |= bit;
-            }
-            write_volatile(scratch, j);
-        }
-    }
-    // SAFETY: as above.
-    let j = unsafe { read_volatile(scratch) };
-    Refusal {
-        classes: j.judged,
-        enforced: j.enforce,
-    }
+    let mut loss = agent_loss(classes, unsafe { bpf_ktime_get_ns() });
+    loss.forced = classes;
+    // No destination is looked up when every verdict is forced.
+    let nowhere = Destination::v4([0; 4], 0, 0);
+    decide(cfg, classes, &nowhere, loss, slot::PROCESS)
 }
 
 /// Reports a refused or reported operation of the current process.
 #[inline(always)]
-fn record(kind: FlowKind, r: &Refusal, family: u8, protocol: u8, detail: u64, denied: bool) {
+fn record(kind: FlowKind, d: &Decision, family: u8, protocol: u8, detail: u64, action: u8) {
     count(VIOLATIONS);
-    if denied {
+    if action == action::DENIED {
         count(DENIED);
     }
     // SAFETY: helper without pointer arguments.
     let Some(ev) = task_record_at(slot::PROCESS, kind as u8, unsafe { bpf_ktime_get_ns() }) else {
         return;
     };
-    ev.classes = r.classes;
+    ev.classes = d.reported;
     ev.family = family;
     ev.protocol = protocol;
     ev.detail = detail;
-    ev.verdict = verdict::DENY;
-    ev.action = if denied {
-        action::DENIED
-    } else {
-        action::REPORTED
-    };
-    ev.policy_generation = config().map_or(0, |c| c.generation);
+    ev.verdict = d.verdict;
+    ev.action = action;
+    ev.policy_generation = d.generation;
     submit(ev);
 }
 
@@ -151,20 +103,22 @@ pub fn on_sock_create(ctx: SockContext) -> i32 {
     let Some(cfg) = config() else {
         return ALLOW;
     };
-    let r = refusal(classes & !cfg.raw_allowed);
-    if r.classes == 0 {
+    let Some(d) = refusal(cfg, classes & !cfg.raw_allowed) else {
         return ALLOW;
-    }
-    let deny = r.enforced != 0;
+    };
     record(
         FlowKind::Socket,
-        &r,
+        &d,
         family as u8,
         protocol as u8,
         u64::from(ty),
-        deny,
+        d.action,
     );
-    if deny { REFUSE } else { ALLOW }
+    if d.action == action::DENIED {
+        REFUSE
+    } else {
+        ALLOW
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
@@ -186,14 +140,21 @@ pub fn on_socket_enter(ctx: TracePointContext) -> u32 {
     if classes == 0 {
         return 0;
     }
-    let r = refusal(classes);
-    if r.classes == 0 {
+    let Some(d) = refusal(cfg, classes) else {
         return 0;
-    }
+    };
     // SAFETY: as above.
     let ty = unsafe { ctx.read_at::<u64>(cfg.tp_socket_type as usize) }.unwrap_or(0);
-    let kill = r.enforced & cfg.packet_kill != 0;
-    record(FlowKind::Socket, &r, AF_PACKET, 0, ty & 0xff, kill);
+    // Killed when a class that asks for it is enforced; reported otherwise
+    // (nothing else can stop the socket).
+    let kill = cfg.packet_kill & classes != 0
+        && refusal(cfg, classes & cfg.packet_kill).is_some_and(|k| k.action == action::DENIED);
+    let act = if kill {
+        action::DENIED
+    } else {
+        action::REPORTED
+    };
+    record(FlowKind::Socket, &d, AF_PACKET, 0, ty & 0xff, act);
     if kill {
         // SAFETY: helper without pointer arguments; signals the whole
         // process on return to user space, before the socket is used.

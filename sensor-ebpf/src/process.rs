@@ -30,6 +30,17 @@ use crate::{
 /// Deepest cgroup nesting we look through for a cgroup selector.
 const MAX_CGROUP_DEPTH: i32 = 16;
 
+/// Sets process `tgid`'s classes to `classes` (its old ones included).
+/// A full map is counted and the process stays as it was: returns false.
+#[inline(always)]
+pub fn set_classes(tgid: u32, classes: u64) -> bool {
+    if TASKS.insert(tgid, TaskTag { classes }, 0).is_err() {
+        count(TAG_MAP_FULL);
+        return false;
+    }
+    true
+}
+
 fn tag_record(classes: u64, why: u8, detail: u64, generation: u32) {
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
         return;
@@ -108,17 +119,7 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     if new == 0 {
         return 0;
     }
-    if TASKS
-        .insert(
-            tgid,
-            TaskTag {
-                classes: existing | added,
-            },
-            0,
-        )
-        .is_err()
-    {
-        count(TAG_MAP_FULL);
+    if !set_classes(tgid, existing | added) {
         return 0;
     }
     if cgroup_match & new != 0 {
@@ -162,8 +163,7 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
     };
     // For a new thread child is a thread id: the entry is unused (lookups are by
     // tgid) and removed when the thread exits.
-    if TASKS.insert(child as u32, tag, 0).is_err() {
-        count(TAG_MAP_FULL);
+    if !set_classes(child as u32, tag.classes) {
         return 0;
     }
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {
@@ -272,17 +272,7 @@ pub fn on_cgroup_attach(ctx: RawTracePointContext) -> i32 {
     if new == 0 {
         return 0;
     }
-    if TASKS
-        .insert(
-            tgid,
-            TaskTag {
-                classes: existing | cgroup_match,
-            },
-            0,
-        )
-        .is_err()
-    {
-        count(TAG_MAP_FULL);
+    if !set_classes(tgid, existing | cgroup_match) {
         return 0;
     }
     let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) else {

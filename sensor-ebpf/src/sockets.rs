@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
 use sensor_common::{
-    counters::{DENIED, TAG_MAP_FULL, VIOLATIONS},
+    counters::{DENIED, VIOLATIONS},
     flow::{FlowEvent, FlowKind},
     mark::LocalFlowKey,
     net::v4_mapped,
@@ -41,6 +41,7 @@ use crate::{
     flows,
     maps::{LOCAL_FLOWS, TASKS, config, count},
     marks,
+    process::set_classes,
 };
 
 /// A field of a kernel socket at `off` (offsets from BTF; the read is checked).
@@ -225,8 +226,7 @@ fn carry_local(
         return classes;
     }
     let all = classes | from.classes;
-    if TASKS.insert(tgid, TaskTag { classes: all }, 0).is_err() {
-        count(TAG_MAP_FULL);
+    if !set_classes(tgid, all) {
         return classes;
     }
     if let Some(ev) = task_record(slot::PROCESS, FlowKind::Tag as u8) {

@@ -342,14 +342,20 @@ mod source_route {
 mod handed_over {
     use super::*;
 
-    fn scm_rights(mode: Mode, proto: &str) {
-        let mut sc = Scenario::new(mode);
-        let sniffer = sc.net.virginia.sniffer();
-        let server = if proto == "tcp" {
+    /// A server on the Virginia host counting what arrives: TCP (bytes, held
+    /// connections) or UDP (datagrams).
+    fn denied_server(sc: &Scenario, proto: &str) -> harness::harness::netns::Server {
+        if proto == "tcp" {
             sc.net.virginia.tcp_hold_server(false)
         } else {
             sc.net.virginia.udp_server(false)
-        };
+        }
+    }
+
+    fn scm_rights(mode: Mode, proto: &str) {
+        let mut sc = Scenario::new(mode);
+        let sniffer = sc.net.virginia.sniffer();
+        let server = denied_server(&sc, proto);
         let path = format!("/tmp/rs-gate-{}-{proto}-{mode:?}.sock", std::process::id());
         // An untagged process connects (allowed: it carries no class)…
         let mut owner = Gate::start(gateprobe(&[
@@ -398,11 +404,7 @@ mod handed_over {
     fn pidfd_getfd(mode: Mode, proto: &str) {
         let mut sc = Scenario::new(mode);
         let sniffer = sc.net.virginia.sniffer();
-        let server = if proto == "tcp" {
-            sc.net.virginia.tcp_hold_server(false)
-        } else {
-            sc.net.virginia.udp_server(false)
-        };
+        let server = denied_server(&sc, proto);
         let mut owner = Gate::start(gateprobe(&["hold", proto, &server.addr.to_string()]));
         let held = owner.line();
         assert_eq!(held["errno"], 0);
@@ -433,11 +435,7 @@ mod handed_over {
     fn opened_before_tagging(mode: Mode, proto: &str) {
         let mut sc = Scenario::new(mode);
         let sniffer = sc.net.virginia.sniffer();
-        let server = if proto == "tcp" {
-            sc.net.virginia.tcp_hold_server(false)
-        } else {
-            sc.net.virginia.udp_server(false)
-        };
+        let server = denied_server(&sc, proto);
         let mut pool = Gate::start(gateprobe(&["hold", proto, &server.addr.to_string()]));
         assert_eq!(pool.line()["errno"], 0);
         // Before the tag: it may send.
