@@ -20,6 +20,10 @@ pub const AGG_MAP_FULL: u32 = 3;
 pub const VIOLATIONS: u32 = 4;
 /// Calls denied with EPERM.
 pub const DENIED: u32 = 5;
+/// A socket of a tagged process could not be marked (the kernel refused its
+/// socket-local storage: memory, `net.core.optmem_max`): its packets are not
+/// judged by the egress backstop, only at connect/sendmsg. The agent logs it.
+pub const MARK_FAILED: u32 = 6;
 /// Number of counters; the size of the `COUNTERS` map.
 pub const COUNTER_COUNT: u32 = 8;
 
@@ -31,6 +35,6 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "agg_map_full",
     "violations",
     "denied",
-    "reserved6",
+    "mark_failed",
     "reserved7",
 ];

@@ -241,7 +241,9 @@ fn l4_port(ctx: &SkBuffContext, protocol: u8, off: usize) -> u16 {
 #[inline(always)]
 fn ipv4_source_route(ctx: &SkBuffContext, ihl: usize) -> bool {
     let mut off = 20usize;
-    for _ in 0..10 {
+    // Up to 40 option bytes: 40 steps even when every option is a one-byte
+    // NOP (a sender could pad a source route past a shorter walk).
+    for _ in 0..40 {
         if off >= ihl || off >= 60 {
             return false;
         }

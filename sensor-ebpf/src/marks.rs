@@ -6,9 +6,9 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_sk_storage_get,
 };
-use sensor_common::mark::SockMark;
+use sensor_common::{counters::MARK_FAILED, mark::SockMark};
 
-use crate::agg::Decision;
+use crate::{agg::Decision, maps::count};
 
 /// A BTF map definition (the kernel refuses socket storage without BTF for
 /// its key and value): the layout libbpf and aya read from `.maps`. Flags:
@@ -53,14 +53,26 @@ pub fn get(sk: *mut c_void) -> Option<&'static mut SockMark> {
     unsafe { p.as_mut() }
 }
 
+/// The mark of `sk`, created (zeroed) when it had none. A refusal (memory,
+/// `net.core.optmem_max`) is counted: the socket goes unjudged by the
+/// backstop, and that must not be silent.
+#[inline(always)]
+fn create(sk: *mut c_void) -> Option<&'static mut SockMark> {
+    // SAFETY: as `get`; F_CREATE allocates a zeroed value.
+    let p = unsafe { bpf_sk_storage_get(map(), sk, ptr::null_mut(), F_CREATE) }.cast::<SockMark>();
+    // SAFETY: as `get`.
+    let m = unsafe { p.as_mut() };
+    if m.is_none() {
+        count(MARK_FAILED);
+    }
+    m
+}
+
 /// Marks `sk` with `classes` for the current process (created zeroed when the
 /// socket had no mark). Returns the mark.
 #[inline(always)]
 pub fn mark_current(sk: *mut c_void, classes: u64) -> Option<&'static mut SockMark> {
-    // SAFETY: as `get`; F_CREATE allocates a zeroed value.
-    let p = unsafe { bpf_sk_storage_get(map(), sk, ptr::null_mut(), F_CREATE) }.cast::<SockMark>();
-    // SAFETY: as `get`.
-    let m = unsafe { p.as_mut() }?;
+    let m = create(sk)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if m.classes & classes != classes || m.tgid != tgid {
         m.classes |= classes;
@@ -75,10 +87,7 @@ pub fn mark_current(sk: *mut c_void, classes: u64) -> Option<&'static mut SockMa
 /// record's uid and comm stay empty.
 #[inline(always)]
 pub fn mark_sender(sk: *mut c_void, classes: u64, tgid: u32) -> Option<&'static mut SockMark> {
-    // SAFETY: as `mark_current`.
-    let p = unsafe { bpf_sk_storage_get(map(), sk, ptr::null_mut(), F_CREATE) }.cast::<SockMark>();
-    // SAFETY: as `get`.
-    let m = unsafe { p.as_mut() }?;
+    let m = create(sk)?;
     m.classes |= classes;
     m.tgid = tgid;
     Some(m)

@@ -326,6 +326,27 @@ mod source_route {
     fn ipv4_loose_source_route_enforce() {
         routed(Mode::Enforce, false);
     }
+    /// 32 one-byte NOPs before the route (the option area holds 40 bytes):
+    /// the backstop reads every option, not only the first few.
+    #[test]
+    fn ipv4_source_route_behind_padding_enforce() {
+        let mut sc = Scenario::new(Mode::Enforce);
+        let sniffer = sc.net.frankfurt.sniffer();
+        let m = marker("lsrr-padded");
+        let ip = IpAddr::V4(sc.net.frankfurt.v4);
+        let target = SocketAddr::new(ip, 9).to_string();
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&["lsrr", &target, &m, "32"])));
+        let errnos = g.errnos();
+        assert_eq!(
+            errnos,
+            vec![0, i64::from(libc::EPERM)],
+            "the datagram is dropped"
+        );
+        let ev = assert_packet_record(&mut sc, Mode::Enforce, g.pid(), ip);
+        assert_eq!(ev.detail, packet::SOURCE_ROUTE);
+        assert_leak(Mode::Enforce, &sniffer, &m);
+    }
+
     #[test]
     fn ipv6_segment_routing_header_monitor() {
         routed(Mode::Monitor, true);

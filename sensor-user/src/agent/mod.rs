@@ -920,7 +920,9 @@ impl Agent {
             Ok(c) => {
                 for (i, name) in COUNTER_NAMES.iter().enumerate() {
                     let grew = c[i].saturating_sub(self.last_counters[i]);
-                    if grew > 0 && i <= sensor_common::counters::AGG_MAP_FULL as usize {
+                    let loss = i <= sensor_common::counters::AGG_MAP_FULL as usize
+                        || i == sensor_common::counters::MARK_FAILED as usize;
+                    if grew > 0 && loss {
                         warn!(
                             counter = *name,
                             new = grew,

@@ -11,8 +11,9 @@
 //!   ping ADDR MARKER             ICMP "ping" socket (SOCK_DGRAM, IPPROTO_ICMP)
 //!                                : an echo request carrying MARKER
 //!   packet                       an AF_PACKET socket
-//!   lsrr ADDR:PORT MARKER        UDP with an IPv4 loose source route option
-//!                                (IP_OPTIONS), then MARKER to ADDR:PORT;
+//!   lsrr ADDR:PORT MARKER [PAD]  UDP with an IPv4 loose source route option
+//!                                (IP_OPTIONS, after PAD one-byte NOPs, 1 by
+//!                                default), then MARKER to ADDR:PORT;
 //!                                errno [setsockopt, send]
 //!   srh [ADDR]:PORT MARKER       UDP with an IPv6 segment routing header
 //!                                (IPV6_RTHDR), then MARKER; errno [setsockopt, send]
@@ -199,7 +200,7 @@ fn icmp(ip: IpAddr, marker: &[u8], ty: i32) -> Vec<i32> {
     )]
 }
 
-fn lsrr(addr: SocketAddr, marker: &[u8]) -> Vec<i32> {
+fn lsrr(addr: SocketAddr, marker: &[u8], pad: usize) -> Vec<i32> {
     let SocketAddr::V4(a) = addr else {
         return vec![libc::EINVAL];
     };
@@ -207,8 +208,9 @@ fn lsrr(addr: SocketAddr, marker: &[u8]) -> Vec<i32> {
         Ok(fd) => fd,
         Err(e) => return vec![e],
     };
-    // NOP, LSRR (type 0x83, length 7, pointer 4, one hop: the destination).
-    let mut opt = vec![1, 0x83, 7, 4];
+    // NOPs, LSRR (type 0x83, length 7, pointer 4, one hop: the destination).
+    let mut opt = vec![1u8; pad];
+    opt.extend_from_slice(&[0x83, 7, 4]);
     opt.extend_from_slice(&a.ip().octets());
     let set = setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_OPTIONS, &opt);
     vec![set, sendto(fd.as_raw_fd(), marker, addr)]
@@ -471,7 +473,11 @@ fn main() {
             Ok(_fd) => vec![0],
             Err(e) => vec![e],
         },
-        "lsrr" => lsrr(parse_addr(a(1)), a(2).as_bytes()),
+        "lsrr" => lsrr(
+            parse_addr(a(1)),
+            a(2).as_bytes(),
+            args.get(3).and_then(|p| p.parse().ok()).unwrap_or(1),
+        ),
         "srh" => srh(parse_addr(a(1)), a(2).as_bytes()),
         "hold" => return hold(a(1), parse_addr(a(2))),
         "fd-serve" => return fd_serve(a(1), a(2), parse_addr(a(3))),
