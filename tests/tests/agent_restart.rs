@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::RunningAgent,
+    agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
     collector::RunningCollector,
     netns::TestNet,
@@ -581,4 +581,39 @@ fn now_unix_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// The egress backstop and the socket marks are pinned like every other
+/// program and map: with the agent killed, a socket an untagged process
+/// opened to the denied host and handed to a tagged one still carries no
+/// byte of the tagged process's data out.
+#[test]
+fn with_the_agent_killed_a_handed_over_socket_is_still_judged() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let mut agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
+    let sink = net.virginia.tcp_hold_server(false);
+    let sniffer = net.virginia.sniffer();
+    let gate = |args: &[&str]| {
+        let mut c = std::process::Command::new(workspace_bin("gateprobe"));
+        c.args(args);
+        c
+    };
+    let mut owner = Waiting::start(gate(&["hold", "tcp", &sink.addr.to_string()]));
+    let held: serde_json::Value =
+        serde_json::from_str(owner.read_line().trim()).expect("gateprobe json");
+    assert_eq!(held["errno"], 0, "untagged: the connection opens");
+    agent.kill9();
+    let marker = format!("RSMARK-killed-{}", std::process::id());
+    let (pid, fd) = (held["pid"].to_string(), held["fd"].to_string());
+    let mut taker = Waiting::start(cgroup.command(gate(&["getfd", &pid, &fd, &marker])));
+    let _ = taker.read_line();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sniffer.count(marker.as_bytes()),
+        0,
+        "no byte left while no agent ran"
+    );
+    agent.restart();
 }
