@@ -40,7 +40,9 @@ enum Cmd {
     Demo,
     /// Benchmarks (as root): the kernel sensor's cost per connect() on three
     /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
-    /// as medians and ratios; policy load time and memory; collector ingest
+    /// as medians and ratios; the product's cost with the real sensord in the
+    /// loop beside nftables doing the same country check (agent-bench: ratios,
+    /// sensord's CPU per record, RSS); policy load time and memory; collector ingest
     /// (SQLite and PostgreSQL, interleaved) and the end-to-end delivery rate
     /// without loss. Arguments after `--` go to sensor-bench
     /// (`--rounds R --per-round N --prefixes P`).
@@ -160,6 +162,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "--bin",
         "sensor-bench",
         "--bin",
+        "agent-bench",
+        "--bin",
         "policy-bench",
         "--bin",
         "delivery-bench",
@@ -188,6 +192,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running sensor-bench")?;
     anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    let status = std::process::Command::new(root.join("target/release/agent-bench"))
+        .status()
+        .context("while running agent-bench")?;
+    anyhow::ensure!(status.success(), "agent-bench failed ({status})");
     let status = std::process::Command::new(root.join("target/release/delivery-bench"))
         .status()
         .context("while running delivery-bench")?;

@@ -55,6 +55,11 @@ use crate::{
     procscan,
 };
 
+/// How long the record reader rests after a wake-up before it listens again
+/// (bounds wake-ups to 200 per second; violations reach the spool this much
+/// later at most).
+const WAKEUP_REST: Duration = Duration::from_millis(5);
+
 /// Why a command failed; the API maps these to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -1013,15 +1018,28 @@ impl Agent {
         // The kernel wakes us only for violations and tags, or when the buffer
         // fills (see sensor-ebpf emit.rs); flow and close records come here.
         let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+        // After a wake-up the reader rests a little before it listens again:
+        // records that come meanwhile find it behind and wake nobody (a
+        // wake-up costs the writing task a context switch), and are read in
+        // one batch when the rest ends.
+        let rest = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(rest);
+        let mut resting = false;
         let mut batch = Vec::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                guard = reader.readable_mut() => {
+                guard = reader.readable_mut(), if !resting => {
                     let mut guard = guard?;
                     let r = guard.get_inner_mut();
                     self.take_records(r, &mut batch);
                     guard.clear_ready();
+                    rest.as_mut().reset(tokio::time::Instant::now() + WAKEUP_REST);
+                    resting = true;
+                }
+                () = &mut rest, if resting => {
+                    resting = false;
+                    self.take_records(reader.get_mut(), &mut batch);
                 }
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),

@@ -36,6 +36,13 @@ impl TestCgroup {
         TestCgroup { path }
     }
 
+    /// A cgroup `name` inside this one (drop it before its parent).
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
     /// A handle on an existing cgroup (another `TestCgroup` owns and removes
     /// it: `std::mem::forget` this one).
     pub fn adopt(path: PathBuf) -> TestCgroup {

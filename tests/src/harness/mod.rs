@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod bench;
 pub mod cgroup;
 pub mod collector;
 pub mod netns;

@@ -107,13 +107,22 @@ impl RemoteHost {
     fn create(place: Place, slot: u8) -> RemoteHost {
         let netns = format!("{PREFIX}{}-{slot}", place.tag());
         let veth = format!("rs{}{slot}", &place.tag()[..1]);
+        Self::create_named(place, netns, veth, place.v4(slot), place.v6(slot))
+    }
+
+    /// A remote host with its own names and (host side, remote side)
+    /// addresses, each pair in one /30 (IPv4) and /64 (IPv6). Anything with
+    /// these names is removed first (left over from a holder that died).
+    pub fn create_named(
+        place: Place,
+        netns: String,
+        veth: String,
+        (h4, r4): (Ipv4Addr, Ipv4Addr),
+        (h6, r6): (Ipv6Addr, Ipv6Addr),
+    ) -> RemoteHost {
         let peer = format!("{veth}p");
-        // A slot is only ever held by one process; anything with our names is
-        // left over from a holder that died.
         ip_quiet(&["netns", "del", &netns]);
         ip_quiet(&["link", "del", &veth]);
-        let (h4, r4) = place.v4(slot);
-        let (h6, r6) = place.v6(slot);
         ip(&["netns", "add", &netns]);
         ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
         ip(&["link", "set", &peer, "netns", &netns]);

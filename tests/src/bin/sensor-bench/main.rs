@@ -15,11 +15,6 @@
 //! Usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--aggregation SECS] [--prog-stats]
 //! (run by `cargo xtask bench`; needs root).
 
-mod net;
-mod progstats;
-mod stats;
-mod worker;
-
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
@@ -29,7 +24,11 @@ use std::{
     time::Duration,
 };
 
-use harness::harness::{cgroup::TestCgroup, privilege::require_root};
+use harness::harness::{
+    bench::{net, progstats, stats, worker},
+    cgroup::TestCgroup,
+    privilege::require_root,
+};
 use ipnet::IpNet;
 use sensor_user::kernel::{
     KernelSensor,

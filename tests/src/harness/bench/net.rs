@@ -62,7 +62,12 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(bind: SocketAddr) -> Sink {
-        let listener = TcpListener::bind(bind).expect("bench listener");
+        Sink::serve(TcpListener::bind(bind).expect("bench listener"))
+    }
+
+    /// Accepts and drops the connections of a listener bound already (in
+    /// another network namespace, say).
+    pub fn serve(listener: TcpListener) -> Sink {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));

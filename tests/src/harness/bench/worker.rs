@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use harness::harness::cgroup::TestCgroup;
+use crate::harness::cgroup::TestCgroup;
 
 /// The parent's handle on a worker.
 pub struct Worker {

@@ -11,8 +11,13 @@ pub fn enable() -> Option<std::os::fd::OwnedFd> {
 
 /// (run_time_ns, run_cnt) by program id, of the programs this process holds.
 pub fn snapshot() -> Stats {
+    snapshot_of("self")
+}
+
+/// The same for the programs process `pid` ("self" or a number) holds.
+pub fn snapshot_of(pid: &str) -> Stats {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return out;
     };
     for e in dir.flatten() {

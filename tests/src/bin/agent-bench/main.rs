@@ -1,0 +1,381 @@
+//! agent-bench: what the product costs a connect(), with the real `sensord`
+//! in the loop (its config, the default dataset, its record pipeline), beside
+//! nftables doing the same country check, sides interleaved in one run.
+//!
+//! The scene is a service calling a US endpoint again and again: worker
+//! processes connect()+close() (SO_LINGER 0) to a remote host in a network
+//! namespace whose address the default dataset places in the US. `sensord`
+//! runs the example policy's shape (one class, EEA + CH allowed, monitor
+//! mode) attached to one cgroup; the sides are
+//! - `none`: a worker in a cgroup outside the sensor's, no nftables rule;
+//! - `untagged`: a worker under the sensor's cgroup that no selector tags;
+//! - `tagged`: a worker the policy tags (every connect is a violation,
+//!   folded per aggregation interval; every close is a record);
+//! - `nftables`: a worker in a cgroup that an nftables rule matches
+//!   (`socket cgroupv2`) against interval sets of every range the class
+//!   denies (the same dataset and policy).
+//!
+//! A second phase runs the agent with `aggregation_interval = "0"` (every
+//! connect judged and recorded) beside `none`. Each phase reports each side's
+//! median of per-round means, the ratio to `none`, and what sensord spent:
+//! CPU (utime + stime from /proc/PID/stat) per record it read and per tagged
+//! connect, and its RSS.
+//!
+//! Usage: agent-bench [--rounds R] [--per-round N] [--prog-stats]   (needs root; run by
+//! `cargo xtask bench`).
+
+mod nft;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use harness::harness::{
+    agent::RunningAgent,
+    bench::{net::Sink, progstats, stats, worker::Worker},
+    cgroup::TestCgroup,
+    netns::{Place, RemoteHost},
+    privilege::require_root,
+};
+
+/// An address the default dataset places in the United States (1.32.232.0/21).
+const US_REMOTE: Ipv4Addr = Ipv4Addr::new(1, 32, 232, 10);
+const US_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(1, 32, 232, 9);
+
+struct Options {
+    rounds: usize,
+    per_round: usize,
+    /// Report the kernel's run time of sensord's programs per side
+    /// (BPF_ENABLE_STATS; the accounting costs every run a little).
+    prog_stats: bool,
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        rounds: 1000,
+        per_round: 40,
+        prog_stats: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || -> usize {
+            args.get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| {
+                    eprintln!("agent-bench: {} needs a number", args[i]);
+                    std::process::exit(2);
+                })
+        };
+        match args[i].as_str() {
+            "--rounds" => o.rounds = value(),
+            "--per-round" => o.per_round = value(),
+            "--prog-stats" => {
+                o.prog_stats = true;
+                i += 1;
+                continue;
+            }
+            "-h" | "--help" => {
+                println!("usage: agent-bench [--rounds R] [--per-round N] [--prog-stats]");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("agent-bench: unknown argument {other:?}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// The example policy's shape, tagging the processes of `tagged` (a cgroup
+/// path below the v2 root).
+fn policy(aggregation: &str, tagged: &str) -> String {
+    format!(
+        r#"[host]
+id = "bench"
+default_mode = "monitor"
+unknown_destinations = "violation"
+aggregation_interval = "{aggregation}"
+
+[classes.eu_personal]
+mode = "monitor"
+allowed_jurisdictions = ["EEA", "CH"]
+
+[[selectors]]
+class = "eu_personal"
+cgroup = "/{tagged}"
+"#
+    )
+}
+
+/// What a process has used so far: CPU (ns) and resident memory (KiB).
+fn usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks * 1_000_000_000 / tick, rss)
+}
+
+/// Records the agent has read from the kernel so far.
+fn agent_records(agent: &RunningAgent) -> u64 {
+    agent.ctl_json(&["status"])["events"].as_u64().unwrap_or(0)
+}
+
+struct Side {
+    name: &'static str,
+    worker: Worker,
+    samples: Vec<f64>,
+    prog: progstats::Stats,
+}
+
+/// Runs the sides round-robin (the order rotates every round), after one
+/// warm-up round.
+fn interleave(sides: &mut [Side], o: &Options, agent_pid: u32) {
+    for s in sides.iter_mut() {
+        s.worker.run(o.per_round);
+    }
+    let stats_fd = o.prog_stats.then(progstats::enable).flatten();
+    let pid = agent_pid.to_string();
+    for round in 0..o.rounds {
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let before = stats_fd.as_ref().map(|_| progstats::snapshot_of(&pid));
+            let ns = sides[i].worker.run(o.per_round);
+            if let Some(before) = before {
+                let after = progstats::snapshot_of(&pid);
+                progstats::accumulate(&mut sides[i].prog, &before, &after);
+            }
+            sides[i].samples.push(ns as f64 / o.per_round as f64);
+        }
+    }
+    if stats_fd.is_some() {
+        println!(
+            "kernel run time of sensord's programs per side (BPF stats; the accounting adds a little):"
+        );
+        for s in sides.iter() {
+            progstats::report(s.name, &s.prog, o.rounds * o.per_round);
+        }
+    }
+}
+
+fn report(sides: &[Side]) {
+    let base = stats::median(&sides[0].samples);
+    println!(
+        "{:<10} {:>14} {:>14} {:>10}",
+        "side", "median ns/op", "p90 ns/op", "ratio"
+    );
+    for s in sides {
+        let m = stats::median(&s.samples);
+        println!(
+            "{:<10} {:>14.0} {:>14.0} {:>10.3}",
+            s.name,
+            m,
+            stats::percentile(&s.samples, 0.9),
+            m / base
+        );
+    }
+}
+
+/// What the agent spent over a phase.
+struct Spent {
+    cpu_ns: u64,
+    records: u64,
+    rss_kib: u64,
+}
+
+fn measure_agent<T>(agent: &RunningAgent, f: impl FnOnce() -> T) -> (T, Spent) {
+    let (cpu0, _) = usage(agent.pid());
+    let rec0 = agent_records(agent);
+    let out = f();
+    // The agent drains flow and close records every 100 ms: let it catch up.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu1, rss_kib) = usage(agent.pid());
+    let records = agent_records(agent) - rec0;
+    (
+        out,
+        Spent {
+            cpu_ns: cpu1 - cpu0,
+            records,
+            rss_kib,
+        },
+    )
+}
+
+fn print_spent(s: &Spent, tagged_connects: u64) {
+    println!(
+        "sensord: {} records read, {:.1} ms CPU: {:.2} µs per record, {:.2} µs per tagged connect; RSS {:.1} MiB",
+        s.records,
+        s.cpu_ns as f64 / 1e6,
+        s.cpu_ns as f64 / 1e3 / s.records.max(1) as f64,
+        s.cpu_ns as f64 / 1e3 / tagged_connects.max(1) as f64,
+        s.rss_kib as f64 / 1024.0
+    );
+}
+
+fn start_agent(
+    aggregation: &str,
+    attach: &TestCgroup,
+    tagged: &TestCgroup,
+    root: &Path,
+) -> RunningAgent {
+    let rel = tagged
+        .path()
+        .strip_prefix(root)
+        .expect("test cgroups are under the v2 root")
+        .display()
+        .to_string();
+    let dataset = sensor_user::regions::default_dir();
+    RunningAgent::start_with(
+        &policy(aggregation, &rel),
+        "",
+        &[
+            "--regions",
+            &dataset.display().to_string(),
+            "--cgroup",
+            &attach.path().display().to_string(),
+        ],
+    )
+}
+
+/// Fails the run unless the tagged worker's connects reach the agent as
+/// violations of the US address (else the bench would measure nothing).
+fn check_recorded(agent: &RunningAgent) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = agent.ctl_json(&["violations"]);
+        if v.to_string().contains(&US_REMOTE.to_string()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tagged worker's connects to {US_REMOTE} were not recorded as violations: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        harness::harness::bench::worker::serve();
+        return;
+    }
+    let o = parse_options();
+    require_root();
+    let root = sensor_user::system::mountinfo::cgroup2_mount().expect("cgroup v2");
+    let remote = RemoteHost::create_named(
+        Place::Virginia,
+        "rs-bench-us".into(),
+        "rsbenchus".into(),
+        (US_HOST_SIDE, US_REMOTE),
+        (
+            Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, 2),
+        ),
+    );
+    let listener = remote.inside(|| {
+        TcpListener::bind(SocketAddr::new(IpAddr::V4(US_REMOTE), 0)).expect("bind in the netns")
+    });
+    let sink = Sink::serve(listener);
+    let target = sink.addr;
+
+    let none = TestCgroup::create();
+    let nft_cg = TestCgroup::create();
+    let attach = TestCgroup::create();
+    let untagged = attach.child("untagged");
+    let tagged = attach.child("tagged");
+
+    // Phase 1: the default aggregation interval, against nftables.
+    let agent = start_agent("10s", &attach, &tagged, &root);
+    let t = Instant::now();
+    // nft resolves the path under /sys/fs/cgroup (where a hybrid host
+    // mounts v2 at unified/); the level counts from the v2 root.
+    let nft_rel = nft_cg
+        .path()
+        .strip_prefix("/sys/fs/cgroup")
+        .expect("cgroup v2 is mounted under /sys/fs/cgroup")
+        .display()
+        .to_string();
+    let set = nft::CountrySet::load(
+        &agent.policy,
+        &sensor_user::regions::default_dir(),
+        &nft_rel,
+        agent.dir(),
+    );
+    eprintln!(
+        "nftables: {} denied ranges loaded in {:.1?}",
+        set.ranges,
+        t.elapsed()
+    );
+    let mut sides = vec![
+        Side::new("none", &none, target),
+        Side::new("untagged", &untagged, target),
+        Side::new("tagged", &tagged, target),
+        Side::new("nftables", &nft_cg, target),
+    ];
+    let ((), spent) = measure_agent(&agent, || interleave(&mut sides, &o, agent.pid()));
+    check_recorded(&agent);
+    let matched = set.matched();
+    assert!(
+        matched > 0,
+        "the nftables rule matched nothing: the nftables side measured no set lookup"
+    );
+    let per_side = (o.rounds + 1) * o.per_round;
+    println!();
+    println!(
+        "connect()+close() to a US address on a veth peer, sensord with the default dataset, aggregation 10 s; {} rounds x {} per side",
+        o.rounds, o.per_round
+    );
+    report(&sides);
+    print_spent(&spent, per_side as u64);
+    println!("nftables: {} ranges, {matched} packets matched", set.ranges);
+    drop(sides);
+    drop(set);
+    drop(agent);
+
+    // Phase 2: every connect judged and recorded.
+    let agent = start_agent("0", &attach, &tagged, &root);
+    let mut sides = vec![
+        Side::new("none", &none, target),
+        Side::new("tagged-0", &tagged, target),
+    ];
+    let ((), spent) = measure_agent(&agent, || interleave(&mut sides, &o, agent.pid()));
+    check_recorded(&agent);
+    println!();
+    println!("the same with aggregation_interval = \"0\" (every connect a record)");
+    report(&sides);
+    print_spent(&spent, per_side as u64);
+    drop(sides);
+    drop(agent);
+    drop((tagged, untagged));
+    drop(sink);
+    drop(remote);
+}
+
+impl Side {
+    fn new(name: &'static str, cgroup: &TestCgroup, target: SocketAddr) -> Side {
+        Side {
+            name,
+            worker: Worker::start(cgroup, target),
+            samples: Vec::new(),
+            prog: Default::default(),
+        }
+    }
+}
