@@ -117,6 +117,13 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     added |= cgroup_match | uid_match | exe_match;
     let new = added & !existing;
     if new == 0 {
+        if existing != 0
+            && let Some(ev) = task_record(slot::PROCESS, FlowKind::Exec as u8)
+        {
+            ev.classes = existing;
+            ev.policy_generation = cfg.generation;
+            submit(ev);
+        }
         return 0;
     }
     if !set_classes(tgid, existing | added) {

@@ -24,6 +24,12 @@ pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// Wall-clock minus monotonic time now (ns): a kernel timestamp plus this is
+/// its Unix time. Read once per batch of records.
+pub fn wall_offset_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) as i64 - monotonic_ns() as i64
+}
+
 /// The wall-clock time of a kernel timestamp.
 pub fn wall_from_ktime(ktime_ns: u64) -> SystemTime {
     let mono = monotonic_ns();

@@ -52,9 +52,13 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// "human" or "json".
     pub log_format: Option<String>,
-    /// Records kept in memory for ListFlows/ListViolations.
+    /// Flow and close records kept in memory for ListFlows.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Violations kept in memory for ListViolations (and ListFlows), apart
+    /// from flow records so that these never push one out.
+    #[serde(default = "default_history")]
+    pub violation_history: usize,
     /// Single-instance lock file.
     #[serde(default = "default_lock")]
     pub lock: PathBuf,

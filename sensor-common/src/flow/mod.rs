@@ -31,6 +31,10 @@ pub enum FlowKind {
     /// (raw, ICMP, AF_PACKET): `protocol`/`sock_protocol` and `family` say
     /// which, `detail` the socket type.
     Socket = 7,
+    /// A tagged process called exec() and kept its classes (a process tagged
+    /// by this exec gets `Tag` records instead): user space resolves its
+    /// executable afresh. Not shown to users.
+    Exec = 8,
 }
 
 /// Flags in the `detail` of [`FlowKind::Packet`] records.
@@ -51,6 +55,7 @@ impl FlowKind {
             5 => Some(Self::Tag),
             6 => Some(Self::Packet),
             7 => Some(Self::Socket),
+            8 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -222,6 +227,7 @@ mod tests {
             FlowKind::Tag,
             FlowKind::Packet,
             FlowKind::Socket,
+            FlowKind::Exec,
         ] {
             assert_eq!(FlowKind::from_raw(k as u8), Some(k));
         }

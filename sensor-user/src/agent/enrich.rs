@@ -1,16 +1,18 @@
 //! Kernel records → API records: what the kernel cannot cheaply know (class
 //! names, country, site, executable, wall-clock time) is added here.
 
+use std::{collections::HashMap, sync::Arc};
+
 use residency_proto::agent::v1 as pb;
 use sensor_common::{
-    flow::{FlowEvent, FlowKind},
+    flow::{COMM_LEN, FlowEvent, FlowKind},
     policy::{action, verdict},
 };
 
 use crate::{
-    clock::wall_from_ktime,
     kernel::verdicts::Verdict,
     policy::{compile::Compiled, explain},
+    regions::Country,
 };
 
 /// Names of the classes in `mask`.
@@ -64,14 +66,10 @@ pub fn verdict_name(v: Option<Verdict>) -> &'static str {
     }
 }
 
-/// The record's `comm`, or the live process's when the kernel left it empty
-/// (packet records: the kernel does not copy it into every socket mark).
-fn comm(ev: &FlowEvent) -> String {
-    let c = ev.comm_str();
-    if !c.is_empty() {
-        return c;
-    }
-    std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
+/// The live process's `comm` (for records the kernel left it empty in:
+/// packet records, the kernel does not copy it into every socket mark).
+fn live_comm(tgid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
 }
@@ -91,70 +89,202 @@ fn protocol(ev: &FlowEvent) -> &'static str {
     sensor_common::net::protocol_name(ev.protocol, ev.sock_protocol)
 }
 
-/// The API record for a kernel record.
-pub fn flow(ev: &FlowEvent, c: &Compiled) -> pb::Flow {
-    let remote = ev.remote();
-    let loc = explain::location(c, remote.ip());
-    let time = wall_from_ktime(ev.ktime_ns)
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    pb::Flow {
-        kind: match ev.flow_kind() {
-            Some(FlowKind::Connect) => "connect",
-            Some(FlowKind::Sendmsg) => "sendmsg",
-            Some(FlowKind::Accept) => "accept",
-            Some(FlowKind::Close) => "close",
-            Some(FlowKind::Tag) => "tag",
-            Some(FlowKind::Packet) => "packet",
-            Some(FlowKind::Socket) => "socket",
-            None => "unknown",
+/// What naming a record needs from the policy in force: class and site
+/// names, the host id. Built once per policy and shared by every record kept
+/// under it, so a record holds a pointer, not strings.
+#[derive(Debug, Default)]
+pub struct Names {
+    classes: Vec<(u8, String)>,
+    sites: Vec<String>,
+    host_id: String,
+}
+
+impl Names {
+    /// The names of `c`.
+    pub fn of(c: &Compiled) -> Arc<Names> {
+        Arc::new(Names {
+            classes: c
+                .policy
+                .classes
+                .iter()
+                .map(|cl| (cl.id, cl.name.clone()))
+                .collect(),
+            sites: c.policy.sites.iter().map(|s| s.name.clone()).collect(),
+            host_id: c.policy.host.id.clone(),
+        })
+    }
+
+    fn class_names(&self, mask: u64) -> Vec<String> {
+        self.classes
+            .iter()
+            .filter(|(id, _)| mask & (1 << id) != 0)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+}
+
+/// Executables of the processes records came from, resolved once per
+/// process and exec: the kernel sends an `Exec` record when a tagged process
+/// calls exec() and a `Tag` record when a process gets classes, and both drop
+/// the entry. An entry whose `comm` no longer matches the record's is
+/// resolved again (a pid reused by a process that sent neither).
+#[derive(Debug, Default)]
+pub struct ExeCache {
+    by_tgid: HashMap<u32, ([u8; COMM_LEN], Arc<str>)>,
+}
+
+/// Entries the cache holds at most; past this it starts over.
+const EXE_CACHE_MAX: usize = 65_536;
+
+impl ExeCache {
+    /// The executable of `ev`'s process.
+    pub fn get(&mut self, ev: &FlowEvent) -> Arc<str> {
+        if let Some((comm, exe)) = self.by_tgid.get(&ev.tgid)
+            && *comm == ev.comm
+        {
+            return exe.clone();
         }
-        .into(),
-        time_unix_ns: time,
-        ktime_ns: ev.ktime_ns,
-        pid: ev.tgid,
-        tid: ev.pid,
-        uid: ev.uid,
-        cgroup_id: ev.cgroup_id,
-        comm: comm(ev),
-        exe: exe(ev.tgid),
-        classes: class_names(c, ev.classes),
-        protocol: protocol(ev).into(),
-        local: if ev.local_port == 0 {
-            String::new()
-        } else {
-            ev.local().to_string()
-        },
-        remote: if matches!(ev.flow_kind(), Some(FlowKind::Socket)) {
-            String::new()
-        } else {
-            remote.to_string()
-        },
-        remote_country: loc.country.map(|cc| cc.to_string()).unwrap_or_default(),
-        remote_site: loc.site.unwrap_or_default(),
-        verdict: match ev.verdict {
-            verdict::ALLOW => "allow",
-            verdict::DENY => "deny",
-            verdict::UNKNOWN => "unknown",
-            _ => "none",
+        if self.by_tgid.len() >= EXE_CACHE_MAX {
+            self.by_tgid.clear();
         }
-        .into(),
-        action: match ev.action {
-            action::REPORTED => "reported",
-            action::DENIED => "denied",
-            _ => "none",
+        let exe: Arc<str> = exe(ev.tgid).into();
+        self.by_tgid.insert(ev.tgid, (ev.comm, exe.clone()));
+        exe
+    }
+
+    /// `tgid` exec'd or got classes: resolve it again next time.
+    pub fn forget(&mut self, tgid: u32) {
+        self.by_tgid.remove(&tgid);
+    }
+
+    /// Drops the entries of processes that are gone.
+    pub fn retain_live(&mut self) {
+        self.by_tgid
+            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
+
+/// A kernel record with what the agent adds (wall-clock time, executable,
+/// where the remote is), kept as it came: strings are built only when a
+/// client asks for it ([`Kept::to_pb`]).
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub ev: FlowEvent,
+    pub time_unix_ns: i64,
+    pub exe: Arc<str>,
+    pub country: Option<Country>,
+    /// Index into the policy's sites.
+    pub site: Option<u16>,
+    pub names: Arc<Names>,
+}
+
+impl Kept {
+    /// Enriches a kernel record: `wall_offset_ns` from
+    /// [`crate::clock::wall_offset_ns`], read once per batch.
+    pub fn new(
+        ev: &FlowEvent,
+        c: &Compiled,
+        names: &Arc<Names>,
+        exes: &mut ExeCache,
+        wall_offset_ns: i64,
+    ) -> Kept {
+        let (country, site) = explain::place_of(c, ev.remote().ip());
+        Kept {
+            ev: *ev,
+            time_unix_ns: wall_offset_ns.saturating_add(ev.ktime_ns as i64),
+            exe: exes.get(ev),
+            country,
+            site,
+            names: names.clone(),
         }
-        .into(),
-        count: ev.count,
-        bytes: if ev.flow_kind() == Some(FlowKind::Close) {
-            ev.detail
-        } else {
-            0
-        },
-        duration_ns: ev.duration_ns,
-        cookie: ev.cookie,
-        policy_generation: ev.policy_generation,
-        host_id: c.policy.host.id.clone(),
+    }
+
+    /// A violation: a connect, send, accept, packet or socket record whose
+    /// action is reported or denied (a close record carries its flow's action
+    /// with the bytes; it is not a second violation).
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self.ev.flow_kind(),
+            Some(
+                FlowKind::Connect
+                    | FlowKind::Sendmsg
+                    | FlowKind::Accept
+                    | FlowKind::Packet
+                    | FlowKind::Socket
+            )
+        ) && matches!(self.ev.action, action::REPORTED | action::DENIED)
+    }
+
+    /// The API record.
+    pub fn to_pb(&self) -> pb::Flow {
+        let ev = &self.ev;
+        let comm = ev.comm_str();
+        pb::Flow {
+            kind: match ev.flow_kind() {
+                Some(FlowKind::Connect) => "connect",
+                Some(FlowKind::Sendmsg) => "sendmsg",
+                Some(FlowKind::Accept) => "accept",
+                Some(FlowKind::Close) => "close",
+                Some(FlowKind::Tag) => "tag",
+                Some(FlowKind::Packet) => "packet",
+                Some(FlowKind::Socket) => "socket",
+                Some(FlowKind::Exec) => "exec",
+                None => "unknown",
+            }
+            .into(),
+            time_unix_ns: self.time_unix_ns,
+            ktime_ns: ev.ktime_ns,
+            pid: ev.tgid,
+            tid: ev.pid,
+            uid: ev.uid,
+            cgroup_id: ev.cgroup_id,
+            comm: if comm.is_empty() {
+                live_comm(ev.tgid)
+            } else {
+                comm
+            },
+            exe: self.exe.to_string(),
+            classes: self.names.class_names(ev.classes),
+            protocol: protocol(ev).into(),
+            local: if ev.local_port == 0 {
+                String::new()
+            } else {
+                ev.local().to_string()
+            },
+            remote: if ev.flow_kind() == Some(FlowKind::Socket) {
+                String::new()
+            } else {
+                ev.remote().to_string()
+            },
+            remote_country: self.country.map(|cc| cc.to_string()).unwrap_or_default(),
+            remote_site: self
+                .site
+                .and_then(|i| self.names.sites.get(usize::from(i)))
+                .cloned()
+                .unwrap_or_default(),
+            verdict: match ev.verdict {
+                verdict::ALLOW => "allow",
+                verdict::DENY => "deny",
+                verdict::UNKNOWN => "unknown",
+                _ => "none",
+            }
+            .into(),
+            action: match ev.action {
+                action::REPORTED => "reported",
+                action::DENIED => "denied",
+                _ => "none",
+            }
+            .into(),
+            count: ev.count,
+            bytes: if ev.flow_kind() == Some(FlowKind::Close) {
+                ev.detail
+            } else {
+                0
+            },
+            duration_ns: ev.duration_ns,
+            cookie: ev.cookie,
+            policy_generation: ev.policy_generation,
+            host_id: self.names.host_id.clone(),
+        }
     }
 }

@@ -57,7 +57,7 @@ impl Agent {
                 cut += usize::from(destroyed);
                 reported += 1;
                 let flow = self.existing_flow(pid, &sock, &j, destroyed);
-                self.record_flow(flow);
+                self.record_violation(flow);
             }
         }
         if reported > 0 {

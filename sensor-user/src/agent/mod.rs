@@ -13,6 +13,7 @@ mod existing;
 pub mod persist;
 pub mod policy_state;
 pub mod store;
+mod violation_log;
 
 use std::{
     collections::BTreeMap,
@@ -192,8 +193,8 @@ pub struct AgentConfig {
     pub cgroup_root: PathBuf,
     /// Where the socket programs attach.
     pub attach: PathBuf,
-    /// Records kept for ListFlows/ListViolations.
-    pub history: usize,
+    /// Records kept for ListFlows/ListViolations (violations apart).
+    pub history: store::Capacity,
     /// The durable spool's directory, when records are delivered to a collector.
     pub spool_dir: Option<PathBuf>,
     /// The pinned kernel state (on bpffs).
@@ -222,6 +223,12 @@ pub struct Agent {
     /// from here to the read that saw the loss.
     counters_read_at: i64,
     store: Arc<FlowStore>,
+    /// The names records are shown with (of `compiled`).
+    names: Arc<enrich::Names>,
+    /// Executables of the processes records come from.
+    exes: enrich::ExeCache,
+    /// Violation log lines, folded per process and destination.
+    violation_log: violation_log::ViolationLog,
     audit: AuditLog,
     metrics: Arc<Metrics>,
     spool: Option<Spool>,
@@ -313,6 +320,9 @@ impl Agent {
             last_counters,
             counters_read_at: now_unix_ns(),
             store: store.clone(),
+            names: Arc::default(),
+            exes: enrich::ExeCache::default(),
+            violation_log: Default::default(),
             audit: AuditLog::default(),
             metrics: Arc::new(Metrics::default()),
             spool: None,
@@ -472,6 +482,7 @@ impl Agent {
         // A heartbeat first: a large table takes about a second to write,
         // and the kernel must not take the agent for gone meanwhile.
         self.heartbeat();
+        self.names = enrich::Names::of(&self.compiled);
         let c = &self.compiled;
         if let Some(p) = &c.provenance {
             info!(dataset = %p.name, version = %p.version, licence = %p.licence, attribution = %p.attribution, "region data");
@@ -883,41 +894,54 @@ impl Agent {
         reader: &mut EventReader,
         batch: &mut Vec<sensor_common::flow::FlowEvent>,
     ) {
+        use sensor_common::flow::FlowKind;
         batch.clear();
         reader.drain(batch);
         self.events_total += batch.len() as u64;
         self.metrics.events.inc_by(batch.len() as u64);
+        let wall_offset = crate::clock::wall_offset_ns();
         for ev in batch.iter() {
+            match ev.flow_kind() {
+                Some(FlowKind::Exec) => {
+                    self.exes.forget(ev.tgid);
+                    continue;
+                }
+                Some(FlowKind::Tag) => self.exes.forget(ev.tgid),
+                _ => {}
+            }
             if self.ledger.record_event(ev, self.sensor.selectors()) {
                 continue;
             }
-            let flow = enrich::flow(ev, &self.compiled);
-            self.record_flow(flow);
+            let kept =
+                enrich::Kept::new(ev, &self.compiled, &self.names, &mut self.exes, wall_offset);
+            if kept.is_violation() {
+                self.record_violation(kept.to_pb());
+            } else {
+                self.store.push_flow(kept);
+            }
         }
         self.spool_sync();
     }
 
-    /// Keeps a record: spooled for the collector, counted, logged and kept
-    /// for the API when it is a violation; kept for the API in any case.
-    fn record_flow(&mut self, flow: pb::Flow) {
-        if store::is_violation(&flow) {
-            if self.spool.is_some() {
-                let body = serde_json::to_string(&flow).unwrap_or_default();
-                self.spool_append("violation", flow.time_unix_ns, &body);
-            }
-            for class in &flow.classes {
-                let labels = ViolationLabels {
-                    class: class.clone(),
-                    action: flow.action.clone(),
-                };
-                self.metrics
-                    .violations
-                    .get_or_create(&labels)
-                    .inc_by(u64::from(flow.count));
-            }
-            info!(target: "violation", pid = flow.pid, comm = %flow.comm, kind = %flow.kind, remote = %flow.remote, country = %flow.remote_country, classes = ?flow.classes, action = %flow.action, "violation");
+    /// Keeps a violation: spooled for the collector, counted, logged and kept
+    /// for the API.
+    fn record_violation(&mut self, flow: pb::Flow) {
+        if self.spool.is_some() {
+            let body = serde_json::to_string(&flow).unwrap_or_default();
+            self.spool_append("violation", flow.time_unix_ns, &body);
         }
-        self.store.push(flow);
+        for class in &flow.classes {
+            let labels = ViolationLabels {
+                class: class.clone(),
+                action: flow.action.clone(),
+            };
+            self.metrics
+                .violations
+                .get_or_create(&labels)
+                .inc_by(u64::from(flow.count));
+        }
+        self.violation_log.record(&flow, std::time::Instant::now());
+        self.store.push_violation(flow);
     }
 
     fn tick(&mut self) {
@@ -973,6 +997,7 @@ impl Agent {
             Err(e) => error!(error = %e, "reading kernel counters failed"),
         }
         self.ledger.retain(enrich::is_process);
+        self.exes.retain_live();
         let tagged = self.sensor.tagged_processes().map(|t| t.len()).unwrap_or(0);
         self.metrics.tagged_processes.set(tagged as i64);
         self.metrics
@@ -1045,6 +1070,7 @@ impl Agent {
                 _ = counter_tick.tick() => self.tick(),
                 _ = expiry_tick.tick() => {
                     self.heartbeat();
+                    self.violation_log.flush(std::time::Instant::now());
                     self.expire_exceptions();
                 }
                                 Some(c) = commands.recv() => {

@@ -1,39 +1,79 @@
 //! Recent records for ListFlows/ListViolations, and the live feed for
 //! WatchFlows. Written by the agent task, read by API handlers.
+//!
+//! Violations and flow records are kept apart, each bounded: a busy service's
+//! close records never push a violation out. Flow records are kept as the
+//! kernel sent them ([`Kept`]) and become API records only when a client asks.
 
 use std::{collections::VecDeque, sync::RwLock};
 
 use residency_proto::agent::v1 as pb;
 use tokio::sync::broadcast;
 
-/// Bounded history plus a broadcast feed.
+use super::enrich::Kept;
+
+/// How many records of each sort are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Violations (connect, send, accept, packet, socket, existing).
+    pub violations: usize,
+    /// Everything else: close and flow records.
+    pub flows: usize,
+}
+
+/// Bounded histories plus a broadcast feed.
 pub struct FlowStore {
-    recent: RwLock<VecDeque<pb::Flow>>,
-    cap: usize,
+    violations: RwLock<VecDeque<pb::Flow>>,
+    flows: RwLock<VecDeque<Kept>>,
+    cap: Capacity,
     tx: broadcast::Sender<pb::FlowEvent>,
 }
 
+fn push_bounded<T>(q: &RwLock<VecDeque<T>>, cap: usize, item: T) {
+    let mut q = q.write().unwrap_or_else(|e| e.into_inner());
+    if q.len() >= cap {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
 impl FlowStore {
-    /// Keeps the last `cap` records.
-    pub fn new(cap: usize) -> FlowStore {
+    /// Keeps the last `cap.violations` violations and `cap.flows` other records.
+    pub fn new(cap: Capacity) -> FlowStore {
         let (tx, _) = broadcast::channel(4096);
+        let cap = Capacity {
+            violations: cap.violations.max(1),
+            flows: cap.flows.max(1),
+        };
         FlowStore {
-            recent: RwLock::new(VecDeque::with_capacity(cap.min(4096))),
-            cap: cap.max(1),
+            violations: RwLock::new(VecDeque::with_capacity(cap.violations.min(4096))),
+            flows: RwLock::new(VecDeque::with_capacity(cap.flows.min(4096))),
+            cap,
             tx,
         }
     }
 
-    /// Adds a record and sends it to watchers.
-    pub fn push(&self, flow: pb::Flow) {
+    fn broadcast(&self, flow: pb::Flow) {
         let _ = self.tx.send(pb::FlowEvent {
-            event: Some(pb::flow_event::Event::Flow(flow.clone())),
+            event: Some(pb::flow_event::Event::Flow(flow)),
         });
-        let mut r = self.recent.write().unwrap_or_else(|e| e.into_inner());
-        if r.len() == self.cap {
-            r.pop_front();
+    }
+
+    /// Adds a violation and sends it to watchers.
+    pub fn push_violation(&self, flow: pb::Flow) {
+        if self.tx.receiver_count() > 0 {
+            self.broadcast(flow.clone());
         }
-        r.push_back(flow);
+        push_bounded(&self.violations, self.cap.violations, flow);
+    }
+
+    /// Adds a record that is not a violation; it is made an API record only
+    /// for watchers (when there are any) and for listings.
+    pub fn push_flow(&self, kept: Kept) {
+        if self.tx.receiver_count() > 0 {
+            self.broadcast(kept.to_pb());
+        }
+        push_bounded(&self.flows, self.cap.flows, kept);
     }
 
     /// Tells watchers that `count` records were lost at `source`.
@@ -47,21 +87,37 @@ impl FlowStore {
     }
 
     /// Matching records, oldest first, at most `filter.limit` (default 1000) of
-    /// the newest.
+    /// the newest: violations only, or violations and flow records merged by
+    /// time.
     pub fn list(&self, filter: &pb::FlowFilter, violations_only: bool) -> Vec<pb::Flow> {
         let limit = if filter.limit == 0 {
             1000
         } else {
             filter.limit as usize
         };
-        let r = self.recent.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<pb::Flow> = r
-            .iter()
-            .rev()
-            .filter(|f| (!violations_only || is_violation(f)) && matches(filter, f))
-            .take(limit)
-            .cloned()
-            .collect();
+        let mut out: Vec<pb::Flow> = {
+            let v = self.violations.read().unwrap_or_else(|e| e.into_inner());
+            v.iter()
+                .rev()
+                .filter(|f| matches(filter, f))
+                .take(limit)
+                .cloned()
+                .collect()
+        };
+        if !violations_only {
+            let f = self.flows.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                f.iter()
+                    .rev()
+                    .filter(|k| filter.pid == 0 || k.ev.tgid == filter.pid)
+                    .map(Kept::to_pb)
+                    .filter(|f| matches(filter, f))
+                    .take(limit),
+            );
+            // Newest first across both, then the newest `limit`.
+            out.sort_by_key(|f| std::cmp::Reverse(f.time_unix_ns));
+            out.truncate(limit);
+        }
         out.reverse();
         out
     }
@@ -98,24 +154,26 @@ pub fn matches(filter: &pb::FlowFilter, f: &pb::Flow) -> bool {
 mod tests {
     use super::*;
 
-    fn flow(pid: u32, action: &str) -> pb::Flow {
+    fn flow(pid: u32, action: &str, t: i64) -> pb::Flow {
         pb::Flow {
             pid,
             kind: "connect".into(),
             action: action.into(),
             classes: vec!["eu".into()],
+            time_unix_ns: t,
             ..Default::default()
         }
     }
 
     #[test]
     fn bounded_filtered_newest() {
-        let s = FlowStore::new(3);
-        for (pid, a) in [(1, "none"), (2, "reported"), (3, "denied"), (4, "none")] {
-            s.push(flow(pid, a));
+        let s = FlowStore::new(Capacity {
+            violations: 2,
+            flows: 1,
+        });
+        for (pid, a) in [(1, "reported"), (2, "reported"), (3, "denied")] {
+            s.push_violation(flow(pid, a, i64::from(pid)));
         }
-        let all = s.list(&pb::FlowFilter::default(), false);
-        assert_eq!(all.iter().map(|f| f.pid).collect::<Vec<_>>(), vec![2, 3, 4]);
         let v = s.list(&pb::FlowFilter::default(), true);
         assert_eq!(v.iter().map(|f| f.pid).collect::<Vec<_>>(), vec![2, 3]);
         let f = pb::FlowFilter {

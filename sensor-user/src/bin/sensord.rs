@@ -95,10 +95,14 @@ struct Args {
     /// sensord first (it holds the lock).
     #[arg(long)]
     uninstall: bool,
-    /// Records kept in memory for `sensorctl flows` / `violations`.
+    /// Flow and close records kept in memory for `sensorctl flows`.
     /// [config: history; default 10000]
     #[arg(long, value_name = "N")]
     history: Option<usize>,
+    /// Violations kept in memory for `sensorctl violations`, apart from flow
+    /// records (which never push one out). [config: violation_history; default 10000]
+    #[arg(long, value_name = "N")]
+    violation_history: Option<usize>,
     /// Serve Prometheus metrics on this address (GET /metrics).
     /// [config: metrics.listen; default off]
     #[arg(long, value_name = "ADDR:PORT")]
@@ -207,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
             .or(file.cgroup.clone())
             .unwrap_or_else(|| root.clone()),
         cgroup_root: root,
-        history: args.history.unwrap_or(file.history),
+        history: sensor_user::agent::store::Capacity {
+            flows: args.history.unwrap_or(file.history),
+            violations: args.violation_history.unwrap_or(file.violation_history),
+        },
         spool_dir: (!file.collector.endpoints.is_empty()).then(|| file.collector.spool_dir.clone()),
         bpf_dir,
         state_dir: args.state_dir.clone().unwrap_or(file.state_dir.clone()),

@@ -155,6 +155,27 @@ fn rule(c: &Compiled, class: &Class, ip: IpAddr, place: Option<&Place>, loc: &Lo
     }
 }
 
+/// Where `ip` is: its country and, inside one of the policy's sites, the
+/// site's index. What records carry; no string is built (see [`location`]
+/// for the words).
+pub fn place_of(c: &Compiled, ip: IpAddr) -> (Option<Country>, Option<u16>) {
+    match c.geography.map.get(ranges::addr(ip)) {
+        Some(Place::Country(cc)) => (Some(*cc), None),
+        Some(Place::Cloud(i)) => (
+            c.geography
+                .cloud_regions
+                .get(*i as usize)
+                .map(|r| r.country),
+            None,
+        ),
+        Some(Place::Site(i)) => (
+            c.policy.sites.get(usize::from(*i)).map(|s| s.country),
+            Some(*i),
+        ),
+        Some(Place::Reserved(_)) | None => (None, None),
+    }
+}
+
 /// Where `ip` is (country, site, and which source says so).
 pub fn location(c: &Compiled, ip: IpAddr) -> Location {
     locate(c, ip).0

@@ -18,7 +18,7 @@
 //! A second phase runs the agent with `aggregation_interval = "0"` (every
 //! connect judged and recorded) beside `none`. Each phase reports each side's
 //! median of per-round means, the ratio to `none`, and what sensord spent:
-//! CPU (utime + stime from /proc/PID/stat) per record it read and per tagged
+//! CPU (its threads' run time from /proc/PID/task/*/schedstat) per record it read and per tagged
 //! connect, and its RSS.
 //!
 //! Usage: agent-bench [--rounds R] [--per-round N] [--prog-stats]   (needs root; run by
@@ -112,26 +112,25 @@ cgroup = "/{tagged}"
     )
 }
 
-/// What a process has used so far: CPU (ns) and resident memory (KiB).
+/// What a process has used so far: CPU (ns, summed over its threads from
+/// schedstat, which counts in ns rather than clock ticks) and resident
+/// memory (KiB).
 fn usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3,
-    // utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let cpu = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    (ticks * 1_000_000_000 / tick, rss)
+    (cpu, rss)
 }
 
 /// Records the agent has read from the kernel so far.
