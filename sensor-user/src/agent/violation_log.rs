@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
     time::{Duration, Instant},
 };
 
@@ -48,9 +48,7 @@ fn line(f: &pb::Flow) {
 
 impl ViolationLog {
     fn key(&self, f: &pb::Flow) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        (f.pid, &f.kind, &f.remote, &f.action).hash(&mut h);
-        h.finish()
+        self.hasher.hash_one((f.pid, &f.kind, &f.remote, &f.action))
     }
 
     /// Logs `f`, or counts it when its window is open.
