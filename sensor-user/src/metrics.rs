@@ -40,6 +40,8 @@ pub struct Metrics {
     pub tag_map_used_ratio: Gauge<f64, AtomicU64>,
     pub verdict_prefixes: Gauge,
     pub spool_depth: Gauge,
+    pub spool_unwritable: Gauge,
+    pub unspooled: Counter,
     pub policy_reloads: Counter,
     pub policy_reload_failures: Counter,
 }
@@ -55,6 +57,8 @@ impl Default for Metrics {
             tag_map_used_ratio: Gauge::default(),
             verdict_prefixes: Gauge::default(),
             spool_depth: Gauge::default(),
+            spool_unwritable: Gauge::default(),
+            unspooled: Counter::default(),
             policy_reloads: Counter::default(),
             policy_reload_failures: Counter::default(),
             registry: Registry::default(),
@@ -93,6 +97,16 @@ impl Default for Metrics {
             "spool_depth",
             "Records waiting in the outbound spool",
             m.spool_depth.clone(),
+        );
+        registry.register(
+            "spool_unwritable",
+            "1 while the spool cannot be opened or written (full disk, broken files; see sensorctl status), else 0",
+            m.spool_unwritable.clone(),
+        );
+        registry.register(
+            "unspooled",
+            "Records the spool could not take (each reported in a gap record once it takes writes again)",
+            m.unspooled.clone(),
         );
         registry.register(
             "policy_reloads",

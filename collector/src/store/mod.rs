@@ -192,7 +192,8 @@ pub(crate) fn jumps_after(stored: Option<i64>, new: &[i64]) -> Vec<Jump> {
     base.map_or_else(Vec::new, |b| jumps(b, new))
 }
 
-/// The ranges the agent's spool gap records among `records` account for:
+/// The ranges the agent's spool gap records among `records` account for
+/// (any gap record from the spool with a sequence range):
 /// (gap record's sequence, first, last).
 pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> {
     records
@@ -200,7 +201,8 @@ pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> 
         .filter(|(r, _)| r.kind == "gap")
         .filter_map(|(r, _)| {
             let b: serde_json::Value = serde_json::from_str(&r.body_json).ok()?;
-            (b["source"] == "spool").then_some(())?;
+            // "spool" (dropped for room), "spool_damage" (damaged on disk).
+            b["source"].as_str()?.starts_with("spool").then_some(())?;
             Some((
                 r.seq as i64,
                 b["first_seq"].as_i64()?,

@@ -37,10 +37,34 @@ pub fn is_process(pid: u32) -> bool {
         == Some(pid)
 }
 
-/// The executable path of a live process ("" once it is gone).
+/// Bytes of an executable path a record carries at most (PATH_MAX is 4096;
+/// a longer or hostile path is cut, and says so).
+pub const EXE_MAX: usize = 1024;
+
+/// Bytes of a command line a listing carries at most.
+pub const CMDLINE_MAX: usize = 4096;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked as cut
+/// with its full length: a process controls its path and arguments, and no
+/// record may grow past what delivery can carry.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let full = s.len();
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(&format!("…[cut, {full} bytes]"));
+    s
+}
+
+/// The executable path of a live process ("" once it is gone), bounded.
 pub fn exe(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
+        .map(|p| bounded(p.display().to_string(), EXE_MAX))
         .unwrap_or_default()
 }
 
@@ -54,6 +78,7 @@ pub fn cmdline(pid: u32) -> String {
                 .collect::<Vec<_>>()
                 .join(" ")
         })
+        .map(|c| bounded(c, CMDLINE_MAX))
         .unwrap_or_default()
 }
 
@@ -286,5 +311,22 @@ impl Kept {
             policy_generation: ev.policy_generation,
             host_id: self.names.host_id.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_cut_and_say_so() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        let long = "\u{1}".repeat(3800);
+        let b = bounded(long, EXE_MAX);
+        assert!(b.len() < EXE_MAX + 40, "{}", b.len());
+        assert!(b.ends_with("…[cut, 3800 bytes]"), "{b}");
+        // Never inside a character.
+        let b = bounded("é".repeat(600), 5);
+        assert!(b.starts_with("éé…"), "{b}");
     }
 }

@@ -145,6 +145,14 @@ pub enum Command {
         seq: u64,
         connected: Option<String>,
     },
+    /// The collector holds records up to `last_seq`, past what the spool
+    /// has numbered. When the spool's history is unknown (new or wiped), its
+    /// numbering continues after the collector's and the reply is true; else
+    /// (a forged record at the collector) false.
+    CollectorAhead {
+        last_seq: u64,
+        reply: Reply<bool>,
+    },
     /// The delivery session ended.
     Disconnected {
         why: String,
@@ -248,6 +256,8 @@ pub struct Agent {
     expiry_compiling: bool,
     /// Records the spool could not take: count, since (Unix ns), last error.
     unspooled: (u64, i64, String),
+    /// Why the spool could not be opened (empty once it is).
+    spool_open_error: String,
     /// The socket programs are attached (start-up is over): from then on a
     /// policy install also cuts open connections it now denies.
     attached: bool,
@@ -335,23 +345,12 @@ impl Agent {
             inputs_serial: 0,
             expiry_compiling: false,
             unspooled: (0, 0, String::new()),
+            spool_open_error: String::new(),
         };
-        if let Some(dir) = &agent.cfg.spool_dir {
-            let (spool, rec) = Spool::open(
-                dir,
-                SpoolOptions {
-                    fsync: Fsync::EveryN(u32::MAX),
-                    ..Default::default()
-                },
-            )
-            .with_context(|| format!("while opening the spool in {}", dir.display()))?;
-            info!(dir = %dir.display(), records = rec.records, torn_bytes = rec.torn_bytes, quarantined_bytes = rec.quarantined_bytes, next_seq = spool.next_seq(), "spool opened");
-            if rec.quarantined_bytes > 0 {
-                warn!(dir = %dir.display(), bytes = rec.quarantined_bytes, "corrupt spool records were moved to quarantine/");
-            }
-            agent.spool = Some(spool);
-            agent.collector_state = "connecting".into();
-        }
+        // A spool that cannot be opened (a full disk, broken files) costs
+        // records, never enforcement: the agent starts, says so in status
+        // and metrics, counts what it could not spool and retries.
+        agent.open_spool();
         agent
             .install()
             .context("while installing the policy in the kernel")?;
@@ -362,6 +361,15 @@ impl Agent {
             .with_context(|| format!("while attaching to cgroup {}", attach.display()))?;
         info!(cgroup = %attach.display(), pins = %agent.cfg.bpf_dir.display(), "sensor attached");
         agent.attached = true;
+        agent.audit.record(
+            "agent",
+            &format!(
+                "sensord {} started (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+            "start",
+        );
         agent.report_adoption();
         // Connections opened before anything judged them (before this agent,
         // or while no class was enforced) are judged now.
@@ -615,6 +623,7 @@ impl Agent {
             collector: self.collector_state.clone(),
             kernel: uname.trim().into(),
             policy_problem: self.policy_problem.clone(),
+            spool_problem: self.spool_problem(),
         }
     }
 
@@ -831,9 +840,17 @@ impl Agent {
                 };
                 let _ = reply.send(res);
             }
+            Command::CollectorAhead { last_seq, reply } => {
+                let _ = reply.send(Ok(self.collector_ahead(last_seq)));
+            }
             Command::Acked { seq, connected } => {
                 if let Some(e) = connected {
                     self.collector_state = format!("connected to {e}");
+                    if let Some(s) = &self.spool
+                        && let Err(e) = s.history_known()
+                    {
+                        warn!(error = %e, "marking the spool's history as known failed");
+                    }
                 }
                 if let Some(s) = &mut self.spool
                     && let Err(e) = s.ack(seq)
@@ -998,6 +1015,9 @@ impl Agent {
         }
         self.ledger.retain(enrich::is_process);
         self.exes.retain_live();
+        if self.spool.is_none() && self.cfg.spool_dir.is_some() {
+            self.open_spool();
+        }
         let tagged = self.sensor.tagged_processes().map(|t| t.len()).unwrap_or(0);
         self.metrics.tagged_processes.set(tagged as i64);
         self.metrics
@@ -1080,6 +1100,19 @@ impl Agent {
                 _ = &mut shutdown => break,
             }
         }
+        // What is still in the ring buffer, then the stop itself, reach the
+        // spool before the process ends.
+        self.take_records(reader.get_mut(), &mut batch);
+        self.audit.record(
+            "agent",
+            &format!(
+                "sensord {} stopping (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+            "signal",
+        );
+        self.spool_sync();
         Ok(())
     }
 
@@ -1175,14 +1208,134 @@ impl Agent {
     /// counted, and the count goes out as a gap record as soon as the spool
     /// takes writes again.
     fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
-        let Some(s) = &mut self.spool else { return };
-        if let Err(e) = s.append(&encode_spooled(kind, time_unix_ns, body_json)) {
+        if self.cfg.spool_dir.is_none() {
+            return;
+        }
+        let written = match &mut self.spool {
+            Some(s) => s
+                .append(&encode_spooled(kind, time_unix_ns, body_json))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => Err(format!("the spool is not open: {}", self.spool_open_error)),
+        };
+        if let Err(e) = written {
             if self.unspooled.0 == 0 {
                 error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again");
                 self.unspooled.1 = now_unix_ns();
             }
             self.unspooled.0 += 1;
-            self.unspooled.2 = e.to_string();
+            self.unspooled.2 = e;
+            self.metrics.unspooled.inc();
+            self.metrics.spool_unwritable.set(1);
+        }
+    }
+
+    /// See [`Command::CollectorAhead`].
+    fn collector_ahead(&mut self, last_seq: u64) -> bool {
+        let Some(s) = self.spool.as_mut().filter(|s| s.history_unknown()) else {
+            return false;
+        };
+        let from = s.next_seq();
+        match s.continue_after(last_seq) {
+            Ok(held) => {
+                warn!(
+                    collector_last_seq = last_seq,
+                    spool_next_seq = from,
+                    renumbered = held,
+                    "the spool's history was lost (new or wiped spool directory) and the collector holds records up to {last_seq}: numbering continues after it"
+                );
+                self.audit.record(
+                    "agent",
+                    &format!("spool history lost: the collector held records up to {last_seq} while the spool would have numbered from {from}; {held} spooled records renumbered after {last_seq}"),
+                    "spool directory new or wiped",
+                );
+                let body = serde_json::json!({
+                    "source": "spool_lost",
+                    "collector_last_seq": last_seq,
+                    "until_unix_ns": now_unix_ns(),
+                    "note": "records the lost spool held that the collector had not stored are lost; their number is unknown",
+                })
+                .to_string();
+                self.spool_append("gap", now_unix_ns(), &body);
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "renumbering the spool after the collector's sequence failed");
+                false
+            }
+        }
+    }
+
+    /// Why records do not reach the spool now ("" when they do).
+    fn spool_problem(&self) -> String {
+        if self.cfg.spool_dir.is_none() {
+            String::new()
+        } else if self.spool.is_none() {
+            format!(
+                "the spool cannot be opened ({}); records are counted and reported as a gap once it opens (retried every 10 s); enforcement is not affected",
+                self.spool_open_error
+            )
+        } else if self.unspooled.0 > 0 {
+            format!(
+                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected",
+                self.unspooled.2, self.unspooled.0
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// Opens the spool (at start, and every 10 s while it cannot be opened);
+    /// records what recovery found: damaged records as gap records with
+    /// their sequence ranges.
+    fn open_spool(&mut self) {
+        let Some(dir) = self.cfg.spool_dir.clone() else {
+            return;
+        };
+        let opts = SpoolOptions {
+            fsync: Fsync::EveryN(u32::MAX),
+            ..Default::default()
+        };
+        let (spool, rec) = match Spool::open(&dir, opts) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if self.spool_open_error.is_empty() {
+                    error!(dir = %dir.display(), error = %e, "the spool cannot be opened; sensord enforces all the same, counts the records it cannot spool and retries every 10 s");
+                }
+                self.spool_open_error = e.to_string();
+                self.metrics.spool_unwritable.set(1);
+                return;
+            }
+        };
+        info!(dir = %dir.display(), records = rec.records, torn_bytes = rec.torn_bytes, damaged_bytes = rec.quarantined_bytes, next_seq = spool.next_seq(), "spool opened");
+        for w in &rec.warnings {
+            warn!(dir = %dir.display(), "spool recovery: {w}");
+        }
+        self.spool = Some(spool);
+        self.spool_open_error.clear();
+        self.metrics.spool_unwritable.set(0);
+        self.collector_state = "connecting".into();
+        let now = now_unix_ns();
+        for (first, last) in &rec.lost {
+            warn!(dir = %dir.display(), first_seq = first, last_seq = last, "damaged spool records were cut out (copied to quarantine/ when there was room); reported as a gap");
+            let body = serde_json::json!({
+                "source": "spool_damage",
+                "count": last - first + 1,
+                "first_seq": first,
+                "last_seq": last,
+            })
+            .to_string();
+            self.spool_append("gap", now, &body);
+        }
+        if rec.torn_bytes > 0 {
+            warn!(dir = %dir.display(), bytes = rec.torn_bytes, "the record being written when sensord stopped was cut short; reported as a gap");
+            let body = serde_json::json!({
+                "source": "spool_torn",
+                "count": 1,
+                "bytes": rec.torn_bytes,
+            })
+            .to_string();
+            self.spool_append("gap", now, &body);
         }
     }
 
@@ -1206,6 +1359,7 @@ impl Agent {
         if s.append(&encode_spooled("gap", now, &body)).is_ok() {
             warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
             self.unspooled = (0, 0, String::new());
+            self.metrics.spool_unwritable.set(0);
         }
     }
 

@@ -27,6 +27,46 @@ use crate::{
 /// Records per batch.
 const BATCH: usize = 500;
 
+/// Encoded bytes per batch at most: well below the collector's 4 MiB message
+/// limit, whatever the records hold.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Cuts `records` to what one batch carries ([`BATCH_BYTES`]). A record that
+/// alone exceeds it can never be delivered: it is replaced (same sequence)
+/// by a gap record that says so, logged and counted, rather than resent
+/// forever with everything after it stuck behind.
+fn fit_batch(mut records: Vec<pb::Record>) -> Vec<pb::Record> {
+    use prost::Message;
+    let mut total = 0;
+    for (i, r) in records.iter_mut().enumerate() {
+        let mut len = r.encoded_len() + 8;
+        if len > BATCH_BYTES {
+            error!(seq = r.seq, kind = %r.kind, bytes = len, limit = BATCH_BYTES, "a spooled record is too large to deliver; the collector gets a gap record in its place");
+            *r = pb::Record {
+                seq: r.seq,
+                kind: "gap".into(),
+                time_unix_ns: r.time_unix_ns,
+                body_json: serde_json::json!({
+                    "source": "undeliverable",
+                    "count": 1,
+                    "kind": r.kind,
+                    "bytes": len,
+                    "first_seq": r.seq,
+                    "last_seq": r.seq,
+                })
+                .to_string(),
+            };
+            len = r.encoded_len() + 8;
+        }
+        if total + len > BATCH_BYTES && i > 0 {
+            records.truncate(i);
+            break;
+        }
+        total += len;
+    }
+    records
+}
+
 /// How often an idle session looks for new records.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -213,10 +253,25 @@ async fn session(
     // collector claims records this host never wrote (a forged record, a
     // database of another history): then nothing is taken as delivered and
     // every record still spooled is sent again (the collector de-duplicates).
-    let (first_unacked, next_seq) = agent
+    let (mut first_unacked, mut next_seq) = agent
         .call(Command::SpoolBounds)
         .await
         .map_err(|e| e.to_string())?;
+    if welcome.last_seq >= next_seq
+        && agent
+            .call(|reply| Command::CollectorAhead {
+                last_seq: welcome.last_seq,
+                reply,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    {
+        // The spool lost its history: it numbers after the collector now.
+        (first_unacked, next_seq) = agent
+            .call(Command::SpoolBounds)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let believed = if welcome.last_seq >= next_seq {
         error!(
             endpoint,
@@ -274,6 +329,7 @@ async fn session(
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         }
+        let records = fit_batch(records);
         let upto = records.last().map(|r| r.seq).unwrap_or(next);
         tx.send(pb::AgentMessage {
             message: Some(Out::Batch(pb::Batch { records })),
@@ -346,5 +402,37 @@ pub async fn run(endpoints: Vec<String>, creds: Credentials, host_id: String, ag
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
         i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, body: usize) -> pb::Record {
+        pb::Record {
+            seq,
+            kind: "violation".into(),
+            time_unix_ns: 1,
+            body_json: "x".repeat(body),
+        }
+    }
+
+    #[test]
+    fn batches_stay_under_the_byte_limit_and_a_giant_is_replaced() {
+        let small: Vec<_> = (1..=500).map(|s| record(s, 10_000)).collect();
+        let b = fit_batch(small);
+        assert!(b.len() < 500 && b.len() > 50, "{}", b.len());
+        assert_eq!(b.last().map(|r| r.seq), Some(b.len() as u64));
+        let b = fit_batch(vec![record(7, 11 << 20), record(8, 10)]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].seq, 7);
+        assert_eq!(b[0].kind, "gap");
+        assert!(
+            b[0].body_json.contains("undeliverable"),
+            "{}",
+            b[0].body_json
+        );
+        assert_eq!(b[1].seq, 8);
     }
 }

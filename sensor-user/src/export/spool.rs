@@ -15,10 +15,18 @@
 //!
 //! Recovery on open: a torn write at the tail of the last segment (a frame cut
 //! short, or whose CRC fails with nothing valid after it) is cut off and counted,
-//! never replayed as garbage. A frame that fails its CRC in the middle of a
-//! segment cannot be trusted, nor can anything after it in that segment: the rest
-//! of the segment is moved to `quarantine/` and counted, and the spool carries
-//! on — never a crash loop at start.
+//! never replayed as garbage. Damage in the middle of a segment (bytes whose
+//! frame fails its CRC) costs only the damaged frames: parsing resumes at the
+//! next valid frame (its sequence above the last good one), the damaged bytes
+//! are copied to `quarantine/` (when there is room) and cut out of the
+//! segment in place (no new disk space needed), and the sequence numbers
+//! that were in them are reported ([`Recovery::lost`]) for the caller to
+//! record as a gap. Sequence numbers continue after the highest intact one
+//! (or the `next_seq` file's, if higher): never reused. Never a crash loop
+//! at start.
+//!
+//! Reads go through a per-segment index (sequence → offset), built at open
+//! and on append: a batch reads its own bytes, not whole segments.
 //!
 //! Bound: when the spool would exceed `max_bytes`, `Overflow::DropOldest` deletes
 //! the oldest segments and `Overflow::DropNewest` refuses the new record; either
@@ -35,6 +43,12 @@ const HEADER: usize = 16;
 
 /// Keeps the next sequence number when no segment is left to tell it.
 const NEXT_SEQ_FILE: &str = "next_seq";
+
+/// Present while the spool does not know which sequence numbers this host
+/// used before it: created when the spool opens in a directory with no
+/// segment and no `next_seq` (a new host, or a wiped spool), removed once a
+/// collector told what it holds.
+const HISTORY_UNKNOWN_FILE: &str = "history_unknown";
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +95,13 @@ pub struct Recovery {
     pub records: u64,
     /// Bytes of a torn tail that were cut off.
     pub torn_bytes: u64,
-    /// Bytes moved to quarantine (corrupt frames and what followed them).
+    /// Damaged bytes cut out (copied to quarantine/ when there was room).
     pub quarantined_bytes: u64,
+    /// Sequence ranges (first, last) whose records were in damaged bytes.
+    pub lost: Vec<(u64, u64)>,
+    /// What recovery could not do but carried on without (a quarantine copy
+    /// or the next_seq file on a full disk).
+    pub warnings: Vec<String>,
 }
 
 /// Records dropped for lack of space (a gap to report).
@@ -98,6 +117,8 @@ struct Segment {
     last_seq: u64,
     path: PathBuf,
     bytes: u64,
+    /// (sequence, offset) of every frame, in order.
+    index: Vec<(u64, u64)>,
 }
 
 /// The spool.
@@ -127,38 +148,118 @@ fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Parses frames from `data`; returns (records, offset of the first bad byte if
-/// any).
-fn parse(data: &[u8]) -> (Vec<(u64, Vec<u8>)>, Option<usize>) {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off < data.len() {
-        if data.len() - off < HEADER {
-            return (out, Some(off));
-        }
-        let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(data[off + 8..off + 16].try_into().expect("8 bytes"));
-        if data.len() - off - HEADER < len {
-            return (out, Some(off));
-        }
-        let payload = &data[off + HEADER..off + HEADER + len];
-        let mut h = crc32fast::Hasher::new();
-        h.update(&seq.to_le_bytes());
-        h.update(payload);
-        if h.finalize() != crc {
-            return (out, Some(off));
-        }
-        out.push((seq, payload.to_vec()));
-        off += HEADER + len;
+/// Largest payload a frame may claim (a record is far smaller): a damaged
+/// length field is not followed into the next megabytes.
+const MAX_PAYLOAD: usize = 16 << 20;
+
+/// The frame at `off` if it is valid and its sequence is at least `min_seq`:
+/// (sequence, payload length).
+fn frame_at(data: &[u8], off: usize, min_seq: u64) -> Option<(u64, usize)> {
+    let h = data.get(off..off + HEADER)?;
+    let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+    let seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    if seq < min_seq || len > MAX_PAYLOAD {
+        return None;
     }
-    (out, None)
+    let payload = data.get(off + HEADER..off + HEADER + len)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(payload);
+    (hasher.finalize() == crc).then_some((seq, len))
+}
+
+/// A stretch of a segment no frame could be read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Damage {
+    offset: usize,
+    bytes: usize,
+    /// The sequences of the intact frames on either side (0: none before;
+    /// None: nothing intact after it in this segment).
+    after_seq: u64,
+    before_seq: Option<u64>,
+}
+
+/// What a segment's bytes hold.
+#[derive(Debug, Default)]
+struct Parsed {
+    /// (sequence, offset, payload length) of every intact frame.
+    frames: Vec<(u64, usize, usize)>,
+    /// Damaged stretches followed by intact frames.
+    damage: Vec<Damage>,
+    /// Offset from which nothing intact follows (a torn tail or garbage).
+    tail: Option<usize>,
+}
+
+/// Parses frames; sequences must increase (a frame whose sequence is not
+/// above the last one's is damage: a stale copy, say). After damage, parsing
+/// resumes at the next intact frame.
+fn parse(data: &[u8]) -> Parsed {
+    let mut p = Parsed::default();
+    let (mut off, mut last) = (0, 0u64);
+    while off < data.len() {
+        if let Some((seq, len)) = frame_at(data, off, last + 1) {
+            p.frames.push((seq, off, len));
+            last = seq;
+            off += HEADER + len;
+            continue;
+        }
+        match (off + 1..data.len()).find_map(|i| frame_at(data, i, last + 1).map(|f| (i, f.0))) {
+            Some((next, seq)) => {
+                p.damage.push(Damage {
+                    offset: off,
+                    bytes: next - off,
+                    after_seq: last,
+                    before_seq: Some(seq),
+                });
+                off = next;
+            }
+            None => {
+                p.tail = Some(off);
+                break;
+            }
+        }
+    }
+    p
+}
+
+/// The payloads of `p`'s frames with sequences of at least `from`.
+fn payloads(data: &[u8], p: &Parsed, from: u64) -> Vec<(u64, Vec<u8>)> {
+    p.frames
+        .iter()
+        .filter(|f| f.0 >= from)
+        .map(|&(seq, off, len)| (seq, data[off + HEADER..off + HEADER + len].to_vec()))
+        .collect()
+}
+
+/// Rewrites a segment with only its intact frames, in place (it only
+/// shrinks, so no new disk block is needed). A crash half-way leaves intact
+/// frames followed by stale copies of later ones, which the next parse skips
+/// (their sequences do not increase) or reads as the same records.
+fn compact(path: &Path, data: &[u8], p: &Parsed) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut good = Vec::with_capacity(data.len());
+    for &(_, off, len) in &p.frames {
+        good.extend_from_slice(&data[off..off + HEADER + len]);
+    }
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&good, 0)?;
+    f.set_len(good.len() as u64)?;
+    f.sync_all()?;
+    Ok(good)
 }
 
 impl Spool {
     /// Opens (creating) the spool in `dir`, recovering from a crash.
     pub fn open(dir: &Path, opts: Options) -> io::Result<(Spool, Recovery)> {
         fs::create_dir_all(dir)?;
+        let fresh = !dir.join(NEXT_SEQ_FILE).exists()
+            && !fs::read_dir(dir)?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("seg-"));
+        if fresh {
+            File::create(dir.join(HISTORY_UNKNOWN_FILE))?;
+        }
         let mut names: Vec<PathBuf> = fs::read_dir(dir)?
             .flatten()
             .map(|e| e.path())
@@ -170,42 +271,93 @@ impl Spool {
             .collect();
         names.sort();
         let mut rec = Recovery::default();
-        let mut segments = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         let count = names.len();
+        // Damage at the end of a segment: its lost sequences end where the
+        // next segment starts.
+        let mut open_loss: Option<u64> = None;
         for (i, path) in names.into_iter().enumerate() {
             let mut data = Vec::new();
             File::open(&path)?.read_to_end(&mut data)?;
-            let (records, bad) = parse(&data);
-            if let Some(off) = bad {
-                let rest = &data[off..];
-                let is_last = i + 1 == count;
-                // A torn tail: the bad frame is the last thing in the last segment.
-                let torn = is_last && parse_tail_is_garbage(rest);
-                if torn {
-                    rec.torn_bytes += rest.len() as u64;
-                } else {
-                    let qdir = dir.join("quarantine");
-                    fs::create_dir_all(&qdir)?;
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    fs::write(qdir.join(format!("{name}.at-{off}")), rest)?;
-                    rec.quarantined_bytes += rest.len() as u64;
-                }
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(off as u64)?;
-                f.sync_all()?;
+            let mut parsed = parse(&data);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(first) = parsed.frames.first()
+                && let Some(after) = open_loss.take()
+                && first.0 > after + 1
+            {
+                rec.lost.push((after + 1, first.0 - 1));
             }
-            rec.records += records.len() as u64;
-            match (records.first(), records.last()) {
+            let is_last = i + 1 == count;
+            let mut cut: Vec<(usize, usize)> = Vec::new();
+            for d in &parsed.damage {
+                cut.push((d.offset, d.bytes));
+                if let Some(before) = d.before_seq
+                    && before > d.after_seq + 1
+                {
+                    rec.lost.push((d.after_seq + 1, before - 1));
+                }
+            }
+            if let Some(off) = parsed.tail {
+                let rest = data.len() - off;
+                if is_last {
+                    // What the last append was writing when the process or
+                    // the machine died.
+                    rec.torn_bytes += rest as u64;
+                } else {
+                    cut.push((off, rest));
+                    open_loss = Some(
+                        parsed
+                            .frames
+                            .last()
+                            .map_or(segments.last().map_or(0, |s: &Segment| s.last_seq), |f| f.0),
+                    );
+                }
+            }
+            for &(off, len) in &cut {
+                rec.quarantined_bytes += len as u64;
+                let q = dir.join("quarantine");
+                let copy = fs::create_dir_all(&q).and_then(|()| {
+                    fs::write(q.join(format!("{name}.at-{off}")), &data[off..off + len])
+                });
+                if let Err(e) = copy {
+                    rec.warnings.push(format!(
+                        "{name}: {len} damaged bytes at {off} could not be copied to quarantine/ ({e}); they are cut out all the same"
+                    ));
+                }
+            }
+            if !cut.is_empty() || parsed.tail.is_some() {
+                match compact(&path, &data, &parsed) {
+                    Ok(good) => {
+                        data = good;
+                        parsed = parse(&data);
+                    }
+                    Err(e) => rec.warnings.push(format!(
+                        "{name}: rewriting without its damaged bytes failed ({e}); they stay and are skipped when read"
+                    )),
+                }
+            }
+            rec.records += parsed.frames.len() as u64;
+            match (parsed.frames.first(), parsed.frames.last()) {
                 (Some(first), Some(last)) => segments.push(Segment {
                     first_seq: first.0,
                     last_seq: last.0,
                     path,
-                    bytes: records.iter().map(|r| (HEADER + r.1.len()) as u64).sum(),
+                    bytes: data.len() as u64,
+                    index: parsed
+                        .frames
+                        .iter()
+                        .map(|&(seq, off, _)| (seq, off as u64))
+                        .collect(),
                 }),
-                _ => fs::remove_file(&path)?,
+                _ => {
+                    if let Err(e) = fs::remove_file(&path) {
+                        rec.warnings
+                            .push(format!("{name}: removing the empty segment failed ({e})"));
+                    }
+                }
             }
         }
         // Numbering continues after the highest sequence ever handed out, even
@@ -216,6 +368,12 @@ impl Spool {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1);
         let next_seq = segments.last().map_or(1, |s| s.last_seq + 1).max(recorded);
+        if let Some(after) = open_loss
+            && next_seq > after + 1
+            && segments.last().is_some_and(|s| s.last_seq <= after)
+        {
+            rec.lost.push((after + 1, next_seq - 1));
+        }
         let spool = Spool {
             dir: dir.to_owned(),
             opts,
@@ -226,8 +384,47 @@ impl Spool {
             dropped: Dropped::default(),
         };
         // The file exists from now on, so rewriting it never needs space.
-        spool.save_next_seq()?;
+        if let Err(e) = spool.save_next_seq() {
+            rec.warnings.push(format!(
+                "writing {NEXT_SEQ_FILE} failed ({e}); numbering is kept in the segments meanwhile"
+            ));
+        }
         Ok((spool, rec))
+    }
+
+    /// True while the spool does not know which sequence numbers this host
+    /// used before (new or wiped), until [`Spool::history_known`].
+    pub fn history_unknown(&self) -> bool {
+        self.dir.join(HISTORY_UNKNOWN_FILE).exists()
+    }
+
+    /// A collector told what it holds for this host, and it fits.
+    pub fn history_known(&self) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(HISTORY_UNKNOWN_FILE)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The collector holds records up to `last` that this spool, its history
+    /// lost, may have numbered again: the records held are numbered afresh
+    /// after `last` (written anew before the old segments go, so a crash
+    /// in between duplicates rather than loses them). Returns how many.
+    pub fn continue_after(&mut self, last: u64) -> io::Result<usize> {
+        let held = self.read_from(0, usize::MAX)?;
+        let old = std::mem::take(&mut self.segments);
+        self.tail = None;
+        self.next_seq = self.next_seq.max(last + 1);
+        self.save_next_seq()?;
+        for (_, payload) in &held {
+            self.append(payload)?;
+        }
+        self.flush()?;
+        for s in old {
+            fs::remove_file(&s.path)?;
+        }
+        self.history_known()?;
+        Ok(held.len())
     }
 
     /// Bytes on disk.
@@ -312,6 +509,7 @@ impl Spool {
                 last_seq: seq - 1,
                 path,
                 bytes: 0,
+                index: Vec::new(),
             });
             if let Ok(d) = File::open(&self.dir) {
                 let _ = d.sync_all();
@@ -336,6 +534,7 @@ impl Spool {
         }
         self.unsynced = if sync { 0 } else { self.unsynced + 1 };
         let s = self.segments.last_mut().expect("pushed above");
+        s.index.push((seq, s.bytes));
         s.last_seq = seq;
         s.bytes += size;
         self.next_seq += 1;
@@ -351,18 +550,29 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `max` records with sequence numbers ≥ `from`, in order.
+    /// Up to `max` records with sequence numbers ≥ `from`, in order. Reads
+    /// only their bytes (found through the index), and checks each frame
+    /// again: one damaged since the spool opened is skipped, not sent.
     pub fn read_from(&self, from: u64, max: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        use std::os::unix::fs::FileExt;
         let mut out = Vec::new();
-        for s in self.segments.iter().filter(|s| s.last_seq >= from) {
-            let mut data = Vec::new();
-            File::open(&s.path)?.read_to_end(&mut data)?;
-            let (records, _) = parse(&data);
-            for r in records.into_iter().filter(|r| r.0 >= from) {
-                out.push(r);
-                if out.len() == max {
-                    return Ok(out);
-                }
+        let first = self.segments.partition_point(|s| s.last_seq < from);
+        for s in &self.segments[first..] {
+            let start = s.index.partition_point(|e| e.0 < from);
+            let want = max - out.len();
+            let Some(&(_, begin)) = s.index.get(start) else {
+                continue;
+            };
+            let end = s
+                .index
+                .get(start.saturating_add(want))
+                .map_or(s.bytes, |e| e.1);
+            let mut data = vec![0; (end - begin) as usize];
+            File::open(&s.path)?.read_exact_at(&mut data, begin)?;
+            let parsed = parse(&data);
+            out.extend(payloads(&data, &parsed, from).into_iter().take(want));
+            if out.len() >= max {
+                break;
             }
         }
         Ok(out)
@@ -403,12 +613,6 @@ impl Spool {
         f.set_len(line.len() as u64)?;
         f.sync_data()
     }
-}
-
-/// True when `rest` (from the first bad frame on) holds no valid frame anywhere
-/// after its start: a torn tail rather than corruption followed by good data.
-fn parse_tail_is_garbage(rest: &[u8]) -> bool {
-    (1..rest.len()).all(|i| parse(&rest[i..]).0.is_empty())
 }
 
 #[cfg(test)]
@@ -476,29 +680,92 @@ mod tests {
     }
 
     #[test]
-    fn corruption_in_the_middle_is_quarantined_and_counted() {
+    fn corruption_costs_only_the_damaged_frames() {
         let d = dir("corrupt");
         let opts = Options {
-            segment_bytes: 40,
+            segment_bytes: 60,
             ..Options::default()
         };
         let (mut s, _) = Spool::open(&d, opts.clone()).unwrap();
-        for p in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+        for p in [b"aaaa", b"bbbb", b"cccc", b"dddd", b"eeee", b"ffff"] {
             s.append(p).unwrap();
         }
         drop(s);
-        // Flip a payload byte of the first frame of the first segment.
+        // Segments of three 20-byte frames: 1-3 and 4-6. Damage frame 2's
+        // payload, and the last frame of the last segment (6) entirely.
         let seg = d.join(seg_name(1));
         let mut data = fs::read(&seg).unwrap();
-        data[HEADER] ^= 0xff;
+        data[20 + HEADER] ^= 0xff;
         fs::write(&seg, &data).unwrap();
-        let (s, r) = Spool::open(&d, opts).unwrap();
-        assert!(r.quarantined_bytes > 0, "{r:?}");
-        assert!(d.join("quarantine").read_dir().unwrap().count() == 1);
-        // The other segments are intact and still delivered.
-        let got = payloads(&s);
-        assert!(got.iter().any(|(q, _)| *q == 4), "{got:?}");
-        assert!(got.iter().all(|(q, _)| *q != 1));
+        let (s, r) = Spool::open(&d, opts.clone()).unwrap();
+        assert_eq!(r.lost, vec![(2, 2)], "{r:?}");
+        assert_eq!(r.quarantined_bytes, 20);
+        assert_eq!(d.join("quarantine").read_dir().unwrap().count(), 1);
+        let seqs: Vec<u64> = payloads(&s).iter().map(|p| p.0).collect();
+        assert_eq!(seqs, vec![1, 3, 4, 5, 6], "only the damaged frame is lost");
+        assert_eq!(s.next_seq(), 7);
+        drop(s);
+        // The damage was cut out: a second open finds nothing wrong.
+        let (mut s, r) = Spool::open(&d, opts.clone()).unwrap();
+        assert_eq!((r.lost.len(), r.quarantined_bytes), (0, 0), "{r:?}");
+        // Garbage over the last frames of a middle segment: the sequences
+        // that were there are lost, the numbering goes on after the highest.
+        s.append(b"gggg").unwrap();
+        drop(s);
+        let seg = d.join(seg_name(4));
+        let mut data = fs::read(&seg).unwrap();
+        let n = data.len();
+        data[n - 30..].fill(0x5a);
+        fs::write(&seg, &data).unwrap();
+        let (mut s, r) = Spool::open(&d, opts).unwrap();
+        assert_eq!(r.lost, vec![(5, 6)], "{r:?}");
+        assert_eq!(s.append(b"hhhh").unwrap(), Some(8), "never a reused number");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_lost_history_continues_after_the_collector() {
+        let d = dir("lost");
+        let (mut s, _) = Spool::open(&d, Options::default()).unwrap();
+        assert!(s.history_unknown(), "a new spool knows no history");
+        s.append(b"a").unwrap();
+        s.append(b"b").unwrap();
+        drop(s);
+        let (mut s, _) = Spool::open(&d, Options::default()).unwrap();
+        assert!(s.history_unknown(), "until a collector said what it holds");
+        assert_eq!(s.continue_after(1000).unwrap(), 2);
+        assert!(!s.history_unknown());
+        assert_eq!(
+            payloads(&s),
+            vec![(1001, "a".into()), (1002, "b".into())],
+            "renumbered after the collector's last"
+        );
+        assert_eq!(s.append(b"c").unwrap(), Some(1003));
+        drop(s);
+        let (s, _) = Spool::open(&d, Options::default()).unwrap();
+        assert!(!s.history_unknown());
+        assert_eq!(s.next_seq(), 1004);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn reads_only_what_is_asked_through_the_index() {
+        let d = dir("index");
+        let opts = Options {
+            segment_bytes: 200,
+            ..Options::default()
+        };
+        let (mut s, _) = Spool::open(&d, opts).unwrap();
+        for i in 0..50u64 {
+            s.append(&i.to_le_bytes()).unwrap();
+        }
+        let got = s.read_from(17, 5).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![17, 18, 19, 20, 21]
+        );
+        assert_eq!(got[0].1, 16u64.to_le_bytes().to_vec());
+        assert!(s.read_from(51, 5).unwrap().is_empty());
         let _ = fs::remove_dir_all(&d);
     }
 

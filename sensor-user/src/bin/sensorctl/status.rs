@@ -33,6 +33,9 @@ pub async fn run(g: &Global) -> i32 {
         "policy:     {} sha256 {} generation {}",
         s.policy_path, s.policy_sha256, s.policy_generation
     );
+    if !s.spool_problem.is_empty() {
+        println!("SPOOL:      {}", s.spool_problem);
+    }
     if !s.policy_problem.is_empty() {
         println!("PROBLEM:    {}", s.policy_problem);
     }
