@@ -277,10 +277,14 @@ impl Agent {
     /// shared record store.
     pub fn start(cfg: AgentConfig) -> anyhow::Result<(Agent, EventReader, Arc<FlowStore>)> {
         use anyhow::Context;
+        // Exceptions that cannot be read (a broken spool directory) are not
+        // in force: stricter than the operator asked, never looser, and no
+        // reason to leave the host without an agent.
         let exceptions = match &cfg.spool_dir {
-            Some(dir) => exceptions::load(dir).with_context(|| {
-                format!("while reading {}", dir.join(exceptions::FILE).display())
-            })?,
+            Some(dir) => exceptions::load(dir).unwrap_or_else(|e| {
+                error!(file = %dir.join(exceptions::FILE).display(), error = %e, "the exceptions cannot be read; starting without them (their destinations are judged by the policy alone) until they are granted again");
+                Vec::new()
+            }),
             None => Vec::new(),
         };
         for e in &exceptions {
@@ -943,7 +947,7 @@ impl Agent {
     /// Keeps a violation: spooled for the collector, counted, logged and kept
     /// for the API.
     fn record_violation(&mut self, flow: pb::Flow) {
-        if self.spool.is_some() {
+        if self.cfg.spool_dir.is_some() {
             let body = serde_json::to_string(&flow).unwrap_or_default();
             self.spool_append("violation", flow.time_unix_ns, &body);
         }

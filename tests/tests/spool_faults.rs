@@ -1,0 +1,377 @@
+//! Faults of the delivery path that must never lose a record silently, reuse
+//! a sequence number or wedge delivery: damaged spool bytes, a wiped spool, a
+//! spool that cannot be opened, a record too large for a batch, and a flood of
+//! flow records in the agent's history. Real sensord, real collectord.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use harness::harness::{
+    agent::{RunningAgent, workspace_bin},
+    cgroup::TestCgroup,
+    collector::RunningCollector,
+    netns::TestNet,
+    probe,
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    temp::TempPath,
+};
+
+/// Sends `n` UDP datagrams to `target` from the cgroup with `exe` (netprobe,
+/// or a copy of it), one violation each (aggregation is off).
+fn violate_with(exe: &Path, cgroup: &TestCgroup, op: &str, target: &str, n: usize) {
+    let mut cmd = Command::new(exe);
+    for _ in 0..n {
+        cmd.args([op, target]);
+    }
+    let p = probe::run(cgroup.command(cmd));
+    assert_eq!(p.errnos.len(), n, "the probe ran every operation");
+    assert!(p.errnos.iter().all(|e| *e == 0), "monitor mode: {p:?}");
+}
+
+fn violate(cgroup: &TestCgroup, target: &str, n: usize) {
+    violate_with(&probe::netprobe(), cgroup, "udp-sendto", target, n);
+}
+
+/// Waits until `done` holds for the collector's records of `host` (checked
+/// every 300 ms, up to 60 s); the message says what was seen last.
+fn wait_records(
+    collector: &RunningCollector,
+    host: &str,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all: Vec<serde_json::Value> = collector
+            .export(None)
+            .into_iter()
+            .filter(|r| r["host"] == host)
+            .collect();
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in 60 s; {} records: {}",
+            all.len(),
+            summary(&all)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn count(all: &[serde_json::Value], kind: &str) -> usize {
+    all.iter().filter(|r| r["kind"] == kind).count()
+}
+
+/// The gap records from `source`.
+fn gaps<'a>(all: &'a [serde_json::Value], source: &str) -> Vec<&'a serde_json::Value> {
+    all.iter()
+        .filter(|r| r["kind"] == "gap" && r["record"]["source"] == source)
+        .collect()
+}
+
+fn summary(all: &[serde_json::Value]) -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for r in all {
+        *kinds
+            .entry(r["kind"].as_str().unwrap_or("?").into())
+            .or_default() += 1;
+    }
+    let g: Vec<String> = all
+        .iter()
+        .filter(|r| r["kind"] == "gap")
+        .map(|r| r["record"].to_string())
+        .collect();
+    format!("{kinds:?}; gaps {g:?}")
+}
+
+fn unexplained_jumps(collector: &RunningCollector, host: &str) -> u64 {
+    collector
+        .hosts()
+        .into_iter()
+        .find(|h| h.host_id == host)
+        .map_or(0, |h| h.unexplained_jumps)
+}
+
+/// The spool's segment files, oldest first.
+fn segments(spool: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> = std::fs::read_dir(spool)
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .collect();
+    s.sort();
+    s
+}
+
+struct Setup {
+    tmp: TempPath,
+    cgroup: TestCgroup,
+    net: TestNet,
+    collector: RunningCollector,
+    config: PathBuf,
+    policy: String,
+}
+
+impl Setup {
+    fn new(host: &str) -> Setup {
+        let tmp = TempPath::dir(host);
+        let cgroup = TestCgroup::create();
+        let net = TestNet::create();
+        let collector = RunningCollector::start(tmp.path());
+        let config = collector.agent_config(tmp.path(), host, None);
+        let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
+        Setup {
+            tmp,
+            cgroup,
+            net,
+            collector,
+            config,
+            policy,
+        }
+    }
+
+    fn agent(&self) -> RunningAgent {
+        RunningAgent::start_with(
+            &self.policy,
+            DELIVERY_REGIONS,
+            &["--config", self.config.to_str().expect("utf-8")],
+        )
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.tmp.path().join("spool")
+    }
+}
+
+#[test]
+fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reused() {
+    let host = "spool-damage";
+    let mut s = Setup::new(host);
+    let server = s.net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let mut agent = s.agent();
+    // The collector is down: 300 violations wait in the spool.
+    s.collector.kill9();
+    violate(&s.cgroup, &target, 300);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    // Damage one byte in the middle of the spool's records.
+    let seg = segments(&s.spool()).pop().expect("a segment");
+    let mut data = std::fs::read(&seg).expect("segment");
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    std::fs::write(&seg, &data).expect("damaging the segment");
+    agent.restart();
+    s.collector.restart();
+    violate(&s.cgroup, &target, 10);
+    // Every violation arrives, or is counted in a spool_damage gap with its
+    // sequence range; nothing else is lost, no number is handed out twice
+    // (a reused number would be dropped by the collector as a duplicate).
+    let all = wait_records(&s.collector, host, "310 violations accounted for", |all| {
+        let lost: u64 = gaps(all, "spool_damage")
+            .iter()
+            .filter_map(|g| g["record"]["count"].as_u64())
+            .sum();
+        lost > 0 && count(all, "violation") as u64 + lost >= 310
+    });
+    let damage = gaps(&all, "spool_damage");
+    let lost: u64 = damage
+        .iter()
+        .filter_map(|g| g["record"]["count"].as_u64())
+        .sum();
+    assert!(
+        lost <= 2,
+        "one damaged byte costs one record (two if it hits a frame boundary), not the rest of the segment: {}",
+        summary(&all)
+    );
+    assert_eq!(
+        count(&all, "violation") as u64 + lost,
+        310,
+        "{}",
+        summary(&all)
+    );
+    let first = damage[0]["record"]["first_seq"]
+        .as_u64()
+        .expect("first_seq");
+    let last = damage[0]["record"]["last_seq"].as_u64().expect("last_seq");
+    let stored: std::collections::BTreeSet<u64> =
+        all.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert!(
+        (first..=last).all(|q| !stored.contains(&q)),
+        "the gap names the numbers that were lost"
+    );
+    assert_eq!(
+        unexplained_jumps(&s.collector, host),
+        0,
+        "the gap explains the jump"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("damaged spool records were cut out"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
+    let host = "spool-wiped";
+    let s = Setup::new(host);
+    let server = s.net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let mut agent = s.agent();
+    violate(&s.cgroup, &target, 50);
+    wait_records(&s.collector, host, "50 violations", |all| {
+        count(all, "violation") == 50
+    });
+    agent.stop();
+    std::fs::remove_dir_all(s.spool()).expect("wiping the spool");
+    agent.restart();
+    violate(&s.cgroup, &target, 20);
+    let all = wait_records(&s.collector, host, "70 violations", |all| {
+        count(all, "violation") == 70
+    });
+    assert_eq!(gaps(&all, "spool_lost").len(), 1, "{}", summary(&all));
+    assert!(
+        all.iter().any(|r| r["kind"] == "audit"
+            && r["record"]["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("spool history lost"))),
+        "the discontinuity is an audit record: {}",
+        summary(&all)
+    );
+    assert_eq!(unexplained_jumps(&s.collector, host), 0);
+}
+
+#[test]
+fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
+    let host = "spool-broken";
+    let s = Setup::new(host);
+    let server = s.net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    // A file where the spool directory should be.
+    std::fs::write(s.spool(), b"not a directory").expect("blocking the spool");
+    let agent = s.agent();
+    let st = agent.ctl_json(&["status"]);
+    assert!(
+        st["spool_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("cannot be opened")),
+        "status says so: {st}"
+    );
+    violate(&s.cgroup, &target, 5);
+    let v = agent.ctl_json(&["violations"]);
+    assert_eq!(
+        v.as_array().map_or(0, Vec::len),
+        5,
+        "the agent records all the same: {v}"
+    );
+    // The spool becomes available: what it could not take arrives as a
+    // counted gap.
+    std::fs::remove_file(s.spool()).expect("unblocking");
+    let all = wait_records(&s.collector, host, "the spool_write gap", |all| {
+        !gaps(all, "spool_write").is_empty()
+    });
+    let counted: u64 = gaps(&all, "spool_write")
+        .iter()
+        .filter_map(|g| g["record"]["count"].as_u64())
+        .sum();
+    assert!(
+        counted >= 5,
+        "the 5 violations (and the start's audit record) are counted: {}",
+        summary(&all)
+    );
+    assert_eq!(
+        agent.ctl_json(&["status"])["spool_problem"],
+        "",
+        "the problem clears"
+    );
+}
+
+#[test]
+fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
+    let host = "spool-oversized";
+    let s = Setup::new(host);
+    let server = s.net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    // netprobe copied to a 3.8 KB path of control characters.
+    let mut dir = s.tmp.path().to_owned();
+    for _ in 0..15 {
+        dir.push("\u{1}".repeat(250));
+    }
+    std::fs::create_dir_all(&dir).expect("the long path");
+    let exe = dir.join("\u{2}probe");
+    std::fs::copy(workspace_bin("netprobe"), &exe).expect("copying netprobe");
+    assert!(exe.as_os_str().len() > 3700);
+    let _agent = s.agent();
+    violate_with(&exe, &s.cgroup, "udp-sendto", &target, 600);
+    violate(&s.cgroup, &target, 10);
+    let all = wait_records(&s.collector, host, "610 violations", |all| {
+        count(all, "violation") == 610
+    });
+    let long: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "violation" && r["record"]["exe"] != *"")
+        .filter(|r| {
+            r["record"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.contains("[cut, "))
+        })
+        .collect();
+    assert_eq!(long.len(), 600, "the long path is cut and says so");
+    assert!(
+        long.iter()
+            .all(|r| r["record"]["exe"].as_str().map_or(0, str::len) < 1100)
+    );
+}
+
+#[test]
+fn twenty_thousand_close_records_leave_the_violation_before_them_listed() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let policy = FixturePolicy::delivering("spool-history", &cgroup_rel(&cgroup)).text();
+    let agent = RunningAgent::start(&policy, DELIVERY_REGIONS);
+    let denied = net.virginia.udp_server(false);
+    let allowed = net.frankfurt.udp_server(false);
+    violate(&cgroup, &denied.addr.to_string(), 1);
+    // Each a socket of its own: connect, send, close (a close record each).
+    let target = allowed.addr.to_string();
+    for _ in 0..4 {
+        violate_with(
+            &probe::netprobe(),
+            &cgroup,
+            "udp-connect-send",
+            &target,
+            5000,
+        );
+    }
+    // Every record is read (the flow history holds 10,000 of them) and the
+    // newest are close records.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.ctl_json(&["status"])["events"].as_u64().unwrap_or(0) < 20_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent read fewer than 20,000 records"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let f = agent.ctl_json(&["flows", "--limit", "2000"]);
+    let closes = f
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|r| r["kind"] == "close").count());
+    assert!(
+        closes >= 1000,
+        "the newest records are close records ({closes}): the test means something"
+    );
+    let v = agent.ctl_json(&["violations"]);
+    let listed = v.as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{v}");
+    assert_eq!(listed[0]["remote"], denied.addr.to_string());
+}
