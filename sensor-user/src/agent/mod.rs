@@ -38,7 +38,10 @@ use self::{
     persist::{CounterBaseline, ModeOverride, OperatorState},
     store::FlowStore,
 };
-use crate::export::spool::{Fsync, Options as SpoolOptions, Spool};
+use crate::export::{
+    record::{decode_spooled, encode_spooled},
+    spool::{Fsync, Options as SpoolOptions, Spool},
+};
 use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
 use crate::{
     SensorError,
@@ -1168,34 +1171,6 @@ fn reason_pb(c: &Compiled, r: &TagReason) -> pb::TagReason {
         classes: enrich::class_names(c, r.classes),
         why,
         at_unix_ms: unix_ms(r.at),
-    }
-}
-
-/// A spooled record: `{"k": kind, "t": unix ns, "b": body}`.
-fn encode_spooled(kind: &str, time_unix_ns: i64, body_json: &str) -> Vec<u8> {
-    let body: serde_json::Value =
-        serde_json::from_str(body_json).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({ "k": kind, "t": time_unix_ns, "b": body })
-        .to_string()
-        .into_bytes()
-}
-
-/// The delivery form of a spooled record (an undecodable one is delivered as a
-/// "corrupt" record rather than lost).
-fn decode_spooled(seq: u64, payload: &[u8]) -> cpb::Record {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) => cpb::Record {
-            seq,
-            kind: v["k"].as_str().unwrap_or("unknown").to_owned(),
-            time_unix_ns: v["t"].as_i64().unwrap_or(0),
-            body_json: v["b"].to_string(),
-        },
-        Err(_) => cpb::Record {
-            seq,
-            kind: "corrupt".into(),
-            time_unix_ns: 0,
-            body_json: "null".into(),
-        },
     }
 }
 

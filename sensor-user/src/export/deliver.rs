@@ -27,6 +27,13 @@ use crate::{
 /// Records per batch.
 const BATCH: usize = 500;
 
+/// Batches sent and not yet acknowledged, at most.
+const PIPELINE: usize = 4;
+
+/// How long the oldest batch in flight may wait for its acknowledgement
+/// before the session is given up (and started again).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Encoded bytes per batch at most: well below the collector's 4 MiB message
 /// limit, whatever the records hold.
 const BATCH_BYTES: usize = 1 << 20;
@@ -301,6 +308,9 @@ async fn session(
     } else {
         believed + 1
     };
+    // (last sequence, when sent) of each batch not yet acknowledged.
+    let mut in_flight: std::collections::VecDeque<(u64, std::time::Instant)> =
+        std::collections::VecDeque::new();
     loop {
         if state_checked.elapsed() >= STATE_POLL {
             state_checked = std::time::Instant::now();
@@ -317,57 +327,67 @@ async fn session(
                 reported = state;
             }
         }
-        let records = agent
-            .call(|reply| Command::ReadSpool {
-                from: next,
-                max: BATCH,
-                reply,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        if records.is_empty() {
-            tokio::time::sleep(IDLE_POLL).await;
-            continue;
-        }
-        let records = fit_batch(records);
-        let upto = records.last().map(|r| r.seq).unwrap_or(next);
-        tx.send(pb::AgentMessage {
-            message: Some(Out::Batch(pb::Batch { records })),
-        })
-        .await
-        .map_err(|_| "stream closed".to_owned())?;
-        // Wait for this batch's acknowledgement (the collector answers in order).
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
-                Ok(Some(Ok(seq))) => {
-                    // Never more than was sent: the spool drops what is
-                    // acknowledged, and a collector that claims more would
-                    // make it drop records it never had.
-                    if seq > upto {
-                        error!(
-                            endpoint,
-                            acked = seq,
-                            sent_up_to = upto,
-                            "the collector acknowledged records it was not sent; taking only what was sent as delivered"
-                        );
-                    }
-                    let seq = seq.min(upto);
-                    agent
-                        .send(Command::Acked {
-                            seq,
-                            connected: None,
-                        })
-                        .await;
-                    if seq >= upto {
-                        break;
-                    }
-                }
-                Ok(Some(Err(why))) => return Err(why),
-                Ok(None) => return Err("the stream reader stopped".into()),
-                Err(_) => return Err("no acknowledgement in 30 s".into()),
+        // Up to PIPELINE batches in flight: the collector commits one while
+        // the next is on the wire.
+        if in_flight.len() < PIPELINE {
+            let records = agent
+                .call(|reply| Command::ReadSpool {
+                    from: next,
+                    max: BATCH,
+                    reply,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if !records.is_empty() {
+                let records = fit_batch(records);
+                let upto = records.last().map_or(next, |r| r.seq);
+                tx.send(pb::AgentMessage {
+                    message: Some(Out::Batch(pb::Batch { records })),
+                })
+                .await
+                .map_err(|_| "stream closed".to_owned())?;
+                in_flight.push_back((upto, std::time::Instant::now()));
+                next = upto + 1;
+                continue;
             }
         }
-        next = upto + 1;
+        let Some(&(_, oldest)) = in_flight.front() else {
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        };
+        if oldest.elapsed() > ACK_TIMEOUT {
+            return Err(format!("no acknowledgement in {} s", ACK_TIMEOUT.as_secs()));
+        }
+        // Acknowledgements (the collector answers in order), or a look for
+        // new records after IDLE_POLL.
+        let seq = match tokio::time::timeout(IDLE_POLL, acks.recv()).await {
+            Ok(Some(Ok(seq))) => seq,
+            Ok(Some(Err(why))) => return Err(why),
+            Ok(None) => return Err("the stream reader stopped".into()),
+            Err(_) => continue,
+        };
+        let sent_upto = in_flight.back().map_or(0, |b| b.0);
+        // Never more than was sent: the spool drops what is acknowledged,
+        // and a collector that claims more would make it drop records it
+        // never had.
+        if seq > sent_upto {
+            error!(
+                endpoint,
+                acked = seq,
+                sent_up_to = sent_upto,
+                "the collector acknowledged records it was not sent; taking only what was sent as delivered"
+            );
+        }
+        let seq = seq.min(sent_upto);
+        agent
+            .send(Command::Acked {
+                seq,
+                connected: None,
+            })
+            .await;
+        while in_flight.front().is_some_and(|b| b.0 <= seq) {
+            in_flight.pop_front();
+        }
     }
 }
 

@@ -2,4 +2,5 @@
 //! [`spool`], and [`deliver`], the stream that drains it into the collector.
 
 pub mod deliver;
+pub mod record;
 pub mod spool;

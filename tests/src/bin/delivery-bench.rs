@@ -168,22 +168,23 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
                         .hosts
                         .iter()
                         .find(|h| h.host_id == host)
-                        .map_or(0, |h| h.violations)
+                        .map_or((0, 0), |h| (h.violations, h.gaps))
                 })
-                .unwrap_or(0)
+                .unwrap_or((0, 0))
         })
     };
     println!(
         "end to end, kernel -> sensord -> spool -> collectord (SQLite), loopback, {seconds} s per step:"
     );
     println!(
-        "  {:>8} {:>9} {:>8} {:>10} {:>11} {:>8}",
-        "target/s", "sent/s", "drops", "stored", "catch-up s", "lossless"
+        "  {:>8} {:>9} {:>8} {:>10} {:>6} {:>11} {:>8}",
+        "target/s", "sent/s", "drops", "stored", "gaps", "catch-up s", "lossless"
     );
     let mut best = 0u64;
     let mut expected = 0u64;
     for rate in [
-        1_000u64, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000,
+        1_000u64, 2_000, 5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000,
+        300_000,
     ] {
         let d0 = drops();
         let out = cgroup
@@ -202,14 +203,14 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         // Everything that was not dropped in the kernel must arrive.
         let dropped = drops() - d0;
         expected += sent - dropped.min(sent);
-        let mut got = stored();
+        let (mut got, mut gaps) = stored();
         while got < expected && t.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(250));
-            got = stored();
+            (got, gaps) = stored();
         }
         let lossless = dropped == 0 && got == expected;
         println!(
-            "  {rate:>8} {:>9.0} {dropped:>8} {:>10} {:>11.1} {:>8}",
+            "  {rate:>8} {:>9.0} {dropped:>8} {:>10} {gaps:>6} {:>11.1} {:>8}",
             sent as f64 / secs,
             got,
             t.elapsed().as_secs_f64(),
