@@ -472,7 +472,7 @@ fn a_full_disk_costs_no_record_without_a_gap() {
     collector.kill9();
     violate(&cgroup, &target, 1000);
     assert!(
-        agent.wait_log("appending to the spool failed", Duration::from_secs(10)),
+        agent.wait_log("the spool failed", Duration::from_secs(10)),
         "the disk filled: {}",
         agent.log_text()
     );

@@ -42,7 +42,8 @@ enum Cmd {
     /// interleaved sides (no sensor, untagged, tagged with a large verdict trie),
     /// as medians and ratios; the product's cost with the real sensord in the
     /// loop beside nftables doing the same country check (agent-bench: ratios,
-    /// sensord's CPU per record, RSS); policy load time and memory; collector ingest
+    /// sensord's CPU per record, RSS); one record through the agent's pipeline
+    /// (criterion); policy load time and memory; collector ingest
     /// (SQLite and PostgreSQL, interleaved) and the end-to-end delivery rate
     /// without loss. Arguments after `--` go to sensor-bench
     /// (`--rounds R --per-round N --prefixes P`).
@@ -192,6 +193,15 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running sensor-bench")?;
     anyhow::ensure!(status.success(), "sensor-bench failed ({status})");
+    let status = std::process::Command::new("cargo")
+        .args(["bench", "-p", "sensor-user", "--bench", "record"])
+        .current_dir(&root)
+        .status()
+        .context("while running the record micro-benchmark")?;
+    anyhow::ensure!(
+        status.success(),
+        "the record micro-benchmark failed ({status})"
+    );
     let status = std::process::Command::new(root.join("target/release/agent-bench"))
         .status()
         .context("while running agent-bench")?;

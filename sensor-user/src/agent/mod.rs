@@ -834,7 +834,7 @@ impl Agent {
                 let _ = r.send(Ok(b));
             }
             Command::ReadSpool { from, max, reply } => {
-                let res = match &self.spool {
+                let res = match &mut self.spool {
                     Some(s) => s
                         .read_from(from, max)
                         .map_err(|e| CommandError::Internal(format!("reading the spool: {e}")))
@@ -1245,6 +1245,34 @@ impl Agent {
         }
     }
 
+    /// Records appended but not written (the disk filled before the batch
+    /// was written): each range becomes a gap record once one can be
+    /// written, with the sequence numbers the collector will not see.
+    fn report_unwritten(&mut self) {
+        let Some(s) = &mut self.spool else { return };
+        for (first, last, why) in s.take_unwritten() {
+            let count = last - first + 1;
+            let body = serde_json::json!({
+                "source": "spool_write",
+                "count": count,
+                "first_seq": first,
+                "last_seq": last,
+                "until_unix_ns": now_unix_ns(),
+                "error": why,
+            })
+            .to_string();
+            if s.append_now(&encode_spooled("gap", now_unix_ns(), &body))
+                .is_ok()
+            {
+                warn!(count, first_seq = first, last_seq = last, error = %why, "spooled records could not be written; reported as a gap");
+                self.metrics.unspooled.inc_by(count);
+            } else {
+                self.metrics.spool_unwritable.set(1);
+                s.keep_unwritten((first, last, why));
+            }
+        }
+    }
+
     /// Why records do not reach the spool now ("" when they do).
     fn spool_problem(&self) -> String {
         if self.cfg.spool_dir.is_none() {
@@ -1335,7 +1363,7 @@ impl Agent {
         .to_string();
         // Still failing: the count stays for the next try (logged once, when
         // the failures began).
-        if s.append(&encode_spooled("gap", now, &body)).is_ok() {
+        if s.append_now(&encode_spooled("gap", now, &body)).is_ok() {
             warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
             self.unspooled = (0, 0, String::new());
             self.metrics.spool_unwritable.set(0);
@@ -1367,8 +1395,9 @@ impl Agent {
         if let Some(s) = &mut self.spool
             && let Err(e) = s.flush()
         {
-            error!(error = %e, "fsync of the spool failed");
+            error!(error = %e, "writing or fsyncing the spool failed");
         }
+        self.report_unwritten();
         self.metrics
             .spool_depth
             .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);

@@ -130,7 +130,20 @@ pub struct Spool {
     next_seq: u64,
     unsynced: u32,
     dropped: Dropped,
+    /// Frames appended to the tail segment and not written yet (under
+    /// `Fsync::EveryN`): written by `flush`, before a read, when the tail
+    /// rolls, past [`PENDING_MAX`], and on drop. One write per batch instead
+    /// of one per record.
+    pending: Vec<u8>,
+    /// Sequence of the first frame in `pending`.
+    pending_first: u64,
+    /// Appended records that could not be written (disk full): (first, last
+    /// sequence, why), for the caller to report as gaps.
+    unwritten: Vec<(u64, u64, String)>,
 }
+
+/// Bytes of appended frames held before they are written.
+const PENDING_MAX: usize = 256 << 10;
 
 fn seg_name(first: u64) -> String {
     format!("seg-{first:020}.log")
@@ -382,6 +395,9 @@ impl Spool {
             next_seq,
             unsynced: 0,
             dropped: Dropped::default(),
+            pending: Vec::new(),
+            pending_first: 0,
+            unwritten: Vec::new(),
         };
         // The file exists from now on, so rewriting it never needs space.
         if let Err(e) = spool.save_next_seq() {
@@ -467,7 +483,21 @@ impl Spool {
 
     /// Appends a record; returns its sequence number, or `None` when the spool is
     /// full and the policy is DropNewest (the record is counted as dropped).
+    /// Under `Fsync::EveryN` the frame may be held and written later with
+    /// others; should that write fail, the records are reported by
+    /// [`Spool::take_unwritten`]. An error returned here is this record's
+    /// own: the caller counts it.
     pub fn append(&mut self, payload: &[u8]) -> io::Result<Option<u64>> {
+        self.append_inner(payload, false)
+    }
+
+    /// As `append`, written at once (with whatever was held before it): for
+    /// a record whose own loss the caller must learn of now (a gap record).
+    pub fn append_now(&mut self, payload: &[u8]) -> io::Result<Option<u64>> {
+        self.append_inner(payload, true)
+    }
+
+    fn append_inner(&mut self, payload: &[u8], now: bool) -> io::Result<Option<u64>> {
         let seq = self.next_seq;
         let size = (HEADER + payload.len()) as u64;
         while self.bytes() + size > self.opts.max_bytes {
@@ -481,6 +511,7 @@ impl Spool {
                     if self.segments.len() <= 1 {
                         // Only the segment being written: start a new one.
                         self.tail = None;
+                        self.pending.clear();
                         if let Some(s) = self.segments.first() {
                             let (f, l) = (s.first_seq, s.last_seq);
                             self.save_next_seq()?;
@@ -502,6 +533,9 @@ impl Spool {
                 .last()
                 .is_none_or(|s| s.bytes + size > self.opts.segment_bytes);
         if roll {
+            // What the old tail holds goes to it first (a failure is
+            // recorded as unwritten).
+            let _ = self.write_pending();
             let path = self.dir.join(seg_name(seq));
             self.tail = Some(OpenOptions::new().create(true).append(true).open(&path)?);
             self.segments.push(Segment {
@@ -515,34 +549,96 @@ impl Spool {
                 let _ = d.sync_all();
             }
         }
-        let f = self.tail.as_mut().expect("opened above");
-        let sync = match self.opts.fsync {
-            Fsync::Always => true,
-            Fsync::EveryN(n) => self.unsynced + 1 >= n.max(1),
-        };
-        let written = f
-            .write_all(&frame(seq, payload))
-            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // A frame half written (disk full) would hide every frame
-            // appended after it from the reader, and one written but not
-            // synced would share its sequence with the next: cut it off. The
-            // caller counts the record as not spooled.
-            let keep = self.segments.last().map_or(0, |s| s.bytes);
-            let _ = f.set_len(keep);
-            return Err(e);
+        if self.pending.is_empty() {
+            self.pending_first = seq;
         }
-        self.unsynced = if sync { 0 } else { self.unsynced + 1 };
+        self.pending.extend_from_slice(&frame(seq, payload));
         let s = self.segments.last_mut().expect("pushed above");
         s.index.push((seq, s.bytes));
         s.last_seq = seq;
         s.bytes += size;
         self.next_seq += 1;
+        let sync = match self.opts.fsync {
+            Fsync::Always => true,
+            Fsync::EveryN(n) => self.unsynced + 1 >= n.max(1),
+        };
+        if now || sync || self.pending.len() >= PENDING_MAX {
+            let written = self.write_pending().and_then(|()| match &self.tail {
+                Some(f) if sync => f.sync_data(),
+                _ => Ok(()),
+            });
+            if let Err(e) = written {
+                self.disown(seq);
+                return Err(e);
+            }
+        }
+        self.unsynced = if sync { 0 } else { self.unsynced + 1 };
         Ok(Some(seq))
     }
 
-    /// fsyncs what was appended.
+    /// Writes the held frames to the tail segment. On failure the segment is
+    /// cut back to what was written before (a frame half written would hide
+    /// every frame after it), and the records are noted as unwritten.
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (first, last) = (self.pending_first, self.next_seq - 1);
+        let held = self.pending.len() as u64;
+        let written = match self.tail.as_mut() {
+            Some(f) => f.write_all(&self.pending).map_err(|e| {
+                let keep = self.segments.last().map_or(0, |s| s.bytes - held);
+                let _ = f.set_len(keep);
+                e
+            }),
+            None => Err(io::Error::other("no open segment")),
+        };
+        self.pending.clear();
+        if let Err(e) = written {
+            if let Some(s) = self.segments.last_mut() {
+                s.bytes -= held;
+                s.index.retain(|x| x.0 < first);
+                s.last_seq = first - 1;
+            }
+            self.unwritten.push((first, last, e.to_string()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The record `seq` (the last appended) failed with an error its caller
+    /// gets: it is not also reported as unwritten, and its number, never
+    /// written nor delivered, is the next one's.
+    fn disown(&mut self, seq: u64) {
+        if let Some(last) = self.unwritten.last_mut()
+            && last.1 == seq
+        {
+            if last.0 == seq {
+                self.unwritten.pop();
+            } else {
+                last.1 -= 1;
+            }
+        }
+        if self.next_seq == seq + 1 {
+            self.next_seq = seq;
+        }
+    }
+
+    /// Appended records that could not be written since the last call:
+    /// (first, last sequence, why). Report each as a gap.
+    pub fn take_unwritten(&mut self) -> Vec<(u64, u64, String)> {
+        std::mem::take(&mut self.unwritten)
+    }
+
+    /// Puts back a range `take_unwritten` gave whose gap record could not be
+    /// written either (reported again later).
+    pub fn keep_unwritten(&mut self, range: (u64, u64, String)) {
+        self.unwritten.push(range);
+    }
+
+    /// Writes and fsyncs what was appended.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
         if let Some(f) = &self.tail {
             f.sync_data()?;
         }
@@ -553,8 +649,11 @@ impl Spool {
     /// Up to `max` records with sequence numbers ≥ `from`, in order. Reads
     /// only their bytes (found through the index), and checks each frame
     /// again: one damaged since the spool opened is skipped, not sent.
-    pub fn read_from(&self, from: u64, max: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    pub fn read_from(&mut self, from: u64, max: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
         use std::os::unix::fs::FileExt;
+        // A failure is recorded (unwritten) and what failed is gone from
+        // the index: the rest can be read.
+        let _ = self.write_pending();
         let mut out = Vec::new();
         let first = self.segments.partition_point(|s| s.last_seq < from);
         for s in &self.segments[first..] {
@@ -590,6 +689,7 @@ impl Spool {
             let s = self.segments.remove(0);
             if self.segments.is_empty() {
                 self.tail = None;
+                self.pending.clear();
                 self.save_next_seq()?;
             }
             fs::remove_file(&s.path)?;
@@ -615,6 +715,13 @@ impl Spool {
     }
 }
 
+impl Drop for Spool {
+    /// What is held is written (a clean stop loses nothing).
+    fn drop(&mut self) {
+        let _ = self.write_pending();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,7 +732,7 @@ mod tests {
         d
     }
 
-    fn payloads(s: &Spool) -> Vec<(u64, String)> {
+    fn payloads(s: &mut Spool) -> Vec<(u64, String)> {
         s.read_from(0, usize::MAX)
             .unwrap()
             .into_iter()
@@ -645,7 +752,7 @@ mod tests {
         let (mut s, r) = Spool::open(&d, Options::default()).unwrap();
         assert_eq!(r.records, 5);
         assert_eq!(s.next_seq(), 6);
-        assert_eq!(payloads(&s)[4], (5, "r4".into()));
+        assert_eq!(payloads(&mut s)[4], (5, "r4".into()));
         s.ack(5).unwrap();
         assert_eq!(s.depth(), 0);
         drop(s);
@@ -671,10 +778,10 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&frame(3, b"three")[..10]).unwrap();
         drop(f);
-        let (s, r) = Spool::open(&d, Options::default()).unwrap();
+        let (mut s, r) = Spool::open(&d, Options::default()).unwrap();
         assert_eq!(r.records, 2);
         assert_eq!(r.torn_bytes, 10);
-        assert_eq!(payloads(&s), vec![(1, "one".into()), (2, "two".into())]);
+        assert_eq!(payloads(&mut s), vec![(1, "one".into()), (2, "two".into())]);
         assert_eq!(s.next_seq(), 3);
         let _ = fs::remove_dir_all(&d);
     }
@@ -697,11 +804,11 @@ mod tests {
         let mut data = fs::read(&seg).unwrap();
         data[20 + HEADER] ^= 0xff;
         fs::write(&seg, &data).unwrap();
-        let (s, r) = Spool::open(&d, opts.clone()).unwrap();
+        let (mut s, r) = Spool::open(&d, opts.clone()).unwrap();
         assert_eq!(r.lost, vec![(2, 2)], "{r:?}");
         assert_eq!(r.quarantined_bytes, 20);
         assert_eq!(d.join("quarantine").read_dir().unwrap().count(), 1);
-        let seqs: Vec<u64> = payloads(&s).iter().map(|p| p.0).collect();
+        let seqs: Vec<u64> = payloads(&mut s).iter().map(|p| p.0).collect();
         assert_eq!(seqs, vec![1, 3, 4, 5, 6], "only the damaged frame is lost");
         assert_eq!(s.next_seq(), 7);
         drop(s);
@@ -736,7 +843,7 @@ mod tests {
         assert_eq!(s.continue_after(1000).unwrap(), 2);
         assert!(!s.history_unknown());
         assert_eq!(
-            payloads(&s),
+            payloads(&mut s),
             vec![(1001, "a".into()), (1002, "b".into())],
             "renumbered after the collector's last"
         );
@@ -783,7 +890,7 @@ mod tests {
         }
         let gap = s.take_dropped().expect("something was dropped");
         assert!(gap.count > 0 && gap.first_seq == 1, "{gap:?}");
-        let kept = payloads(&s);
+        let kept = payloads(&mut s);
         assert_eq!(
             kept.first().unwrap().0,
             gap.last_seq + 1,
