@@ -586,10 +586,9 @@ impl Spool {
         let (first, last) = (self.pending_first, self.next_seq - 1);
         let held = self.pending.len() as u64;
         let written = match self.tail.as_mut() {
-            Some(f) => f.write_all(&self.pending).map_err(|e| {
+            Some(f) => f.write_all(&self.pending).inspect_err(|_| {
                 let keep = self.segments.last().map_or(0, |s| s.bytes - held);
                 let _ = f.set_len(keep);
-                e
             }),
             None => Err(io::Error::other("no open segment")),
         };
