@@ -165,7 +165,7 @@ proptest! {
         std::fs::write(s.0.join(format!("seg-{:020}.log", 1)), &bytes).expect("write");
         // A damaged segment is cut or quarantined, never a panic; what is
         // read back is what was recovered.
-        if let Ok((spool, _)) = Spool::open(&s.0, Options::default()) {
+        if let Ok((mut spool, _)) = Spool::open(&s.0, Options::default()) {
             let read = spool.read_from(0, 10_000);
             prop_assert!(read.is_ok());
         }
