@@ -267,12 +267,19 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
         "status says so: {st}"
     );
     violate(&s.cgroup, &target, 5);
-    let v = agent.ctl_json(&["violations"]);
-    assert_eq!(
-        v.as_array().map_or(0, Vec::len),
-        5,
-        "the agent records all the same: {v}"
-    );
+    // Records reach the agent within its 100 ms drain.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = agent.ctl_json(&["violations"]);
+        if v.as_array().map_or(0, Vec::len) == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent records all the same: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The spool becomes available: what it could not take arrives as a
     // counted gap.
     std::fs::remove_file(s.spool()).expect("unblocking");
