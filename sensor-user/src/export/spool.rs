@@ -137,6 +137,9 @@ pub struct Spool {
     pending: Vec<u8>,
     /// Sequence of the first frame in `pending`.
     pending_first: u64,
+    /// The highest sequence the collector acknowledged (this process's
+    /// knowledge: 0 until the first session).
+    acked: u64,
     /// Appended records that could not be written (disk full): (first, last
     /// sequence, why), for the caller to report as gaps.
     unwritten: Vec<(u64, u64, String)>,
@@ -397,6 +400,7 @@ impl Spool {
             dropped: Dropped::default(),
             pending: Vec::new(),
             pending_first: 0,
+            acked: 0,
             unwritten: Vec::new(),
         };
         // The file exists from now on, so rewriting it never needs space.
@@ -451,7 +455,7 @@ impl Spool {
     /// Unacknowledged records.
     pub fn depth(&self) -> u64 {
         match (self.segments.first(), self.segments.last()) {
-            (Some(f), Some(l)) => l.last_seq + 1 - f.first_seq,
+            (Some(f), Some(l)) => (l.last_seq + 1).saturating_sub(f.first_seq.max(self.acked + 1)),
             _ => 0,
         }
     }
@@ -467,6 +471,13 @@ impl Spool {
     }
 
     fn note_dropped(&mut self, first: u64, last: u64) {
+        // The acknowledged part of a dropped segment was delivered: not a
+        // loss (counting it made gap records claim records the collector
+        // had stored).
+        let first = first.max(self.acked + 1);
+        if first > last {
+            return;
+        }
         let d = &mut self.dropped;
         if d.count == 0 {
             d.first_seq = first;
@@ -681,6 +692,7 @@ impl Spool {
     /// is acknowledged; re-sending its acknowledged part is harmless because the
     /// collector de-duplicates by sequence).
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        self.acked = self.acked.max(seq);
         while let Some(s) = self.segments.first() {
             if s.last_seq > seq {
                 break;
@@ -898,6 +910,31 @@ mod tests {
         assert_eq!(kept.last().unwrap().0, 10);
         assert!(s.bytes() <= 100);
         assert_eq!(s.take_dropped(), None);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_dropped_segment_counts_only_what_was_not_acknowledged() {
+        let d = dir("full-acked");
+        let opts = Options {
+            max_bytes: 100,    // four 24-byte frames
+            segment_bytes: 80, // three
+            ..Options::default()
+        };
+        let (mut s, _) = Spool::open(&d, opts).unwrap();
+        for i in 0..4u64 {
+            s.append(&i.to_le_bytes()).unwrap();
+        }
+        // Segment 1-3 is partly acknowledged (1-2 are at the collector).
+        s.ack(2).unwrap();
+        assert_eq!(s.depth(), 2, "3 and 4 wait");
+        s.append(&4u64.to_le_bytes()).unwrap();
+        let gap = s.take_dropped().expect("the first segment was dropped");
+        assert_eq!(
+            (gap.count, gap.first_seq, gap.last_seq),
+            (1, 3, 3),
+            "only record 3 was lost"
+        );
         let _ = fs::remove_dir_all(&d);
     }
 
