@@ -382,3 +382,34 @@ fn twenty_thousand_close_records_leave_the_violation_before_them_listed() {
     assert_eq!(listed.len(), 1, "{v}");
     assert_eq!(listed[0]["remote"], denied.addr.to_string());
 }
+
+#[test]
+fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
+    // The pinned ring buffer keeps what the kernel records while sensord is
+    // down (crash, upgrade); the next sensord drains it.
+    let host = "spool-outage";
+    let s = Setup::new(host);
+    let server = s.net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let mut agent = s.agent();
+    violate(&s.cgroup, &target, 100);
+    wait_records(&s.collector, host, "100 violations", |all| {
+        count(all, "violation") == 100
+    });
+    agent.kill9();
+    violate(&s.cgroup, &target, 3000);
+    agent.restart();
+    violate(&s.cgroup, &target, 100);
+    let all = wait_records(&s.collector, host, "3,200 violations", |all| {
+        count(all, "violation") == 3200
+    });
+    assert!(
+        all.iter().any(|r| r["kind"] == "audit"
+            && r["record"]["action"]
+                .as_str()
+                .is_some_and(|a| a.contains("no agent ran for"))),
+        "the outage is in the audit trail: {}",
+        summary(&all)
+    );
+    assert_eq!(unexplained_jumps(&s.collector, host), 0);
+}
