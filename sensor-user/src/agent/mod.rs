@@ -2,18 +2,30 @@
 //! ledger; everything else (API handlers, signals) sends it [`Command`]s over a
 //! channel and waits for the reply. No lock is held around aya state.
 //!
+//! - [`command`]: the commands and the handle to send them.
+//! - [`pipeline`]: kernel records in, kept, spooled, logged.
+//! - [`spooling`]: the agent's side of the spool and its gap accounting.
+//! - [`queries`]: status, tagged processes, lookups, host state.
+//! - [`policy_state`], [`compiler`]: compiling and installing policies.
 //! - [`store`]: recent records and live watchers (shared, read by the API).
 //! - [`enrich`]: kernel records → API records (names, country, site, exe).
 //! - [`audit`]: who changed what, when and why.
 
 pub mod audit;
+pub mod command;
 pub mod compiler;
 pub mod enrich;
 mod existing;
 pub mod persist;
+mod pipeline;
 pub mod policy_state;
+mod queries;
+mod spooling;
 pub mod store;
 mod violation_log;
+
+use command::Reply;
+pub use command::{AgentHandle, Command, CommandError};
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +39,7 @@ use residency_proto::agent::v1 as pb;
 use sensor_common::counters::{COUNTER_COUNT, COUNTER_NAMES};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{mpsc, oneshot},
+    sync::mpsc,
 };
 use tracing::{error, info, warn};
 
@@ -63,138 +75,6 @@ use crate::{
 /// (bounds wake-ups to 200 per second; violations reach the spool this much
 /// later at most).
 const WAKEUP_REST: Duration = Duration::from_millis(5);
-
-/// Why a command failed; the API maps these to gRPC codes.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// The request is wrong (INVALID_ARGUMENT), with what to do.
-    #[error("{0}")]
-    Invalid(String),
-    /// Something named does not exist (NOT_FOUND).
-    #[error("{0}")]
-    NotFound(String),
-    /// The agent failed (INTERNAL).
-    #[error("{0}")]
-    Internal(String),
-    /// Too much is queued; retry later (RESOURCE_EXHAUSTED).
-    #[error("{0}")]
-    Busy(String),
-    /// It took too long and was abandoned (DEADLINE_EXCEEDED).
-    #[error("{0}")]
-    Deadline(String),
-}
-
-impl From<SensorError> for CommandError {
-    fn from(e: SensorError) -> Self {
-        CommandError::Internal(e.to_string())
-    }
-}
-
-type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
-
-/// Requests to the agent task. `actor` names the caller for audit records.
-#[derive(Debug)]
-pub enum Command {
-    Status(Reply<pb::Status>),
-    Tagged(Reply<pb::ListTaggedResponse>),
-    Tag {
-        pid: u32,
-        class: String,
-        actor: String,
-        reply: Reply<()>,
-    },
-    Untag {
-        pid: u32,
-        class: String,
-        actor: String,
-        reply: Reply<()>,
-    },
-    SetEnforcement {
-        class: Option<String>,
-        mode: Mode,
-        reason: String,
-        actor: String,
-        reply: Reply<Vec<pb::ClassMode>>,
-    },
-    /// What a policy is compiled from now (see `policy_state`).
-    CompileInputs(Reply<policy_state::CompileInputs>),
-    /// A compile finished (off this task): install it if its inputs are
-    /// still current, else compile the same change again over them. The
-    /// reply gets the new generation.
-    Compiled {
-        result: Result<Box<compiler::Built>, CommandError>,
-        serial: u64,
-        intent: policy_state::Intent,
-        reply: Option<Reply<u32>>,
-    },
-    GetPolicy(Reply<pb::GetPolicyResponse>),
-    Lookup {
-        ip: IpAddr,
-        class: Option<String>,
-        reply: Reply<pb::LookupResponse>,
-    },
-    /// The spool's oldest unacknowledged sequence and the next one it will
-    /// give (for delivery: what the collector can truthfully claim to have).
-    SpoolBounds(Reply<(u64, u64)>),
-    /// Spooled records from sequence `from` on (for delivery).
-    ReadSpool {
-        from: u64,
-        max: usize,
-        reply: Reply<Vec<cpb::Record>>,
-    },
-    /// The collector stored everything up to `seq`; `connected` names the
-    /// endpoint when a session just started.
-    Acked {
-        seq: u64,
-        connected: Option<String>,
-    },
-    /// The collector holds records up to `last_seq`, past what the spool
-    /// has numbered. When the spool's history is unknown (new or wiped), its
-    /// numbering continues after the collector's and the reply is true; else
-    /// (a forged record at the collector) false.
-    CollectorAhead {
-        last_seq: u64,
-        reply: Reply<bool>,
-    },
-    /// The delivery session ended.
-    Disconnected {
-        why: String,
-    },
-    /// Reload the policy from its file (SIGHUP).
-    Reload,
-    /// What the collector is told about this host.
-    HostState(Reply<cpb::HostState>),
-    /// Grant (or replace, by id) an exception from the collector; the reply
-    /// gets the generation it is in force with.
-    GrantException {
-        state: cpb::ExceptionState,
-        reply: Reply<u32>,
-    },
-}
-
-/// A cheap, cloneable way to talk to the agent task.
-#[derive(Clone, Debug)]
-pub struct AgentHandle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl AgentHandle {
-    /// Sends a command built around a reply channel and waits for the answer.
-    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| CommandError::Internal("the agent is shutting down".into()))?;
-        rx.await
-            .map_err(|_| CommandError::Internal("the agent dropped the request".into()))?
-    }
-
-    /// Sends a command without a reply.
-    pub async fn send(&self, c: Command) {
-        let _ = self.tx.send(c).await;
-    }
-}
 
 /// Settings the agent starts with.
 #[derive(Debug, Clone)]
@@ -589,76 +469,6 @@ impl Agent {
             })
     }
 
-    fn status(&self) -> pb::Status {
-        let counters = self.sensor.counters().unwrap_or_default();
-        let p = &self.compiled.policy;
-        let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        pb::Status {
-            version: env!("CARGO_PKG_VERSION").into(),
-            host_id: p.host.id.clone(),
-            modes: self.modes(),
-            policy_sha256: p.hash.clone(),
-            policy_path: p.source.display().to_string(),
-            policy_loaded_unix_ms: unix_ms(self.loaded_at),
-            policy_generation: self.sensor.generation(),
-            dataset: self
-                .compiled
-                .provenance
-                .as_ref()
-                .map(|d| pb::DatasetProvenance {
-                    name: d.name.clone(),
-                    version: d.version.clone(),
-                    licence: d.licence.clone(),
-                    attribution: d.attribution.clone(),
-                }),
-            tagged_processes: self
-                .sensor
-                .tagged_processes()
-                .map(|t| t.len() as u64)
-                .unwrap_or(0),
-            verdict_prefixes: self.compiled.prefix_counts().1 as u64,
-            events: self.events_total,
-            counters: COUNTER_NAMES
-                .iter()
-                .zip(counters.iter())
-                .map(|(n, v)| pb::Counter {
-                    name: (*n).into(),
-                    value: *v,
-                })
-                .collect(),
-            spool_depth: self.spool.as_ref().map_or(0, Spool::depth),
-            collector: self.collector_state.clone(),
-            kernel: uname.trim().into(),
-            policy_problem: self.policy_problem.clone(),
-            spool_problem: self.spool_problem(),
-        }
-    }
-
-    fn tagged(&self) -> pb::ListTaggedResponse {
-        let mut processes: Vec<pb::TaggedProcess> = self
-            .sensor
-            .tagged_processes()
-            .unwrap_or_default()
-            .into_iter()
-            // Entries for threads of tagged processes are bookkeeping, not processes.
-            .filter(|(pid, _)| enrich::is_process(*pid))
-            .map(|(pid, classes)| pb::TaggedProcess {
-                pid,
-                exe: enrich::exe(pid),
-                cmdline: enrich::cmdline(pid),
-                classes: enrich::class_names(&self.compiled, classes),
-                reasons: self
-                    .ledger
-                    .explain(pid)
-                    .iter()
-                    .map(|r| reason_pb(&self.compiled, r))
-                    .collect(),
-            })
-            .collect();
-        processes.sort_by_key(|p| p.pid);
-        pb::ListTaggedResponse { processes }
-    }
-
     fn set_enforcement(
         &mut self,
         class: Option<String>,
@@ -711,47 +521,6 @@ impl Agent {
             self.judge_existing(false);
         }
         Ok(self.modes())
-    }
-
-    fn lookup(
-        &self,
-        ip: IpAddr,
-        class: Option<String>,
-    ) -> Result<pb::LookupResponse, CommandError> {
-        if let Some(c) = &class {
-            self.class_id(c)?;
-        }
-        let mut e = explain::explain(&self.compiled, ip, class.as_deref());
-        for (answer, cls) in e.classes.iter_mut().zip(
-            self.compiled
-                .policy
-                .classes
-                .iter()
-                .filter(|c| class.as_deref().is_none_or(|o| o == c.name)),
-        ) {
-            answer.mode = self.mode_of(cls);
-        }
-        Ok(pb::LookupResponse {
-            country: e
-                .location
-                .country
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-            site: e.location.site.clone().unwrap_or_default(),
-            source: e.location.source.clone(),
-            classes: e
-                .classes
-                .iter()
-                .map(|c| pb::ClassVerdict {
-                    class: c.class.clone(),
-                    verdict: enrich::verdict_name(c.verdict).into(),
-                    rule: c.rule.clone(),
-                    kernel_prefix: c.kernel_prefix.map(|n| n.to_string()).unwrap_or_default(),
-                    mode: mode_pb(c.mode),
-                })
-                .collect(),
-            text: e.to_string(),
-        })
     }
 
     fn handle(&mut self, c: Command) {
@@ -872,100 +641,6 @@ impl Agent {
             Command::HostState(r) => drop(r.send(Ok(self.host_state()))),
             Command::GrantException { state, reply } => self.grant_exception(state, reply),
         }
-    }
-
-    /// What the collector is told about this host.
-    fn host_state(&self) -> cpb::HostState {
-        let drops = self
-            .sensor
-            .counters()
-            .ok()
-            .and_then(|c| {
-                c.get(sensor_common::counters::RINGBUF_RESERVE_FAILED as usize)
-                    .copied()
-            })
-            .unwrap_or(0);
-        cpb::HostState {
-            policy_sha256: self.compiled.policy.hash.clone(),
-            dataset: self
-                .compiled
-                .provenance
-                .as_ref()
-                .map(|d| format!("{} {}", d.name, d.version))
-                .unwrap_or_default(),
-            modes: self
-                .compiled
-                .policy
-                .classes
-                .iter()
-                .map(|c| cpb::ClassModeState {
-                    class: c.name.clone(),
-                    mode: self.mode_of(c).to_string(),
-                    set_unix_ns: self
-                        .overrides
-                        .get(&c.name)
-                        .map_or(0, |o| o.at_unix_ms.saturating_mul(1_000_000)),
-                })
-                .collect(),
-            kernel_drops: drops,
-            exceptions: self.exceptions.iter().map(|e| e.state.clone()).collect(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
-
-    fn take_records(
-        &mut self,
-        reader: &mut EventReader,
-        batch: &mut Vec<sensor_common::flow::FlowEvent>,
-    ) {
-        use sensor_common::flow::FlowKind;
-        batch.clear();
-        reader.drain(batch);
-        self.events_total += batch.len() as u64;
-        self.metrics.events.inc_by(batch.len() as u64);
-        let wall_offset = crate::clock::wall_offset_ns();
-        for ev in batch.iter() {
-            match ev.flow_kind() {
-                Some(FlowKind::Exec) => {
-                    self.exes.forget(ev.tgid);
-                    continue;
-                }
-                Some(FlowKind::Tag) => self.exes.forget(ev.tgid),
-                _ => {}
-            }
-            if self.ledger.record_event(ev, self.sensor.selectors()) {
-                continue;
-            }
-            let kept =
-                enrich::Kept::new(ev, &self.compiled, &self.names, &mut self.exes, wall_offset);
-            if kept.is_violation() {
-                self.record_violation(kept.to_pb());
-            } else {
-                self.store.push_flow(kept);
-            }
-        }
-        self.spool_sync();
-    }
-
-    /// Keeps a violation: spooled for the collector, counted, logged and kept
-    /// for the API.
-    fn record_violation(&mut self, flow: pb::Flow) {
-        if self.cfg.spool_dir.is_some() {
-            let body = serde_json::to_string(&flow).unwrap_or_default();
-            self.spool_append("violation", flow.time_unix_ns, &body);
-        }
-        for class in &flow.classes {
-            let labels = ViolationLabels {
-                class: class.clone(),
-                action: flow.action.clone(),
-            };
-            self.metrics
-                .violations
-                .get_or_create(&labels)
-                .inc_by(u64::from(flow.count));
-        }
-        self.violation_log.record(&flow, std::time::Instant::now());
-        self.store.push_violation(flow);
     }
 
     fn tick(&mut self) {
@@ -1179,227 +854,4 @@ fn now_unix_ns() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-impl Agent {
-    /// Appends a record to the spool (when delivering to a collector). A
-    /// record that cannot be written (disk full, no file descriptor left) is
-    /// counted, and the count goes out as a gap record as soon as the spool
-    /// takes writes again.
-    fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
-        if self.cfg.spool_dir.is_none() {
-            return;
-        }
-        let written = match &mut self.spool {
-            Some(s) => s
-                .append(&encode_spooled(kind, time_unix_ns, body_json))
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            None => Err(format!("the spool is not open: {}", self.spool_open_error)),
-        };
-        if let Err(e) = written {
-            if self.unspooled.0 == 0 {
-                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again");
-                self.unspooled.1 = now_unix_ns();
-            }
-            self.unspooled.0 += 1;
-            self.unspooled.2 = e;
-            self.metrics.unspooled.inc();
-            self.metrics.spool_unwritable.set(1);
-        }
-    }
-
-    /// See [`Command::CollectorAhead`].
-    fn collector_ahead(&mut self, last_seq: u64) -> bool {
-        let Some(s) = self.spool.as_mut().filter(|s| s.history_unknown()) else {
-            return false;
-        };
-        let from = s.next_seq();
-        match s.continue_after(last_seq) {
-            Ok(held) => {
-                warn!(
-                    collector_last_seq = last_seq,
-                    spool_next_seq = from,
-                    renumbered = held,
-                    "the spool's history was lost (new or wiped spool directory) and the collector holds records up to {last_seq}: numbering continues after it"
-                );
-                self.audit.record(
-                    "agent",
-                    &format!("spool history lost: the collector held records up to {last_seq} while the spool would have numbered from {from}; {held} spooled records renumbered after {last_seq}"),
-                    "spool directory new or wiped",
-                );
-                let body = serde_json::json!({
-                    "source": "spool_lost",
-                    "collector_last_seq": last_seq,
-                    "until_unix_ns": now_unix_ns(),
-                    "note": "records the lost spool held that the collector had not stored are lost; their number is unknown",
-                })
-                .to_string();
-                self.spool_append("gap", now_unix_ns(), &body);
-                true
-            }
-            Err(e) => {
-                error!(error = %e, "renumbering the spool after the collector's sequence failed");
-                false
-            }
-        }
-    }
-
-    /// Records appended but not written (the disk filled before the batch
-    /// was written): each range becomes a gap record once one can be
-    /// written, with the sequence numbers the collector will not see.
-    fn report_unwritten(&mut self) {
-        let Some(s) = &mut self.spool else { return };
-        for (first, last, why) in s.take_unwritten() {
-            let count = last - first + 1;
-            let body = serde_json::json!({
-                "source": "spool_write",
-                "count": count,
-                "first_seq": first,
-                "last_seq": last,
-                "until_unix_ns": now_unix_ns(),
-                "error": why,
-            })
-            .to_string();
-            if s.append_now(&encode_spooled("gap", now_unix_ns(), &body))
-                .is_ok()
-            {
-                warn!(count, first_seq = first, last_seq = last, error = %why, "spooled records could not be written; reported as a gap");
-                self.metrics.unspooled.inc_by(count);
-            } else {
-                self.metrics.spool_unwritable.set(1);
-                s.keep_unwritten((first, last, why));
-            }
-        }
-    }
-
-    /// Why records do not reach the spool now ("" when they do).
-    fn spool_problem(&self) -> String {
-        if self.cfg.spool_dir.is_none() {
-            String::new()
-        } else if self.spool.is_none() {
-            format!(
-                "the spool cannot be opened ({}); records are counted and reported as a gap once it opens (retried every 10 s); enforcement is not affected",
-                self.spool_open_error
-            )
-        } else if self.unspooled.0 > 0 {
-            format!(
-                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected",
-                self.unspooled.2, self.unspooled.0
-            )
-        } else {
-            String::new()
-        }
-    }
-
-    /// Opens the spool (at start, and every 10 s while it cannot be opened);
-    /// records what recovery found: damaged records as gap records with
-    /// their sequence ranges.
-    fn open_spool(&mut self) {
-        let Some(dir) = self.cfg.spool_dir.clone() else {
-            return;
-        };
-        let opts = SpoolOptions {
-            fsync: Fsync::EveryN(u32::MAX),
-            ..Default::default()
-        };
-        let (spool, rec) = match Spool::open(&dir, opts) {
-            Ok(opened) => opened,
-            Err(e) => {
-                if self.spool_open_error.is_empty() {
-                    error!(dir = %dir.display(), error = %e, "the spool cannot be opened; sensord enforces all the same, counts the records it cannot spool and retries every 10 s");
-                }
-                self.spool_open_error = e.to_string();
-                self.metrics.spool_unwritable.set(1);
-                return;
-            }
-        };
-        info!(dir = %dir.display(), records = rec.records, torn_bytes = rec.torn_bytes, damaged_bytes = rec.quarantined_bytes, next_seq = spool.next_seq(), "spool opened");
-        for w in &rec.warnings {
-            warn!(dir = %dir.display(), "spool recovery: {w}");
-        }
-        self.spool = Some(spool);
-        self.spool_open_error.clear();
-        self.metrics.spool_unwritable.set(0);
-        self.collector_state = "connecting".into();
-        let now = now_unix_ns();
-        for (first, last) in &rec.lost {
-            warn!(dir = %dir.display(), first_seq = first, last_seq = last, "damaged spool records were cut out (copied to quarantine/ when there was room); reported as a gap");
-            let body = serde_json::json!({
-                "source": "spool_damage",
-                "count": last - first + 1,
-                "first_seq": first,
-                "last_seq": last,
-            })
-            .to_string();
-            self.spool_append("gap", now, &body);
-        }
-        if rec.torn_bytes > 0 {
-            warn!(dir = %dir.display(), bytes = rec.torn_bytes, "the record being written when sensord stopped was cut short; reported as a gap");
-            let body = serde_json::json!({
-                "source": "spool_torn",
-                "count": 1,
-                "bytes": rec.torn_bytes,
-            })
-            .to_string();
-            self.spool_append("gap", now, &body);
-        }
-    }
-
-    /// Reports records the spool could not take, once it takes one again.
-    fn report_unspooled(&mut self) {
-        let (count, from, why) = &self.unspooled;
-        let Some(s) = self.spool.as_mut().filter(|_| *count > 0) else {
-            return;
-        };
-        let now = now_unix_ns();
-        let body = serde_json::json!({
-            "source": "spool_write",
-            "count": count,
-            "from_unix_ns": from,
-            "until_unix_ns": now,
-            "error": why,
-        })
-        .to_string();
-        // Still failing: the count stays for the next try (logged once, when
-        // the failures began).
-        if s.append_now(&encode_spooled("gap", now, &body)).is_ok() {
-            warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
-            self.unspooled = (0, 0, String::new());
-            self.metrics.spool_unwritable.set(0);
-        }
-    }
-
-    /// Makes what was appended durable and records gaps: audit records waiting,
-    /// records the full spool dropped.
-    fn spool_sync(&mut self) {
-        self.report_unspooled();
-        for a in self.audit.take_pending() {
-            let t =
-                a.at.duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
-            self.spool_append("audit", t, &a.to_json());
-        }
-        let Some(s) = &mut self.spool else { return };
-        if let Some(d) = s.take_dropped() {
-            warn!(
-                count = d.count,
-                first_seq = d.first_seq,
-                last_seq = d.last_seq,
-                "the spool was full: records dropped (reported as a gap)"
-            );
-            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq }).to_string();
-            self.spool_append("gap", now_unix_ns(), &body);
-        }
-        if let Some(s) = &mut self.spool
-            && let Err(e) = s.flush()
-        {
-            error!(error = %e, "writing or fsyncing the spool failed");
-        }
-        self.report_unwritten();
-        self.metrics
-            .spool_depth
-            .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);
-    }
 }

@@ -1,0 +1,228 @@
+//! The agent's side of the spool: appending records, accounting for every
+//! one the spool could not take (gap records), opening it (and retrying), and
+//! a lost spool history.
+
+use super::*;
+
+impl Agent {
+    /// Appends a record to the spool (when delivering to a collector). A
+    /// record that cannot be written (disk full, no file descriptor left) is
+    /// counted, and the count goes out as a gap record as soon as the spool
+    /// takes writes again.
+    pub(super) fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
+        if self.cfg.spool_dir.is_none() {
+            return;
+        }
+        let written = match &mut self.spool {
+            Some(s) => s
+                .append(&encode_spooled(kind, time_unix_ns, body_json))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => Err(format!("the spool is not open: {}", self.spool_open_error)),
+        };
+        if let Err(e) = written {
+            if self.unspooled.0 == 0 {
+                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again");
+                self.unspooled.1 = now_unix_ns();
+            }
+            self.unspooled.0 += 1;
+            self.unspooled.2 = e;
+            self.metrics.unspooled.inc();
+            self.metrics.spool_unwritable.set(1);
+        }
+    }
+
+    /// See [`Command::CollectorAhead`].
+    pub(super) fn collector_ahead(&mut self, last_seq: u64) -> bool {
+        let Some(s) = self.spool.as_mut().filter(|s| s.history_unknown()) else {
+            return false;
+        };
+        let from = s.next_seq();
+        match s.continue_after(last_seq) {
+            Ok(held) => {
+                warn!(
+                    collector_last_seq = last_seq,
+                    spool_next_seq = from,
+                    renumbered = held,
+                    "the spool's history was lost (new or wiped spool directory) and the collector holds records up to {last_seq}: numbering continues after it"
+                );
+                self.audit.record(
+                    "agent",
+                    &format!("spool history lost: the collector held records up to {last_seq} while the spool would have numbered from {from}; {held} spooled records renumbered after {last_seq}"),
+                    "spool directory new or wiped",
+                );
+                let body = serde_json::json!({
+                    "source": "spool_lost",
+                    "collector_last_seq": last_seq,
+                    "until_unix_ns": now_unix_ns(),
+                    "note": "records the lost spool held that the collector had not stored are lost; their number is unknown",
+                })
+                .to_string();
+                self.spool_append("gap", now_unix_ns(), &body);
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "renumbering the spool after the collector's sequence failed");
+                false
+            }
+        }
+    }
+
+    /// Records appended but not written (the disk filled before the batch
+    /// was written): each range becomes a gap record once one can be
+    /// written, with the sequence numbers the collector will not see.
+    pub(super) fn report_unwritten(&mut self) {
+        let Some(s) = &mut self.spool else { return };
+        for (first, last, why) in s.take_unwritten() {
+            let count = last - first + 1;
+            let body = serde_json::json!({
+                "source": "spool_write",
+                "count": count,
+                "first_seq": first,
+                "last_seq": last,
+                "until_unix_ns": now_unix_ns(),
+                "error": why,
+            })
+            .to_string();
+            if s.append_now(&encode_spooled("gap", now_unix_ns(), &body))
+                .is_ok()
+            {
+                warn!(count, first_seq = first, last_seq = last, error = %why, "spooled records could not be written; reported as a gap");
+                self.metrics.unspooled.inc_by(count);
+            } else {
+                self.metrics.spool_unwritable.set(1);
+                s.keep_unwritten((first, last, why));
+            }
+        }
+    }
+
+    /// Why records do not reach the spool now ("" when they do).
+    pub(super) fn spool_problem(&self) -> String {
+        if self.cfg.spool_dir.is_none() {
+            String::new()
+        } else if self.spool.is_none() {
+            format!(
+                "the spool cannot be opened ({}); records are counted and reported as a gap once it opens (retried every 10 s); enforcement is not affected",
+                self.spool_open_error
+            )
+        } else if self.unspooled.0 > 0 {
+            format!(
+                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected",
+                self.unspooled.2, self.unspooled.0
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// Opens the spool (at start, and every 10 s while it cannot be opened);
+    /// records what recovery found: damaged records as gap records with
+    /// their sequence ranges.
+    pub(super) fn open_spool(&mut self) {
+        let Some(dir) = self.cfg.spool_dir.clone() else {
+            return;
+        };
+        let opts = SpoolOptions {
+            fsync: Fsync::EveryN(u32::MAX),
+            ..Default::default()
+        };
+        let (spool, rec) = match Spool::open(&dir, opts) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if self.spool_open_error.is_empty() {
+                    error!(dir = %dir.display(), error = %e, "the spool cannot be opened; sensord enforces all the same, counts the records it cannot spool and retries every 10 s");
+                }
+                self.spool_open_error = e.to_string();
+                self.metrics.spool_unwritable.set(1);
+                return;
+            }
+        };
+        info!(dir = %dir.display(), records = rec.records, torn_bytes = rec.torn_bytes, damaged_bytes = rec.quarantined_bytes, next_seq = spool.next_seq(), "spool opened");
+        for w in &rec.warnings {
+            warn!(dir = %dir.display(), "spool recovery: {w}");
+        }
+        self.spool = Some(spool);
+        self.spool_open_error.clear();
+        self.metrics.spool_unwritable.set(0);
+        self.collector_state = "connecting".into();
+        let now = now_unix_ns();
+        for (first, last) in &rec.lost {
+            warn!(dir = %dir.display(), first_seq = first, last_seq = last, "damaged spool records were cut out (copied to quarantine/ when there was room); reported as a gap");
+            let body = serde_json::json!({
+                "source": "spool_damage",
+                "count": last - first + 1,
+                "first_seq": first,
+                "last_seq": last,
+            })
+            .to_string();
+            self.spool_append("gap", now, &body);
+        }
+        if rec.torn_bytes > 0 {
+            warn!(dir = %dir.display(), bytes = rec.torn_bytes, "the record being written when sensord stopped was cut short; reported as a gap");
+            let body = serde_json::json!({
+                "source": "spool_torn",
+                "count": 1,
+                "bytes": rec.torn_bytes,
+            })
+            .to_string();
+            self.spool_append("gap", now, &body);
+        }
+    }
+
+    /// Reports records the spool could not take, once it takes one again.
+    pub(super) fn report_unspooled(&mut self) {
+        let (count, from, why) = &self.unspooled;
+        let Some(s) = self.spool.as_mut().filter(|_| *count > 0) else {
+            return;
+        };
+        let now = now_unix_ns();
+        let body = serde_json::json!({
+            "source": "spool_write",
+            "count": count,
+            "from_unix_ns": from,
+            "until_unix_ns": now,
+            "error": why,
+        })
+        .to_string();
+        // Still failing: the count stays for the next try (logged once, when
+        // the failures began).
+        if s.append_now(&encode_spooled("gap", now, &body)).is_ok() {
+            warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
+            self.unspooled = (0, 0, String::new());
+            self.metrics.spool_unwritable.set(0);
+        }
+    }
+
+    /// Makes what was appended durable and records gaps: audit records waiting,
+    /// records the full spool dropped.
+    pub(super) fn spool_sync(&mut self) {
+        self.report_unspooled();
+        for a in self.audit.take_pending() {
+            let t =
+                a.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+            self.spool_append("audit", t, &a.to_json());
+        }
+        let Some(s) = &mut self.spool else { return };
+        if let Some(d) = s.take_dropped() {
+            warn!(
+                count = d.count,
+                first_seq = d.first_seq,
+                last_seq = d.last_seq,
+                "the spool was full: records dropped (reported as a gap)"
+            );
+            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq }).to_string();
+            self.spool_append("gap", now_unix_ns(), &body);
+        }
+        if let Some(s) = &mut self.spool
+            && let Err(e) = s.flush()
+        {
+            error!(error = %e, "writing or fsyncing the spool failed");
+        }
+        self.report_unwritten();
+        self.metrics
+            .spool_depth
+            .set(self.spool.as_ref().map_or(0, Spool::depth) as i64);
+    }
+}
