@@ -21,7 +21,9 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+        generated::{
+            bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_skc_to_mptcp_sock,
+        },
     },
     macros::cgroup_skb,
     programs::SkBuffContext,
@@ -40,7 +42,7 @@ use crate::{
     decide::{agent_loss, decide, is_loopback},
     emit::{Destination, mark_record, slot, submit},
     flows,
-    maps::{AGG, LOCAL_FLOWS, SOCK_ADDR, TASKS, config, count},
+    maps::{AGG, LOCAL_FLOWS, MPTCP_MARKED, SOCK_ADDR, TASKS, config, count},
     marks,
 };
 
@@ -76,6 +78,15 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
             } else {
                 unsafe { (*sk).protocol }
             };
+            if protocol == u32::from(IPPROTO_TCP) {
+                // A subflow the kernel opened for a tagged process's MPTCP
+                // connection (marked at connect) is marked here, from its
+                // first packet, as the connection's.
+                return match mptcp_subflow(sk.cast()) {
+                    Some(m) => judge_packet(&ctx, m),
+                    None => PASS,
+                };
+            }
             // A user's UDP socket sends only from its sender's context (raw
             // and ICMP sockets of tagged processes are marked at creation).
             if protocol != u32::from(IPPROTO_UDP) && protocol != u32::from(IPPROTO_UDPLITE) {
@@ -98,6 +109,28 @@ pub fn on_egress(ctx: SkBuffContext) -> i32 {
         }
     };
     judge_packet(&ctx, m)
+}
+
+/// The mark for `sk` when it is a subflow of an MPTCP connection whose
+/// connection-level socket carries a mark (a tagged process opened it): a
+/// copy of that mark's owner and classes. Checked only once any MPTCP
+/// connection was marked (one array lookup for every other TCP packet).
+#[inline(always)]
+fn mptcp_subflow(sk: *mut core::ffi::c_void) -> Option<&'static mut SockMark> {
+    if MPTCP_MARKED.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    // SAFETY: a full socket the verifier knows as one; null unless MPTCP.
+    let msk = unsafe { bpf_skc_to_mptcp_sock(sk) };
+    if msk.is_null() {
+        return None;
+    }
+    let parent = marks::get(msk.cast())?;
+    let (classes, tgid, uid, comm) = (parent.classes, parent.tgid, parent.uid, parent.comm);
+    let m = marks::mark_sender(sk, classes, tgid)?;
+    m.uid = uid;
+    m.comm = comm;
+    Some(m)
 }
 
 /// Whether `sk` belongs to a user-space socket (its `struct socket` has a

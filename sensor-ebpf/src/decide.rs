@@ -28,8 +28,8 @@ use crate::{
     emit::{Destination, fill_flow, slot, submit, task_record, task_record_at},
     flows,
     maps::{
-        AGG, FAILSAFE, Judgement, LIVENESS, MODES, SCRATCH, TAINT, TASKS, VERDICTS_A, VERDICTS_B,
-        config, count,
+        AGG, FAILSAFE, Judgement, LIVENESS, MODES, MPTCP_MARKED, SCRATCH, TAINT, TASKS, VERDICTS_A,
+        VERDICTS_B, config, count,
     },
     marks,
     process::set_classes,
@@ -369,6 +369,18 @@ fn mark_socket(
         // (~0.8 µs) and guard nothing more (a handshake carries no data). An
         // existing mark (a socket bound by a tagged process) gets the verdict.
         let existing = marks::get(sk.cast());
+        // An MPTCP connection: its connection-level socket is marked, so
+        // that the egress backstop judges every subflow the kernel opens for
+        // it later (to addresses the peer announces) by its own destination.
+        // SAFETY: the helper checks the socket; null for plain TCP.
+        let msk = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
+        if !msk.is_null()
+            && marks::mark_current(msk.cast(), classes).is_some()
+            && let Some(flag) = MPTCP_MARKED.get_ptr_mut(0)
+        {
+            // SAFETY: a map value; a racing write stores the same value.
+            unsafe { write_volatile(flag, 1) };
+        }
         if let Some(m) = existing {
             m.classes |= classes;
             Some(m)

@@ -86,6 +86,12 @@ pub static AGG: LruHashMap<AggKey, AggState> = LruHashMap::with_max_entries(65_5
 pub static LOCAL_FLOWS: LruHashMap<LocalFlowKey, LocalFlow> =
     LruHashMap::with_max_entries(16_384, 0);
 
+/// Non-zero once a tagged process opened an MPTCP connection (its socket is
+/// marked): from then on the egress backstop looks for the MPTCP connection
+/// behind an unmarked TCP socket's packet (a subflow the kernel opened).
+#[map]
+pub static MPTCP_MARKED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Adds one to counter `index` on this CPU.
 #[inline(always)]
 pub fn count(index: u32) {

@@ -862,3 +862,199 @@ fn mptcp_records_say_mptcp() {
     assert_eq!(recs[0].sock_protocol, sensor_common::net::IPPROTO_MPTCP);
     assert_eq!(recs[0].action, action::REPORTED);
 }
+
+/// `ip` with `args`, asserting success.
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip(8)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The host's MPTCP limits, raised so that this host accepts an address its
+/// peer announces, and put back on drop. Host-wide: one test at a time.
+struct MptcpLimits {
+    before: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+static MPTCP_LIMITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl MptcpLimits {
+    fn accept_announced() -> MptcpLimits {
+        let guard = MPTCP_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+        let out = Command::new("ip")
+            .args(["mptcp", "limits", "show"])
+            .output()
+            .expect("ip mptcp");
+        let before = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ip_cmd(&[
+            "mptcp",
+            "limits",
+            "set",
+            "add_addr_accepted",
+            "4",
+            "subflows",
+            "4",
+        ]);
+        MptcpLimits {
+            before,
+            _serial: guard,
+        }
+    }
+}
+
+impl Drop for MptcpLimits {
+    fn drop(&mut self) {
+        let mut args = vec!["mptcp", "limits", "set"];
+        args.extend(self.before.split_whitespace());
+        let _ = Command::new("ip").args(&args).output();
+    }
+}
+
+/// A Frankfurt (allowed) MPTCP server that announces a second address of its
+/// own, 192.0.2.77, which the policy denies: the tagged client's kernel opens
+/// an additional subflow to it and sends part of the stream there.
+fn mptcp_announcing_server(sc: &mut Scenario) -> (Waiting, SocketAddr, std::net::Ipv4Addr) {
+    let extra = std::net::Ipv4Addr::new(192, 0, 2, 77);
+    let host = &sc.net.frankfurt;
+    let peer = format!("{}p", host.veth);
+    ip_cmd(&[
+        "-n",
+        &host.netns,
+        "addr",
+        "add",
+        &format!("{extra}/32"),
+        "dev",
+        &peer,
+    ]);
+    ip_cmd(&["route", "add", &format!("{extra}/32"), "dev", &host.veth]);
+    ip_cmd(&[
+        "-n",
+        &host.netns,
+        "mptcp",
+        "limits",
+        "set",
+        "subflows",
+        "4",
+        "add_addr_accepted",
+        "4",
+    ]);
+    ip_cmd(&[
+        "-n",
+        &host.netns,
+        "mptcp",
+        "endpoint",
+        "add",
+        &extra.to_string(),
+        "dev",
+        &peer,
+        "signal",
+    ]);
+    let mut table = Vec::new();
+    for (h, verdict) in [
+        (&sc.net.frankfurt, Verdict::Allow),
+        (&sc.net.virginia, Verdict::Deny),
+    ] {
+        for n in harness::harness::scenario::host_nets(h) {
+            table.push(VerdictEntry {
+                class: EU,
+                net: n,
+                verdict,
+            });
+        }
+    }
+    table.push(VerdictEntry {
+        class: EU,
+        net: format!("{extra}/32").parse().expect("prefix"),
+        verdict: Verdict::Deny,
+    });
+    sc.fx.sensor.replace_verdicts(&table).expect("verdicts");
+    let mut sink = Waiting::start({
+        let mut c = host.command(workspace_bin("gateprobe").to_str().expect("utf-8"));
+        // Any address: the additional subflow arrives at the announced one.
+        c.args(["mptcp-sink", "0.0.0.0:0"]);
+        c
+    });
+    let port = json(&sink.read_line())["port"].as_u64().expect("port") as u16;
+    (sink, SocketAddr::new(IpAddr::V4(host.v4), port), extra)
+}
+
+fn mptcp_enabled() -> bool {
+    let on = std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|v| v.trim() == "1");
+    if !on {
+        eprintln!("MPTCP is disabled on this host (net.mptcp.enabled): nothing to check");
+    }
+    on
+}
+
+/// A bulk MPTCP stream to an allowed server that announces a denied address
+/// of its own: the kernel opens a subflow there (no connect call of the
+/// process's), and part of the stream would leave through it.
+fn mptcp_subflow_case(
+    mode: Mode,
+) -> (Scenario, Sniffer, String, u32, std::net::Ipv4Addr, Vec<i64>) {
+    let mut sc = Scenario::new(mode);
+    let (sink, server, extra) = mptcp_announcing_server(&mut sc);
+    let sniff = sc.net.frankfurt.sniffer();
+    let m = marker("mptcp-subflow");
+    let mut g = Gate::start(sc.in_cgroup(gateprobe(&[
+        "mptcp-stream",
+        &server.to_string(),
+        &m,
+        "1500",
+    ])));
+    let errnos = g.errnos();
+    let pid = g.pid();
+    drop(g);
+    drop(sink);
+    (sc, sniff, m, pid, extra, errnos)
+}
+
+#[test]
+fn mptcp_subflow_to_an_announced_address_is_judged_monitor() {
+    if !mptcp_enabled() {
+        return;
+    }
+    let _limits = MptcpLimits::accept_announced();
+    let (mut sc, sniff, m, pid, extra, errnos) = mptcp_subflow_case(Mode::Monitor);
+    assert_eq!(errnos, vec![0, 0]);
+    assert!(
+        sniff.count_to(m.as_bytes(), extra) > 0,
+        "monitor mode: the subflow to {extra} carried part of the stream (the case is real)"
+    );
+    let recs = records(&mut sc, 1, pid, FlowKind::Packet);
+    let r = recs
+        .iter()
+        .find(|r| r.remote().ip() == IpAddr::V4(extra))
+        .unwrap_or_else(|| panic!("a packet record for the subflow to {extra}: {recs:?}"));
+    assert_eq!((r.action, r.classes), (action::REPORTED, EU_BIT));
+}
+
+#[test]
+fn mptcp_subflow_to_an_announced_address_is_judged_enforce() {
+    if !mptcp_enabled() {
+        return;
+    }
+    let _limits = MptcpLimits::accept_announced();
+    let (mut sc, sniff, m, pid, extra, errnos) = mptcp_subflow_case(Mode::Enforce);
+    assert_eq!(errnos, vec![0, 0], "the allowed path carries the stream");
+    assert!(
+        sniff.count_to(m.as_bytes(), sc.net.frankfurt.v4) > 0,
+        "the stream reached the allowed address"
+    );
+    assert_eq!(
+        sniff.count_to(b"", extra),
+        0,
+        "not one packet of the subflow to the denied {extra} left"
+    );
+    let recs = records(&mut sc, 1, pid, FlowKind::Packet);
+    assert!(
+        recs.iter()
+            .any(|r| r.remote().ip() == IpAddr::V4(extra) && r.action == action::DENIED),
+        "the refused subflow is recorded: {recs:?}"
+    );
+}

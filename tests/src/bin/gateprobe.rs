@@ -29,6 +29,13 @@
 //!   serve ADDR:PORT MARKER       listen; print {"port":P}; accept one
 //!                                connection, write MARKER; print {"errno":E}
 //!   mptcp ADDR:PORT MARKER       an MPTCP connection (IPPROTO_MPTCP): MARKER
+//!   mptcp-stream ADDR:PORT MARKER MS
+//!                                an MPTCP connection writing 64 KiB of MARKER
+//!                                repeated every 1 ms for MS ms (a bulk stream:
+//!                                additional subflows carry some);
+//!                                errno [connect, last write]
+//!   mptcp-sink ADDR:PORT         an MPTCP listener (a remote host's server):
+//!                                print {"port":P}; accept and read everything
 //!   udp-multi ADDR:PORT N [ADDR:PORT N]…
 //!                                one unconnected UDP socket: N bytes to each
 //!                                destination in turn; errno per datagram
@@ -429,6 +436,68 @@ fn mptcp(addr: SocketAddr, marker: &[u8]) -> Vec<i32> {
     }
 }
 
+fn mptcp_stream(addr: SocketAddr, marker: &[u8], ms: u64) -> Vec<i32> {
+    const IPPROTO_MPTCP: i32 = 262;
+    let fd = match socket(domain(addr.ip()), libc::SOCK_STREAM, IPPROTO_MPTCP) {
+        Ok(fd) => fd,
+        Err(e) => return vec![e],
+    };
+    let c = connect(fd.as_raw_fd(), addr);
+    if c != 0 {
+        return vec![c];
+    }
+    // A bulk stream: 64 KiB writes of the marker repeated keep the first
+    // subflow's window full, so the scheduler uses the others too.
+    let chunk: Vec<u8> = marker.iter().copied().cycle().take(65_536).collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut e = 0;
+    while std::time::Instant::now() < until {
+        e = write_fd(fd.as_raw_fd(), &chunk);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    vec![0, e]
+}
+
+fn mptcp_sink(addr: SocketAddr) {
+    const IPPROTO_MPTCP: i32 = 262;
+    let fd = socket(domain(addr.ip()), libc::SOCK_STREAM, IPPROTO_MPTCP).expect("MPTCP socket");
+    let (sa, len) = sockaddr(addr);
+    // SAFETY: a valid socket and address for the calls' duration.
+    let ok = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        ) == 0
+            && libc::listen(fd.as_raw_fd(), 16) == 0
+    };
+    assert!(ok, "bind/listen: {}", last());
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: out-pointers sized for an IPv4 address.
+    unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    say(&format!("{{\"port\":{}}}", u16::from_be(sa.sin_port)));
+    loop {
+        // SAFETY: accept on a listening socket; the fd is owned below.
+        let c = unsafe { libc::accept(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+        if c < 0 {
+            return;
+        }
+        std::thread::spawn(move || {
+            // SAFETY: accept returned a new fd we own.
+            let mut s = unsafe { std::fs::File::from_raw_fd(c) };
+            let mut buf = [0u8; 4096];
+            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+    }
+}
+
 fn udp_multi(args: &[String]) -> Vec<i32> {
     let first = parse_addr(&args[0]);
     let fd = match socket(domain(first.ip()), libc::SOCK_DGRAM, 0) {
@@ -490,6 +559,13 @@ fn main() {
         "serve" => return serve(parse_addr(a(1)), a(2).as_bytes()),
         "udp-multi" => udp_multi(&args[1..]),
         "mptcp" => mptcp(parse_addr(a(1)), a(2).as_bytes()),
+        "mptcp-stream" => {
+            mptcp_stream(parse_addr(a(1)), a(2).as_bytes(), a(3).parse().expect("MS"))
+        }
+        "mptcp-sink" => {
+            mptcp_sink(parse_addr(a(1)));
+            return;
+        }
         "relay" => relay(parse_addr(a(1)), parse_addr(a(2)), a(3).as_bytes()),
         other => {
             eprintln!("gateprobe: unknown operation {other:?}");

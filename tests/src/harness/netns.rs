@@ -382,6 +382,18 @@ impl Sniffer {
             .count()
     }
 
+    /// How many captured IPv4 packets to `dst` contain `marker` (Ethernet
+    /// frames: the destination address at bytes 30..34).
+    pub fn count_to(&self, marker: &[u8], dst: std::net::Ipv4Addr) -> usize {
+        self.packets
+            .lock()
+            .expect("sniffer lock")
+            .iter()
+            .filter(|p| p.len() > 34 && p[12..14] == [0x08, 0x00] && p[30..34] == dst.octets())
+            .filter(|p| marker.is_empty() || p.windows(marker.len()).any(|w| w == marker))
+            .count()
+    }
+
     /// Waits up to `timeout` for a packet containing `marker`; returns how
     /// many were seen.
     pub fn wait_for(&self, marker: &[u8], timeout: Duration) -> usize {
