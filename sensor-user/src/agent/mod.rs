@@ -120,6 +120,8 @@ pub struct Agent {
     exes: enrich::ExeCache,
     /// Violation log lines, folded per process and destination.
     violation_log: violation_log::ViolationLog,
+    /// Makes the spool durable off this task.
+    syncer: crate::export::syncer::Syncer,
     audit: AuditLog,
     metrics: Arc<Metrics>,
     spool: Option<Spool>,
@@ -220,6 +222,8 @@ impl Agent {
             names: Arc::default(),
             exes: enrich::ExeCache::default(),
             violation_log: Default::default(),
+            syncer: crate::export::syncer::Syncer::start()
+                .context("while starting the spool's fsync thread")?,
             audit: AuditLog::default(),
             metrics: Arc::new(Metrics::default()),
             spool: None,
@@ -795,6 +799,12 @@ impl Agent {
             "signal",
         );
         self.spool_sync();
+        // The last batch is durable before the process ends.
+        if let Some(s) = &mut self.spool
+            && let Err(e) = s.flush()
+        {
+            error!(error = %e, "the last fsync of the spool failed");
+        }
         Ok(())
     }
 

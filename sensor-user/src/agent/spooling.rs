@@ -215,10 +215,15 @@ impl Agent {
             let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq }).to_string();
             self.spool_append("gap", now_unix_ns(), &body);
         }
-        if let Some(s) = &mut self.spool
-            && let Err(e) = s.flush()
-        {
-            error!(error = %e, "writing or fsyncing the spool failed");
+        if let Some(s) = &mut self.spool {
+            match s.write_out() {
+                Err(e) => error!(error = %e, "writing the spool failed"),
+                Ok(()) => {
+                    if let Some(f) = s.tail_for_sync() {
+                        self.syncer.request(f);
+                    }
+                }
+            }
         }
         self.report_unwritten();
         self.metrics

@@ -4,3 +4,4 @@
 pub mod deliver;
 pub mod record;
 pub mod spool;
+pub mod syncer;

@@ -6,12 +6,15 @@
 //! the CRC covers seq and payload). Sequence numbers are per host, start at 1
 //! and never repeat.
 //!
-//! Durability: with `Fsync::Always` (the default) every append is fsynced
-//! before it returns; with `Fsync::EveryN(n)` every n-th append (and every
-//! `flush()`), trading up to n-1 records after a power loss (not after a process
-//! crash: the data is in the page cache) for throughput. Under `EveryN` only
-//! records up to the last fsync may be sent: a lost unsynced tail's sequence
-//! numbers are reused after recovery.
+//! Durability: with `Fsync::Always` (the default) every append is written and
+//! fsynced before it returns; with `Fsync::EveryN(n)` appends are held and
+//! written together (on `write_out`/`flush`, before a read, when the tail
+//! rolls, past 256 KiB), and fsynced every n-th append, on `flush()`, or by
+//! the caller off its thread (`tail_for_sync`, see `syncer.rs`); a segment is
+//! synced before the next one starts. That trades the records written since
+//! the last fsync after a power loss (not after a process crash: the data is
+//! in the page cache) for throughput; a lost unsynced tail's sequence numbers
+//! may be handed out again after recovery (they were never acknowledged).
 //!
 //! Recovery on open: a torn write at the tail of the last segment (a frame cut
 //! short, or whose CRC fails with nothing valid after it) is cut off and counted,
@@ -547,6 +550,11 @@ impl Spool {
             // What the old tail holds goes to it first (a failure is
             // recorded as unwritten).
             let _ = self.write_pending();
+            // The old tail is durable before the new one takes records: a
+            // sync asked for later covers only the new tail.
+            if let Some(f) = &self.tail {
+                let _ = f.sync_data();
+            }
             let path = self.dir.join(seg_name(seq));
             self.tail = Some(OpenOptions::new().create(true).append(true).open(&path)?);
             self.segments.push(Segment {
@@ -644,6 +652,17 @@ impl Spool {
     /// written either (reported again later).
     pub fn keep_unwritten(&mut self, range: (u64, u64, String)) {
         self.unwritten.push(range);
+    }
+
+    /// Writes what was appended (no fsync: see [`Spool::tail_for_sync`]).
+    pub fn write_out(&mut self) -> io::Result<()> {
+        self.write_pending()
+    }
+
+    /// A handle on the tail segment for an fsync off the caller's thread
+    /// (earlier segments were synced when the tail moved on).
+    pub fn tail_for_sync(&self) -> Option<File> {
+        self.tail.as_ref().and_then(|f| f.try_clone().ok())
     }
 
     /// Writes and fsyncs what was appended.
