@@ -422,13 +422,38 @@ fn link_update(link: &OwnedFd, program: &aya::programs::ProgramFd) -> std::io::R
     sys_bpf(BPF_LINK_UPDATE, &attr).map(|_| ())
 }
 
-/// Removes the pinned set at `dir`: links first (each detaches as its last
-/// reference goes), then the maps. Returns whether anything was there.
+/// `BPF_LINK_DETACH`: the link's program stops running now. (Dropping the
+/// last reference to a link, as unpinning does, detaches it from a kernel
+/// work queue, some time later.)
+fn link_detach(link: &OwnedFd) -> std::io::Result<()> {
+    /// `union bpf_attr`'s `link_detach` member.
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let attr = LinkDetach {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    sys_bpf(BPF_LINK_DETACH, &attr).map(|_| ())
+}
+
+/// Removes the pinned set at `dir`: every link detached first (at once, so
+/// nothing judges once this returns; links the kernel cannot detach, the
+/// tracepoints', go with their last reference), then the pins and the maps.
+/// Returns whether anything was there.
 pub fn uninstall(dir: &Path) -> Result<bool, SensorError> {
     if !dir.exists() {
         return Ok(false);
     }
     let links = dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for e in entries.flatten() {
+            if let Ok(fd) = obj_get(&e.path()) {
+                let _ = link_detach(&fd);
+            }
+        }
+    }
     if links.exists() {
         std::fs::remove_dir_all(&links).map_err(io_err(&links))?;
     }
