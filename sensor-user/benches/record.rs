@@ -115,9 +115,8 @@ fn bench(c: &mut Criterion) {
                 let kept = Kept::new(&ev, &compiled, &names, &mut exes, offset);
                 assert!(kept.is_violation());
                 let flow = kept.to_pb();
-                let body = serde_json::to_string(&flow).expect("json");
                 spool
-                    .append(&encode_spooled("violation", flow.time_unix_ns, &body))
+                    .append(&encode_spooled("violation", flow.time_unix_ns, &flow))
                     .expect("append");
                 store.push_violation(flow);
             });

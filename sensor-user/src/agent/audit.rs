@@ -52,13 +52,13 @@ impl AuditLog {
 }
 
 impl AuditRecord {
-    /// The record as JSON for the collector.
-    pub fn to_json(&self) -> String {
+    /// The record for the collector.
+    pub fn value(&self) -> serde_json::Value {
         let at = self
             .at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        serde_json::json!({ "time_unix_ns": at as u64, "actor": self.actor, "action": self.action, "reason": self.reason }).to_string()
+        serde_json::json!({ "time_unix_ns": at as u64, "actor": self.actor, "action": self.action, "reason": self.reason })
     }
 }

@@ -164,8 +164,9 @@ const EXE_CACHE_MAX: usize = 65_536;
 impl ExeCache {
     /// The executable of `ev`'s process.
     pub fn get(&mut self, ev: &FlowEvent) -> Arc<str> {
+        // Packet records carry no comm: they take the entry as it is.
         if let Some((comm, exe)) = self.by_tgid.get(&ev.tgid)
-            && *comm == ev.comm
+            && (*comm == ev.comm || ev.comm == [0; COMM_LEN])
         {
             return exe.clone();
         }
@@ -317,6 +318,29 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_executable_is_resolved_once_per_process_and_comm() {
+        let mut cache = ExeCache::default();
+        let mut ev = FlowEvent::ZERO;
+        ev.tgid = std::process::id();
+        ev.comm[..4].copy_from_slice(b"test");
+        let first = cache.get(&ev);
+        assert!(!first.is_empty(), "this process's executable");
+        assert!(Arc::ptr_eq(&first, &cache.get(&ev)), "cached");
+        // A record without comm (packet records) takes the entry as it is.
+        let mut packet = ev;
+        packet.comm = [0; COMM_LEN];
+        assert!(Arc::ptr_eq(&first, &cache.get(&packet)));
+        // Another comm (a reused pid, an exec) resolves again, as does an
+        // entry dropped for an Exec or Tag record.
+        let mut other = ev;
+        other.comm[..4].copy_from_slice(b"else");
+        assert!(!Arc::ptr_eq(&first, &cache.get(&other)));
+        let again = cache.get(&other);
+        cache.forget(ev.tgid);
+        assert!(!Arc::ptr_eq(&again, &cache.get(&other)));
+    }
 
     #[test]
     fn long_fields_are_cut_and_say_so() {

@@ -312,8 +312,7 @@ impl Agent {
                         "classes": allow_names,
                         "from_unix_ns": from + l.timeout_ns as i64,
                         "until_unix_ns": now_ns,
-                    })
-                    .to_string();
+                    });
                     warn!(classes = ?allow_names, "enforcement was open (on_agent_loss = allow) while no agent ran; recorded as a gap");
                     self.spool_append("gap", now_ns, &body);
                 }
@@ -669,8 +668,7 @@ impl Agent {
                                 "count": grew,
                                 "from_unix_ns": self.counters_read_at,
                                 "until_unix_ns": now,
-                            })
-                            .to_string();
+                            });
                             self.spool_append("gap", now, &body);
                         }
                     }

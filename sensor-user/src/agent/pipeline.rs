@@ -42,10 +42,7 @@ impl Agent {
     /// Keeps a violation: spooled for the collector, counted, logged and kept
     /// for the API.
     pub(super) fn record_violation(&mut self, flow: pb::Flow) {
-        if self.cfg.spool_dir.is_some() {
-            let body = serde_json::to_string(&flow).unwrap_or_default();
-            self.spool_append("violation", flow.time_unix_ns, &body);
-        }
+        self.spool_append("violation", flow.time_unix_ns, &flow);
         for class in &flow.classes {
             let labels = ViolationLabels {
                 class: class.clone(),

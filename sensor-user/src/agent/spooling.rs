@@ -9,13 +9,18 @@ impl Agent {
     /// record that cannot be written (disk full, no file descriptor left) is
     /// counted, and the count goes out as a gap record as soon as the spool
     /// takes writes again.
-    pub(super) fn spool_append(&mut self, kind: &str, time_unix_ns: i64, body_json: &str) {
+    pub(super) fn spool_append(
+        &mut self,
+        kind: &str,
+        time_unix_ns: i64,
+        body: &impl crate::export::record::Body,
+    ) {
         if self.cfg.spool_dir.is_none() {
             return;
         }
         let written = match &mut self.spool {
             Some(s) => s
-                .append(&encode_spooled(kind, time_unix_ns, body_json))
+                .append(&encode_spooled(kind, time_unix_ns, body))
                 .map(drop)
                 .map_err(|e| e.to_string()),
             None => Err(format!("the spool is not open: {}", self.spool_open_error)),
@@ -56,8 +61,7 @@ impl Agent {
                     "collector_last_seq": last_seq,
                     "until_unix_ns": now_unix_ns(),
                     "note": "records the lost spool held that the collector had not stored are lost; their number is unknown",
-                })
-                .to_string();
+                });
                 self.spool_append("gap", now_unix_ns(), &body);
                 true
             }
@@ -82,8 +86,7 @@ impl Agent {
                 "last_seq": last,
                 "until_unix_ns": now_unix_ns(),
                 "error": why,
-            })
-            .to_string();
+            });
             if s.append_now(&encode_spooled("gap", now_unix_ns(), &body))
                 .is_ok()
             {
@@ -153,8 +156,7 @@ impl Agent {
                 "count": last - first + 1,
                 "first_seq": first,
                 "last_seq": last,
-            })
-            .to_string();
+            });
             self.spool_append("gap", now, &body);
         }
         if rec.torn_bytes > 0 {
@@ -163,8 +165,7 @@ impl Agent {
                 "source": "spool_torn",
                 "count": 1,
                 "bytes": rec.torn_bytes,
-            })
-            .to_string();
+            });
             self.spool_append("gap", now, &body);
         }
     }
@@ -182,8 +183,7 @@ impl Agent {
             "from_unix_ns": from,
             "until_unix_ns": now,
             "error": why,
-        })
-        .to_string();
+        });
         // Still failing: the count stays for the next try (logged once, when
         // the failures began).
         if s.append_now(&encode_spooled("gap", now, &body)).is_ok() {
@@ -202,7 +202,7 @@ impl Agent {
                 a.at.duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_nanos() as i64)
                     .unwrap_or(0);
-            self.spool_append("audit", t, &a.to_json());
+            self.spool_append("audit", t, &a.value());
         }
         let Some(s) = &mut self.spool else { return };
         if let Some(d) = s.take_dropped() {
@@ -212,7 +212,7 @@ impl Agent {
                 last_seq = d.last_seq,
                 "the spool was full: records dropped (reported as a gap)"
             );
-            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq }).to_string();
+            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq });
             self.spool_append("gap", now_unix_ns(), &body);
         }
         if let Some(s) = &mut self.spool {

@@ -3,16 +3,31 @@
 
 use residency_proto::collector::v1 as cpb;
 
-/// A spooled record: `{"k": kind, "t": unix ns, "b": body}`. `body_json` is
-/// JSON the agent wrote (serde_json): it goes in as it is, not parsed again.
-pub fn encode_spooled(kind: &str, time_unix_ns: i64, body_json: &str) -> Vec<u8> {
-    let body = if serde_json::from_str::<serde::de::IgnoredAny>(body_json).is_ok() {
-        body_json
-    } else {
-        "null"
-    };
-    let kind = serde_json::to_string(kind).unwrap_or_else(|_| "\"unknown\"".into());
-    format!("{{\"k\":{kind},\"t\":{time_unix_ns},\"b\":{body}}}").into_bytes()
+/// What a spooled record's body may be: a structure, never a string that
+/// already holds JSON (it would be stored as a JSON string).
+pub trait Body: serde::Serialize {}
+
+impl Body for serde_json::Value {}
+impl Body for residency_proto::agent::v1::Flow {}
+
+/// A spooled record: `{"k": kind, "t": unix ns, "b": body}`, the body
+/// serialized straight into it (one pass, no intermediate string). A body
+/// that cannot be serialized is stored as `null`, never as broken JSON.
+pub fn encode_spooled(kind: &str, time_unix_ns: i64, body: &impl Body) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"k\":");
+    if serde_json::to_writer(&mut out, kind).is_err() {
+        out.extend_from_slice(b"\"unknown\"");
+    }
+    let _ = write!(out, ",\"t\":{time_unix_ns},\"b\":");
+    let mark = out.len();
+    if serde_json::to_writer(&mut out, body).is_err() {
+        out.truncate(mark);
+        out.extend_from_slice(b"null");
+    }
+    out.push(b'}');
+    out
 }
 
 #[derive(serde::Deserialize)]
@@ -49,7 +64,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_garbage() {
-        let p = encode_spooled("violation", 42, r#"{"pid":7,"remote":"203.0.113.2:443"}"#);
+        let body = serde_json::json!({"pid": 7, "remote": "203.0.113.2:443"});
+        let p = encode_spooled("violation", 42, &body);
         let r = decode_spooled(9, &p);
         assert_eq!(
             (r.seq, r.kind.as_str(), r.time_unix_ns),
@@ -57,8 +73,16 @@ mod tests {
         );
         let b: serde_json::Value = serde_json::from_str(&r.body_json).unwrap();
         assert_eq!(b["pid"], 7);
-        // A body that is not JSON is stored as null, never as broken JSON.
-        let r = decode_spooled(1, &encode_spooled("gap", 1, "{not json"));
+        // A body that cannot be serialized is stored as null, never as
+        // broken JSON.
+        struct Bad;
+        impl serde::Serialize for Bad {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        impl Body for Bad {}
+        let r = decode_spooled(1, &encode_spooled("gap", 1, &Bad));
         assert_eq!(r.body_json, "null");
         assert_eq!(decode_spooled(1, b"\xff\x00").kind, "corrupt");
     }

@@ -625,9 +625,21 @@ impl Spool {
     }
 
     /// The record `seq` (the last appended) failed with an error its caller
-    /// gets: it is not also reported as unwritten, and its number, never
-    /// written nor delivered, is the next one's.
+    /// gets (its write, or the fsync after it): it is cut out of the segment
+    /// if it reached it, not also reported as unwritten, and its number,
+    /// never delivered, is the next one's.
     fn disown(&mut self, seq: u64) {
+        if let Some(s) = self.segments.last_mut()
+            && let Some(&(last_seq, off)) = s.index.last()
+            && last_seq == seq
+        {
+            if let Some(f) = &self.tail {
+                let _ = f.set_len(off);
+            }
+            s.index.pop();
+            s.bytes = off;
+            s.last_seq = seq - 1;
+        }
         if let Some(last) = self.unwritten.last_mut()
             && last.1 == seq
         {
