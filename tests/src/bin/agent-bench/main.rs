@@ -34,7 +34,11 @@ use std::{
 
 use harness::harness::{
     agent::RunningAgent,
-    bench::{net::Sink, progstats, stats, worker::Worker},
+    bench::{
+        net::Sink,
+        process,
+        sides::{Side, interleave, report, report_programs},
+    },
     cgroup::TestCgroup,
     netns::{Place, RemoteHost},
     privilege::require_root,
@@ -44,51 +48,20 @@ use harness::harness::{
 const US_REMOTE: Ipv4Addr = Ipv4Addr::new(1, 32, 232, 10);
 const US_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(1, 32, 232, 9);
 
+/// The product's connect cost with the real sensord in the loop, beside
+/// nftables doing the same country check.
+#[derive(clap::Parser)]
 struct Options {
+    /// Rounds; every round runs every side once.
+    #[arg(long, default_value_t = 1000)]
     rounds: usize,
+    /// connect()+close() per side and round.
+    #[arg(long, default_value_t = 40)]
     per_round: usize,
     /// Report the kernel's run time of sensord's programs per side
     /// (BPF_ENABLE_STATS; the accounting costs every run a little).
+    #[arg(long)]
     prog_stats: bool,
-}
-
-fn parse_options() -> Options {
-    let mut o = Options {
-        rounds: 1000,
-        per_round: 40,
-        prog_stats: false,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> usize {
-            args.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| {
-                    eprintln!("agent-bench: {} needs a number", args[i]);
-                    std::process::exit(2);
-                })
-        };
-        match args[i].as_str() {
-            "--rounds" => o.rounds = value(),
-            "--per-round" => o.per_round = value(),
-            "--prog-stats" => {
-                o.prog_stats = true;
-                i += 1;
-                continue;
-            }
-            "-h" | "--help" => {
-                println!("usage: agent-bench [--rounds R] [--per-round N] [--prog-stats]");
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("agent-bench: unknown argument {other:?}");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
-    }
-    o
 }
 
 /// The example policy's shape, tagging the processes of `tagged` (a cgroup
@@ -112,84 +85,23 @@ cgroup = "/{tagged}"
     )
 }
 
-/// What a process has used so far: CPU (ns, summed over its threads from
-/// schedstat, which counts in ns rather than clock ticks) and resident
-/// memory (KiB).
-fn usage(pid: u32) -> (u64, u64) {
-    let cpu = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
 /// Records the agent has read from the kernel so far.
 fn agent_records(agent: &RunningAgent) -> u64 {
     agent.ctl_json(&["status"])["events"].as_u64().unwrap_or(0)
 }
 
-struct Side {
-    name: &'static str,
-    worker: Worker,
-    samples: Vec<f64>,
-    prog: progstats::Stats,
-}
-
-/// Runs the sides round-robin (the order rotates every round), after one
-/// warm-up round.
-fn interleave(sides: &mut [Side], o: &Options, agent_pid: u32) {
-    for s in sides.iter_mut() {
-        s.worker.run(o.per_round);
-    }
-    let stats_fd = o.prog_stats.then(progstats::enable).flatten();
-    let pid = agent_pid.to_string();
-    for round in 0..o.rounds {
-        for k in 0..sides.len() {
-            let i = (round + k) % sides.len();
-            let before = stats_fd.as_ref().map(|_| progstats::snapshot_of(&pid));
-            let ns = sides[i].worker.run(o.per_round);
-            if let Some(before) = before {
-                let after = progstats::snapshot_of(&pid);
-                progstats::accumulate(&mut sides[i].prog, &before, &after);
-            }
-            sides[i].samples.push(ns as f64 / o.per_round as f64);
-        }
-    }
-    if stats_fd.is_some() {
-        println!(
-            "kernel run time of sensord's programs per side (BPF stats; the accounting adds a little):"
-        );
-        for s in sides.iter() {
-            progstats::report(s.name, &s.prog, o.rounds * o.per_round);
-        }
-    }
-}
-
-fn report(sides: &[Side]) {
-    let base = stats::median(&sides[0].samples);
-    println!(
-        "{:<10} {:>14} {:>14} {:>10}",
-        "side", "median ns/op", "p90 ns/op", "ratio"
+/// Runs the sides interleaved (see `bench::sides`), with sensord's programs
+/// accounted per side on request.
+fn run_sides(sides: &mut [Side], o: &Options, agent: &RunningAgent) {
+    let pid = agent.pid().to_string();
+    interleave(
+        sides,
+        o.rounds,
+        o.per_round,
+        o.prog_stats.then_some(pid.as_str()),
     );
-    for s in sides {
-        let m = stats::median(&s.samples);
-        println!(
-            "{:<10} {:>14.0} {:>14.0} {:>10.3}",
-            s.name,
-            m,
-            stats::percentile(&s.samples, 0.9),
-            m / base
-        );
+    if o.prog_stats {
+        report_programs(sides, o.rounds * o.per_round);
     }
 }
 
@@ -201,12 +113,13 @@ struct Spent {
 }
 
 fn measure_agent<T>(agent: &RunningAgent, f: impl FnOnce() -> T) -> (T, Spent) {
-    let (cpu0, _) = usage(agent.pid());
+    let cpu0 = process::cpu_ns(agent.pid());
     let rec0 = agent_records(agent);
     let out = f();
     // The agent drains flow and close records every 100 ms: let it catch up.
     std::thread::sleep(Duration::from_millis(500));
-    let (cpu1, rss_kib) = usage(agent.pid());
+    let cpu1 = process::cpu_ns(agent.pid());
+    let rss_kib = process::status_kib(&agent.pid().to_string(), "VmRSS:");
     let records = agent_records(agent) - rec0;
     (
         out,
@@ -276,7 +189,7 @@ fn main() {
         harness::harness::bench::worker::serve();
         return;
     }
-    let o = parse_options();
+    let o = <Options as clap::Parser>::parse();
     require_root();
     let root = sensor_user::system::mountinfo::cgroup2_mount().expect("cgroup v2");
     let remote = RemoteHost::create_named(
@@ -329,7 +242,7 @@ fn main() {
         Side::new("tagged", &tagged, target),
         Side::new("nftables", &nft_cg, target),
     ];
-    let ((), spent) = measure_agent(&agent, || interleave(&mut sides, &o, agent.pid()));
+    let ((), spent) = measure_agent(&agent, || run_sides(&mut sides, &o, &agent));
     check_recorded(&agent);
     let matched = set.matched();
     assert!(
@@ -355,7 +268,7 @@ fn main() {
         Side::new("none", &none, target),
         Side::new("tagged-0", &tagged, target),
     ];
-    let ((), spent) = measure_agent(&agent, || interleave(&mut sides, &o, agent.pid()));
+    let ((), spent) = measure_agent(&agent, || run_sides(&mut sides, &o, &agent));
     check_recorded(&agent);
     println!();
     println!("the same with aggregation_interval = \"0\" (every connect a record)");
@@ -366,15 +279,4 @@ fn main() {
     drop((tagged, untagged));
     drop(sink);
     drop(remote);
-}
-
-impl Side {
-    fn new(name: &'static str, cgroup: &TestCgroup, target: SocketAddr) -> Side {
-        Side {
-            name,
-            worker: Worker::start(cgroup, target),
-            samples: Vec::new(),
-            prog: Default::default(),
-        }
-    }
 }

@@ -25,7 +25,11 @@ use std::{
 };
 
 use harness::harness::{
-    bench::{net, progstats, stats, worker},
+    bench::{
+        net,
+        sides::{Side, interleave, report, report_programs},
+        worker,
+    },
     cgroup::TestCgroup,
     privilege::require_root,
 };
@@ -35,64 +39,29 @@ use sensor_user::kernel::{
     verdicts::{Mode, Verdict, VerdictEntry},
 };
 
+/// What the sensor costs a connect(): the kernel programs alone, loaded by
+/// this benchmark (no sensord; see agent-bench for the product).
+#[derive(clap::Parser)]
 struct Options {
+    /// Rounds; every round runs every side once. Many short rounds: the
+    /// machine's noise hits the sides alike.
+    #[arg(long, default_value_t = 1500)]
     rounds: usize,
+    /// connect()+close() per side and round.
+    #[arg(long, default_value_t = 40)]
     per_round: usize,
+    /// Prefixes in the verdict trie.
+    #[arg(long, default_value_t = 500_000)]
     prefixes: usize,
-    /// Aggregation interval in seconds (0: every connect is judged afresh and
-    /// recorded: no verdict is reused).
+    /// Aggregation interval in seconds (0: every connect is judged afresh
+    /// and recorded: no verdict is reused).
+    #[arg(long, default_value_t = 10)]
     aggregation: u64,
     /// Report the kernel's run time of each program (BPF_ENABLE_STATS); the
     /// accounting itself costs every run a little, so ratios are measured
     /// without it.
+    #[arg(long)]
     prog_stats: bool,
-}
-
-fn parse_options() -> Options {
-    let mut o = Options {
-        // Many short rounds: machine noise hits the three sides alike.
-        rounds: 1500,
-        per_round: 40,
-        prefixes: 500_000,
-        aggregation: 10,
-        prog_stats: false,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> usize {
-            args.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| {
-                    eprintln!("sensor-bench: {} needs a number", args[i]);
-                    std::process::exit(2);
-                })
-        };
-        match args[i].as_str() {
-            "--rounds" => o.rounds = value(),
-            "--per-round" => o.per_round = value(),
-            "--prefixes" => o.prefixes = value(),
-            "--aggregation" => o.aggregation = value() as u64,
-            "--prog-stats" => {
-                o.prog_stats = true;
-                i += 1;
-                continue;
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: sensor-bench [--rounds R] [--per-round N] [--prefixes P] [--aggregation SECS] [--prog-stats]\n\n\
-                     --aggregation 0 judges every connect afresh (no cached verdict) and records each one"
-                );
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("sensor-bench: unknown argument {other:?}");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
-    }
-    o
 }
 
 /// `count` pseudo-random prefixes (a fixed-seed xorshift: the same table every
@@ -143,7 +112,7 @@ fn main() {
         worker::serve();
         return;
     }
-    let o = parse_options();
+    let o = <Options as clap::Parser>::parse();
     require_root();
     let dummy = net::BenchAddress::create();
     let listener = net::Sink::start(SocketAddr::new(IpAddr::V4(dummy.addr), 0));
@@ -200,35 +169,20 @@ fn main() {
 
     let target = listener.addr;
     let mut sides = [
-        ("none", worker::Worker::start(&none, target)),
-        ("untagged", worker::Worker::start(&untagged, target)),
-        ("tagged", worker::Worker::start(&tagged, target)),
+        Side::new("none", &none, target),
+        Side::new("untagged", &untagged, target),
+        Side::new("tagged", &tagged, target),
     ];
-    // Warm-up round, not counted.
-    for (_, w) in sides.iter_mut() {
-        w.run(o.per_round);
-    }
-    let stats_fd = o.prog_stats.then(progstats::enable).flatten();
-    let mut prog: Vec<progstats::Stats> = vec![Default::default(); sides.len()];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
-    for round in 0..o.rounds {
-        // Rotate the order so no side always runs first.
-        for k in 0..sides.len() {
-            let i = (round + k) % sides.len();
-            let before = stats_fd.as_ref().map(|_| progstats::snapshot());
-            let ns = sides[i].1.run(o.per_round);
-            if let Some(before) = before {
-                progstats::accumulate(&mut prog[i], &before, &progstats::snapshot());
-            }
-            samples[i].push(ns as f64 / o.per_round as f64);
-        }
-    }
-    drop(stats_fd);
+    interleave(
+        &mut sides,
+        o.rounds,
+        o.per_round,
+        o.prog_stats.then_some("self"),
+    );
     stop.store(true, Ordering::Relaxed);
     let records = drained.join().unwrap_or(0);
     let counters = sensor.counters().unwrap_or_default();
 
-    let base = stats::median(&samples[0]);
     println!();
     println!(
         "connect()+close() to a local address, {} rounds x {} per side, {} verdict prefixes, aggregation {} s",
@@ -237,31 +191,13 @@ fn main() {
         table.len(),
         o.aggregation
     );
-    println!(
-        "{:<10} {:>14} {:>14} {:>10}",
-        "side", "median ns/op", "p90 ns/op", "ratio"
-    );
-    for (i, (name, _)) in sides.iter().enumerate() {
-        let m = stats::median(&samples[i]);
-        println!(
-            "{:<10} {:>14.0} {:>14.0} {:>10.3}",
-            name,
-            m,
-            stats::percentile(&samples[i], 0.9),
-            m / base
-        );
-    }
+    report(&sides);
     println!(
         "records drained: {records}; ring buffer losses: {}",
         counters.first().copied().unwrap_or(0)
     );
     if o.prog_stats {
         println!();
-        println!(
-            "kernel run time of the sensor's programs per side (BPF stats; the accounting adds a little):"
-        );
-        for (i, (name, _)) in sides.iter().enumerate() {
-            progstats::report(name, &prog[i], o.rounds * o.per_round);
-        }
+        report_programs(&sides, o.rounds * o.per_round);
     }
 }

@@ -4,6 +4,8 @@
 //! answer `BIN worker ADDR` with [`worker::serve`].
 
 pub mod net;
+pub mod process;
 pub mod progstats;
+pub mod sides;
 pub mod stats;
 pub mod worker;
