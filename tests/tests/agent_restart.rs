@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::{RunningAgent, workspace_bin},
+    agent::RunningAgent,
     cgroup::TestCgroup,
     collector::RunningCollector,
     netns::TestNet,
@@ -595,11 +595,7 @@ fn with_the_agent_killed_a_handed_over_socket_is_still_judged() {
     let mut agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
     let sink = net.virginia.tcp_hold_server(false);
     let sniffer = net.virginia.sniffer();
-    let gate = |args: &[&str]| {
-        let mut c = std::process::Command::new(workspace_bin("gateprobe"));
-        c.args(args);
-        c
-    };
+    let gate = probe::gateprobe;
     let mut owner = Waiting::start(gate(&["hold", "tcp", &sink.addr.to_string()]));
     let held: serde_json::Value =
         serde_json::from_str(owner.read_line().trim()).expect("gateprobe json");

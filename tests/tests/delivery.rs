@@ -18,14 +18,7 @@ use harness::harness::{
 /// Sends `n` UDP datagrams to `target` from the cgroup, one violation each
 /// (aggregation is off), and checks the agent let them through (monitor mode).
 fn violate(cgroup: &TestCgroup, target: &str, n: usize) {
-    let args: Vec<&str> = std::iter::repeat_n(["udp-sendto", target], n)
-        .flatten()
-        .collect();
-    let p = probe::run(cgroup.command(probe::command(&args)));
-    assert!(
-        p.errnos.iter().all(|e| *e == 0),
-        "monitor mode lets them through"
-    );
+    probe::run_all_ok(&probe::netprobe(), cgroup, "udp-sendto", target, n);
 }
 
 fn wait_for_violations(c: &RunningCollector, host: &str, want: usize) {

@@ -16,7 +16,7 @@ use std::{
 use harness::harness::{
     agent::workspace_bin,
     netns::Sniffer,
-    probe::{self, Waiting},
+    probe::{self, Waiting, gateprobe},
     scenario::{EU, EU_BIT, Scenario},
 };
 use sensor_common::{
@@ -28,12 +28,6 @@ use sensor_user::kernel::verdicts::{Mode, Verdict, VerdictEntry};
 
 /// How long an enforce test watches the remote for a packet that must not come.
 const QUIET: Duration = Duration::from_millis(400);
-
-fn gateprobe(args: &[&str]) -> Command {
-    let mut c = Command::new(workspace_bin("gateprobe"));
-    c.args(args);
-    c
-}
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("gateprobe printed {line:?}: {e}"))
@@ -299,13 +293,20 @@ mod source_route {
     /// backstop judges the packet a violation whatever its destination (the
     /// route, not the destination, says where it goes).
     fn routed(mode: Mode, v6: bool) {
+        routed_after(mode, v6, &[]);
+    }
+
+    /// `routed`, with extra gateprobe arguments (the IPv4 option padding).
+    fn routed_after(mode: Mode, v6: bool, extra: &[&str]) {
         let mut sc = Scenario::new(mode);
         let sniffer = sc.net.frankfurt.sniffer();
         let m = marker(if v6 { "srh" } else { "lsrr" });
         let ip = sc.net.frankfurt.addr(v6);
         let target = SocketAddr::new(ip, 9).to_string();
         let op = if v6 { "srh" } else { "lsrr" };
-        let mut g = Gate::start(sc.in_cgroup(gateprobe(&[op, &target, &m])));
+        let mut args = vec![op, target.as_str(), m.as_str()];
+        args.extend_from_slice(extra);
+        let mut g = Gate::start(sc.in_cgroup(gateprobe(&args)));
         let errnos = g.errnos();
         assert_eq!(errnos[0], 0, "the option itself is accepted: {errnos:?}");
         let ev = assert_packet_record(&mut sc, mode, g.pid(), ip);
@@ -330,21 +331,7 @@ mod source_route {
     /// the backstop reads every option, not only the first few.
     #[test]
     fn ipv4_source_route_behind_padding_enforce() {
-        let mut sc = Scenario::new(Mode::Enforce);
-        let sniffer = sc.net.frankfurt.sniffer();
-        let m = marker("lsrr-padded");
-        let ip = IpAddr::V4(sc.net.frankfurt.v4);
-        let target = SocketAddr::new(ip, 9).to_string();
-        let mut g = Gate::start(sc.in_cgroup(gateprobe(&["lsrr", &target, &m, "32"])));
-        let errnos = g.errnos();
-        assert_eq!(
-            errnos,
-            vec![0, i64::from(libc::EPERM)],
-            "the datagram is dropped"
-        );
-        let ev = assert_packet_record(&mut sc, Mode::Enforce, g.pid(), ip);
-        assert_eq!(ev.detail, packet::SOURCE_ROUTE);
-        assert_leak(Mode::Enforce, &sniffer, &m);
+        routed_after(Mode::Enforce, false, &["32"]);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -13,26 +12,16 @@ use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
     collector::RunningCollector,
-    netns::TestNet,
+    netns::{Server, TestNet},
     probe,
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 
-/// Sends `n` UDP datagrams to `target` from the cgroup with `exe` (netprobe,
-/// or a copy of it), one violation each (aggregation is off).
-fn violate_with(exe: &Path, cgroup: &TestCgroup, op: &str, target: &str, n: usize) {
-    let mut cmd = Command::new(exe);
-    for _ in 0..n {
-        cmd.args([op, target]);
-    }
-    let p = probe::run(cgroup.command(cmd));
-    assert_eq!(p.errnos.len(), n, "the probe ran every operation");
-    assert!(p.errnos.iter().all(|e| *e == 0), "monitor mode: {p:?}");
-}
-
+/// `n` UDP datagrams to `target` from the cgroup, one violation each
+/// (aggregation is off).
 fn violate(cgroup: &TestCgroup, target: &str, n: usize) {
-    violate_with(&probe::netprobe(), cgroup, "udp-sendto", target, n);
+    probe::run_all_ok(&probe::netprobe(), cgroup, "udp-sendto", target, n);
 }
 
 /// Waits until `done` holds for the collector's records of `host` (checked
@@ -144,6 +133,13 @@ impl Setup {
         )
     }
 
+    /// A UDP server on the denied (Virginia) host, and its address.
+    fn denied(&self) -> (Server, String) {
+        let server = self.net.virginia.udp_server(false);
+        let target = server.addr.to_string();
+        (server, target)
+    }
+
     fn spool(&self) -> PathBuf {
         self.tmp.path().join("spool")
     }
@@ -153,8 +149,7 @@ impl Setup {
 fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reused() {
     let host = "spool-damage";
     let mut s = Setup::new(host);
-    let server = s.net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let (_server, target) = s.denied();
     let mut agent = s.agent();
     // The collector is down: 300 violations wait in the spool.
     s.collector.kill9();
@@ -224,8 +219,7 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
 fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
     let host = "spool-wiped";
     let s = Setup::new(host);
-    let server = s.net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let (_server, target) = s.denied();
     let mut agent = s.agent();
     violate(&s.cgroup, &target, 50);
     wait_records(&s.collector, host, "50 violations", |all| {
@@ -254,8 +248,7 @@ fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
 fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
     let host = "spool-broken";
     let s = Setup::new(host);
-    let server = s.net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let (_server, target) = s.denied();
     // A file where the spool directory should be.
     std::fs::write(s.spool(), b"not a directory").expect("blocking the spool");
     let agent = s.agent();
@@ -306,8 +299,7 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
 fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
     let host = "spool-oversized";
     let s = Setup::new(host);
-    let server = s.net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let (_server, target) = s.denied();
     // netprobe copied to a 3.8 KB path of control characters.
     let mut dir = s.tmp.path().to_owned();
     for _ in 0..15 {
@@ -318,7 +310,7 @@ fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
     std::fs::copy(workspace_bin("netprobe"), &exe).expect("copying netprobe");
     assert!(exe.as_os_str().len() > 3700);
     let _agent = s.agent();
-    violate_with(&exe, &s.cgroup, "udp-sendto", &target, 600);
+    probe::run_all_ok(&exe, &s.cgroup, "udp-sendto", &target, 600);
     violate(&s.cgroup, &target, 10);
     let all = wait_records(&s.collector, host, "610 violations", |all| {
         count(all, "violation") == 610
@@ -351,7 +343,7 @@ fn twenty_thousand_close_records_leave_the_violation_before_them_listed() {
     // Each a socket of its own: connect, send, close (a close record each).
     let target = allowed.addr.to_string();
     for _ in 0..4 {
-        violate_with(
+        probe::run_all_ok(
             &probe::netprobe(),
             &cgroup,
             "udp-connect-send",
@@ -389,8 +381,7 @@ fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
     // down (crash, upgrade); the next sensord drains it.
     let host = "spool-outage";
     let s = Setup::new(host);
-    let server = s.net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let (_server, target) = s.denied();
     let mut agent = s.agent();
     violate(&s.cgroup, &target, 100);
     wait_records(&s.collector, host, "100 violations", |all| {

@@ -36,6 +36,14 @@ pub fn command(args: &[&str]) -> Command {
     c
 }
 
+/// A gateprobe command (the ways around the connect hooks): `args` as on its
+/// command line.
+pub fn gateprobe(args: &[&str]) -> Command {
+    let mut c = Command::new(super::agent::workspace_bin("gateprobe"));
+    c.args(args);
+    c
+}
+
 /// Parses netprobe's report line.
 pub fn parse(line: &str) -> ProbeResult {
     let v: serde_json::Value =
@@ -69,6 +77,29 @@ pub fn run(mut cmd: Command) -> ProbeResult {
             )
         });
     parse(line)
+}
+
+/// Runs `exe` (netprobe, or a copy of it) in `cgroup` doing `op` to `target`
+/// `n` times in one process, and checks that each one ran and succeeded
+/// (monitor mode lets them through).
+pub fn run_all_ok(
+    exe: &std::path::Path,
+    cgroup: &super::cgroup::TestCgroup,
+    op: &str,
+    target: &str,
+    n: usize,
+) -> ProbeResult {
+    let mut cmd = Command::new(exe);
+    for _ in 0..n {
+        cmd.args([op, target]);
+    }
+    let p = run(cgroup.command(cmd));
+    assert_eq!(p.errnos.len(), n, "the probe ran every operation");
+    assert!(
+        p.errnos.iter().all(|e| *e == 0),
+        "monitor mode lets them through: {p:?}"
+    );
+    p
 }
 
 /// A probe started with `--wait-stdin` (or any command reading a line): it waits
