@@ -167,7 +167,7 @@ impl Agent {
         // reason to leave the host without an agent.
         let exceptions = match &cfg.spool_dir {
             Some(dir) => exceptions::load(dir).unwrap_or_else(|e| {
-                error!(file = %dir.join(exceptions::FILE).display(), error = %e, "the exceptions cannot be read; starting without them (their destinations are judged by the policy alone) until they are granted again");
+                error!(file = %dir.join(exceptions::FILE).display(), error = %e, "the exceptions cannot be read; starting without them (their destinations are judged by the policy alone): restore the file from a backup, or remove it and grant the exceptions again from the collector");
                 Vec::new()
             }),
             None => Vec::new(),

@@ -27,7 +27,7 @@ impl Agent {
         };
         if let Err(e) = written {
             if self.unspooled.0 == 0 {
-                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again");
+                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again; free space on collector.spool_dir's filesystem or fix its permissions");
                 self.unspooled.1 = now_unix_ns();
             }
             self.unspooled.0 += 1;
@@ -105,12 +105,16 @@ impl Agent {
             String::new()
         } else if self.spool.is_none() {
             format!(
-                "the spool cannot be opened ({}); records are counted and reported as a gap once it opens (retried every 10 s); enforcement is not affected",
+                "the spool in {} cannot be opened ({}); records are counted and reported as a gap once it opens (retried every 10 s); enforcement is not affected. Make it a writable directory with free space, or set collector.spool_dir to one",
+                self.cfg
+                    .spool_dir
+                    .as_deref()
+                    .map_or_else(String::new, |d| d.display().to_string()),
                 self.spool_open_error
             )
         } else if self.unspooled.0 > 0 {
             format!(
-                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected",
+                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected. Free space on the spool's filesystem or fix its permissions",
                 self.unspooled.2, self.unspooled.0
             )
         } else {
@@ -133,7 +137,7 @@ impl Agent {
             Ok(opened) => opened,
             Err(e) => {
                 if self.spool_open_error.is_empty() {
-                    error!(dir = %dir.display(), error = %e, "the spool cannot be opened; sensord enforces all the same, counts the records it cannot spool and retries every 10 s");
+                    error!(dir = %dir.display(), error = %e, "the spool cannot be opened; sensord enforces all the same, counts the records it cannot spool and retries every 10 s; make collector.spool_dir a writable directory with free space");
                 }
                 self.spool_open_error = e.to_string();
                 self.metrics.spool_unwritable.set(1);
