@@ -8,7 +8,10 @@
 //! carries whose mode is not off is judged against its verdict trie; any
 //! violating class in enforce mode denies.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_skc_to_mptcp_sock},
@@ -230,6 +233,7 @@ fn flow_record(
     dst: &Destination,
     d: &Decision,
     now: u64,
+    msk: *mut c_void,
 ) -> Option<&'static mut FlowEvent> {
     let ev = task_record_at(slot::PROCESS, kind as u8, now)?;
     ev.classes = d.reported;
@@ -237,17 +241,23 @@ fn flow_record(
     ev.action = d.action;
     ev.policy_generation = d.generation;
     fill_flow(ctx, ev, dst);
-    if dst.protocol == IPPROTO_TCP {
-        // An MPTCP connect reaches the hook with its first subflow, a TCP
-        // socket: the record says MPTCP (its packets are TCP).
-        // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs;
-        // the helper checks the socket.
-        let msk = unsafe { bpf_skc_to_mptcp_sock((*ctx.sock_addr).__bindgen_anon_1.sk.cast()) };
-        if !msk.is_null() {
-            ev.sock_protocol = IPPROTO_MPTCP;
-        }
+    if !msk.is_null() {
+        ev.sock_protocol = IPPROTO_MPTCP;
     }
     Some(ev)
+}
+
+/// The MPTCP connection behind a TCP connect (null for plain TCP and other
+/// protocols): an MPTCP connect reaches the hook with its first subflow, a
+/// TCP socket. Asked once per judged connect.
+#[inline(always)]
+fn mptcp_connection(ctx: &SockAddrContext, dst: &Destination) -> *mut c_void {
+    if dst.protocol != IPPROTO_TCP {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs;
+    // the helper checks the socket.
+    unsafe { bpf_skc_to_mptcp_sock((*ctx.sock_addr).__bindgen_anon_1.sk.cast()) }.cast()
 }
 
 /// Judges the current process's call to `dst`; returns the sock_addr verdict.
@@ -277,6 +287,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     if classes == 0 {
         return ALLOW;
     }
+    let msk = mptcp_connection(ctx, dst);
     // SAFETY: helper without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let loss = agent_loss(classes, now);
@@ -310,10 +321,10 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         stale => {
             if let Some(state) = stale {
                 // SAFETY: as above.
-                report_folded(ctx, kind, dst, unsafe { &mut *state }, now);
+                report_folded(ctx, kind, dst, unsafe { &mut *state }, now, msk);
             }
             let Some(d) = decide(cfg, classes, dst, loss, slot::PROCESS) else {
-                mark_socket(ctx, classes, dst, &Decision::NOTHING, epoch, loss);
+                mark_socket(ctx, classes, dst, &Decision::NOTHING, epoch, loss, msk);
                 return ALLOW;
             };
             if interval != 0 {
@@ -322,7 +333,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
             (d, 1)
         }
     };
-    mark_socket(ctx, classes, dst, &d, epoch, loss);
+    mark_socket(ctx, classes, dst, &d, epoch, loss, msk);
     let deny = d.action == action::DENIED;
     if d.action != action::NONE {
         count(VIOLATIONS);
@@ -335,7 +346,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
         // Folded, and a denied socket has no flow to track.
         return ret;
     }
-    let Some(ev) = flow_record(ctx, kind, dst, &d, now) else {
+    let Some(ev) = flow_record(ctx, kind, dst, &d, now, msk) else {
         return ret;
     };
     if !deny {
@@ -359,6 +370,7 @@ fn mark_socket(
     d: &Decision,
     epoch: u32,
     loss: Loss,
+    msk: *mut c_void,
 ) {
     // SAFETY: the kernel hands a valid bpf_sock_addr to sock_addr programs.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
@@ -372,10 +384,8 @@ fn mark_socket(
         // An MPTCP connection: its connection-level socket is marked, so
         // that the egress backstop judges every subflow the kernel opens for
         // it later (to addresses the peer announces) by its own destination.
-        // SAFETY: the helper checks the socket; null for plain TCP.
-        let msk = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
         if !msk.is_null()
-            && marks::mark_current(msk.cast(), classes).is_some()
+            && marks::mark_current(msk, classes).is_some()
             && let Some(flag) = MPTCP_MARKED.get_ptr_mut(0)
         {
             // SAFETY: a map value; a racing write stores the same value.
@@ -410,13 +420,14 @@ fn report_folded(
     dst: &Destination,
     state: &mut sensor_common::flow::AggState,
     now: u64,
+    msk: *mut c_void,
 ) {
     let folded = state.suppressed;
     if folded == 0 {
         return;
     }
     state.suppressed = 0;
-    let Some(ev) = flow_record(ctx, kind, dst, &Decision::cached(state), now) else {
+    let Some(ev) = flow_record(ctx, kind, dst, &Decision::cached(state), now, msk) else {
         return;
     };
     ev.cookie = 0;
