@@ -6,13 +6,10 @@ fn main() {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=residency");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let descriptors = out.join("residency_descriptor.bin");
     tonic_prost_build::configure()
-        // JSON output for scripts (`sensorctl --json`).
-        .type_attribute(".", "#[derive(serde::Serialize)]")
-        .file_descriptor_set_path(
-            std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-                .join("residency_descriptor.bin"),
-        )
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(
             &[
                 "residency/agent/v1/agent.proto",
@@ -21,4 +18,17 @@ fn main() {
             &["."],
         )
         .expect("compiling the protos");
+    // JSON for scripts, exports and `--json` (`sensorctl`, `collectorctl`,
+    // `collectord export`): the canonical protobuf JSON mapping (enum names,
+    // 64-bit integers as strings), with the .proto field names and every
+    // field present, so one shape serves every command.
+    let set = std::fs::read(&descriptors).expect("tonic-prost-build wrote the descriptor set");
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)
+        .expect("the descriptor set parses")
+        .preserve_proto_field_names()
+        .emit_fields()
+        .ignore_unknown_fields()
+        .build(&[".residency"])
+        .expect("generating the JSON mapping");
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use residency_proto::collector::v1::StoredRecord;
+use residency_proto::{agent::v1::Flow, collector::v1::StoredRecord, records::Label};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,7 +64,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Writes records in `format`.
+/// Writes records in `format`. JSON is the canonical protobuf JSON mapping
+/// of `StoredRecord` (the same shape as `collectorctl --json`).
 pub fn write(
     out: &mut impl Write,
     records: &[StoredRecord],
@@ -73,10 +74,8 @@ pub fn write(
     match format {
         Format::Jsonl => {
             for r in records {
-                let body: serde_json::Value =
-                    serde_json::from_str(&r.body_json).unwrap_or(serde_json::Value::Null);
-                let line = serde_json::json!({ "host": r.host_id, "seq": r.seq, "kind": r.kind, "time_unix_ns": r.time_unix_ns, "record": body });
-                writeln!(out, "{line}")?;
+                serde_json::to_writer(&mut *out, r)?;
+                writeln!(out)?;
             }
         }
         Format::Csv => {
@@ -85,40 +84,25 @@ pub fn write(
                 "host,seq,kind,time_unix_ns,pid,comm,exe,classes,protocol,remote,remote_country,remote_site,verdict,action,count,record_json"
             )?;
             for r in records {
-                let b: serde_json::Value =
-                    serde_json::from_str(&r.body_json).unwrap_or(serde_json::Value::Null);
-                let text = |k: &str| {
-                    b[k].as_str()
-                        .map(str::to_owned)
-                        .or_else(|| b[k].as_u64().map(|n| n.to_string()))
-                        .unwrap_or_default()
-                };
-                let classes = b["classes"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|c| c.as_str())
-                            .collect::<Vec<_>>()
-                            .join(";")
-                    })
-                    .unwrap_or_default();
+                let v = r.violation();
+                let text = |f: fn(&Flow) -> String| v.map(f).unwrap_or_default();
                 let cols = [
                     r.host_id.clone(),
-                    r.seq.to_string(),
-                    r.kind.clone(),
-                    r.time_unix_ns.to_string(),
-                    text("pid"),
-                    text("comm"),
-                    text("exe"),
-                    classes,
-                    text("protocol"),
-                    text("remote"),
-                    text("remote_country"),
-                    text("remote_site"),
-                    text("verdict"),
-                    text("action"),
-                    text("count"),
-                    r.body_json.clone(),
+                    r.seq().to_string(),
+                    r.kind_name().to_owned(),
+                    r.time_unix_ns().to_string(),
+                    text(|f| f.pid.to_string()),
+                    text(|f| f.comm.clone()),
+                    text(|f| f.exe.clone()),
+                    text(|f| f.classes.join(";")),
+                    text(|f| f.protocol().label()),
+                    text(|f| f.remote.clone()),
+                    text(|f| f.remote_country.clone()),
+                    text(|f| f.remote_site.clone()),
+                    text(|f| f.verdict().label()),
+                    text(|f| f.action().label()),
+                    text(|f| f.count.to_string()),
+                    serde_json::to_string(&r.record).unwrap_or_default(),
                 ];
                 writeln!(
                     out,
@@ -155,22 +139,40 @@ mod tests {
     }
 
     #[test]
-    fn csv_quotes_what_needs_it() {
+    fn csv_quotes_what_needs_it_and_json_is_canonical() {
+        use residency_proto::agent::v1::Action;
+        use residency_proto::collector::v1::{Record, record::Body};
         let r = StoredRecord {
             host_id: "h".into(),
-            seq: 7,
-            kind: "violation".into(),
-            time_unix_ns: 1,
-            body_json: r#"{"pid":42,"comm":"a,b","classes":["eu","x"],"remote":"203.0.113.2:443","action":"denied"}"#.into(),
+            record: Some(Record {
+                seq: 7,
+                time_unix_ns: 1,
+                body: Some(Body::Violation(Flow {
+                    pid: 42,
+                    comm: "a,b".into(),
+                    classes: vec!["eu".into(), "x".into()],
+                    remote: "203.0.113.2:443".into(),
+                    action: Action::Denied as i32,
+                    ..Default::default()
+                })),
+            }),
         };
         let mut out = Vec::new();
-        write(&mut out, &[r], Format::Csv).unwrap();
+        write(&mut out, std::slice::from_ref(&r), Format::Csv).unwrap();
         let text = String::from_utf8(out).unwrap();
         let row = text.lines().nth(1).unwrap();
         assert!(
-            row.starts_with("h,7,violation,1,42,\"a,b\",,eu;x,,203.0.113.2:443,,,,denied,,"),
+            row.starts_with(
+                "h,7,violation,1,42,\"a,b\",,eu;x,unspecified,203.0.113.2:443,,,none,denied,0,"
+            ),
             "{row}"
         );
-        assert!(row.ends_with("\"{\"\"pid\"\":42,\"\"comm\"\":\"\"a,b\"\",\"\"classes\"\":[\"\"eu\"\",\"\"x\"\"],\"\"remote\"\":\"\"203.0.113.2:443\"\",\"\"action\"\":\"\"denied\"\"}\""), "{row}");
+        assert!(row.contains("\"\"ACTION_DENIED\"\""), "{row}");
+        let mut out = Vec::new();
+        write(&mut out, &[r], Format::Jsonl).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["host_id"], "h");
+        assert_eq!(v["record"]["seq"], "7");
+        assert_eq!(v["record"]["violation"]["action"], "ACTION_DENIED");
     }
 }

@@ -377,9 +377,9 @@ impl Collector for CollectorService {
             .map_err(internal)?;
         let next_page_token = match records.last() {
             Some(r) if records.len() == limit as usize => Cursor {
-                time_ns: r.time_unix_ns,
+                time_ns: r.time_unix_ns(),
                 host: r.host_id.clone(),
-                seq: r.seq as i64,
+                seq: r.seq() as i64,
             }
             .token(),
             _ => String::new(),
@@ -419,10 +419,7 @@ impl Collector for CollectorService {
                 }
                 let rec = pb::StoredRecord {
                     host_id: host.clone(),
-                    seq: r.seq,
-                    kind: r.kind.clone(),
-                    time_unix_ns: r.time_unix_ns,
-                    body_json: r.body_json.clone(),
+                    record: Some(r.clone()),
                 };
                 if tx.send(Ok(rec)).await.is_err() {
                     return;

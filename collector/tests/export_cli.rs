@@ -1,7 +1,10 @@
 //! `collectord export` against a real database file.
 
 use collector::store::{Store, filter::Indexed};
-use residency_proto::collector::v1::Record;
+use residency_proto::{
+    agent::v1::{Action, Flow},
+    collector::v1::{Audit, Record, record::Body},
+};
 
 #[test]
 fn exports_a_time_window_as_jsonl_and_csv() {
@@ -15,9 +18,18 @@ fn exports_a_time_window_as_jsonl_and_csv() {
         let mut s = rt.block_on(Store::open(db.to_str().unwrap())).unwrap();
         let rec = |seq: u64, t: i64, kind: &str| Record {
             seq,
-            kind: kind.into(),
             time_unix_ns: t,
-            body_json: format!(r#"{{"pid":{seq},"action":"denied"}}"#),
+            body: Some(match kind {
+                "violation" => Body::Violation(Flow {
+                    pid: seq as u32,
+                    action: Action::Denied as i32,
+                    ..Default::default()
+                }),
+                _ => Body::Audit(Audit {
+                    actor: "ops".into(),
+                    ..Default::default()
+                }),
+            }),
         };
         let rows: Vec<_> = [
             rec(1, day, "violation"),
@@ -61,8 +73,11 @@ fn exports_a_time_window_as_jsonl_and_csv() {
     let lines: Vec<&str> = jsonl.lines().collect();
     assert_eq!(lines.len(), 1, "{jsonl}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!(v["seq"], 2);
-    assert_eq!(v["record"]["action"], "denied");
+    // The canonical protobuf JSON of the stored record.
+    assert_eq!(v["host_id"], "h1");
+    assert_eq!(v["record"]["seq"], "2");
+    assert_eq!(v["record"]["violation"]["pid"], 2);
+    assert_eq!(v["record"]["violation"]["action"], "ACTION_DENIED");
     let csv = run(&["--format", "csv"]);
     assert_eq!(csv.lines().count(), 5, "header and four records: {csv}");
     assert!(csv.lines().nth(3).unwrap().starts_with("h1,3,audit,"));

@@ -7,6 +7,7 @@ pub mod agent {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("residency.agent.v1");
+        include!(concat!(env!("OUT_DIR"), "/residency.agent.v1.serde.rs"));
     }
 }
 
@@ -15,6 +16,7 @@ pub mod collector {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("residency.collector.v1");
+        include!(concat!(env!("OUT_DIR"), "/residency.collector.v1.serde.rs"));
     }
 }
 
@@ -22,5 +24,7 @@ pub mod collector {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
 
 pub mod identity;
+pub mod legacy;
 pub mod listen;
+pub mod records;
 pub mod unix;

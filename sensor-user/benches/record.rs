@@ -23,7 +23,7 @@ use sensor_user::{
         store::{Capacity, FlowStore},
     },
     export::{
-        record::encode_spooled,
+        record::{Spooled, encode_spooled},
         spool::{Fsync, Options, Spool},
     },
     policy::source::PolicySource,
@@ -116,7 +116,10 @@ fn bench(c: &mut Criterion) {
                 assert!(kept.is_violation());
                 let flow = kept.to_pb();
                 spool
-                    .append(&encode_spooled("violation", flow.time_unix_ns, &flow))
+                    .append(&encode_spooled(
+                        flow.time_unix_ns,
+                        Spooled::Violation(&flow),
+                    ))
                     .expect("append");
                 store.push_violation(flow);
             });

@@ -10,6 +10,10 @@ use harness::harness::{
     probe,
     scenario::{FixturePolicy, cgroup_rel},
 };
+use residency_proto::{
+    agent::v1::{Action, FlowKind, Protocol, Verdict},
+    records::Label,
+};
 
 const REGIONS: &str = "1.0.0.0,1.0.0.255,AU\n5.0.0.0,5.0.0.255,DE\n";
 
@@ -40,29 +44,32 @@ fn setup() -> Setup {
 }
 
 fn mode_of(agent: &RunningAgent) -> String {
-    let st = agent.ctl_json(&["status"]);
-    st["modes"][0]["mode"]
-        .as_i64()
-        .map(|m| ["?", "off", "monitor", "enforce"][m as usize].to_owned())
-        .unwrap_or_default()
+    agent.status().modes[0].mode().label()
 }
 
 #[test]
 fn status_reports_identity_policy_dataset_and_modes() {
     let s = setup();
-    let st = s.agent.ctl_json(&["status"]);
-    assert_eq!(st["host_id"], "test-host-1");
-    assert_eq!(st["policy_sha256"].as_str().map(str::len), Some(64));
-    assert_eq!(st["policy_generation"], 1);
-    assert_eq!(st["dataset"]["name"], "regions.csv");
-    assert_eq!(st["modes"][0]["class"], "eu_personal");
+    let st = s.agent.status();
+    assert_eq!(st.host_id, "test-host-1");
+    assert_eq!(st.policy_sha256.len(), 64);
+    assert_eq!(st.policy_generation, 1);
+    assert_eq!(
+        st.dataset.as_ref().map(|d| d.name.as_str()),
+        Some("regions.csv")
+    );
+    assert_eq!(st.modes[0].class, "eu_personal");
     assert_eq!(mode_of(&s.agent), "monitor");
     assert!(
-        st["counters"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["name"] == "ringbuf_reserve_failed"))
+        st.counters
+            .iter()
+            .any(|c| c.name == "ringbuf_reserve_failed")
     );
-    assert!(!st["kernel"].as_str().unwrap_or_default().is_empty());
+    assert!(!st.kernel.is_empty());
+    // The canonical protobuf JSON: enum names, 64-bit integers as strings.
+    let raw = s.agent.ctl_json(&["status"]);
+    assert_eq!(raw["modes"][0]["mode"], "MODE_MONITOR", "{raw}");
+    assert!(raw["events"].is_string(), "{raw}");
 }
 
 #[test]
@@ -76,10 +83,8 @@ fn a_tagged_processs_violation_shows_in_violations() {
     assert_eq!(p.errno(), 0, "monitor mode");
     let deadline = Instant::now() + Duration::from_secs(5);
     let found = loop {
-        let v = s
-            .agent
-            .ctl_json(&["violations", "--pid", &p.pid.to_string()]);
-        if let Some(f) = v.as_array().and_then(|a| a.first().cloned()) {
+        let v = s.agent.listed(false, &["--pid", &p.pid.to_string()]);
+        if let Some(f) = v.into_iter().next() {
             break f;
         }
         assert!(
@@ -89,14 +94,16 @@ fn a_tagged_processs_violation_shows_in_violations() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(found["remote"], server.addr.to_string());
-    assert_eq!(found["remote_site"], "iad1");
-    assert_eq!(found["remote_country"], "US");
-    assert_eq!(found["action"], "reported");
-    assert_eq!(found["verdict"], "deny");
-    assert_eq!(found["classes"][0], "eu_personal");
-    assert_eq!(found["comm"], "netprobe");
-    assert_eq!(found["host_id"], "test-host-1");
+    assert_eq!(found.remote, server.addr.to_string());
+    assert_eq!(found.remote_site, "iad1");
+    assert_eq!(found.remote_country, "US");
+    assert_eq!(found.kind(), FlowKind::Connect);
+    assert_eq!(found.protocol(), Protocol::Tcp);
+    assert_eq!(found.action(), Action::Reported);
+    assert_eq!(found.verdict(), Verdict::Deny);
+    assert_eq!(found.classes[0], "eu_personal");
+    assert_eq!(found.comm, "netprobe");
+    assert_eq!(found.host_id, "test-host-1");
     // And the process is listed as tagged, with why.
     let tagged = s.agent.ctl_json(&["tagged"]);
     assert!(tagged.as_array().is_some(), "{tagged}");
@@ -199,7 +206,7 @@ fn on_the_root_only_socket_others_get_health_and_nothing_else() {
 #[test]
 fn sighup_with_a_broken_policy_keeps_the_old_one_and_says_why() {
     let s = setup();
-    let before = s.agent.ctl_json(&["status"]);
+    let before = s.agent.status();
     std::fs::write(
         &s.agent.policy,
         "[classes.eu_personal]\nallowed_jurisdictions = [\"EU28\"]\n",
@@ -216,9 +223,9 @@ fn sighup_with_a_broken_policy_keeps_the_old_one_and_says_why() {
         s.agent.log_text().contains("unknown jurisdiction \"EU28\""),
         "with why"
     );
-    let after = s.agent.ctl_json(&["status"]);
-    assert_eq!(after["policy_sha256"], before["policy_sha256"]);
-    assert_eq!(after["policy_generation"], before["policy_generation"]);
+    let after = s.agent.status();
+    assert_eq!(after.policy_sha256, before.policy_sha256);
+    assert_eq!(after.policy_generation, before.policy_generation);
     // Still enforcing the old policy.
     let server = s.net.virginia.tcp_server(false);
     let out = s
@@ -396,7 +403,7 @@ fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
     }
     .text();
     let agent = RunningAgent::start(&base, REGIONS);
-    let hash = agent.ctl_json(&["status"])["policy_sha256"].clone();
+    let hash = agent.status().policy_sha256;
     let server = net.virginia.udp_server(false);
     let send = || {
         probe::run(cgroup.command(probe::command(&["udp-sendto", &server.addr.to_string()])))
@@ -422,7 +429,7 @@ fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
     );
     assert!(agent.log_text().contains("the kernel holds 4096"));
     assert_eq!(send(), libc::EPERM, "still denied after the refused reload");
-    assert_eq!(agent.ctl_json(&["status"])["policy_sha256"], hash);
+    assert_eq!(agent.status().policy_sha256, hash);
 
     let failsafe: Vec<String> = (0..100_000u32)
         .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 255, i & 255))
@@ -447,9 +454,9 @@ fn policies_the_kernel_cannot_hold_are_refused_and_enforcement_stays() {
         "{err}"
     );
     assert_eq!(send(), libc::EPERM, "still denied after the refused apply");
-    let st = agent.ctl_json(&["status"]);
-    assert_eq!(st["policy_sha256"], hash);
-    assert_eq!(st["policy_problem"], "", "{st}");
+    let st = agent.status();
+    assert_eq!(st.policy_sha256, hash);
+    assert_eq!(st.policy_problem, "", "{st:?}");
     assert_eq!(server.received(), 0);
 }
 

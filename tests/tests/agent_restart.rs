@@ -13,6 +13,10 @@ use harness::harness::{
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
+use residency_proto::{
+    agent::v1::{Action, Flow, FlowKind, Mode, Protocol},
+    records::Label,
+};
 
 const REGIONS: &str = "5.0.0.0,5.0.0.255,DE\n";
 
@@ -94,17 +98,12 @@ fn a_crashed_agent_keeps_enforcing_and_its_successor_reads_what_happened_meanwhi
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = agent.ctl_json(&["violations", "--limit", "10000"]);
-        let during = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|f| f["action"] == "denied")
-                    .filter_map(|f| f["time_unix_ns"].as_i64())
-                    .filter(|t| *t > killed_at && *t < restarted_at)
-                    .count()
-            })
-            .unwrap_or(0);
+        let during = agent
+            .listed(false, &["--limit", "10000"])
+            .iter()
+            .filter(|f| f.action() == Action::Denied)
+            .filter(|f| f.time_unix_ns > killed_at && f.time_unix_ns < restarted_at)
+            .count();
         if during > 100 {
             break;
         }
@@ -115,12 +114,7 @@ fn a_crashed_agent_keeps_enforcing_and_its_successor_reads_what_happened_meanwhi
         std::thread::sleep(Duration::from_millis(200));
     }
     // The kernel's counters carried over too: every refusal is counted.
-    let st = agent.ctl_json(&["status"]);
-    let denied = st["counters"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == "denied"))
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or(0);
+    let denied = agent.counter("denied");
     assert_eq!(denied, refused, "the denial counter survived the crash");
 }
 
@@ -226,10 +220,11 @@ fn stopping_the_agent_keeps_enforcing_modes_survive_and_uninstall_lifts_the_gate
 
     // The mode set over the API comes back with the agent, not the file's.
     agent.restart();
-    let st = agent.ctl_json(&["status"]);
+    let st = agent.status();
     assert_eq!(
-        st["modes"][0]["mode"], 3,
-        "enforce (3) survived the restart: {st}"
+        st.modes[0].mode(),
+        Mode::Enforce,
+        "enforce survived the restart: {st:?}"
     );
     assert_eq!(send(), libc::EPERM);
     assert_eq!(server.wait_for(1, Duration::from_millis(300)), 1);
@@ -388,21 +383,21 @@ fn connections_open_before_the_agent_started_are_judged_and_cut_in_enforce_mode(
     assert_eq!(allowed.wait_for(4, Duration::from_secs(2)), 4);
 
     let agent = RunningAgent::start(&enforcing(&rel, ""), REGIONS);
-    let v = agent.ctl_json(&["violations"]);
-    let existing: Vec<&serde_json::Value> = v
-        .as_array()
-        .map(|a| a.iter().filter(|f| f["kind"] == "existing").collect())
-        .unwrap_or_default();
+    let v = agent.listed(false, &[]);
+    let existing: Vec<&Flow> = v
+        .iter()
+        .filter(|f| f.kind() == FlowKind::Existing)
+        .collect();
     assert_eq!(
         existing.len(),
         1,
-        "one open connection violates: {v}\n{}",
+        "one open connection violates: {v:?}\n{}",
         agent.log_text()
     );
-    assert_eq!(existing[0]["remote"], denied.addr.to_string());
-    assert_eq!(existing[0]["pid"], to_us.pid());
-    assert_eq!(existing[0]["action"], "denied");
-    assert_eq!(existing[0]["protocol"], "tcp");
+    assert_eq!(existing[0].remote, denied.addr.to_string());
+    assert_eq!(existing[0].pid, to_us.pid());
+    assert_eq!(existing[0].action(), Action::Denied);
+    assert_eq!(existing[0].protocol(), Protocol::Tcp);
 
     let cut = to_us.go();
     assert_eq!(
@@ -437,20 +432,11 @@ fn switching_to_enforce_cuts_a_violating_connection_already_open() {
         4,
         "nothing more left after enforcement began"
     );
-    let v = agent.ctl_json(&["violations"]);
+    let v = agent.listed(false, &[]);
     let kinds: Vec<(String, String)> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["kind"].as_str().unwrap_or("").to_owned(),
-                        f["action"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        .iter()
+        .map(|f| (f.kind().label(), f.action().label()))
+        .collect();
     // The connect reported in monitor mode, the open connection denied when
     // enforcement began; the backstop may also report the packets of the
     // closing connection it dropped (its FIN/RST to the denied host).
@@ -461,9 +447,9 @@ fn switching_to_enforce_cuts_a_violating_connection_already_open() {
             ("connect".into(), "reported".into()),
             ("existing".into(), "denied".into())
         ],
-        "{v}"
+        "{v:?}"
     );
-    assert!(packets.iter().all(|k| k.1 == "denied"), "{v}");
+    assert!(packets.iter().all(|k| k.1 == "denied"), "{v:?}");
 }
 
 #[test]
@@ -504,8 +490,9 @@ fn what_the_ring_buffer_could_not_hold_while_no_agent_ran_arrives_as_a_gap() {
         let gaps: u64 = collector
             .export(Some("gap"))
             .iter()
-            .filter(|r| r["host"] == host)
-            .filter_map(|r| r["record"]["count"].as_u64())
+            .filter(|r| r.host_id == host)
+            .filter_map(|r| r.gap())
+            .map(|g| g.count)
             .sum();
         // A gap counts every record the kernel could not keep, of any kind
         // (the sender's exec tag and its socket's close record compete for

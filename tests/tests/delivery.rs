@@ -14,6 +14,11 @@ use harness::harness::{
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
+use residency_proto::{
+    agent::v1::{Flow, Protocol},
+    collector::v1 as pb,
+    records::Label,
+};
 
 /// Sends `n` UDP datagrams to `target` from the cgroup, one violation each
 /// (aggregation is off), and checks the agent let them through (monitor mode).
@@ -75,10 +80,10 @@ fn exactly_once(
     collector.kill9();
     violate(&cgroup, &target, 6000);
     std::thread::sleep(Duration::from_millis(500));
-    let st = agent.ctl_json(&["status"]);
+    let st = agent.status();
     assert!(
-        st["spool_depth"].as_u64().unwrap_or(0) >= 6000,
-        "spooled while the collector is down: {st}"
+        st.spool_depth >= 6000,
+        "spooled while the collector is down: {st:?}"
     );
     collector.restart();
     wait_for_violations(&collector, host, 12_000);
@@ -100,32 +105,28 @@ fn exactly_once(
 
     // Exactly once and none missing: violations, audit and gap records share one
     // sequence per host, and the stored sequences are exactly 1..=last.
-    let all: Vec<serde_json::Value> = collector
+    let all: Vec<pb::StoredRecord> = collector
         .export(None)
         .into_iter()
-        .filter(|r| r["host"] == host)
+        .filter(|r| r.host_id == host)
         .collect();
-    let seqs: Vec<u64> = all
-        .iter()
-        .map(|r| r["seq"].as_u64().expect("seq"))
-        .collect();
+    let seqs: Vec<u64> = all.iter().map(pb::StoredRecord::seq).collect();
     let want: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, want, "sequences 1..=n, each once");
     // Content: every violation is a UDP record to the target, from the cgroup.
-    let violations: Vec<&serde_json::Value> =
-        all.iter().filter(|r| r["kind"] == "violation").collect();
+    let violations: Vec<&Flow> = all.iter().filter_map(pb::StoredRecord::violation).collect();
     assert_eq!(violations.len(), 20_000);
     assert!(
         violations
             .iter()
-            .all(|r| r["record"]["remote"] == target.as_str() && r["record"]["protocol"] == "udp"),
+            .all(|f| f.remote == target.as_str() && f.protocol() == Protocol::Udp),
         "every stored violation is one the test sent"
     );
     // The kernel's drop counter explains every gap: none dropped, no gap record.
     let gaps: u64 = all
         .iter()
-        .filter(|r| r["kind"] == "gap")
-        .map(|r| r["record"]["count"].as_u64().unwrap_or(0))
+        .filter_map(pb::StoredRecord::gap)
+        .map(|g| g.count)
         .sum();
     assert_eq!((drops, gaps), (0, 0), "kernel drops and gap records agree");
     // What an auditor's host listing shows (per-host counters kept with the
@@ -237,9 +238,8 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
             message: Some(Out::Batch(pb::Batch {
                 records: vec![pb::Record {
                     seq: 1_000_000_000,
-                    kind: "audit".into(),
                     time_unix_ns: 0,
-                    body_json: "{}".into(),
+                    body: Some(pb::record::Body::Audit(pb::Audit::default())),
                 }],
             })),
         })
@@ -476,8 +476,10 @@ fn a_full_disk_costs_no_record_without_a_gap() {
         let lost: u64 = collector
             .export(Some("gap"))
             .iter()
-            .filter(|r| r["host"] == host && r["record"]["source"] == "spool_write")
-            .filter_map(|r| r["record"]["count"].as_u64())
+            .filter(|r| r.host_id == host)
+            .filter_map(pb::StoredRecord::gap)
+            .filter(|g| g.source() == pb::GapSource::SpoolWrite)
+            .map(|g| g.count)
             .sum();
         if violations + lost == 1000 && lost > 0 {
             break;
@@ -561,13 +563,8 @@ fn inbound_raw_and_handed_over_violations_reach_the_collector() {
         let stored: Vec<(String, u64)> = collector
             .export(None)
             .into_iter()
-            .filter(|r| r["host"] == host && r["kind"] == "violation")
-            .map(|r| {
-                (
-                    r["record"]["kind"].as_str().unwrap_or("").to_owned(),
-                    r["record"]["pid"].as_u64().unwrap_or(0),
-                )
-            })
+            .filter(|r| r.host_id == host)
+            .filter_map(|r| r.violation().map(|f| (f.kind().label(), u64::from(f.pid))))
             .collect();
         let missing: Vec<_> = want
             .iter()

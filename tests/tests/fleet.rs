@@ -109,9 +109,14 @@ fn certificates_decide_the_host_and_the_role() {
             message: Some(AgentMsg::Batch(pb::Batch {
                 records: vec![pb::Record {
                     seq: 1,
-                    kind: "violation".into(),
                     time_unix_ns: 1,
-                    body_json: r#"{"host_id":"host-b","action":"reported"}"#.into(),
+                    body: Some(pb::record::Body::Violation(
+                        residency_proto::agent::v1::Flow {
+                            host_id: "host-b".into(),
+                            action: residency_proto::agent::v1::Action::Reported as i32,
+                            ..Default::default()
+                        },
+                    )),
                 }],
             })),
         })
@@ -141,7 +146,7 @@ fn certificates_decide_the_host_and_the_role() {
         assert_eq!(
             page.records
                 .iter()
-                .map(|r| (r.host_id.as_str(), r.seq))
+                .map(|r| (r.host_id.as_str(), r.seq()))
                 .collect::<Vec<_>>(),
             vec![("host-a", 1)],
             "stored under the certificate's host, whatever the body claims"
@@ -311,9 +316,11 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
         let audits = c.export(Some("audit"));
         ["fleet-a", "fleet-b"].iter().all(|h| {
             audits.iter().any(|r| {
-                r["host"] == *h
-                    && r["record"]["actor"] == "cert ops-1 via collector"
-                    && r["record"]["reason"] == "regulator audit: no transfers"
+                r.host_id == *h
+                    && r.audit().is_some_and(|a| {
+                        a.actor == "cert ops-1 via collector"
+                            && a.reason == "regulator audit: no transfers"
+                    })
             })
         })
     });
@@ -365,12 +372,8 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
         ..Default::default()
     });
     assert!(!denied_a.records.is_empty());
-    assert!(
-        denied_a
-            .records
-            .iter()
-            .all(|r| r.host_id == "fleet-a" && r.body_json.contains("\"action\":\"denied\""))
-    );
+    assert!(denied_a.records.iter().all(|r| r.host_id == "fleet-a"
+        && r.violation().map(|f| f.action()) == Some(residency_proto::agent::v1::Action::Denied)));
     let elsewhere = q(pb::ViolationQuery {
         destination: "192.0.2.0/24".into(),
         ..Default::default()
@@ -385,7 +388,7 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
             page_token: token.clone(),
             ..Default::default()
         });
-        paged.extend(page.records.iter().map(|r| (r.host_id.clone(), r.seq)));
+        paged.extend(page.records.iter().map(|r| (r.host_id.clone(), r.seq())));
         if page.next_page_token.is_empty() {
             break;
         }
@@ -394,7 +397,7 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
     assert_eq!(
         paged,
         all.iter()
-            .map(|r| (r.host_id.clone(), r.seq))
+            .map(|r| (r.host_id.clone(), r.seq()))
             .collect::<Vec<_>>(),
         "pages of 2 add up to the whole list, in order, without repeats"
     );
@@ -414,7 +417,10 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
         .expect("stream open")
         .expect("no error");
     assert_eq!(seen.host_id, "fleet-b");
-    assert!(seen.body_json.contains("\"action\":\"denied\""));
+    assert_eq!(
+        seen.violation().map(|f| f.action()),
+        Some(residency_proto::agent::v1::Action::Denied)
+    );
 
     // The same through collectorctl, as auditors and operators use it.
     let ctl = |who: &Pem, args: &[&str]| {

@@ -17,6 +17,10 @@ use harness::harness::{
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
+use residency_proto::{
+    agent::v1::FlowKind,
+    collector::v1::{self as pb, GapSource, StoredRecord},
+};
 
 /// `n` UDP datagrams to `target` from the cgroup, one violation each
 /// (aggregation is off).
@@ -30,14 +34,14 @@ fn wait_records(
     collector: &RunningCollector,
     host: &str,
     what: &str,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
+    done: impl Fn(&[StoredRecord]) -> bool,
+) -> Vec<StoredRecord> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let all: Vec<serde_json::Value> = collector
+        let all: Vec<StoredRecord> = collector
             .export(None)
             .into_iter()
-            .filter(|r| r["host"] == host)
+            .filter(|r| r.host_id == host)
             .collect();
         if done(&all) {
             return all;
@@ -52,28 +56,34 @@ fn wait_records(
     }
 }
 
-fn count(all: &[serde_json::Value], kind: &str) -> usize {
-    all.iter().filter(|r| r["kind"] == kind).count()
+fn count(all: &[StoredRecord], kind: &str) -> usize {
+    all.iter().filter(|r| r.kind_name() == kind).count()
 }
 
 /// The gap records from `source`.
-fn gaps<'a>(all: &'a [serde_json::Value], source: &str) -> Vec<&'a serde_json::Value> {
+fn gaps(all: &[StoredRecord], source: GapSource) -> Vec<&pb::Gap> {
     all.iter()
-        .filter(|r| r["kind"] == "gap" && r["record"]["source"] == source)
+        .filter_map(StoredRecord::gap)
+        .filter(|g| g.source() == source)
         .collect()
 }
 
-fn summary(all: &[serde_json::Value]) -> String {
-    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+/// Whether an audit record's action satisfies `what`.
+fn audited(all: &[StoredRecord], what: impl Fn(&str) -> bool) -> bool {
+    all.iter()
+        .filter_map(StoredRecord::audit)
+        .any(|a| what(&a.action))
+}
+
+fn summary(all: &[StoredRecord]) -> String {
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     for r in all {
-        *kinds
-            .entry(r["kind"].as_str().unwrap_or("?").into())
-            .or_default() += 1;
+        *kinds.entry(r.kind_name()).or_default() += 1;
     }
     let g: Vec<String> = all
         .iter()
-        .filter(|r| r["kind"] == "gap")
-        .map(|r| r["record"].to_string())
+        .filter_map(StoredRecord::gap)
+        .map(|g| serde_json::to_string(g).unwrap_or_default())
         .collect();
     format!("{kinds:?}; gaps {g:?}")
 }
@@ -169,17 +179,14 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
     // sequence range; nothing else is lost, no number is handed out twice
     // (a reused number would be dropped by the collector as a duplicate).
     let all = wait_records(&s.collector, host, "310 violations accounted for", |all| {
-        let lost: u64 = gaps(all, "spool_damage")
+        let lost: u64 = gaps(all, GapSource::SpoolDamage)
             .iter()
-            .filter_map(|g| g["record"]["count"].as_u64())
+            .map(|g| g.count)
             .sum();
         lost > 0 && count(all, "violation") as u64 + lost >= 310
     });
-    let damage = gaps(&all, "spool_damage");
-    let lost: u64 = damage
-        .iter()
-        .filter_map(|g| g["record"]["count"].as_u64())
-        .sum();
+    let damage = gaps(&all, GapSource::SpoolDamage);
+    let lost: u64 = damage.iter().map(|g| g.count).sum();
     assert!(
         lost <= 2,
         "one damaged byte costs one record (two if it hits a frame boundary), not the rest of the segment: {}",
@@ -191,12 +198,9 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
         "{}",
         summary(&all)
     );
-    let first = damage[0]["record"]["first_seq"]
-        .as_u64()
-        .expect("first_seq");
-    let last = damage[0]["record"]["last_seq"].as_u64().expect("last_seq");
-    let stored: std::collections::BTreeSet<u64> =
-        all.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    let (first, last) = (damage[0].first_seq, damage[0].last_seq);
+    assert!(first > 0, "the gap names a sequence range");
+    let stored: std::collections::BTreeSet<u64> = all.iter().map(StoredRecord::seq).collect();
     assert!(
         (first..=last).all(|q| !stored.contains(&q)),
         "the gap names the numbers that were lost"
@@ -232,12 +236,14 @@ fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
     let all = wait_records(&s.collector, host, "70 violations", |all| {
         count(all, "violation") == 70
     });
-    assert_eq!(gaps(&all, "spool_lost").len(), 1, "{}", summary(&all));
+    assert_eq!(
+        gaps(&all, GapSource::SpoolLost).len(),
+        1,
+        "{}",
+        summary(&all)
+    );
     assert!(
-        all.iter().any(|r| r["kind"] == "audit"
-            && r["record"]["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("spool history lost"))),
+        audited(&all, |a| a.starts_with("spool history lost")),
         "the discontinuity is an audit record: {}",
         summary(&all)
     );
@@ -252,24 +258,22 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
     // A file where the spool directory should be.
     std::fs::write(s.spool(), b"not a directory").expect("blocking the spool");
     let agent = s.agent();
-    let st = agent.ctl_json(&["status"]);
+    let st = agent.status();
     assert!(
-        st["spool_problem"]
-            .as_str()
-            .is_some_and(|p| p.contains("cannot be opened")),
-        "status says so: {st}"
+        st.spool_problem.contains("cannot be opened"),
+        "status says so: {st:?}"
     );
     violate(&s.cgroup, &target, 5);
     // Records reach the agent within its 100 ms drain.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let v = agent.ctl_json(&["violations"]);
-        if v.as_array().map_or(0, Vec::len) == 5 {
+        let v = agent.listed(false, &[]);
+        if v.len() == 5 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the agent records all the same: {v}"
+            "the agent records all the same: {v:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -277,22 +281,18 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
     // counted gap.
     std::fs::remove_file(s.spool()).expect("unblocking");
     let all = wait_records(&s.collector, host, "the spool_write gap", |all| {
-        !gaps(all, "spool_write").is_empty()
+        !gaps(all, GapSource::SpoolWrite).is_empty()
     });
-    let counted: u64 = gaps(&all, "spool_write")
+    let counted: u64 = gaps(&all, GapSource::SpoolWrite)
         .iter()
-        .filter_map(|g| g["record"]["count"].as_u64())
+        .map(|g| g.count)
         .sum();
     assert!(
         counted >= 5,
         "the 5 violations (and the start's audit record) are counted: {}",
         summary(&all)
     );
-    assert_eq!(
-        agent.ctl_json(&["status"])["spool_problem"],
-        "",
-        "the problem clears"
-    );
+    assert_eq!(agent.status().spool_problem, "", "the problem clears");
 }
 
 #[test]
@@ -315,20 +315,14 @@ fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
     let all = wait_records(&s.collector, host, "610 violations", |all| {
         count(all, "violation") == 610
     });
-    let long: Vec<&serde_json::Value> = all
+    let long: Vec<&str> = all
         .iter()
-        .filter(|r| r["kind"] == "violation" && r["record"]["exe"] != *"")
-        .filter(|r| {
-            r["record"]["exe"]
-                .as_str()
-                .is_some_and(|e| e.contains("[cut, "))
-        })
+        .filter_map(StoredRecord::violation)
+        .map(|f| f.exe.as_str())
+        .filter(|e| e.contains("[cut, "))
         .collect();
     assert_eq!(long.len(), 600, "the long path is cut and says so");
-    assert!(
-        long.iter()
-            .all(|r| r["record"]["exe"].as_str().map_or(0, str::len) < 1100)
-    );
+    assert!(long.iter().all(|e| e.len() < 1100));
 }
 
 #[test]
@@ -354,25 +348,25 @@ fn twenty_thousand_close_records_leave_the_violation_before_them_listed() {
     // Every record is read (the flow history holds 10,000 of them) and the
     // newest are close records.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.ctl_json(&["status"])["events"].as_u64().unwrap_or(0) < 20_000 {
+    while agent.status().events < 20_000 {
         assert!(
             Instant::now() < deadline,
             "the agent read fewer than 20,000 records"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let f = agent.ctl_json(&["flows", "--limit", "2000"]);
-    let closes = f
-        .as_array()
-        .map_or(0, |a| a.iter().filter(|r| r["kind"] == "close").count());
+    let closes = agent
+        .listed(true, &["--limit", "2000"])
+        .iter()
+        .filter(|f| f.kind() == FlowKind::Close)
+        .count();
     assert!(
         closes >= 1000,
         "the newest records are close records ({closes}): the test means something"
     );
-    let v = agent.ctl_json(&["violations"]);
-    let listed = v.as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 1, "{v}");
-    assert_eq!(listed[0]["remote"], denied.addr.to_string());
+    let listed = agent.listed(false, &[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].remote, denied.addr.to_string());
 }
 
 #[test]
@@ -395,10 +389,7 @@ fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
         count(all, "violation") == 3200
     });
     assert!(
-        all.iter().any(|r| r["kind"] == "audit"
-            && r["record"]["action"]
-                .as_str()
-                .is_some_and(|a| a.contains("no agent ran for"))),
+        audited(&all, |a| a.contains("no agent ran for")),
         "the outage is in the audit trail: {}",
         summary(&all)
     );

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use collector::export::parse_time;
 use residency_proto::collector::v1::{self as pb, collector_client::CollectorClient};
+use residency_proto::records::Label;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -220,28 +221,26 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
             continue;
         }
-        let b: serde_json::Value = serde_json::from_str(&r.body_json).unwrap_or_default();
+        let Some(f) = r.violation() else {
+            println!(
+                "{}  {:<16} {:>8}  {}",
+                when(r.time_unix_ns()),
+                r.host_id,
+                r.seq(),
+                r.kind_name()
+            );
+            continue;
+        };
         println!(
             "{}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {}",
-            when(r.time_unix_ns),
+            when(r.time_unix_ns()),
             r.host_id,
-            r.seq,
-            b["action"].as_str().unwrap_or("?"),
-            b["remote"].as_str().unwrap_or("?"),
-            b["remote_country"].as_str().unwrap_or(""),
-            b["exe"]
-                .as_str()
-                .filter(|e| !e.is_empty())
-                .or(b["comm"].as_str())
-                .unwrap_or("?"),
-            b["classes"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default()
+            r.seq(),
+            f.action().label(),
+            f.remote,
+            f.remote_country,
+            if f.exe.is_empty() { &f.comm } else { &f.exe },
+            f.classes.join(",")
         );
     }
 }

@@ -6,11 +6,19 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use residency_proto::collector::v1::{Record, ViolationQuery};
+use prost::Message;
+use residency_proto::{
+    agent::v1::Action,
+    collector::v1::{Record, ViolationQuery, record},
+    records::Label,
+};
 
-/// Searchable columns of a record, from its body.
+/// What a record is stored as: its searchable columns (from its body) and
+/// the encoded record itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Indexed {
+    /// "violation", "audit", "gap" ("unknown": a record without a body).
+    pub kind: &'static str,
     /// Class names as ";eu;health;" (a `LIKE '%;eu;%'` finds one).
     pub classes: String,
     pub country: String,
@@ -18,7 +26,10 @@ pub struct Indexed {
     /// is a byte range; empty when the record has none.
     pub remote: Vec<u8>,
     pub exe: String,
+    /// "reported" or "denied" (violations), "" otherwise.
     pub action: String,
+    /// The encoded `Record`, as stored and returned.
+    pub encoded: Vec<u8>,
 }
 
 /// 16-byte form of an address (IPv4 as ::ffff:a.b.c.d).
@@ -30,39 +41,35 @@ pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
 }
 
 impl Indexed {
-    /// Extracts the columns from a record's JSON body (a violation is a
-    /// `residency.agent.v1.Flow`); other kinds and unparsable bodies give empty
-    /// columns (the body itself is stored as sent).
+    /// The columns of a record: a violation's from its flow; other kinds have
+    /// only their kind.
     pub fn of(r: &Record) -> Indexed {
-        let Ok(b) = serde_json::from_str::<serde_json::Value>(&r.body_json) else {
-            return Indexed::default();
+        let mut ix = Indexed {
+            kind: r.kind_name(),
+            encoded: r.encode_to_vec(),
+            ..Default::default()
         };
-        let text = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
-        let classes: Vec<&str> = b["classes"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
-            .unwrap_or_default();
-        let remote = b["remote"]
-            .as_str()
-            .and_then(|s| {
-                s.parse::<SocketAddr>()
-                    .map(|a| a.ip())
-                    .or_else(|_| s.parse::<IpAddr>())
-                    .ok()
-            })
+        let Some(record::Body::Violation(f)) = &r.body else {
+            return ix;
+        };
+        ix.remote = f
+            .remote
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| f.remote.parse::<IpAddr>())
             .map(|ip| addr_bytes(ip).to_vec())
             .unwrap_or_default();
-        Indexed {
-            classes: if classes.is_empty() {
-                String::new()
-            } else {
-                format!(";{};", classes.join(";"))
-            },
-            country: text("remote_country"),
-            remote,
-            exe: text("exe"),
-            action: text("action"),
+        if !f.classes.is_empty() {
+            ix.classes = format!(";{};", f.classes.join(";"));
         }
+        ix.country = f.remote_country.clone();
+        ix.exe = f.exe.clone();
+        ix.action = if f.action().is_violation() {
+            f.action().label()
+        } else {
+            String::new()
+        };
+        ix
     }
 }
 
@@ -152,12 +159,13 @@ pub fn destination_range(s: &str) -> Result<([u8; 16], [u8; 16]), String> {
 impl Filter {
     /// A violation query's filters, or what is wrong with them.
     pub fn violations(q: &ViolationQuery) -> Result<Filter, String> {
-        let action = nonempty(&q.action);
-        if let Some(a) = &action
-            && !["reported", "denied"].contains(&a.as_str())
-        {
-            return Err(format!("action {a:?} is not one of: reported, denied"));
-        }
+        let action = match nonempty(&q.action) {
+            None => None,
+            Some(a) => match Action::parse_label(&a) {
+                Some(act) if act.is_violation() => Some(act.label()),
+                _ => return Err(format!("action {a:?} is not one of: reported, denied")),
+            },
+        };
         if q.class.contains(';') {
             return Err(format!("class {:?} is not a class name", q.class));
         }
@@ -183,7 +191,7 @@ impl Filter {
     /// any query would).
     pub fn matches(&self, host: &str, r: &Record, ix: &Indexed) -> bool {
         let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
-        eq(&self.kind, &r.kind)
+        eq(&self.kind, ix.kind)
             && eq(&self.host, host)
             && self
                 .class
@@ -297,11 +305,19 @@ mod tests {
     fn columns_come_from_the_flow_body() {
         let r = Record {
             seq: 1,
-            kind: "violation".into(),
             time_unix_ns: 5,
-            body_json: r#"{"classes":["eu","health"],"remote":"[2001:db8::1]:443","remote_country":"US","exe":"/usr/bin/curl","action":"denied"}"#.into(),
+            body: Some(record::Body::Violation(residency_proto::agent::v1::Flow {
+                classes: vec!["eu".into(), "health".into()],
+                remote: "[2001:db8::1]:443".into(),
+                remote_country: "US".into(),
+                exe: "/usr/bin/curl".into(),
+                action: Action::Denied as i32,
+                ..Default::default()
+            })),
         };
         let ix = Indexed::of(&r);
+        assert_eq!((ix.kind, ix.action.as_str()), ("violation", "denied"));
+        assert_eq!(Record::decode(ix.encoded.as_slice()).unwrap(), r);
         assert_eq!(ix.classes, ";eu;health;");
         assert_eq!(ix.country, "US");
         assert_eq!(
@@ -311,7 +327,7 @@ mod tests {
         let q = |f: &str| ViolationQuery {
             destination: f.into(),
             class: "health".into(),
-            action: "denied".into(),
+            action: "ACTION_DENIED".into(),
             ..Default::default()
         };
         assert!(

@@ -196,20 +196,57 @@ pub(crate) fn jumps_after(stored: Option<i64>, new: &[i64]) -> Vec<Jump> {
 /// (any gap record from the spool with a sequence range):
 /// (gap record's sequence, first, last).
 pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> {
+    use residency_proto::collector::v1::{GapSource as S, record::Body};
     records
         .iter()
-        .filter(|(r, _)| r.kind == "gap")
-        .filter_map(|(r, _)| {
-            let b: serde_json::Value = serde_json::from_str(&r.body_json).ok()?;
-            // "spool" (dropped for room), "spool_damage" (damaged on disk).
-            b["source"].as_str()?.starts_with("spool").then_some(())?;
-            Some((
-                r.seq as i64,
-                b["first_seq"].as_i64()?,
-                b["last_seq"].as_i64()?,
-            ))
+        .filter_map(|(r, _)| match &r.body {
+            Some(Body::Gap(g))
+                if g.first_seq > 0
+                    && matches!(
+                        g.source(),
+                        S::SpoolFull
+                            | S::SpoolWrite
+                            | S::SpoolDamage
+                            | S::SpoolTorn
+                            | S::SpoolLost
+                            | S::Undeliverable
+                    ) =>
+            {
+                Some((r.seq as i64, g.first_seq as i64, g.last_seq as i64))
+            }
+            _ => None,
         })
         .collect()
+}
+
+/// Migration step that adds the encoded typed record to every row: rows
+/// stored before it hold JSON in `body` and are converted (see
+/// [`legacy_row`]); later rows have `record` and an empty `body`.
+const RECORD_COLUMN: usize = 5;
+
+/// The typed record and columns of a row stored before records were typed.
+pub(crate) fn legacy_row(seq: i64, kind: &str, time_ns: i64, body: &str) -> Indexed {
+    Indexed::of(&residency_proto::legacy::record(
+        seq as u64, kind, time_ns, body,
+    ))
+}
+
+/// A stored row (`host, seq, time_ns, record`) as returned to clients. A
+/// record that no longer decodes is returned with its sequence and time and
+/// no body (listed as kind "unknown"), never left out.
+pub(crate) fn stored(host: String, seq: i64, time_ns: i64, encoded: &[u8]) -> StoredRecord {
+    let record = Record::decode(encoded).unwrap_or_else(|e| {
+        tracing::warn!(host, seq, error = %e, "a stored record does not decode; returned without its body");
+        Record {
+            seq: seq as u64,
+            time_unix_ns: time_ns,
+            body: None,
+        }
+    });
+    StoredRecord {
+        host_id: host,
+        record: Some(record),
+    }
 }
 
 /// Per host: its counters, unexplained jumps, and the state it last reported.
@@ -364,13 +401,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use residency_proto::collector::v1::record;
 
     fn rec(seq: u64) -> (Record, Indexed) {
         let r = Record {
             seq,
-            kind: "violation".into(),
             time_unix_ns: seq as i64,
-            body_json: format!("{{\"n\":{seq},\"classes\":[\"eu\"]}}"),
+            body: Some(record::Body::Violation(residency_proto::agent::v1::Flow {
+                cookie: seq,
+                classes: vec!["eu".into()],
+                ..Default::default()
+            })),
         };
         let ix = Indexed::of(&r);
         (r, ix)
@@ -425,14 +466,14 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let page = s.page(&f, 2).await.unwrap();
-            seen.extend(page.iter().map(|r| (r.host_id.clone(), r.seq)));
+            seen.extend(page.iter().map(|r| (r.host_id.clone(), r.seq())));
             let Some(last) = page.last().filter(|_| page.len() == 2) else {
                 break;
             };
             f.after = Some(filter::Cursor {
-                time_ns: last.time_unix_ns,
+                time_ns: last.time_unix_ns(),
                 host: last.host_id.clone(),
-                seq: last.seq as i64,
+                seq: last.seq() as i64,
             });
         }
         let want: Vec<(String, u64)> = [("a", 4), ("a", 3), ("a", 2), ("b", 1), ("a", 1)]
@@ -476,9 +517,14 @@ mod tests {
         assert_eq!(jumps(&s.hosts().await.unwrap()), 1, "3..=4 never came");
         let gap = Record {
             seq: 6,
-            kind: "gap".into(),
             time_unix_ns: 6,
-            body_json: r#"{"source":"spool","count":2,"first_seq":3,"last_seq":4}"#.into(),
+            body: Some(record::Body::Gap(residency_proto::collector::v1::Gap {
+                source: residency_proto::collector::v1::GapSource::SpoolFull as i32,
+                count: 2,
+                first_seq: 3,
+                last_seq: 4,
+                ..Default::default()
+            })),
         };
         let ix = Indexed::of(&gap);
         s.insert("a", &[(gap, ix)]).await.unwrap();

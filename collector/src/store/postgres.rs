@@ -40,7 +40,37 @@ const MIGRATIONS: &[&str] = &[
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
+    "ALTER TABLE records ADD COLUMN record BYTEA;",
 ];
+
+/// Converts the JSON body of rows stored before records were typed into the
+/// encoded record (and its columns), inside the migration's transaction.
+async fn convert_legacy(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let rows = tx
+        .query(
+            "SELECT host, seq, kind, time_ns, body FROM records WHERE record IS NULL",
+            &[],
+        )
+        .await?;
+    let update = tx
+        .prepare(
+            "UPDATE records SET record = $3, action = $4, body = '' WHERE host = $1 AND seq = $2",
+        )
+        .await?;
+    for r in &rows {
+        let (host, seq): (&str, i64) = (r.get(0), r.get(1));
+        let ix = super::legacy_row(seq, r.get(2), r.get(3), r.get(4));
+        tx.execute(&update, &[&host, &seq, &ix.encoded, &ix.action])
+            .await?;
+    }
+    if !rows.is_empty() {
+        info!(
+            rows = rows.len(),
+            "stored records converted to typed records"
+        );
+    }
+    Ok(())
+}
 
 /// The PostgreSQL store. A lost connection (server restart, network) is
 /// re-established before the next operation; the operation that found it lost
@@ -90,6 +120,9 @@ impl Postgres {
             .get(0);
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(m).await?;
+            if i == super::RECORD_COLUMN {
+                convert_legacy(&tx).await?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version) VALUES ($1)",
                 &[&((i + 1) as i64)],
@@ -173,9 +206,9 @@ impl Postgres {
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
-                 SELECT $1, s, k, t, b, $2, c, co, r, e, a
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record)
+                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
                    AS u(s, k, t, b, c, co, r, e, a)
                  ON CONFLICT (host, seq) DO NOTHING
                  RETURNING seq, kind",
@@ -210,8 +243,11 @@ impl Postgres {
             let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
             let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
             let remotes: Vec<&[u8]> = records.iter().map(|(_, ix)| ix.remote.as_slice()).collect();
-            let kinds = text(|(r, _)| &r.kind);
-            let bodies = text(|(r, _)| &r.body_json);
+            let kinds = text(|(_, ix)| ix.kind);
+            let bodies: Vec<&[u8]> = records
+                .iter()
+                .map(|(_, ix)| ix.encoded.as_slice())
+                .collect();
             let classes = text(|(_, ix)| &ix.classes);
             let countries = text(|(_, ix)| &ix.country);
             let exes = text(|(_, ix)| &ix.exe);
@@ -274,19 +310,13 @@ impl Postgres {
             .live()
             .await?
             .query(
-                &format!("SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"),
+                &format!("SELECT host, seq, time_ns, record FROM records WHERE {clause} ORDER BY {order}{limit}"),
                 &refs,
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|r| StoredRecord {
-                host_id: r.get(0),
-                seq: r.get::<_, i64>(1) as u64,
-                kind: r.get(2),
-                time_unix_ns: r.get(3),
-                body_json: r.get(4),
-            })
+            .map(|r| super::stored(r.get(0), r.get(1), r.get(2), r.get::<_, &[u8]>(3)))
             .collect())
     }
 

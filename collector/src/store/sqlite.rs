@@ -16,7 +16,8 @@ use super::{
 
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many
 /// ran. Number 2 also fills the new columns of rows stored before it; number 3
-/// adds per-host counters, counted from the records already stored.
+/// adds per-host counters, counted from the records already stored; number 6
+/// converts every row's JSON body into the encoded typed record.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE records (
         host TEXT NOT NULL,
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
+    "ALTER TABLE records ADD COLUMN record BLOB;",
 ];
 
 impl ToSql for Param {
@@ -53,15 +55,10 @@ impl ToSql for Param {
     }
 }
 
-/// A row of `SELECT host, seq, kind, time_ns, body`.
+/// A row of `SELECT host, seq, time_ns, record`.
 fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
-    Ok(StoredRecord {
-        host_id: r.get(0)?,
-        seq: r.get::<_, i64>(1)? as u64,
-        kind: r.get(2)?,
-        time_unix_ns: r.get(3)?,
-        body_json: r.get(4)?,
-    })
+    let encoded: Vec<u8> = r.get(3)?;
+    Ok(super::stored(r.get(0)?, r.get(1)?, r.get(2)?, &encoded))
 }
 
 /// The SQLite store.
@@ -84,6 +81,9 @@ impl Sqlite {
             tx.execute_batch(m)?;
             if i == 1 {
                 backfill(&tx)?;
+            }
+            if i == super::RECORD_COLUMN {
+                convert_legacy(&tx)?;
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
@@ -110,8 +110,8 @@ impl Sqlite {
         let mut counts = Vec::with_capacity(groups.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record)
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
             )?;
             let mut bump = tx.prepare_cached(
                 "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits)
@@ -139,18 +139,18 @@ impl Sqlite {
                     let n = stmt.execute(params![
                         host,
                         r.seq as i64,
-                        r.kind,
+                        ix.kind,
                         r.time_unix_ns,
-                        r.body_json,
                         stored,
                         ix.classes,
                         ix.country,
                         ix.remote,
                         ix.exe,
-                        ix.action
+                        ix.action,
+                        ix.encoded
                     ])?;
                     if n == 1 {
-                        new.add(&r.kind, r.seq as i64);
+                        new.add(ix.kind, r.seq as i64);
                         new_seqs.push(r.seq as i64);
                     }
                 }
@@ -186,7 +186,7 @@ impl Sqlite {
         let (clause, params) = filter.sql(|n| format!("?{n}"));
         let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT host, seq, kind, time_ns, body FROM records WHERE {clause} ORDER BY {order}{limit}"
+            "SELECT host, seq, time_ns, record FROM records WHERE {clause} ORDER BY {order}{limit}"
         ))?;
         let rows = stmt.query_map(params_from_iter(params.iter()), stored_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -265,15 +265,29 @@ fn backfill(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         "UPDATE records SET classes = ?3, country = ?4, remote = ?5, exe = ?6, action = ?7 WHERE host = ?1 AND seq = ?2",
     )?;
     for (host, seq, kind, time_unix_ns, body_json) in rows {
-        let ix = Indexed::of(&Record {
-            seq: seq as u64,
-            kind,
-            time_unix_ns,
-            body_json,
-        });
+        let ix = super::legacy_row(seq, &kind, time_unix_ns, &body_json);
         stmt.execute(params![
             host, seq, ix.classes, ix.country, ix.remote, ix.exe, ix.action
         ])?;
+    }
+    Ok(())
+}
+
+/// Converts the JSON body of rows stored before records were typed into the
+/// encoded record (and its columns).
+fn convert_legacy(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(String, i64, String, i64, String)> = tx
+        .prepare("SELECT host, seq, kind, time_ns, body FROM records WHERE record IS NULL")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = tx.prepare(
+        "UPDATE records SET record = ?3, action = ?4, body = '' WHERE host = ?1 AND seq = ?2",
+    )?;
+    for (host, seq, kind, time_ns, body) in rows {
+        let ix = super::legacy_row(seq, &kind, time_ns, &body);
+        stmt.execute(params![host, seq, ix.encoded, ix.action])?;
     }
     Ok(())
 }
@@ -303,8 +317,25 @@ mod tests {
             remote: Some(super::super::filter::destination_range("203.0.113.0/24").unwrap()),
             ..Default::default()
         };
+        let found = s
+            .select(&f, super::super::filter::NEWEST_FIRST, None)
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        // The JSON body became the typed record.
+        let r = found[0].record.as_ref().unwrap();
+        let Some(residency_proto::collector::v1::record::Body::Violation(v)) = &r.body else {
+            panic!("{r:?}")
+        };
         assert_eq!(
-            s.select(&f, super::super::filter::NEWEST_FIRST, None)
+            (r.seq, r.time_unix_ns, v.action(), v.remote_country.as_str()),
+            (1, 5, residency_proto::agent::v1::Action::Denied, "US")
+        );
+        let denied = Filter {
+            action: Some("denied".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.select(&denied, super::super::filter::NEWEST_FIRST, None)
                 .unwrap()
                 .len(),
             1

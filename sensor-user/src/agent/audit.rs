@@ -51,14 +51,12 @@ impl AuditLog {
     }
 }
 
-impl AuditRecord {
-    /// The record for the collector.
-    pub fn value(&self) -> serde_json::Value {
-        let at = self
-            .at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        serde_json::json!({ "time_unix_ns": at as u64, "actor": self.actor, "action": self.action, "reason": self.reason })
+impl From<&AuditRecord> for residency_proto::collector::v1::Audit {
+    fn from(r: &AuditRecord) -> Self {
+        Self {
+            actor: r.actor.clone(),
+            action: r.action.clone(),
+            reason: r.reason.clone(),
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use residency_proto::agent::v1 as pb;
 use sensor_common::{
     flow::{COMM_LEN, FlowEvent, FlowKind},
-    policy::{action, verdict},
+    policy::action,
 };
 
 use crate::{
@@ -102,16 +102,16 @@ fn live_comm(tgid: u32) -> String {
 /// The protocol a record names: the socket's own for sockets that cannot be
 /// judged by destination ("packet" for AF_PACKET, "raw" for raw IP sockets),
 /// else the protocol on the wire ("mptcp" for MPTCP sockets).
-fn protocol(ev: &FlowEvent) -> &'static str {
+fn protocol(ev: &FlowEvent) -> pb::Protocol {
     if ev.flow_kind() == Some(FlowKind::Socket) {
         if ev.family == sensor_common::net::AF_PACKET {
-            return "packet";
+            return pb::Protocol::Packet;
         }
         if ev.detail == u64::from(sensor_common::net::SOCK_RAW) {
-            return "raw";
+            return pb::Protocol::Raw;
         }
     }
-    sensor_common::net::protocol_name(ev.protocol, ev.sock_protocol)
+    pb::Protocol::from_kernel(ev.protocol, ev.sock_protocol)
 }
 
 /// What naming a record needs from the policy in force: class and site
@@ -246,18 +246,9 @@ impl Kept {
         let ev = &self.ev;
         let comm = ev.comm_str();
         pb::Flow {
-            kind: match ev.flow_kind() {
-                Some(FlowKind::Connect) => "connect",
-                Some(FlowKind::Sendmsg) => "sendmsg",
-                Some(FlowKind::Accept) => "accept",
-                Some(FlowKind::Close) => "close",
-                Some(FlowKind::Tag) => "tag",
-                Some(FlowKind::Packet) => "packet",
-                Some(FlowKind::Socket) => "socket",
-                Some(FlowKind::Exec) => "exec",
-                None => "unknown",
-            }
-            .into(),
+            kind: ev
+                .flow_kind()
+                .map_or(pb::FlowKind::Unspecified, pb::FlowKind::from) as i32,
             time_unix_ns: self.time_unix_ns,
             ktime_ns: ev.ktime_ns,
             pid: ev.tgid,
@@ -271,7 +262,7 @@ impl Kept {
             },
             exe: self.exe.to_string(),
             classes: self.names.class_names(ev.classes),
-            protocol: protocol(ev).into(),
+            protocol: protocol(ev) as i32,
             local: if ev.local_port == 0 {
                 String::new()
             } else {
@@ -288,19 +279,8 @@ impl Kept {
                 .and_then(|i| self.names.sites.get(usize::from(i)))
                 .cloned()
                 .unwrap_or_default(),
-            verdict: match ev.verdict {
-                verdict::ALLOW => "allow",
-                verdict::DENY => "deny",
-                verdict::UNKNOWN => "unknown",
-                _ => "none",
-            }
-            .into(),
-            action: match ev.action {
-                action::REPORTED => "reported",
-                action::DENIED => "denied",
-                _ => "none",
-            }
-            .into(),
+            verdict: pb::Verdict::from_kernel(ev.verdict) as i32,
+            action: pb::Action::from_kernel(ev.action) as i32,
             count: ev.count,
             bytes: if ev.flow_kind() == Some(FlowKind::Close) {
                 ev.detail

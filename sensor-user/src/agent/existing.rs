@@ -6,7 +6,7 @@
 //! mode closes the socket (`SOCK_DESTROY`): the owner's next send fails.
 
 use residency_proto::agent::v1 as pb;
-use sensor_common::{net::IPPROTO_TCP, policy::verdict};
+use sensor_common::net::IPPROTO_TCP;
 use tracing::{error, info};
 
 use super::{Agent, enrich};
@@ -80,7 +80,7 @@ impl Agent {
         let loc = explain::location(&self.compiled, sock.remote.ip());
         let uid = crate::procscan::real_uid(pid).unwrap_or(0);
         pb::Flow {
-            kind: "existing".into(),
+            kind: pb::FlowKind::Existing as i32,
             time_unix_ns: super::now_unix_ns(),
             ktime_ns: crate::clock::monotonic_ns(),
             pid,
@@ -94,22 +94,20 @@ impl Agent {
             exe: enrich::exe(pid),
             classes: enrich::class_names(&self.compiled, j.violating),
             protocol: if sock.protocol == IPPROTO_TCP {
-                "tcp"
+                pb::Protocol::Tcp
             } else {
-                "udp"
-            }
-            .into(),
+                pb::Protocol::Udp
+            } as i32,
             local: sock.local.to_string(),
             remote: sock.remote.to_string(),
             remote_country: loc.country.map(|c| c.to_string()).unwrap_or_default(),
             remote_site: loc.site.unwrap_or_default(),
-            verdict: if j.verdict == verdict::DENY {
-                "deny"
+            verdict: pb::Verdict::from_kernel(j.verdict) as i32,
+            action: if destroyed {
+                pb::Action::Denied
             } else {
-                "unknown"
-            }
-            .into(),
-            action: if destroyed { "denied" } else { "reported" }.into(),
+                pb::Action::Reported
+            } as i32,
             count: 1,
             bytes: 0,
             duration_ns: 0,

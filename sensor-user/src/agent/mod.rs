@@ -51,7 +51,7 @@ use self::{
     store::FlowStore,
 };
 use crate::export::{
-    record::{decode_spooled, encode_spooled},
+    record::{Spooled, decode_spooled, encode_spooled},
     spool::{Fsync, Options as SpoolOptions, Spool},
 };
 use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
@@ -306,15 +306,16 @@ impl Agent {
                 if l.allow_classes != 0 {
                     // Fail open: what the kernel let through unjudged-by-policy
                     // from the timeout on is a gap in the guarantee.
-                    let body = serde_json::json!({
-                        "source": "agent_loss",
-                        "behaviour": "allow",
-                        "classes": allow_names,
-                        "from_unix_ns": from + l.timeout_ns as i64,
-                        "until_unix_ns": now_ns,
-                    });
+                    let gap = cpb::Gap {
+                        source: cpb::GapSource::AgentLoss as i32,
+                        behaviour: "allow".into(),
+                        classes: allow_names.clone(),
+                        from_unix_ns: from + l.timeout_ns as i64,
+                        until_unix_ns: now_ns,
+                        ..Default::default()
+                    };
                     warn!(classes = ?allow_names, "enforcement was open (on_agent_loss = allow) while no agent ran; recorded as a gap");
-                    self.spool_append("gap", now_ns, &body);
+                    self.spool_append(now_ns, Spooled::Gap(&gap));
                 }
                 if l.deny_classes != 0 {
                     what.push_str(&format!(
@@ -663,13 +664,14 @@ impl Agent {
                         if i == sensor_common::counters::RINGBUF_RESERVE_FAILED as usize {
                             self.store.lost("kernel", grew);
                             let now = now_unix_ns();
-                            let body = serde_json::json!({
-                                "source": "kernel",
-                                "count": grew,
-                                "from_unix_ns": self.counters_read_at,
-                                "until_unix_ns": now,
-                            });
-                            self.spool_append("gap", now, &body);
+                            let gap = cpb::Gap {
+                                source: cpb::GapSource::Kernel as i32,
+                                count: grew,
+                                from_unix_ns: self.counters_read_at,
+                                until_unix_ns: now,
+                                ..Default::default()
+                            };
+                            self.spool_append(now, Spooled::Gap(&gap));
                         }
                     }
                 }

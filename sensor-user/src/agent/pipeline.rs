@@ -3,6 +3,7 @@
 //! the network: the spool is written once per batch (`spool_sync`).
 
 use super::*;
+use residency_proto::records::Label;
 
 impl Agent {
     pub(super) fn take_records(
@@ -42,11 +43,11 @@ impl Agent {
     /// Keeps a violation: spooled for the collector, counted, logged and kept
     /// for the API.
     pub(super) fn record_violation(&mut self, flow: pb::Flow) {
-        self.spool_append("violation", flow.time_unix_ns, &flow);
+        self.spool_append(flow.time_unix_ns, Spooled::Violation(&flow));
         for class in &flow.classes {
             let labels = ViolationLabels {
                 class: class.clone(),
-                action: flow.action.clone(),
+                action: flow.action().label(),
             };
             self.metrics
                 .violations

@@ -9,25 +9,20 @@ impl Agent {
     /// record that cannot be written (disk full, no file descriptor left) is
     /// counted, and the count goes out as a gap record as soon as the spool
     /// takes writes again.
-    pub(super) fn spool_append(
-        &mut self,
-        kind: &str,
-        time_unix_ns: i64,
-        body: &impl crate::export::record::Body,
-    ) {
+    pub(super) fn spool_append(&mut self, time_unix_ns: i64, body: Spooled<'_>) {
         if self.cfg.spool_dir.is_none() {
             return;
         }
         let written = match &mut self.spool {
             Some(s) => s
-                .append(&encode_spooled(kind, time_unix_ns, body))
+                .append(&encode_spooled(time_unix_ns, body))
                 .map(drop)
                 .map_err(|e| e.to_string()),
             None => Err(format!("the spool is not open: {}", self.spool_open_error)),
         };
         if let Err(e) = written {
             if self.unspooled.0 == 0 {
-                error!(error = %e, kind, "appending to the spool failed; records are counted and reported as a gap once it works again; free space on collector.spool_dir's filesystem or fix its permissions");
+                error!(error = %e, kind = body.kind_name(), "appending to the spool failed; records are counted and reported as a gap once it works again; free space on collector.spool_dir's filesystem or fix its permissions");
                 self.unspooled.1 = now_unix_ns();
             }
             self.unspooled.0 += 1;
@@ -56,13 +51,14 @@ impl Agent {
                     &format!("spool history lost: the collector held records up to {last_seq} while the spool would have numbered from {from}; {held} spooled records renumbered after {last_seq}"),
                     "spool directory new or wiped",
                 );
-                let body = serde_json::json!({
-                    "source": "spool_lost",
-                    "collector_last_seq": last_seq,
-                    "until_unix_ns": now_unix_ns(),
-                    "note": "records the lost spool held that the collector had not stored are lost; their number is unknown",
-                });
-                self.spool_append("gap", now_unix_ns(), &body);
+                let gap = cpb::Gap {
+                    source: cpb::GapSource::SpoolLost as i32,
+                    collector_last_seq: last_seq,
+                    until_unix_ns: now_unix_ns(),
+                    note: "records the lost spool held that the collector had not stored are lost; their number is unknown".into(),
+                    ..Default::default()
+                };
+                self.spool_append(now_unix_ns(), Spooled::Gap(&gap));
                 true
             }
             Err(e) => {
@@ -79,15 +75,16 @@ impl Agent {
         let Some(s) = &mut self.spool else { return };
         for (first, last, why) in s.take_unwritten() {
             let count = last - first + 1;
-            let body = serde_json::json!({
-                "source": "spool_write",
-                "count": count,
-                "first_seq": first,
-                "last_seq": last,
-                "until_unix_ns": now_unix_ns(),
-                "error": why,
-            });
-            if s.append_now(&encode_spooled("gap", now_unix_ns(), &body))
+            let gap = cpb::Gap {
+                source: cpb::GapSource::SpoolWrite as i32,
+                count,
+                first_seq: first,
+                last_seq: last,
+                until_unix_ns: now_unix_ns(),
+                error: why.clone(),
+                ..Default::default()
+            };
+            if s.append_now(&encode_spooled(now_unix_ns(), Spooled::Gap(&gap)))
                 .is_ok()
             {
                 warn!(count, first_seq = first, last_seq = last, error = %why, "spooled records could not be written; reported as a gap");
@@ -155,22 +152,24 @@ impl Agent {
         let now = now_unix_ns();
         for (first, last) in &rec.lost {
             warn!(dir = %dir.display(), first_seq = first, last_seq = last, "damaged spool records were cut out (copied to quarantine/ when there was room); reported as a gap");
-            let body = serde_json::json!({
-                "source": "spool_damage",
-                "count": last - first + 1,
-                "first_seq": first,
-                "last_seq": last,
-            });
-            self.spool_append("gap", now, &body);
+            let gap = cpb::Gap {
+                source: cpb::GapSource::SpoolDamage as i32,
+                count: last - first + 1,
+                first_seq: *first,
+                last_seq: *last,
+                ..Default::default()
+            };
+            self.spool_append(now, Spooled::Gap(&gap));
         }
         if rec.torn_bytes > 0 {
             warn!(dir = %dir.display(), bytes = rec.torn_bytes, "the record being written when sensord stopped was cut short; reported as a gap");
-            let body = serde_json::json!({
-                "source": "spool_torn",
-                "count": 1,
-                "bytes": rec.torn_bytes,
-            });
-            self.spool_append("gap", now, &body);
+            let gap = cpb::Gap {
+                source: cpb::GapSource::SpoolTorn as i32,
+                count: 1,
+                bytes: rec.torn_bytes,
+                ..Default::default()
+            };
+            self.spool_append(now, Spooled::Gap(&gap));
         }
     }
 
@@ -181,16 +180,19 @@ impl Agent {
             return;
         };
         let now = now_unix_ns();
-        let body = serde_json::json!({
-            "source": "spool_write",
-            "count": count,
-            "from_unix_ns": from,
-            "until_unix_ns": now,
-            "error": why,
-        });
+        let gap = cpb::Gap {
+            source: cpb::GapSource::SpoolWrite as i32,
+            count: *count,
+            from_unix_ns: *from,
+            until_unix_ns: now,
+            error: why.clone(),
+            ..Default::default()
+        };
         // Still failing: the count stays for the next try (logged once, when
         // the failures began).
-        if s.append_now(&encode_spooled("gap", now, &body)).is_ok() {
+        if s.append_now(&encode_spooled(now, Spooled::Gap(&gap)))
+            .is_ok()
+        {
             warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
             self.unspooled = (0, 0, String::new());
             self.metrics.spool_unwritable.set(0);
@@ -206,7 +208,7 @@ impl Agent {
                 a.at.duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_nanos() as i64)
                     .unwrap_or(0);
-            self.spool_append("audit", t, &a.value());
+            self.spool_append(t, Spooled::Audit(&cpb::Audit::from(&a)));
         }
         let Some(s) = &mut self.spool else { return };
         if let Some(d) = s.take_dropped() {
@@ -216,8 +218,14 @@ impl Agent {
                 last_seq = d.last_seq,
                 "the spool was full: records dropped (reported as a gap)"
             );
-            let body = serde_json::json!({ "source": "spool", "count": d.count, "first_seq": d.first_seq, "last_seq": d.last_seq });
-            self.spool_append("gap", now_unix_ns(), &body);
+            let gap = cpb::Gap {
+                source: cpb::GapSource::SpoolFull as i32,
+                count: d.count,
+                first_seq: d.first_seq,
+                last_seq: d.last_seq,
+                ..Default::default()
+            };
+            self.spool_append(now_unix_ns(), Spooled::Gap(&gap));
         }
         if let Some(s) = &mut self.spool {
             match s.write_out() {

@@ -7,7 +7,7 @@
 
 use std::{collections::VecDeque, sync::RwLock};
 
-use residency_proto::agent::v1 as pb;
+use residency_proto::{agent::v1 as pb, records::Label};
 use tokio::sync::broadcast;
 
 use super::enrich::Kept;
@@ -135,17 +135,19 @@ impl FlowStore {
 /// close record of a reported flow carries its action too, with the bytes; it
 /// is listed with the flows, not counted as a second violation.)
 pub fn is_violation(f: &pb::Flow) -> bool {
+    use pb::FlowKind as K;
     matches!(
-        f.kind.as_str(),
-        "connect" | "sendmsg" | "accept" | "packet" | "socket" | "existing"
-    ) && (f.action == "reported" || f.action == "denied")
+        f.kind(),
+        K::Connect | K::Sendmsg | K::Accept | K::Packet | K::Socket | K::Existing
+    ) && f.action().is_violation()
 }
 
 /// True when `f` passes `filter`.
 pub fn matches(filter: &pb::FlowFilter, f: &pb::Flow) -> bool {
     (filter.class.is_empty() || f.classes.contains(&filter.class))
         && (filter.pid == 0 || f.pid == filter.pid)
-        && (filter.verdict.is_empty() || f.verdict == filter.verdict)
+        && (filter.verdict.is_empty()
+            || pb::Verdict::parse_label(&filter.verdict) == Some(f.verdict()))
         && (filter.country.is_empty() || f.remote_country.eq_ignore_ascii_case(&filter.country))
         && (filter.since_unix_ms == 0 || f.time_unix_ns / 1_000_000 >= filter.since_unix_ms)
 }
@@ -157,8 +159,8 @@ mod tests {
     fn flow(pid: u32, action: &str, t: i64) -> pb::Flow {
         pb::Flow {
             pid,
-            kind: "connect".into(),
-            action: action.into(),
+            kind: pb::FlowKind::Connect as i32,
+            action: pb::Action::parse_label(action).unwrap() as i32,
             classes: vec!["eu".into()],
             time_unix_ns: t,
             ..Default::default()

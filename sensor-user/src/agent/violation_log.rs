@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use residency_proto::agent::v1 as pb;
+use residency_proto::{agent::v1 as pb, records::Label};
 use tracing::info;
 
 /// How long a window lasts.
@@ -28,11 +28,11 @@ struct Window {
     /// The first violation's fields, for the "repeated" line.
     pid: u32,
     comm: String,
-    kind: String,
+    kind: pb::FlowKind,
     remote: String,
     country: String,
     classes: Vec<String>,
-    action: String,
+    action: pb::Action,
 }
 
 /// Open windows by (pid, kind, remote, action).
@@ -43,7 +43,7 @@ pub struct ViolationLog {
 }
 
 fn line(f: &pb::Flow) {
-    info!(target: "violation", pid = f.pid, comm = %f.comm, kind = %f.kind, remote = %f.remote, country = %f.remote_country, classes = ?f.classes, action = %f.action, count = f.count, "violation");
+    info!(target: "violation", pid = f.pid, comm = %f.comm, kind = %f.kind().label(), remote = %f.remote, country = %f.remote_country, classes = ?f.classes, action = %f.action().label(), count = f.count, "violation");
 }
 
 impl ViolationLog {
@@ -74,11 +74,11 @@ impl ViolationLog {
                 repeats: 0,
                 pid: f.pid,
                 comm: f.comm.clone(),
-                kind: f.kind.clone(),
+                kind: f.kind(),
                 remote: f.remote.clone(),
                 country: f.remote_country.clone(),
                 classes: f.classes.clone(),
-                action: f.action.clone(),
+                action: f.action(),
             },
         );
     }
@@ -106,7 +106,7 @@ fn repeated(w: &Window) {
     if w.repeats == 0 {
         return;
     }
-    info!(target: "violation", pid = w.pid, comm = %w.comm, kind = %w.kind, remote = %w.remote, country = %w.country, classes = ?w.classes, action = %w.action, count = w.repeats, window_s = WINDOW.as_secs(), "violation repeated");
+    info!(target: "violation", pid = w.pid, comm = %w.comm, kind = %w.kind.label(), remote = %w.remote, country = %w.country, classes = ?w.classes, action = %w.action.label(), count = w.repeats, window_s = WINDOW.as_secs(), "violation repeated");
 }
 
 #[cfg(test)]
@@ -116,9 +116,9 @@ mod tests {
     fn v(pid: u32, remote: &str) -> pb::Flow {
         pb::Flow {
             pid,
-            kind: "connect".into(),
+            kind: pb::FlowKind::Connect as i32,
             remote: remote.into(),
-            action: "reported".into(),
+            action: pb::Action::Reported as i32,
             count: 1,
             ..Default::default()
         }

@@ -48,20 +48,25 @@ fn fit_batch(mut records: Vec<pb::Record>) -> Vec<pb::Record> {
     for (i, r) in records.iter_mut().enumerate() {
         let mut len = r.encoded_len() + 8;
         if len > BATCH_BYTES {
-            error!(seq = r.seq, kind = %r.kind, bytes = len, limit = BATCH_BYTES, "a spooled record is too large to deliver; the collector gets a gap record in its place");
+            error!(
+                seq = r.seq,
+                kind = r.kind_name(),
+                bytes = len,
+                limit = BATCH_BYTES,
+                "a spooled record is too large to deliver; the collector gets a gap record in its place"
+            );
             *r = pb::Record {
                 seq: r.seq,
-                kind: "gap".into(),
                 time_unix_ns: r.time_unix_ns,
-                body_json: serde_json::json!({
-                    "source": "undeliverable",
-                    "count": 1,
-                    "kind": r.kind,
-                    "bytes": len,
-                    "first_seq": r.seq,
-                    "last_seq": r.seq,
-                })
-                .to_string(),
+                body: Some(pb::record::Body::Gap(pb::Gap {
+                    source: pb::GapSource::Undeliverable as i32,
+                    count: 1,
+                    bytes: len as u64,
+                    first_seq: r.seq,
+                    last_seq: r.seq,
+                    note: format!("a {} record too large to deliver", r.kind_name()),
+                    ..Default::default()
+                })),
             };
             len = r.encoded_len() + 8;
         }
@@ -432,9 +437,13 @@ mod tests {
     fn record(seq: u64, body: usize) -> pb::Record {
         pb::Record {
             seq,
-            kind: "violation".into(),
             time_unix_ns: 1,
-            body_json: "x".repeat(body),
+            body: Some(pb::record::Body::Violation(
+                residency_proto::agent::v1::Flow {
+                    exe: "x".repeat(body),
+                    ..Default::default()
+                },
+            )),
         }
     }
 
@@ -447,11 +456,12 @@ mod tests {
         let b = fit_batch(vec![record(7, 11 << 20), record(8, 10)]);
         assert_eq!(b.len(), 2);
         assert_eq!(b[0].seq, 7);
-        assert_eq!(b[0].kind, "gap");
-        assert!(
-            b[0].body_json.contains("undeliverable"),
-            "{}",
-            b[0].body_json
+        let Some(pb::record::Body::Gap(g)) = &b[0].body else {
+            panic!("{:?}", b[0].body)
+        };
+        assert_eq!(
+            (g.source(), g.first_seq, g.last_seq),
+            (pb::GapSource::Undeliverable, 7, 7)
         );
         assert_eq!(b[1].seq, 8);
     }

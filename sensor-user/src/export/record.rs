@@ -1,61 +1,93 @@
-//! The spool's record format: what a spooled frame's payload holds and how it
-//! becomes a delivery record.
+//! The spool's record format: a spooled frame's payload is the encoded
+//! delivery record (`residency.collector.v1.Record` without its sequence,
+//! which the frame carries), so delivering it is decoding it.
 
-use residency_proto::collector::v1 as cpb;
+use prost::encoding::{int64, message};
+use residency_proto::agent::v1 as apb;
+use residency_proto::collector::v1::{self as cpb, record::Body};
 
-/// What a spooled record's body may be: a structure, never a string that
-/// already holds JSON (it would be stored as a JSON string).
-pub trait Body: serde::Serialize {}
+/// What a spooled record holds, borrowed: encoding does not copy it.
+#[derive(Debug, Clone, Copy)]
+pub enum Spooled<'a> {
+    Violation(&'a apb::Flow),
+    Audit(&'a cpb::Audit),
+    Gap(&'a cpb::Gap),
+}
 
-impl Body for serde_json::Value {}
-impl Body for residency_proto::agent::v1::Flow {}
-
-/// A spooled record: `{"k": kind, "t": unix ns, "b": body}`, the body
-/// serialized straight into it (one pass, no intermediate string). A body
-/// that cannot be serialized is stored as `null`, never as broken JSON.
-pub fn encode_spooled(kind: &str, time_unix_ns: i64, body: &impl Body) -> Vec<u8> {
-    use std::io::Write;
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"{\"k\":");
-    if serde_json::to_writer(&mut out, kind).is_err() {
-        out.extend_from_slice(b"\"unknown\"");
+impl Spooled<'_> {
+    /// "violation", "audit" or "gap", for logs.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Spooled::Violation(_) => "violation",
+            Spooled::Audit(_) => "audit",
+            Spooled::Gap(_) => "gap",
+        }
     }
-    let _ = write!(out, ",\"t\":{time_unix_ns},\"b\":");
-    let mark = out.len();
-    if serde_json::to_writer(&mut out, body).is_err() {
-        out.truncate(mark);
-        out.extend_from_slice(b"null");
+}
+
+// The `Record` field numbers (collector.proto), checked by the round trip in
+// the tests below.
+const TIME: u32 = 3;
+const VIOLATION: u32 = 5;
+const AUDIT: u32 = 6;
+const GAP: u32 = 7;
+
+/// The payload of a spooled record: the encoded `Record` (time and body; no
+/// sequence), written straight from the borrowed body.
+pub fn encode_spooled(time_unix_ns: i64, body: Spooled<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    int64::encode(TIME, &time_unix_ns, &mut out);
+    match body {
+        Spooled::Violation(f) => message::encode(VIOLATION, f, &mut out),
+        Spooled::Audit(a) => message::encode(AUDIT, a, &mut out),
+        Spooled::Gap(g) => message::encode(GAP, g, &mut out),
     }
-    out.push(b'}');
     out
 }
 
-#[derive(serde::Deserialize)]
-struct Spooled<'a> {
-    k: std::borrow::Cow<'a, str>,
-    t: i64,
-    #[serde(borrow)]
-    b: &'a serde_json::value::RawValue,
-}
-
-/// The delivery form of a spooled record (an undecodable one is delivered as a
-/// "corrupt" record rather than lost). The body is passed on as it was
-/// written, not parsed into a tree and written again.
+/// The delivery form of a spooled payload. Payloads written by agents
+/// before records were typed (JSON, starting with `{`, which no encoded
+/// record does) are converted. One that does not decode is delivered as a gap
+/// record in its place (same sequence), never dropped.
 pub fn decode_spooled(seq: u64, payload: &[u8]) -> cpb::Record {
-    match serde_json::from_slice::<Spooled>(payload) {
-        Ok(v) => cpb::Record {
+    use prost::Message;
+    let decoded = if payload.first() == Some(&b'{') {
+        legacy(seq, payload)
+    } else {
+        cpb::Record::decode(payload).ok()
+    };
+    match decoded {
+        Some(mut r) if r.body.is_some() => {
+            r.seq = seq;
+            r
+        }
+        _ => cpb::Record {
             seq,
-            kind: v.k.into_owned(),
-            time_unix_ns: v.t,
-            body_json: v.b.get().to_owned(),
-        },
-        Err(_) => cpb::Record {
-            seq,
-            kind: "corrupt".into(),
             time_unix_ns: 0,
-            body_json: "null".into(),
+            body: Some(Body::Gap(cpb::Gap {
+                source: cpb::GapSource::SpoolDamage as i32,
+                count: 1,
+                first_seq: seq,
+                last_seq: seq,
+                bytes: payload.len() as u64,
+                note: "a spooled record that does not decode".into(),
+                ..Default::default()
+            })),
         },
     }
+}
+
+/// A pre-typed spool frame: `{"k": kind, "t": unix ns, "b": body}`.
+fn legacy(seq: u64, payload: &[u8]) -> Option<cpb::Record> {
+    #[derive(serde::Deserialize)]
+    struct Old<'a> {
+        k: std::borrow::Cow<'a, str>,
+        t: i64,
+        #[serde(borrow)]
+        b: &'a serde_json::value::RawValue,
+    }
+    let o = serde_json::from_slice::<Old>(payload).ok()?;
+    Some(residency_proto::legacy::record(seq, &o.k, o.t, o.b.get()))
 }
 
 #[cfg(test)]
@@ -63,27 +95,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_refuses_garbage() {
-        let body = serde_json::json!({"pid": 7, "remote": "203.0.113.2:443"});
-        let p = encode_spooled("violation", 42, &body);
-        let r = decode_spooled(9, &p);
-        assert_eq!(
-            (r.seq, r.kind.as_str(), r.time_unix_ns),
-            (9, "violation", 42)
+    fn round_trips_converts_old_frames_and_never_drops_garbage() {
+        let flow = apb::Flow {
+            pid: 7,
+            kind: apb::FlowKind::Connect as i32,
+            remote: "203.0.113.2:443".into(),
+            ..Default::default()
+        };
+        let r = decode_spooled(9, &encode_spooled(42, Spooled::Violation(&flow)));
+        assert_eq!((r.seq, r.time_unix_ns), (9, 42));
+        assert_eq!(r.body, Some(Body::Violation(flow)));
+        let gap = cpb::Gap {
+            source: cpb::GapSource::Kernel as i32,
+            count: 3,
+            ..Default::default()
+        };
+        let r = decode_spooled(2, &encode_spooled(0, Spooled::Gap(&gap)));
+        assert_eq!(r.body, Some(Body::Gap(gap)));
+        let audit = cpb::Audit {
+            actor: "uid 0".into(),
+            ..Default::default()
+        };
+        let r = decode_spooled(3, &encode_spooled(1, Spooled::Audit(&audit)));
+        assert_eq!(r.body, Some(Body::Audit(audit)));
+        // A frame an older agent wrote.
+        let r = decode_spooled(
+            4,
+            br#"{"k":"violation","t":5,"b":{"kind":"close","pid":1,"action":"reported"}}"#,
         );
-        let b: serde_json::Value = serde_json::from_str(&r.body_json).unwrap();
-        assert_eq!(b["pid"], 7);
-        // A body that cannot be serialized is stored as null, never as
-        // broken JSON.
-        struct Bad;
-        impl serde::Serialize for Bad {
-            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-                Err(serde::ser::Error::custom("no"))
-            }
-        }
-        impl Body for Bad {}
-        let r = decode_spooled(1, &encode_spooled("gap", 1, &Bad));
-        assert_eq!(r.body_json, "null");
-        assert_eq!(decode_spooled(1, b"\xff\x00").kind, "corrupt");
+        let Some(Body::Violation(f)) = r.body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (f.kind(), f.action()),
+            (apb::FlowKind::Close, apb::Action::Reported)
+        );
+        // Garbage is a gap record in its place.
+        let r = decode_spooled(1, b"\xff\x00");
+        let Some(Body::Gap(g)) = r.body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (g.source(), g.first_seq, g.last_seq),
+            (cpb::GapSource::SpoolDamage, 1, 1)
+        );
     }
 }

@@ -33,12 +33,38 @@ use tokio_stream::StreamExt;
 
 const BATCH: usize = 500;
 
-fn body(seq: u64) -> String {
-    format!(
-        r#"{{"kind":"sendmsg","time_unix_ns":{t},"ktime_ns":{seq},"pid":4242,"tid":4242,"uid":1000,"cgroup_id":7731,"comm":"export-job","exe":"/usr/local/bin/export-job","classes":["eu_personal"],"protocol":"udp","local":"10.0.0.5:40000","remote":"203.0.113.{h}:443","remote_country":"US","remote_site":"iad1","verdict":"deny","action":"reported","count":1,"bytes":0,"duration_ns":0,"cookie":{seq},"policy_generation":1,"host_id":"bench"}}"#,
-        t = 1_795_417_200_000_000_000u64 + seq,
-        h = seq % 250
-    )
+/// A violation as an agent sends it: a typed flow with every field an
+/// agent fills (so the stored record is as large as a real one).
+fn violation(seq: u64) -> pb::Record {
+    use residency_proto::agent::v1 as apb;
+    pb::Record {
+        seq,
+        time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
+        body: Some(pb::record::Body::Violation(apb::Flow {
+            kind: apb::FlowKind::Sendmsg as i32,
+            time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
+            ktime_ns: seq,
+            pid: 4242,
+            tid: 4242,
+            uid: 1000,
+            cgroup_id: 7731,
+            comm: "export-job".into(),
+            exe: "/usr/local/bin/export-job".into(),
+            classes: vec!["eu_personal".into()],
+            protocol: apb::Protocol::Udp as i32,
+            local: "10.0.0.5:40000".into(),
+            remote: format!("203.0.113.{}:443", seq % 250),
+            remote_country: "US".into(),
+            remote_site: "iad1".into(),
+            verdict: apb::Verdict::Deny as i32,
+            action: apb::Action::Reported as i32,
+            count: 1,
+            cookie: seq,
+            policy_generation: 1,
+            host_id: "bench".into(),
+            ..Default::default()
+        })),
+    }
 }
 
 /// Streams `n` records for `host` as an agent would; returns records/s.
@@ -55,16 +81,7 @@ async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
     let batches: Vec<Vec<pb::Record>> = (1..=n)
         .collect::<Vec<u64>>()
         .chunks(BATCH)
-        .map(|c| {
-            c.iter()
-                .map(|&seq| pb::Record {
-                    seq,
-                    kind: "violation".into(),
-                    time_unix_ns: seq as i64,
-                    body_json: body(seq),
-                })
-                .collect()
-        })
+        .map(|c| c.iter().map(|&seq| violation(seq)).collect())
         .collect();
     let start = Instant::now();
     for records in batches {

@@ -3,6 +3,7 @@
 //! own); stopped (SIGTERM, then SIGKILL) on drop, and its pinned state removed
 //! (which detaches its programs) even when the test failed.
 
+use residency_proto::agent::v1 as pb;
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -188,13 +189,42 @@ impl RunningAgent {
         })
     }
 
+    /// `sensorctl --json ARGS` read back into the typed proto message (the
+    /// canonical protobuf JSON mapping, so its shape is checked too).
+    pub fn ctl_as<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let v = self.ctl_json(args);
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+            panic!(
+                "sensorctl {args:?} printed JSON that is not a {} ({e}): {v}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+
+    /// `sensorctl status`.
+    pub fn status(&self) -> pb::Status {
+        self.ctl_as(&["status"])
+    }
+
+    /// `sensorctl violations ARGS` (or `flows`, when `flows`).
+    pub fn listed(&self, flows: bool, args: &[&str]) -> Vec<pb::Flow> {
+        let mut all = vec![if flows { "flows" } else { "violations" }];
+        all.extend_from_slice(args);
+        self.ctl_as(&all)
+    }
+
+    /// A kernel counter from the agent's status (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()
+            .counters
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.value)
+    }
+
     /// The kernel's ring-buffer drop counter, from the agent's status.
     pub fn kernel_drops(&self) -> u64 {
-        self.ctl_json(&["status"])["counters"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == "ringbuf_reserve_failed"))
-            .and_then(|c| c["value"].as_u64())
-            .unwrap_or(0)
+        self.counter("ringbuf_reserve_failed")
     }
 
     /// The agent's log so far.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use residency_proto::collector::v1::collector_client::CollectorClient;
+use residency_proto::collector::v1::{self as pb, collector_client::CollectorClient};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use super::{agent::workspace_bin, pki};
@@ -246,8 +246,9 @@ impl RunningCollector {
 
     /// Every stored record (of `kind`, when given), by host and sequence, as
     /// `collectord export --format jsonl` prints them (works on either backend,
-    /// while the collector runs).
-    pub fn export(&self, kind: Option<&str>) -> Vec<serde_json::Value> {
+    /// while the collector runs), read back from the canonical JSON into the
+    /// typed record (so the JSON's shape is checked too).
+    pub fn export(&self, kind: Option<&str>) -> Vec<pb::StoredRecord> {
         let mut cmd = Command::new(workspace_bin("collectord"));
         cmd.arg("--database")
             .arg(&self.database)
@@ -266,7 +267,10 @@ impl RunningCollector {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| serde_json::from_str(l).expect("export prints JSON lines"))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("export prints StoredRecord JSON lines ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -274,7 +278,7 @@ impl RunningCollector {
     pub fn count(&self, host: &str, kind: &str) -> usize {
         self.export(Some(kind))
             .iter()
-            .filter(|r| r["host"] == host)
+            .filter(|r| r.host_id == host)
             .count()
     }
 

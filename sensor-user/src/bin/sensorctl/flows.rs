@@ -1,6 +1,7 @@
 //! `sensorctl flows` and `sensorctl violations`.
 
-use residency_proto::agent::v1::{Flow, FlowFilter, flow_event::Event};
+use residency_proto::agent::v1::{Flow, FlowFilter, Verdict, flow_event::Event};
+use residency_proto::records::Label;
 
 use crate::{Global, client, output};
 
@@ -29,15 +30,15 @@ pub struct FlowArgs {
 
 fn row(f: &Flow) -> Vec<String> {
     vec![
-        f.kind.clone(),
+        f.kind().label(),
         f.pid.to_string(),
         f.comm.clone(),
         f.classes.join(","),
-        f.protocol.clone(),
+        f.protocol().label(),
         f.remote.clone(),
         f.remote_country.clone(),
-        f.verdict.clone(),
-        f.action.clone(),
+        f.verdict().label(),
+        f.action().label(),
         f.count.to_string(),
     ]
 }
@@ -47,6 +48,12 @@ const HEADERS: [&str; 10] = [
 ];
 
 pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
+    if let Some(v) = &a.verdict
+        && Verdict::parse_label(v).is_none()
+    {
+        eprintln!("error: --verdict {v:?}: write allow, deny or unknown");
+        return 2;
+    }
     let Some(mut c) = client::connect(g).await else {
         return 2;
     };
@@ -69,7 +76,7 @@ pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
         loop {
             match stream.message().await {
                 Ok(Some(ev)) => match ev.event {
-                    Some(Event::Flow(f)) if !violations_only || f.action != "none" => {
+                    Some(Event::Flow(f)) if !violations_only || f.action().is_violation() => {
                         if g.json {
                             println!("{}", serde_json::to_string(&f).unwrap_or_default());
                         } else {

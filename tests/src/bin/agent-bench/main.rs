@@ -87,7 +87,7 @@ cgroup = "/{tagged}"
 
 /// Records the agent has read from the kernel so far.
 fn agent_records(agent: &RunningAgent) -> u64 {
-    agent.ctl_json(&["status"])["events"].as_u64().unwrap_or(0)
+    agent.status().events
 }
 
 /// Runs the sides interleaved (see `bench::sides`), with sensord's programs
@@ -172,13 +172,15 @@ fn start_agent(
 fn check_recorded(agent: &RunningAgent) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let v = agent.ctl_json(&["violations"]);
-        if v.to_string().contains(&US_REMOTE.to_string()) {
+        let v = agent.listed(false, &[]);
+        if v.iter()
+            .any(|f| f.remote.starts_with(&format!("{US_REMOTE}:")))
+        {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the tagged worker's connects to {US_REMOTE} were not recorded as violations: {v}"
+            "the tagged worker's connects to {US_REMOTE} were not recorded as violations: {v:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
