@@ -462,6 +462,23 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
     );
     assert_eq!(code, Some(0));
     assert!(out.lines().count() >= 2, "every page followed: {out}");
+    // Typed from the kernel to the auditor: the canonical protobuf JSON of
+    // the stored record, with enum names.
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let f = &v["record"]["violation"];
+        assert_eq!(v["host_id"], "fleet-b", "{line}");
+        assert_eq!(f["action"], "ACTION_DENIED", "{line}");
+        assert_eq!(f["verdict"], "VERDICT_DENY", "{line}");
+        assert_eq!(f["kind"], "FLOW_KIND_CONNECT", "{line}");
+        assert_eq!(f["protocol"], "PROTOCOL_TCP", "{line}");
+        assert!(v["record"]["seq"].is_string(), "64-bit as a string: {line}");
+        let typed: pb::StoredRecord = serde_json::from_str(line).expect("a StoredRecord");
+        assert_eq!(
+            typed.violation().map(|f| f.host_id.as_str()),
+            Some("fleet-b")
+        );
+    }
     let (code, _, err) = ctl(
         &p.auditor,
         &[

@@ -219,11 +219,6 @@ pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> 
         .collect()
 }
 
-/// Migration step that adds the encoded typed record to every row: rows
-/// stored before it hold JSON in `body` and are converted (see
-/// [`legacy_row`]); later rows have `record` and an empty `body`.
-const RECORD_COLUMN: usize = 5;
-
 /// The typed record and columns of a row stored before records were typed.
 pub(crate) fn legacy_row(seq: i64, kind: &str, time_ns: i64, body: &str) -> Indexed {
     Indexed::of(&residency_proto::legacy::record(

@@ -40,8 +40,13 @@ const MIGRATIONS: &[&str] = &[
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
-    "ALTER TABLE records ADD COLUMN record BYTEA;",
+    ADD_RECORD,
 ];
+
+/// The migration that adds the encoded typed record to every row: rows
+/// stored before it hold JSON in `body` and are converted
+/// ([`convert_legacy`]); later rows have `record` and an empty `body`.
+const ADD_RECORD: &str = "ALTER TABLE records ADD COLUMN record BYTEA;";
 
 /// Converts the JSON body of rows stored before records were typed into the
 /// encoded record (and its columns), inside the migration's transaction.
@@ -120,7 +125,7 @@ impl Postgres {
             .get(0);
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(m).await?;
-            if i == super::RECORD_COLUMN {
+            if *m == ADD_RECORD {
                 convert_legacy(&tx).await?;
             }
             tx.execute(

@@ -42,8 +42,13 @@ const MIGRATIONS: &[&str] = &[
     super::HOST_COUNTS_TABLE,
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
-    "ALTER TABLE records ADD COLUMN record BLOB;",
+    ADD_RECORD,
 ];
+
+/// The migration that adds the encoded typed record to every row: rows
+/// stored before it hold JSON in `body` and are converted
+/// ([`convert_legacy`]); later rows have `record` and an empty `body`.
+const ADD_RECORD: &str = "ALTER TABLE records ADD COLUMN record BLOB;";
 
 impl ToSql for Param {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -82,7 +87,7 @@ impl Sqlite {
             if i == 1 {
                 backfill(&tx)?;
             }
-            if i == super::RECORD_COLUMN {
+            if *m == ADD_RECORD {
                 convert_legacy(&tx)?;
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;

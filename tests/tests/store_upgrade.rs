@@ -1,0 +1,142 @@
+//! A collector database written before records were typed (JSON bodies in
+//! `records.body`) is converted when an upgraded collector opens it: every
+//! stored violation, gap and audit record comes back as the typed record,
+//! on SQLite and on PostgreSQL. Real collectord, real databases.
+
+use harness::harness::{agent::workspace_bin, postgres::PgServer, temp::TempPath};
+use residency_proto::{
+    agent::v1::{Action, FlowKind, Protocol, Verdict},
+    collector::v1::{GapSource, StoredRecord},
+};
+
+/// Rows as a collector before typed records stored them: (seq, kind, body).
+const OLD_ROWS: [(i64, &str, &str); 3] = [
+    (
+        1,
+        "violation",
+        r#"{"kind":"connect","pid":4242,"protocol":"tcp","remote":"203.0.113.7:443","remote_country":"US","verdict":"deny","action":"denied","classes":["eu_personal"],"cookie":77,"exe":"/usr/bin/curl"}"#,
+    ),
+    (
+        2,
+        "gap",
+        r#"{"source":"spool","count":5,"first_seq":10,"last_seq":14}"#,
+    ),
+    (
+        3,
+        "audit",
+        r#"{"time_unix_ns":3,"actor":"uid 0 (pid 1)","action":"mode of eu_personal: monitor -> enforce","reason":"audit"}"#,
+    ),
+];
+
+/// What `collectord export` prints for `spec`, read back as typed records.
+fn export(spec: &str) -> Vec<StoredRecord> {
+    let out = std::process::Command::new(workspace_bin("collectord"))
+        .args(["--database", spec, "export", "--format", "jsonl"])
+        .output()
+        .expect("collectord export");
+    assert!(
+        out.status.success(),
+        "collectord export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The old rows came back typed, with their columns (the action filter).
+fn assert_converted(records: &[StoredRecord]) {
+    assert_eq!(records.len(), 3, "{records:?}");
+    let v = records
+        .iter()
+        .find_map(StoredRecord::violation)
+        .expect("the violation");
+    assert_eq!(
+        (v.kind(), v.protocol(), v.verdict(), v.action()),
+        (
+            FlowKind::Connect,
+            Protocol::Tcp,
+            Verdict::Deny,
+            Action::Denied
+        )
+    );
+    assert_eq!(
+        (v.pid, v.cookie, v.remote.as_str()),
+        (4242, 77, "203.0.113.7:443")
+    );
+    let g = records.iter().find_map(StoredRecord::gap).expect("the gap");
+    assert_eq!(
+        (g.source(), g.count, g.first_seq, g.last_seq),
+        (GapSource::SpoolFull, 5, 10, 14)
+    );
+    let a = records
+        .iter()
+        .find_map(StoredRecord::audit)
+        .expect("the audit");
+    assert_eq!(a.actor, "uid 0 (pid 1)");
+    assert!(records.iter().all(|r| r.host_id == "old-host"));
+}
+
+#[test]
+fn a_sqlite_database_from_before_typed_records_is_converted() {
+    let dir = TempPath::dir("rs-upgrade-sqlite");
+    let db = dir.path().join("c.db");
+    let spec = db.to_str().expect("utf-8").to_owned();
+    // The current schema, then taken back to the last one before typed
+    // records, with rows as that version stored them.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    drop(
+        rt.block_on(collector::store::Store::open(&spec))
+            .expect("a new database"),
+    );
+    {
+        let c = rusqlite::Connection::open(&db).expect("open");
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        c.execute_batch(&format!(
+            "ALTER TABLE records DROP COLUMN record; PRAGMA user_version = {};",
+            v - 1
+        ))
+        .expect("back to the version before typed records");
+        for (seq, kind, body) in OLD_ROWS {
+            c.execute(
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, action) VALUES ('old-host', ?1, ?2, ?1, ?3, 0, ?4)",
+                rusqlite::params![seq, kind, body, if kind == "violation" { "denied" } else { "" }],
+            )
+            .expect("an old row");
+        }
+    }
+    assert_converted(&export(&spec));
+}
+
+#[test]
+fn a_postgresql_database_from_before_typed_records_is_converted() {
+    let pg = PgServer::start();
+    assert!(export(&pg.url).is_empty());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "ALTER TABLE records DROP COLUMN record;
+                 DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations);",
+            )
+            .await
+            .expect("back to the version before typed records (its last migration)");
+        for (seq, kind, body) in OLD_ROWS {
+            client
+                .execute(
+                    "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns) VALUES ('old-host', $1, $2, $1, $3, 0)",
+                    &[&seq, &kind, &body],
+                )
+                .await
+                .expect("an old row");
+        }
+    });
+    assert_converted(&export(&pg.url));
+}
