@@ -84,6 +84,19 @@ fn mode_from(m: i32) -> Result<Mode, Status> {
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<pb::FlowEvent, Status>> + Send>>;
 
+/// Refuses a filter whose verdict names none (it would match nothing, and the
+/// caller would see an empty list instead of their mistake).
+fn checked_filter(f: &pb::FlowFilter) -> Result<(), Status> {
+    use residency_proto::records::Label;
+    if !f.verdict.is_empty() && pb::Verdict::parse_label(&f.verdict).is_none() {
+        return Err(Status::invalid_argument(format!(
+            "verdict {:?} is not one of: allow, deny, unknown (or VERDICT_ALLOW, VERDICT_DENY, VERDICT_UNKNOWN)",
+            f.verdict
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Agent for AgentApi {
     async fn get_status(
@@ -103,6 +116,7 @@ impl Agent for AgentApi {
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<pb::FlowList>, Status> {
         self.caller(&req)?;
+        checked_filter(req.get_ref())?;
         Ok(Response::new(pb::FlowList {
             flows: self.store.list(req.get_ref(), false),
         }))
@@ -113,6 +127,7 @@ impl Agent for AgentApi {
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<pb::FlowList>, Status> {
         self.caller(&req)?;
+        checked_filter(req.get_ref())?;
         Ok(Response::new(pb::FlowList {
             flows: self.store.list(req.get_ref(), true),
         }))
@@ -125,6 +140,7 @@ impl Agent for AgentApi {
         req: Request<pb::FlowFilter>,
     ) -> Result<Response<Self::WatchFlowsStream>, Status> {
         self.caller(&req)?;
+        checked_filter(req.get_ref())?;
         let filter = req.into_inner();
         let stream =
             BroadcastStream::new(self.store.subscribe()).filter_map(move |item| match item {
@@ -297,5 +313,28 @@ impl Agent for AgentApi {
             .await
             .map(Response::new)
             .map_err(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verdict_filter_that_names_no_verdict_is_refused() {
+        let f = |v: &str| pb::FlowFilter {
+            verdict: v.into(),
+            ..Default::default()
+        };
+        assert!(checked_filter(&f("")).is_ok());
+        assert!(checked_filter(&f("deny")).is_ok());
+        assert!(checked_filter(&f("VERDICT_ALLOW")).is_ok());
+        let e = checked_filter(&f("denied")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("allow, deny, unknown"),
+            "{}",
+            e.message()
+        );
     }
 }
