@@ -88,6 +88,15 @@ pub trait Label: Sized + Copy {
             .to_ascii_lowercase()
     }
 
+    /// Whether `s` names this value (its label or full proto name, in any
+    /// case), without allocating: filters ask it of every record.
+    fn is_label(self, s: &str) -> bool {
+        let (s, n) = (s.trim(), self.proto_name());
+        s.eq_ignore_ascii_case(n)
+            || n.strip_prefix(Self::PREFIX)
+                .is_some_and(|l| l.eq_ignore_ascii_case(s))
+    }
+
     /// Parses a label or a full proto name, in any case.
     fn parse_label(s: &str) -> Option<Self> {
         let upper = s.trim().to_ascii_uppercase();
@@ -183,6 +192,8 @@ mod tests {
         assert_eq!(Verdict::parse_label("VERDICT_DENY"), Some(Verdict::Deny));
         assert_eq!(Verdict::parse_label("Allow"), Some(Verdict::Allow));
         assert_eq!(Verdict::parse_label("maybe"), None);
+        assert!(Verdict::Deny.is_label("deny") && Verdict::Deny.is_label(" VERDICT_DENY"));
+        assert!(!Verdict::Deny.is_label("allow") && !Verdict::Deny.is_label("DENY_"));
         for k in 1..=8u8 {
             let kernel = KernelKind::from_raw(k).unwrap();
             assert_eq!(FlowKind::from(kernel) as i32, i32::from(k));

@@ -3,7 +3,7 @@
 //! stored violation, gap and audit record comes back as the typed record,
 //! on SQLite and on PostgreSQL. Real collectord, real databases.
 
-use harness::harness::{agent::workspace_bin, postgres::PgServer, temp::TempPath};
+use harness::harness::{collector::export, postgres::PgServer, temp::TempPath};
 use residency_proto::{
     agent::v1::{Action, FlowKind, Protocol, Verdict},
     collector::v1::{GapSource, StoredRecord},
@@ -27,23 +27,6 @@ const OLD_ROWS: [(i64, &str, &str); 3] = [
         r#"{"time_unix_ns":3,"actor":"uid 0 (pid 1)","action":"mode of eu_personal: monitor -> enforce","reason":"audit"}"#,
     ),
 ];
-
-/// What `collectord export` prints for `spec`, read back as typed records.
-fn export(spec: &str) -> Vec<StoredRecord> {
-    let out = std::process::Command::new(workspace_bin("collectord"))
-        .args(["--database", spec, "export", "--format", "jsonl"])
-        .output()
-        .expect("collectord export");
-    assert!(
-        out.status.success(),
-        "collectord export failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
 
 /// The old rows came back typed, with their columns (the action filter).
 fn assert_converted(records: &[StoredRecord]) {
@@ -108,13 +91,13 @@ fn a_sqlite_database_from_before_typed_records_is_converted() {
             .expect("an old row");
         }
     }
-    assert_converted(&export(&spec));
+    assert_converted(&export(&spec, None));
 }
 
 #[test]
 fn a_postgresql_database_from_before_typed_records_is_converted() {
     let pg = PgServer::start();
-    assert!(export(&pg.url).is_empty());
+    assert!(export(&pg.url, None).is_empty());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
@@ -138,5 +121,5 @@ fn a_postgresql_database_from_before_typed_records_is_converted() {
                 .expect("an old row");
         }
     });
-    assert_converted(&export(&pg.url));
+    assert_converted(&export(&pg.url, None));
 }

@@ -219,6 +219,10 @@ pub(crate) fn spool_gaps(records: &[(Record, Indexed)]) -> Vec<(i64, i64, i64)> 
         .collect()
 }
 
+/// Rows converted per step when a database from before typed records is
+/// migrated.
+const CONVERT_BATCH: usize = 10_000;
+
 /// The typed record and columns of a row stored before records were typed.
 pub(crate) fn legacy_row(seq: i64, kind: &str, time_ns: i64, body: &str) -> Indexed {
     Indexed::of(&residency_proto::legacy::record(

@@ -51,27 +51,35 @@ const ADD_RECORD: &str = "ALTER TABLE records ADD COLUMN record BYTEA;";
 /// Converts the JSON body of rows stored before records were typed into the
 /// encoded record (and its columns), inside the migration's transaction.
 async fn convert_legacy(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
-    let rows = tx
-        .query(
-            "SELECT host, seq, kind, time_ns, body FROM records WHERE record IS NULL",
-            &[],
-        )
+    let select = tx
+        .prepare(&format!(
+            "SELECT host, seq, kind, time_ns, body FROM records WHERE record IS NULL LIMIT {}",
+            super::CONVERT_BATCH
+        ))
         .await?;
     let update = tx
         .prepare(
             "UPDATE records SET record = $3, action = $4, body = '' WHERE host = $1 AND seq = $2",
         )
         .await?;
-    for r in &rows {
-        let (host, seq): (&str, i64) = (r.get(0), r.get(1));
-        let ix = super::legacy_row(seq, r.get(2), r.get(3), r.get(4));
-        tx.execute(&update, &[&host, &seq, &ix.encoded, &ix.action])
-            .await?;
-    }
-    if !rows.is_empty() {
+    let mut converted = 0;
+    // A batch at a time (a converted row leaves the selection), so a large
+    // database is not held in memory at once.
+    loop {
+        let rows = tx.query(&select, &[]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let (host, seq): (&str, i64) = (r.get(0), r.get(1));
+            let ix = super::legacy_row(seq, r.get(2), r.get(3), r.get(4));
+            tx.execute(&update, &[&host, &seq, &ix.encoded, &ix.action])
+                .await?;
+        }
+        converted += rows.len();
         info!(
-            rows = rows.len(),
-            "stored records converted to typed records"
+            converted,
+            "stored records converted to typed records so far"
         );
     }
     Ok(())

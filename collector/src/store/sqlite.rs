@@ -258,19 +258,33 @@ impl Sqlite {
     }
 }
 
+/// Rows stored before records were typed (those `where_` selects), each
+/// with its typed record and columns.
+fn legacy_rows(
+    tx: &rusqlite::Transaction<'_>,
+    where_: &str,
+) -> Result<Vec<(String, i64, Indexed)>, StoreError> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT host, seq, kind, time_ns, body FROM records WHERE {where_}"
+    ))?;
+    let rows = stmt.query_map([], |r| {
+        let (seq, kind, time_ns, body): (i64, String, i64, String) =
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        Ok((
+            r.get(0)?,
+            seq,
+            super::legacy_row(seq, &kind, time_ns, &body),
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Fills the searchable columns of rows stored before they existed.
 fn backfill(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    let rows: Vec<(String, i64, String, i64, String)> = tx
-        .prepare("SELECT host, seq, kind, time_ns, body FROM records")?
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
     let mut stmt = tx.prepare(
         "UPDATE records SET classes = ?3, country = ?4, remote = ?5, exe = ?6, action = ?7 WHERE host = ?1 AND seq = ?2",
     )?;
-    for (host, seq, kind, time_unix_ns, body_json) in rows {
-        let ix = super::legacy_row(seq, &kind, time_unix_ns, &body_json);
+    for (host, seq, ix) in legacy_rows(tx, "TRUE")? {
         stmt.execute(params![
             host, seq, ix.classes, ix.country, ix.remote, ix.exe, ix.action
         ])?;
@@ -281,20 +295,21 @@ fn backfill(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
 /// Converts the JSON body of rows stored before records were typed into the
 /// encoded record (and its columns).
 fn convert_legacy(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    let rows: Vec<(String, i64, String, i64, String)> = tx
-        .prepare("SELECT host, seq, kind, time_ns, body FROM records WHERE record IS NULL")?
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
     let mut stmt = tx.prepare(
         "UPDATE records SET record = ?3, action = ?4, body = '' WHERE host = ?1 AND seq = ?2",
     )?;
-    for (host, seq, kind, time_ns, body) in rows {
-        let ix = super::legacy_row(seq, &kind, time_ns, &body);
-        stmt.execute(params![host, seq, ix.encoded, ix.action])?;
+    // A batch at a time (a converted row leaves the selection), so a large
+    // database is not held in memory at once.
+    let batch = format!("record IS NULL LIMIT {}", super::CONVERT_BATCH);
+    loop {
+        let rows = legacy_rows(tx, &batch)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (host, seq, ix) in rows {
+            stmt.execute(params![host, seq, ix.encoded, ix.action])?;
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -146,8 +146,7 @@ pub fn is_violation(f: &pb::Flow) -> bool {
 pub fn matches(filter: &pb::FlowFilter, f: &pb::Flow) -> bool {
     (filter.class.is_empty() || f.classes.contains(&filter.class))
         && (filter.pid == 0 || f.pid == filter.pid)
-        && (filter.verdict.is_empty()
-            || pb::Verdict::parse_label(&filter.verdict) == Some(f.verdict()))
+        && (filter.verdict.is_empty() || f.verdict().is_label(&filter.verdict))
         && (filter.country.is_empty() || f.remote_country.eq_ignore_ascii_case(&filter.country))
         && (filter.since_unix_ms == 0 || f.time_unix_ns / 1_000_000 >= filter.since_unix_ms)
 }
@@ -188,5 +187,13 @@ mod tests {
             ..Default::default()
         };
         assert!(s.list(&f, false).is_empty());
+        // Verdict filters take the label or the proto name.
+        let by_verdict = |v: &str| pb::FlowFilter {
+            verdict: v.into(),
+            ..Default::default()
+        };
+        assert_eq!(s.list(&by_verdict("none"), true).len(), 2);
+        assert_eq!(s.list(&by_verdict("VERDICT_NONE"), true).len(), 2);
+        assert!(s.list(&by_verdict("deny"), true).is_empty());
     }
 }

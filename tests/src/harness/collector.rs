@@ -244,34 +244,10 @@ impl RunningCollector {
         }
     }
 
-    /// Every stored record (of `kind`, when given), by host and sequence, as
-    /// `collectord export --format jsonl` prints them (works on either backend,
-    /// while the collector runs), read back from the canonical JSON into the
-    /// typed record (so the JSON's shape is checked too).
+    /// Every stored record (of `kind`, when given), by host and sequence
+    /// (see [`export`]; works on either backend, while the collector runs).
     pub fn export(&self, kind: Option<&str>) -> Vec<pb::StoredRecord> {
-        let mut cmd = Command::new(workspace_bin("collectord"));
-        cmd.arg("--database")
-            .arg(&self.database)
-            .args(["export", "--format", "jsonl"]);
-        if let Some(k) = kind {
-            cmd.args(["--kind", k]);
-        }
-        let out = cmd
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("collectord export");
-        assert!(
-            out.status.success(),
-            "collectord export failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("export prints StoredRecord JSON lines ({e}): {l}"))
-            })
-            .collect()
+        export(&self.database, kind)
     }
 
     /// Number of stored records of `host` of `kind`.
@@ -324,4 +300,32 @@ impl Drop for RunningCollector {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Every record stored in `database` (a SQLite path or a postgres:// URL) of
+/// `kind` (all, when None), as `collectord export --format jsonl` prints
+/// them, read back from the canonical JSON into the typed record (so the
+/// JSON's shape is checked too).
+pub fn export(database: &str, kind: Option<&str>) -> Vec<pb::StoredRecord> {
+    let mut cmd = Command::new(workspace_bin("collectord"));
+    cmd.args(["--database", database, "export", "--format", "jsonl"]);
+    if let Some(k) = kind {
+        cmd.args(["--kind", k]);
+    }
+    let out = cmd
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("collectord export");
+    assert!(
+        out.status.success(),
+        "collectord export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("export prints StoredRecord JSON lines ({e}): {l}"))
+        })
+        .collect()
 }
