@@ -226,9 +226,9 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
             (got, gaps) = stored();
         }
         let lossless = dropped == 0 && got == expected;
+        let achieved = sent as f64 / secs;
         println!(
-            "  {rate:>8} {:>9.0} {dropped:>8} {:>10} {gaps:>6} {:>11.1} {:>8}",
-            sent as f64 / secs,
+            "  {rate:>8} {achieved:>9.0} {dropped:>8} {:>10} {gaps:>6} {:>11.1} {:>8}",
             got,
             t.elapsed().as_secs_f64(),
             if lossless { "yes" } else { "NO" }
@@ -236,9 +236,13 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         if !lossless {
             break;
         }
-        best = rate;
+        // What the sender achieved, not what it was asked for: past its
+        // own limit the paced target overstates the rate.
+        best = best.max(achieved as u64);
     }
-    println!("  highest paced rate with zero kernel drops and every violation stored: {best}/s");
+    println!(
+        "  highest sent rate with zero kernel drops and every violation stored: {best}/s (stored is cumulative over the steps)"
+    );
 }
 
 fn main() {
