@@ -2,6 +2,11 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+/// mimalloc rather than glibc's malloc: the record path allocates and frees
+/// small buffers at line rate (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use collector::{

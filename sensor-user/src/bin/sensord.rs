@@ -5,6 +5,11 @@
 
 use std::{fs::File, path::PathBuf};
 
+/// mimalloc rather than glibc's malloc: the record path allocates and frees
+/// small buffers at line rate (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use sensor_user::{

@@ -7,17 +7,21 @@
 //!    each acknowledgement, which comes after the commit), alternating round by
 //!    round between a SQLite and a PostgreSQL collector; medians and ratio.
 //! 2. End to end: a real sensord and collectord on loopback; a tagged process
-//!    sends UDP datagrams to a forbidden destination at rising paced rates; per
-//!    step: datagrams sent, the kernel's drop counter, and whether every
-//!    violation reached the collector. Reports the highest rate with zero drops
-//!    and zero loss.
+//!    sends UDP datagrams to a forbidden destination at rising paced rates
+//!    (SENDERS processes at once, BATCH addressed datagrams per `sendmmsg`,
+//!    each judged and recorded as a violation of its own); per step:
+//!    datagrams sent, the kernel's drop counter, and whether every violation
+//!    reached the collector. Reports the highest rate with zero drops and zero
+//!    loss.
 //!
 //! Usage: delivery-bench [--rounds R] [--records N] [--seconds S]
+//!                       [--senders SENDERS (2)] [--batch BATCH (32)]
 
 use std::time::{Duration, Instant};
 
 use harness::harness::{
     agent::RunningAgent,
+    bench::process::cpu_ns,
     cgroup::TestCgroup,
     collector::{RunningCollector, hello_message},
     netns::TestNet,
@@ -157,7 +161,7 @@ fn ingest_bench(rt: &tokio::runtime::Runtime, rounds: u64, records: u64) {
     );
 }
 
-fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
+fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64, senders: u64, batch: u64) {
     let host = "e2e-bench";
     let dir = TempPath::dir("e2e-bench");
     let cgroup = TestCgroup::create();
@@ -170,8 +174,11 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         DELIVERY_REGIONS,
         &["--config", config.to_str().expect("utf-8")],
     );
-    let server = net.virginia.udp_server(false);
-    let target = server.addr.to_string();
+    let collector_pid = collector.pid().expect("collectord runs");
+    // The destination discards (a socket nobody reads): the benchmark
+    // measures the sensor's path, not a receiver's.
+    let sink = net.virginia.udp_sink(false);
+    let target = sink.local_addr().expect("sink address").to_string();
     let drops = || agent.kernel_drops();
     let stored = || {
         rt.block_on(async {
@@ -191,11 +198,19 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         })
     };
     println!(
-        "end to end, kernel -> sensord -> spool -> collectord (SQLite), loopback, {seconds} s per step:"
+        "end to end, kernel -> sensord -> spool -> collectord (SQLite), loopback, {seconds} s per step, {senders} sender process(es), {batch} datagram(s) per system call:"
     );
     println!(
-        "  {:>8} {:>9} {:>8} {:>10} {:>6} {:>11} {:>8}",
-        "target/s", "sent/s", "drops", "stored", "gaps", "catch-up s", "lossless"
+        "  {:>8} {:>9} {:>8} {:>10} {:>6} {:>11} {:>8} {:>12} {:>12}",
+        "target/s",
+        "sent/s",
+        "drops",
+        "stored",
+        "gaps",
+        "catch-up s",
+        "lossless",
+        "sensord us",
+        "collectord us"
     );
     let mut best = 0u64;
     let mut expected = 0u64;
@@ -204,18 +219,31 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         300_000,
     ] {
         let d0 = drops();
-        let out = cgroup
-            .command({
-                let mut c = std::process::Command::new(probe::netprobe());
-                c.args(["udp-rate", &target, &rate.to_string(), &seconds.to_string()]);
-                c
+        let cpu0 = (cpu_ns(agent.pid()), cpu_ns(collector_pid));
+        // The senders run at once, each with its share of the rate.
+        let children: Vec<std::process::Child> = (0..senders)
+            .map(|_| {
+                let mut c = cgroup.command(std::process::Command::new(probe::netprobe()));
+                c.args([
+                    "udp-rate",
+                    &target,
+                    &(rate / senders).max(1).to_string(),
+                    &seconds.to_string(),
+                    &batch.to_string(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("netprobe udp-rate")
             })
-            .output()
-            .expect("netprobe udp-rate");
-        let r: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("netprobe prints JSON");
-        let sent = r["sent"].as_u64().unwrap_or(0);
-        let secs = r["seconds"].as_f64().unwrap_or(1.0);
+            .collect();
+        let (mut sent, mut secs) = (0u64, 0f64);
+        for child in children {
+            let out = child.wait_with_output().expect("netprobe udp-rate");
+            let r: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("netprobe prints JSON");
+            sent += r["sent"].as_u64().unwrap_or(0);
+            secs = secs.max(r["seconds"].as_f64().unwrap_or(1.0));
+        }
         let t = Instant::now();
         // Everything that was not dropped in the kernel must arrive.
         let dropped = drops() - d0;
@@ -226,9 +254,15 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
             (got, gaps) = stored();
         }
         let lossless = dropped == 0 && got == expected;
+        // Each daemon's CPU over the step and its catch-up, per violation.
+        let per = |now: u64, then: u64| (now - then) as f64 / 1000.0 / sent.max(1) as f64;
+        let (agent_us, collector_us) = (
+            per(cpu_ns(agent.pid()), cpu0.0),
+            per(cpu_ns(collector_pid), cpu0.1),
+        );
         let achieved = sent as f64 / secs;
         println!(
-            "  {rate:>8} {achieved:>9.0} {dropped:>8} {:>10} {gaps:>6} {:>11.1} {:>8}",
+            "  {rate:>8} {achieved:>9.0} {dropped:>8} {:>10} {gaps:>6} {:>11.1} {:>8} {agent_us:>12.2} {collector_us:>12.2}",
             got,
             t.elapsed().as_secs_f64(),
             if lossless { "yes" } else { "NO" }
@@ -241,7 +275,10 @@ fn e2e_bench(rt: &tokio::runtime::Runtime, seconds: u64) {
         best = best.max(achieved as u64);
     }
     println!(
-        "  highest sent rate with zero kernel drops and every violation stored: {best}/s (stored is cumulative over the steps)"
+        "  highest sent rate with zero kernel drops and every violation stored: {best}/s (stored is cumulative over the steps;"
+    );
+    println!(
+        "  sensord us / collectord us: each daemon's CPU over the step and its catch-up, per violation sent)"
     );
 }
 
@@ -250,7 +287,9 @@ fn main() {
     let rounds = arg(&args, "--rounds", 7);
     let records = arg(&args, "--records", 20_000);
     let seconds = arg(&args, "--seconds", 3);
+    let senders = arg(&args, "--senders", 2).max(1);
+    let batch = arg(&args, "--batch", 32).clamp(1, 1024);
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     ingest_bench(&rt, rounds, records);
-    e2e_bench(&rt, seconds);
+    e2e_bench(&rt, seconds, senders, batch);
 }

@@ -25,9 +25,11 @@
 //!                                path) that never send; prints {"held":K}
 //!                                and keeps them until stdin closes
 //! Or: netprobe fork-exit N       fork N children that exit at once
-//! Or: netprobe udp-rate ADDR:PORT RATE SECONDS
+//! Or: netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]
 //!                                sendto from one unconnected UDP socket, paced
-//!                                at RATE datagrams/s; prints {"sent":N,"errors":E}
+//!                                at RATE datagrams/s, BATCH datagrams per
+//!                                sendmmsg call (default 1: sendto);
+//!                                prints {"sent":N,"errors":E}
 //!
 //! `--wait-stdin` waits for a line on stdin first (so a test can tag the process
 //! before it acts); `--fork` makes a child process do the operations (the child
@@ -206,11 +208,14 @@ fn fork_exit(args: &[String]) {
     println!("{{\"reaped\":{reaped}}}");
 }
 
-/// `netprobe udp-rate ADDR:PORT RATE SECONDS`: paced datagrams from one
-/// socket (the end-to-end delivery benchmark's load).
+/// `netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]`: paced datagrams from
+/// one unconnected socket (the end-to-end delivery benchmark's load). Each
+/// datagram is addressed, so each is judged by the sendmsg hook; BATCH > 1
+/// hands the kernel BATCH of them per `sendmmsg`, which judges each one as
+/// `sendto` would but spends one system call on them all.
 fn udp_rate(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: netprobe udp-rate ADDR:PORT RATE SECONDS");
+        eprintln!("usage: netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]");
         std::process::exit(2);
     };
     let (Some(addr), Some(rate), Some(secs)) = (
@@ -220,25 +225,63 @@ fn udp_rate(args: &[String]) {
     ) else {
         usage()
     };
+    let batch = match args.get(4).map(|b| b.parse::<usize>()) {
+        None => 1,
+        Some(Ok(b)) if (1..=1024).contains(&b) => b,
+        Some(_) => usage(),
+    };
     let sock = UdpSocket::bind(unspecified(&addr)).unwrap_or_else(|_| usage());
     let total = (rate as f64 * secs) as u64;
     let start = std::time::Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
-    for i in 0..total {
+    let mut i = 0u64;
+    while i < total {
         // Pace: datagram i is due at i / rate seconds.
         let due = Duration::from_secs_f64(i as f64 / rate as f64);
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
-        match sock.send_to(b"ping", addr) {
-            Ok(_) => sent += 1,
-            Err(_) => errors += 1,
-        }
+        let n = batch.min((total - i) as usize);
+        let ok = if n == 1 {
+            usize::from(sock.send_to(b"ping", addr).is_ok())
+        } else {
+            send_many(&sock, addr, n)
+        };
+        sent += ok as u64;
+        errors += (n - ok) as u64;
+        i += n as u64;
     }
     println!(
         "{{\"sent\":{sent},\"errors\":{errors},\"seconds\":{}}}",
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Sends `n` "ping" datagrams to `addr` in one `sendmmsg`; returns how many
+/// the kernel took.
+fn send_many(sock: &UdpSocket, addr: SocketAddr, n: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let to = socket2::SockAddr::from(addr);
+    let payload = *b"ping";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: an all-zero mmsghdr is valid; every pointer set below outlives
+    // the call (`to`, `iov`, `payload` are locals of this frame).
+    let mut msgs: Vec<libc::mmsghdr> = (0..n)
+        .map(|_| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = to.len();
+            m.msg_hdr.msg_iov = &raw mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    // SAFETY: `msgs` holds `n` initialised headers (see above).
+    let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+    usize::try_from(r).unwrap_or(0)
 }
 
 /// `netprobe hold TARGET N`: a client flood that never speaks.

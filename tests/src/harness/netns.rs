@@ -241,6 +241,15 @@ impl RemoteHost {
         })
     }
 
+    /// A UDP socket on the remote host that is never read: once its receive
+    /// buffer is full the kernel drops what arrives without waking anyone,
+    /// so a load generator pays for sending, not for a receiver (the
+    /// delivery benchmark's destination). Dropping the socket closes it.
+    pub fn udp_sink(&self, v6: bool) -> UdpSocket {
+        let ip = self.addr(v6);
+        self.inside(move || UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind udp in netns"))
+    }
+
     /// Captures every packet that reaches this host (an AF_PACKET socket in
     /// its namespace), so a test can assert that no byte of a marker left.
     pub fn sniffer(&self) -> Sniffer {
