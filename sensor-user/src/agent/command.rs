@@ -85,7 +85,7 @@ pub enum Command {
     ReadSpool {
         from: u64,
         max: usize,
-        reply: Reply<Vec<cpb::Record>>,
+        reply: Reply<Vec<crate::export::wire::Frame>>,
     },
     /// The collector stored everything up to `seq`; `connected` names the
     /// endpoint when a session just started.

@@ -51,8 +51,9 @@ use self::{
     store::FlowStore,
 };
 use crate::export::{
-    record::{Spooled, decode_spooled, encode_spooled},
+    record::{Spooled, encode_spooled},
     spool::{Fsync, Options as SpoolOptions, Spool},
+    wire::Frame,
 };
 use crate::metrics::{CounterLabels, Metrics, ViolationLabels};
 use crate::{
@@ -613,7 +614,7 @@ impl Agent {
                         .map_err(|e| CommandError::Internal(format!("reading the spool: {e}")))
                         .map(|v| {
                             v.into_iter()
-                                .map(|(seq, payload)| decode_spooled(seq, &payload))
+                                .map(|(seq, payload)| Frame { seq, payload })
                                 .collect()
                         }),
                     None => Ok(Vec::new()),

@@ -11,13 +11,17 @@ use std::time::Duration;
 
 use residency_proto::collector::v1::{
     self as pb, agent_command::Command as Cmd, agent_message::Message as Out,
-    collector_client::CollectorClient, collector_message::Message as In,
+    collector_message::Message as In,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{error, info, warn};
 
+use super::{
+    record::{Spooled, deliverable, encode_spooled},
+    wire::{self, Frame, Outgoing},
+};
 use crate::{
     agent::{AgentHandle, Command},
     config::CollectorTlsConfig,
@@ -38,45 +42,44 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// limit, whatever the records hold.
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Cuts `records` to what one batch carries ([`BATCH_BYTES`]). A record that
+/// Cuts `frames` to what one batch carries ([`BATCH_BYTES`]). A record that
 /// alone exceeds it can never be delivered: it is replaced (same sequence)
 /// by a gap record that says so, logged and counted, rather than resent
 /// forever with everything after it stuck behind.
-fn fit_batch(mut records: Vec<pb::Record>) -> Vec<pb::Record> {
+fn fit_batch(mut frames: Vec<Frame>) -> Vec<Frame> {
     use prost::Message;
     let mut total = 0;
-    for (i, r) in records.iter_mut().enumerate() {
-        let mut len = r.encoded_len() + 8;
+    for (i, f) in frames.iter_mut().enumerate() {
+        let mut len = f.record_len() + 8;
         if len > BATCH_BYTES {
+            // Rare: decoding this one record says what it was.
+            let r = pb::Record::decode(f.payload.as_slice()).unwrap_or_default();
             error!(
-                seq = r.seq,
+                seq = f.seq,
                 kind = r.kind_name(),
                 bytes = len,
                 limit = BATCH_BYTES,
                 "a spooled record is too large to deliver; the collector gets a gap record in its place"
             );
-            *r = pb::Record {
-                seq: r.seq,
-                time_unix_ns: r.time_unix_ns,
-                body: Some(pb::record::Body::Gap(pb::Gap {
-                    source: pb::GapSource::Undeliverable as i32,
-                    count: 1,
-                    bytes: len as u64,
-                    first_seq: r.seq,
-                    last_seq: r.seq,
-                    note: format!("a {} record too large to deliver", r.kind_name()),
-                    ..Default::default()
-                })),
+            let gap = pb::Gap {
+                source: pb::GapSource::Undeliverable as i32,
+                count: 1,
+                bytes: len as u64,
+                first_seq: f.seq,
+                last_seq: f.seq,
+                note: format!("a {} record too large to deliver", r.kind_name()),
+                ..Default::default()
             };
-            len = r.encoded_len() + 8;
+            f.payload = encode_spooled(r.time_unix_ns, Spooled::Gap(&gap));
+            len = f.record_len() + 8;
         }
         if total + len > BATCH_BYTES && i > 0 {
-            records.truncate(i);
+            frames.truncate(i);
             break;
         }
         total += len;
     }
-    records
+    frames
 }
 
 /// How often an idle session looks for new records.
@@ -188,7 +191,7 @@ async fn apply(agent: &AgentHandle, c: pb::AgentCommand) -> String {
 async fn read_loop(
     mut incoming: tonic::Streaming<pb::CollectorMessage>,
     acks: mpsc::Sender<Result<u64, String>>,
-    tx: mpsc::Sender<pb::AgentMessage>,
+    tx: mpsc::Sender<Outgoing>,
     agent: AgentHandle,
 ) {
     let why = loop {
@@ -209,9 +212,9 @@ async fn read_loop(
                 if !error.is_empty() {
                     warn!(command = id, error = %error, "command from the collector refused");
                 }
-                let msg = pb::AgentMessage {
+                let msg = Outgoing::from(pb::AgentMessage {
                     message: Some(Out::Result(pb::CommandResult { id, error })),
-                };
+                });
                 if tx.send(msg).await.is_err() {
                     return;
                 }
@@ -231,29 +234,27 @@ async fn session(
     host_id: &str,
     agent: &AgentHandle,
 ) -> Result<(), String> {
-    let mut client = CollectorClient::with_interceptor(
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
         connect(endpoint, creds.tls.as_ref()).await?,
         WithToken(creds.token.clone()),
-    );
+    ));
     let (tx, rx) = mpsc::channel(16);
     let state = agent
         .call(Command::HostState)
         .await
         .map_err(|e| e.to_string())?;
-    tx.send(pb::AgentMessage {
+    tx.send(Outgoing::from(pb::AgentMessage {
         message: Some(Out::Hello(pb::Hello {
             host_id: host_id.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             state: Some(state.clone()),
         })),
-    })
+    }))
     .await
     .map_err(|_| "stream closed".to_owned())?;
-    let mut incoming = client
-        .deliver(ReceiverStream::new(rx))
+    let mut incoming = wire::deliver(&mut grpc, ReceiverStream::new(rx))
         .await
-        .map_err(|e| format!("deliver: {}", e.message()))?
-        .into_inner();
+        .map_err(|e| format!("deliver: {}", e.message()))?;
     let welcome = match incoming.next().await {
         Some(Ok(pb::CollectorMessage {
             message: Some(In::Welcome(w)),
@@ -324,9 +325,9 @@ async fn session(
                 .await
                 .map_err(|e| e.to_string())?;
             if state != reported {
-                tx.send(pb::AgentMessage {
+                tx.send(Outgoing::from(pb::AgentMessage {
                     message: Some(Out::State(state.clone())),
-                })
+                }))
                 .await
                 .map_err(|_| "stream closed".to_owned())?;
                 reported = state;
@@ -335,7 +336,7 @@ async fn session(
         // Up to PIPELINE batches in flight: the collector commits one while
         // the next is on the wire.
         if in_flight.len() < PIPELINE {
-            let records = agent
+            let frames = agent
                 .call(|reply| Command::ReadSpool {
                     from: next,
                     max: BATCH,
@@ -343,14 +344,12 @@ async fn session(
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            if !records.is_empty() {
-                let records = fit_batch(records);
-                let upto = records.last().map_or(next, |r| r.seq);
-                tx.send(pb::AgentMessage {
-                    message: Some(Out::Batch(pb::Batch { records })),
-                })
-                .await
-                .map_err(|_| "stream closed".to_owned())?;
+            if !frames.is_empty() {
+                let frames = fit_batch(frames.into_iter().map(deliverable).collect());
+                let upto = frames.last().map_or(next, |f| f.seq);
+                tx.send(Outgoing::Frames(frames))
+                    .await
+                    .map_err(|_| "stream closed".to_owned())?;
                 in_flight.push_back((upto, std::time::Instant::now()));
                 next = upto + 1;
                 continue;
@@ -434,16 +433,14 @@ pub async fn run(endpoints: Vec<String>, creds: Credentials, host_id: String, ag
 mod tests {
     use super::*;
 
-    fn record(seq: u64, body: usize) -> pb::Record {
-        pb::Record {
+    fn record(seq: u64, body: usize) -> Frame {
+        let flow = residency_proto::agent::v1::Flow {
+            exe: "x".repeat(body),
+            ..Default::default()
+        };
+        Frame {
             seq,
-            time_unix_ns: 1,
-            body: Some(pb::record::Body::Violation(
-                residency_proto::agent::v1::Flow {
-                    exe: "x".repeat(body),
-                    ..Default::default()
-                },
-            )),
+            payload: encode_spooled(1, Spooled::Violation(&flow)),
         }
     }
 
@@ -456,8 +453,10 @@ mod tests {
         let b = fit_batch(vec![record(7, 11 << 20), record(8, 10)]);
         assert_eq!(b.len(), 2);
         assert_eq!(b[0].seq, 7);
-        let Some(pb::record::Body::Gap(g)) = &b[0].body else {
-            panic!("{:?}", b[0].body)
+        let r = crate::export::record::decode_spooled(7, &b[0].payload);
+        assert_eq!(r.time_unix_ns, 1, "the gap keeps the record's time");
+        let Some(pb::record::Body::Gap(g)) = &r.body else {
+            panic!("{:?}", r.body)
         };
         assert_eq!(
             (g.source(), g.first_seq, g.last_seq),

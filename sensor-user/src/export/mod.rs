@@ -5,3 +5,4 @@ pub mod deliver;
 pub mod record;
 pub mod spool;
 pub mod syncer;
+pub mod wire;

@@ -6,6 +6,8 @@ use prost::encoding::{int64, message};
 use residency_proto::agent::v1 as apb;
 use residency_proto::collector::v1::{self as cpb, record::Body};
 
+use super::wire::Frame;
+
 /// What a spooled record holds, borrowed: encoding does not copy it.
 #[derive(Debug, Clone, Copy)]
 pub enum Spooled<'a> {
@@ -74,6 +76,23 @@ pub fn decode_spooled(seq: u64, payload: &[u8]) -> cpb::Record {
                 ..Default::default()
             })),
         },
+    }
+}
+
+/// A frame as it goes on the wire: as spooled, or, for a frame an older
+/// agent wrote (JSON), converted to the typed record (see
+/// [`decode_spooled`]). Frames this agent wrote are not decoded: they are
+/// its own encoding, checked by the spool's CRC.
+pub fn deliverable(frame: Frame) -> Frame {
+    use prost::Message;
+    if frame.payload.first() != Some(&b'{') {
+        return frame;
+    }
+    let mut r = decode_spooled(frame.seq, &frame.payload);
+    r.seq = 0;
+    Frame {
+        seq: frame.seq,
+        payload: r.encode_to_vec(),
     }
 }
 
