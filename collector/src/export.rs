@@ -155,6 +155,7 @@ mod tests {
                     action: Action::Denied as i32,
                     ..Default::default()
                 })),
+                chain: Vec::new(),
             }),
         };
         let mut out = Vec::new();

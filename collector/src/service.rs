@@ -357,6 +357,37 @@ impl Collector for CollectorService {
         Ok(Response::new(pb::HostList { hosts }))
     }
 
+    async fn verify_chain(
+        &self,
+        req: Request<pb::VerifyChainRequest>,
+    ) -> Result<Response<pb::ChainReport>, Status> {
+        self.roles.reader(&req)?;
+        let q = req.into_inner();
+        if q.host_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "host_id is required: the chain is per host (ListHosts names them)",
+            ));
+        }
+        if q.until_unix_ns > 0 && q.until_unix_ns <= q.since_unix_ns {
+            return Err(Status::invalid_argument(format!(
+                "until ({}) must be after since ({})",
+                q.until_unix_ns, q.since_unix_ns
+            )));
+        }
+        let report =
+            Store::verify_chain(&self.store, &q.host_id, q.since_unix_ns, q.until_unix_ns)
+                .await
+                .map_err(internal)?;
+        info!(
+            host = %q.host_id,
+            records = report.records,
+            intact = report.intact,
+            findings = report.findings.len(),
+            "chain verified"
+        );
+        Ok(Response::new(report))
+    }
+
     async fn query_violations(
         &self,
         req: Request<pb::ViolationQuery>,

@@ -30,6 +30,7 @@ fn exports_a_time_window_as_jsonl_and_csv() {
                     ..Default::default()
                 }),
             }),
+            chain: Vec::new(),
         };
         let rows: Vec<_> = [
             rec(1, day, "violation"),

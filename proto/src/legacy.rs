@@ -46,6 +46,7 @@ pub fn record(seq: u64, kind: &str, time_unix_ns: i64, body_json: &str) -> Recor
         seq,
         time_unix_ns,
         body,
+        chain: Vec::new(),
     }
 }
 

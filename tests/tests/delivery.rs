@@ -240,6 +240,7 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
                     seq: 1_000_000_000,
                     time_unix_ns: 0,
                     body: Some(pb::record::Body::Audit(pb::Audit::default())),
+                    chain: Vec::new(),
                 }],
             })),
         })

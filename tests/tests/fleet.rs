@@ -117,6 +117,7 @@ fn certificates_decide_the_host_and_the_role() {
                             ..Default::default()
                         },
                     )),
+                    chain: Vec::new(),
                 }],
             })),
         })

@@ -128,6 +128,20 @@ enum Cmd {
         #[arg(long)]
         reason: String,
     },
+    /// Recompute a host's record chain from the stored records: prints the
+    /// first missing, altered or reordered record, or "intact: N records,
+    /// head HASH". Exits 4 when the chain does not hold.
+    Verify {
+        /// The host (see `collectorctl hosts`).
+        #[arg(long)]
+        host: String,
+        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Before this time (same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
     /// Let a class reach a destination for a while (operators).
     GrantException {
         /// The class.
@@ -245,6 +259,69 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
     }
 }
 
+/// Prints a chain report; true when the chain holds.
+fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
+    use pb::chain_finding::Kind;
+    use residency_proto::chain::hex;
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return r.intact;
+    }
+    if r.records == 0 {
+        println!("{}: no records stored in that time range", r.host_id);
+        return true;
+    }
+    println!(
+        "{}: records {}..{} ({} stored, {} chained)",
+        r.host_id, r.first_seq, r.last_seq, r.records, r.chained
+    );
+    let explained = |k: Kind| {
+        matches!(
+            k,
+            Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
+        )
+    };
+    for f in &r.findings {
+        let what = f
+            .kind()
+            .as_str_name()
+            .trim_start_matches("KIND_")
+            .to_lowercase();
+        let at = if f.first_seq == f.last_seq {
+            format!("record {}", f.first_seq)
+        } else {
+            format!("records {}..{}", f.first_seq, f.last_seq)
+        };
+        println!(
+            "  {:<18} {at}: {}",
+            if explained(f.kind()) { what } else { what.to_uppercase() },
+            f.detail
+        );
+        if !f.expected.is_empty() || !f.found.is_empty() {
+            println!(
+                "  {:<18} expected {} found {}",
+                "",
+                hex(&f.expected),
+                hex(&f.found)
+            );
+        }
+    }
+    match r.findings.iter().find(|f| !explained(f.kind())) {
+        None => println!(
+            "intact: {} records, head {} (record {})",
+            r.records,
+            if r.head.is_empty() { "-".into() } else { hex(&r.head) },
+            r.last_seq
+        ),
+        Some(f) => println!(
+            "NOT INTACT: first at record {} ({})",
+            f.first_seq,
+            f.kind().as_str_name().trim_start_matches("KIND_").to_lowercase()
+        ),
+    }
+    r.intact
+}
+
 fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
     if json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -266,7 +343,26 @@ fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
     !r.outcomes.is_empty() && r.outcomes.iter().all(|o| o.error.is_empty())
 }
 
-async fn run(a: &Args) -> Result<bool, String> {
+/// How a command ended (each has its exit status).
+enum Outcome {
+    Done,
+    /// A fleet operation that did not reach or was refused by some host.
+    NotEverywhere,
+    /// `verify` found the chain cut.
+    ChainBroken,
+}
+
+impl From<bool> for Outcome {
+    fn from(everywhere: bool) -> Self {
+        if everywhere {
+            Outcome::Done
+        } else {
+            Outcome::NotEverywhere
+        }
+    }
+}
+
+async fn run(a: &Args) -> Result<Outcome, String> {
     let mut c = client(a).await?;
     let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
     match &a.command {
@@ -282,11 +378,19 @@ async fn run(a: &Args) -> Result<bool, String> {
                     "{}",
                     serde_json::to_string_pretty(&hosts).unwrap_or_default()
                 );
-                return Ok(true);
+                return Ok(Outcome::Done);
             }
             println!(
-                "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6}  {:<12} MODES",
-                "HOST", "CONNECTED", "LAST SEEN", "VIOLATIONS", "GAPS", "JUMPS", "AUDITS", "POLICY"
+                "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6} {:>6}  {:<12} MODES",
+                "HOST",
+                "CONNECTED",
+                "LAST SEEN",
+                "VIOLATIONS",
+                "GAPS",
+                "JUMPS",
+                "BREAKS",
+                "AUDITS",
+                "POLICY"
             );
             for h in hosts {
                 let st = h.state.unwrap_or_default();
@@ -296,13 +400,14 @@ async fn run(a: &Args) -> Result<bool, String> {
                     .map(|m| format!("{}={}", m.class, m.mode))
                     .collect();
                 println!(
-                    "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6}  {:<12} {}{}",
+                    "{:<24} {:<9} {:<20} {:>10} {:>5} {:>5} {:>6} {:>6}  {:<12} {}{}",
                     h.host_id,
                     if h.connected { "yes" } else { "no" },
                     when(h.last_seen_unix_ns),
                     h.violations,
                     h.gaps,
                     h.unexplained_jumps,
+                    h.chain_breaks,
                     h.audits,
                     st.policy_sha256.get(..12).unwrap_or("-"),
                     modes.join(" "),
@@ -313,7 +418,7 @@ async fn run(a: &Args) -> Result<bool, String> {
                     }
                 );
             }
-            Ok(true)
+            Ok(Outcome::Done)
         }
         Cmd::Violations {
             filters,
@@ -330,7 +435,7 @@ async fn run(a: &Args) -> Result<bool, String> {
                     .into_inner();
                 print_records(&page.records, a.json);
                 if !*all || page.next_page_token.is_empty() {
-                    return Ok(true);
+                    return Ok(Outcome::Done);
                 }
                 q.page_token = page.next_page_token;
             }
@@ -344,7 +449,7 @@ async fn run(a: &Args) -> Result<bool, String> {
             while let Some(r) = s.next().await {
                 print_records(&[r.map_err(status)?], a.json);
             }
-            Ok(true)
+            Ok(Outcome::Done)
         }
         Cmd::SetEnforcement {
             mode,
@@ -362,7 +467,23 @@ async fn run(a: &Args) -> Result<bool, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            Ok(print_outcomes(&r, a.json))
+            Ok(print_outcomes(&r, a.json).into())
+        }
+        Cmd::Verify { host, since, until } => {
+            let r = c
+                .verify_chain(pb::VerifyChainRequest {
+                    host_id: host.clone(),
+                    since_unix_ns: since.unwrap_or(0),
+                    until_unix_ns: until.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(if print_chain(&r, a.json) {
+                Outcome::Done
+            } else {
+                Outcome::ChainBroken
+            })
         }
         Cmd::GrantException {
             class,
@@ -382,7 +503,7 @@ async fn run(a: &Args) -> Result<bool, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            Ok(print_outcomes(&r, a.json))
+            Ok(print_outcomes(&r, a.json).into())
         }
     }
 }
@@ -391,9 +512,9 @@ async fn run(a: &Args) -> Result<bool, String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        // A fleet operation that did not reach or was refused by some host.
-        Ok(false) => ExitCode::from(3),
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NotEverywhere) => ExitCode::from(3),
+        Ok(Outcome::ChainBroken) => ExitCode::from(4),
         Err(e) => {
             eprintln!("collectorctl: {e}");
             ExitCode::FAILURE

@@ -6,7 +6,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use prost::Message;
 use residency_proto::{
     agent::v1::Action,
     collector::v1::{Record, ViolationQuery, record},
@@ -28,8 +27,11 @@ pub struct Indexed {
     pub exe: String,
     /// "reported" or "denied" (violations), "" otherwise.
     pub action: String,
-    /// The encoded `Record`, as stored and returned.
+    /// The encoded `Record` without `seq` and `chain` (the bytes its chain
+    /// hash covers), as stored; returned with the row's sequence and chain.
     pub encoded: Vec<u8>,
+    /// The record's chain hash (empty: unchained).
+    pub chain: Vec<u8>,
 }
 
 /// 16-byte form of an address (IPv4 as ::ffff:a.b.c.d).
@@ -46,7 +48,8 @@ impl Indexed {
     pub fn of(r: &Record) -> Indexed {
         let mut ix = Indexed {
             kind: r.kind_name(),
-            encoded: r.encode_to_vec(),
+            encoded: residency_proto::chain::content(r),
+            chain: r.chain.clone(),
             ..Default::default()
         };
         let Some(record::Body::Violation(f)) = &r.body else {
@@ -314,10 +317,21 @@ mod tests {
                 action: Action::Denied as i32,
                 ..Default::default()
             })),
+            chain: vec![7; 32],
         };
         let ix = Indexed::of(&r);
         assert_eq!((ix.kind, ix.action.as_str()), ("violation", "denied"));
-        assert_eq!(Record::decode(ix.encoded.as_slice()).unwrap(), r);
+        // Stored without its sequence and chain (the row keeps them).
+        let stored = <Record as prost::Message>::decode(ix.encoded.as_slice()).unwrap();
+        assert_eq!(
+            stored,
+            Record {
+                seq: 0,
+                chain: Vec::new(),
+                ..r.clone()
+            }
+        );
+        assert_eq!(ix.chain, r.chain);
         assert_eq!(ix.classes, ";eu;health;");
         assert_eq!(ix.country, "US");
         assert_eq!(

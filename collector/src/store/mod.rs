@@ -7,6 +7,7 @@
 //! - [`filter`]: indexed columns, auditors' filters as SQL, page tokens.
 //! - [`sqlite`], [`postgres`]: the backends.
 
+pub mod chain;
 pub mod filter;
 mod postgres;
 mod sqlite;
@@ -230,18 +231,28 @@ pub(crate) fn legacy_row(seq: i64, kind: &str, time_ns: i64, body: &str) -> Inde
     ))
 }
 
-/// A stored row (`host, seq, time_ns, record`) as returned to clients. A
-/// record that no longer decodes is returned with its sequence and time and
-/// no body (listed as kind "unknown"), never left out.
-pub(crate) fn stored(host: String, seq: i64, time_ns: i64, encoded: &[u8]) -> StoredRecord {
-    let record = Record::decode(encoded).unwrap_or_else(|e| {
+/// A stored row (`host, seq, time_ns, record, chain`) as returned to
+/// clients: the record with the row's sequence and chain hash. A record
+/// that no longer decodes is returned with its sequence and time and no
+/// body (listed as kind "unknown"), never left out.
+pub(crate) fn stored(
+    host: String,
+    seq: i64,
+    time_ns: i64,
+    encoded: &[u8],
+    chain: Option<Vec<u8>>,
+) -> StoredRecord {
+    let mut record = Record::decode(encoded).unwrap_or_else(|e| {
         tracing::warn!(host, seq, error = %e, "a stored record does not decode; returned without its body");
         Record {
             seq: seq as u64,
             time_unix_ns: time_ns,
             body: None,
+            chain: Vec::new(),
         }
     });
+    record.seq = seq as u64;
+    record.chain = chain.unwrap_or_default();
     StoredRecord {
         host_id: host,
         record: Some(record),
@@ -253,7 +264,9 @@ const HOSTS_SQL: &str = "SELECT a.host,
         COALESCE(c.last_stored_ns, 0), COALESCE(c.last_seq, 0),
         COALESCE(c.violations, 0), COALESCE(c.gaps, 0), COALESCE(c.audits, 0),
         h.state, h.state_ns,
-        (SELECT COUNT(*) FROM sequence_jumps j WHERE j.host = a.host AND j.explained_by = 0)
+        (SELECT COUNT(*) FROM sequence_jumps j WHERE j.host = a.host AND j.explained_by = 0),
+        c.chain_head,
+        (SELECT COUNT(*) FROM chain_breaks b WHERE b.host = a.host)
     FROM (SELECT host FROM host_counts UNION SELECT host FROM hosts) AS a
     LEFT JOIN host_counts c ON c.host = a.host
     LEFT JOIN hosts h ON h.host = a.host
@@ -270,6 +283,8 @@ pub(crate) struct HostRow {
     state: Option<Vec<u8>>,
     state_ns: Option<i64>,
     unexplained_jumps: i64,
+    chain_head: Option<Vec<u8>>,
+    chain_breaks: i64,
 }
 
 /// The store.
@@ -349,6 +364,47 @@ impl Store {
         self.select(filter, "host, seq", None).await
     }
 
+    /// Up to `limit` rows of `host` after sequence `after`, in [since,
+    /// until) by time, in sequence order (for chain checks).
+    pub(crate) async fn chain_rows(
+        &mut self,
+        host: &str,
+        after: i64,
+        since: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<chain::StoredRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.chain_rows(host, after, since, until, limit),
+            Store::Postgres(p) => p.chain_rows(host, after, since, until, limit).await,
+        }
+    }
+
+    /// The sequence and chain hash of `host`'s row just before `seq`.
+    pub(crate) async fn row_before(
+        &mut self,
+        host: &str,
+        seq: i64,
+    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.row_before(host, seq),
+            Store::Postgres(p) => p.row_before(host, seq).await,
+        }
+    }
+
+    /// The breaks kept at ingest for `host`'s sequences `from..=to`.
+    pub(crate) async fn chain_breaks(
+        &mut self,
+        host: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<chain::Break>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.chain_breaks(host, from, to),
+            Store::Postgres(p) => p.chain_breaks(host, from, to).await,
+        }
+    }
+
     /// Remembers what a host last reported about itself.
     pub async fn put_state(&mut self, host: &str, state: &HostState) -> Result<(), StoreError> {
         let bytes = state.encode_to_vec();
@@ -390,6 +446,8 @@ impl Store {
                 gaps: r.gaps as u64,
                 audits: r.audits as u64,
                 unexplained_jumps: r.unexplained_jumps as u64,
+                chain_breaks: r.chain_breaks as u64,
+                chain_head: r.chain_head.unwrap_or_default(),
                 connected: false,
                 state: r.state.and_then(|b| HostState::decode(b.as_slice()).ok()),
             })
@@ -411,6 +469,7 @@ mod tests {
                 classes: vec!["eu".into()],
                 ..Default::default()
             })),
+            chain: Vec::new(),
         };
         let ix = Indexed::of(&r);
         (r, ix)
@@ -524,6 +583,7 @@ mod tests {
                 last_seq: 4,
                 ..Default::default()
             })),
+            chain: Vec::new(),
         };
         let ix = Indexed::of(&gap);
         s.insert("a", &[(gap, ix)]).await.unwrap();

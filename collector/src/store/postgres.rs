@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
     ADD_RECORD,
+    super::chain::CHAIN_TABLES_POSTGRES,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -219,19 +220,21 @@ impl Postgres {
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record)
-                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])
-                   AS u(s, k, t, b, c, co, r, e, a)
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain)
+                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[])
+                   AS u(s, k, t, b, c, co, r, e, a, h)
                  ON CONFLICT (host, seq) DO NOTHING
                  RETURNING seq, kind",
             )
             .await?;
         let bump = tx
             .prepare(
-                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits, chain_head)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (host) DO UPDATE SET
+                   chain_head = CASE WHEN excluded.last_seq >= host_counts.last_seq
+                     THEN excluded.chain_head ELSE host_counts.chain_head END,
                    last_seq = GREATEST(host_counts.last_seq, excluded.last_seq),
                    last_stored_ns = excluded.last_stored_ns,
                    violations = host_counts.violations + excluded.violations,
@@ -240,8 +243,9 @@ impl Postgres {
             )
             .await?;
         let last_of = tx
-            .prepare("SELECT last_seq FROM host_counts WHERE host = $1")
+            .prepare("SELECT last_seq, chain_head FROM host_counts WHERE host = $1")
             .await?;
+        let broke = tx.prepare(super::chain::INSERT_BREAK).await?;
         let jump = tx.prepare(super::INSERT_JUMP).await?;
         let explain = tx.prepare(super::EXPLAIN_JUMPS).await?;
         let stored = now_ns();
@@ -249,7 +253,14 @@ impl Postgres {
         for (host, records) in groups {
             // None: the host's first records here (a spool that starts past
             // 1 is no jump).
-            let last: Option<i64> = tx.query_opt(&last_of, &[host]).await?.map(|r| r.get(0));
+            let row = tx.query_opt(&last_of, &[host]).await?;
+            let last: Option<i64> = row.as_ref().map(|r| r.get(0));
+            let mut link: super::chain::Last = row.map(|r| {
+                (
+                    r.get(0),
+                    r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default(),
+                )
+            });
             // One array per column, borrowing the records (no copies).
             let text =
                 |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
@@ -265,12 +276,16 @@ impl Postgres {
             let countries = text(|(_, ix)| &ix.country);
             let exes = text(|(_, ix)| &ix.exe);
             let actions = text(|(_, ix)| &ix.action);
+            let chains: Vec<Option<&[u8]>> = records
+                .iter()
+                .map(|(_, ix)| (!ix.chain.is_empty()).then_some(ix.chain.as_slice()))
+                .collect();
             let rows = tx
                 .query(
                     &stmt,
                     &[
                         host, &stored, &seqs, &kinds, &times, &bodies, &classes, &countries,
-                        &remotes, &exes, &actions,
+                        &remotes, &exes, &actions, &chains,
                     ],
                 )
                 .await?;
@@ -283,6 +298,17 @@ impl Postgres {
             for j in super::jumps_after(last, &new_seqs) {
                 tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
             }
+            let fresh: std::collections::HashSet<i64> = new_seqs.iter().copied().collect();
+            for (r, ix) in records.iter().filter(|(r, _)| fresh.contains(&(r.seq as i64))) {
+                if let Some(b) = super::chain::check(&mut link, r, ix) {
+                    tx.execute(&broke, &[host, &b.seq, &b.expected, &b.found, &stored])
+                        .await?;
+                }
+            }
+            let head: Option<&Vec<u8>> = link
+                .as_ref()
+                .filter(|(s, c)| *s == new.last_seq && !c.is_empty())
+                .map(|(_, c)| c);
             for (seq, first, last) in super::spool_gaps(records) {
                 tx.execute(&explain, &[host, &seq, &first, &last]).await?;
             }
@@ -296,6 +322,7 @@ impl Postgres {
                         &new.violations,
                         &new.gaps,
                         &new.audits,
+                        &head,
                     ],
                 )
                 .await?;
@@ -323,13 +350,13 @@ impl Postgres {
             .live()
             .await?
             .query(
-                &format!("SELECT host, seq, time_ns, record FROM records WHERE {clause} ORDER BY {order}{limit}"),
+                &format!("SELECT host, seq, time_ns, record, chain FROM records WHERE {clause} ORDER BY {order}{limit}"),
                 &refs,
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|r| super::stored(r.get(0), r.get(1), r.get(2), r.get::<_, &[u8]>(3)))
+            .map(|r| super::stored(r.get(0), r.get(1), r.get(2), r.get::<_, &[u8]>(3), r.get(4)))
             .collect())
     }
 
@@ -359,6 +386,75 @@ impl Postgres {
                 state: r.get(6),
                 state_ns: r.get(7),
                 unexplained_jumps: r.get(8),
+                chain_head: r.get(9),
+                chain_breaks: r.get(10),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn chain_rows(
+        &mut self,
+        host: &str,
+        after: i64,
+        since: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
+        let rows = self
+            .live()
+            .await?
+            .query(
+                super::chain::CHAIN_ROWS,
+                &[&host, &after, &since, &until, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::chain::StoredRow {
+                seq: r.get(0),
+                time_ns: r.get(1),
+                kind: r.get(2),
+                classes: r.get(3),
+                country: r.get(4),
+                remote: r.get(5),
+                exe: r.get(6),
+                action: r.get(7),
+                record: r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default(),
+                chain: r.get(9),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn row_before(
+        &mut self,
+        host: &str,
+        seq: i64,
+    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+        let row = self
+            .live()
+            .await?
+            .query_opt(super::chain::ROW_BEFORE, &[&host, &seq])
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub(crate) async fn chain_breaks(
+        &mut self,
+        host: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<super::chain::Break>, StoreError> {
+        let rows = self
+            .live()
+            .await?
+            .query(super::chain::BREAKS, &[&host, &from, &to])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::chain::Break {
+                seq: r.get(0),
+                expected: r.get(1),
+                found: r.get(2),
             })
             .collect())
     }

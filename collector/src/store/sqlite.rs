@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     super::SEQUENCE_JUMPS_TABLE,
     super::FLEET_MODES_TABLE,
     ADD_RECORD,
+    super::chain::CHAIN_TABLES_SQLITE,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -60,10 +61,10 @@ impl ToSql for Param {
     }
 }
 
-/// A row of `SELECT host, seq, time_ns, record`.
+/// A row of `SELECT host, seq, time_ns, record, chain`.
 fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     let encoded: Vec<u8> = r.get(3)?;
-    Ok(super::stored(r.get(0)?, r.get(1)?, r.get(2)?, &encoded))
+    Ok(super::stored(r.get(0)?, r.get(1)?, r.get(2)?, &encoded, r.get(4)?))
 }
 
 /// The SQLite store.
@@ -115,13 +116,15 @@ impl Sqlite {
         let mut counts = Vec::with_capacity(groups.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record)
-                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (host, seq) DO NOTHING",
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain)
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (host, seq) DO NOTHING",
             )?;
             let mut bump = tx.prepare_cached(
-                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits, chain_head)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (host) DO UPDATE SET
+                   chain_head = CASE WHEN excluded.last_seq >= host_counts.last_seq
+                     THEN excluded.chain_head ELSE host_counts.chain_head END,
                    last_seq = MAX(last_seq, excluded.last_seq),
                    last_stored_ns = excluded.last_stored_ns,
                    violations = violations + excluded.violations,
@@ -129,15 +132,21 @@ impl Sqlite {
                    audits = audits + excluded.audits",
             )?;
             let mut last_of =
-                tx.prepare_cached("SELECT last_seq FROM host_counts WHERE host = ?1")?;
+                tx.prepare_cached("SELECT last_seq, chain_head FROM host_counts WHERE host = ?1")?;
+            let mut broke = tx.prepare_cached(&super::chain::INSERT_BREAK.replace('$', "?"))?;
             let mut jump = tx.prepare_cached(&super::INSERT_JUMP.replace('$', "?"))?;
             let mut explain = tx.prepare_cached(&super::EXPLAIN_JUMPS.replace('$', "?"))?;
             let stored = now_ns();
             for (host, records) in groups {
                 // None: the host's first records here (a spool that starts
                 // past 1 is no jump).
-                let last: Option<i64> =
-                    last_of.query_row(params![host], |r| r.get(0)).optional()?;
+                let (last, mut link): (Option<i64>, super::chain::Last) = last_of
+                    .query_row(params![host], |r| {
+                        let (seq, head): (i64, Option<Vec<u8>>) = (r.get(0)?, r.get(1)?);
+                        Ok((Some(seq), Some((seq, head.unwrap_or_default()))))
+                    })
+                    .optional()?
+                    .unwrap_or((None, None));
                 let mut new = NewCounts::default();
                 let mut new_seqs = Vec::new();
                 for (r, ix) in *records {
@@ -152,11 +161,15 @@ impl Sqlite {
                         ix.remote,
                         ix.exe,
                         ix.action,
-                        ix.encoded
+                        ix.encoded,
+                        (!ix.chain.is_empty()).then_some(&ix.chain)
                     ])?;
                     if n == 1 {
                         new.add(ix.kind, r.seq as i64);
                         new_seqs.push(r.seq as i64);
+                        if let Some(b) = super::chain::check(&mut link, r, ix) {
+                            broke.execute(params![host, b.seq, b.expected, b.found, stored])?;
+                        }
                     }
                 }
                 for j in super::jumps_after(last, &new_seqs) {
@@ -172,7 +185,10 @@ impl Sqlite {
                         stored,
                         new.violations,
                         new.gaps,
-                        new.audits
+                        new.audits,
+                        link.as_ref()
+                            .filter(|(s, c)| *s == new.last_seq && !c.is_empty())
+                            .map(|(_, c)| c)
                     ])?;
                 }
                 counts.push(new.total as usize);
@@ -191,7 +207,7 @@ impl Sqlite {
         let (clause, params) = filter.sql(|n| format!("?{n}"));
         let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT host, seq, time_ns, record FROM records WHERE {clause} ORDER BY {order}{limit}"
+            "SELECT host, seq, time_ns, record, chain FROM records WHERE {clause} ORDER BY {order}{limit}"
         ))?;
         let rows = stmt.query_map(params_from_iter(params.iter()), stored_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -252,6 +268,68 @@ impl Sqlite {
                 state: r.get(6)?,
                 state_ns: r.get(7)?,
                 unexplained_jumps: r.get(8)?,
+                chain_head: r.get(9)?,
+                chain_breaks: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn chain_rows(
+        &self,
+        host: &str,
+        after: i64,
+        since: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::chain::CHAIN_ROWS.replace('$', "?"))?;
+        let rows = stmt.query_map(params![host, after, since, until, limit], |r| {
+            Ok(super::chain::StoredRow {
+                seq: r.get(0)?,
+                time_ns: r.get(1)?,
+                kind: r.get(2)?,
+                classes: r.get(3)?,
+                country: r.get(4)?,
+                remote: r.get(5)?,
+                exe: r.get(6)?,
+                action: r.get(7)?,
+                record: r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
+                chain: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn row_before(
+        &self,
+        host: &str,
+        seq: i64,
+    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::chain::ROW_BEFORE.replace('$', "?"))?;
+        Ok(stmt
+            .query_row(params![host, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    pub(crate) fn chain_breaks(
+        &self,
+        host: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<super::chain::Break>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::chain::BREAKS.replace('$', "?"))?;
+        let rows = stmt.query_map(params![host, from, to], |r| {
+            Ok(super::chain::Break {
+                seq: r.get(0)?,
+                expected: r.get(1)?,
+                found: r.get(2)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -46,6 +46,12 @@ impl Agent {
             kernel: uname.trim().into(),
             policy_problem: self.policy_problem.clone(),
             spool_problem: self.spool_problem(),
+            chain_seq: self.spool.as_ref().map_or(0, |s| s.chain_head().0),
+            chain_head: self
+                .spool
+                .as_ref()
+                .map(|s| s.chain_head().1.to_vec())
+                .unwrap_or_default(),
         }
     }
 

@@ -128,6 +128,7 @@ impl Agent {
         };
         let opts = SpoolOptions {
             fsync: Fsync::EveryN(u32::MAX),
+            chain: true,
             ..Default::default()
         };
         let (spool, rec) = match Spool::open(&dir, opts) {

@@ -70,7 +70,14 @@ fn fit_batch(mut frames: Vec<Frame>) -> Vec<Frame> {
                 note: format!("a {} record too large to deliver", r.kind_name()),
                 ..Default::default()
             };
+            // The stand-in keeps the record's chain hash, so the links after
+            // it still hold (the collector sees the substitution).
+            let hash = residency_proto::chain::split(&f.payload).map(|(_, h)| h);
             f.payload = encode_spooled(r.time_unix_ns, Spooled::Gap(&gap));
+            if let Some(h) = hash {
+                f.payload
+                    .extend_from_slice(&residency_proto::chain::suffix(&h));
+            }
             len = f.record_len() + 8;
         }
         if total + len > BATCH_BYTES && i > 0 {

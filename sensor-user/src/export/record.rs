@@ -29,16 +29,20 @@ impl Spooled<'_> {
 
 // The `Record` field numbers (collector.proto), checked by the round trip in
 // the tests below.
-const TIME: u32 = 3;
+const TIME: u32 = residency_proto::chain::TIME_FIELD;
 const VIOLATION: u32 = 5;
 const AUDIT: u32 = 6;
 const GAP: u32 = 7;
 
 /// The payload of a spooled record: the encoded `Record` (time and body; no
-/// sequence), written straight from the borrowed body.
+/// sequence), written straight from the borrowed body, byte for byte what
+/// `residency_proto::chain::content` gives for the record (the chain hash
+/// covers it; the spool appends the chain field).
 pub fn encode_spooled(time_unix_ns: i64, body: Spooled<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    int64::encode(TIME, &time_unix_ns, &mut out);
+    if time_unix_ns != 0 {
+        int64::encode(TIME, &time_unix_ns, &mut out);
+    }
     match body {
         Spooled::Violation(f) => message::encode(VIOLATION, f, &mut out),
         Spooled::Audit(a) => message::encode(AUDIT, a, &mut out),
@@ -75,6 +79,7 @@ pub fn decode_spooled(seq: u64, payload: &[u8]) -> cpb::Record {
                 note: "a spooled record that does not decode".into(),
                 ..Default::default()
             })),
+            chain: Vec::new(),
         },
     }
 }

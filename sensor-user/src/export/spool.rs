@@ -42,6 +42,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use residency_proto::chain;
+
 const HEADER: usize = 16;
 
 /// Keeps the next sequence number when no segment is left to tell it.
@@ -78,6 +80,11 @@ pub struct Options {
     pub segment_bytes: u64,
     pub fsync: Fsync,
     pub overflow: Overflow,
+    /// Chain the records (see `residency_proto::chain`): each payload is
+    /// written followed by its chain field, the hash over the previous
+    /// record's hash, its sequence and the payload. Payloads must then be
+    /// encoded records without `seq` and `chain`.
+    pub chain: bool,
 }
 
 impl Default for Options {
@@ -87,6 +94,7 @@ impl Default for Options {
             segment_bytes: 8 << 20,
             fsync: Fsync::Always,
             overflow: Overflow::DropOldest,
+            chain: false,
         }
     }
 }
@@ -146,6 +154,10 @@ pub struct Spool {
     /// Appended records that could not be written (disk full): (first, last
     /// sequence, why), for the caller to report as gaps.
     unwritten: Vec<(u64, u64, String)>,
+    /// The chain hash of the last record appended (`chain::ZERO` where the
+    /// chain starts), and the one before it (for `disown`).
+    head: chain::Hash,
+    head_before: chain::Hash,
 }
 
 /// Bytes of appended frames held before they are written.
@@ -155,15 +167,29 @@ fn seg_name(first: u64) -> String {
     format!("seg-{first:020}.log")
 }
 
-fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+/// Appends the frame of record `seq` to `out`; its payload is `parts`
+/// one after the other.
+fn frame_into(out: &mut Vec<u8>, seq: u64, parts: &[&[u8]]) {
     let mut h = crc32fast::Hasher::new();
     h.update(&seq.to_le_bytes());
-    h.update(payload);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut len = 0;
+    for p in parts {
+        h.update(p);
+        len += p.len();
+    }
+    out.reserve(HEADER + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&h.finalize().to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+#[cfg(test)]
+fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame_into(&mut out, seq, &[payload]);
     out
 }
 
@@ -266,6 +292,32 @@ fn compact(path: &Path, data: &[u8], p: &Parsed) -> io::Result<Vec<u8>> {
     f.set_len(good.len() as u64)?;
     f.sync_all()?;
     Ok(good)
+}
+
+/// The `next_seq` file: the next sequence (1 when missing) and the chain
+/// head kept with it (absent in files of agents from before the chain).
+fn read_next_seq(dir: &Path) -> (u64, Option<chain::Hash>) {
+    let text = fs::read_to_string(dir.join(NEXT_SEQ_FILE)).unwrap_or_default();
+    let mut words = text.split_whitespace();
+    let seq = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let head = words.next().and_then(|w| {
+        let bytes: Vec<u8> = (0..w.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(w.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        bytes.try_into().ok()
+    });
+    (seq, head)
+}
+
+/// The chain hash of a segment's last record (read from its frame).
+fn last_hash(s: &Segment) -> Option<chain::Hash> {
+    use std::os::unix::fs::FileExt;
+    let &(_, off) = s.index.last()?;
+    let mut data = vec![0; (s.bytes - off) as usize];
+    File::open(&s.path).ok()?.read_exact_at(&mut data, off).ok()?;
+    let (_, _, len) = *parse(&data).frames.first()?;
+    chain::split(&data[HEADER..HEADER + len]).map(|(_, h)| h)
 }
 
 impl Spool {
@@ -382,11 +434,14 @@ impl Spool {
         // Numbering continues after the highest sequence ever handed out, even
         // when every segment has been acknowledged and deleted: a reused
         // sequence would be ignored by the collector as a duplicate.
-        let recorded: u64 = fs::read_to_string(dir.join(NEXT_SEQ_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1);
+        let (recorded, recorded_head) = read_next_seq(dir);
         let next_seq = segments.last().map_or(1, |s| s.last_seq + 1).max(recorded);
+        // The chain goes on from the last record written, or from the head
+        // kept with the next sequence when every segment was acknowledged.
+        let head = match segments.last() {
+            Some(s) if s.last_seq + 1 == next_seq => last_hash(s).unwrap_or(chain::ZERO),
+            _ => recorded_head.unwrap_or(chain::ZERO),
+        };
         if let Some(after) = open_loss
             && next_seq > after + 1
             && segments.last().is_some_and(|s| s.last_seq <= after)
@@ -405,6 +460,8 @@ impl Spool {
             pending_first: 0,
             acked: 0,
             unwritten: Vec::new(),
+            head,
+            head_before: head,
         };
         // The file exists from now on, so rewriting it never needs space.
         if let Err(e) = spool.save_next_seq() {
@@ -438,9 +495,16 @@ impl Spool {
         let old = std::mem::take(&mut self.segments);
         self.tail = None;
         self.next_seq = self.next_seq.max(last + 1);
+        // Renumbered records start a new chain: the collector's records
+        // before them are of a history this spool no longer knows.
+        self.head = chain::ZERO;
         self.save_next_seq()?;
         for (_, payload) in &held {
-            self.append(payload)?;
+            let content = match self.opts.chain {
+                true => chain::split(payload).map_or(payload.as_slice(), |(c, _)| c),
+                false => payload,
+            };
+            self.append(content)?;
         }
         self.flush()?;
         for s in old {
@@ -471,6 +535,12 @@ impl Spool {
     /// The sequence number the next append gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The chain head: the last sequence handed out and the chain hash of
+    /// the last record appended (`chain::ZERO` before the first).
+    pub fn chain_head(&self) -> (u64, chain::Hash) {
+        (self.next_seq - 1, self.head)
     }
 
     fn note_dropped(&mut self, first: u64, last: u64) {
@@ -513,7 +583,8 @@ impl Spool {
 
     fn append_inner(&mut self, payload: &[u8], now: bool) -> io::Result<Option<u64>> {
         let seq = self.next_seq;
-        let size = (HEADER + payload.len()) as u64;
+        let chained = if self.opts.chain { chain::SUFFIX_LEN } else { 0 };
+        let size = (HEADER + payload.len() + chained) as u64;
         while self.bytes() + size > self.opts.max_bytes {
             match self.opts.overflow {
                 Overflow::DropNewest => {
@@ -571,7 +642,15 @@ impl Spool {
         if self.pending.is_empty() {
             self.pending_first = seq;
         }
-        self.pending.extend_from_slice(&frame(seq, payload));
+        match self.opts.chain {
+            true => {
+                let h = chain::link(&self.head, seq, payload);
+                frame_into(&mut self.pending, seq, &[payload, &chain::suffix(&h)]);
+                self.head_before = self.head;
+                self.head = h;
+            }
+            false => frame_into(&mut self.pending, seq, &[payload]),
+        }
         let s = self.segments.last_mut().expect("pushed above");
         s.index.push((seq, s.bytes));
         s.last_seq = seq;
@@ -651,6 +730,8 @@ impl Spool {
         }
         if self.next_seq == seq + 1 {
             self.next_seq = seq;
+            // The number is the next record's, and so is the link.
+            self.head = self.head_before;
         }
     }
 
@@ -745,7 +826,7 @@ impl Spool {
     /// free a full disk instead of failing on it.
     fn save_next_seq(&self) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let line = format!("{:020}\n", self.next_seq);
+        let line = format!("{:020} {}\n", self.next_seq, chain::hex(&self.head));
         let f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -780,6 +861,56 @@ mod tests {
             .into_iter()
             .map(|(q, p)| (q, String::from_utf8(p).unwrap()))
             .collect()
+    }
+
+    /// Checks the chain of everything the spool holds; returns its head.
+    fn linked(s: &mut Spool, mut prev: chain::Hash) -> chain::Hash {
+        for (seq, payload) in s.read_from(0, usize::MAX).unwrap() {
+            let (content, h) = chain::split(&payload).expect("chained");
+            assert_eq!(chain::link(&prev, seq, content), h, "record {seq}");
+            prev = h;
+        }
+        prev
+    }
+
+    #[test]
+    fn the_chain_links_every_record_across_reopen_ack_and_renumbering() {
+        let d = dir("chain");
+        let opts = || Options {
+            chain: true,
+            ..Options::default()
+        };
+        let (mut s, _) = Spool::open(&d, opts()).unwrap();
+        for i in 0..3 {
+            s.append(format!("r{i}").as_bytes()).unwrap();
+        }
+        let head = linked(&mut s, chain::ZERO);
+        assert_eq!(s.chain_head(), (3, head));
+        drop(s);
+        // Reopened: the head comes from the last frame.
+        let (mut s, _) = Spool::open(&d, opts()).unwrap();
+        assert_eq!(s.chain_head(), (3, head));
+        s.append(b"r3").unwrap();
+        assert_eq!(linked(&mut s, chain::ZERO), s.chain_head().1);
+        let head = s.chain_head().1;
+        // Everything acknowledged: the head is kept with the next sequence.
+        s.ack(4).unwrap();
+        drop(s);
+        let (mut s, _) = Spool::open(&d, opts()).unwrap();
+        assert_eq!(s.chain_head(), (4, head));
+        s.append(b"r4").unwrap();
+        assert_eq!(linked(&mut s, head), s.chain_head().1);
+        drop(s);
+        // A history lost and renumbered: a new chain from ZERO.
+        File::create(d.join(HISTORY_UNKNOWN_FILE)).unwrap();
+        let (mut s, _) = Spool::open(&d, opts()).unwrap();
+        s.continue_after(100).unwrap();
+        let renumbered = s.read_from(0, usize::MAX).unwrap();
+        assert_eq!(renumbered[0].0, 101);
+        let (content, _) = chain::split(&renumbered[0].1).unwrap();
+        assert_eq!(content, b"r4", "the old chain field is not kept in the content");
+        assert_eq!(linked(&mut s, chain::ZERO), s.chain_head().1);
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

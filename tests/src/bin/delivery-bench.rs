@@ -38,10 +38,11 @@ use tokio_stream::StreamExt;
 const BATCH: usize = 500;
 
 /// A violation as an agent sends it: a typed flow with every field an
-/// agent fills (so the stored record is as large as a real one).
-fn violation(seq: u64) -> pb::Record {
+/// agent fills (so the stored record is as large as a real one), chained to
+/// the record before it (`prev`, updated), as the agent's spool chains them.
+fn violation(seq: u64, prev: &mut residency_proto::chain::Hash) -> pb::Record {
     use residency_proto::agent::v1 as apb;
-    pb::Record {
+    let mut r = pb::Record {
         seq,
         time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
         body: Some(pb::record::Body::Violation(apb::Flow {
@@ -68,7 +69,11 @@ fn violation(seq: u64) -> pb::Record {
             host_id: "bench".into(),
             ..Default::default()
         })),
-    }
+        chain: Vec::new(),
+    };
+    *prev = residency_proto::chain::link(prev, seq, &residency_proto::chain::content(&r));
+    r.chain = prev.to_vec();
+    r
 }
 
 /// Streams `n` records for `host` as an agent would; returns records/s.
@@ -82,10 +87,11 @@ async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
         .expect("deliver")
         .into_inner();
     let _welcome = incoming.next().await;
+    let mut prev = residency_proto::chain::ZERO;
     let batches: Vec<Vec<pb::Record>> = (1..=n)
         .collect::<Vec<u64>>()
         .chunks(BATCH)
-        .map(|c| c.iter().map(|&seq| violation(seq)).collect())
+        .map(|c| c.iter().map(|&seq| violation(seq, &mut prev)).collect())
         .collect();
     let start = Instant::now();
     for records in batches {

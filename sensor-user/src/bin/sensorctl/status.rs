@@ -47,6 +47,13 @@ pub async fn run(g: &Global) -> i32 {
         s.tagged_processes, s.verdict_prefixes, s.events
     );
     println!("collector:  {} (spool {})", s.collector, s.spool_depth);
+    if !s.chain_head.is_empty() {
+        println!(
+            "chain:      record {} {}",
+            s.chain_seq,
+            residency_proto::chain::hex(&s.chain_head)
+        );
+    }
     let rows: Vec<Vec<String>> = s
         .modes
         .iter()

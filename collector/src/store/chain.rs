@@ -1,0 +1,284 @@
+//! The record chain in the store (see `residency_proto::chain`): each row
+//! keeps its record's chain hash; a batch's records are checked against
+//! the host's last one as they arrive (a break is kept with both hashes,
+//! and counted in ListHosts); `verify` walks a host's stored rows and
+//! recomputes every link.
+
+use prost::Message;
+use residency_proto::{
+    chain::{self, Explainer, Hash, Row, Verifier},
+    collector::v1::{
+        ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
+    },
+};
+
+use super::{Store, StoreError, filter::Indexed};
+
+/// The chain's tables: breaks found at ingest (the record, the hash the
+/// chain gave for it, the hash it carried), each row's chain hash, and each
+/// host's last one. `$blob` is the backend's byte-string type.
+macro_rules! chain_tables {
+    ($blob:literal) => {
+        concat!(
+            "CREATE TABLE chain_breaks (
+                host TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                expected ", $blob, " NOT NULL,
+                found ", $blob, " NOT NULL,
+                stored_ns BIGINT NOT NULL,
+                PRIMARY KEY (host, seq)
+            );
+            ALTER TABLE records ADD COLUMN chain ", $blob, ";
+            ALTER TABLE host_counts ADD COLUMN chain_head ", $blob, ";"
+        )
+    };
+}
+pub(crate) const CHAIN_TABLES_SQLITE: &str = chain_tables!("BLOB");
+pub(crate) const CHAIN_TABLES_POSTGRES: &str = chain_tables!("BYTEA");
+
+/// Keeps a break ($1 host, $2 seq, $3 expected, $4 found, $5 stored).
+pub(crate) const INSERT_BREAK: &str =
+    "INSERT INTO chain_breaks (host, seq, expected, found, stored_ns)
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (host, seq) DO NOTHING";
+
+/// A host's rows in sequence order after $2, in [$3, $4) by time, at most $5.
+pub(crate) const CHAIN_ROWS: &str =
+    "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain
+    FROM records WHERE host = $1 AND seq > $2 AND time_ns >= $3 AND time_ns < $4
+    ORDER BY seq LIMIT $5";
+
+/// The row just before sequence $2 (to link the first checked one to).
+pub(crate) const ROW_BEFORE: &str =
+    "SELECT seq, chain FROM records WHERE host = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1";
+
+/// A host's breaks kept at ingest, from $2 to $3.
+pub(crate) const BREAKS: &str = "SELECT seq, expected, found FROM chain_breaks
+    WHERE host = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
+
+/// Rows read per step of a check.
+const PAGE: i64 = 10_000;
+
+/// A break found at ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Break {
+    pub seq: i64,
+    pub expected: Vec<u8>,
+    pub found: Vec<u8>,
+}
+
+/// The host's last stored record as the chain needs it: its sequence and
+/// chain hash (empty: unchained).
+pub(crate) type Last = Option<(i64, Vec<u8>)>;
+
+/// Whether `r` is the agent's stand-in for a record too large to deliver.
+fn substitute(r: &Record) -> bool {
+    matches!(&r.body, Some(Body::Gap(g))
+        if g.source() == GapSource::Undeliverable && g.first_seq == r.seq && g.last_seq == r.seq)
+}
+
+/// Checks a newly stored record against the host's last one and moves
+/// `last` on. A break is a record right after the last one whose hash
+/// neither follows from it nor starts a chain (and is no stand-in).
+pub(crate) fn check(last: &mut Last, r: &Record, ix: &Indexed) -> Option<Break> {
+    let seq = r.seq as i64;
+    if last.as_ref().is_some_and(|(s, _)| seq <= *s) {
+        return None; // filling in below the last: nothing links to it here
+    }
+    let prev = last.replace((seq, ix.chain.clone()));
+    let (p, ph) = prev?;
+    if p + 1 != seq || ix.chain.is_empty() {
+        return None;
+    }
+    let ph: Hash = ph.as_slice().try_into().ok()?;
+    let expected = chain::link(&ph, r.seq, &ix.encoded);
+    if ix.chain == expected
+        || ix.chain == chain::link(&chain::ZERO, r.seq, &ix.encoded)
+        || substitute(r)
+    {
+        return None;
+    }
+    Some(Break {
+        seq,
+        expected: expected.to_vec(),
+        found: ix.chain.clone(),
+    })
+}
+
+/// A stored row, as `CHAIN_ROWS` returns it.
+pub(crate) struct StoredRow {
+    pub seq: i64,
+    pub time_ns: i64,
+    pub kind: String,
+    pub classes: String,
+    pub country: String,
+    pub remote: Vec<u8>,
+    pub exe: String,
+    pub action: String,
+    pub record: Vec<u8>,
+    pub chain: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    /// The verifier's view: the hash covers the stored bytes as they are
+    /// (any change to them shows), and the columns are compared with what
+    /// the record gives.
+    fn row(self) -> Row {
+        let decoded = Record::decode(self.record.as_slice()).ok();
+        let columns_match = decoded.as_ref().is_some_and(|r| {
+            let mut r = r.clone();
+            r.seq = self.seq as u64;
+            let ix = Indexed::of(&r);
+            ix.kind == self.kind
+                && ix.classes == self.classes
+                && ix.country == self.country
+                && ix.remote == self.remote
+                && ix.exe == self.exe
+                && ix.action == self.action
+                && r.time_unix_ns == self.time_ns
+        });
+        let substitute = decoded.as_ref().is_some_and(|r| {
+            let mut r = r.clone();
+            r.seq = self.seq as u64;
+            substitute(&r)
+        });
+        Row {
+            seq: self.seq as u64,
+            chain: self
+                .chain
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c.try_into().unwrap_or([0xff; 32])),
+            content: self.record,
+            substitute,
+            columns_match,
+        }
+    }
+}
+
+impl Store {
+    /// Recomputes `host`'s chain over its records in [since, until) (0: no
+    /// bound); the host's gap records explain what is missing.
+    pub async fn verify_chain(
+        store: &tokio::sync::Mutex<Store>,
+        host: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<ChainReport, StoreError> {
+        let until = if until <= 0 { i64::MAX } else { until };
+        let gaps = {
+            let mut s = store.lock().await;
+            s.all(&super::filter::Filter {
+                host: Some(host.to_owned()),
+                kind: Some("gap".into()),
+                ..Default::default()
+            })
+            .await?
+        };
+        let mut explainers: Option<Vec<Explainer>> = Some(
+            gaps.iter()
+                .filter_map(|g| g.record.as_ref().and_then(Explainer::of))
+                .collect(),
+        );
+        let mut verifier: Option<Verifier> = None;
+        let (mut after, mut first, mut last) = (0i64, None, 0i64);
+        loop {
+            let page = store
+                .lock()
+                .await
+                .chain_rows(host, after, since, until, PAGE)
+                .await?;
+            let Some(end) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            if verifier.is_none() {
+                let start = page[0].seq;
+                first = Some(start);
+                let before = store.lock().await.row_before(host, start).await?;
+                let before = before.map(|(s, c)| {
+                    (
+                        s as u64,
+                        c.filter(|c| !c.is_empty())
+                            .and_then(|c| c.as_slice().try_into().ok()),
+                    )
+                });
+                verifier = Some(Verifier::new(
+                    host,
+                    explainers.take().unwrap_or_default(),
+                    before,
+                ));
+            }
+            let v = verifier.as_mut().expect("set above");
+            for r in page {
+                v.push(&r.row());
+            }
+            after = end;
+            last = end;
+        }
+        let Some(mut v) = verifier else {
+            return Ok(ChainReport {
+                host_id: host.to_owned(),
+                intact: true,
+                ..Default::default()
+            });
+        };
+        let breaks = store
+            .lock()
+            .await
+            .chain_breaks(host, first.unwrap_or(0), last)
+            .await?;
+        for b in breaks {
+            v.add(ChainFinding {
+                kind: Kind::BreakAtIngest as i32,
+                first_seq: b.seq as u64,
+                last_seq: b.seq as u64,
+                expected: b.expected,
+                found: b.found,
+                detail: "when it arrived, its hash did not follow from the record before it".into(),
+                ..Default::default()
+            });
+        }
+        Ok(v.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use residency_proto::collector::v1::Gap;
+
+    fn rec(seq: u64, prev: &Hash) -> (Record, Indexed) {
+        let mut r = Record {
+            seq,
+            time_unix_ns: seq as i64,
+            body: Some(Body::Gap(Gap {
+                count: seq,
+                ..Default::default()
+            })),
+            chain: Vec::new(),
+        };
+        r.chain = chain::link(prev, seq, &chain::content(&r)).to_vec();
+        let ix = Indexed::of(&r);
+        (r, ix)
+    }
+
+    #[test]
+    fn ingest_finds_a_record_whose_hash_does_not_follow() {
+        let (r1, ix1) = rec(1, &chain::ZERO);
+        let h1: Hash = r1.chain.as_slice().try_into().unwrap();
+        let (r2, ix2) = rec(2, &h1);
+        let mut last = None;
+        assert_eq!(check(&mut last, &r1, &ix1), None, "a chain starts");
+        assert_eq!(check(&mut last, &r2, &ix2), None);
+        // Record 3 linked to the wrong predecessor (a forged or reordered
+        // record): a break with both hashes.
+        let (r3, ix3) = rec(3, &h1);
+        let b = check(&mut last, &r3, &ix3).expect("a break");
+        assert_eq!((b.seq, b.found.clone()), (3, r3.chain.clone()));
+        assert_ne!(b.expected, b.found);
+        // A resent duplicate is not checked again; after a jump nothing
+        // links (the jump is the finding).
+        assert_eq!(check(&mut last, &r2, &ix2), None);
+        let (r9, ix9) = rec(9, &h1);
+        assert_eq!(check(&mut last, &r9, &ix9), None);
+    }
+}

@@ -1,0 +1,518 @@
+//! A host's record chain (`Record.chain` in collector.proto): each record's
+//! hash covers the previous record's hash, its own sequence and its own
+//! encoding, so a record removed, altered or moved after the agent spooled
+//! it breaks the links after it.
+//!
+//! - [`link`], [`content`], [`suffix`], [`split`]: the hash and where it
+//!   sits in an encoded record (the agent's spool, the collector's ingest).
+//! - [`Verifier`]: walks a host's records in sequence order and reports what
+//!   does not hold ([`ChainReport`]); the collector's `VerifyChain` and an
+//!   offline checker share it.
+
+use prost::encoding::{self, WireType};
+use sha2::{Digest, Sha256};
+
+use crate::collector::v1::{
+    ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
+};
+
+/// A chain hash (SHA-256).
+pub type Hash = [u8; 32];
+
+/// The previous hash where a chain starts.
+pub const ZERO: Hash = [0; 32];
+
+/// `Record.chain`'s field number.
+pub const FIELD: u32 = 8;
+
+/// `Record.time_unix_ns`'s field number.
+pub const TIME_FIELD: u32 = 3;
+
+/// Bytes of the encoded chain field: key, length (32), hash.
+pub const SUFFIX_LEN: usize = 34;
+
+/// The chain hash of record `seq` whose encoding without `seq` and `chain`
+/// is `content`, after a record whose hash is `prev`.
+pub fn link(prev: &Hash, seq: u64, content: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(content);
+    h.finalize().into()
+}
+
+/// `hash` encoded as the record's chain field, to append to its content.
+pub fn suffix(hash: &Hash) -> [u8; SUFFIX_LEN] {
+    let mut out = [0u8; SUFFIX_LEN];
+    let mut head = Vec::with_capacity(2);
+    encoding::encode_key(FIELD, WireType::LengthDelimited, &mut head);
+    encoding::encode_varint(32, &mut head);
+    out[..2].copy_from_slice(&head);
+    out[2..].copy_from_slice(hash);
+    out
+}
+
+/// An encoded record that ends with its chain field: (content, hash).
+pub fn split(encoded: &[u8]) -> Option<(&[u8], Hash)> {
+    let at = encoded.len().checked_sub(SUFFIX_LEN)?;
+    let (content, tail) = encoded.split_at(at);
+    let hash: Hash = tail[2..].try_into().ok()?;
+    (tail[..2] == suffix(&hash)[..2]).then_some((content, hash))
+}
+
+/// A record's encoding without `seq` and `chain`: what its hash covers
+/// (fields in number order, as prost writes them and the agent spools them).
+pub fn content(r: &Record) -> Vec<u8> {
+    use prost::Message;
+    let mut out = Vec::with_capacity(r.encoded_len());
+    if r.time_unix_ns != 0 {
+        encoding::int64::encode(TIME_FIELD, &r.time_unix_ns, &mut out);
+    }
+    if let Some(b) = &r.body {
+        b.encode(&mut out);
+    }
+    out
+}
+
+/// Lower-case hex, for people and logs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record as the verifier sees it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub seq: u64,
+    /// The record's encoding without `seq` and `chain` (see [`content`]).
+    pub content: Vec<u8>,
+    /// Its chain hash; `None` for a record from before the chain.
+    pub chain: Option<Hash>,
+    /// A gap record with the UNDELIVERABLE source for this very sequence (the
+    /// agent's stand-in for a record too large to deliver).
+    pub substitute: bool,
+    /// False when the row's searchable columns disagree with its record.
+    pub columns_match: bool,
+}
+
+/// What accounts for missing records and restarts: the host's gap records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Explainer {
+    /// The gap record's own sequence.
+    pub seq: u64,
+    pub source: GapSource,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// For SPOOL_LOST: the collector's sequence the spool numbered after.
+    pub collector_last_seq: u64,
+}
+
+impl Explainer {
+    /// The gap record `r` as an explainer, if it is one.
+    pub fn of(r: &Record) -> Option<Explainer> {
+        let Some(Body::Gap(g)) = &r.body else {
+            return None;
+        };
+        Some(Explainer {
+            seq: r.seq,
+            source: g.source(),
+            first_seq: g.first_seq,
+            last_seq: g.last_seq,
+            collector_last_seq: g.collector_last_seq,
+        })
+    }
+}
+
+/// A record whose hash did not follow: decided on the next one.
+struct Suspect {
+    seq: u64,
+    expected: Hash,
+    found: Hash,
+}
+
+/// Walks a host's records in sequence order (feed them with [`Verifier::push`]).
+pub struct Verifier {
+    explainers: Vec<Explainer>,
+    report: ChainReport,
+    /// The previous record: its sequence and chain hash.
+    prev: Option<(u64, Option<Hash>)>,
+    suspect: Option<Suspect>,
+}
+
+impl Verifier {
+    /// `before`: the record just before the first to be pushed (sequence and
+    /// hash), when the check starts in the middle of the chain.
+    pub fn new(host: &str, explainers: Vec<Explainer>, before: Option<(u64, Option<Hash>)>) -> Self {
+        Verifier {
+            explainers,
+            report: ChainReport {
+                host_id: host.to_owned(),
+                ..Default::default()
+            },
+            prev: before,
+            suspect: None,
+        }
+    }
+
+    fn find(&mut self, kind: Kind, first: u64, last: u64, detail: String) -> &mut ChainFinding {
+        self.report.findings.push(ChainFinding {
+            kind: kind as i32,
+            first_seq: first,
+            last_seq: last,
+            detail,
+            ..Default::default()
+        });
+        self.report.findings.last_mut().expect("pushed")
+    }
+
+    /// The next record (sequences must increase).
+    pub fn push(&mut self, row: &Row) {
+        let r = &mut self.report;
+        if r.records == 0 {
+            r.first_seq = row.seq;
+        }
+        r.records += 1;
+        r.last_seq = row.seq;
+        if row.chain.is_some() {
+            r.chained += 1;
+        }
+        if !row.columns_match {
+            self.find(
+                Kind::ColumnsAltered,
+                row.seq,
+                row.seq,
+                "the row's searchable columns disagree with its record".into(),
+            );
+        }
+        let prev = self.prev.take();
+        if let Some((p, _)) = prev
+            && row.seq > p + 1
+        {
+            self.missing(p + 1, row.seq - 1);
+        }
+        // The record before was suspect: this link decides whether its
+        // content was altered (this link holds with its stored hash) or the
+        // chain was cut or rewritten here.
+        if let Some(s) = self.suspect.take() {
+            let holds = row
+                .chain
+                .is_some_and(|h| link(&s.found, row.seq, &row.content) == h && row.seq == s.seq + 1);
+            let (kind, detail) = if holds {
+                (
+                    Kind::Altered,
+                    format!("record {}'s content does not give its hash: altered after the agent spooled it", s.seq),
+                )
+            } else {
+                (
+                    Kind::BrokenLink,
+                    format!("record {} does not follow from the record before it, nor does the next one from it: records removed, swapped or moved, or hashes rewritten", s.seq),
+                )
+            };
+            let f = self.find(kind, s.seq, s.seq, detail);
+            f.expected = s.expected.to_vec();
+            f.found = s.found.to_vec();
+        }
+        if let Some(found) = row.chain {
+            let adjacent = prev.is_some_and(|(p, _)| p + 1 == row.seq);
+            // Across a hole the link is checked too: it holds where the
+            // agent dropped sequences before hashing them (a full spool
+            // refusing records); where it does not, the hole is the finding.
+            let expected = prev
+                .and_then(|(_, ph)| ph)
+                .map(|ph| link(&ph, row.seq, &row.content));
+            match expected {
+                Some(e) if e == found => {}
+                _ if link(&ZERO, row.seq, &row.content) == found => {
+                    if let Some((p, ph)) = prev {
+                        let explained = ph.is_none() || self.spool_lost_before(row.seq);
+                        let f = self.find(
+                            if explained { Kind::RestartExplained } else { Kind::Restart },
+                            row.seq,
+                            row.seq,
+                            if explained {
+                                "the chain starts again here: the record before was unchained (an older agent) or the agent's spool history was lost (SPOOL_LOST gap)".into()
+                            } else {
+                                format!("the chain starts again here after record {p}, and no SPOOL_LOST gap record accounts for it")
+                            },
+                        );
+                        f.found = found.to_vec();
+                    }
+                }
+                Some(e) if adjacent && row.substitute => {
+                    let f = self.find(
+                        Kind::Substituted,
+                        row.seq,
+                        row.seq,
+                        "a record too large to deliver, replaced by the agent with a gap record under its sequence and hash".into(),
+                    );
+                    f.expected = e.to_vec();
+                    f.found = found.to_vec();
+                }
+                Some(e) if adjacent => {
+                    self.suspect = Some(Suspect {
+                        seq: row.seq,
+                        expected: e,
+                        found,
+                    });
+                }
+                // Nothing to link to: the first record checked, the first
+                // after an unchained one, or after a hole (reported as
+                // missing). The next link starts here.
+                _ => {}
+            }
+        }
+        self.prev = Some((row.seq, row.chain));
+        self.report.head = row.chain.map(|h| h.to_vec()).unwrap_or_default();
+    }
+
+    /// A SPOOL_LOST gap says the spool numbered afresh from `seq`.
+    fn spool_lost_before(&self, seq: u64) -> bool {
+        self.explainers
+            .iter()
+            .any(|e| e.source == GapSource::SpoolLost && e.collector_last_seq + 1 == seq)
+    }
+
+    /// Sequences `first..=last` are not stored: explained by the gap records
+    /// that cover them, missing otherwise (split at what is covered).
+    fn missing(&mut self, first: u64, last: u64) {
+        let mut at = first;
+        while at <= last {
+            let cover = self
+                .explainers
+                .iter()
+                .filter(|e| e.first_seq > 0 && e.first_seq <= at && e.last_seq >= at)
+                .max_by_key(|e| e.last_seq)
+                .copied();
+            match cover {
+                Some(e) => {
+                    let end = e.last_seq.min(last);
+                    let f = self.find(
+                        Kind::MissingExplained,
+                        at,
+                        end,
+                        format!(
+                            "not stored; gap record {} ({}) says the agent lost them",
+                            e.seq,
+                            e.source.as_str_name()
+                        ),
+                    );
+                    f.explained_by = e.seq;
+                    at = end + 1;
+                }
+                None => {
+                    let next = self
+                        .explainers
+                        .iter()
+                        .filter(|e| e.first_seq > at && e.first_seq <= last)
+                        .map(|e| e.first_seq)
+                        .min()
+                        .unwrap_or(last + 1);
+                    self.find(
+                        Kind::Missing,
+                        at,
+                        next - 1,
+                        "not stored, and no gap record accounts for them: deleted, or never delivered".into(),
+                    );
+                    at = next;
+                }
+            }
+        }
+    }
+
+    /// Findings the caller knows of (breaks the collector kept at ingest).
+    pub fn add(&mut self, f: ChainFinding) {
+        self.report.findings.push(f);
+    }
+
+    /// The report: findings in sequence order; intact when all are explained.
+    pub fn finish(mut self) -> ChainReport {
+        if let Some(s) = self.suspect.take() {
+            let f = self.find(
+                Kind::BrokenLink,
+                s.seq,
+                s.seq,
+                format!("record {} (the last checked) does not follow from the record before it: altered, moved, or its hash rewritten", s.seq),
+            );
+            f.expected = s.expected.to_vec();
+            f.found = s.found.to_vec();
+        }
+        let mut r = self.report;
+        r.findings.sort_by_key(|f| (f.first_seq, f.kind));
+        r.intact = r.findings.iter().all(|f| {
+            matches!(
+                f.kind(),
+                Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
+            )
+        });
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::v1::Gap;
+
+    fn chain_of(n: u64) -> Vec<Row> {
+        let mut prev = ZERO;
+        (1..=n)
+            .map(|seq| {
+                let content = format!("record {seq}").into_bytes();
+                let h = link(&prev, seq, &content);
+                prev = h;
+                Row {
+                    seq,
+                    content,
+                    chain: Some(h),
+                    substitute: false,
+                    columns_match: true,
+                }
+            })
+            .collect()
+    }
+
+    fn check(rows: &[Row], explainers: Vec<Explainer>) -> ChainReport {
+        let mut v = Verifier::new("h", explainers, None);
+        for r in rows {
+            v.push(r);
+        }
+        v.finish()
+    }
+
+    fn kinds(r: &ChainReport) -> Vec<(Kind, u64, u64)> {
+        r.findings
+            .iter()
+            .map(|f| (f.kind(), f.first_seq, f.last_seq))
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_and_each_kind_of_tampering() {
+        let rows = chain_of(10);
+        let r = check(&rows, vec![]);
+        assert!(r.intact && r.findings.is_empty(), "{r:?}");
+        assert_eq!((r.records, r.chained), (10, 10));
+        assert_eq!(r.head, rows[9].chain.unwrap().to_vec());
+
+        let mut deleted = rows.clone();
+        deleted.remove(4);
+        let r = check(&deleted, vec![]);
+        assert!(!r.intact);
+        assert_eq!(kinds(&r), vec![(Kind::Missing, 5, 5)]);
+
+        let mut altered = rows.clone();
+        altered[3].content = b"record 4, edited".to_vec();
+        let r = check(&altered, vec![]);
+        assert_eq!(kinds(&r), vec![(Kind::Altered, 4, 4)]);
+        assert!(!r.intact);
+
+        // Two rows' contents swapped under their sequences: both altered.
+        let mut swapped = rows.clone();
+        let c = swapped[2].content.clone();
+        swapped[2].content = swapped[6].content.clone();
+        swapped[6].content = c;
+        assert_eq!(
+            kinds(&check(&swapped, vec![])),
+            vec![(Kind::Altered, 3, 3), (Kind::Altered, 7, 7)]
+        );
+
+        // Whole records (content and hash) moved to other sequences.
+        let mut moved = rows.clone();
+        let (a, b) = (moved[2].clone(), moved[3].clone());
+        moved[2] = Row { seq: 3, ..b };
+        moved[3] = Row { seq: 4, ..a };
+        let r = check(&moved, vec![]);
+        assert_eq!(r.findings[0].kind(), Kind::BrokenLink);
+        assert_eq!(r.findings[0].first_seq, 3);
+
+        let mut columns = rows.clone();
+        columns[1].columns_match = false;
+        assert_eq!(
+            kinds(&check(&columns, vec![])),
+            vec![(Kind::ColumnsAltered, 2, 2)]
+        );
+    }
+
+    #[test]
+    fn losses_and_restarts_the_agent_reported_are_explained() {
+        let rows = chain_of(10);
+        let mut lost = rows.clone();
+        lost.drain(3..6); // 4, 5, 6
+        let gap = Explainer {
+            seq: 11,
+            source: GapSource::SpoolWrite,
+            first_seq: 4,
+            last_seq: 6,
+            collector_last_seq: 0,
+        };
+        let r = check(&lost, vec![gap]);
+        assert_eq!(kinds(&r), vec![(Kind::MissingExplained, 4, 6)]);
+        assert!(r.intact);
+        assert_eq!(r.findings[0].explained_by, 11);
+        // Half covered: the rest is missing.
+        let half = Explainer {
+            last_seq: 5,
+            ..gap
+        };
+        let r = check(&lost, vec![half]);
+        assert_eq!(
+            kinds(&r),
+            vec![(Kind::MissingExplained, 4, 5), (Kind::Missing, 6, 6)]
+        );
+        assert!(!r.intact);
+
+        // A restart (hash over ZERO) after record 5: explained only by a
+        // SPOOL_LOST gap that numbered after 5.
+        let mut restarted = chain_of(5);
+        let mut prev = ZERO;
+        for seq in 6..=8 {
+            let content = format!("new {seq}").into_bytes();
+            prev = link(&prev, seq, &content);
+            restarted.push(Row {
+                seq,
+                content,
+                chain: Some(prev),
+                substitute: false,
+                columns_match: true,
+            });
+        }
+        let r = check(&restarted, vec![]);
+        assert_eq!(kinds(&r), vec![(Kind::Restart, 6, 6)]);
+        assert!(!r.intact);
+        let lost_spool = Explainer {
+            seq: 9,
+            source: GapSource::SpoolLost,
+            first_seq: 0,
+            last_seq: 0,
+            collector_last_seq: 5,
+        };
+        let r = check(&restarted, vec![lost_spool]);
+        assert_eq!(kinds(&r), vec![(Kind::RestartExplained, 6, 6)]);
+        assert!(r.intact);
+    }
+
+    #[test]
+    fn the_chain_field_round_trips_through_prost() {
+        use prost::Message;
+        let r = Record {
+            seq: 7,
+            time_unix_ns: 42,
+            body: Some(Body::Gap(Gap {
+                count: 2,
+                ..Default::default()
+            })),
+            chain: vec![9; 32],
+        };
+        let encoded = r.encode_to_vec();
+        let mut unsequenced = r.clone();
+        unsequenced.seq = 0;
+        let bytes = unsequenced.encode_to_vec();
+        let (c, h) = split(&bytes).expect("ends with the chain field");
+        assert_eq!(h, [9; 32]);
+        assert_eq!(c, content(&r).as_slice());
+        let mut appended = content(&r);
+        appended.extend_from_slice(&suffix(&[9; 32]));
+        assert_eq!(appended, bytes);
+        assert_eq!(Record::decode(encoded.as_slice()).unwrap(), r);
+        assert!(split(b"short").is_none());
+    }
+}
