@@ -374,10 +374,9 @@ impl Collector for CollectorService {
                 q.until_unix_ns, q.since_unix_ns
             )));
         }
-        let report =
-            Store::verify_chain(&self.store, &q.host_id, q.since_unix_ns, q.until_unix_ns)
-                .await
-                .map_err(internal)?;
+        let report = Store::verify_chain(&self.store, &q.host_id, q.since_unix_ns, q.until_unix_ns)
+            .await
+            .map_err(internal)?;
         info!(
             host = %q.host_id,
             records = report.records,

@@ -122,9 +122,13 @@ impl Explainer {
     }
 }
 
-/// A record whose hash did not follow: decided on the next one.
-struct Suspect {
-    seq: u64,
+/// Consecutive records whose links fail: `first..=last`, with the first
+/// one's hashes. One alone whose next link holds had its content altered;
+/// a longer run means hashes that belong elsewhere (records moved, swapped,
+/// or hashes rewritten).
+struct Run {
+    first: u64,
+    last: u64,
     expected: Hash,
     found: Hash,
 }
@@ -135,13 +139,17 @@ pub struct Verifier {
     report: ChainReport,
     /// The previous record: its sequence and chain hash.
     prev: Option<(u64, Option<Hash>)>,
-    suspect: Option<Suspect>,
+    run: Option<Run>,
 }
 
 impl Verifier {
     /// `before`: the record just before the first to be pushed (sequence and
     /// hash), when the check starts in the middle of the chain.
-    pub fn new(host: &str, explainers: Vec<Explainer>, before: Option<(u64, Option<Hash>)>) -> Self {
+    pub fn new(
+        host: &str,
+        explainers: Vec<Explainer>,
+        before: Option<(u64, Option<Hash>)>,
+    ) -> Self {
         Verifier {
             explainers,
             report: ChainReport {
@@ -149,7 +157,7 @@ impl Verifier {
                 ..Default::default()
             },
             prev: before,
-            suspect: None,
+            run: None,
         }
     }
 
@@ -189,28 +197,6 @@ impl Verifier {
         {
             self.missing(p + 1, row.seq - 1);
         }
-        // The record before was suspect: this link decides whether its
-        // content was altered (this link holds with its stored hash) or the
-        // chain was cut or rewritten here.
-        if let Some(s) = self.suspect.take() {
-            let holds = row
-                .chain
-                .is_some_and(|h| link(&s.found, row.seq, &row.content) == h && row.seq == s.seq + 1);
-            let (kind, detail) = if holds {
-                (
-                    Kind::Altered,
-                    format!("record {}'s content does not give its hash: altered after the agent spooled it", s.seq),
-                )
-            } else {
-                (
-                    Kind::BrokenLink,
-                    format!("record {} does not follow from the record before it, nor does the next one from it: records removed, swapped or moved, or hashes rewritten", s.seq),
-                )
-            };
-            let f = self.find(kind, s.seq, s.seq, detail);
-            f.expected = s.expected.to_vec();
-            f.found = s.found.to_vec();
-        }
         if let Some(found) = row.chain {
             let adjacent = prev.is_some_and(|(p, _)| p + 1 == row.seq);
             // Across a hole the link is checked too: it holds where the
@@ -219,9 +205,17 @@ impl Verifier {
             let expected = prev
                 .and_then(|(_, ph)| ph)
                 .map(|ph| link(&ph, row.seq, &row.content));
+            let restart = expected != Some(found) && link(&ZERO, row.seq, &row.content) == found;
+            // A run of failing links goes on only while the links keep
+            // failing where they can be checked.
+            let fails =
+                adjacent && !restart && !row.substitute && expected.is_some_and(|e| e != found);
+            if !fails {
+                self.close_run(adjacent && expected == Some(found));
+            }
             match expected {
                 Some(e) if e == found => {}
-                _ if link(&ZERO, row.seq, &row.content) == found => {
+                _ if restart => {
                     if let Some((p, ph)) = prev {
                         let explained = ph.is_none() || self.spool_lost_before(row.seq);
                         let f = self.find(
@@ -247,21 +241,62 @@ impl Verifier {
                     f.expected = e.to_vec();
                     f.found = found.to_vec();
                 }
-                Some(e) if adjacent => {
-                    self.suspect = Some(Suspect {
-                        seq: row.seq,
-                        expected: e,
-                        found,
-                    });
-                }
+                Some(e) if fails => match &mut self.run {
+                    Some(r) => r.last = row.seq,
+                    None => {
+                        self.run = Some(Run {
+                            first: row.seq,
+                            last: row.seq,
+                            expected: e,
+                            found,
+                        })
+                    }
+                },
                 // Nothing to link to: the first record checked, the first
                 // after an unchained one, or after a hole (reported as
                 // missing). The next link starts here.
                 _ => {}
             }
         }
+        if row.chain.is_none() {
+            self.close_run(false);
+        }
         self.prev = Some((row.seq, row.chain));
         self.report.head = row.chain.map(|h| h.to_vec()).unwrap_or_default();
+    }
+
+    /// Ends the run of failing links; `next_holds`: the link after its last
+    /// record holds (so a run of one is that record's content altered).
+    fn close_run(&mut self, next_holds: bool) {
+        let Some(r) = self.run.take() else { return };
+        let (kind, detail) = if r.first == r.last && next_holds {
+            (
+                Kind::Altered,
+                format!(
+                    "record {}'s content does not give its hash: altered after the agent spooled it",
+                    r.first
+                ),
+            )
+        } else if r.first == r.last {
+            (
+                Kind::BrokenLink,
+                format!(
+                    "record {} does not follow from the record before it: altered, moved, or its hash rewritten",
+                    r.first
+                ),
+            )
+        } else {
+            (
+                Kind::BrokenLink,
+                format!(
+                    "records {}..{} do not follow one from another: records removed, swapped or moved, or hashes rewritten (the first is where the chain was cut)",
+                    r.first, r.last
+                ),
+            )
+        };
+        let f = self.find(kind, r.first, r.last, detail);
+        f.expected = r.expected.to_vec();
+        f.found = r.found.to_vec();
     }
 
     /// A SPOOL_LOST gap says the spool numbered afresh from `seq`.
@@ -325,16 +360,7 @@ impl Verifier {
 
     /// The report: findings in sequence order; intact when all are explained.
     pub fn finish(mut self) -> ChainReport {
-        if let Some(s) = self.suspect.take() {
-            let f = self.find(
-                Kind::BrokenLink,
-                s.seq,
-                s.seq,
-                format!("record {} (the last checked) does not follow from the record before it: altered, moved, or its hash rewritten", s.seq),
-            );
-            f.expected = s.expected.to_vec();
-            f.found = s.found.to_vec();
-        }
+        self.close_run(false);
         let mut r = self.report;
         r.findings.sort_by_key(|f| (f.first_seq, f.kind));
         r.intact = r.findings.iter().all(|f| {
@@ -421,8 +447,28 @@ mod tests {
         moved[2] = Row { seq: 3, ..b };
         moved[3] = Row { seq: 4, ..a };
         let r = check(&moved, vec![]);
-        assert_eq!(r.findings[0].kind(), Kind::BrokenLink);
-        assert_eq!(r.findings[0].first_seq, 3);
+        assert_eq!(
+            kinds(&r),
+            vec![(Kind::BrokenLink, 3, 5)],
+            "the links from 3 to 5 fail; 3 is where the chain was cut"
+        );
+        // Adjacent contents swapped: both links fail, the next holds.
+        let mut adjacent = rows.clone();
+        let c = adjacent[4].content.clone();
+        adjacent[4].content = adjacent[5].content.clone();
+        adjacent[5].content = c;
+        assert_eq!(
+            kinds(&check(&adjacent, vec![])),
+            vec![(Kind::BrokenLink, 5, 6)]
+        );
+        // The last record altered: nothing after it to tell content from
+        // hash.
+        let mut last = rows.clone();
+        last[9].content = b"edited".to_vec();
+        assert_eq!(
+            kinds(&check(&last, vec![])),
+            vec![(Kind::BrokenLink, 10, 10)]
+        );
 
         let mut columns = rows.clone();
         columns[1].columns_match = false;
@@ -449,10 +495,7 @@ mod tests {
         assert!(r.intact);
         assert_eq!(r.findings[0].explained_by, 11);
         // Half covered: the rest is missing.
-        let half = Explainer {
-            last_seq: 5,
-            ..gap
-        };
+        let half = Explainer { last_seq: 5, ..gap };
         let r = check(&lost, vec![half]);
         assert_eq!(
             kinds(&r),

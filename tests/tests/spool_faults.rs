@@ -19,7 +19,7 @@ use harness::harness::{
 };
 use residency_proto::{
     agent::v1::FlowKind,
-    collector::v1::{self as pb, GapSource, StoredRecord},
+    collector::v1::{self as pb, GapSource, StoredRecord, chain_finding::Kind},
 };
 
 /// `n` UDP datagrams to `target` from the cgroup, one violation each
@@ -94,6 +94,15 @@ fn unexplained_jumps(collector: &RunningCollector, host: &str) -> u64 {
         .into_iter()
         .find(|h| h.host_id == host)
         .map_or(0, |h| h.unexplained_jumps)
+}
+
+/// `collectorctl verify` finds the host's chain intact, with exactly these
+/// (explained) findings: what the agent lost it said it lost.
+fn chain_holds(collector: &RunningCollector, host: &str, expect: &[Kind]) {
+    let (r, code) = collector.verify(host);
+    let kinds: Vec<Kind> = r.findings.iter().map(|f| f.kind()).collect();
+    assert!(r.intact && code == 0 && kinds == expect, "{r:#?}");
+    assert_eq!(r.records, r.chained, "every record is chained");
 }
 
 /// The spool's segment files, oldest first.
@@ -210,6 +219,7 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
         0,
         "the gap explains the jump"
     );
+    chain_holds(&s.collector, host, &[Kind::MissingExplained]);
     assert!(
         agent
             .log_text()
@@ -248,6 +258,8 @@ fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
         summary(&all)
     );
     assert_eq!(unexplained_jumps(&s.collector, host), 0);
+    // The renumbered records start a new chain; the SPOOL_LOST gap says why.
+    chain_holds(&s.collector, host, &[Kind::RestartExplained]);
 }
 
 #[test]
@@ -293,6 +305,7 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
         summary(&all)
     );
     assert_eq!(agent.status().spool_problem, "", "the problem clears");
+    chain_holds(&s.collector, host, &[]);
 }
 
 #[test]
@@ -323,6 +336,7 @@ fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
         .collect();
     assert_eq!(long.len(), 600, "the long path is cut and says so");
     assert!(long.iter().all(|e| e.len() < 1100));
+    chain_holds(&s.collector, host, &[]);
 }
 
 #[test]
@@ -394,4 +408,5 @@ fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
         summary(&all)
     );
     assert_eq!(unexplained_jumps(&s.collector, host), 0);
+    chain_holds(&s.collector, host, &[]);
 }

@@ -294,7 +294,11 @@ fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
         };
         println!(
             "  {:<18} {at}: {}",
-            if explained(f.kind()) { what } else { what.to_uppercase() },
+            if explained(f.kind()) {
+                what
+            } else {
+                what.to_uppercase()
+            },
             f.detail
         );
         if !f.expected.is_empty() || !f.found.is_empty() {
@@ -310,13 +314,20 @@ fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
         None => println!(
             "intact: {} records, head {} (record {})",
             r.records,
-            if r.head.is_empty() { "-".into() } else { hex(&r.head) },
+            if r.head.is_empty() {
+                "-".into()
+            } else {
+                hex(&r.head)
+            },
             r.last_seq
         ),
         Some(f) => println!(
             "NOT INTACT: first at record {} ({})",
             f.first_seq,
-            f.kind().as_str_name().trim_start_matches("KIND_").to_lowercase()
+            f.kind()
+                .as_str_name()
+                .trim_start_matches("KIND_")
+                .to_lowercase()
         ),
     }
     r.intact

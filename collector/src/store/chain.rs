@@ -23,13 +23,21 @@ macro_rules! chain_tables {
             "CREATE TABLE chain_breaks (
                 host TEXT NOT NULL,
                 seq BIGINT NOT NULL,
-                expected ", $blob, " NOT NULL,
-                found ", $blob, " NOT NULL,
+                expected ",
+            $blob,
+            " NOT NULL,
+                found ",
+            $blob,
+            " NOT NULL,
                 stored_ns BIGINT NOT NULL,
                 PRIMARY KEY (host, seq)
             );
-            ALTER TABLE records ADD COLUMN chain ", $blob, ";
-            ALTER TABLE host_counts ADD COLUMN chain_head ", $blob, ";"
+            ALTER TABLE records ADD COLUMN chain ",
+            $blob,
+            ";
+            ALTER TABLE host_counts ADD COLUMN chain_head ",
+            $blob,
+            ";"
         )
     };
 }
@@ -65,6 +73,9 @@ pub(crate) struct Break {
     pub expected: Vec<u8>,
     pub found: Vec<u8>,
 }
+
+/// A row's sequence and chain hash (None or empty: unchained).
+pub(crate) type SeqChain = (i64, Option<Vec<u8>>);
 
 /// The host's last stored record as the chain needs it: its sequence and
 /// chain hash (empty: unchained).

@@ -385,7 +385,7 @@ impl Store {
         &mut self,
         host: &str,
         seq: i64,
-    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<chain::SeqChain>, StoreError> {
         match self {
             Store::Sqlite(s) => s.row_before(host, seq),
             Store::Postgres(p) => p.row_before(host, seq).await,

@@ -255,12 +255,8 @@ impl Postgres {
             // 1 is no jump).
             let row = tx.query_opt(&last_of, &[host]).await?;
             let last: Option<i64> = row.as_ref().map(|r| r.get(0));
-            let mut link: super::chain::Last = row.map(|r| {
-                (
-                    r.get(0),
-                    r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default(),
-                )
-            });
+            let mut link: super::chain::Last =
+                row.map(|r| (r.get(0), r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default()));
             // One array per column, borrowing the records (no copies).
             let text =
                 |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
@@ -299,7 +295,10 @@ impl Postgres {
                 tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
             }
             let fresh: std::collections::HashSet<i64> = new_seqs.iter().copied().collect();
-            for (r, ix) in records.iter().filter(|(r, _)| fresh.contains(&(r.seq as i64))) {
+            for (r, ix) in records
+                .iter()
+                .filter(|(r, _)| fresh.contains(&(r.seq as i64)))
+            {
                 if let Some(b) = super::chain::check(&mut link, r, ix) {
                     tx.execute(&broke, &[host, &b.seq, &b.expected, &b.found, &stored])
                         .await?;
@@ -429,7 +428,7 @@ impl Postgres {
         &mut self,
         host: &str,
         seq: i64,
-    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<super::chain::SeqChain>, StoreError> {
         let row = self
             .live()
             .await?

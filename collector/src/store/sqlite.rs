@@ -64,7 +64,13 @@ impl ToSql for Param {
 /// A row of `SELECT host, seq, time_ns, record, chain`.
 fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     let encoded: Vec<u8> = r.get(3)?;
-    Ok(super::stored(r.get(0)?, r.get(1)?, r.get(2)?, &encoded, r.get(4)?))
+    Ok(super::stored(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        &encoded,
+        r.get(4)?,
+    ))
 }
 
 /// The SQLite store.
@@ -307,7 +313,7 @@ impl Sqlite {
         &self,
         host: &str,
         seq: i64,
-    ) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<super::chain::SeqChain>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(&super::chain::ROW_BEFORE.replace('$', "?"))?;

@@ -315,7 +315,10 @@ fn last_hash(s: &Segment) -> Option<chain::Hash> {
     use std::os::unix::fs::FileExt;
     let &(_, off) = s.index.last()?;
     let mut data = vec![0; (s.bytes - off) as usize];
-    File::open(&s.path).ok()?.read_exact_at(&mut data, off).ok()?;
+    File::open(&s.path)
+        .ok()?
+        .read_exact_at(&mut data, off)
+        .ok()?;
     let (_, _, len) = *parse(&data).frames.first()?;
     chain::split(&data[HEADER..HEADER + len]).map(|(_, h)| h)
 }
@@ -583,7 +586,11 @@ impl Spool {
 
     fn append_inner(&mut self, payload: &[u8], now: bool) -> io::Result<Option<u64>> {
         let seq = self.next_seq;
-        let chained = if self.opts.chain { chain::SUFFIX_LEN } else { 0 };
+        let chained = if self.opts.chain {
+            chain::SUFFIX_LEN
+        } else {
+            0
+        };
         let size = (HEADER + payload.len() + chained) as u64;
         while self.bytes() + size > self.opts.max_bytes {
             match self.opts.overflow {
@@ -908,7 +915,10 @@ mod tests {
         let renumbered = s.read_from(0, usize::MAX).unwrap();
         assert_eq!(renumbered[0].0, 101);
         let (content, _) = chain::split(&renumbered[0].1).unwrap();
-        assert_eq!(content, b"r4", "the old chain field is not kept in the content");
+        assert_eq!(
+            content, b"r4",
+            "the old chain field is not kept in the content"
+        );
         assert_eq!(linked(&mut s, chain::ZERO), s.chain_head().1);
         let _ = fs::remove_dir_all(&d);
     }

@@ -258,6 +258,56 @@ impl RunningCollector {
             .count()
     }
 
+    /// `collectorctl verify --host HOST --json` against this collector: the
+    /// report it printed and its exit status.
+    pub fn verify(&self, host: &str) -> (pb::ChainReport, i32) {
+        let out = Command::new(workspace_bin("collectorctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--json", "verify", "--host", host])
+            .output()
+            .expect("collectorctl verify");
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "collectorctl verify prints a ChainReport ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (report, out.status.code().unwrap_or(-1))
+    }
+
+    /// Delivers `records` as `host` (with its token) the way an agent does,
+    /// outside any agent (a forged record, a stolen token); returns the
+    /// collector's acknowledgement.
+    pub fn deliver_as(&self, host: &str, records: Vec<pb::Record>) -> u64 {
+        use pb::{agent_message::Message as Out, collector_message::Message as In};
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(hello_message(host)).await.expect("hello");
+            let mut incoming = self
+                .agent_client(host)
+                .await
+                .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("deliver")
+                .into_inner();
+            let _welcome = incoming.message().await;
+            tx.send(pb::AgentMessage {
+                message: Some(Out::Batch(pb::Batch { records })),
+            })
+            .await
+            .expect("batch");
+            match incoming.message().await {
+                Ok(Some(pb::CollectorMessage {
+                    message: Some(In::Ack(a)),
+                })) => a.seq,
+                other => panic!("expected the batch's acknowledgement, got {other:?}"),
+            }
+        })
+    }
+
     /// An agent's client on plain TCP with a fresh token for `host`.
     pub async fn agent_client(&self, host: &str) -> TokenClient {
         let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =

@@ -2,6 +2,7 @@ pub mod agent;
 pub mod bench;
 pub mod cgroup;
 pub mod collector;
+pub mod database;
 pub mod netns;
 pub mod postgres;
 pub use residency_pki as pki;

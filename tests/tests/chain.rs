@@ -1,0 +1,183 @@
+//! The record chain end to end: a real sensord spools chained records, a
+//! real collectord checks and stores them, `collectorctl verify` recomputes
+//! the chain; then the database is edited behind the collector's back, the
+//! way whoever runs it could (a row altered, one deleted, two moved, a
+//! column changed), and a record with a forged hash is delivered with the
+//! host's token. Each is caught. On SQLite and on PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{
+    agent::RunningAgent,
+    cgroup::TestCgroup,
+    collector::RunningCollector,
+    database::{Database, Value},
+    netns::TestNet,
+    postgres::PgServer,
+    probe,
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    temp::TempPath,
+};
+use prost::Message;
+use residency_proto::collector::v1::{self as pb, chain_finding::Kind};
+
+fn kinds(r: &pb::ChainReport) -> Vec<(Kind, u64, u64)> {
+    r.findings
+        .iter()
+        .map(|f| (f.kind(), f.first_seq, f.last_seq))
+        .collect()
+}
+
+fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start_with(dir, database, None);
+    let config = collector.agent_config(dir, host, None);
+    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
+    let agent = RunningAgent::start_with(
+        &policy,
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    probe::run_all_ok(
+        &probe::netprobe(),
+        &cgroup,
+        "udp-sendto",
+        &server.addr.to_string(),
+        600,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.count(host, "violation") < 600 || agent.status().spool_depth > 0 {
+        assert!(Instant::now() < deadline, "the violations did not arrive");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Intact, and its head is the agent's.
+    let st = agent.status();
+    let (r, code) = collector.verify(host);
+    assert!(r.intact && r.findings.is_empty() && code == 0, "{r:#?}");
+    assert_eq!(r.records, r.chained, "every record is chained");
+    assert_eq!(
+        (r.last_seq, &r.head),
+        (st.chain_seq, &st.chain_head),
+        "the collector's head is the agent's"
+    );
+    let listed = collector.hosts();
+    let h = listed.iter().find(|h| h.host_id == host).expect("listed");
+    assert_eq!((h.chain_breaks, &h.chain_head), (0, &r.head));
+    drop(agent);
+
+    // Edit the database behind the collector's back.
+    let violations: Vec<u64> = collector
+        .export(Some("violation"))
+        .iter()
+        .filter(|r| r.host_id == host)
+        .map(pb::StoredRecord::seq)
+        .collect();
+    let (altered, deleted, moved, column) = (
+        violations[100] as i64,
+        violations[200] as i64,
+        violations[300] as i64,
+        violations[400] as i64,
+    );
+    assert_eq!(violations[301] as i64, moved + 1);
+    let mut db = Database::open(database);
+    // A violation's destination country rewritten, its record and its
+    // column both (a careful forger).
+    let blob = db.bytes(
+        "SELECT record FROM records WHERE host = $1 AND seq = $2",
+        &[Value::Text(host), Value::Int(altered)],
+    );
+    let mut rec = pb::Record::decode(blob.as_slice()).expect("a stored record");
+    let Some(pb::record::Body::Violation(f)) = &mut rec.body else {
+        panic!("{rec:?}")
+    };
+    f.remote_country = "DE".into();
+    assert_eq!(
+        db.execute(
+            "UPDATE records SET record = $1, country = 'DE' WHERE host = $2 AND seq = $3",
+            &[
+                Value::Bytes(&rec.encode_to_vec()),
+                Value::Text(host),
+                Value::Int(altered)
+            ],
+        ),
+        1
+    );
+    // One deleted.
+    db.execute(
+        "DELETE FROM records WHERE host = $1 AND seq = $2",
+        &[Value::Text(host), Value::Int(deleted)],
+    );
+    // Two neighbours swapped (whole rows, hashes and all).
+    for (from, to) in [(moved, -1), (moved + 1, moved), (-1, moved + 1)] {
+        db.execute(
+            "UPDATE records SET seq = $1 WHERE host = $2 AND seq = $3",
+            &[Value::Int(to), Value::Text(host), Value::Int(from)],
+        );
+    }
+    // A searchable column changed (the executable an auditor filters by).
+    db.execute(
+        "UPDATE records SET exe = '/usr/bin/innocent' WHERE host = $1 AND seq = $2",
+        &[Value::Text(host), Value::Int(column)],
+    );
+    let (r, code) = collector.verify(host);
+    assert_eq!(
+        kinds(&r),
+        vec![
+            (Kind::Altered, altered as u64, altered as u64),
+            (Kind::Missing, deleted as u64, deleted as u64),
+            (Kind::BrokenLink, moved as u64, moved as u64 + 2),
+            (Kind::ColumnsAltered, column as u64, column as u64),
+        ],
+        "{r:#?}"
+    );
+    assert!(!r.intact);
+    assert_eq!(
+        code, 4,
+        "collectorctl verify exits 4 when the chain does not hold"
+    );
+
+    // A record forged with the host's token: its hash does not follow.
+    let last = r.last_seq;
+    let forged = pb::Record {
+        seq: last + 1,
+        time_unix_ns: 1,
+        body: Some(pb::record::Body::Audit(pb::Audit {
+            actor: "nobody".into(),
+            action: "set mode off".into(),
+            reason: "forged".into(),
+        })),
+        chain: vec![7; 32],
+    };
+    assert_eq!(collector.deliver_as(host, vec![forged]), last + 1);
+    let listed = collector.hosts();
+    let h = listed.iter().find(|h| h.host_id == host).expect("listed");
+    assert_eq!(h.chain_breaks, 1, "the break is counted when it arrives");
+    let (r, _) = collector.verify(host);
+    let at_ingest = r
+        .findings
+        .iter()
+        .find(|f| f.kind() == Kind::BreakAtIngest)
+        .expect("the break kept at ingest is reported");
+    assert_eq!(
+        (at_ingest.first_seq, at_ingest.found.as_slice()),
+        (last + 1, [7u8; 32].as_slice())
+    );
+    assert_eq!(at_ingest.expected.len(), 32, "with the hash the chain gave");
+}
+
+#[test]
+fn the_chain_holds_end_to_end_and_catches_edits_in_sqlite() {
+    let tmp = TempPath::dir("chain-sqlite");
+    let db = tmp.path().join("collector.db");
+    chain_catches_tampering("chain-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+}
+
+#[test]
+fn the_chain_holds_end_to_end_and_catches_edits_in_postgresql() {
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("chain-pg");
+    chain_catches_tampering("chain-pg", tmp.path(), &pg.url);
+}
