@@ -102,6 +102,8 @@ fn bench(c: &mut Criterion) {
         Options {
             fsync: Fsync::EveryN(u32::MAX),
             max_bytes: 64 << 20,
+            // As sensord spools: every record chained (SHA-256).
+            chain: true,
             ..Options::default()
         },
     )
