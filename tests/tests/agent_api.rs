@@ -511,3 +511,109 @@ fn a_slow_policy_compile_does_not_stall_the_agent() {
         "status answered {answered_meanwhile} times while the dry run compiled"
     );
 }
+
+#[test]
+fn a_dry_run_shows_which_recent_flows_a_policy_would_change() {
+    // A service sent to Virginia (US: reported) and Frankfurt (DE: allowed).
+    // Before switching anything, ops ask what a new policy would do to the
+    // flows the agent saw: each answer names the process, destination and
+    // class whose outcome changes, with counts; nothing is applied.
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let agent = RunningAgent::start_with(&policy(&rel), REGIONS, &[]);
+    let (us, de) = (
+        net.virginia.udp_server(false),
+        net.frankfurt.udp_server(false),
+    );
+    let netprobe = probe::netprobe();
+    probe::run_all_ok(&netprobe, &cgroup, "udp-sendto", &us.addr.to_string(), 3);
+    probe::run_all_ok(&netprobe, &cgroup, "udp-sendto", &de.addr.to_string(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.listed(true, &[]).len() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", agent.listed(true, &[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hash = agent.status().policy_sha256;
+    let what_if = |mode: &str, allowed: &str| {
+        let file = agent.dir().join("what-if.toml");
+        let text = FixturePolicy {
+            host_id: "test-host-1",
+            aggregation: "0",
+            mode,
+            allowed,
+            cgroup_rel: &rel,
+            class_extra: "",
+        }
+        .text();
+        std::fs::write(&file, text).expect("policy");
+        let r = agent.ctl_json(&[
+            "policy",
+            "apply",
+            file.to_str().expect("utf-8"),
+            "--dry-run",
+        ]);
+        let mut changes: Vec<(String, String, String, String)> = r["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .map(|c| {
+                assert_eq!(c["class"], "eu_personal");
+                assert!(
+                    c["exe"].as_str().is_some_and(|e| e.ends_with("netprobe")),
+                    "{c}"
+                );
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (s("destination"), s("before"), s("after"), s("flows"))
+            })
+            .collect();
+        changes.sort();
+        assert!(
+            r["flows_replayed"].as_str().is_some_and(|n| n != "0"),
+            "{r}"
+        );
+        changes
+    };
+    let (us_ip, de_ip) = (us.addr.ip().to_string(), de.addr.ip().to_string());
+    let change = |ip: &str, before: &str, after: &str, n: &str| {
+        (
+            ip.to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+            n.to_owned(),
+        )
+    };
+    assert_eq!(
+        what_if("monitor", r#"["EEA", "US"]"#),
+        vec![change(&us_ip, "ACTION_REPORTED", "ACTION_NONE", "3")],
+        "allowing the US allows the Virginia flows"
+    );
+    assert_eq!(
+        what_if("enforce", r#"["EEA"]"#),
+        vec![change(&us_ip, "ACTION_REPORTED", "ACTION_DENIED", "3")],
+        "enforcing denies them"
+    );
+    assert_eq!(
+        what_if("monitor", r#"["CH"]"#),
+        vec![change(&de_ip, "ACTION_NONE", "ACTION_REPORTED", "2")],
+        "dropping Germany reports the Frankfurt flows"
+    );
+    // The table says the same to a person, and nothing was applied.
+    let file = agent.dir().join("what-if.toml");
+    let out = agent.ctl(&[
+        "policy",
+        "apply",
+        file.to_str().expect("utf-8"),
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("allowed -> reported") && text.contains("newly reported: 2,"),
+        "{text}"
+    );
+    assert_eq!(
+        agent.status().policy_sha256,
+        hash,
+        "a dry run changes nothing"
+    );
+}

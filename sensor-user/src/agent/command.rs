@@ -73,6 +73,12 @@ pub enum Command {
         reply: Option<Reply<u32>>,
     },
     GetPolicy(Reply<pb::GetPolicyResponse>),
+    /// A dry run: what `policy` would change for the flows seen recently
+    /// (see `what_if`), and how many were replayed.
+    WhatIf {
+        policy: Box<crate::policy::compile::Compiled>,
+        reply: Reply<(Vec<pb::VerdictChange>, u64)>,
+    },
     Lookup {
         ip: IpAddr,
         class: Option<String>,

@@ -23,6 +23,7 @@ mod queries;
 mod spooling;
 pub mod store;
 mod violation_log;
+pub mod what_if;
 
 use command::Reply;
 pub use command::{AgentHandle, Command, CommandError};
@@ -595,6 +596,24 @@ impl Agent {
                     policy_sha256: self.compiled.policy.hash.clone(),
                     path: self.compiled.policy.source.display().to_string(),
                 }));
+            }
+            Command::WhatIf { policy, reply } => {
+                let recent = self.store.list(
+                    &pb::FlowFilter {
+                        limit: u32::MAX,
+                        ..Default::default()
+                    },
+                    false,
+                );
+                // Operators' overrides stay in force across a reload; the
+                // new policy's classes otherwise take its modes.
+                let overrides = &self.overrides;
+                let mode = |c: &validate::Class| mode_with(overrides, c);
+                let _ = reply.send(Ok(what_if::changes(
+                    &recent,
+                    (&self.compiled, &mode),
+                    (&policy, &mode),
+                )));
             }
             Command::Lookup { ip, class, reply } => {
                 let _ = reply.send(self.lookup(ip, class));

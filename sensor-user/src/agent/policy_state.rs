@@ -85,6 +85,8 @@ pub fn apply_response(compiled: &Compiled, old_classes: &[String]) -> pb::ApplyP
             .collect(),
         generation: 0,
         warnings: Vec::new(),
+        changes: Vec::new(),
+        flows_replayed: 0,
     }
 }
 

@@ -267,6 +267,14 @@ impl Agent for AgentApi {
             .map_err(status)?;
         let mut resp = apply_response(&built.0, &inputs.classes);
         if r.dry_run {
+            (resp.changes, resp.flows_replayed) = self
+                .handle
+                .call(|reply| Command::WhatIf {
+                    policy: Box::new(built.0),
+                    reply,
+                })
+                .await
+                .map_err(status)?;
             return Ok(Response::new(resp));
         }
         let intent = Intent::Apply {

@@ -9,7 +9,7 @@ use sensor_user::{
     regions::{self, cloud::CloudRanges},
 };
 
-use residency_proto::agent::v1::{ApplyPolicyRequest, GetPolicyRequest};
+use residency_proto::agent::v1::{self as pb, ApplyPolicyRequest, GetPolicyRequest};
 
 use crate::{Global, RegionArgs, client, output};
 
@@ -178,6 +178,7 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
         println!("warning: {w}");
     }
     if dry_run {
+        print_changes(&r);
         println!(
             "dry run: sha256 {} checked, nothing changed",
             r.policy_sha256
@@ -189,6 +190,61 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
         );
     }
     0
+}
+
+/// What the dry-run policy would change for the flows seen recently.
+fn print_changes(r: &pb::ApplyPolicyResponse) {
+    use residency_proto::records::Label;
+    if r.changes.is_empty() {
+        println!(
+            "what if: no change for the {} recent records replayed",
+            r.flows_replayed
+        );
+        return;
+    }
+    let outcome = |a: pb::Action| match a {
+        pb::Action::None => "allowed".to_owned(),
+        other => other.label(),
+    };
+    let rows: Vec<Vec<String>> = r
+        .changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.class.clone(),
+                c.exe.clone(),
+                c.destination.clone(),
+                if c.country.is_empty() {
+                    "-".into()
+                } else {
+                    c.country.clone()
+                },
+                format!("{} -> {}", outcome(c.before()), outcome(c.after())),
+                c.flows.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "CLASS",
+            "EXECUTABLE",
+            "DESTINATION",
+            "COUNTRY",
+            "WOULD GO",
+            "FLOWS",
+        ],
+        &rows,
+    );
+    let count = |f: &dyn Fn(&pb::VerdictChange) -> bool| -> u64 {
+        r.changes.iter().filter(|c| f(c)).map(|c| c.flows).sum()
+    };
+    println!(
+        "what if: {} recent records replayed; flows that would be newly denied: {}, newly reported: {}, newly allowed: {}",
+        r.flows_replayed,
+        count(&|c| c.after() == pb::Action::Denied),
+        count(&|c| c.after() == pb::Action::Reported),
+        count(&|c| c.after() == pb::Action::None),
+    );
 }
 
 async fn show(g: &Global) -> i32 {
