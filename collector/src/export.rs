@@ -12,6 +12,9 @@ pub enum Format {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// One host's records as stored, with what checking their chain offline
+    /// needs (`residency-verify`); binary (an encoded `Bundle`).
+    Bundle,
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
@@ -77,6 +80,11 @@ pub fn write(
                 serde_json::to_writer(&mut *out, r)?;
                 writeln!(out)?;
             }
+        }
+        Format::Bundle => {
+            return Err(std::io::Error::other(
+                "a bundle is written by collector::bundle, not as a report",
+            ));
         }
         Format::Csv => {
             writeln!(

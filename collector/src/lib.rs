@@ -7,8 +7,10 @@
 //! - [`auth`]: callers' roles from their certificates.
 //! - [`fleet`]: connected agents and commands to them.
 //! - [`export`]: CSV and JSON-lines reports.
+//! - [`bundle`]: one host's records as stored, for offline checks.
 
 pub mod auth;
+pub mod bundle;
 pub mod export;
 pub mod fleet;
 pub mod service;

@@ -111,9 +111,11 @@ fn gid_of(name: &str) -> anyhow::Result<u32> {
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
     /// Write stored records as CSV or JSON lines to stdout (the database may be
-    /// in use by a running collector).
+    /// in use by a running collector); or, with --format bundle and --host,
+    /// one host's records exactly as stored with what `residency-verify`
+    /// needs to check their chain offline (binary: redirect it to a file).
     Export {
-        /// csv or jsonl.
+        /// csv, jsonl or bundle.
         #[arg(long, value_enum, default_value = "csv")]
         format: collector::export::Format,
         /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
@@ -129,6 +131,56 @@ enum Cmd {
         #[arg(long)]
         kind: Option<String>,
     },
+}
+
+/// `export --format bundle`: one host, every kind, to stdout (not a terminal).
+async fn export_bundle(
+    store: Store,
+    host: Option<&str>,
+    kind: Option<&str>,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let Some(host) = host else {
+        anyhow::bail!("--format bundle needs --host: a bundle holds one host's chain");
+    };
+    anyhow::ensure!(
+        kind.is_none(),
+        "--kind does not apply to bundles: a chain holds every kind of record"
+    );
+    let stdout = std::io::stdout();
+    anyhow::ensure!(
+        !stdout.is_terminal(),
+        "a bundle is binary: redirect it to a file (collectord export --format bundle --host {host} > {host}.bundle)"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let store = tokio::sync::Mutex::new(store);
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let w = collector::bundle::write(
+        &store,
+        host,
+        since.unwrap_or(0),
+        until.unwrap_or(0),
+        now,
+        &mut out,
+    )
+    .await
+    .context("while writing the bundle")?;
+    anyhow::ensure!(
+        w.records > 0,
+        "no records of host {host:?} in that time range (collectorctl hosts lists the hosts)"
+    );
+    info!(
+        host,
+        records = w.records,
+        gap_records = w.gaps,
+        "bundle written; check it with residency-verify FILE"
+    );
+    Ok(())
 }
 
 async fn open_store(spec: &str, create: bool) -> anyhow::Result<Store> {
@@ -202,6 +254,9 @@ async fn main() -> anyhow::Result<()> {
     }) = &args.command
     {
         let mut store = open_store(&args.database, false).await?;
+        if *format == collector::export::Format::Bundle {
+            return export_bundle(store, host.as_deref(), kind.as_deref(), *since, *until).await;
+        }
         let filter = Filter {
             kind: kind.clone(),
             host: host.clone(),

@@ -13,7 +13,7 @@ use prost::encoding::{self, WireType};
 use sha2::{Digest, Sha256};
 
 use crate::collector::v1::{
-    ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
+    Bundle, ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
 };
 
 /// A chain hash (SHA-256).
@@ -371,6 +371,132 @@ impl Verifier {
         });
         r
     }
+}
+
+/// The format name a bundle carries.
+pub const BUNDLE_FORMAT: &str = "residency-bundle/1";
+
+/// Whether `r` is the agent's stand-in for a record too large to deliver
+/// (an UNDELIVERABLE gap for its own sequence).
+pub fn is_substitute(r: &Record) -> bool {
+    matches!(&r.body, Some(Body::Gap(g))
+        if g.source() == GapSource::Undeliverable && g.first_seq == r.seq && g.last_seq == r.seq)
+}
+
+/// A stored record's bytes as the record (with its sequence), if they decode.
+pub fn decode_stored(seq: u64, content: &[u8]) -> Option<Record> {
+    use prost::Message;
+    let mut r = Record::decode(content).ok()?;
+    r.seq = seq;
+    Some(r)
+}
+
+fn hash_of(chain: &[u8]) -> Option<Hash> {
+    // A hash of the wrong length is kept as one that cannot match.
+    (!chain.is_empty()).then(|| chain.try_into().unwrap_or([0xff; 32]))
+}
+
+/// Checks a bundle's chain offline (no columns to compare: a bundle holds
+/// the records only). Errors name what makes the file no bundle.
+pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
+    if b.format != BUNDLE_FORMAT {
+        return Err(format!(
+            "not a bundle this version reads: format {:?} (expected {BUNDLE_FORMAT:?})",
+            b.format
+        ));
+    }
+    let explainers = b
+        .gaps
+        .iter()
+        .filter_map(|g| decode_stored(g.seq, &g.content))
+        .filter_map(|r| Explainer::of(&r))
+        .collect();
+    let before = b.before.as_ref().map(|r| (r.seq, hash_of(&r.chain)));
+    let mut v = Verifier::new(&b.host_id, explainers, before);
+    let mut last = 0;
+    for r in &b.records {
+        if r.seq <= last {
+            return Err(format!(
+                "record {} follows record {last}: a bundle lists records in increasing sequence",
+                r.seq
+            ));
+        }
+        last = r.seq;
+        v.push(&Row {
+            seq: r.seq,
+            chain: hash_of(&r.chain),
+            substitute: decode_stored(r.seq, &r.content).is_some_and(|d| is_substitute(&d)),
+            content: r.content.clone(),
+            columns_match: true,
+        });
+    }
+    Ok(v.finish())
+}
+
+/// The report for people: each finding in sequence order (unexplained ones
+/// in capitals, with both hashes), then `intact: N records, head HASH` or
+/// `NOT INTACT: first at record N (kind)`.
+pub fn render(r: &ChainReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if r.records == 0 {
+        let _ = writeln!(out, "{}: no records stored in that time range", r.host_id);
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{}: records {}..{} ({} stored, {} chained)",
+        r.host_id, r.first_seq, r.last_seq, r.records, r.chained
+    );
+    let explained = |k: Kind| {
+        matches!(
+            k,
+            Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
+        )
+    };
+    let name = |k: Kind| k.as_str_name().trim_start_matches("KIND_").to_lowercase();
+    for f in &r.findings {
+        let at = if f.first_seq == f.last_seq {
+            format!("record {}", f.first_seq)
+        } else {
+            format!("records {}..{}", f.first_seq, f.last_seq)
+        };
+        let what = if explained(f.kind()) {
+            name(f.kind())
+        } else {
+            name(f.kind()).to_uppercase()
+        };
+        let _ = writeln!(out, "  {what:<18} {at}: {}", f.detail);
+        if !f.expected.is_empty() || !f.found.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<18} expected {} found {}",
+                "",
+                hex(&f.expected),
+                hex(&f.found)
+            );
+        }
+    }
+    let _ = match r.findings.iter().find(|f| !explained(f.kind())) {
+        None => writeln!(
+            out,
+            "intact: {} records, head {} (record {})",
+            r.records,
+            if r.head.is_empty() {
+                "-".into()
+            } else {
+                hex(&r.head)
+            },
+            r.last_seq
+        ),
+        Some(f) => writeln!(
+            out,
+            "NOT INTACT: first at record {} ({})",
+            f.first_seq,
+            name(f.kind())
+        ),
+    };
+    out
 }
 
 #[cfg(test)]

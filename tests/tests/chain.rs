@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::RunningAgent,
+    agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
     collector::RunningCollector,
     database::{Database, Value},
@@ -26,6 +26,89 @@ fn kinds(r: &pb::ChainReport) -> Vec<(Kind, u64, u64)> {
         .iter()
         .map(|f| (f.kind(), f.first_seq, f.last_seq))
         .collect()
+}
+
+/// Runs `residency-verify` on `bundle`: its report and exit status.
+fn offline(bundle: &std::path::Path) -> (pb::ChainReport, i32) {
+    let out = std::process::Command::new(workspace_bin("residency-verify"))
+        .arg("--json")
+        .arg(bundle)
+        .output()
+        .expect("residency-verify");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "residency-verify prints a ChainReport ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.code().unwrap_or(-1))
+}
+
+/// The auditor's take-away: a bundle exported from the database checks
+/// offline with the collector's verdict and head; the same bundle edited
+/// (a record's bytes changed, one removed) does not.
+fn bundle_checks_offline(
+    dir: &std::path::Path,
+    database: &str,
+    host: &str,
+    online: &pb::ChainReport,
+) {
+    let out = std::process::Command::new(workspace_bin("collectord"))
+        .args([
+            "--database",
+            database,
+            "export",
+            "--format",
+            "bundle",
+            "--host",
+            host,
+        ])
+        .output()
+        .expect("collectord export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("audit.bundle");
+    std::fs::write(&path, &out.stdout).expect("bundle");
+    let (r, code) = offline(&path);
+    assert!(r.intact && r.findings.is_empty() && code == 0, "{r:#?}");
+    assert_eq!(
+        (r.records, &r.head, r.last_seq),
+        (online.records, &online.head, online.last_seq),
+        "offline, the same chain and head as the collector's"
+    );
+
+    let mut b = pb::Bundle::decode(out.stdout.as_slice()).expect("a bundle");
+    let (edited, removed) = (b.records[10].seq, b.records[20].seq);
+    let last = b.records[10].content.len() - 1;
+    b.records[10].content[last] ^= 1;
+    b.records.remove(20);
+    let tampered = dir.join("tampered.bundle");
+    std::fs::write(&tampered, b.encode_to_vec()).expect("bundle");
+    let (r, code) = offline(&tampered);
+    assert_eq!(
+        kinds(&r),
+        vec![
+            (Kind::Altered, edited, edited),
+            (Kind::Missing, removed, removed)
+        ],
+        "{r:#?}"
+    );
+    assert_eq!(code, 4);
+
+    std::fs::write(&tampered, b"not a bundle at all").expect("file");
+    let out = std::process::Command::new(workspace_bin("residency-verify"))
+        .arg(&tampered)
+        .output()
+        .expect("residency-verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a bundle"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
@@ -67,6 +150,7 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
     let h = listed.iter().find(|h| h.host_id == host).expect("listed");
     assert_eq!((h.chain_breaks, &h.chain_head), (0, &r.head));
     drop(agent);
+    bundle_checks_offline(dir, database, host, &r);
 
     // Edit the database behind the collector's back.
     let violations: Vec<u64> = collector

@@ -2,7 +2,8 @@
 //! trees (no extra tool to install):
 //! - `residency-sensor`: sensord and sensorctl, the systemd unit, a default
 //!   config, the example policy, the default region dataset and the docs;
-//! - `residency-collector`: collectord, collectorctl and the systemd unit.
+//! - `residency-collector`: collectord, collectorctl, residency-verify (the
+//!   offline bundle check) and the systemd unit.
 //!
 //! Binaries are stripped of debug information.
 
@@ -99,6 +100,11 @@ fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
             0o755,
         ),
         (
+            root.join("target/release/residency-verify"),
+            "usr/bin/residency-verify",
+            0o755,
+        ),
+        (
             root.join("packaging/collectord.service"),
             "lib/systemd/system/collectord.service",
             0o644,
@@ -147,6 +153,8 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
             "sensor-user",
             "-p",
             "collector",
+            "-p",
+            "residency-verify",
             "--bins",
         ])
         .current_dir(&root)
@@ -169,7 +177,7 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
         },
         Deb {
             name: "residency-collector",
-            description: "data residency collector (collectord)\n collectord receives every Residency Sensor agent's violations, audit and gap\n records exactly once (SQLite or PostgreSQL), serves them to auditors, and\n carries operators' enforcement changes and exceptions to the fleet.",
+            description: "data residency collector (collectord)\n collectord receives every Residency Sensor agent's violations, audit and gap\n records exactly once (SQLite or PostgreSQL), serves them to auditors, and\n carries operators' enforcement changes and exceptions to the fleet.\n residency-verify checks an exported evidence bundle offline.",
             files: collector_files(&root),
             conffiles: "/etc/default/collectord\n/etc/residency/agent-tokens\n",
             service: "collectord.service",

@@ -261,74 +261,10 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
 
 /// Prints a chain report; true when the chain holds.
 fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
-    use pb::chain_finding::Kind;
-    use residency_proto::chain::hex;
     if json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
-        return r.intact;
-    }
-    if r.records == 0 {
-        println!("{}: no records stored in that time range", r.host_id);
-        return true;
-    }
-    println!(
-        "{}: records {}..{} ({} stored, {} chained)",
-        r.host_id, r.first_seq, r.last_seq, r.records, r.chained
-    );
-    let explained = |k: Kind| {
-        matches!(
-            k,
-            Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
-        )
-    };
-    for f in &r.findings {
-        let what = f
-            .kind()
-            .as_str_name()
-            .trim_start_matches("KIND_")
-            .to_lowercase();
-        let at = if f.first_seq == f.last_seq {
-            format!("record {}", f.first_seq)
-        } else {
-            format!("records {}..{}", f.first_seq, f.last_seq)
-        };
-        println!(
-            "  {:<18} {at}: {}",
-            if explained(f.kind()) {
-                what
-            } else {
-                what.to_uppercase()
-            },
-            f.detail
-        );
-        if !f.expected.is_empty() || !f.found.is_empty() {
-            println!(
-                "  {:<18} expected {} found {}",
-                "",
-                hex(&f.expected),
-                hex(&f.found)
-            );
-        }
-    }
-    match r.findings.iter().find(|f| !explained(f.kind())) {
-        None => println!(
-            "intact: {} records, head {} (record {})",
-            r.records,
-            if r.head.is_empty() {
-                "-".into()
-            } else {
-                hex(&r.head)
-            },
-            r.last_seq
-        ),
-        Some(f) => println!(
-            "NOT INTACT: first at record {} ({})",
-            f.first_seq,
-            f.kind()
-                .as_str_name()
-                .trim_start_matches("KIND_")
-                .to_lowercase()
-        ),
+    } else {
+        print!("{}", residency_proto::chain::render(r));
     }
     r.intact
 }

@@ -7,9 +7,7 @@
 use prost::Message;
 use residency_proto::{
     chain::{self, Explainer, Hash, Row, Verifier},
-    collector::v1::{
-        ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
-    },
+    collector::v1::{ChainFinding, ChainReport, Record, chain_finding::Kind},
 };
 
 use super::{Store, StoreError, filter::Indexed};
@@ -49,10 +47,12 @@ pub(crate) const INSERT_BREAK: &str =
     "INSERT INTO chain_breaks (host, seq, expected, found, stored_ns)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (host, seq) DO NOTHING";
 
-/// A host's rows in sequence order after $2, in [$3, $4) by time, at most $5.
+/// A host's rows in sequence order after $2, in [$3, $4) by time, at most
+/// $5, of kind $6 ('': every kind).
 pub(crate) const CHAIN_ROWS: &str =
     "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain
     FROM records WHERE host = $1 AND seq > $2 AND time_ns >= $3 AND time_ns < $4
+    AND ($6 = '' OR kind = $6)
     ORDER BY seq LIMIT $5";
 
 /// The row just before sequence $2 (to link the first checked one to).
@@ -81,12 +81,6 @@ pub(crate) type SeqChain = (i64, Option<Vec<u8>>);
 /// chain hash (empty: unchained).
 pub(crate) type Last = Option<(i64, Vec<u8>)>;
 
-/// Whether `r` is the agent's stand-in for a record too large to deliver.
-fn substitute(r: &Record) -> bool {
-    matches!(&r.body, Some(Body::Gap(g))
-        if g.source() == GapSource::Undeliverable && g.first_seq == r.seq && g.last_seq == r.seq)
-}
-
 /// Checks a newly stored record against the host's last one and moves
 /// `last` on. A break is a record right after the last one whose hash
 /// neither follows from it nor starts a chain (and is no stand-in).
@@ -104,7 +98,7 @@ pub(crate) fn check(last: &mut Last, r: &Record, ix: &Indexed) -> Option<Break> 
     let expected = chain::link(&ph, r.seq, &ix.encoded);
     if ix.chain == expected
         || ix.chain == chain::link(&chain::ZERO, r.seq, &ix.encoded)
-        || substitute(r)
+        || chain::is_substitute(r)
     {
         return None;
     }
@@ -150,7 +144,7 @@ impl StoredRow {
         let substitute = decoded.as_ref().is_some_and(|r| {
             let mut r = r.clone();
             r.seq = self.seq as u64;
-            substitute(&r)
+            chain::is_substitute(&r)
         });
         Row {
             seq: self.seq as u64,
@@ -167,6 +161,27 @@ impl StoredRow {
 }
 
 impl Store {
+    /// Every gap record of `host` as stored (they explain missing sequences
+    /// and restarts wherever they are).
+    pub(crate) async fn gap_rows(
+        store: &tokio::sync::Mutex<Store>,
+        host: &str,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |r: &StoredRow| r.seq);
+            let page = store
+                .lock()
+                .await
+                .chain_rows(host, after, 0, i64::MAX, PAGE, "gap")
+                .await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
     /// Recomputes `host`'s chain over its records in [since, until) (0: no
     /// bound); the host's gap records explain what is missing.
     pub async fn verify_chain(
@@ -176,18 +191,12 @@ impl Store {
         until: i64,
     ) -> Result<ChainReport, StoreError> {
         let until = if until <= 0 { i64::MAX } else { until };
-        let gaps = {
-            let mut s = store.lock().await;
-            s.all(&super::filter::Filter {
-                host: Some(host.to_owned()),
-                kind: Some("gap".into()),
-                ..Default::default()
-            })
-            .await?
-        };
         let mut explainers: Option<Vec<Explainer>> = Some(
-            gaps.iter()
-                .filter_map(|g| g.record.as_ref().and_then(Explainer::of))
+            Store::gap_rows(store, host)
+                .await?
+                .iter()
+                .filter_map(|g| chain::decode_stored(g.seq as u64, &g.record))
+                .filter_map(|r| Explainer::of(&r))
                 .collect(),
         );
         let mut verifier: Option<Verifier> = None;
@@ -196,7 +205,7 @@ impl Store {
             let page = store
                 .lock()
                 .await
-                .chain_rows(host, after, since, until, PAGE)
+                .chain_rows(host, after, since, until, PAGE, "")
                 .await?;
             let Some(end) = page.last().map(|r| r.seq) else {
                 break;
@@ -255,7 +264,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use residency_proto::collector::v1::Gap;
+    use residency_proto::collector::v1::{Gap, record::Body};
 
     fn rec(seq: u64, prev: &Hash) -> (Record, Indexed) {
         let mut r = Record {

@@ -365,7 +365,8 @@ impl Store {
     }
 
     /// Up to `limit` rows of `host` after sequence `after`, in [since,
-    /// until) by time, in sequence order (for chain checks).
+    /// until) by time, of `kind` ("": all), in sequence order, as stored
+    /// (for chain checks and bundles).
     pub(crate) async fn chain_rows(
         &mut self,
         host: &str,
@@ -373,10 +374,11 @@ impl Store {
         since: i64,
         until: i64,
         limit: i64,
+        kind: &str,
     ) -> Result<Vec<chain::StoredRow>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.chain_rows(host, after, since, until, limit),
-            Store::Postgres(p) => p.chain_rows(host, after, since, until, limit).await,
+            Store::Sqlite(s) => s.chain_rows(host, after, since, until, limit, kind),
+            Store::Postgres(p) => p.chain_rows(host, after, since, until, limit, kind).await,
         }
     }
 

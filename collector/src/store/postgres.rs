@@ -398,13 +398,14 @@ impl Postgres {
         since: i64,
         until: i64,
         limit: i64,
+        kind: &str,
     ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
         let rows = self
             .live()
             .await?
             .query(
                 super::chain::CHAIN_ROWS,
-                &[&host, &after, &since, &until, &limit],
+                &[&host, &after, &since, &until, &limit, &kind],
             )
             .await?;
         Ok(rows

@@ -288,11 +288,12 @@ impl Sqlite {
         since: i64,
         until: i64,
         limit: i64,
+        kind: &str,
     ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(&super::chain::CHAIN_ROWS.replace('$', "?"))?;
-        let rows = stmt.query_map(params![host, after, since, until, limit], |r| {
+        let rows = stmt.query_map(params![host, after, since, until, limit, kind], |r| {
             Ok(super::chain::StoredRow {
                 seq: r.get(0)?,
                 time_ns: r.get(1)?,
