@@ -22,6 +22,7 @@ const CREATED: u32 = 5;
 const BEFORE: u32 = 6;
 const RECORDS: u32 = 7;
 const GAPS: u32 = 8;
+const CA: u32 = 10;
 
 /// Rows read per step.
 const PAGE: i64 = 10_000;
@@ -57,6 +58,7 @@ pub async fn write(
     since: i64,
     until: i64,
     now_ns: i64,
+    ca: Option<&[u8]>,
     out: &mut impl Write,
 ) -> Result<Written, BundleError> {
     let mut buf = Vec::with_capacity(1 << 16);
@@ -65,6 +67,9 @@ pub async fn write(
     int64::encode(SINCE, &since, &mut buf);
     int64::encode(UNTIL, &until, &mut buf);
     int64::encode(CREATED, &now_ns, &mut buf);
+    if let Some(ca) = ca {
+        prost::encoding::bytes::encode(CA, &ca.to_vec(), &mut buf);
+    }
     let bound = if until <= 0 { i64::MAX } else { until };
     let mut written = Written::default();
     let mut after = 0;
@@ -139,7 +144,9 @@ mod tests {
         s.insert("h", &rows).await.unwrap();
         let store = Mutex::new(s);
         let mut out = Vec::new();
-        let w = write(&store, "h", 20, 50, 7, &mut out).await.unwrap();
+        let w = write(&store, "h", 20, 50, 7, Some(b"ca"), &mut out)
+            .await
+            .unwrap();
         assert_eq!(
             w,
             Written {
@@ -159,6 +166,7 @@ mod tests {
             (BUNDLE_FORMAT, "h", 20, 50, 7)
         );
         assert_eq!(b.before.as_ref().map(|r| r.seq), Some(1));
+        assert_eq!(b.ca_certificate, b"ca");
         assert_eq!(
             b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]

@@ -127,9 +127,14 @@ enum Cmd {
         /// Only this host.
         #[arg(long)]
         host: Option<String>,
-        /// Only this kind (violation, audit, gap); default: all.
+        /// Only this kind (violation, audit, gap, attestation); default: all.
         #[arg(long)]
         kind: Option<String>,
+        /// Bundles: the CA that signs the agents' certificates (PEM, the
+        /// collector's --client-ca), included so that `residency-verify`
+        /// checks attestations against it.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -140,6 +145,7 @@ async fn export_bundle(
     kind: Option<&str>,
     since: Option<i64>,
     until: Option<i64>,
+    ca: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let Some(host) = host else {
@@ -166,6 +172,7 @@ async fn export_bundle(
         since.unwrap_or(0),
         until.unwrap_or(0),
         now,
+        ca.as_deref(),
         &mut out,
     )
     .await
@@ -181,6 +188,22 @@ async fn export_bundle(
         "bundle written; check it with residency-verify FILE"
     );
     Ok(())
+}
+
+/// The first certificate of a PEM file, as DER.
+fn pem_certificate(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_file(p)
+        .map(|c| c.to_vec())
+        .map_err(|e| anyhow::anyhow!("{}: no certificate ({e})", p.display()))
+}
+
+/// `--client-ca` as DER (attestations are checked against it).
+fn client_ca_der(args: &Args) -> anyhow::Result<Option<Vec<u8>>> {
+    args.client_ca
+        .as_deref()
+        .map(|p| pem_certificate(p).context("--client-ca"))
+        .transpose()
 }
 
 async fn open_store(spec: &str, create: bool) -> anyhow::Result<Store> {
@@ -251,11 +274,14 @@ async fn main() -> anyhow::Result<()> {
         until,
         host,
         kind,
+        ca,
     }) = &args.command
     {
         let mut store = open_store(&args.database, false).await?;
         if *format == collector::export::Format::Bundle {
-            return export_bundle(store, host.as_deref(), kind.as_deref(), *since, *until).await;
+            let ca = ca.as_deref().map(pem_certificate).transpose()?;
+            return export_bundle(store, host.as_deref(), kind.as_deref(), *since, *until, ca)
+                .await;
         }
         let filter = Filter {
             kind: kind.clone(),
@@ -351,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
         let roles = roles.clone();
         move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
     };
-    let service = CollectorService::new(store, roles);
+    let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
     let unix = bind_socket(&args.socket)?;
     info!(socket = %args.socket.display(), "collector socket for local operators and auditors");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -105,9 +105,18 @@ pub struct CollectorService {
     stored: broadcast::Sender<Stored>,
     writer: mpsc::Sender<Write>,
     exceptions: Arc<AtomicU64>,
+    /// The CA (DER) agents' certificates chain to: attestations signed with
+    /// their TLS keys are checked against it.
+    client_ca: Option<Arc<Vec<u8>>>,
 }
 
 impl CollectorService {
+    /// Checks attestations against `ca` (the DER of `--client-ca`).
+    pub fn with_client_ca(mut self, ca: Option<Vec<u8>>) -> Self {
+        self.client_ca = ca.map(Arc::new);
+        self
+    }
+
     pub fn new(store: Store, roles: Roles) -> CollectorService {
         let store = Arc::new(Mutex::new(store));
         let stored = broadcast::channel(WATCH_BUFFER).0;
@@ -118,6 +127,7 @@ impl CollectorService {
             fleet: Arc::new(Fleet::default()),
             stored,
             exceptions: Arc::new(AtomicU64::new(0)),
+            client_ca: None,
         }
     }
 }
@@ -374,9 +384,15 @@ impl Collector for CollectorService {
                 q.until_unix_ns, q.since_unix_ns
             )));
         }
-        let report = Store::verify_chain(&self.store, &q.host_id, q.since_unix_ns, q.until_unix_ns)
-            .await
-            .map_err(internal)?;
+        let report = Store::verify_chain(
+            &self.store,
+            &q.host_id,
+            q.since_unix_ns,
+            q.until_unix_ns,
+            self.client_ca.as_deref().cloned(),
+        )
+        .await
+        .map_err(internal)?;
         info!(
             host = %q.host_id,
             records = report.records,

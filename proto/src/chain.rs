@@ -92,6 +92,8 @@ pub struct Row {
     pub substitute: bool,
     /// False when the row's searchable columns disagree with its record.
     pub columns_match: bool,
+    /// The record, decoded (with its sequence), when it decodes.
+    pub record: Option<Record>,
 }
 
 /// What accounts for missing records and restarts: the host's gap records.
@@ -140,6 +142,7 @@ pub struct Verifier {
     /// The previous record: its sequence and chain hash.
     prev: Option<(u64, Option<Hash>)>,
     run: Option<Run>,
+    attestations: crate::attest::Tracker,
 }
 
 impl Verifier {
@@ -158,7 +161,15 @@ impl Verifier {
             },
             prev: before,
             run: None,
+            attestations: crate::attest::Tracker::default(),
         }
+    }
+
+    /// Attestations are checked against `ca` (DER): the CA that signs the
+    /// agents' certificates.
+    pub fn with_ca(mut self, ca: Option<Vec<u8>>) -> Self {
+        self.attestations = crate::attest::Tracker::new(ca);
+        self
     }
 
     fn find(&mut self, kind: Kind, first: u64, last: u64, detail: String) -> &mut ChainFinding {
@@ -196,6 +207,34 @@ impl Verifier {
             && row.seq > p + 1
         {
             self.missing(p + 1, row.seq - 1);
+            self.attestations.missing();
+        }
+        match row.record.as_ref().map(|r| (r, &r.body)) {
+            Some((_, Some(Body::Attestation(a)))) => {
+                let (check, hole) = self.attestations.attestation(row.seq, a, prev);
+                if let Some((after, end)) = hole {
+                    self.find(
+                        Kind::AttestationHole,
+                        after,
+                        row.seq,
+                        format!(
+                            "no attestation covers {:.0} s between the window of record {after} and this one's: the agent did not run, or attestations are missing",
+                            (a.window_start_unix_ns - end) as f64 / 1e9
+                        ),
+                    );
+                }
+                if !(check.signature_valid && check.signer_trusted && check.records_agree) {
+                    self.find(
+                        Kind::AttestationInvalid,
+                        row.seq,
+                        row.seq,
+                        format!("attestation by {}: {}", check.signer, check.problem),
+                    );
+                }
+                self.report.attestations.push(check);
+            }
+            Some((r, _)) => self.attestations.record(r),
+            None => {}
         }
         if let Some(found) = row.chain {
             let adjacent = prev.is_some_and(|(p, _)| p + 1 == row.seq);
@@ -412,7 +451,8 @@ pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
         .filter_map(|r| Explainer::of(&r))
         .collect();
     let before = b.before.as_ref().map(|r| (r.seq, hash_of(&r.chain)));
-    let mut v = Verifier::new(&b.host_id, explainers, before);
+    let ca = (!b.ca_certificate.is_empty()).then(|| b.ca_certificate.clone());
+    let mut v = Verifier::new(&b.host_id, explainers, before).with_ca(ca);
     let mut last = 0;
     for r in &b.records {
         if r.seq <= last {
@@ -422,12 +462,14 @@ pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
             ));
         }
         last = r.seq;
+        let record = decode_stored(r.seq, &r.content);
         v.push(&Row {
             seq: r.seq,
             chain: hash_of(&r.chain),
-            substitute: decode_stored(r.seq, &r.content).is_some_and(|d| is_substitute(&d)),
+            substitute: record.as_ref().is_some_and(is_substitute),
             content: r.content.clone(),
             columns_match: true,
+            record,
         });
     }
     Ok(v.finish())
@@ -517,6 +559,7 @@ mod tests {
                     chain: Some(h),
                     substitute: false,
                     columns_match: true,
+                    record: None,
                 }
             })
             .collect()
@@ -642,6 +685,7 @@ mod tests {
                 chain: Some(prev),
                 substitute: false,
                 columns_match: true,
+                record: None,
             });
         }
         let r = check(&restarted, vec![]);

@@ -23,6 +23,7 @@ pub mod collector {
 /// Encoded file descriptors of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("residency_descriptor");
 
+pub mod attest;
 pub mod chain;
 pub mod identity;
 pub mod legacy;

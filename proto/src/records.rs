@@ -127,12 +127,14 @@ label!(GapSource, "GAP_SOURCE_");
 label!(crate::agent::v1::Mode, "MODE_");
 
 impl Record {
-    /// "violation", "audit" or "gap" ("unknown" for a record without a body).
+    /// "violation", "audit", "gap" or "attestation" ("unknown" for a record
+    /// without a body).
     pub fn kind_name(&self) -> &'static str {
         match &self.body {
             Some(record::Body::Violation(_)) => "violation",
             Some(record::Body::Audit(_)) => "audit",
             Some(record::Body::Gap(_)) => "gap",
+            Some(record::Body::Attestation(_)) => "attestation",
             None => "unknown",
         }
     }

@@ -151,6 +151,15 @@ pub struct CollectorConfig {
     /// Without TLS: a file holding this agent's token, which the collector
     /// lists for this host (`collectord --agent-tokens`).
     pub token_file: Option<PathBuf>,
+    /// How often the agent signs an attestation of what it recorded ("5m";
+    /// "0": never). Signed with the TLS key, or without TLS with an Ed25519
+    /// key of its own (`attestation.key` in the state directory).
+    #[serde(default = "default_attestation_interval")]
+    pub attestation_interval: String,
+}
+
+fn default_attestation_interval() -> String {
+    "5m".into()
 }
 
 /// `[collector.tls]`: this agent's certificate (its common name must be the
@@ -177,6 +186,7 @@ impl Default for CollectorConfig {
             spool_dir: default_spool(),
             tls: None,
             token_file: None,
+            attestation_interval: default_attestation_interval(),
         }
     }
 }

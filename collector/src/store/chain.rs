@@ -141,11 +141,11 @@ impl StoredRow {
                 && ix.action == self.action
                 && r.time_unix_ns == self.time_ns
         });
-        let substitute = decoded.as_ref().is_some_and(|r| {
-            let mut r = r.clone();
+        let record = decoded.map(|mut r| {
             r.seq = self.seq as u64;
-            chain::is_substitute(&r)
+            r
         });
+        let substitute = record.as_ref().is_some_and(chain::is_substitute);
         Row {
             seq: self.seq as u64,
             chain: self
@@ -156,6 +156,7 @@ impl StoredRow {
             content: self.record,
             substitute,
             columns_match,
+            record,
         }
     }
 }
@@ -189,8 +190,10 @@ impl Store {
         host: &str,
         since: i64,
         until: i64,
+        ca: Option<Vec<u8>>,
     ) -> Result<ChainReport, StoreError> {
         let until = if until <= 0 { i64::MAX } else { until };
+        let mut ca = ca;
         let mut explainers: Option<Vec<Explainer>> = Some(
             Store::gap_rows(store, host)
                 .await?
@@ -221,11 +224,10 @@ impl Store {
                             .and_then(|c| c.as_slice().try_into().ok()),
                     )
                 });
-                verifier = Some(Verifier::new(
-                    host,
-                    explainers.take().unwrap_or_default(),
-                    before,
-                ));
+                verifier = Some(
+                    Verifier::new(host, explainers.take().unwrap_or_default(), before)
+                        .with_ca(ca.take()),
+                );
             }
             let v = verifier.as_mut().expect("set above");
             for r in page {

@@ -11,6 +11,7 @@
 //! - [`enrich`]: kernel records → API records (names, country, site, exe).
 //! - [`audit`]: who changed what, when and why.
 
+pub mod attesting;
 pub mod audit;
 pub mod command;
 pub mod compiler;
@@ -94,6 +95,8 @@ pub struct AgentConfig {
     pub bpf_dir: PathBuf,
     /// Operator state that outlives the process (modes set over the API).
     pub state_dir: PathBuf,
+    /// Signed window attestations (with delivery only).
+    pub attestation: Option<attesting::Attesting>,
 }
 
 /// The agent's state, owned by its task.
@@ -148,6 +151,8 @@ pub struct Agent {
     /// The socket programs are attached (start-up is over): from then on a
     /// policy install also cuts open connections it now denies.
     attached: bool,
+    /// The window being counted for the next attestation.
+    window: Option<attesting::Window>,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -238,6 +243,7 @@ impl Agent {
             inputs_serial: 0,
             expiry_compiling: false,
             unspooled: (0, 0, String::new()),
+            window: None,
             spool_open_error: String::new(),
         };
         // A spool that cannot be opened (a full disk, broken files) costs
@@ -795,6 +801,7 @@ impl Agent {
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),
                 _ = expiry_tick.tick() => {
+                    self.attest_if_due(false);
                     self.heartbeat();
                     self.violation_log.flush(std::time::Instant::now());
                     self.expire_exceptions();
@@ -818,6 +825,8 @@ impl Agent {
             ),
             "signal",
         );
+        // The last window, up to the stop, is attested too.
+        self.attest_if_due(true);
         self.spool_sync();
         // The last batch is durable before the process ends.
         if let Some(s) = &mut self.spool

@@ -29,6 +29,9 @@ impl Agent {
             if self.ledger.record_event(ev, self.sensor.selectors()) {
                 continue;
             }
+            if let Some(w) = &mut self.window {
+                w.count(ev);
+            }
             let kept =
                 enrich::Kept::new(ev, &self.compiled, &self.names, &mut self.exes, wall_offset);
             if kept.is_violation() {

@@ -147,6 +147,10 @@ impl Agent {
             warn!(dir = %dir.display(), "spool recovery: {w}");
         }
         self.spool = Some(spool);
+        if self.window.is_none() {
+            // Attestation windows count from the moment records can be spooled.
+            self.window = self.new_window(now_unix_ns());
+        }
         self.spool_open_error.clear();
         self.metrics.spool_unwritable.set(0);
         self.collector_state = "connecting".into();

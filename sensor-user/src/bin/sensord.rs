@@ -161,6 +161,51 @@ fn lock(path: &std::path::Path) -> anyhow::Result<File> {
     Ok(f)
 }
 
+/// Window attestations (`[collector]`): off without delivery or with an
+/// interval of 0; signed with the TLS key, or a key of the agent's own.
+fn attesting(
+    c: &sensor_user::config::CollectorConfig,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<sensor_user::agent::attesting::Attesting>> {
+    use residency_proto::attest::Signer;
+    if c.endpoints.is_empty() {
+        return Ok(None);
+    }
+    let interval = sensor_user::policy::validate::parse_duration(&c.attestation_interval)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "collector.attestation_interval {:?}: write 90s, 5m or 1h (0 turns attestations off)",
+                c.attestation_interval
+            )
+        })?;
+    if interval.is_zero() {
+        return Ok(None);
+    }
+    let signer = match &c.tls {
+        Some(t) => Signer::from_tls(&t.cert, &t.key)
+            .map_err(|e| anyhow::anyhow!("[collector.tls] key for attestations: {e}"))?,
+        None => {
+            // A key of its own, kept with the operator state. Enforcement
+            // does not depend on it: without one, windows go unattested.
+            let key = state_dir.join("attestation.key");
+            match std::fs::create_dir_all(state_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| Signer::host_key(&key))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(key = %key.display(), error = %e, "no attestation key: windows are not attested; make the state directory writable");
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    Ok(Some(sensor_user::agent::attesting::Attesting {
+        interval,
+        signer: std::sync::Arc::new(signer),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -223,6 +268,10 @@ async fn main() -> anyhow::Result<()> {
         spool_dir: (!file.collector.endpoints.is_empty()).then(|| file.collector.spool_dir.clone()),
         bpf_dir,
         state_dir: args.state_dir.clone().unwrap_or(file.state_dir.clone()),
+        attestation: attesting(
+            &file.collector,
+            &args.state_dir.clone().unwrap_or(file.state_dir.clone()),
+        )?,
     };
     let (agent, events, store) = Agent::start(cfg)?;
     if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {

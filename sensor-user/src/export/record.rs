@@ -14,6 +14,7 @@ pub enum Spooled<'a> {
     Violation(&'a apb::Flow),
     Audit(&'a cpb::Audit),
     Gap(&'a cpb::Gap),
+    Attestation(&'a cpb::Attestation),
 }
 
 impl Spooled<'_> {
@@ -23,6 +24,7 @@ impl Spooled<'_> {
             Spooled::Violation(_) => "violation",
             Spooled::Audit(_) => "audit",
             Spooled::Gap(_) => "gap",
+            Spooled::Attestation(_) => "attestation",
         }
     }
 }
@@ -33,6 +35,7 @@ const TIME: u32 = residency_proto::chain::TIME_FIELD;
 const VIOLATION: u32 = 5;
 const AUDIT: u32 = 6;
 const GAP: u32 = 7;
+const ATTESTATION: u32 = 9;
 
 /// The payload of a spooled record: the encoded `Record` (time and body; no
 /// sequence), written straight from the borrowed body, byte for byte what
@@ -47,6 +50,7 @@ pub fn encode_spooled(time_unix_ns: i64, body: Spooled<'_>) -> Vec<u8> {
         Spooled::Violation(f) => message::encode(VIOLATION, f, &mut out),
         Spooled::Audit(a) => message::encode(AUDIT, a, &mut out),
         Spooled::Gap(g) => message::encode(GAP, g, &mut out),
+        Spooled::Attestation(a) => message::encode(ATTESTATION, a, &mut out),
     }
     out
 }

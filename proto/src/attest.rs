@@ -1,0 +1,425 @@
+//! Signed window attestations (`Attestation` in collector.proto): the bytes
+//! an agent signs, the signer (its mutual-TLS key and certificate, or an
+//! Ed25519 key of its own), and the check a verifier makes.
+
+use std::path::Path;
+
+use prost::Message;
+use rustls::{
+    SignatureScheme,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    sign::SigningKey,
+};
+
+use crate::collector::v1::Attestation;
+
+/// What is signed: the attestation encoded with its signature empty.
+pub fn signed_bytes(a: &Attestation) -> Vec<u8> {
+    let mut unsigned = a.clone();
+    unsigned.signature.clear();
+    unsigned.encode_to_vec()
+}
+
+/// The schemes offered to a key, most preferred first.
+const SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA256,
+];
+
+/// Signs attestations.
+pub struct Signer {
+    key: std::sync::Arc<dyn SigningKey>,
+    scheme: SignatureScheme,
+    certificate: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("scheme", &self.scheme)
+            .field("certificate", &!self.certificate.is_empty())
+            .finish()
+    }
+}
+
+fn signing_key(
+    key: &PrivateKeyDer<'_>,
+    what: &str,
+) -> Result<(std::sync::Arc<dyn SigningKey>, SignatureScheme), String> {
+    let key = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|e| format!("{what}: not a key this agent can sign with ({e})"))?;
+    let scheme = key
+        .choose_scheme(SCHEMES)
+        .ok_or_else(|| format!("{what}: no signature scheme for this key type"))?
+        .scheme();
+    Ok((key, scheme))
+}
+
+impl Signer {
+    /// The agent's mutual-TLS identity: its certificate and key (PEM).
+    pub fn from_tls(cert: &Path, key: &Path) -> Result<Signer, String> {
+        let der = CertificateDer::from_pem_file(cert)
+            .map_err(|e| format!("{}: no certificate ({e})", cert.display()))?;
+        let k = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("{}: no private key ({e})", key.display()))?;
+        let (key, scheme) = signing_key(&k, &key.display().to_string())?;
+        Ok(Signer {
+            key,
+            scheme,
+            certificate: der.to_vec(),
+            public_key: Vec::new(),
+        })
+    }
+
+    /// An Ed25519 key of the agent's own at `path` (PKCS#8 DER), created
+    /// (mode 0600) when missing.
+    pub fn host_key(path: &Path) -> Result<Signer, String> {
+        use ring::signature::KeyPair;
+        let what = path.display().to_string();
+        let pkcs8 = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let rng = ring::rand::SystemRandom::new();
+                let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| format!("{what}: generating a key failed"))?;
+                write_private(path, doc.as_ref())
+                    .map_err(|e| format!("{what}: writing the new key failed ({e})"))?;
+                doc.as_ref().to_vec()
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        };
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| {
+            format!("{what}: not an Ed25519 PKCS#8 key ({e}); remove it to make a new one")
+        })?;
+        let der = PrivateKeyDer::Pkcs8(pkcs8.into());
+        let (key, scheme) = signing_key(&der, &what)?;
+        Ok(Signer {
+            key,
+            scheme,
+            certificate: Vec::new(),
+            public_key: pair.public_key().as_ref().to_vec(),
+        })
+    }
+
+    /// Signs `a` in place (scheme, certificate or public key, signature).
+    pub fn sign(&self, a: &mut Attestation) -> Result<(), String> {
+        a.signature_scheme = format!("{:?}", self.scheme);
+        a.certificate.clone_from(&self.certificate);
+        a.public_key.clone_from(&self.public_key);
+        a.signature.clear();
+        let signer = self
+            .key
+            .choose_scheme(&[self.scheme])
+            .ok_or("the key no longer offers its scheme")?;
+        a.signature = signer
+            .sign(&signed_bytes(a))
+            .map_err(|e| format!("signing the attestation failed: {e}"))?;
+        Ok(())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// What checking an attestation's signature found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SignatureCheck {
+    /// The signature holds over the statement.
+    pub valid: bool,
+    /// The certificate's names, or "host key SHA256:…".
+    pub signer: String,
+    /// The signer is trusted (see `AttestationCheck.signer_trusted`).
+    pub trusted: bool,
+    /// Why not, when not.
+    pub problem: String,
+}
+
+fn algorithm(
+    scheme: &str,
+) -> Option<&'static dyn rustls::pki_types::SignatureVerificationAlgorithm> {
+    use webpki::ring as alg;
+    Some(match scheme {
+        "ED25519" => alg::ED25519,
+        "ECDSA_NISTP256_SHA256" => alg::ECDSA_P256_SHA256,
+        "ECDSA_NISTP384_SHA384" => alg::ECDSA_P384_SHA384,
+        "RSA_PSS_SHA256" => alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        "RSA_PKCS1_SHA256" => alg::RSA_PKCS1_2048_8192_SHA256,
+        _ => return None,
+    })
+}
+
+/// Checks `a`'s signature. With a certificate: against its key, and the
+/// certificate against `ca` (DER; untrusted without one) at the window's
+/// end, and its names against the host. With a bare Ed25519 key: against
+/// it, trusted when it is `host_key` (the host's first key).
+pub fn check(a: &Attestation, ca: Option<&[u8]>, host_key: Option<&[u8]>) -> SignatureCheck {
+    let msg = signed_bytes(a);
+    let mut out = SignatureCheck::default();
+    if a.signature.is_empty() {
+        out.problem = "not signed".into();
+        return out;
+    }
+    if !a.certificate.is_empty() {
+        let der = CertificateDer::from(a.certificate.as_slice());
+        out.signer = crate::identity::certificate_names(&a.certificate).join(",");
+        let Ok(ee) = webpki::EndEntityCert::try_from(&der) else {
+            out.problem = "its certificate does not parse".into();
+            return out;
+        };
+        let Some(alg) = algorithm(&a.signature_scheme) else {
+            out.problem = format!("unknown signature scheme {:?}", a.signature_scheme);
+            return out;
+        };
+        out.valid = ee.verify_signature(alg, &msg, &a.signature).is_ok();
+        if !out.valid {
+            out.problem = "the signature does not hold over the statement".into();
+            return out;
+        }
+        let Some(ca) = ca else {
+            out.problem = "no CA to check its certificate against".into();
+            return out;
+        };
+        let ca = CertificateDer::from(ca);
+        let anchor = match webpki::anchor_from_trusted_cert(&ca) {
+            Ok(a) => a,
+            Err(e) => {
+                out.problem = format!("the CA certificate does not parse ({e:?})");
+                return out;
+            }
+        };
+        let when = UnixTime::since_unix_epoch(std::time::Duration::from_nanos(
+            a.window_end_unix_ns.max(0) as u64,
+        ));
+        let algs = rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all;
+        if let Err(e) = ee.verify_for_usage(
+            algs,
+            &[anchor],
+            &[],
+            when,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        ) {
+            out.problem = format!("its certificate is not one the CA signed for a client ({e:?})");
+            return out;
+        }
+        if !crate::identity::certificate_names(&a.certificate).contains(&a.host_id) {
+            out.problem = format!(
+                "its certificate names {}, not host {}",
+                out.signer, a.host_id
+            );
+            return out;
+        }
+        out.trusted = true;
+        return out;
+    }
+    if a.public_key.is_empty() || a.signature_scheme != "ED25519" {
+        out.problem = "neither a certificate nor an Ed25519 key".into();
+        return out;
+    }
+    out.signer = format!(
+        "host key SHA256:{}",
+        crate::chain::hex(
+            &ring::digest::digest(&ring::digest::SHA256, &a.public_key).as_ref()[..8]
+        )
+    );
+    out.valid = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &a.public_key)
+        .verify(&msg, &a.signature)
+        .is_ok();
+    if !out.valid {
+        out.problem = "the signature does not hold over the statement".into();
+    } else if host_key.is_some_and(|k| k != a.public_key.as_slice()) {
+        out.problem = "signed with a key other than the host's first one".into();
+    } else {
+        out.trusted = true;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement() -> Attestation {
+        Attestation {
+            host_id: "eu-1".into(),
+            window_start_unix_ns: 1,
+            window_end_unix_ns: 2,
+            first_seq: 1,
+            last_seq: 9,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_host_key_signs_and_an_edit_or_another_key_shows() {
+        let dir = std::env::temp_dir().join(format!("rs-attest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Signer::host_key(&dir.join("attestation.key")).unwrap();
+        let again = Signer::host_key(&dir.join("attestation.key")).unwrap();
+        assert_eq!(s.public_key, again.public_key, "the key is kept");
+        let mut a = statement();
+        s.sign(&mut a).unwrap();
+        let c = check(&a, None, Some(&s.public_key));
+        assert!(c.valid && c.trusted, "{c:?}");
+        let mut edited = a.clone();
+        edited.last_seq = 8;
+        assert!(!check(&edited, None, None).valid);
+        let other = Signer::host_key(&dir.join("other.key")).unwrap();
+        let mut b = statement();
+        other.sign(&mut b).unwrap();
+        let c = check(&b, None, Some(&s.public_key));
+        assert!(c.valid && !c.trusted, "{c:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Follows a host's records in sequence order for the attestations among
+/// them: tallies violations between attestations, and checks each
+/// attestation's signature, its statement against the records, and that
+/// its window starts where the previous one ended.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    ca: Option<Vec<u8>>,
+    host_key: Option<Vec<u8>>,
+    /// Violations and denials per class since the last attestation.
+    tally: std::collections::BTreeMap<String, (u64, u64)>,
+    /// A sequence since the last attestation is missing.
+    missing: bool,
+    /// The first sequence seen since the last attestation (or the walk's
+    /// start).
+    from: Option<u64>,
+    /// The last attestation: its sequence and window end.
+    last: Option<(u64, i64)>,
+}
+
+/// An attestation checked, and the hole before its window, if any:
+/// (previous attestation's sequence, its window end).
+pub type Checked = (crate::collector::v1::AttestationCheck, Option<(u64, i64)>);
+
+impl Tracker {
+    /// `ca`: the CA certificate (DER) agents' certificates must chain to.
+    pub fn new(ca: Option<Vec<u8>>) -> Tracker {
+        Tracker {
+            ca,
+            ..Default::default()
+        }
+    }
+
+    /// A record that is not an attestation.
+    pub fn record(&mut self, r: &crate::collector::v1::Record) {
+        use crate::{agent::v1::Action, collector::v1::record::Body};
+        self.from.get_or_insert(r.seq);
+        if let Some(Body::Violation(f)) = &r.body {
+            let n = u64::from(f.count.max(1));
+            for c in &f.classes {
+                let t = self.tally.entry(c.clone()).or_default();
+                t.0 += n;
+                if f.action() == Action::Denied {
+                    t.1 += n;
+                }
+            }
+        }
+    }
+
+    /// Sequences are missing since the last attestation.
+    pub fn missing(&mut self) {
+        self.missing = true;
+    }
+
+    /// Attestation `a` at sequence `seq`; `prev` is the record before it
+    /// (sequence and chain hash).
+    pub fn attestation(
+        &mut self,
+        seq: u64,
+        a: &Attestation,
+        prev: Option<(u64, Option<crate::chain::Hash>)>,
+    ) -> Checked {
+        let sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
+        if sig.valid && self.host_key.is_none() && !a.public_key.is_empty() {
+            self.host_key = Some(a.public_key.clone());
+        }
+        let mut problems: Vec<String> = Vec::new();
+        if !sig.problem.is_empty() {
+            problems.push(sig.problem.clone());
+        }
+        if a.last_seq != 0 {
+            if a.last_seq + 1 != seq {
+                problems.push(format!(
+                    "it states records up to {} but follows record {}",
+                    a.last_seq,
+                    seq - 1
+                ));
+            } else if let Some((p, h)) = prev
+                && p == a.last_seq
+                && h.map(|h| h.to_vec()) != Some(a.chain_head.clone())
+            {
+                problems.push(format!(
+                    "its chain head is not record {}'s hash",
+                    a.last_seq
+                ));
+            }
+        }
+        // The counts are checked when every record of the window was seen.
+        let whole = a.first_seq == 0 || self.from.is_some_and(|f| f <= a.first_seq);
+        if whole {
+            let stated: std::collections::BTreeMap<&str, (u64, u64)> = a
+                .classes
+                .iter()
+                .map(|c| (c.class.as_str(), (c.violations, c.denials)))
+                .collect();
+            for (class, &(v, d)) in &self.tally {
+                let (sv, sd) = stated.get(class.as_str()).copied().unwrap_or_default();
+                let agree = if self.missing {
+                    v <= sv && d <= sd
+                } else {
+                    v == sv && d == sd
+                };
+                if !agree {
+                    problems.push(format!(
+                        "class {class}: {v} violations ({d} denied) stored, {sv} ({sd}) stated"
+                    ));
+                }
+            }
+            if !self.missing {
+                for (class, (sv, _)) in &stated {
+                    if *sv > 0 && !self.tally.contains_key(*class) {
+                        problems.push(format!(
+                            "class {class}: {sv} violations stated, none stored"
+                        ));
+                    }
+                }
+            }
+        }
+        let hole = self.last.filter(|&(_, end)| a.window_start_unix_ns > end);
+        self.last = Some((seq, a.window_end_unix_ns));
+        self.tally.clear();
+        self.missing = false;
+        self.from = Some(seq + 1);
+        let check = crate::collector::v1::AttestationCheck {
+            seq,
+            attestation: Some(a.clone()),
+            signature_valid: sig.valid,
+            signer: sig.signer,
+            signer_trusted: sig.trusted,
+            records_agree: problems.iter().all(|p| *p == sig.problem),
+            problem: problems.join("; "),
+        };
+        (check, hole)
+    }
+}

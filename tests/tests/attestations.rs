@@ -1,0 +1,258 @@
+//! Signed window attestations end to end: a real sensord with a short
+//! window signs each window with its mutual-TLS key; the collector stores
+//! the attestations in the chain and `collectorctl verify` checks each
+//! signature against the CA, each statement against the stored records, and
+//! that the windows leave no hole; a stopped agent shows as a hole, an
+//! edited attestation as an invalid one; a bundle carries them to
+//! `residency-verify`. And without TLS, with the agent's own key.
+
+use std::time::{Duration, Instant};
+
+use harness::harness::{
+    agent::{RunningAgent, workspace_bin},
+    cgroup::TestCgroup,
+    collector::{CollectorTls, RunningCollector},
+    database::{Database, Value},
+    netns::TestNet,
+    pki::TestCa,
+    probe,
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    temp::TempPath,
+};
+use prost::Message;
+use residency_proto::collector::v1::{self as pb, chain_finding::Kind};
+
+/// `dir/sensord.toml` with a 2 s attestation window.
+fn short_windows(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let text = text.replacen(
+        "[collector]\n",
+        "[collector]\nattestation_interval = \"2s\"\n",
+        1,
+    );
+    std::fs::write(config, text).expect("config");
+}
+
+/// Stored attestation records of `host`, by sequence.
+fn attestations(c: &RunningCollector, host: &str) -> Vec<(u64, pb::Attestation)> {
+    c.export(Some("attestation"))
+        .into_iter()
+        .filter(|r| r.host_id == host)
+        .filter_map(|r| {
+            let seq = r.seq();
+            match r.record?.body? {
+                pb::record::Body::Attestation(a) => Some((seq, a)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn each_window_is_signed_checked_against_the_records_and_holes_show() {
+    let host = "attest-tls";
+    let tmp = TempPath::dir("attest-tls");
+    let ca = TestCa::create(tmp.path());
+    let agent_cert = ca.issue(host, &[]);
+    let db = tmp.path().join("collector.db");
+    let collector = RunningCollector::start_with(
+        tmp.path(),
+        db.to_str().expect("utf-8"),
+        Some(CollectorTls {
+            ca: ca.cert.clone(),
+            server: ca.issue("collector", &["localhost"]),
+            auditors: vec![],
+            operators: vec![],
+        }),
+    );
+    let config = collector.agent_config(tmp.path(), host, Some(&agent_cert));
+    short_windows(&config);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
+    let mut agent = RunningAgent::start_with(
+        &policy,
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    probe::run_all_ok(
+        &probe::netprobe(),
+        &cgroup,
+        "udp-sendto",
+        &server.addr.to_string(),
+        40,
+    );
+    // Until an attestation covers every violation.
+    wait_until("an attestation after the violations", || {
+        let last_violation = collector
+            .export(Some("violation"))
+            .iter()
+            .filter(|r| r.host_id == host)
+            .map(pb::StoredRecord::seq)
+            .max()
+            .unwrap_or(u64::MAX);
+        let a = attestations(&collector, host);
+        collector.count(host, "violation") == 40
+            && a.len() >= 2
+            && a.iter().any(|(seq, _)| *seq > last_violation)
+    });
+    let (r, code) = collector.verify(host);
+    assert!(r.intact && code == 0, "{r:#?}");
+    assert!(r.attestations.len() >= 2, "{r:#?}");
+    for a in &r.attestations {
+        assert!(
+            a.signature_valid && a.signer_trusted && a.records_agree,
+            "{a:#?}"
+        );
+        assert!(a.signer.contains(host), "{a:#?}");
+    }
+    let attested: u64 = r
+        .attestations
+        .iter()
+        .flat_map(|a| {
+            a.attestation
+                .as_ref()
+                .map(|s| s.classes.clone())
+                .unwrap_or_default()
+        })
+        .filter(|c| c.class == "eu_personal")
+        .map(|c| c.violations)
+        .sum();
+    assert_eq!(attested, 40, "the windows state every violation once");
+    let windows: Vec<(i64, i64)> = r
+        .attestations
+        .iter()
+        .filter_map(|a| a.attestation.as_ref())
+        .map(|a| (a.window_start_unix_ns, a.window_end_unix_ns))
+        .collect();
+    assert!(
+        windows.windows(2).all(|w| w[1].0 == w[0].1),
+        "each window starts where the last ended: {windows:?}"
+    );
+
+    // The agent stops for 4 s: the windows show the hole.
+    agent.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    agent.restart();
+    let before = attestations(&collector, host).len();
+    wait_until("an attestation after the restart", || {
+        attestations(&collector, host).len() >= before + 2
+    });
+    let (r, code) = collector.verify(host);
+    let holes: Vec<&pb::ChainFinding> = r
+        .findings
+        .iter()
+        .filter(|f| f.kind() == Kind::AttestationHole)
+        .collect();
+    assert_eq!(holes.len(), 1, "{r:#?}");
+    assert!(!r.intact && code == 4);
+    drop(agent);
+
+    // A bundle carries the attestations and the CA: offline, the same.
+    let out = std::process::Command::new(workspace_bin("collectord"))
+        .args(["--database", db.to_str().expect("utf-8")])
+        .args(["export", "--format", "bundle", "--host", host, "--ca"])
+        .arg(&ca.cert)
+        .output()
+        .expect("collectord export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = tmp.path().join("attest.bundle");
+    std::fs::write(&bundle, &out.stdout).expect("bundle");
+    let offline = std::process::Command::new(workspace_bin("residency-verify"))
+        .arg("--json")
+        .arg(&bundle)
+        .output()
+        .expect("residency-verify");
+    let report: pb::ChainReport = serde_json::from_slice(&offline.stdout).expect("report");
+    assert_eq!(report.attestations.len(), r.attestations.len());
+    assert!(
+        report
+            .attestations
+            .iter()
+            .all(|a| a.signature_valid && a.signer_trusted && a.records_agree),
+        "{report:#?}"
+    );
+
+    // An attestation edited in the database (its violation count) no longer
+    // carries a valid signature, and its record no longer its hash.
+    let (seq, _) = attestations(&collector, host)[0].clone();
+    let mut db = Database::open(db.to_str().expect("utf-8"));
+    let blob = db.bytes(
+        "SELECT record FROM records WHERE host = $1 AND seq = $2",
+        &[Value::Text(host), Value::Int(seq as i64)],
+    );
+    let mut rec = pb::Record::decode(blob.as_slice()).expect("record");
+    let Some(pb::record::Body::Attestation(a)) = &mut rec.body else {
+        panic!("{rec:?}")
+    };
+    a.classes[0].violations += 1000;
+    db.execute(
+        "UPDATE records SET record = $1 WHERE host = $2 AND seq = $3",
+        &[
+            Value::Bytes(&rec.encode_to_vec()),
+            Value::Text(host),
+            Value::Int(seq as i64),
+        ],
+    );
+    let (r, _) = collector.verify(host);
+    let kinds: Vec<(Kind, u64)> = r
+        .findings
+        .iter()
+        .filter(|f| f.first_seq == seq)
+        .map(|f| (f.kind(), f.first_seq))
+        .collect();
+    assert!(
+        kinds.contains(&(Kind::AttestationInvalid, seq)) && kinds.contains(&(Kind::Altered, seq)),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn without_tls_the_agent_signs_with_a_key_of_its_own() {
+    let host = "attest-key";
+    let tmp = TempPath::dir("attest-key");
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    short_windows(&config);
+    let cgroup = TestCgroup::create();
+    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
+    let _agent = RunningAgent::start_with(
+        &policy,
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    wait_until("two attestations", || {
+        attestations(&collector, host).len() >= 2
+    });
+    let (r, code) = collector.verify(host);
+    assert!(r.intact && code == 0, "{r:#?}");
+    let keys: Vec<&[u8]> = r
+        .attestations
+        .iter()
+        .filter_map(|a| a.attestation.as_ref())
+        .map(|a| a.public_key.as_slice())
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.len() == 32 && *k == keys[0]),
+        "one Ed25519 key"
+    );
+    assert!(
+        r.attestations.iter().all(|a| a.signature_valid
+            && a.signer_trusted
+            && a.signer.starts_with("host key SHA256:")),
+        "{r:#?}"
+    );
+}
