@@ -155,6 +155,19 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         .collect();
     assert_eq!(holes.len(), 1, "{r:#?}");
     assert!(!r.intact && code == 4);
+    // The listing says the same to a person.
+    let listed = std::process::Command::new(workspace_bin("collectorctl"))
+        .arg("--socket")
+        .arg(&collector.socket)
+        .args(["attestations", "--host", host])
+        .output()
+        .expect("collectorctl attestations");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("HOLE: no attestation covers") && text.contains("valid"),
+        "{text}"
+    );
     drop(agent);
 
     // A bundle carries the attestations and the CA: offline, the same.

@@ -142,6 +142,20 @@ enum Cmd {
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
     },
+    /// A host's signed window attestations, each with its verification
+    /// state (signature, signer, agreement with the stored records). Exits
+    /// 4 when one does not hold or a window is missing.
+    Attestations {
+        /// The host (see `collectorctl hosts`).
+        #[arg(long)]
+        host: String,
+        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Before this time (same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
     /// Let a class reach a destination for a while (operators).
     GrantException {
         /// The class.
@@ -267,6 +281,64 @@ fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
         print!("{}", residency_proto::chain::render(r));
     }
     r.intact
+}
+
+/// Prints a host's attestations; true when every one holds and no window
+/// is missing.
+fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
+    use pb::chain_finding::Kind;
+    let holes: Vec<&pb::ChainFinding> = r
+        .findings
+        .iter()
+        .filter(|f| f.kind() == Kind::AttestationHole)
+        .collect();
+    let ok = holes.is_empty()
+        && r.attestations
+            .iter()
+            .all(|a| a.signature_valid && a.signer_trusted && a.records_agree);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r.attestations).unwrap_or_default()
+        );
+        return ok;
+    }
+    println!(
+        "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10}  PROBLEM",
+        "SEQ", "WINDOW START", "WINDOW END", "SIGNER", "SIGNATURE", "RECORDS", "VIOLATIONS"
+    );
+    for c in &r.attestations {
+        let a = c.attestation.clone().unwrap_or_default();
+        let violations: u64 = a.classes.iter().map(|k| k.violations).sum();
+        println!(
+            "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10}  {}",
+            c.seq,
+            when(a.window_start_unix_ns),
+            when(a.window_end_unix_ns),
+            c.signer,
+            match (c.signature_valid, c.signer_trusted) {
+                (true, true) => "valid",
+                (true, false) => "untrusted",
+                _ => "INVALID",
+            },
+            if c.records_agree { "agree" } else { "DIFFER" },
+            violations,
+            c.problem
+        );
+    }
+    for h in holes {
+        println!("HOLE: {}", h.detail);
+    }
+    println!(
+        "{} attestations; {}",
+        r.attestations.len(),
+        if ok {
+            "every one holds and the windows leave no hole"
+        } else {
+            "NOT ALL HOLD"
+        }
+    );
+    ok
 }
 
 fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
@@ -427,6 +499,22 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .map_err(status)?
                 .into_inner();
             Ok(if print_chain(&r, a.json) {
+                Outcome::Done
+            } else {
+                Outcome::ChainBroken
+            })
+        }
+        Cmd::Attestations { host, since, until } => {
+            let r = c
+                .verify_chain(pb::VerifyChainRequest {
+                    host_id: host.clone(),
+                    since_unix_ns: since.unwrap_or(0),
+                    until_unix_ns: until.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(if print_attestations(&r, a.json) {
                 Outcome::Done
             } else {
                 Outcome::ChainBroken
