@@ -29,4 +29,5 @@ pub mod identity;
 pub mod legacy;
 pub mod listen;
 pub mod records;
+pub mod time;
 pub mod unix;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
-    collector::{CollectorTls, RunningCollector},
+    collector::{CollectorTls, RunningCollector, set_collector_option},
     database::{Database, Value},
     netns::TestNet,
     pki::TestCa,
@@ -24,13 +24,7 @@ use residency_proto::collector::v1::{self as pb, chain_finding::Kind};
 
 /// `dir/sensord.toml` with a 2 s attestation window.
 fn short_windows(config: &std::path::Path) {
-    let text = std::fs::read_to_string(config).expect("config");
-    let text = text.replacen(
-        "[collector]\n",
-        "[collector]\nattestation_interval = \"2s\"\n",
-        1,
-    );
-    std::fs::write(config, text).expect("config");
+    set_collector_option(config, "attestation_interval", "\"2s\"");
 }
 
 /// Stored attestation records of `host`, by sequence.

@@ -67,11 +67,16 @@ fn run(a: &Args) -> Result<ChainReport, String> {
         );
     } else {
         eprintln!(
-            "bundle of host {}, written {} ns after the epoch, {} records, {} gap records",
+            "bundle of host {}, written {}, {} records, {} gap records{}",
             b.host_id,
-            b.created_unix_ns,
+            residency_proto::time::utc(b.created_unix_ns),
             b.records.len(),
-            b.gaps.len()
+            b.gaps.len(),
+            if b.ca_certificate.is_empty() {
+                "; no CA: attestations signed with certificates are not trusted"
+            } else {
+                ", with the CA"
+            }
         );
         print!("{}", chain::render(&report));
     }

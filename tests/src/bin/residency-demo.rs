@@ -14,7 +14,7 @@ use std::{process::Command, time::Duration};
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
     cgroup::TestCgroup,
-    collector::{CollectorTls, RunningCollector},
+    collector::{CollectorTls, RunningCollector, set_collector_option},
     netns::TestNet,
     pki::{Pem, TestCa},
     privilege::require_root,
@@ -123,6 +123,8 @@ fn main() {
         collector.database
     );
     let config = collector.agent_config(&dir, &hostname, Some(&host_cert));
+    // Short attestation windows, so the demonstration sees several.
+    set_collector_option(&config, "attestation_interval", "\"3s\"");
     let config_arg = config.display().to_string();
     let agent = RunningAgent::start_with(
         &policy(&rel),
@@ -209,6 +211,48 @@ fn main() {
         "audit-1",
         &["set-enforcement", "--mode", "off", "--reason", "curious"],
     );
+    say(
+        "the auditor checks the host's record chain and its signed windows (attestations every 3 s here)",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    collectorctl(
+        &collector,
+        &ca,
+        &auditor,
+        "audit-1",
+        &["verify", "--host", &hostname],
+    );
+    collectorctl(
+        &collector,
+        &ca,
+        &auditor,
+        "audit-1",
+        &["attestations", "--host", &hostname],
+    );
+    say("and takes the evidence away: a bundle, checked offline with residency-verify");
+    let bundle = dir.join(format!("{hostname}.bundle"));
+    let exported = Command::new(workspace_bin("collectord"))
+        .args([
+            "--database",
+            &collector.database,
+            "export",
+            "--format",
+            "bundle",
+        ])
+        .args(["--host", &hostname, "--ca"])
+        .arg(&ca.cert)
+        .output()
+        .map(|o| std::fs::write(&bundle, o.stdout));
+    println!(
+        "$ collectord export --format bundle --host {hostname} --ca ca.pem > {}",
+        bundle.display()
+    );
+    if let Ok(Ok(())) = exported {
+        println!("$ residency-verify {}", bundle.display());
+        let _ = Command::new(workspace_bin("residency-verify"))
+            .arg(&bundle)
+            .status();
+    }
     say("done: stopping sensord and collectord, removing the demo cgroup and network namespaces");
     drop(agent);
     drop(collector);

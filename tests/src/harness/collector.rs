@@ -352,6 +352,18 @@ impl Drop for RunningCollector {
     }
 }
 
+/// Sets `key = value` (TOML) in the `[collector]` table of an agent's
+/// config written by [`RunningCollector::agent_config`].
+pub fn set_collector_option(config: &Path, key: &str, value: &str) {
+    let text = std::fs::read_to_string(config).expect("reading sensord.toml");
+    let text = text.replacen(
+        "[collector]\n",
+        &format!("[collector]\n{key} = {value}\n"),
+        1,
+    );
+    std::fs::write(config, text).expect("writing sensord.toml");
+}
+
 /// Every record stored in `database` (a SQLite path or a postgres:// URL) of
 /// `kind` (all, when None), as `collectord export --format jsonl` prints
 /// them, read back from the canonical JSON into the typed record (so the
