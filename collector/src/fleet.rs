@@ -27,7 +27,7 @@ struct Connection {
     id: u64,
     tx: StreamTx,
     /// Commands sent and not answered yet, by command id.
-    pending: HashMap<u64, oneshot::Sender<String>>,
+    pending: HashMap<u64, oneshot::Sender<pb::CommandResult>>,
 }
 
 /// Connected agents by host.
@@ -75,7 +75,44 @@ impl Fleet {
         if let Some(c) = self.lock().get_mut(host)
             && let Some(waiter) = c.pending.remove(&result.id)
         {
-            let _ = waiter.send(result.error);
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// Sends `command` to one `host` and waits for its whole answer; errors
+    /// say why there is none (not connected, stream closed, timeout).
+    pub async fn ask(
+        &self,
+        host: &str,
+        actor: &str,
+        reason: &str,
+        command: agent_command::Command,
+    ) -> Result<pb::CommandResult, String> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (done, answer) = oneshot::channel();
+        let tx = {
+            let mut map = self.lock();
+            map.get_mut(host).map(|c| {
+                c.pending.insert(id, done);
+                c.tx.clone()
+            })
+        };
+        let tx = tx.ok_or("not connected to this collector")?;
+        let msg = CollectorMessage {
+            message: Some(Out::Command(pb::AgentCommand {
+                id,
+                actor: actor.to_owned(),
+                reason: reason.to_owned(),
+                command: Some(command),
+            })),
+        };
+        tx.send(Ok(msg))
+            .await
+            .map_err(|_| "its stream closed before the command was sent")?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err("its stream closed before it answered".into()),
+            Err(_) => Err(format!("no answer in {} s", ANSWER_TIMEOUT.as_secs())),
         }
     }
 
@@ -131,7 +168,7 @@ impl Fleet {
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         for (host, answer) in waiting {
             let error = match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(error)) => error,
+                Ok(Ok(result)) => result.error,
                 Ok(Err(_)) => "its stream closed before it answered".into(),
                 Err(_) => format!("no answer in {} s", ANSWER_TIMEOUT.as_secs()),
             };

@@ -8,6 +8,7 @@
 //! - [`fleet`]: connected agents and commands to them.
 //! - [`export`]: CSV and JSON-lines reports.
 //! - [`bundle`]: one host's records as stored, for offline checks.
+//! - [`what_if`]: stored violations grouped for a host's dry run.
 
 pub mod auth;
 pub mod bundle;
@@ -15,3 +16,4 @@ pub mod export;
 pub mod fleet;
 pub mod service;
 pub mod store;
+pub mod what_if;

@@ -403,6 +403,65 @@ impl Collector for CollectorService {
         Ok(Response::new(report))
     }
 
+    async fn what_if(
+        &self,
+        req: Request<pb::WhatIfRequest>,
+    ) -> Result<Response<pb::WhatIfResponse>, Status> {
+        let caller = self.roles.reader(&req)?;
+        let q = req.into_inner();
+        if q.host_id.is_empty() || q.policy_toml.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "host_id and policy_toml are required: the host's agent judges its stored violations under the policy",
+            ));
+        }
+        let filter = Filter {
+            host: Some(q.host_id.clone()),
+            kind: Some("violation".into()),
+            since: (q.since_unix_ns > 0).then_some(q.since_unix_ns),
+            until: (q.until_unix_ns > 0).then_some(q.until_unix_ns),
+            ..Default::default()
+        };
+        let stored = self
+            .store
+            .lock()
+            .await
+            .all(&filter)
+            .await
+            .map_err(internal)?;
+        let flows = crate::what_if::groups(&stored);
+        let replayed = stored.len() as u64;
+        info!(actor = %caller.actor(), host = %q.host_id, violations = replayed, groups = flows.len(), "what-if asked");
+        let result = self
+            .fleet
+            .ask(
+                &q.host_id,
+                &caller.actor(),
+                "what if (dry run)",
+                Cmd::WhatIf(pb::WhatIfCommand {
+                    policy_toml: q.policy_toml,
+                    flows,
+                }),
+            )
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "host {}: {e}; a what-if runs on the host's agent (it has the region data), which must be connected to this collector",
+                    q.host_id
+                ))
+            })?;
+        if !result.error.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "host {}: {}",
+                q.host_id, result.error
+            )));
+        }
+        Ok(Response::new(pb::WhatIfResponse {
+            host_id: q.host_id,
+            changes: result.what_if.unwrap_or_default().changes,
+            violations_replayed: replayed,
+        }))
+    }
+
     async fn query_violations(
         &self,
         req: Request<pb::ViolationQuery>,

@@ -126,6 +126,14 @@ label!(Protocol, "PROTOCOL_");
 label!(GapSource, "GAP_SOURCE_");
 label!(crate::agent::v1::Mode, "MODE_");
 
+/// What happens to a flow, for people: "allowed", "reported" or "denied".
+pub fn outcome(a: Action) -> String {
+    match a {
+        Action::None => "allowed".into(),
+        other => other.label(),
+    }
+}
+
 impl Record {
     /// "violation", "audit", "gap" or "attestation" ("unknown" for a record
     /// without a body).

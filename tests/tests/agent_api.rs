@@ -617,3 +617,101 @@ fn a_dry_run_shows_which_recent_flows_a_policy_would_change() {
         "a dry run changes nothing"
     );
 }
+
+#[test]
+fn the_collector_asks_the_hosts_agent_what_a_policy_would_change_for_stored_violations() {
+    // Violations stored at the collector; an operator there asks what a
+    // policy would do to them. The host's agent (it has the region data)
+    // judges the collector's groups; nothing is applied.
+    use harness::harness::{agent::workspace_bin, collector::RunningCollector, temp::TempPath};
+    let host = "what-if-collector";
+    let tmp = TempPath::dir(host);
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let rel = cgroup_rel(&cgroup);
+    let fixture = |mode: &'static str, allowed: &'static str| FixturePolicy {
+        host_id: host,
+        aggregation: "0",
+        mode,
+        allowed,
+        cgroup_rel: &rel,
+        class_extra: "",
+    };
+    let agent = RunningAgent::start_with(
+        &fixture("monitor", r#"["EEA"]"#).text(),
+        harness::harness::scenario::DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let us = net.virginia.udp_server(false);
+    probe::run_all_ok(
+        &probe::netprobe(),
+        &cgroup,
+        "udp-sendto",
+        &us.addr.to_string(),
+        3,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector.count(host, "violation") < 3 {
+        assert!(Instant::now() < deadline, "the violations did not arrive");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hash = agent.status().policy_sha256;
+    let ask = |target: &str, mode: &'static str, allowed: &'static str| {
+        let file = tmp.path().join("what-if.toml");
+        std::fs::write(&file, fixture(mode, allowed).text()).expect("policy");
+        std::process::Command::new(workspace_bin("collectorctl"))
+            .arg("--socket")
+            .arg(&collector.socket)
+            .args(["--json", "what-if", "--host", target, "--policy"])
+            .arg(&file)
+            .output()
+            .expect("collectorctl what-if")
+    };
+    let changes = |out: std::process::Output| -> Vec<(String, String, String, String)> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(r["violations_replayed"], "3", "{r}");
+        r["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (s("destination"), s("before"), s("after"), s("flows"))
+            })
+            .collect()
+    };
+    let ip = us.addr.ip().to_string();
+    assert_eq!(
+        changes(ask(host, "monitor", r#"["EEA", "US"]"#)),
+        vec![(
+            ip.clone(),
+            "ACTION_REPORTED".into(),
+            "ACTION_NONE".into(),
+            "3".into()
+        )]
+    );
+    assert_eq!(
+        changes(ask(host, "enforce", r#"["EEA"]"#)),
+        vec![(
+            ip,
+            "ACTION_REPORTED".into(),
+            "ACTION_DENIED".into(),
+            "3".into()
+        )]
+    );
+    assert_eq!(agent.status().policy_sha256, hash, "nothing applied");
+    let out = ask("no-such-host", "monitor", r#"["EEA"]"#);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not connected to this collector"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

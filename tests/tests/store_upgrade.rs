@@ -3,7 +3,7 @@
 //! stored violation, gap and audit record comes back as the typed record,
 //! on SQLite and on PostgreSQL. Real collectord, real databases.
 
-use harness::harness::{collector::export, postgres::PgServer, temp::TempPath};
+use harness::harness::{collector::export, database::Database, postgres::PgServer, temp::TempPath};
 use residency_proto::{
     agent::v1::{Action, FlowKind, Protocol, Verdict},
     collector::v1::{GapSource, StoredRecord},
@@ -61,6 +61,32 @@ fn assert_converted(records: &[StoredRecord]) {
     assert!(records.iter().all(|r| r.host_id == "old-host"));
 }
 
+/// Takes a current database (SQLite or PostgreSQL) back to the last schema
+/// before typed records: the record chain's migration, then the typed
+/// record's, undone, and the migration count set back by two.
+fn back_before_typed_records(database: &str) {
+    let mut db = Database::open(database);
+    for undo in [
+        "DROP TABLE chain_breaks",
+        "ALTER TABLE records DROP COLUMN chain",
+        "ALTER TABLE host_counts DROP COLUMN chain_head",
+        "ALTER TABLE records DROP COLUMN record",
+    ] {
+        db.execute(undo, &[]);
+    }
+    if database.starts_with("postgres") {
+        for _ in 0..2 {
+            db.execute(
+                "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
+                &[],
+            );
+        }
+    } else {
+        let v = db.int("PRAGMA user_version");
+        db.execute(&format!("PRAGMA user_version = {}", v - 2), &[]);
+    }
+}
+
 #[test]
 fn a_sqlite_database_from_before_typed_records_is_converted() {
     let dir = TempPath::dir("rs-upgrade-sqlite");
@@ -73,16 +99,9 @@ fn a_sqlite_database_from_before_typed_records_is_converted() {
         rt.block_on(collector::store::Store::open(&spec))
             .expect("a new database"),
     );
+    back_before_typed_records(&spec);
     {
         let c = rusqlite::Connection::open(&db).expect("open");
-        let v: i64 = c
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .expect("version");
-        c.execute_batch(&format!(
-            "ALTER TABLE records DROP COLUMN record; PRAGMA user_version = {};",
-            v - 1
-        ))
-        .expect("back to the version before typed records");
         for (seq, kind, body) in OLD_ROWS {
             c.execute(
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, action) VALUES ('old-host', ?1, ?2, ?1, ?3, 0, ?4)",
@@ -98,19 +117,13 @@ fn a_sqlite_database_from_before_typed_records_is_converted() {
 fn a_postgresql_database_from_before_typed_records_is_converted() {
     let pg = PgServer::start();
     assert!(export(&pg.url, None).is_empty());
+    back_before_typed_records(&pg.url);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
             .await
             .expect("connect");
         tokio::spawn(conn);
-        client
-            .batch_execute(
-                "ALTER TABLE records DROP COLUMN record;
-                 DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations);",
-            )
-            .await
-            .expect("back to the version before typed records (its last migration)");
         for (seq, kind, body) in OLD_ROWS {
             client
                 .execute(

@@ -156,6 +156,24 @@ enum Cmd {
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
     },
+    /// What a policy would change for a host's stored violations (its agent
+    /// judges them; nothing is applied): per class, executable and
+    /// destination, the violations that would be allowed, or denied.
+    WhatIf {
+        /// The host (connected to this collector).
+        #[arg(long)]
+        host: String,
+        /// The policy file to try.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Violations stored from this time on (Unix seconds, 2026-11-23 or
+        /// 2026-11-23T07:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Before this time (same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
     /// Let a class reach a destination for a while (operators).
     GrantException {
         /// The class.
@@ -323,6 +341,41 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
     ok
 }
 
+/// Prints what a policy would change.
+fn print_what_if(r: &pb::WhatIfResponse, json: bool) {
+    use residency_proto::records::outcome;
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    if r.changes.is_empty() {
+        println!(
+            "{}: no change for the {} stored violations replayed",
+            r.host_id, r.violations_replayed
+        );
+        return;
+    }
+    println!(
+        "{:<16} {:<32} {:<40} {:<3} {:<22} {:>10}",
+        "CLASS", "EXECUTABLE", "DESTINATION", "CC", "WOULD GO", "VIOLATIONS"
+    );
+    for c in &r.changes {
+        println!(
+            "{:<16} {:<32} {:<40} {:<3} {:<22} {:>10}",
+            c.class,
+            c.exe,
+            c.destination,
+            c.country,
+            format!("{} -> {}", outcome(c.before()), outcome(c.after())),
+            c.flows
+        );
+    }
+    println!(
+        "{}: {} stored violations replayed; nothing was applied",
+        r.host_id, r.violations_replayed
+    );
+}
+
 fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
     if json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -485,6 +538,27 @@ async fn run(a: &Args) -> Result<Outcome, String> {
             } else {
                 Outcome::ChainBroken
             })
+        }
+        Cmd::WhatIf {
+            host,
+            policy,
+            since,
+            until,
+        } => {
+            let text = std::fs::read_to_string(policy)
+                .map_err(|e| format!("--policy {}: {e}", policy.display()))?;
+            let r = c
+                .what_if(pb::WhatIfRequest {
+                    host_id: host.clone(),
+                    policy_toml: text,
+                    since_unix_ns: since.unwrap_or(0),
+                    until_unix_ns: until.unwrap_or(0),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_what_if(&r, a.json);
+            Ok(Outcome::Done)
         }
         Cmd::Attestations { host, since, until } => {
             let r = c

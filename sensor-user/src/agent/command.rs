@@ -73,10 +73,11 @@ pub enum Command {
         reply: Option<Reply<u32>>,
     },
     GetPolicy(Reply<pb::GetPolicyResponse>),
-    /// A dry run: what `policy` would change for the flows seen recently
-    /// (see `what_if`), and how many were replayed.
+    /// A dry run: what `policy` would change for `flows`, or for the flows
+    /// seen recently when None (see `what_if`), and how many were replayed.
     WhatIf {
         policy: Box<crate::policy::compile::Compiled>,
+        flows: Option<Vec<pb::Flow>>,
         reply: Reply<(Vec<pb::VerdictChange>, u64)>,
     },
     Lookup {

@@ -603,14 +603,20 @@ impl Agent {
                     path: self.compiled.policy.source.display().to_string(),
                 }));
             }
-            Command::WhatIf { policy, reply } => {
-                let recent = self.store.list(
-                    &pb::FlowFilter {
-                        limit: u32::MAX,
-                        ..Default::default()
-                    },
-                    false,
-                );
+            Command::WhatIf {
+                policy,
+                flows,
+                reply,
+            } => {
+                let recent = flows.unwrap_or_else(|| {
+                    self.store.list(
+                        &pb::FlowFilter {
+                            limit: u32::MAX,
+                            ..Default::default()
+                        },
+                        false,
+                    )
+                });
                 // Operators' overrides stay in force across a reload; the
                 // new policy's classes otherwise take its modes.
                 let overrides = &self.overrides;

@@ -82,7 +82,9 @@ pub fn changes(
         for class in &f.classes {
             let g = groups.entry((class.clone(), exe.clone(), ip)).or_default();
             if f.cookie == 0 {
-                g.unnamed += 1;
+                // A record without a socket (a collector's group of stored
+                // violations) stands for `count` flows.
+                g.unnamed += u64::from(f.count.max(1));
             } else {
                 g.sockets.insert(f.cookie);
             }

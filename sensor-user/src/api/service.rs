@@ -271,6 +271,7 @@ impl Agent for AgentApi {
                 .handle
                 .call(|reply| Command::WhatIf {
                     policy: Box::new(built.0),
+                    flows: None,
                     reply,
                 })
                 .await

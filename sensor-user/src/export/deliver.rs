@@ -163,11 +163,43 @@ async fn connect(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Channe
     ep.connect().await.map_err(|e| format!("connect: {e}"))
 }
 
+/// A dry run the collector asked for over its stored flows: compiles the
+/// policy (within a viewer's budget) and judges the flows under it.
+async fn what_if(agent: &AgentHandle, w: pb::WhatIfCommand) -> Result<pb::WhatIfResult, String> {
+    use crate::agent::compiler::{Budget, Compiler, Input};
+    let inputs = agent
+        .call(Command::CompileInputs)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (compiled, _) = Compiler::default()
+        .build(
+            inputs.source,
+            Input::Text(w.policy_toml),
+            inputs.exceptions,
+            Budget::VIEWER,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let (changes, flows_replayed) = agent
+        .call(|reply| Command::WhatIf {
+            policy: Box::new(compiled),
+            flows: Some(w.flows),
+            reply,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(pb::WhatIfResult {
+        changes,
+        flows_replayed,
+    })
+}
+
 /// Applies an operator's command; the error text goes back to the collector.
 async fn apply(agent: &AgentHandle, c: pb::AgentCommand) -> String {
     let actor = c.actor;
     let reason = c.reason;
     let res = match c.command {
+        Some(Cmd::WhatIf(_)) => return "a dry run is answered apart".into(),
         Some(Cmd::SetEnforcement(s)) => match s.mode.parse::<Mode>() {
             Ok(mode) => agent
                 .call(|reply| Command::SetEnforcement {
@@ -211,6 +243,37 @@ async fn read_loop(
                 }
             }
             Some(Ok(pb::CollectorMessage {
+                message:
+                    Some(In::Command(pb::AgentCommand {
+                        id,
+                        command: Some(Cmd::WhatIf(w)),
+                        ..
+                    })),
+            })) => {
+                // A compile takes a while: answered from a task of its own,
+                // so acknowledgements keep flowing meanwhile.
+                let (agent, tx) = (agent.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = match what_if(&agent, w).await {
+                        Ok(r) => pb::CommandResult {
+                            id,
+                            error: String::new(),
+                            what_if: Some(r),
+                        },
+                        Err(error) => pb::CommandResult {
+                            id,
+                            error,
+                            what_if: None,
+                        },
+                    };
+                    let _ = tx
+                        .send(Outgoing::from(pb::AgentMessage {
+                            message: Some(Out::Result(result)),
+                        }))
+                        .await;
+                });
+            }
+            Some(Ok(pb::CollectorMessage {
                 message: Some(In::Command(c)),
             })) => {
                 let id = c.id;
@@ -220,7 +283,11 @@ async fn read_loop(
                     warn!(command = id, error = %error, "command from the collector refused");
                 }
                 let msg = Outgoing::from(pb::AgentMessage {
-                    message: Some(Out::Result(pb::CommandResult { id, error })),
+                    message: Some(Out::Result(pb::CommandResult {
+                        id,
+                        error,
+                        what_if: None,
+                    })),
                 });
                 if tx.send(msg).await.is_err() {
                     return;

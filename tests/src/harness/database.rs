@@ -60,6 +60,19 @@ impl Database {
         }
     }
 
+    /// The first column of the first row a query returns, as an integer.
+    pub fn int(&mut self, sql: &str) -> i64 {
+        match &mut self.0 {
+            Inner::Sqlite(c) => c
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Inner::Postgres(rt, c) => rt
+                .block_on(c.query_one(sql, &[]))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get(0),
+        }
+    }
+
     /// The first column of the first row a query returns, as bytes.
     pub fn bytes(&mut self, sql: &str, params: &[Value<'_>]) -> Vec<u8> {
         match &mut self.0 {

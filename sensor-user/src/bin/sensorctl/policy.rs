@@ -194,7 +194,6 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
 
 /// What the dry-run policy would change for the flows seen recently.
 fn print_changes(r: &pb::ApplyPolicyResponse) {
-    use residency_proto::records::Label;
     if r.changes.is_empty() {
         println!(
             "what if: no change for the {} recent records replayed",
@@ -202,10 +201,7 @@ fn print_changes(r: &pb::ApplyPolicyResponse) {
         );
         return;
     }
-    let outcome = |a: pb::Action| match a {
-        pb::Action::None => "allowed".to_owned(),
-        other => other.label(),
-    };
+    let outcome = residency_proto::records::outcome;
     let rows: Vec<Vec<String>> = r
         .changes
         .iter()
