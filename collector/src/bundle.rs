@@ -72,12 +72,14 @@ pub async fn write(
     }
     let bound = if until <= 0 { i64::MAX } else { until };
     let mut written = Written::default();
-    let mut after = 0;
+    // The time range as the sequence range it spans (see SEQ_RANGE).
+    let range = store.lock().await.seq_range(host, since, bound).await?;
+    let (mut after, upto) = range.map_or((0, 0), |(lo, hi)| (lo - 1, hi));
     loop {
         let page = store
             .lock()
             .await
-            .chain_rows(host, after, since, bound, PAGE, "")
+            .chain_rows(host, after, upto, PAGE, "")
             .await?;
         let Some(last) = page.last().map(|r| r.seq) else {
             break;
@@ -171,7 +173,7 @@ mod tests {
             b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        let report = chain::verify_bundle(&b).unwrap();
+        let report = chain::verify_bundle(&b, None).unwrap();
         assert!(report.intact && report.findings.is_empty(), "{report:?}");
         assert_eq!(report.head, rows[3].0.chain);
         for suffix in ["", "-wal", "-shm"] {

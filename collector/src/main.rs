@@ -192,10 +192,7 @@ async fn export_bundle(
 
 /// The first certificate of a PEM file, as DER.
 fn pem_certificate(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    CertificateDer::from_pem_file(p)
-        .map(|c| c.to_vec())
-        .map_err(|e| anyhow::anyhow!("{}: no certificate ({e})", p.display()))
+    residency_proto::attest::pem_certificate(p).map_err(anyhow::Error::msg)
 }
 
 /// `--client-ca` as DER (attestations are checked against it).

@@ -13,6 +13,13 @@ use rustls::{
 
 use crate::collector::v1::Attestation;
 
+/// The first certificate of a PEM file, as DER; errors name the file.
+pub fn pem_certificate(path: &Path) -> Result<Vec<u8>, String> {
+    CertificateDer::from_pem_file(path)
+        .map(|c| c.to_vec())
+        .map_err(|e| format!("{}: no PEM certificate ({e})", path.display()))
+}
+
 /// What is signed: the attestation encoded with its signature empty.
 pub fn signed_bytes(a: &Attestation) -> Vec<u8> {
     let mut unsigned = a.clone();
@@ -266,6 +273,36 @@ mod tests {
     }
 
     #[test]
+    fn a_host_silent_after_its_last_attestation_shows_once_one_was_due() {
+        let sec = 1_000_000_000i64;
+        let mut t = Tracker::new("eu-1", None);
+        let a = Attestation {
+            window_start_unix_ns: 8 * sec,
+            window_end_unix_ns: 10 * sec,
+            interval_ns: 2 * sec,
+            ..statement()
+        };
+        t.attestation(10, &a, None);
+        assert_eq!(
+            t.silent_since(13 * sec),
+            None,
+            "the next is due at 12 s, with 2 s grace"
+        );
+        assert_eq!(t.silent_since(15 * sec), Some((10, 10 * sec)));
+        let older = Attestation {
+            interval_ns: 0,
+            ..a
+        };
+        let mut t = Tracker::new("eu-1", None);
+        t.attestation(10, &older, None);
+        assert_eq!(
+            t.silent_since(i64::MAX),
+            None,
+            "no interval stated: unknown"
+        );
+    }
+
+    #[test]
     fn a_host_key_signs_and_an_edit_or_another_key_shows() {
         let dir = std::env::temp_dir().join(format!("rs-attest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -295,10 +332,13 @@ mod tests {
 /// its window starts where the previous one ended.
 #[derive(Debug, Default)]
 pub struct Tracker {
+    /// The host whose records these are: an attestation must be its own.
+    host: String,
     ca: Option<Vec<u8>>,
     host_key: Option<Vec<u8>>,
-    /// Violations and denials per class since the last attestation.
-    tally: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Violations since the last attestation: (sequence, class, violations,
+    /// denials); an attestation sums those in its stated range.
+    tally: Vec<(u64, String, u64, u64)>,
     /// A sequence since the last attestation is missing.
     missing: bool,
     /// The first sequence seen since the last attestation (or the walk's
@@ -306,16 +346,33 @@ pub struct Tracker {
     from: Option<u64>,
     /// The last attestation: its sequence and window end.
     last: Option<(u64, i64)>,
+    /// It was signed as the agent stopped.
+    last_stopping: bool,
+    /// When the next attestation was due after the last one (its window end
+    /// plus its interval; 0: unknown).
+    due: i64,
 }
 
-/// An attestation checked, and the hole before its window, if any:
-/// (previous attestation's sequence, its window end).
-pub type Checked = (crate::collector::v1::AttestationCheck, Option<(u64, i64)>);
+/// A time no attestation covers before a window: the previous
+/// attestation's sequence and window end, and whether that window was the
+/// agent's last before a clean stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    pub after: u64,
+    pub end: i64,
+    pub stopped: bool,
+}
+
+/// An attestation checked, and the hole before its window, if any.
+pub type Checked = (crate::collector::v1::AttestationCheck, Option<Hole>);
 
 impl Tracker {
-    /// `ca`: the CA certificate (DER) agents' certificates must chain to.
-    pub fn new(ca: Option<Vec<u8>>) -> Tracker {
+    /// `host`: whose records; `ca`: the CA certificate (DER) agents'
+    /// certificates must chain to. With a CA, attestations signed with a
+    /// bare key are not trusted (a forger's key would be the first seen).
+    pub fn new(host: &str, ca: Option<Vec<u8>>) -> Tracker {
         Tracker {
+            host: host.to_owned(),
             ca,
             ..Default::default()
         }
@@ -327,14 +384,23 @@ impl Tracker {
         self.from.get_or_insert(r.seq);
         if let Some(Body::Violation(f)) = &r.body {
             let n = u64::from(f.count.max(1));
+            let denied = if f.action() == Action::Denied { n } else { 0 };
             for c in &f.classes {
-                let t = self.tally.entry(c.clone()).or_default();
-                t.0 += n;
-                if f.action() == Action::Denied {
-                    t.1 += n;
-                }
+                self.tally.push((r.seq, c.clone(), n, denied));
             }
         }
+    }
+
+    /// When no attestation came after the last one although one was due
+    /// before `now` (with one more interval's grace): the last one's
+    /// sequence and window end.
+    pub fn silent_since(&self, now: i64) -> Option<(u64, i64)> {
+        let (seq, end) = self.last?;
+        if self.last_stopping {
+            return None; // it said it stopped
+        }
+        let grace = self.due.saturating_sub(end);
+        (self.due > 0 && now > self.due.saturating_add(grace)).then_some((seq, end))
     }
 
     /// Sequences are missing since the last attestation.
@@ -350,20 +416,28 @@ impl Tracker {
         a: &Attestation,
         prev: Option<(u64, Option<crate::chain::Hash>)>,
     ) -> Checked {
-        let sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
-        if sig.valid && self.host_key.is_none() && !a.public_key.is_empty() {
+        let mut sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
+        if sig.valid && self.ca.is_some() && a.certificate.is_empty() {
+            sig.trusted = false;
+            sig.problem = "signed with a bare key where hosts sign with their certificates".into();
+        }
+        if sig.valid && self.ca.is_none() && self.host_key.is_none() && !a.public_key.is_empty() {
             self.host_key = Some(a.public_key.clone());
+        }
+        if a.host_id != self.host {
+            sig.trusted = false;
+            sig.problem = format!("it is host {}'s, not {}'s", a.host_id, self.host);
         }
         let mut problems: Vec<String> = Vec::new();
         if !sig.problem.is_empty() {
             problems.push(sig.problem.clone());
         }
         if a.last_seq != 0 {
-            if a.last_seq + 1 != seq {
+            if a.last_seq.saturating_add(1) != seq {
                 problems.push(format!(
                     "it states records up to {} but follows record {}",
                     a.last_seq,
-                    seq - 1
+                    seq.saturating_sub(1)
                 ));
             } else if let Some((p, h)) = prev
                 && p == a.last_seq
@@ -383,7 +457,17 @@ impl Tracker {
                 .iter()
                 .map(|c| (c.class.as_str(), (c.violations, c.denials)))
                 .collect();
-            for (class, &(v, d)) in &self.tally {
+            // The violations stored in the stated range, per class.
+            let mut stored: std::collections::BTreeMap<String, (u64, u64)> =
+                std::collections::BTreeMap::new();
+            for (s, class, v, d) in &self.tally {
+                if a.first_seq != 0 && (a.first_seq..=a.last_seq).contains(s) {
+                    let t = stored.entry(class.clone()).or_default();
+                    t.0 = t.0.saturating_add(*v);
+                    t.1 = t.1.saturating_add(*d);
+                }
+            }
+            for (class, &(v, d)) in &stored {
                 let (sv, sd) = stated.get(class.as_str()).copied().unwrap_or_default();
                 let agree = if self.missing {
                     v <= sv && d <= sd
@@ -398,7 +482,7 @@ impl Tracker {
             }
             if !self.missing {
                 for (class, (sv, _)) in &stated {
-                    if *sv > 0 && !self.tally.contains_key(*class) {
+                    if *sv > 0 && !stored.contains_key(*class) {
                         problems.push(format!(
                             "class {class}: {sv} violations stated, none stored"
                         ));
@@ -406,11 +490,24 @@ impl Tracker {
                 }
             }
         }
-        let hole = self.last.filter(|&(_, end)| a.window_start_unix_ns > end);
+        let hole = self
+            .last
+            .filter(|&(_, end)| a.window_start_unix_ns > end)
+            .map(|(after, end)| Hole {
+                after,
+                end,
+                stopped: self.last_stopping,
+            });
         self.last = Some((seq, a.window_end_unix_ns));
+        self.last_stopping = a.stopping;
+        self.due = if a.interval_ns > 0 {
+            a.window_end_unix_ns.saturating_add(a.interval_ns)
+        } else {
+            0
+        };
         self.tally.clear();
         self.missing = false;
-        self.from = Some(seq + 1);
+        self.from = Some(seq.saturating_add(1));
         let check = crate::collector::v1::AttestationCheck {
             seq,
             attestation: Some(a.clone()),

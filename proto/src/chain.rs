@@ -143,6 +143,12 @@ pub struct Verifier {
     prev: Option<(u64, Option<Hash>)>,
     run: Option<Run>,
     attestations: crate::attest::Tracker,
+    /// The end of the time checked (Unix ns; 0: unknown): a host whose last
+    /// attestation was due well before it went silent.
+    now: i64,
+    host: String,
+    /// The first chained record seen: from there on every record must be.
+    chained_from: Option<u64>,
 }
 
 impl Verifier {
@@ -161,14 +167,24 @@ impl Verifier {
             },
             prev: before,
             run: None,
-            attestations: crate::attest::Tracker::default(),
+            attestations: crate::attest::Tracker::new(host, None),
+            now: 0,
+            host: host.to_owned(),
+            chained_from: None,
         }
     }
 
     /// Attestations are checked against `ca` (DER): the CA that signs the
     /// agents' certificates.
     pub fn with_ca(mut self, ca: Option<Vec<u8>>) -> Self {
-        self.attestations = crate::attest::Tracker::new(ca);
+        self.attestations = crate::attest::Tracker::new(&self.host, ca);
+        self
+    }
+
+    /// The end of the time checked (the range's end, or now), for a host
+    /// that went silent after its last attestation.
+    pub fn until(mut self, now: i64) -> Self {
+        self.now = now;
         self
     }
 
@@ -204,24 +220,64 @@ impl Verifier {
         }
         let prev = self.prev.take();
         if let Some((p, _)) = prev
-            && row.seq > p + 1
+            && row.seq > p.saturating_add(1)
         {
             self.missing(p + 1, row.seq - 1);
             self.attestations.missing();
         }
+        // The host's very first stored record (nothing before it): a chain
+        // must start there, or what came before it is not stored.
+        if prev.is_none()
+            && self.report.records == 1
+            && let Some(h) = row.chain
+            && link(&ZERO, row.seq, &row.content) != h
+        {
+            if row.seq > 1 {
+                self.missing(1, row.seq - 1);
+            } else {
+                self.find(
+                    Kind::BrokenLink,
+                    row.seq,
+                    row.seq,
+                    "the host's first record does not start a chain".into(),
+                );
+            }
+        }
+        match (row.chain, self.chained_from) {
+            (Some(_), None) => self.chained_from = Some(row.seq),
+            (None, Some(from)) => {
+                self.find(
+                    Kind::BrokenLink,
+                    row.seq,
+                    row.seq,
+                    format!("record {} carries no chain hash, though the host's chain started at record {from}: its hash was removed", row.seq),
+                );
+            }
+            _ => {}
+        }
         match row.record.as_ref().map(|r| (r, &r.body)) {
             Some((_, Some(Body::Attestation(a)))) => {
                 let (check, hole) = self.attestations.attestation(row.seq, a, prev);
-                if let Some((after, end)) = hole {
-                    self.find(
-                        Kind::AttestationHole,
-                        after,
-                        row.seq,
-                        format!(
-                            "no attestation covers {:.0} s between the window of record {after} and this one's: the agent did not run, or attestations are missing",
-                            (a.window_start_unix_ns - end) as f64 / 1e9
-                        ),
-                    );
+                if let Some(h) = hole {
+                    let secs = a.window_start_unix_ns.saturating_sub(h.end) as f64 / 1e9;
+                    let (kind, detail) = if h.stopped {
+                        (
+                            Kind::AgentStopped,
+                            format!(
+                                "the agent stopped cleanly after the window of record {} and started {secs:.0} s later; the kernel kept enforcing meanwhile",
+                                h.after
+                            ),
+                        )
+                    } else {
+                        (
+                            Kind::AttestationHole,
+                            format!(
+                                "no attestation covers {secs:.0} s between the window of record {} and this one's: the agent did not run, or attestations are missing",
+                                h.after
+                            ),
+                        )
+                    };
+                    self.find(kind, h.after, row.seq, detail);
                 }
                 if !(check.signature_valid && check.signer_trusted && check.records_agree) {
                     self.find(
@@ -237,7 +293,7 @@ impl Verifier {
             None => {}
         }
         if let Some(found) = row.chain {
-            let adjacent = prev.is_some_and(|(p, _)| p + 1 == row.seq);
+            let adjacent = prev.is_some_and(|(p, _)| p.checked_add(1) == Some(row.seq));
             // Across a hole the link is checked too: it holds where the
             // agent dropped sequences before hashing them (a full spool
             // refusing records); where it does not, the hole is the finding.
@@ -370,7 +426,10 @@ impl Verifier {
                         ),
                     );
                     f.explained_by = e.seq;
-                    at = end + 1;
+                    let Some(next) = end.checked_add(1) else {
+                        break;
+                    };
+                    at = next;
                 }
                 None => {
                     let next = self
@@ -400,16 +459,34 @@ impl Verifier {
     /// The report: findings in sequence order; intact when all are explained.
     pub fn finish(mut self) -> ChainReport {
         self.close_run(false);
+        if let Some((seq, end)) = self.attestations.silent_since(self.now) {
+            let silent = self.now.saturating_sub(end) as f64 / 1e9;
+            self.find(
+                Kind::AttestationHole,
+                seq,
+                seq,
+                format!(
+                    "no attestation for {silent:.0} s after the window of record {seq}, though one was due: the host went silent or its attestations are missing"
+                ),
+            );
+        }
         let mut r = self.report;
         r.findings.sort_by_key(|f| (f.first_seq, f.kind));
-        r.intact = r.findings.iter().all(|f| {
-            matches!(
-                f.kind(),
-                Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
-            )
-        });
+        r.intact = r.findings.iter().all(|f| explained(f.kind()));
         r
     }
+}
+
+/// Findings that do not break "intact": what the agent itself said it lost,
+/// a chain restarted where its spool's history was lost, and the time
+/// between a clean stop the agent signed and its next start. (A stand-in
+/// for an undeliverable record does break it: its content cannot be
+/// checked, and anyone could claim one.)
+pub fn explained(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::MissingExplained | Kind::RestartExplained | Kind::AgentStopped
+    )
 }
 
 /// The format name a bundle carries.
@@ -436,8 +513,10 @@ fn hash_of(chain: &[u8]) -> Option<Hash> {
 }
 
 /// Checks a bundle's chain offline (no columns to compare: a bundle holds
-/// the records only). Errors name what makes the file no bundle.
-pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
+/// the records only), attestations against `ca` — the auditor's own copy
+/// of the CA, not the one the bundle carries. Errors name what makes the
+/// file no bundle.
+pub fn verify_bundle(b: &Bundle, ca: Option<Vec<u8>>) -> Result<ChainReport, String> {
     if b.format != BUNDLE_FORMAT {
         return Err(format!(
             "not a bundle this version reads: format {:?} (expected {BUNDLE_FORMAT:?})",
@@ -451,8 +530,14 @@ pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
         .filter_map(|r| Explainer::of(&r))
         .collect();
     let before = b.before.as_ref().map(|r| (r.seq, hash_of(&r.chain)));
-    let ca = (!b.ca_certificate.is_empty()).then(|| b.ca_certificate.clone());
-    let mut v = Verifier::new(&b.host_id, explainers, before).with_ca(ca);
+    let end = if b.until_unix_ns > 0 {
+        b.until_unix_ns.min(b.created_unix_ns)
+    } else {
+        b.created_unix_ns
+    };
+    let mut v = Verifier::new(&b.host_id, explainers, before)
+        .with_ca(ca)
+        .until(end);
     let mut last = 0;
     for r in &b.records {
         if r.seq <= last {
@@ -472,7 +557,11 @@ pub fn verify_bundle(b: &Bundle) -> Result<ChainReport, String> {
             record,
         });
     }
-    Ok(v.finish())
+    let mut report = v.finish();
+    if report.records == 0 {
+        report.intact = false;
+    }
+    Ok(report)
 }
 
 /// The report for people: each finding in sequence order (unexplained ones
@@ -490,12 +579,6 @@ pub fn render(r: &ChainReport) -> String {
         "{}: records {}..{} ({} stored, {} chained)",
         r.host_id, r.first_seq, r.last_seq, r.records, r.chained
     );
-    let explained = |k: Kind| {
-        matches!(
-            k,
-            Kind::MissingExplained | Kind::RestartExplained | Kind::Substituted
-        )
-    };
     let name = |k: Kind| k.as_str_name().trim_start_matches("KIND_").to_lowercase();
     for f in &r.findings {
         let at = if f.first_seq == f.last_seq {
@@ -637,6 +720,22 @@ mod tests {
         assert_eq!(
             kinds(&check(&last, vec![])),
             vec![(Kind::BrokenLink, 10, 10)]
+        );
+
+        // A row's hash removed (and its content edited): the missing hash
+        // is the finding.
+        let mut unchained = rows.clone();
+        unchained[3].chain = None;
+        unchained[3].content = b"edited".to_vec();
+        assert_eq!(
+            kinds(&check(&unchained, vec![])),
+            vec![(Kind::BrokenLink, 4, 4)]
+        );
+        // The first records deleted: the chain does not start where the
+        // stored records do.
+        assert_eq!(
+            kinds(&check(&rows[3..], vec![])),
+            vec![(Kind::Missing, 1, 3)]
         );
 
         let mut columns = rows.clone();

@@ -133,12 +133,30 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         "each window starts where the last ended: {windows:?}"
     );
 
-    // The agent stops for 4 s: the windows show the hole.
+    // The agent stops cleanly for 3 s (an upgrade): its last window says
+    // so, and the time it was down is explained.
     agent.stop();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(3));
     agent.restart();
     let before = attestations(&collector, host).len();
     wait_until("an attestation after the restart", || {
+        attestations(&collector, host).len() >= before + 2
+    });
+    let (r, code) = collector.verify(host);
+    let stopped: Vec<Kind> = r
+        .findings
+        .iter()
+        .map(pb::ChainFinding::kind)
+        .filter(|k| matches!(k, Kind::AgentStopped | Kind::AttestationHole))
+        .collect();
+    assert_eq!(stopped, vec![Kind::AgentStopped], "{r:#?}");
+    assert!(r.intact && code == 0, "{r:#?}");
+    // Killed for 3 s: nothing says why, and the windows show the hole.
+    agent.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    agent.restart();
+    let before = attestations(&collector, host).len();
+    wait_until("an attestation after the crash", || {
         attestations(&collector, host).len() >= before + 2
     });
     let (r, code) = collector.verify(host);
@@ -180,6 +198,8 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     std::fs::write(&bundle, &out.stdout).expect("bundle");
     let offline = std::process::Command::new(workspace_bin("residency-verify"))
         .arg("--json")
+        .arg("--ca")
+        .arg(&ca.cert)
         .arg(&bundle)
         .output()
         .expect("residency-verify");
@@ -223,6 +243,17 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         .collect();
     assert!(
         kinds.contains(&(Kind::AttestationInvalid, seq)) && kinds.contains(&(Kind::Altered, seq)),
+        "{r:#?}"
+    );
+    // The agent is gone (dropped above): once its next attestation was due
+    // (2 s, and 2 s of grace), the host shows as silent since its last one.
+    std::thread::sleep(Duration::from_secs(5));
+    let (r, _) = collector.verify(host);
+    let last = r.attestations.last().map(|a| a.seq).expect("attestations");
+    assert!(
+        r.findings.iter().any(|f| f.kind() == Kind::AttestationHole
+            && f.first_seq == last
+            && f.detail.contains("went silent")),
         "{r:#?}"
     );
 }

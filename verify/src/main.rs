@@ -24,6 +24,11 @@ struct Args {
     /// Print the report as JSON (the `ChainReport` message).
     #[arg(long)]
     json: bool,
+    /// The CA that signs the agents' certificates (PEM): your own copy.
+    /// Attestations signed with certificates are trusted only against it;
+    /// the CA a bundle carries is shown, never trusted.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
     /// Also print every record in the bundle, one JSON object per line
     /// (canonical protobuf JSON), before the report.
     #[arg(long)]
@@ -59,7 +64,18 @@ fn run(a: &Args) -> Result<ChainReport, String> {
             println!("{}", serde_json::to_string(&rec).unwrap_or_default());
         }
     }
-    let report = chain::verify_bundle(&b).map_err(|e| format!("{}: {e}", a.bundle.display()))?;
+    let ca = match &a.ca {
+        Some(p) => Some(residency_proto::attest::pem_certificate(p)?),
+        None => None,
+    };
+    if let Some(ca) = &ca
+        && !b.ca_certificate.is_empty()
+        && *ca != b.ca_certificate
+    {
+        eprintln!("note: the bundle carries a different CA than --ca; --ca is the one trusted");
+    }
+    let report =
+        chain::verify_bundle(&b, ca).map_err(|e| format!("{}: {e}", a.bundle.display()))?;
     if a.json {
         println!(
             "{}",
@@ -72,10 +88,10 @@ fn run(a: &Args) -> Result<ChainReport, String> {
             residency_proto::time::utc(b.created_unix_ns),
             b.records.len(),
             b.gaps.len(),
-            if b.ca_certificate.is_empty() {
-                "; no CA: attestations signed with certificates are not trusted"
+            if a.ca.is_none() {
+                "; no --ca: attestations signed with certificates are not trusted"
             } else {
-                ", with the CA"
+                ""
             }
         );
         print!("{}", chain::render(&report));

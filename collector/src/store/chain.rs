@@ -47,13 +47,19 @@ pub(crate) const INSERT_BREAK: &str =
     "INSERT INTO chain_breaks (host, seq, expected, found, stored_ns)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (host, seq) DO NOTHING";
 
-/// A host's rows in sequence order after $2, in [$3, $4) by time, at most
-/// $5, of kind $6 ('': every kind).
+/// A host's rows in sequence order after $2 up to $3, at most $4, of kind
+/// $5 ('': every kind).
 pub(crate) const CHAIN_ROWS: &str =
     "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain
-    FROM records WHERE host = $1 AND seq > $2 AND time_ns >= $3 AND time_ns < $4
-    AND ($6 = '' OR kind = $6)
-    ORDER BY seq LIMIT $5";
+    FROM records WHERE host = $1 AND seq > $2 AND seq <= $3
+    AND ($5 = '' OR kind = $5)
+    ORDER BY seq LIMIT $4";
+
+/// The first and last sequence of a host's records in [$2, $3) by time: a
+/// time range is checked as the sequence range it spans (records' times are
+/// not in sequence order: an audit record keeps the time of its change).
+pub(crate) const SEQ_RANGE: &str =
+    "SELECT MIN(seq), MAX(seq) FROM records WHERE host = $1 AND time_ns >= $2 AND time_ns < $3";
 
 /// The row just before sequence $2 (to link the first checked one to).
 pub(crate) const ROW_BEFORE: &str =
@@ -91,11 +97,19 @@ pub(crate) fn check(last: &mut Last, r: &Record, ix: &Indexed) -> Option<Break> 
     }
     let prev = last.replace((seq, ix.chain.clone()));
     let (p, ph) = prev?;
-    if p + 1 != seq || ix.chain.is_empty() {
+    if p.checked_add(1) != Some(seq) {
         return None;
     }
     let ph: Hash = ph.as_slice().try_into().ok()?;
     let expected = chain::link(&ph, r.seq, &ix.encoded);
+    if ix.chain.is_empty() {
+        // Unchained after a chained record: its hash was left out.
+        return Some(Break {
+            seq,
+            expected: expected.to_vec(),
+            found: Vec::new(),
+        });
+    }
     if ix.chain == expected
         || ix.chain == chain::link(&chain::ZERO, r.seq, &ix.encoded)
         || chain::is_substitute(r)
@@ -174,7 +188,7 @@ impl Store {
             let page = store
                 .lock()
                 .await
-                .chain_rows(host, after, 0, i64::MAX, PAGE, "gap")
+                .chain_rows(host, after, i64::MAX, PAGE, "gap")
                 .await?;
             if page.is_empty() {
                 return Ok(out);
@@ -193,6 +207,13 @@ impl Store {
         ca: Option<Vec<u8>>,
     ) -> Result<ChainReport, StoreError> {
         let until = if until <= 0 { i64::MAX } else { until };
+        let Some((first, upto)) = store.lock().await.seq_range(host, since, until).await? else {
+            return Ok(ChainReport {
+                host_id: host.to_owned(),
+                intact: true,
+                ..Default::default()
+            });
+        };
         let mut ca = ca;
         let mut explainers: Option<Vec<Explainer>> = Some(
             Store::gap_rows(store, host)
@@ -203,19 +224,18 @@ impl Store {
                 .collect(),
         );
         let mut verifier: Option<Verifier> = None;
-        let (mut after, mut first, mut last) = (0i64, None, 0i64);
+        let (mut after, mut last) = (first - 1, 0i64);
         loop {
             let page = store
                 .lock()
                 .await
-                .chain_rows(host, after, since, until, PAGE, "")
+                .chain_rows(host, after, upto, PAGE, "")
                 .await?;
             let Some(end) = page.last().map(|r| r.seq) else {
                 break;
             };
             if verifier.is_none() {
                 let start = page[0].seq;
-                first = Some(start);
                 let before = store.lock().await.row_before(host, start).await?;
                 let before = before.map(|(s, c)| {
                     (
@@ -224,9 +244,14 @@ impl Store {
                             .and_then(|c| c.as_slice().try_into().ok()),
                     )
                 });
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
                 verifier = Some(
                     Verifier::new(host, explainers.take().unwrap_or_default(), before)
-                        .with_ca(ca.take()),
+                        .with_ca(ca.take())
+                        .until(until.min(now)),
                 );
             }
             let v = verifier.as_mut().expect("set above");
@@ -243,11 +268,7 @@ impl Store {
                 ..Default::default()
             });
         };
-        let breaks = store
-            .lock()
-            .await
-            .chain_breaks(host, first.unwrap_or(0), last)
-            .await?;
+        let breaks = store.lock().await.chain_breaks(host, first, last).await?;
         for b in breaks {
             v.add(ChainFinding {
                 kind: Kind::BreakAtIngest as i32,

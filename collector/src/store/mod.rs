@@ -364,21 +364,34 @@ impl Store {
         self.select(filter, "host, seq", None).await
     }
 
-    /// Up to `limit` rows of `host` after sequence `after`, in [since,
-    /// until) by time, of `kind` ("": all), in sequence order, as stored
-    /// (for chain checks and bundles).
+    /// Up to `limit` rows of `host` after sequence `after` up to `upto`, of
+    /// `kind` ("": all), in sequence order, as stored (for chain checks and
+    /// bundles).
     pub(crate) async fn chain_rows(
         &mut self,
         host: &str,
         after: i64,
-        since: i64,
-        until: i64,
+        upto: i64,
         limit: i64,
         kind: &str,
     ) -> Result<Vec<chain::StoredRow>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.chain_rows(host, after, since, until, limit, kind),
-            Store::Postgres(p) => p.chain_rows(host, after, since, until, limit, kind).await,
+            Store::Sqlite(s) => s.chain_rows(host, after, upto, limit, kind),
+            Store::Postgres(p) => p.chain_rows(host, after, upto, limit, kind).await,
+        }
+    }
+
+    /// The first and last sequence of `host`'s records in [since, until)
+    /// by time (None: no record there).
+    pub(crate) async fn seq_range(
+        &mut self,
+        host: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.seq_range(host, since, until),
+            Store::Postgres(p) => p.seq_range(host, since, until).await,
         }
     }
 

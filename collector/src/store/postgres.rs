@@ -391,12 +391,26 @@ impl Postgres {
             .collect())
     }
 
+    pub(crate) async fn seq_range(
+        &mut self,
+        host: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = self
+            .live()
+            .await?
+            .query_one(super::chain::SEQ_RANGE, &[&host, &since, &until])
+            .await?;
+        let (lo, hi): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(lo.zip(hi))
+    }
+
     pub(crate) async fn chain_rows(
         &mut self,
         host: &str,
         after: i64,
-        since: i64,
-        until: i64,
+        upto: i64,
         limit: i64,
         kind: &str,
     ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
@@ -405,7 +419,7 @@ impl Postgres {
             .await?
             .query(
                 super::chain::CHAIN_ROWS,
-                &[&host, &after, &since, &until, &limit, &kind],
+                &[&host, &after, &upto, &limit, &kind],
             )
             .await?;
         Ok(rows

@@ -281,19 +281,32 @@ impl Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub(crate) fn seq_range(
+        &self,
+        host: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::chain::SEQ_RANGE.replace('$', "?"))?;
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            stmt.query_row(params![host, since, until], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(lo.zip(hi))
+    }
+
     pub(crate) fn chain_rows(
         &self,
         host: &str,
         after: i64,
-        since: i64,
-        until: i64,
+        upto: i64,
         limit: i64,
         kind: &str,
     ) -> Result<Vec<super::chain::StoredRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(&super::chain::CHAIN_ROWS.replace('$', "?"))?;
-        let rows = stmt.query_map(params![host, after, since, until, limit, kind], |r| {
+        let rows = stmt.query_map(params![host, after, upto, limit, kind], |r| {
             Ok(super::chain::StoredRow {
                 seq: r.get(0)?,
                 time_ns: r.get(1)?,

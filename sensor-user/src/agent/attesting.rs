@@ -8,7 +8,7 @@ use std::time::Duration;
 use residency_proto::attest::Signer;
 use sensor_common::{
     flow::{FlowEvent, FlowKind},
-    policy::{MAX_CLASSES, action},
+    policy::MAX_CLASSES,
 };
 
 use super::*;
@@ -54,6 +54,8 @@ impl Window {
 
     /// Counts a kernel record: a judged flow (connect, send, accept, packet,
     /// socket) for each class it reports, folded records with their count.
+    /// (Violations and denials are counted when spooled: see
+    /// `Agent::count_spooled`, so the statement matches the records.)
     pub(super) fn count(&mut self, ev: &FlowEvent) {
         let judged = matches!(
             ev.flow_kind(),
@@ -77,17 +79,34 @@ impl Window {
                 break;
             };
             c.0 += n;
-            if ev.action != action::NONE {
-                c.1 += n;
-            }
-            if ev.action == action::DENIED {
-                c.2 += n;
-            }
         }
     }
 }
 
 impl Agent {
+    /// A violation reached the spool: counted for its classes in the window
+    /// (with its fold count; denied when it was).
+    pub(super) fn count_spooled(&mut self, f: &pb::Flow) {
+        let Some(w) = &mut self.window else { return };
+        let n = u64::from(f.count.max(1));
+        let denied = f.action == pb::Action::Denied as i32;
+        for name in &f.classes {
+            let id = self
+                .compiled
+                .policy
+                .classes
+                .iter()
+                .find(|c| c.name == *name)
+                .map(|c| usize::from(c.id));
+            if let Some(c) = id.and_then(|i| w.counts.get_mut(i)) {
+                c.1 += n;
+                if denied {
+                    c.2 += n;
+                }
+            }
+        }
+    }
+
     /// The window that counts from now, after `spool`'s last sequence.
     pub(super) fn new_window(&self, start_ns: i64) -> Option<Window> {
         self.cfg.attestation.as_ref()?;
@@ -114,7 +133,7 @@ impl Agent {
         if self.spool.is_none() {
             return; // nothing to deliver it with; the window goes on
         }
-        let statement = self.statement(w, now);
+        let statement = self.statement(w, now, stopping);
         match statement {
             Ok(att) => {
                 info!(
@@ -134,7 +153,7 @@ impl Agent {
     }
 
     /// The signed statement for window `w` ending `now`.
-    fn statement(&self, w: &Window, now: i64) -> Result<cpb::Attestation, String> {
+    fn statement(&self, w: &Window, now: i64, stopping: bool) -> Result<cpb::Attestation, String> {
         let a = self
             .cfg
             .attestation
@@ -182,6 +201,8 @@ impl Agent {
             } else {
                 Vec::new()
             },
+            interval_ns: a.interval.as_nanos() as i64,
+            stopping,
             ..Default::default()
         };
         a.signer.sign(&mut att)?;

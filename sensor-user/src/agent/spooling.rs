@@ -13,13 +13,34 @@ impl Agent {
         if self.cfg.spool_dir.is_none() {
             return;
         }
+        let mut payload = encode_spooled(time_unix_ns, body);
+        if payload.len() > crate::export::MAX_RECORD_BYTES {
+            // Never delivered whole: a chained gap record says so in its place
+            // (a stand-in made at delivery could not be told from a forgery).
+            error!(
+                kind = body.kind_name(),
+                bytes = payload.len(),
+                limit = crate::export::MAX_RECORD_BYTES,
+                "a record too large to deliver is spooled as an UNDELIVERABLE gap record instead"
+            );
+            let gap = cpb::Gap {
+                source: cpb::GapSource::Undeliverable as i32,
+                count: 1,
+                bytes: payload.len() as u64,
+                note: format!("a {} record too large to deliver", body.kind_name()),
+                ..Default::default()
+            };
+            payload = encode_spooled(time_unix_ns, Spooled::Gap(&gap));
+        }
         let written = match &mut self.spool {
-            Some(s) => s
-                .append(&encode_spooled(time_unix_ns, body))
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Some(s) => s.append(&payload).map(drop).map_err(|e| e.to_string()),
             None => Err(format!("the spool is not open: {}", self.spool_open_error)),
         };
+        if let (Ok(()), Spooled::Violation(f)) = (&written, body)
+            && payload.len() <= crate::export::MAX_RECORD_BYTES
+        {
+            self.count_spooled(f);
+        }
         if let Err(e) = written {
             if self.unspooled.0 == 0 {
                 error!(error = %e, kind = body.kind_name(), "appending to the spool failed; records are counted and reported as a gap once it works again; free space on collector.spool_dir's filesystem or fix its permissions");
