@@ -639,12 +639,16 @@ impl Agent {
                 let _ = r.send(Ok(b));
             }
             Command::ReadSpool { from, max, reply } => {
+                let synced = self.syncer.synced();
                 let res = match &mut self.spool {
                     Some(s) => s
                         .read_from(from, max)
                         .map_err(|e| CommandError::Internal(format!("reading the spool: {e}")))
                         .map(|v| {
+                            // Only what is on disk: see `Spool::durable`.
+                            let durable = s.durable(synced);
                             v.into_iter()
+                                .filter(|(seq, _)| *seq <= durable)
                                 .map(|(seq, payload)| Frame { seq, payload })
                                 .collect()
                         }),

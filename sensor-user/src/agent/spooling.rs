@@ -258,7 +258,7 @@ impl Agent {
                 Err(e) => error!(error = %e, "writing the spool failed"),
                 Ok(()) => {
                     if let Some(f) = s.tail_for_sync() {
-                        self.syncer.request(f);
+                        self.syncer.request(f, s.written());
                     }
                 }
             }

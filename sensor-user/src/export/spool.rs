@@ -14,7 +14,9 @@
 //! synced before the next one starts. That trades the records written since
 //! the last fsync after a power loss (not after a process crash: the data is
 //! in the page cache) for throughput; a lost unsynced tail's sequence numbers
-//! may be handed out again after recovery (they were never acknowledged).
+//! may be handed out again after recovery, so nothing above [`Spool::durable`]
+//! is delivered: a number the collector stored is never reused (it would
+//! take the new record for a duplicate and drop it).
 //!
 //! Recovery on open: a torn write at the tail of the last segment (a frame cut
 //! short, or whose CRC fails with nothing valid after it) is cut off and counted,
@@ -158,6 +160,10 @@ pub struct Spool {
     /// chain starts), and the one before it (for `disown`).
     head: chain::Hash,
     head_before: chain::Hash,
+    /// The highest sequence known to be on disk (fsynced here, or found at
+    /// open). What is above it may vanish in a power loss and its numbers be
+    /// handed out again, so it is not delivered yet (see [`Spool::durable`]).
+    durable: u64,
 }
 
 /// Bytes of appended frames held before they are written.
@@ -465,6 +471,8 @@ impl Spool {
             unwritten: Vec::new(),
             head,
             head_before: head,
+            // What survived into this open is what the disk holds.
+            durable: next_seq - 1,
         };
         // The file exists from now on, so rewriting it never needs space.
         if let Err(e) = spool.save_next_seq() {
@@ -630,8 +638,10 @@ impl Spool {
             let _ = self.write_pending();
             // The old tail is durable before the new one takes records: a
             // sync asked for later covers only the new tail.
-            if let Some(f) = &self.tail {
-                let _ = f.sync_data();
+            if let Some(f) = &self.tail
+                && f.sync_data().is_ok()
+            {
+                self.durable = self.durable.max(seq - 1);
             }
             let path = self.dir.join(seg_name(seq));
             self.tail = Some(OpenOptions::new().create(true).append(true).open(&path)?);
@@ -675,6 +685,9 @@ impl Spool {
             if let Err(e) = written {
                 self.disown(seq);
                 return Err(e);
+            }
+            if sync {
+                self.durable = self.durable.max(seq);
             }
         }
         self.unsynced = if sync { 0 } else { self.unsynced + 1 };
@@ -772,7 +785,27 @@ impl Spool {
             f.sync_data()?;
         }
         self.unsynced = 0;
+        self.durable = self.durable.max(self.next_seq - 1);
         Ok(())
+    }
+
+    /// The highest sequence on disk: synced by this spool, or by another
+    /// thread through [`Spool::tail_for_sync`] (`synced_elsewhere`, the
+    /// highest sequence written before that sync started). Delivery stops
+    /// there: a record the collector acknowledged must never have its number
+    /// reused after a power loss.
+    pub fn durable(&self, synced_elsewhere: u64) -> u64 {
+        self.durable.max(synced_elsewhere.min(self.next_seq - 1))
+    }
+
+    /// The highest sequence written to the tail so far (what a sync started
+    /// now covers).
+    pub fn written(&self) -> u64 {
+        if self.pending.is_empty() {
+            self.next_seq - 1
+        } else {
+            self.pending_first - 1
+        }
     }
 
     /// Up to `max` records with sequence numbers ≥ `from`, in order. Reads
@@ -920,6 +953,37 @@ mod tests {
             "the old chain field is not kept in the content"
         );
         assert_eq!(linked(&mut s, chain::ZERO), s.chain_head().1);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn only_what_is_on_disk_counts_as_durable() {
+        let d = dir("durable");
+        let opts = || Options {
+            fsync: Fsync::EveryN(u32::MAX),
+            ..Options::default()
+        };
+        let (mut s, _) = Spool::open(&d, opts()).unwrap();
+        for i in 0..3 {
+            s.append(format!("r{i}").as_bytes()).unwrap();
+        }
+        assert_eq!(s.durable(0), 0, "written, not synced");
+        assert_eq!(s.written(), 0, "held, not even written");
+        s.write_out().unwrap();
+        assert_eq!(s.written(), 3);
+        assert_eq!(
+            s.durable(2),
+            2,
+            "a sync elsewhere covered what was written before it"
+        );
+        s.flush().unwrap();
+        assert_eq!(s.durable(0), 3);
+        s.append(b"r3").unwrap();
+        assert_eq!(s.durable(0), 3);
+        assert_eq!(s.durable(100), 4, "never past what was appended");
+        drop(s);
+        let (s, _) = Spool::open(&d, opts()).unwrap();
+        assert_eq!(s.durable(0), 4, "what survived into an open is on disk");
         let _ = fs::remove_dir_all(&d);
     }
 
