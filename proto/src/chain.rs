@@ -106,6 +106,9 @@ pub struct Explainer {
     pub last_seq: u64,
     /// For SPOOL_LOST: the collector's sequence the spool numbered after.
     pub collector_last_seq: u64,
+    /// The chain hash the record after the range links to, when the agent
+    /// knew it.
+    pub resume: Option<Hash>,
 }
 
 impl Explainer {
@@ -120,6 +123,7 @@ impl Explainer {
             first_seq: g.first_seq,
             last_seq: g.last_seq,
             collector_last_seq: g.collector_last_seq,
+            resume: g.resume_chain.as_slice().try_into().ok(),
         })
     }
 }
@@ -301,6 +305,28 @@ impl Verifier {
                 .and_then(|(_, ph)| ph)
                 .map(|ph| link(&ph, row.seq, &row.content));
             let restart = expected != Some(found) && link(&ZERO, row.seq, &row.content) == found;
+            // After a hole the agent accounted for, its gap record may say
+            // which hash the chain resumes from: that link is checked too.
+            if !adjacent
+                && !restart
+                && let Some(e) = self
+                    .explainers
+                    .iter()
+                    .find(|e| e.last_seq.checked_add(1) == Some(row.seq) && e.resume.is_some())
+                    .copied()
+                && let Some(r) = e.resume
+                && link(&r, row.seq, &row.content) != found
+            {
+                let gap = e.seq;
+                let f = self.find(
+                    Kind::BrokenLink,
+                    row.seq,
+                    row.seq,
+                    format!("record {} does not follow the hash gap record {gap} says the chain resumes from: altered, or moved", row.seq),
+                );
+                f.expected = link(&r, row.seq, &row.content).to_vec();
+                f.found = found.to_vec();
+            }
             // A run of failing links goes on only while the links keep
             // failing where they can be checked.
             let fails =
@@ -757,11 +783,25 @@ mod tests {
             first_seq: 4,
             last_seq: 6,
             collector_last_seq: 0,
+            resume: None,
         };
         let r = check(&lost, vec![gap]);
         assert_eq!(kinds(&r), vec![(Kind::MissingExplained, 4, 6)]);
         assert!(r.intact);
         assert_eq!(r.findings[0].explained_by, 11);
+        // The gap says which hash the chain resumes from: the record after
+        // the hole is checked against it.
+        let resumed = Explainer {
+            resume: rows[5].chain,
+            ..gap
+        };
+        assert!(check(&lost, vec![resumed]).intact);
+        let mut edited = lost.clone();
+        edited[3].content = b"record 7, edited".to_vec(); // seq 7
+        assert_eq!(
+            kinds(&check(&edited, vec![resumed])),
+            vec![(Kind::MissingExplained, 4, 6), (Kind::BrokenLink, 7, 7)]
+        );
         // Half covered: the rest is missing.
         let half = Explainer { last_seq: 5, ..gap };
         let r = check(&lost, vec![half]);
@@ -796,6 +836,7 @@ mod tests {
             first_seq: 0,
             last_seq: 0,
             collector_last_seq: 5,
+            resume: None,
         };
         let r = check(&restarted, vec![lost_spool]);
         assert_eq!(kinds(&r), vec![(Kind::RestartExplained, 6, 6)]);

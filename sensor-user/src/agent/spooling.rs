@@ -94,7 +94,8 @@ impl Agent {
     /// written, with the sequence numbers the collector will not see.
     pub(super) fn report_unwritten(&mut self) {
         let Some(s) = &mut self.spool else { return };
-        for (first, last, why) in s.take_unwritten() {
+        for u in s.take_unwritten() {
+            let (first, last) = (u.first, u.last);
             let count = last - first + 1;
             let gap = cpb::Gap {
                 source: cpb::GapSource::SpoolWrite as i32,
@@ -102,17 +103,18 @@ impl Agent {
                 first_seq: first,
                 last_seq: last,
                 until_unix_ns: now_unix_ns(),
-                error: why.clone(),
+                error: u.why.clone(),
+                resume_chain: u.resume.map(|h| h.to_vec()).unwrap_or_default(),
                 ..Default::default()
             };
             if s.append_now(&encode_spooled(now_unix_ns(), Spooled::Gap(&gap)))
                 .is_ok()
             {
-                warn!(count, first_seq = first, last_seq = last, error = %why, "spooled records could not be written; reported as a gap");
+                warn!(count, first_seq = first, last_seq = last, error = %u.why, "spooled records could not be written; reported as a gap");
                 self.metrics.unspooled.inc_by(count);
             } else {
                 self.metrics.spool_unwritable.set(1);
-                s.keep_unwritten((first, last, why));
+                s.keep_unwritten(u);
             }
         }
     }
@@ -249,6 +251,7 @@ impl Agent {
                 count: d.count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,
+                resume_chain: d.resume.map(|h| h.to_vec()).unwrap_or_default(),
                 ..Default::default()
             };
             self.spool_append(now_unix_ns(), Spooled::Gap(&gap));

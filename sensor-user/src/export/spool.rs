@@ -117,12 +117,24 @@ pub struct Recovery {
     pub warnings: Vec<String>,
 }
 
+/// Appended records that could not be written: `first..=last`, why, and the
+/// chain hash the next record links to (chained spools).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwritten {
+    pub first: u64,
+    pub last: u64,
+    pub why: String,
+    pub resume: Option<chain::Hash>,
+}
+
 /// Records dropped for lack of space (a gap to report).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dropped {
     pub count: u64,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// The chain hash the record after `last_seq` links to (chained spools).
+    pub resume: Option<chain::Hash>,
 }
 
 struct Segment {
@@ -155,7 +167,7 @@ pub struct Spool {
     acked: u64,
     /// Appended records that could not be written (disk full): (first, last
     /// sequence, why), for the caller to report as gaps.
-    unwritten: Vec<(u64, u64, String)>,
+    unwritten: Vec<Unwritten>,
     /// The chain hash of the last record appended (`chain::ZERO` where the
     /// chain starts), and the one before it (for `disown`).
     head: chain::Hash,
@@ -554,7 +566,8 @@ impl Spool {
         (self.next_seq - 1, self.head)
     }
 
-    fn note_dropped(&mut self, first: u64, last: u64) {
+    /// `resume`: the chain hash the record after `last` links to.
+    fn note_dropped(&mut self, first: u64, last: u64, resume: Option<chain::Hash>) {
         // The acknowledged part of a dropped segment was delivered: not a
         // loss (counting it made gap records claim records the collector
         // had stored).
@@ -567,8 +580,16 @@ impl Spool {
             d.first_seq = first;
         }
         d.first_seq = d.first_seq.min(first);
+        if last >= d.last_seq {
+            d.resume = resume;
+        }
         d.last_seq = d.last_seq.max(last);
         d.count += last + 1 - first;
+    }
+
+    /// The chain hash records link to now (None: not chained).
+    fn resume(&self) -> Option<chain::Hash> {
+        self.opts.chain.then_some(self.head)
     }
 
     /// Records dropped since the last call (a gap to report), if any.
@@ -603,8 +624,9 @@ impl Spool {
         while self.bytes() + size > self.opts.max_bytes {
             match self.opts.overflow {
                 Overflow::DropNewest => {
+                    // Dropped unhashed: the next record links to the head.
                     self.next_seq += 1;
-                    self.note_dropped(seq, seq);
+                    self.note_dropped(seq, seq, self.resume());
                     return Ok(None);
                 }
                 Overflow::DropOldest => {
@@ -617,13 +639,17 @@ impl Spool {
                             self.save_next_seq()?;
                             fs::remove_file(&s.path)?;
                             self.segments.clear();
-                            self.note_dropped(f, l);
+                            // The segment held the newest records: the next
+                            // links to the head.
+                            self.note_dropped(f, l, self.resume());
                         }
                         break;
                     }
                     let s = self.segments.remove(0);
+                    // The next segment's first record links to this one's last.
+                    let resume = if self.opts.chain { last_hash(&s) } else { None };
                     fs::remove_file(&s.path)?;
-                    self.note_dropped(s.first_seq, s.last_seq);
+                    self.note_dropped(s.first_seq, s.last_seq, resume);
                 }
             }
         }
@@ -717,7 +743,15 @@ impl Spool {
                 s.index.retain(|x| x.0 < first);
                 s.last_seq = first - 1;
             }
-            self.unwritten.push((first, last, e.to_string()));
+            // The held frames were the newest: the next record links to the
+            // head.
+            let resume = self.resume();
+            self.unwritten.push(Unwritten {
+                first,
+                last,
+                why: e.to_string(),
+                resume,
+            });
             return Err(e);
         }
         Ok(())
@@ -739,31 +773,33 @@ impl Spool {
             s.bytes = off;
             s.last_seq = seq - 1;
         }
-        if let Some(last) = self.unwritten.last_mut()
-            && last.1 == seq
-        {
-            if last.0 == seq {
-                self.unwritten.pop();
-            } else {
-                last.1 -= 1;
-            }
-        }
         if self.next_seq == seq + 1 {
             self.next_seq = seq;
             // The number is the next record's, and so is the link.
             self.head = self.head_before;
         }
+        let resume = self.resume();
+        if let Some(last) = self.unwritten.last_mut()
+            && last.last == seq
+        {
+            if last.first == seq {
+                self.unwritten.pop();
+            } else {
+                last.last -= 1;
+                last.resume = resume;
+            }
+        }
     }
 
     /// Appended records that could not be written since the last call:
     /// (first, last sequence, why). Report each as a gap.
-    pub fn take_unwritten(&mut self) -> Vec<(u64, u64, String)> {
+    pub fn take_unwritten(&mut self) -> Vec<Unwritten> {
         std::mem::take(&mut self.unwritten)
     }
 
     /// Puts back a range `take_unwritten` gave whose gap record could not be
     /// written either (reported again later).
-    pub fn keep_unwritten(&mut self, range: (u64, u64, String)) {
+    pub fn keep_unwritten(&mut self, range: Unwritten) {
         self.unwritten.push(range);
     }
 
@@ -1150,6 +1186,33 @@ mod tests {
     }
 
     #[test]
+    fn a_chained_spool_says_where_the_chain_resumes_after_a_loss() {
+        let d = dir("full-chained");
+        let opts = Options {
+            max_bytes: 300,
+            segment_bytes: 120,
+            chain: true,
+            ..Options::default()
+        };
+        let (mut s, _) = Spool::open(&d, opts).unwrap();
+        for i in 0..20u64 {
+            s.append(&i.to_le_bytes()).unwrap();
+        }
+        let gap = s.take_dropped().expect("something was dropped");
+        let resume = gap.resume.expect("a chained spool knows the hash");
+        let kept = s.read_from(0, usize::MAX).unwrap();
+        let (seq, payload) = &kept[0];
+        assert_eq!(*seq, gap.last_seq + 1);
+        let (content, hash) = chain::split(payload).unwrap();
+        assert_eq!(
+            chain::link(&resume, *seq, content),
+            hash,
+            "the first record kept links to the hash the gap names"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_dropped_segment_counts_only_what_was_not_acknowledged() {
         let d = dir("full-acked");
         let opts = Options {
@@ -1193,7 +1256,8 @@ mod tests {
             Some(Dropped {
                 count: 2,
                 first_seq: 4,
-                last_seq: 5
+                last_seq: 5,
+                resume: None,
             })
         );
         let _ = fs::remove_dir_all(&d);
