@@ -11,7 +11,10 @@ use prost::encoding::{int64, message, string};
 use residency_proto::{chain::BUNDLE_FORMAT, collector::v1::BundleRecord};
 use tokio::sync::Mutex;
 
-use crate::store::{Store, StoreError, chain::StoredRow};
+use crate::store::{
+    Store, StoreError,
+    chain::{RangeRows, StoredRow},
+};
 
 // `Bundle` field numbers (collector.proto; checked by the test below).
 const FORMAT: u32 = 1;
@@ -23,9 +26,6 @@ const BEFORE: u32 = 6;
 const RECORDS: u32 = 7;
 const GAPS: u32 = 8;
 const CA: u32 = 10;
-
-/// Rows read per step.
-const PAGE: i64 = 10_000;
 
 /// What was written.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,23 +70,9 @@ pub async fn write(
     if let Some(ca) = ca {
         prost::encoding::bytes::encode(CA, &ca.to_vec(), &mut buf);
     }
-    let bound = if until <= 0 { i64::MAX } else { until };
     let mut written = Written::default();
-    // The time range as the sequence range it spans (see SEQ_RANGE).
-    let range = store.lock().await.seq_range(host, since, bound).await?;
-    let (mut after, upto) = range.map_or((0, 0), |(lo, hi)| (lo - 1, hi));
-    loop {
-        let page = store
-            .lock()
-            .await
-            .chain_rows(host, after, upto, PAGE, "")
-            .await?;
-        let Some(last) = page.last().map(|r| r.seq) else {
-            break;
-        };
-        if written.records == 0
-            && let Some((seq, chain)) = store.lock().await.row_before(host, page[0].seq).await?
-        {
+    if let Some((mut rows, before)) = RangeRows::open(store, host, since, until).await? {
+        if let Some((seq, chain)) = before {
             let before = BundleRecord {
                 seq: seq as u64,
                 content: Vec::new(),
@@ -94,13 +80,18 @@ pub async fn write(
             };
             message::encode(BEFORE, &before, &mut buf);
         }
-        for r in &page {
-            message::encode(RECORDS, &record(r), &mut buf);
+        loop {
+            let page = rows.next(store).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                message::encode(RECORDS, &record(r), &mut buf);
+            }
+            written.records += page.len() as u64;
+            out.write_all(&buf)?;
+            buf.clear();
         }
-        written.records += page.len() as u64;
-        out.write_all(&buf)?;
-        buf.clear();
-        after = last;
     }
     for g in Store::gap_rows(store, host).await? {
         message::encode(GAPS, &record(&g), &mut buf);

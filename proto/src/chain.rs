@@ -533,8 +533,9 @@ pub fn decode_stored(seq: u64, content: &[u8]) -> Option<Record> {
     Some(r)
 }
 
-fn hash_of(chain: &[u8]) -> Option<Hash> {
-    // A hash of the wrong length is kept as one that cannot match.
+/// A stored chain field as a hash: None when empty (unchained); one of the
+/// wrong length is kept as a hash that cannot match.
+pub fn hash_of(chain: &[u8]) -> Option<Hash> {
     (!chain.is_empty()).then(|| chain.try_into().unwrap_or([0xff; 32]))
 }
 

@@ -9,14 +9,14 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::{RunningAgent, workspace_bin},
+    agent::workspace_bin,
     cgroup::TestCgroup,
     collector::{CollectorTls, RunningCollector, set_collector_option},
     database::{Database, Value},
     netns::TestNet,
     pki::TestCa,
     probe,
-    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    scenario::delivering_agent,
     temp::TempPath,
 };
 use prost::Message;
@@ -71,20 +71,9 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     short_windows(&config);
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
-    let mut agent = RunningAgent::start_with(
-        &policy,
-        DELIVERY_REGIONS,
-        &["--config", config.to_str().expect("utf-8")],
-    );
+    let mut agent = delivering_agent(host, &cgroup, &config);
     let server = net.virginia.udp_server(false);
-    probe::run_all_ok(
-        &probe::netprobe(),
-        &cgroup,
-        "udp-sendto",
-        &server.addr.to_string(),
-        40,
-    );
+    probe::violate(&cgroup, &server.addr.to_string(), 40);
     // Until an attestation covers every violation.
     wait_until("an attestation after the violations", || {
         let last_violation = collector
@@ -217,7 +206,7 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     // carries a valid signature, and its record no longer its hash.
     let (seq, _) = attestations(&collector, host)[0].clone();
     let mut db = Database::open(db.to_str().expect("utf-8"));
-    let blob = db.bytes(
+    let blob: Vec<u8> = db.one(
         "SELECT record FROM records WHERE host = $1 AND seq = $2",
         &[Value::Text(host), Value::Int(seq as i64)],
     );
@@ -266,12 +255,7 @@ fn without_tls_the_agent_signs_with_a_key_of_its_own() {
     let config = collector.agent_config(tmp.path(), host, None);
     short_windows(&config);
     let cgroup = TestCgroup::create();
-    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
-    let _agent = RunningAgent::start_with(
-        &policy,
-        DELIVERY_REGIONS,
-        &["--config", config.to_str().expect("utf-8")],
-    );
+    let _agent = delivering_agent(host, &cgroup, &config);
     wait_until("two attestations", || {
         attestations(&collector, host).len() >= 2
     });

@@ -8,14 +8,14 @@
 use std::time::{Duration, Instant};
 
 use harness::harness::{
-    agent::{RunningAgent, workspace_bin},
+    agent::workspace_bin,
     cgroup::TestCgroup,
     collector::RunningCollector,
     database::{Database, Value},
     netns::TestNet,
     postgres::PgServer,
     probe,
-    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
+    scenario::delivering_agent,
     temp::TempPath,
 };
 use prost::Message;
@@ -116,20 +116,9 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
     let net = TestNet::create();
     let collector = RunningCollector::start_with(dir, database, None);
     let config = collector.agent_config(dir, host, None);
-    let policy = FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text();
-    let agent = RunningAgent::start_with(
-        &policy,
-        DELIVERY_REGIONS,
-        &["--config", config.to_str().expect("utf-8")],
-    );
+    let agent = delivering_agent(host, &cgroup, &config);
     let server = net.virginia.udp_server(false);
-    probe::run_all_ok(
-        &probe::netprobe(),
-        &cgroup,
-        "udp-sendto",
-        &server.addr.to_string(),
-        600,
-    );
+    probe::violate(&cgroup, &server.addr.to_string(), 600);
     let deadline = Instant::now() + Duration::from_secs(60);
     while collector.count(host, "violation") < 600 || agent.status().spool_depth > 0 {
         assert!(Instant::now() < deadline, "the violations did not arrive");
@@ -169,7 +158,7 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
     let mut db = Database::open(database);
     // A violation's destination country rewritten, its record and its
     // column both (a careful forger).
-    let blob = db.bytes(
+    let blob: Vec<u8> = db.one(
         "SELECT record FROM records WHERE host = $1 AND seq = $2",
         &[Value::Text(host), Value::Int(altered)],
     );

@@ -20,12 +20,6 @@ use residency_proto::{
     records::Label,
 };
 
-/// Sends `n` UDP datagrams to `target` from the cgroup, one violation each
-/// (aggregation is off), and checks the agent let them through (monitor mode).
-fn violate(cgroup: &TestCgroup, target: &str, n: usize) {
-    probe::run_all_ok(&probe::netprobe(), cgroup, "udp-sendto", target, n);
-}
-
 fn wait_for_violations(c: &RunningCollector, host: &str, want: usize) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -68,17 +62,17 @@ fn exactly_once(
     let target = server.addr.to_string();
 
     let mut agent = RunningAgent::start_with(&policy, regions, &cfg);
-    violate(&cgroup, &target, 4000);
+    probe::violate(&cgroup, &target, 4000);
     wait_for_violations(&collector, host, 4000);
     // The database restarts (PostgreSQL) while the collector keeps running: it
     // must reconnect by itself and store what comes next.
     database_restart();
-    violate(&cgroup, &target, 2000);
+    probe::violate(&cgroup, &target, 2000);
     wait_for_violations(&collector, host, 6000);
 
     // The collector crashes; violations keep coming and wait in the spool.
     collector.kill9();
-    violate(&cgroup, &target, 6000);
+    probe::violate(&cgroup, &target, 6000);
     std::thread::sleep(Duration::from_millis(500));
     let st = agent.status();
     assert!(
@@ -89,7 +83,7 @@ fn exactly_once(
     wait_for_violations(&collector, host, 12_000);
 
     // Crash it again, mid-delivery this time.
-    violate(&cgroup, &target, 6000);
+    probe::violate(&cgroup, &target, 6000);
     collector.kill9();
     collector.restart();
     wait_for_violations(&collector, host, 18_000);
@@ -99,7 +93,7 @@ fn exactly_once(
     agent.kill9();
     drop(agent);
     let agent = RunningAgent::start_with(&policy, regions, &cfg);
-    violate(&cgroup, &target, 2000);
+    probe::violate(&cgroup, &target, 2000);
     wait_for_violations(&collector, host, 20_000);
     let drops = drops_before + agent.kernel_drops();
 
@@ -226,7 +220,7 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
     let agent = RunningAgent::start_with(&policy, DELIVERY_REGIONS, &cfg);
-    violate(&cgroup, &target, 10);
+    probe::violate(&cgroup, &target, 10);
     wait_for_violations(&collector, host, 10);
 
     // A client with this host's token delivers a record with sequence 10^9.
@@ -249,7 +243,7 @@ fn a_forged_sequence_in_the_collector_does_not_stop_delivery() {
     // The agent meets the forged last sequence at its next connection.
     collector.kill9();
     collector.restart();
-    violate(&cgroup, &target, 10);
+    probe::violate(&cgroup, &target, 10);
     wait_for_violations(&collector, host, 20);
     assert!(
         agent
@@ -355,7 +349,7 @@ fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
     ];
     std::thread::sleep(Duration::from_millis(500));
     let ticks = cpu_ticks(collector_pid);
-    violate(&cgroup, &target, 100);
+    probe::violate(&cgroup, &target, 100);
     // Root's tools are served throughout.
     assert!(agent.ctl(&["status"]).status.success(), "sensorctl status");
     let out = std::process::Command::new(harness::harness::agent::workspace_bin("collectorctl"))
@@ -448,7 +442,7 @@ fn a_full_disk_costs_no_record_without_a_gap() {
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
     collector.kill9();
-    violate(&cgroup, &target, 1000);
+    probe::violate(&cgroup, &target, 1000);
     assert!(
         agent.wait_log("the spool failed", Duration::from_secs(10)),
         "the disk filled: {}",

@@ -22,12 +22,6 @@ use residency_proto::{
     collector::v1::{self as pb, GapSource, StoredRecord, chain_finding::Kind},
 };
 
-/// `n` UDP datagrams to `target` from the cgroup, one violation each
-/// (aggregation is off).
-fn violate(cgroup: &TestCgroup, target: &str, n: usize) {
-    probe::run_all_ok(&probe::netprobe(), cgroup, "udp-sendto", target, n);
-}
-
 /// Waits until `done` holds for the collector's records of `host` (checked
 /// every 300 ms, up to 60 s); the message says what was seen last.
 fn wait_records(
@@ -172,7 +166,7 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
     let mut agent = s.agent();
     // The collector is down: 300 violations wait in the spool.
     s.collector.kill9();
-    violate(&s.cgroup, &target, 300);
+    probe::violate(&s.cgroup, &target, 300);
     std::thread::sleep(Duration::from_millis(500));
     agent.stop();
     // Damage one byte in the middle of the spool's records.
@@ -183,7 +177,7 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
     std::fs::write(&seg, &data).expect("damaging the segment");
     agent.restart();
     s.collector.restart();
-    violate(&s.cgroup, &target, 10);
+    probe::violate(&s.cgroup, &target, 10);
     // Every violation arrives, or is counted in a spool_damage gap with its
     // sequence range; nothing else is lost, no number is handed out twice
     // (a reused number would be dropped by the collector as a duplicate).
@@ -235,14 +229,14 @@ fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
     let s = Setup::new(host);
     let (_server, target) = s.denied();
     let mut agent = s.agent();
-    violate(&s.cgroup, &target, 50);
+    probe::violate(&s.cgroup, &target, 50);
     wait_records(&s.collector, host, "50 violations", |all| {
         count(all, "violation") == 50
     });
     agent.stop();
     std::fs::remove_dir_all(s.spool()).expect("wiping the spool");
     agent.restart();
-    violate(&s.cgroup, &target, 20);
+    probe::violate(&s.cgroup, &target, 20);
     let all = wait_records(&s.collector, host, "70 violations", |all| {
         count(all, "violation") == 70
     });
@@ -275,7 +269,7 @@ fn a_spool_that_cannot_be_opened_costs_records_not_enforcement() {
         st.spool_problem.contains("cannot be opened"),
         "status says so: {st:?}"
     );
-    violate(&s.cgroup, &target, 5);
+    probe::violate(&s.cgroup, &target, 5);
     // Records reach the agent within its 100 ms drain.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -324,7 +318,7 @@ fn a_hostile_executable_path_neither_wedges_delivery_nor_grows_records() {
     assert!(exe.as_os_str().len() > 3700);
     let _agent = s.agent();
     probe::run_all_ok(&exe, &s.cgroup, "udp-sendto", &target, 600);
-    violate(&s.cgroup, &target, 10);
+    probe::violate(&s.cgroup, &target, 10);
     let all = wait_records(&s.collector, host, "610 violations", |all| {
         count(all, "violation") == 610
     });
@@ -347,7 +341,7 @@ fn twenty_thousand_close_records_leave_the_violation_before_them_listed() {
     let agent = RunningAgent::start(&policy, DELIVERY_REGIONS);
     let denied = net.virginia.udp_server(false);
     let allowed = net.frankfurt.udp_server(false);
-    violate(&cgroup, &denied.addr.to_string(), 1);
+    probe::violate(&cgroup, &denied.addr.to_string(), 1);
     // Each a socket of its own: connect, send, close (a close record each).
     let target = allowed.addr.to_string();
     for _ in 0..4 {
@@ -391,14 +385,14 @@ fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
     let s = Setup::new(host);
     let (_server, target) = s.denied();
     let mut agent = s.agent();
-    violate(&s.cgroup, &target, 100);
+    probe::violate(&s.cgroup, &target, 100);
     wait_records(&s.collector, host, "100 violations", |all| {
         count(all, "violation") == 100
     });
     agent.kill9();
-    violate(&s.cgroup, &target, 3000);
+    probe::violate(&s.cgroup, &target, 3000);
     agent.restart();
-    violate(&s.cgroup, &target, 100);
+    probe::violate(&s.cgroup, &target, 100);
     let all = wait_records(&s.collector, host, "3,200 violations", |all| {
         count(all, "violation") == 3200
     });

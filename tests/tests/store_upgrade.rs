@@ -82,7 +82,7 @@ fn back_before_typed_records(database: &str) {
             );
         }
     } else {
-        let v = db.int("PRAGMA user_version");
+        let v: i64 = db.one("PRAGMA user_version", &[]);
         db.execute(&format!("PRAGMA user_version = {}", v - 2), &[]);
     }
 }

@@ -93,6 +93,30 @@ impl Filters {
     }
 }
 
+/// One host's records over a time range (verify, attestations).
+#[derive(Debug, ClapArgs)]
+struct HostRange {
+    /// The host (see `collectorctl hosts`).
+    #[arg(long)]
+    host: String,
+    /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Before this time (same forms).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
+impl HostRange {
+    fn request(&self) -> pb::VerifyChainRequest {
+        pb::VerifyChainRequest {
+            host_id: self.host.clone(),
+            since_unix_ns: self.since.unwrap_or(0),
+            until_unix_ns: self.until.unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Every host: last seen, connected, counts, policy, modes, exceptions.
@@ -132,29 +156,15 @@ enum Cmd {
     /// first missing, altered or reordered record, or "intact: N records,
     /// head HASH". Exits 4 when the chain does not hold.
     Verify {
-        /// The host (see `collectorctl hosts`).
-        #[arg(long)]
-        host: String,
-        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<i64>,
-        /// Before this time (same forms).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<i64>,
+        #[command(flatten)]
+        range: HostRange,
     },
     /// A host's signed window attestations, each with its verification
     /// state (signature, signer, agreement with the stored records). Exits
     /// 4 when one does not hold or a window is missing.
     Attestations {
-        /// The host (see `collectorctl hosts`).
-        #[arg(long)]
-        host: String,
-        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<i64>,
-        /// Before this time (same forms).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<i64>,
+        #[command(flatten)]
+        range: HostRange,
     },
     /// What a policy would change for a host's stored violations (its agent
     /// judges them; nothing is applied): per class, executable and
@@ -523,17 +533,18 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .into_inner();
             Ok(print_outcomes(&r, a.json).into())
         }
-        Cmd::Verify { host, since, until } => {
+        Cmd::Verify { range } | Cmd::Attestations { range } => {
             let r = c
-                .verify_chain(pb::VerifyChainRequest {
-                    host_id: host.clone(),
-                    since_unix_ns: since.unwrap_or(0),
-                    until_unix_ns: until.unwrap_or(0),
-                })
+                .verify_chain(range.request())
                 .await
                 .map_err(status)?
                 .into_inner();
-            Ok(if print_chain(&r, a.json) {
+            let holds = if matches!(a.command, Cmd::Verify { .. }) {
+                print_chain(&r, a.json)
+            } else {
+                print_attestations(&r, a.json)
+            };
+            Ok(if holds {
                 Outcome::Done
             } else {
                 Outcome::ChainBroken
@@ -559,22 +570,6 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .into_inner();
             print_what_if(&r, a.json);
             Ok(Outcome::Done)
-        }
-        Cmd::Attestations { host, since, until } => {
-            let r = c
-                .verify_chain(pb::VerifyChainRequest {
-                    host_id: host.clone(),
-                    since_unix_ns: since.unwrap_or(0),
-                    until_unix_ns: until.unwrap_or(0),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            Ok(if print_attestations(&r, a.json) {
-                Outcome::Done
-            } else {
-                Outcome::ChainBroken
-            })
         }
         Cmd::GrantException {
             class,

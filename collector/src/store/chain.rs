@@ -4,7 +4,6 @@
 //! and counted in ListHosts); `verify` walks a host's stored rows and
 //! recomputes every link.
 
-use prost::Message;
 use residency_proto::{
     chain::{self, Explainer, Hash, Row, Verifier},
     collector::v1::{ChainFinding, ChainReport, Record, chain_finding::Kind},
@@ -142,11 +141,9 @@ impl StoredRow {
     /// (any change to them shows), and the columns are compared with what
     /// the record gives.
     fn row(self) -> Row {
-        let decoded = Record::decode(self.record.as_slice()).ok();
-        let columns_match = decoded.as_ref().is_some_and(|r| {
-            let mut r = r.clone();
-            r.seq = self.seq as u64;
-            let ix = Indexed::of(&r);
+        let record = chain::decode_stored(self.seq as u64, &self.record);
+        let columns_match = record.as_ref().is_some_and(|r| {
+            let ix = Indexed::of(r);
             ix.kind == self.kind
                 && ix.classes == self.classes
                 && ix.country == self.country
@@ -155,20 +152,11 @@ impl StoredRow {
                 && ix.action == self.action
                 && r.time_unix_ns == self.time_ns
         });
-        let record = decoded.map(|mut r| {
-            r.seq = self.seq as u64;
-            r
-        });
-        let substitute = record.as_ref().is_some_and(chain::is_substitute);
         Row {
             seq: self.seq as u64,
-            chain: self
-                .chain
-                .as_deref()
-                .filter(|c| !c.is_empty())
-                .map(|c| c.try_into().unwrap_or([0xff; 32])),
+            chain: self.chain.as_deref().and_then(chain::hash_of),
+            substitute: record.as_ref().is_some_and(chain::is_substitute),
             content: self.record,
-            substitute,
             columns_match,
             record,
         }
@@ -206,68 +194,34 @@ impl Store {
         until: i64,
         ca: Option<Vec<u8>>,
     ) -> Result<ChainReport, StoreError> {
-        let until = if until <= 0 { i64::MAX } else { until };
-        let Some((first, upto)) = store.lock().await.seq_range(host, since, until).await? else {
+        let Some((mut rows, before)) = RangeRows::open(store, host, since, until).await? else {
             return Ok(ChainReport {
                 host_id: host.to_owned(),
                 intact: true,
                 ..Default::default()
             });
         };
-        let mut ca = ca;
-        let mut explainers: Option<Vec<Explainer>> = Some(
-            Store::gap_rows(store, host)
-                .await?
-                .iter()
-                .filter_map(|g| chain::decode_stored(g.seq as u64, &g.record))
-                .filter_map(|r| Explainer::of(&r))
-                .collect(),
-        );
-        let mut verifier: Option<Verifier> = None;
-        let (mut after, mut last) = (first - 1, 0i64);
+        let explainers = Store::gap_rows(store, host)
+            .await?
+            .iter()
+            .filter_map(|g| chain::decode_stored(g.seq as u64, &g.record))
+            .filter_map(|r| Explainer::of(&r))
+            .collect();
+        let before = before.map(|(s, c)| (s as u64, c.as_deref().and_then(chain::hash_of)));
+        let mut v = Verifier::new(host, explainers, before)
+            .with_ca(ca)
+            .until(rows.until.min(super::now_ns()));
+        let (first, mut last) = (rows.after + 1, 0);
         loop {
-            let page = store
-                .lock()
-                .await
-                .chain_rows(host, after, upto, PAGE, "")
-                .await?;
+            let page = rows.next(store).await?;
             let Some(end) = page.last().map(|r| r.seq) else {
                 break;
             };
-            if verifier.is_none() {
-                let start = page[0].seq;
-                let before = store.lock().await.row_before(host, start).await?;
-                let before = before.map(|(s, c)| {
-                    (
-                        s as u64,
-                        c.filter(|c| !c.is_empty())
-                            .and_then(|c| c.as_slice().try_into().ok()),
-                    )
-                });
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
-                verifier = Some(
-                    Verifier::new(host, explainers.take().unwrap_or_default(), before)
-                        .with_ca(ca.take())
-                        .until(until.min(now)),
-                );
-            }
-            let v = verifier.as_mut().expect("set above");
+            last = end;
             for r in page {
                 v.push(&r.row());
             }
-            after = end;
-            last = end;
         }
-        let Some(mut v) = verifier else {
-            return Ok(ChainReport {
-                host_id: host.to_owned(),
-                intact: true,
-                ..Default::default()
-            });
-        };
         let breaks = store.lock().await.chain_breaks(host, first, last).await?;
         for b in breaks {
             v.add(ChainFinding {
@@ -281,6 +235,59 @@ impl Store {
             });
         }
         Ok(v.finish())
+    }
+}
+
+/// A host's stored rows over the sequence range a time range spans (see
+/// `SEQ_RANGE`), read a page at a time (verify, bundles).
+pub(crate) struct RangeRows {
+    host: String,
+    /// The last sequence read.
+    after: i64,
+    upto: i64,
+    /// The end of the time range (i64::MAX: none).
+    pub until: i64,
+}
+
+impl RangeRows {
+    /// `host`'s rows in [since, until) (`until` ≤ 0: unbounded), with the
+    /// row just before them (sequence and chain hash); None when there is
+    /// no row in the range.
+    pub(crate) async fn open(
+        store: &tokio::sync::Mutex<Store>,
+        host: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<(RangeRows, Option<SeqChain>)>, StoreError> {
+        let until = if until <= 0 { i64::MAX } else { until };
+        let mut s = store.lock().await;
+        let Some((first, upto)) = s.seq_range(host, since, until).await? else {
+            return Ok(None);
+        };
+        let before = s.row_before(host, first).await?;
+        let rows = RangeRows {
+            host: host.to_owned(),
+            after: first - 1,
+            upto,
+            until,
+        };
+        Ok(Some((rows, before)))
+    }
+
+    /// The next page (empty at the end).
+    pub(crate) async fn next(
+        &mut self,
+        store: &tokio::sync::Mutex<Store>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let page = store
+            .lock()
+            .await
+            .chain_rows(&self.host, self.after, self.upto, PAGE, "")
+            .await?;
+        if let Some(r) = page.last() {
+            self.after = r.seq;
+        }
+        Ok(page)
     }
 }
 

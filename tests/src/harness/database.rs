@@ -43,58 +43,44 @@ impl Database {
     /// Runs a statement; returns the rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> u64 {
         match &mut self.0 {
-            Inner::Sqlite(c) => {
-                let p: Vec<rusqlite::types::Value> = params.iter().map(sqlite_value).collect();
-                c.execute(&sql.replace('$', "?"), rusqlite::params_from_iter(p))
-                    .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
-            }
+            Inner::Sqlite(c) => c
+                .execute(&sql.replace('$', "?"), sqlite_params(params))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64,
             Inner::Postgres(rt, c) => {
                 let p = pg_values(params);
-                let refs: Vec<&(dyn ToSql + Sync)> = p
-                    .iter()
-                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                rt.block_on(c.execute(sql, &refs))
+                rt.block_on(c.execute(sql, &pg_refs(&p)))
                     .unwrap_or_else(|e| panic!("{sql}: {e}"))
             }
         }
     }
 
-    /// The first column of the first row a query returns, as an integer.
-    pub fn int(&mut self, sql: &str) -> i64 {
+    /// The first column of the first row a query returns.
+    pub fn one<T>(&mut self, sql: &str, params: &[Value<'_>]) -> T
+    where
+        T: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a>,
+    {
         match &mut self.0 {
             Inner::Sqlite(c) => c
-                .query_row(sql, [], |r| r.get(0))
+                .query_row(&sql.replace('$', "?"), sqlite_params(params), |r| r.get(0))
                 .unwrap_or_else(|e| panic!("{sql}: {e}")),
-            Inner::Postgres(rt, c) => rt
-                .block_on(c.query_one(sql, &[]))
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .get(0),
-        }
-    }
-
-    /// The first column of the first row a query returns, as bytes.
-    pub fn bytes(&mut self, sql: &str, params: &[Value<'_>]) -> Vec<u8> {
-        match &mut self.0 {
-            Inner::Sqlite(c) => {
-                let p: Vec<rusqlite::types::Value> = params.iter().map(sqlite_value).collect();
-                c.query_row(&sql.replace('$', "?"), rusqlite::params_from_iter(p), |r| {
-                    r.get(0)
-                })
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            }
             Inner::Postgres(rt, c) => {
                 let p = pg_values(params);
-                let refs: Vec<&(dyn ToSql + Sync)> = p
-                    .iter()
-                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                rt.block_on(c.query_one(sql, &refs))
+                rt.block_on(c.query_one(sql, &pg_refs(&p)))
                     .unwrap_or_else(|e| panic!("{sql}: {e}"))
                     .get(0)
             }
         }
     }
+}
+
+fn sqlite_params(params: &[Value<'_>]) -> rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>> {
+    rusqlite::params_from_iter(params.iter().map(sqlite_value).collect::<Vec<_>>())
+}
+
+fn pg_refs(p: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 fn sqlite_value(v: &Value<'_>) -> rusqlite::types::Value {

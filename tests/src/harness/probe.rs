@@ -79,6 +79,13 @@ pub fn run(mut cmd: Command) -> ProbeResult {
     parse(line)
 }
 
+/// `n` UDP datagrams from `cgroup` to `target` (netprobe udp-sendto), each
+/// checked to have gone through: one violation each under a monitoring
+/// policy without aggregation.
+pub fn violate(cgroup: &super::cgroup::TestCgroup, target: &str, n: usize) {
+    run_all_ok(&netprobe(), cgroup, "udp-sendto", target, n);
+}
+
 /// Runs `exe` (netprobe, or a copy of it) in `cgroup` doing `op` to `target`
 /// `n` times in one process, and checks that each one ran and succeeded
 /// (monitor mode lets them through).

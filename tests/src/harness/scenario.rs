@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use sensor_user::kernel::verdicts::{Mode, Verdict, VerdictEntry};
 
 use super::{
+    agent::RunningAgent,
     cgroup::TestCgroup,
     netns::{Place, RemoteHost, TestNet},
     probe::{self, ProbeResult},
@@ -138,6 +139,17 @@ impl<'a> FixturePolicy<'a> {
             class_extra: "",
         }
     }
+}
+
+/// A sensord of `host` that delivers as `config` says (see
+/// `RunningCollector::agent_config`), with the delivering fixture policy:
+/// `cgroup`'s processes carry eu_personal, monitor mode, no aggregation.
+pub fn delivering_agent(host: &str, cgroup: &TestCgroup, config: &std::path::Path) -> RunningAgent {
+    RunningAgent::start_with(
+        &FixturePolicy::delivering(host, &cgroup_rel(cgroup)).text(),
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    )
 }
 
 impl FixturePolicy<'_> {
