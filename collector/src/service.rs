@@ -425,7 +425,7 @@ impl Collector for CollectorService {
             .store
             .lock()
             .await
-            .all(&filter)
+            .page(&filter, crate::what_if::MAX_REPLAYED)
             .await
             .map_err(internal)?;
         let flows = crate::what_if::groups(&stored);

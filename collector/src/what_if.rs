@@ -10,6 +10,10 @@ use residency_proto::{agent::v1::Flow, collector::v1::StoredRecord};
 /// the stream's message limit).
 pub const MAX_GROUPS: usize = 10_000;
 
+/// Most stored violations replayed: the newest ones of the range (a reader
+/// cannot make the collector load a host's whole history into memory).
+pub const MAX_REPLAYED: u32 = 100_000;
+
 /// The stored violations as flows to judge: one per (classes, executable,
 /// destination address), with `count` the violations it stands for and
 /// `cookie` 0; the groups with the most violations when there are more than

@@ -302,7 +302,8 @@ async fn main() -> anyhow::Result<()> {
         };
         let host = agent.host_id();
         let h = handle.clone();
-        tokio::spawn(async move { deliver::run(endpoints, creds, host, h).await });
+        let compiler = agent.compiler();
+        tokio::spawn(async move { deliver::run(endpoints, creds, host, h, compiler).await });
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

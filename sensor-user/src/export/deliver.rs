@@ -23,7 +23,7 @@ use super::{
     wire::{self, Frame, Outgoing},
 };
 use crate::{
-    agent::{AgentHandle, Command},
+    agent::{AgentHandle, Command, compiler::Compiler},
     config::CollectorTlsConfig,
     kernel::verdicts::Mode,
 };
@@ -165,13 +165,19 @@ async fn connect(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Channe
 
 /// A dry run the collector asked for over its stored flows: compiles the
 /// policy (within a viewer's budget) and judges the flows under it.
-async fn what_if(agent: &AgentHandle, w: pb::WhatIfCommand) -> Result<pb::WhatIfResult, String> {
-    use crate::agent::compiler::{Budget, Compiler, Input};
+async fn what_if(
+    agent: &AgentHandle,
+    compiler: &Compiler,
+    w: pb::WhatIfCommand,
+) -> Result<pb::WhatIfResult, String> {
+    use crate::agent::compiler::{Budget, Input};
     let inputs = agent
         .call(Command::CompileInputs)
         .await
         .map_err(|e| e.to_string())?;
-    let (compiled, _) = Compiler::default()
+    // The agent's compiler: its bounds on concurrent and queued compiles
+    // (one viewer's dry run at a time) hold for the collector's what-ifs too.
+    let (compiled, _) = compiler
         .build(
             inputs.source,
             Input::Text(w.policy_toml),
@@ -232,6 +238,7 @@ async fn read_loop(
     acks: mpsc::Sender<Result<u64, String>>,
     tx: mpsc::Sender<Outgoing>,
     agent: AgentHandle,
+    compiler: Compiler,
 ) {
     let why = loop {
         match incoming.next().await {
@@ -252,9 +259,9 @@ async fn read_loop(
             })) => {
                 // A compile takes a while: answered from a task of its own,
                 // so acknowledgements keep flowing meanwhile.
-                let (agent, tx) = (agent.clone(), tx.clone());
+                let (agent, tx, compiler) = (agent.clone(), tx.clone(), compiler.clone());
                 tokio::spawn(async move {
-                    let result = match what_if(&agent, w).await {
+                    let result = match what_if(&agent, &compiler, w).await {
                         Ok(r) => pb::CommandResult {
                             id,
                             error: String::new(),
@@ -307,6 +314,7 @@ async fn session(
     creds: &Credentials,
     host_id: &str,
     agent: &AgentHandle,
+    compiler: &Compiler,
 ) -> Result<(), String> {
     let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
         connect(endpoint, creds.tls.as_ref()).await?,
@@ -378,7 +386,13 @@ async fn session(
         .await;
     info!(endpoint, last_seq = welcome.last_seq, "collector connected");
     let (ack_tx, mut acks) = mpsc::channel(64);
-    let reader = tokio::spawn(read_loop(incoming, ack_tx, tx.clone(), agent.clone()));
+    let reader = tokio::spawn(read_loop(
+        incoming,
+        ack_tx,
+        tx.clone(),
+        agent.clone(),
+        compiler.clone(),
+    ));
     // The reader ends with the session, however the session ends.
     let _reader = AbortOnDrop(reader);
     let mut reported = state;
@@ -478,13 +492,20 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs forever: delivers the spool to the first reachable endpoint.
-pub async fn run(endpoints: Vec<String>, creds: Credentials, host_id: String, agent: AgentHandle) {
+/// `compiler`: the agent's (what-if commands compile within its bounds).
+pub async fn run(
+    endpoints: Vec<String>,
+    creds: Credentials,
+    host_id: String,
+    agent: AgentHandle,
+    compiler: Compiler,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut i = 0;
     loop {
         let endpoint = &endpoints[i % endpoints.len()];
         let started = std::time::Instant::now();
-        let why = match session(endpoint, &creds, &host_id, &agent).await {
+        let why = match session(endpoint, &creds, &host_id, &agent, &compiler).await {
             Ok(()) => "session ended".to_owned(),
             Err(e) => e,
         };
