@@ -10,6 +10,10 @@
 //!   and members of `--operator-group` are operators, members of
 //!   `--auditor-group` auditors; everyone else is refused. This is how local
 //!   operators and auditors reach a collector without TLS.
+//! - The web dashboard (`--dashboard-listen`): the same client
+//!   certificates, or a short-lived login token a reader asked for
+//!   (`crate::dashboard::token`); it calls the service with the caller it
+//!   authenticated.
 //! - Plain TCP (loopback only, without TLS): agents only, each with its own
 //!   token (`--agent-tokens FILE`, lines `HOST TOKEN`; the agent's
 //!   `collector.token_file`), sent as `authorization: Bearer TOKEN`. The file is
@@ -116,8 +120,14 @@ impl Roles {
             })
     }
 
-    /// Authenticates a request.
+    /// Authenticates a request. A request that carries a [`Caller`] in its
+    /// extensions was authenticated already, in this process (the
+    /// dashboard calls the service directly): a remote client cannot put a
+    /// Rust value there.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        if let Some(c) = req.extensions().get::<Caller>() {
+            return Ok(c.clone());
+        }
         if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
             let Some(cred) = info.peer_cred else {
                 return Err(Status::permission_denied(
@@ -142,22 +152,7 @@ impl Roles {
             )));
         }
         if let Some(names) = residency_proto::identity::peer_names(req) {
-            if let Some(n) = names.iter().find(|n| self.operators.contains(n)) {
-                return Ok(Caller::Operator {
-                    name: format!("cert {n}"),
-                });
-            }
-            if let Some(n) = names.iter().find(|n| self.auditors.contains(n)) {
-                return Ok(Caller::Auditor {
-                    name: format!("cert {n}"),
-                });
-            }
-            return match names.into_iter().next() {
-                Some(host) => Ok(Caller::Agent { host }),
-                None => Err(Status::unauthenticated(
-                    "the client certificate names no one (no common name, no DNS name)",
-                )),
-            };
+            return self.by_certificate(names);
         }
         let token = req
             .metadata()
@@ -168,6 +163,28 @@ impl Roles {
             Some(t) => self.token_host(t.trim()).map(|host| Caller::Agent { host }),
             None => Err(Status::unauthenticated(
                 "on plain TCP only agents with a token are served; operators and auditors use the collector's Unix socket (collectorctl --socket) or mutual TLS",
+            )),
+        }
+    }
+
+    /// The caller a verified client certificate with `names` is: an
+    /// operator or auditor by the role lists, else the agent its first name
+    /// names.
+    pub fn by_certificate(&self, names: Vec<String>) -> Result<Caller, Status> {
+        if let Some(n) = names.iter().find(|n| self.operators.contains(n)) {
+            return Ok(Caller::Operator {
+                name: format!("cert {n}"),
+            });
+        }
+        if let Some(n) = names.iter().find(|n| self.auditors.contains(n)) {
+            return Ok(Caller::Auditor {
+                name: format!("cert {n}"),
+            });
+        }
+        match names.into_iter().next() {
+            Some(host) => Ok(Caller::Agent { host }),
+            None => Err(Status::unauthenticated(
+                "the client certificate names no one (no common name, no DNS name)",
             )),
         }
     }

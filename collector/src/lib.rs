@@ -9,9 +9,11 @@
 //! - [`export`]: CSV and JSON-lines reports.
 //! - [`bundle`]: one host's records as stored, for offline checks.
 //! - [`what_if`]: stored violations grouped for a host's dry run.
+//! - [`dashboard`]: the read-only web dashboard.
 
 pub mod auth;
 pub mod bundle;
+pub mod dashboard;
 pub mod export;
 pub mod fleet;
 pub mod service;

@@ -95,6 +95,13 @@ struct Args {
     /// agents share an address (NAT).
     #[arg(long, value_name = "N")]
     max_connections_per_peer: Option<usize>,
+    /// Serve the read-only web dashboard here (off by default). With
+    /// --tls-cert it is HTTPS with the same certificate: auditors and
+    /// operators sign in with their client certificates or with a login
+    /// token (`collectorctl dashboard-token`); agents' certificates are
+    /// refused. Without TLS it must be a loopback address, tokens only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dashboard_listen: Option<SocketAddr>,
 }
 
 /// The gid of group `name`.
@@ -329,11 +336,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let mut server = tonic::transport::Server::builder();
+    let mut dashboard_tls = None;
     match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => {
             let read = |p: &PathBuf| {
                 std::fs::read(p).with_context(|| format!("while reading {}", p.display()))
             };
+            if args.dashboard_listen.is_some() {
+                let config =
+                    collector::dashboard::tls_config(&read(cert)?, &read(key)?, &read(ca)?)
+                        .map_err(anyhow::Error::msg)
+                        .context("while configuring the dashboard's TLS")?;
+                dashboard_tls = Some(std::sync::Arc::new(config));
+            }
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(read(cert)?, read(key)?))
                 .client_ca_root(Certificate::from_pem(read(ca)?))
@@ -353,6 +368,12 @@ async fn main() -> anyhow::Result<()> {
                 roles.auditors.is_empty() && roles.operators.is_empty(),
                 "--auditor and --operator name certificates: they need mutual TLS (--tls-cert, --tls-key, --client-ca); without TLS use --operator-group/--auditor-group on the Unix socket"
             );
+            if let Some(d) = args.dashboard_listen {
+                anyhow::ensure!(
+                    d.ip().is_loopback(),
+                    "refusing to serve the dashboard on {d} without TLS: login tokens and records would cross the network in clear. Give --tls-cert, --tls-key and --client-ca, or a loopback --dashboard-listen"
+                );
+            }
             if roles.agent_tokens.is_none() {
                 warn!(listen = %args.listen, "no TLS and no --agent-tokens: no agent can deliver on TCP");
             }
@@ -375,9 +396,18 @@ async fn main() -> anyhow::Result<()> {
         move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
     };
     let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
+    let dashboard_service = service.clone();
+    let dashboard_incoming =
+        match args.dashboard_listen {
+            Some(addr) => Some(collector::dashboard::bind(addr).await.with_context(|| {
+                format!("while binding the dashboard's --dashboard-listen {addr}")
+            })?),
+            None => None,
+        };
     let unix = bind_socket(&args.socket)?;
     info!(socket = %args.socket.display(), "collector socket for local operators and auditors");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_dashboard = stop_rx.clone();
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -406,7 +436,19 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
     });
-    let (tcp, local) = tokio::join!(tcp, local);
+    let dashboard = async {
+        if let (Some(addr), Some(incoming)) = (args.dashboard_listen, dashboard_incoming) {
+            collector::dashboard::serve(
+                incoming,
+                addr,
+                dashboard_tls,
+                dashboard_service,
+                stop_rx_dashboard,
+            )
+            .await;
+        }
+    };
+    let (tcp, local, ()) = tokio::join!(tcp, local, dashboard);
     tcp.with_context(|| format!("while serving on {}", args.listen))?;
     local.with_context(|| format!("while serving on {}", args.socket.display()))?;
     let _ = std::fs::remove_file(&args.socket);

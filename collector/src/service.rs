@@ -108,6 +108,8 @@ pub struct CollectorService {
     /// The CA (DER) agents' certificates chain to: attestations signed with
     /// their TLS keys are checked against it.
     client_ca: Option<Arc<Vec<u8>>>,
+    /// Signs and checks dashboard login tokens.
+    tokens: Arc<crate::dashboard::token::Keys>,
 }
 
 impl CollectorService {
@@ -128,7 +130,46 @@ impl CollectorService {
             stored,
             exceptions: Arc::new(AtomicU64::new(0)),
             client_ca: None,
+            tokens: Arc::new(crate::dashboard::token::Keys::generate()),
         }
+    }
+
+    /// The dashboard's login tokens.
+    pub fn tokens(&self) -> &crate::dashboard::token::Keys {
+        &self.tokens
+    }
+
+    /// Who may do what.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
+    }
+
+    /// `host`'s latest attestation, its signature checked.
+    async fn last_attestation(&self, host: &str, now: i64) -> Option<pb::LastAttestation> {
+        let filter = Filter {
+            host: Some(host.to_owned()),
+            kind: Some("attestation".into()),
+            ..Default::default()
+        };
+        let rows = self.store.lock().await.page(&filter, 1).await.ok()?;
+        let stored = rows.into_iter().next()?;
+        let seq = stored.seq();
+        let Some(pb::record::Body::Attestation(a)) = stored.record.and_then(|r| r.body) else {
+            return None;
+        };
+        let check =
+            residency_proto::attest::check(&a, self.client_ca.as_deref().map(Vec::as_slice), None);
+        let due = a.window_end_unix_ns.saturating_add(a.interval_ns);
+        Some(pb::LastAttestation {
+            seq,
+            window_end_unix_ns: a.window_end_unix_ns,
+            interval_ns: a.interval_ns,
+            stopping: a.stopping,
+            signature_valid: check.valid,
+            signer_trusted: check.trusted,
+            problem: check.problem,
+            overdue: !a.stopping && a.interval_ns > 0 && now > due.saturating_add(a.interval_ns),
+        })
     }
 }
 
@@ -204,6 +245,38 @@ impl CollectorService {
             .await
             .map_err(|_| Status::unavailable("the collector is shutting down"))?
             .map_err(internal)
+    }
+
+    /// One page of records, newest first, with the token of the next.
+    async fn page(
+        &self,
+        filter: &Filter,
+        limit: u32,
+    ) -> Result<Response<pb::ViolationPage>, Status> {
+        let limit = match limit {
+            0 => 1000,
+            n => n.min(10_000),
+        };
+        let records = self
+            .store
+            .lock()
+            .await
+            .page(filter, limit)
+            .await
+            .map_err(internal)?;
+        let next_page_token = match records.last() {
+            Some(r) if records.len() == limit as usize => Cursor {
+                time_ns: r.time_unix_ns(),
+                host: r.host_id.clone(),
+                seq: r.seq() as i64,
+            }
+            .token(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ViolationPage {
+            records,
+            next_page_token,
+        }))
     }
 
     /// Reads one delivery stream until it ends.
@@ -361,8 +434,10 @@ impl Collector for CollectorService {
         self.roles.reader(&req)?;
         let mut hosts = self.store.lock().await.hosts().await.map_err(internal)?;
         let connected = self.fleet.connected();
+        let now = now_ns();
         for h in &mut hosts {
             h.connected = connected.contains(&h.host_id);
+            h.last_attestation = self.last_attestation(&h.host_id, now).await;
         }
         Ok(Response::new(pb::HostList { hosts }))
     }
@@ -462,6 +537,126 @@ impl Collector for CollectorService {
         }))
     }
 
+    async fn query_records(
+        &self,
+        req: Request<pb::RecordQuery>,
+    ) -> Result<Response<pb::ViolationPage>, Status> {
+        self.roles.reader(&req)?;
+        let q = req.into_inner();
+        if !matches!(q.kind.as_str(), "audit" | "gap" | "attestation") {
+            return Err(Status::invalid_argument(format!(
+                "kind {:?} is not one of: audit, gap, attestation (violations: QueryViolations)",
+                q.kind
+            )));
+        }
+        if q.until_unix_ns > 0 && q.until_unix_ns <= q.since_unix_ns {
+            return Err(Status::invalid_argument(format!(
+                "until ({}) must be after since ({})",
+                q.until_unix_ns, q.since_unix_ns
+            )));
+        }
+        let filter = Filter {
+            kind: Some(q.kind.clone()),
+            host: (!q.host_id.is_empty()).then(|| q.host_id.clone()),
+            since: (q.since_unix_ns != 0).then_some(q.since_unix_ns),
+            until: (q.until_unix_ns != 0).then_some(q.until_unix_ns),
+            after: (!q.page_token.is_empty())
+                .then(|| Cursor::parse(&q.page_token))
+                .transpose()
+                .map_err(Status::invalid_argument)?,
+            ..Default::default()
+        };
+        self.page(&filter, q.limit).await
+    }
+
+    async fn violation_stats(
+        &self,
+        req: Request<pb::ViolationStatsRequest>,
+    ) -> Result<Response<pb::ViolationCounts>, Status> {
+        self.roles.reader(&req)?;
+        let q = req.into_inner();
+        let mut filter =
+            Filter::violations(&q.query.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        filter.after = None;
+        if q.bucket_ns != 0 && q.bucket_ns < 1_000_000_000 {
+            return Err(Status::invalid_argument(format!(
+                "bucket_ns {} is below one second (0: one bucket)",
+                q.bucket_ns
+            )));
+        }
+        let rows = self
+            .store
+            .lock()
+            .await
+            .stats(&filter, q.bucket_ns)
+            .await
+            .map_err(internal)?;
+        let mut total = 0u64;
+        let mut countries = std::collections::HashMap::<String, u64>::new();
+        let mut buckets: std::collections::BTreeMap<(i64, String, String), u64> =
+            Default::default();
+        for r in rows {
+            let n = r.count.max(0) as u64;
+            total += n;
+            *countries.entry(r.country.clone()).or_default() += n;
+            let classes: Vec<&str> = r.classes.split(';').filter(|c| !c.is_empty()).collect();
+            let classes = if classes.is_empty() {
+                vec![""]
+            } else {
+                classes
+            };
+            for c in classes {
+                *buckets
+                    .entry((r.bucket_ns, c.to_owned(), r.country.clone()))
+                    .or_default() += n;
+            }
+        }
+        Ok(Response::new(pb::ViolationCounts {
+            total,
+            countries,
+            buckets: buckets
+                .into_iter()
+                .map(|((start_unix_ns, class, country), count)| pb::StatsBucket {
+                    start_unix_ns,
+                    class,
+                    country,
+                    count,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn issue_dashboard_token(
+        &self,
+        req: Request<pb::DashboardTokenRequest>,
+    ) -> Result<Response<pb::DashboardToken>, Status> {
+        use crate::dashboard::token::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
+        let caller = self.roles.reader(&req)?;
+        let ttl = match req.get_ref().ttl_seconds {
+            0 => DEFAULT_TTL_SECONDS,
+            t if (1..=MAX_TTL_SECONDS).contains(&t) => t,
+            t => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds {t} is not between 1 and {MAX_TTL_SECONDS} (twelve hours)"
+                )));
+            }
+        };
+        let expires_unix_ns = now_ns().saturating_add(ttl * 1_000_000_000);
+        let token = self.tokens.issue(&caller, expires_unix_ns);
+        let (role, name) = match &caller {
+            Caller::Operator { name } => ("operator", name.clone()),
+            Caller::Auditor { name } => ("auditor", name.clone()),
+            Caller::Agent { .. } => unreachable!("reader() refuses agents"),
+        };
+        info!(actor = %caller.actor(), role, ttl_seconds = ttl, "dashboard token issued");
+        Ok(Response::new(pb::DashboardToken {
+            token,
+            expires_unix_ns,
+            role: role.into(),
+            name,
+        }))
+    }
+
     async fn query_violations(
         &self,
         req: Request<pb::ViolationQuery>,
@@ -469,30 +664,7 @@ impl Collector for CollectorService {
         self.roles.reader(&req)?;
         let q = req.into_inner();
         let filter = Filter::violations(&q).map_err(Status::invalid_argument)?;
-        let limit = match q.limit {
-            0 => 1000,
-            n => n.min(10_000),
-        };
-        let records = self
-            .store
-            .lock()
-            .await
-            .page(&filter, limit)
-            .await
-            .map_err(internal)?;
-        let next_page_token = match records.last() {
-            Some(r) if records.len() == limit as usize => Cursor {
-                time_ns: r.time_unix_ns(),
-                host: r.host_id.clone(),
-                seq: r.seq() as i64,
-            }
-            .token(),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ViolationPage {
-            records,
-            next_page_token,
-        }))
+        self.page(&filter, q.limit).await
     }
 
     async fn watch_violations(

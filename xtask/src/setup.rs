@@ -9,8 +9,15 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use sensor_build::{BPF_LINKER_VERSION, DEBIAN_LLVM_PREFIX, DEBIAN_PACKAGES};
 
-/// Packages the tests need besides the toolchain.
-const TEST_PACKAGES: &[&str] = &["iproute2", "postgresql", "nftables"];
+/// Packages the tests need besides the toolchain: chromium and its
+/// WebDriver server drive the dashboard's tests in a real browser.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "postgresql",
+    "nftables",
+    "chromium",
+    "chromium-driver",
+];
 
 fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

@@ -184,6 +184,39 @@ enum Cmd {
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
     },
+    /// The audit trail: who changed enforcement, tags or policy, or granted
+    /// an exception, and why (audit records); with --gaps, the losses hosts
+    /// reported. Newest first.
+    Audit {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Losses (gap records) instead of changes.
+        #[arg(long)]
+        gaps: bool,
+        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Before this time (same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A short-lived login token for the collector's web dashboard
+    /// (collectord --dashboard-listen), with your role; prints it and a
+    /// login link. Anyone holding it can read what you can until it
+    /// expires: hand it only to your own browser.
+    DashboardToken {
+        /// How long it is good for: 30m, 8h (at most 12h).
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
+        /// The dashboard's address, for the login link
+        /// (https://collector.example:8443).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Let a class reach a destination for a while (operators).
     GrantException {
         /// The class.
@@ -218,6 +251,49 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
     };
     Ok(Duration::from_secs(n * mult))
+}
+
+/// Audit or gap records as a table (or JSON lines).
+fn print_audit(records: &[pb::StoredRecord], json: bool) {
+    use pb::record::Body;
+    if json {
+        for r in records {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        return;
+    }
+    println!(
+        "{:<20} {:<20} {:>8}  {:<28} {:<40} WHY",
+        "TIME", "HOST", "SEQ", "WHO/SOURCE", "WHAT"
+    );
+    for s in records {
+        let Some(r) = &s.record else { continue };
+        let (who, what, why) = match &r.body {
+            Some(Body::Audit(a)) => (a.actor.clone(), a.action.clone(), a.reason.clone()),
+            Some(Body::Gap(g)) => (
+                g.source()
+                    .as_str_name()
+                    .trim_start_matches("GAP_SOURCE_")
+                    .to_owned(),
+                format!("{} lost ({}..{})", g.count, g.first_seq, g.last_seq),
+                [g.error.as_str(), g.note.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            _ => continue,
+        };
+        println!(
+            "{:<20} {:<20} {:>8}  {:<28} {:<40} {}",
+            when(r.time_unix_ns),
+            s.host_id,
+            r.seq,
+            who,
+            what,
+            why
+        );
+    }
 }
 
 async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
@@ -549,6 +625,56 @@ async fn run(a: &Args) -> Result<Outcome, String> {
             } else {
                 Outcome::ChainBroken
             })
+        }
+        Cmd::Audit {
+            host,
+            gaps,
+            since,
+            until,
+            limit,
+        } => {
+            let page = c
+                .query_records(pb::RecordQuery {
+                    kind: if *gaps { "gap" } else { "audit" }.into(),
+                    host_id: host.clone().unwrap_or_default(),
+                    since_unix_ns: since.unwrap_or(0),
+                    until_unix_ns: until.unwrap_or(0),
+                    limit: *limit,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_audit(&page.records, a.json);
+            Ok(Outcome::Done)
+        }
+        Cmd::DashboardToken { ttl, url } => {
+            let t = c
+                .issue_dashboard_token(pb::DashboardTokenRequest {
+                    ttl_seconds: ttl.as_secs() as i64,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
+                return Ok(Outcome::Done);
+            }
+            println!("token:   {}", t.token);
+            println!("role:    {} ({})", t.role, t.name);
+            println!("expires: {}", when(t.expires_unix_ns));
+            if let Some(u) = url {
+                println!(
+                    "login:   {}/login?token={}",
+                    u.trim_end_matches('/'),
+                    t.token
+                );
+            } else {
+                println!(
+                    "login:   open the dashboard's /login page and paste the token (or give --url for a link)"
+                );
+            }
+            Ok(Outcome::Done)
         }
         Cmd::WhatIf {
             host,

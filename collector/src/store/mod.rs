@@ -287,6 +287,29 @@ pub(crate) struct HostRow {
     chain_breaks: i64,
 }
 
+/// Records counted by [`Store::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRow {
+    pub bucket_ns: i64,
+    /// As stored: ";eu;health;".
+    pub classes: String,
+    pub country: String,
+    pub count: i64,
+}
+
+/// The counting query over a filter's `WHERE` clause. The bucket width is
+/// a number this process computed, written into the SQL (not user text).
+fn stats_sql(clause: &str, bucket_ns: i64) -> String {
+    let bucket = if bucket_ns > 0 {
+        format!("time_ns - (time_ns % {bucket_ns})")
+    } else {
+        "0".into()
+    };
+    format!(
+        "SELECT {bucket} AS bucket, classes, country, COUNT(*) FROM records WHERE {clause} GROUP BY 1, 2, 3 ORDER BY 1"
+    )
+}
+
 /// The store.
 pub enum Store {
     Sqlite(sqlite::Sqlite),
@@ -347,6 +370,19 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.select(filter, order, limit),
             Store::Postgres(p) => p.select(filter, order, limit).await,
+        }
+    }
+
+    /// Matching records counted per time bucket (`bucket_ns`; 0: one
+    /// bucket), class set and country.
+    pub async fn stats(
+        &mut self,
+        filter: &Filter,
+        bucket_ns: i64,
+    ) -> Result<Vec<StatsRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.stats(filter, bucket_ns),
+            Store::Postgres(p) => p.stats(filter, bucket_ns).await,
         }
     }
 
@@ -464,6 +500,7 @@ impl Store {
                 chain_breaks: r.chain_breaks as u64,
                 chain_head: r.chain_head.unwrap_or_default(),
                 connected: false,
+                last_attestation: None,
                 state: r.state.and_then(|b| HostState::decode(b.as_slice()).ok()),
             })
             .collect())

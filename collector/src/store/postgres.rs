@@ -332,6 +332,33 @@ impl Postgres {
         Ok(counts)
     }
 
+    pub async fn stats(
+        &mut self,
+        filter: &Filter,
+        bucket_ns: i64,
+    ) -> Result<Vec<super::StatsRow>, StoreError> {
+        let (clause, params) = filter.sql(|n| format!("${n}"));
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = self
+            .live()
+            .await?
+            .query(&super::stats_sql(&clause, bucket_ns), &refs)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::StatsRow {
+                bucket_ns: r.get(0),
+                classes: r.get(1),
+                country: r.get(2),
+                count: r.get(3),
+            })
+            .collect())
+    }
+
     pub async fn select(
         &mut self,
         filter: &Filter,

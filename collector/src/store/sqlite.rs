@@ -219,6 +219,26 @@ impl Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub fn stats(
+        &self,
+        filter: &Filter,
+        bucket_ns: i64,
+    ) -> Result<Vec<super::StatsRow>, StoreError> {
+        let (clause, params) = filter.sql(|n| format!("?{n}"));
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::stats_sql(&clause, bucket_ns))?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), |r| {
+            Ok(super::StatsRow {
+                bucket_ns: r.get(0)?,
+                classes: r.get(1)?,
+                country: r.get(2)?,
+                count: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn put_fleet_mode(&mut self, m: &super::FleetMode) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         if m.class.is_empty() {

@@ -37,6 +37,8 @@ pub struct RunningCollector {
     tokens: PathBuf,
     /// An open-file limit to run it under (as systemd's default would).
     pub open_files: Option<u64>,
+    /// The web dashboard's port (--dashboard-listen on loopback), if served.
+    pub dashboard: Option<u16>,
 }
 
 /// Adds an agent's token to each call.
@@ -94,6 +96,25 @@ impl RunningCollector {
     /// Starts collectord with `database`, and mutual TLS when given; its log
     /// goes to `dir`.
     pub fn start_with(dir: &Path, database: &str, tls: Option<CollectorTls>) -> RunningCollector {
+        Self::start_opts(dir, database, tls, false)
+    }
+
+    /// As [`Self::start_with`], serving the web dashboard too (HTTPS with
+    /// TLS, else plain HTTP) on a port of its own.
+    pub fn start_with_dashboard(
+        dir: &Path,
+        database: &str,
+        tls: Option<CollectorTls>,
+    ) -> RunningCollector {
+        Self::start_opts(dir, database, tls, true)
+    }
+
+    fn start_opts(
+        dir: &Path,
+        database: &str,
+        tls: Option<CollectorTls>,
+        dashboard: bool,
+    ) -> RunningCollector {
         let port = free_port();
         let tokens = dir.join("agent-tokens");
         if !tokens.exists() {
@@ -108,6 +129,7 @@ impl RunningCollector {
             socket: dir.join("collectord.sock"),
             tokens,
             open_files: None,
+            dashboard: dashboard.then(free_port),
         };
         c.restart();
         c
@@ -147,6 +169,9 @@ impl RunningCollector {
             .arg(&self.socket)
             .arg("--agent-tokens")
             .arg(&self.tokens);
+        if let Some(d) = self.dashboard {
+            cmd.arg("--dashboard-listen").arg(format!("127.0.0.1:{d}"));
+        }
         if let Some(t) = &self.tls {
             cmd.arg("--tls-cert")
                 .arg(&t.server.cert)
@@ -281,31 +306,15 @@ impl RunningCollector {
     /// outside any agent (a forged record, a stolen token); returns the
     /// collector's acknowledgement.
     pub fn deliver_as(&self, host: &str, records: Vec<pb::Record>) -> u64 {
-        use pb::{agent_message::Message as Out, collector_message::Message as In};
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tx.send(hello_message(host)).await.expect("hello");
-            let mut incoming = self
-                .agent_client(host)
-                .await
-                .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .expect("deliver")
-                .into_inner();
-            let _welcome = incoming.message().await;
-            tx.send(pb::AgentMessage {
-                message: Some(Out::Batch(pb::Batch { records })),
-            })
-            .await
-            .expect("batch");
-            match incoming.message().await {
-                Ok(Some(pb::CollectorMessage {
-                    message: Some(In::Ack(a)),
-                })) => a.seq,
-                other => panic!("expected the batch's acknowledgement, got {other:?}"),
-            }
-        })
+        rt.block_on(async { deliver_on(self.agent_client(host).await, host, records).await })
+    }
+
+    /// As [`Self::deliver_as`], on mutual TLS with the agent certificate
+    /// `agent` (a collector with TLS).
+    pub fn deliver_as_agent(&self, agent: &pki::Pem, host: &str, records: Vec<pb::Record>) -> u64 {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async { deliver_on(self.client(Some(agent)).await, host, records).await })
     }
 
     /// An agent's client on plain TCP with a fresh token for `host`.
@@ -343,6 +352,37 @@ impl RunningCollector {
             ep = ep.tls_config(tls).expect("TLS config");
         }
         CollectorClient::new(ep.connect().await.expect("connecting to collectord"))
+    }
+}
+
+/// One delivery stream of `host` on `client`: hello, one batch; returns
+/// the acknowledgement.
+async fn deliver_on<T>(mut client: CollectorClient<T>, host: &str, records: Vec<pb::Record>) -> u64
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    use pb::{agent_message::Message as Out, collector_message::Message as In};
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello_message(host)).await.expect("hello");
+    let mut incoming = client
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("deliver")
+        .into_inner();
+    let _welcome = incoming.message().await;
+    tx.send(pb::AgentMessage {
+        message: Some(Out::Batch(pb::Batch { records })),
+    })
+    .await
+    .expect("batch");
+    match incoming.message().await {
+        Ok(Some(pb::CollectorMessage {
+            message: Some(In::Ack(a)),
+        })) => a.seq,
+        other => panic!("expected the batch's acknowledgement, got {other:?}"),
     }
 }
 

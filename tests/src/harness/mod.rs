@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod bench;
+pub mod browser;
 pub mod cgroup;
 pub mod collector;
 pub mod database;
