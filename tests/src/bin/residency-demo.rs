@@ -9,6 +9,7 @@
 //! transfer to Virginia before any packet leaves; the auditor reads what the
 //! collector stored. Everything it creates is removed when it ends.
 
+use std::io::IsTerminal;
 use std::{process::Command, time::Duration};
 
 use harness::harness::{
@@ -107,7 +108,7 @@ fn main() {
     let auditor = ca.issue("audit-1", &[]);
     let operator = ca.issue("ops-1", &[]);
     let db = dir.join("collector.db");
-    let collector = RunningCollector::start_with(
+    let collector = RunningCollector::start_with_dashboard(
         &dir,
         db.to_str().expect("utf-8"),
         Some(CollectorTls {
@@ -248,10 +249,38 @@ fn main() {
         bundle.display()
     );
     if let Ok(Ok(())) = exported {
-        println!("$ residency-verify {}", bundle.display());
+        println!("$ residency-verify --ca ca.pem {}", bundle.display());
         let _ = Command::new(workspace_bin("residency-verify"))
+            .arg("--ca")
+            .arg(&ca.cert)
             .arg(&bundle)
             .status();
+    }
+    say("the same, in a browser: the collector's read-only dashboard, for a login token");
+    let port = collector.dashboard.expect("the demo serves the dashboard");
+    let url = format!("https://localhost:{port}");
+    collectorctl(
+        &collector,
+        &ca,
+        &auditor,
+        "audit-1",
+        &["dashboard-token", "--ttl", "1h", "--url", &url],
+    );
+    let page = tokio::runtime::Runtime::new().expect("runtime").block_on(
+        harness::harness::browser::https_get(port, &ca.cert, Some(&auditor), "/", None),
+    );
+    match page {
+        Ok(a) => println!(
+            "dashboard: {url} (GET / as audit-1: HTTP {}, {} bytes; the demo's CA is {})",
+            a.status,
+            a.body.len(),
+            ca.cert.display()
+        ),
+        Err(e) => println!("dashboard: {url} did not answer: {e}"),
+    }
+    if std::io::stdin().is_terminal() {
+        println!("press Enter to stop the demo (the dashboard stays up until then)");
+        let _ = std::io::stdin().read_line(&mut String::new());
     }
     say("done: stopping sensord and collectord, removing the demo cgroup and network namespaces");
     drop(agent);
