@@ -124,6 +124,11 @@ fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
             "usr/share/doc/residency-collector/README.md",
             0o644,
         ),
+        (
+            root.join("collector/assets/NOTICE"),
+            "usr/share/doc/residency-collector/NOTICE.world-map",
+            0o644,
+        ),
     ]
 }
 
