@@ -24,6 +24,9 @@ pub const DENIED: u32 = 5;
 /// socket-local storage: memory, `net.core.optmem_max`): its packets are not
 /// judged by the egress backstop, only at connect/sendmsg. The agent logs it.
 pub const MARK_FAILED: u32 = 6;
+/// A judgement could not be counted per class: the `CLASS_TALLY` map was full
+/// (its counts for the window are then short; the attestation says so).
+pub const TALLY_MAP_FULL: u32 = 7;
 /// Number of counters; the size of the `COUNTERS` map.
 pub const COUNTER_COUNT: u32 = 8;
 
@@ -36,5 +39,33 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "violations",
     "denied",
     "mark_failed",
-    "reserved7",
+    "tally_map_full",
 ];
+
+/// Distinct keys the `CLASS_TALLY` map holds: combinations of classes,
+/// outcome and policy generation (the agent removes those of generations
+/// no longer in force once it has read them).
+pub const TALLY_CAPACITY: u32 = 4096;
+
+/// Key of the per-class judgement counters (`CLASS_TALLY`, a per-CPU hash
+/// whose values count judgements): what one judgement of an operation of a
+/// tagged process was, by class bit sets, so that the kernel updates one
+/// entry per judgement and user space splits the counts per class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    /// The classes the operation was judged for.
+    pub judged: u64,
+    /// Of them, the classes it violated (0: none).
+    pub violating: u64,
+    /// The policy generation the judgement was made under.
+    pub generation: u32,
+    /// 1: the operation was denied.
+    pub denied: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+crate::pod!(TallyKey);
+
+const _: () = assert!(core::mem::size_of::<TallyKey>() == 24);

@@ -29,7 +29,6 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sensor_common::{
-    counters::{DENIED, VIOLATIONS},
     flow::{AggKey, FlowKind, packet},
     mark::{LocalFlow, LocalFlowKey, SockMark},
     net::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, v4_mapped},
@@ -42,8 +41,9 @@ use crate::{
     decide::{agent_loss, decide, is_loopback},
     emit::{Destination, mark_record, slot, submit},
     flows,
-    maps::{AGG, LOCAL_FLOWS, MPTCP_MARKED, SOCK_ADDR, TASKS, config, count},
+    maps::{AGG, LOCAL_FLOWS, MPTCP_MARKED, SOCK_ADDR, TASKS, config},
     marks,
+    tally::tally,
 };
 
 const PASS: i32 = 1;
@@ -345,10 +345,7 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     if reported_at_connect(ctx, &dst, &d) {
         return if deny { DROP } else { PASS };
     }
-    count(VIOLATIONS);
-    if deny {
-        count(DENIED);
-    }
+    tally(m.classes, &d);
     report(ctx, m, &dst, &d, route, epoch, now, cfg.agg_interval_ns);
     if deny { DROP } else { PASS }
 }

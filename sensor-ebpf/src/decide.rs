@@ -19,7 +19,6 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    counters::{DENIED, VIOLATIONS},
     flow::{AggKey, FlowEvent, FlowKind},
     net::{AF_INET, IPPROTO_MPTCP, IPPROTO_TCP},
     policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
@@ -32,10 +31,11 @@ use crate::{
     flows,
     maps::{
         AGG, FAILSAFE, Judgement, LIVENESS, MODES, MPTCP_MARKED, SCRATCH, TAINT, TASKS, VERDICTS_A,
-        VERDICTS_B, config, count,
+        VERDICTS_B, config,
     },
     marks,
     process::set_classes,
+    tally::tally,
 };
 
 /// sock_addr return codes.
@@ -335,28 +335,38 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     };
     mark_socket(ctx, classes, dst, &d, epoch, loss, msk);
     let deny = d.action == action::DENIED;
-    if d.action != action::NONE {
-        count(VIOLATIONS);
-        if deny {
-            count(DENIED);
-        }
+    // Folded and denied: a denied socket has no flow to track.
+    if n != 0 || !deny {
+        record_call(ctx, kind, dst, &d, n, now, msk);
     }
-    let ret = if deny { DENY } else { ALLOW };
-    if n == 0 && deny {
-        // Folded, and a denied socket has no flow to track.
-        return ret;
-    }
-    let Some(ev) = flow_record(ctx, kind, dst, &d, now, msk) else {
-        return ret;
+    // Counted last: its branches then multiply no later path the verifier
+    // walks (the connect programs are near its limit).
+    tally(classes, &d);
+    if deny { DENY } else { ALLOW }
+}
+
+/// The call's flow record (tracked for its close unless denied), sent
+/// unless it was folded (`n` 0).
+#[inline(always)]
+fn record_call(
+    ctx: &SockAddrContext,
+    kind: FlowKind,
+    dst: &Destination,
+    d: &Decision,
+    n: u32,
+    now: u64,
+    msk: *mut c_void,
+) {
+    let Some(ev) = flow_record(ctx, kind, dst, d, now, msk) else {
+        return;
     };
-    if !deny {
+    if d.action != action::DENIED {
         flows::track(ev);
     }
     if n != 0 {
         ev.count = n;
         submit(ev);
     }
-    ret
 }
 
 /// The socket carries the process's classes from now on, with the verdict

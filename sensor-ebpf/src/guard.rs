@@ -22,7 +22,6 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use sensor_common::{
-    counters::{DENIED, VIOLATIONS},
     flow::FlowKind,
     net::{AF_PACKET, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_RAW},
     policy::{Config, action},
@@ -32,8 +31,9 @@ use crate::{
     agg::Decision,
     decide::{agent_loss, decide},
     emit::{Destination, slot, submit, task_record_at},
-    maps::{TASKS, config, count},
+    maps::{TASKS, config},
     marks,
+    tally::tally,
 };
 
 const ALLOW: i32 = 1;
@@ -58,10 +58,8 @@ fn refusal(cfg: &Config, classes: u64) -> Option<Decision> {
 /// Reports a refused or reported operation of the current process.
 #[inline(always)]
 fn record(kind: FlowKind, d: &Decision, family: u8, protocol: u8, detail: u64, action: u8) {
-    count(VIOLATIONS);
-    if action == action::DENIED {
-        count(DENIED);
-    }
+    // Every class judged is violated here (the verdicts are forced).
+    tally(d.reported, &Decision { action, ..*d });
     // SAFETY: helper without pointer arguments.
     let Some(ev) = task_record_at(slot::PROCESS, kind as u8, unsafe { bpf_ktime_get_ns() }) else {
         return;

@@ -32,6 +32,7 @@ mod marks;
 mod process;
 mod sendmsg;
 mod sockets;
+mod tally;
 
 #[cfg(not(test))]
 #[panic_handler]

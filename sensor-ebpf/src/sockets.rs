@@ -23,13 +23,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
 use sensor_common::{
-    counters::{DENIED, VIOLATIONS},
     flow::{FlowEvent, FlowKind},
     mark::LocalFlowKey,
     net::v4_mapped,
     net::{AF_INET6, IPPROTO_TCP},
     policy::Config,
-    policy::action,
     tag::{TaskTag, reason},
 };
 
@@ -39,9 +37,10 @@ use crate::{
     emit::Destination,
     emit::{slot, submit, task_record},
     flows,
-    maps::{LOCAL_FLOWS, TASKS, config, count},
+    maps::{LOCAL_FLOWS, TASKS, config},
     marks,
     process::set_classes,
+    tally::tally,
 };
 
 /// A field of a kernel socket at `off` (offsets from BTF; the read is checked).
@@ -155,12 +154,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
         ev.classes = d.reported;
         ev.verdict = d.verdict;
         ev.action = d.action;
-        if d.action != action::NONE {
-            count(VIOLATIONS);
-            if d.action == action::DENIED {
-                count(DENIED);
-            }
-        }
+        tally(tag.classes, &d);
     }
     ev.family = peer.family;
     ev.protocol = IPPROTO_TCP;

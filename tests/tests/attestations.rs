@@ -111,6 +111,26 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         .map(|c| c.violations)
         .sum();
     assert_eq!(attested, 40, "the windows state every violation once");
+    // And the kernel's own per-class counters agree: 40 judged, 40
+    // violations, none denied (monitor), none short.
+    let kernel = |f: fn(&pb::ClassCounts) -> u64| -> u64 {
+        r.attestations
+            .iter()
+            .filter_map(|a| a.attestation.as_ref())
+            .flat_map(|a| a.classes.iter())
+            .filter(|c| c.class == "eu_personal")
+            .map(f)
+            .sum()
+    };
+    assert_eq!(kernel(|c| c.kernel_violations), 40, "{r:#?}");
+    assert_eq!(kernel(|c| c.kernel_judged), 40, "{r:#?}");
+    assert_eq!(kernel(|c| c.kernel_denials), 0);
+    assert!(
+        r.attestations
+            .iter()
+            .filter_map(|a| a.attestation.as_ref())
+            .all(|a| !a.kernel_counts_incomplete)
+    );
     let windows: Vec<(i64, i64)> = r
         .attestations
         .iter()

@@ -390,14 +390,27 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
         return ok;
     }
     println!(
-        "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10}  PROBLEM",
-        "SEQ", "WINDOW START", "WINDOW END", "SIGNER", "SIGNATURE", "RECORDS", "VIOLATIONS"
+        "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10} {:>14}  PROBLEM",
+        "SEQ",
+        "WINDOW START",
+        "WINDOW END",
+        "SIGNER",
+        "SIGNATURE",
+        "RECORDS",
+        "VIOLATIONS",
+        "KERNEL JUDGED"
     );
     for c in &r.attestations {
         let a = c.attestation.clone().unwrap_or_default();
         let violations: u64 = a.classes.iter().map(|k| k.violations).sum();
+        let judged: u64 = a.classes.iter().map(|k| k.kernel_judged).sum();
+        let kernel = if a.kernel_counts_incomplete {
+            format!("{judged}+?")
+        } else {
+            judged.to_string()
+        };
         println!(
-            "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10}  {}",
+            "{:>8}  {:<20} {:<20} {:<32} {:<9} {:<7} {:>10} {:>14}  {}",
             c.seq,
             when(a.window_start_unix_ns),
             when(a.window_end_unix_ns),
@@ -409,6 +422,7 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
             },
             if c.records_agree { "agree" } else { "DIFFER" },
             violations,
+            kernel,
             c.problem
         );
     }

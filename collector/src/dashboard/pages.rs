@@ -658,6 +658,18 @@ pub async fn verify(
                 }
                 .to_owned()
             };
+            let sum = |f: fn(&pb::ClassCounts) -> u64| a.classes.iter().map(f).sum::<u64>();
+            let kernel = format!(
+                "{} judged, {} violations, {} denied{}",
+                sum(|c| c.kernel_judged),
+                sum(|c| c.kernel_violations),
+                sum(|c| c.kernel_denials),
+                if a.kernel_counts_incomplete {
+                    " (incomplete)"
+                } else {
+                    ""
+                }
+            );
             vec![
                 c.seq.to_string(),
                 format!(
@@ -665,6 +677,8 @@ pub async fn verify(
                     esc(&time(a.window_start_unix_ns)),
                     esc(&time(a.window_end_unix_ns))
                 ),
+                sum(|c| c.violations).to_string(),
+                kernel,
                 yes(c.signature_valid),
                 esc(&c.signer),
                 yes(c.signer_trusted),
@@ -681,6 +695,8 @@ pub async fn verify(
             &[
                 "Seq",
                 "Window",
+                "Violations",
+                "Kernel counted",
                 "Signature",
                 "Signer",
                 "Trusted",

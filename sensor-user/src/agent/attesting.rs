@@ -3,10 +3,14 @@
 //! of records it spooled and the chain head, signed and spooled as a record
 //! of its own — every `attestation_interval` and when sensord stops.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use residency_proto::attest::Signer;
 use sensor_common::{
+    counters::{TALLY_MAP_FULL, TallyKey},
     flow::{FlowEvent, FlowKind},
     policy::MAX_CLASSES,
 };
@@ -30,6 +34,83 @@ impl std::fmt::Debug for Attesting {
     }
 }
 
+/// The kernel's judgement counters as read (None: they could not be).
+pub(super) type Tally = Option<HashMap<TallyKey, u64>>;
+
+/// Class names by id, per policy generation, of the last few installed.
+#[derive(Debug, Default)]
+pub(crate) struct ClassTables(BTreeMap<u32, Vec<Option<String>>>);
+
+/// Generations whose class names are kept.
+const TABLES_KEPT: usize = 32;
+
+impl ClassTables {
+    /// Generation `generation` judges `classes`.
+    pub(super) fn installed(
+        &mut self,
+        generation: u32,
+        classes: &[crate::policy::validate::Class],
+    ) {
+        let mut names = vec![None; MAX_CLASSES as usize];
+        for c in classes {
+            if let Some(n) = names.get_mut(usize::from(c.id)) {
+                *n = Some(c.name.clone());
+            }
+        }
+        self.0.insert(generation, names);
+        while self.0.len() > TABLES_KEPT {
+            self.0.pop_first();
+        }
+    }
+
+    /// The name of class `id` under `generation` (the newest table when that
+    /// generation is unknown: an earlier agent's).
+    fn name(&self, generation: u32, id: usize) -> Option<&str> {
+        let table = self
+            .0
+            .get(&generation)
+            .or_else(|| self.0.values().next_back())?;
+        table.get(id)?.as_deref()
+    }
+}
+
+/// Per class name: judged, violations, denials the kernel counted between
+/// two reads (a key that is new, or fell, counts from zero).
+fn kernel_counts(
+    start: &HashMap<TallyKey, u64>,
+    now: &HashMap<TallyKey, u64>,
+    tables: &ClassTables,
+) -> BTreeMap<String, (u64, u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for (k, &v) in now {
+        let before = start.get(k).copied().unwrap_or(0);
+        let n = if v >= before { v - before } else { v };
+        if n == 0 {
+            continue;
+        }
+        let mut bits = k.judged | k.violating;
+        while bits != 0 {
+            let id = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let Some(name) = tables.name(k.generation, id) else {
+                continue;
+            };
+            let c = out.entry(name.to_owned()).or_default();
+            let bit = 1u64 << id;
+            if k.judged & bit != 0 {
+                c.0 += n;
+            }
+            if k.violating & bit != 0 {
+                c.1 += n;
+                if k.denied != 0 {
+                    c.2 += n;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The window being counted.
 #[derive(Debug, Clone)]
 pub(super) struct Window {
@@ -38,16 +119,23 @@ pub(super) struct Window {
     first_seq: u64,
     /// The kernel's ring-buffer loss counter then.
     losses_at_start: u64,
+    /// The kernel's tally-map-full counter then.
+    tally_full_at_start: u64,
+    /// The kernel's judgement counters then.
+    tally: Tally,
     /// Per class id: (flows, violations, denials).
     counts: Vec<(u64, u64, u64)>,
 }
 
 impl Window {
-    pub(super) fn new(start_ns: i64, first_seq: u64, losses_at_start: u64) -> Window {
+    pub(super) fn new(start_ns: i64, first_seq: u64, counters: &[u64], tally: Tally) -> Window {
+        let at = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
         Window {
             start_ns,
             first_seq,
-            losses_at_start,
+            losses_at_start: at(sensor_common::counters::RINGBUF_RESERVE_FAILED),
+            tally_full_at_start: at(TALLY_MAP_FULL),
+            tally,
             counts: vec![(0, 0, 0); MAX_CLASSES as usize],
         }
     }
@@ -110,14 +198,52 @@ impl Agent {
     /// The window that counts from now, after `spool`'s last sequence.
     pub(super) fn new_window(&self, start_ns: i64) -> Option<Window> {
         self.cfg.attestation.as_ref()?;
-        Some(Window::new(
+        let tally = self.read_tally();
+        Some(self.window_from(start_ns, tally))
+    }
+
+    fn window_from(&self, start_ns: i64, tally: Tally) -> Window {
+        Window::new(
             start_ns,
             self.spool.as_ref().map_or(0, Spool::next_seq),
-            self.last_counters
-                .get(sensor_common::counters::RINGBUF_RESERVE_FAILED as usize)
-                .copied()
-                .unwrap_or(0),
-        ))
+            &self.last_counters,
+            tally,
+        )
+    }
+
+    /// The kernel's judgement counters now.
+    fn read_tally(&self) -> Tally {
+        match self.sensor.class_tally() {
+            Ok(t) => Some(t.into_iter().collect()),
+            Err(e) => {
+                warn!(error = %e, "reading the kernel's per-class judgement counters failed; this window's kernel counts will be marked incomplete");
+                None
+            }
+        }
+    }
+
+    /// Removes the counters of generations no longer in force from the
+    /// kernel (they were read into the window just attested) and from
+    /// `tally`, which the next window starts from.
+    fn forget_old_generations(&mut self, tally: &mut Tally) {
+        let current = self.sensor.generation();
+        let Some(t) = tally else { return };
+        let old: Vec<TallyKey> = t
+            .keys()
+            .filter(|k| k.generation != current)
+            .copied()
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        match self.sensor.forget_tally(&old) {
+            Ok(()) => {
+                for k in &old {
+                    t.remove(k);
+                }
+            }
+            Err(e) => warn!(error = %e, "removing old judgement counters failed; they stay"),
+        }
     }
 
     /// Attests the window when it is due (`stopping`: now, whatever its
@@ -133,7 +259,8 @@ impl Agent {
         if self.spool.is_none() {
             return; // nothing to deliver it with; the window goes on
         }
-        let statement = self.statement(w, now, stopping);
+        let mut tally = self.read_tally();
+        let statement = self.statement(w, now, stopping, &tally);
         match statement {
             Ok(att) => {
                 info!(
@@ -149,11 +276,19 @@ impl Agent {
                 error!(error = %e, "signing the window's attestation failed; the window goes on")
             }
         }
-        self.window = self.new_window(now);
+        self.forget_old_generations(&mut tally);
+        self.window = Some(self.window_from(now, tally));
     }
 
-    /// The signed statement for window `w` ending `now`.
-    fn statement(&self, w: &Window, now: i64, stopping: bool) -> Result<cpb::Attestation, String> {
+    /// The signed statement for window `w` ending `now`, when the kernel's
+    /// judgement counters are `tally`.
+    fn statement(
+        &self,
+        w: &Window,
+        now: i64,
+        stopping: bool,
+        tally: &Tally,
+    ) -> Result<cpb::Attestation, String> {
         let a = self
             .cfg
             .attestation
@@ -167,6 +302,45 @@ impl Agent {
             .copied()
             .unwrap_or(0);
         let p = &self.compiled.policy;
+        let (mut kernel, incomplete) = match (&w.tally, tally) {
+            (Some(start), Some(now)) => (
+                kernel_counts(start, now, &self.class_tables),
+                self.last_counters
+                    .get(TALLY_MAP_FULL as usize)
+                    .is_some_and(|&n| n > w.tally_full_at_start),
+            ),
+            _ => (BTreeMap::new(), true),
+        };
+        let mut classes: Vec<cpb::ClassCounts> = p
+            .classes
+            .iter()
+            .map(|c| {
+                let (flows, violations, denials) =
+                    w.counts.get(usize::from(c.id)).copied().unwrap_or_default();
+                let (kj, kv, kd) = kernel.remove(&c.name).unwrap_or_default();
+                cpb::ClassCounts {
+                    class: c.name.clone(),
+                    flows,
+                    violations,
+                    denials,
+                    kernel_judged: kj,
+                    kernel_violations: kv,
+                    kernel_denials: kd,
+                }
+            })
+            .collect();
+        // Classes of a policy replaced during the window.
+        classes.extend(
+            kernel
+                .into_iter()
+                .map(|(class, (kj, kv, kd))| cpb::ClassCounts {
+                    class,
+                    kernel_judged: kj,
+                    kernel_violations: kv,
+                    kernel_denials: kd,
+                    ..Default::default()
+                }),
+        );
         let mut att = cpb::Attestation {
             host_id: p.host.id.clone(),
             window_start_unix_ns: w.start_ns,
@@ -179,20 +353,7 @@ impl Agent {
                 .as_ref()
                 .map(|d| format!("{} {}", d.name, d.version))
                 .unwrap_or_default(),
-            classes: p
-                .classes
-                .iter()
-                .map(|c| {
-                    let (flows, violations, denials) =
-                        w.counts.get(usize::from(c.id)).copied().unwrap_or_default();
-                    cpb::ClassCounts {
-                        class: c.name.clone(),
-                        flows,
-                        violations,
-                        denials,
-                    }
-                })
-                .collect(),
+            classes,
             kernel_losses: losses.saturating_sub(w.losses_at_start),
             first_seq: if spooled { w.first_seq } else { 0 },
             last_seq: if spooled { last_seq } else { 0 },
@@ -203,9 +364,53 @@ impl Agent {
             },
             interval_ns: a.interval.as_nanos() as i64,
             stopping,
+            kernel_counts_incomplete: incomplete,
             ..Default::default()
         };
         a.signer.sign(&mut att)?;
         Ok(att)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(judged: u64, violating: u64, generation: u32, denied: u8) -> TallyKey {
+        TallyKey {
+            judged,
+            violating,
+            generation,
+            denied,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn kernel_counts_split_per_class_by_the_generation_that_judged() {
+        let mut tables = ClassTables::default();
+        tables.0.insert(
+            1,
+            vec![Some("eu".into()), Some("health".into()), None, None],
+        );
+        // Generation 2 renumbered the classes.
+        tables
+            .0
+            .insert(2, vec![Some("health".into()), Some("eu".into())]);
+        let start = HashMap::from([(key(0b11, 0, 1, 0), 10), (key(0b11, 0b01, 1, 1), 4)]);
+        let now = HashMap::from([
+            (key(0b11, 0, 1, 0), 15),     // +5 judged, allowed
+            (key(0b11, 0b01, 1, 1), 6),   // +2 denied for eu
+            (key(0b01, 0b01, 2, 0), 3),   // new: 3 reported for health
+            (key(0b100, 0b100, 1, 0), 9), // a class id gen 1 does not name
+        ]);
+        let c = kernel_counts(&start, &now, &tables);
+        assert_eq!(c.get("eu"), Some(&(7, 2, 2)));
+        assert_eq!(c.get("health"), Some(&(10, 3, 0)));
+        assert_eq!(c.len(), 2);
+        // A counter that fell (removed and created again) counts from zero.
+        let fell = HashMap::from([(key(0b01, 0, 1, 0), 2)]);
+        let c = kernel_counts(&HashMap::from([(key(0b01, 0, 1, 0), 50)]), &fell, &tables);
+        assert_eq!(c.get("eu"), Some(&(2, 0, 0)));
     }
 }

@@ -153,6 +153,9 @@ pub struct Agent {
     attached: bool,
     /// The window being counted for the next attestation.
     window: Option<attesting::Window>,
+    /// Class names by id of the policy generations installed lately: the
+    /// kernel's judgement counters are keyed by generation.
+    class_tables: attesting::ClassTables,
 }
 
 fn mode_pb(m: Mode) -> i32 {
@@ -244,6 +247,7 @@ impl Agent {
             expiry_compiling: false,
             unspooled: (0, 0, String::new()),
             window: None,
+            class_tables: Default::default(),
             spool_open_error: String::new(),
         };
         // A spool that cannot be opened (a full disk, broken files) costs
@@ -408,6 +412,8 @@ impl Agent {
             warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every 10 s): {w}");
         }
         self.pending_selectors = !report.warnings.is_empty();
+        self.class_tables
+            .installed(report.generation, &c.policy.classes);
         info!(
             policy = %c.policy.source.display(),
             sha256 = %c.policy.hash,

@@ -21,14 +21,14 @@ use std::{fs::File, path::Path, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
         CgroupSockAddr, RawTracePoint, TracePoint, links::FdLink,
     },
 };
 use sensor_common::{
-    counters::COUNTER_COUNT,
+    counters::{COUNTER_COUNT, TallyKey},
     policy::{Config, Liveness},
     tag::TaskTag,
 };
@@ -443,6 +443,42 @@ impl KernelSensor {
                     .map_err(map_err("COUNTERS"))
             })
             .collect()
+    }
+
+    /// The per-class judgement counters, summed over all CPUs (see
+    /// `sensor_common::counters::TallyKey`).
+    pub fn class_tally(&self) -> Result<Vec<(TallyKey, u64)>, SensorError> {
+        let map = self
+            .ebpf
+            .map("CLASS_TALLY")
+            .ok_or(SensorError::MissingMap("CLASS_TALLY"))?;
+        let tally: PerCpuHashMap<&MapData, TallyKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err("CLASS_TALLY"))?;
+        tally
+            .iter()
+            .map(|r| {
+                r.map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+                    .map_err(map_err("CLASS_TALLY"))
+            })
+            .collect()
+    }
+
+    /// Removes judgement counters (of policy generations no longer in
+    /// force, once read); a key that is gone already is fine.
+    pub fn forget_tally(&mut self, keys: &[TallyKey]) -> Result<(), SensorError> {
+        let map = self
+            .ebpf
+            .map_mut("CLASS_TALLY")
+            .ok_or(SensorError::MissingMap("CLASS_TALLY"))?;
+        let mut tally: PerCpuHashMap<&mut MapData, TallyKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err("CLASS_TALLY"))?;
+        for k in keys {
+            match tally.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("CLASS_TALLY")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// The kernel id of the counter map: it changes when the map is created
