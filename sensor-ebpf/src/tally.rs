@@ -55,7 +55,10 @@ pub extern "C" fn residency_tally(judged: u64, reported: u64, generation: u32, a
         // Full, or another CPU created the key this instant: not counted,
         // and said so.
         None => {
-            if CLASS_TALLY.insert(key, 1u64, u64::from(BPF_NOEXIST)).is_err() {
+            if CLASS_TALLY
+                .insert(key, 1u64, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
                 count(TALLY_MAP_FULL);
             }
         }
