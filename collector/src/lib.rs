@@ -6,6 +6,7 @@
 //! - [`service`]: the `residency.collector.v1` gRPC service.
 //! - [`auth`]: callers' roles from their certificates.
 //! - [`fleet`]: connected agents and commands to them.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`export`]: CSV and JSON-lines reports.
 //! - [`bundle`]: one host's records as stored, for offline checks.
 //! - [`what_if`]: stored violations grouped for a host's dry run.
@@ -16,6 +17,7 @@ pub mod bundle;
 pub mod dashboard;
 pub mod export;
 pub mod fleet;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod what_if;

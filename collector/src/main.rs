@@ -102,6 +102,19 @@ struct Args {
     /// refused. Without TLS it must be a loopback address, tokens only.
     #[arg(long, value_name = "ADDR:PORT")]
     dashboard_listen: Option<SocketAddr>,
+    /// Serve the admin endpoints here (plain HTTP, off by default; keep it
+    /// on loopback or a management network): GET /metrics (Prometheus),
+    /// /healthz (the process serves), /readyz (the database answers).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<SocketAddr>,
+    /// Log lines as human text or JSON objects (colours only on a terminal).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "human",
+        env = "COLLECTORD_LOG_FORMAT"
+    )]
+    log_format: residency_daemon::logging::LogFormat,
 }
 
 /// The gid of group `name`.
@@ -264,14 +277,8 @@ fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListene
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    residency_daemon::logging::init(args.log_format);
     if let Some(Cmd::Export {
         format,
         since,
@@ -431,11 +438,62 @@ async fn main() -> anyhow::Result<()> {
             readers,
         ))
         .add_service(CollectorServer::new(service))
-        .serve_with_incoming_shutdown(listen::unix(unix, limits), stopped(stop_rx));
+        .serve_with_incoming_shutdown(listen::unix(unix, limits), stopped(stop_rx.clone()));
+    if let Some(addr) = args.admin_listen {
+        let incoming = residency_daemon::admin::bind(addr)
+            .await
+            .with_context(|| format!("while binding --admin-listen {addr}"))?;
+        let metrics = dashboard_service.metrics();
+        let ready_service = dashboard_service.clone();
+        let admin = residency_daemon::admin::Admin {
+            metrics: std::sync::Arc::new(move || metrics.render()),
+            ready: std::sync::Arc::new(move || {
+                let s = ready_service.clone();
+                Box::pin(async move { s.database_ready().await })
+            }),
+        };
+        tokio::spawn(residency_daemon::admin::serve(
+            incoming,
+            addr,
+            admin,
+            stop_rx.clone(),
+        ));
+    }
+    let stopping_service = dashboard_service.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            warn!("cannot install signal handlers; stop collectord with SIGKILL");
+            return;
+        };
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            signal = which,
+            "shutting down: each delivery stream ends after its batch in flight is committed and acknowledged"
+        );
+        residency_daemon::notify::stopping("finishing the batches in flight");
+        stopping_service.shut_down();
         let _ = stop_tx.send(true);
+        // Whatever does not finish in time is resent by its agent.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; exiting (their agents resend what was not acknowledged)"
+        );
+        std::process::exit(0);
     });
+    residency_daemon::notify::ready(&format!(
+        "serving on {} (database {})",
+        args.listen,
+        redact(&args.database)
+    ));
+    residency_daemon::notify::spawn_watchdog();
     let dashboard = async {
         if let (Some(addr), Some(incoming)) = (args.dashboard_listen, dashboard_incoming) {
             collector::dashboard::serve(
@@ -452,8 +510,12 @@ async fn main() -> anyhow::Result<()> {
     tcp.with_context(|| format!("while serving on {}", args.listen))?;
     local.with_context(|| format!("while serving on {}", args.socket.display()))?;
     let _ = std::fs::remove_file(&args.socket);
+    info!("collector stopped");
     Ok(())
 }
+
+/// How long a shutdown waits for streams and requests to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

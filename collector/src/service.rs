@@ -21,7 +21,7 @@ use residency_proto::collector::v1::{
     self as pb, agent_command::Command as Cmd, agent_message::Message as In,
     collector_message::Message as Out, collector_server::Collector,
 };
-use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{Caller, Roles},
     fleet::Fleet,
+    metrics::Metrics,
     store::{
         Store,
         filter::{Cursor, Filter, Indexed},
@@ -55,6 +56,7 @@ struct Write {
 fn spawn_writer(
     store: Arc<Mutex<Store>>,
     stored: broadcast::Sender<Stored>,
+    metrics: Arc<Metrics>,
 ) -> mpsc::Sender<Write> {
     let (tx, mut rx) = mpsc::channel::<Write>(256);
     tokio::spawn(async move {
@@ -70,10 +72,16 @@ fn spawn_writer(
                 .iter()
                 .map(|w| (w.host.as_str(), w.rows.as_slice()))
                 .collect();
+            let started = std::time::Instant::now();
             let res = store.lock().await.insert_group(&slices).await;
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             match res {
                 Ok(counts) => {
+                    let now = now_ns() as f64 / 1e9;
                     for (w, new) in group.into_iter().zip(counts) {
+                        count_stored(&metrics, &w, new, now);
                         let _ = w.done.send(Ok(new));
                         if stored.receiver_count() > 0 {
                             for (r, ix) in w.rows {
@@ -83,6 +91,7 @@ fn spawn_writer(
                     }
                 }
                 Err(e) => {
+                    metrics.database_errors.inc();
                     for w in group {
                         let _ = w.done.send(Err(e.to_string()));
                     }
@@ -91,6 +100,35 @@ fn spawn_writer(
         }
     });
     tx
+}
+
+/// Counts the `new` records of batch `w` that were stored (duplicates are
+/// the batch's first records: an agent resends from where the collector
+/// said it stood).
+fn count_stored(metrics: &Metrics, w: &Write, new: usize, now_s: f64) {
+    if new == 0 {
+        return;
+    }
+    for (_, ix) in &w.rows[w.rows.len().saturating_sub(new)..] {
+        metrics
+            .records
+            .get_or_create(&crate::metrics::RecordLabels {
+                host: w.host.clone(),
+                kind: ix.kind.to_owned(),
+            })
+            .inc();
+    }
+    metrics
+        .last_seen
+        .get_or_create(&crate::metrics::HostLabels {
+            host: w.host.clone(),
+        })
+        .set(now_s);
+}
+
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Longest exception.
@@ -110,6 +148,10 @@ pub struct CollectorService {
     client_ca: Option<Arc<Vec<u8>>>,
     /// Signs and checks dashboard login tokens.
     tokens: Arc<crate::dashboard::token::Keys>,
+    metrics: Arc<Metrics>,
+    /// Turns true when the collector shuts down: delivery streams end after
+    /// the batch in flight, watches end.
+    shutdown: watch::Sender<bool>,
 }
 
 impl CollectorService {
@@ -122,8 +164,11 @@ impl CollectorService {
     pub fn new(store: Store, roles: Roles) -> CollectorService {
         let store = Arc::new(Mutex::new(store));
         let stored = broadcast::channel(WATCH_BUFFER).0;
+        let metrics = Arc::new(Metrics::default());
         CollectorService {
-            writer: spawn_writer(store.clone(), stored.clone()),
+            writer: spawn_writer(store.clone(), stored.clone(), metrics.clone()),
+            metrics,
+            shutdown: watch::channel(false).0,
             store,
             roles: Arc::new(roles),
             fleet: Arc::new(Fleet::default()),
@@ -132,6 +177,27 @@ impl CollectorService {
             client_ca: None,
             tokens: Arc::new(crate::dashboard::token::Keys::generate()),
         }
+    }
+
+    /// The collector's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Ends every delivery stream after its batch in flight (acknowledged
+    /// once committed) and every watch: the collector is shutting down.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether the database answers (`/readyz`).
+    pub async fn database_ready(&self) -> Result<(), String> {
+        self.store
+            .lock()
+            .await
+            .ping()
+            .await
+            .map_err(|e| format!("the database does not answer: {e}"))
     }
 
     /// The dashboard's login tokens.
@@ -286,7 +352,21 @@ impl CollectorService {
         mut incoming: Streaming<pb::AgentMessage>,
         tx: crate::fleet::StreamTx,
     ) {
-        while let Some(msg) = incoming.next().await {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let msg = tokio::select! {
+                m = incoming.next() => m,
+                _ = shutting_down(&mut shutdown) => {
+                    info!(host = %host, "collector shutting down: delivery stream ended after its last acknowledged batch");
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the collector is shutting down; the agent reconnects and resends what was not acknowledged",
+                        )))
+                        .await;
+                    break;
+                }
+            };
+            let Some(msg) = msg else { break };
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
@@ -393,6 +473,9 @@ impl Collector for CollectorService {
             .await
             .map_err(|_| Status::unavailable("stream closed"))?;
         let id = self.fleet.connect(&host, tx.clone());
+        self.metrics
+            .connected_agents
+            .set(self.fleet.connected().len() as i64);
         if !missed.is_empty() {
             // Fleet commands this host missed while it was away.
             let fleet = self.fleet.clone();
@@ -420,8 +503,10 @@ impl Collector for CollectorService {
         let this = self.clone();
         tokio::spawn(async move {
             let fleet = this.fleet.clone();
+            let metrics = this.metrics.clone();
             this.serve_stream(host.clone(), incoming, tx).await;
             fleet.disconnect(&host, id);
+            metrics.connected_agents.set(fleet.connected().len() as i64);
             info!(host = %host, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -676,9 +761,29 @@ impl Collector for CollectorService {
         filter.after = None;
         let mut rx = self.stored.subscribe();
         let (tx, out) = mpsc::channel(256);
+        let metrics = self.metrics.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        metrics.watchers.inc();
         tokio::spawn(async move {
+            // Counted until this task ends, however it ends.
+            struct Watching(Arc<Metrics>);
+            impl Drop for Watching {
+                fn drop(&mut self) {
+                    self.0.watchers.dec();
+                }
+            }
+            let _watching = Watching(metrics);
             loop {
-                let item = match rx.recv().await {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = shutting_down(&mut shutdown) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the collector is shutting down; watch again once it is back")))
+                            .await;
+                        return;
+                    }
+                };
+                let item = match next {
                     Ok(s) => s,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let _ = tx

@@ -25,6 +25,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("resi
 
 pub mod attest;
 pub mod chain;
+pub mod community_id;
 pub mod identity;
 pub mod legacy;
 pub mod listen;

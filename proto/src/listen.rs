@@ -209,6 +209,13 @@ impl Listener for UnixListener {
     }
 }
 
+/// The remote address of an accepted TCP connection (0.0.0.0:0 when the
+/// kernel no longer knows it).
+pub fn remote_addr(c: &Guarded<TcpStream>) -> std::net::SocketAddr {
+    c.io.peer_addr()
+        .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 /// Accepts on `listener` forever, admitting within `limits`.
 fn run<L: Listener>(listener: L, limits: Limits) -> ReceiverStream<io::Result<Guarded<L::Io>>> {
     let name = listener.name();

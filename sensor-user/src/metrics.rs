@@ -1,21 +1,13 @@
-//! Prometheus metrics (opt-in `[metrics] listen`): what an SRE alerts on.
-//! Served as text on `GET /metrics` by a deliberately tiny HTTP responder.
+//! Prometheus metrics (opt-in `[metrics] listen`): what an SRE alerts on,
+//! served by the admin endpoints (`residency_daemon::admin`).
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicU64},
-};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
-use tracing::{info, warn};
 
 /// Labels of violation counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,57 +123,4 @@ impl Metrics {
         }
         out
     }
-}
-
-/// Serves `GET /metrics` on `addr` forever.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "metrics listening");
-    // Guarded like the API: bounded connections, silent clients dropped,
-    // accept errors backed off (the endpoint never stops for good).
-    let mut incoming = residency_proto::listen::tcp(
-        listener,
-        residency_proto::listen::Limits {
-            max_connections: 64,
-            per_peer: 16,
-            idle: std::time::Duration::from_secs(5),
-        },
-    );
-    while let Some(sock) = tokio_stream::StreamExt::next(&mut incoming).await {
-        let Ok(mut sock) = sock else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body, ctype) =
-                if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
-                    (
-                        "200 OK",
-                        metrics.render(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                } else {
-                    (
-                        "404 Not Found",
-                        "only GET /metrics is served here\n".to_owned(),
-                        "text/plain",
-                    )
-                };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(resp.as_bytes()).await {
-                warn!(error = %e, "metrics response failed");
-            }
-        });
-    }
-    Ok(())
 }

@@ -269,7 +269,7 @@ fn metrics_endpoint_counts_violations() {
     let agent = RunningAgent::start_with(&policy(&rel), REGIONS, &["--metrics-listen", &listen]);
     let scrape = || {
         let mut s = std::net::TcpStream::connect(&listen).expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .expect("request");
         let mut body = String::new();
         s.read_to_string(&mut body).expect("response");
@@ -290,6 +290,21 @@ fn metrics_endpoint_counts_violations() {
         assert!(Instant::now() < deadline, "violation not counted:\n{body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The connect's record carries its Community ID, computed from the
+    // addresses it states (and so joinable with Zeek's or Suricata's).
+    let flows = agent.listed(true, &[]);
+    let connect = flows
+        .iter()
+        .find(|f| f.kind == FlowKind::Connect as i32 && f.remote == server.addr.to_string())
+        .unwrap_or_else(|| panic!("the connect is listed: {flows:?}"));
+    let want = residency_proto::community_id::v1(
+        6,
+        connect.local.parse().expect("local address"),
+        server.addr,
+    )
+    .expect("a TCP flow has an ID");
+    assert!(want.starts_with("1:"));
+    assert_eq!(connect.community_id, want, "{connect:?}");
     drop(agent);
 }
 

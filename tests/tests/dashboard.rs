@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fantoccini::{Client, Locator};
 use harness::harness::{
-    browser::{Browser, https_get},
+    browser::Browser,
     cgroup::TestCgroup,
     collector::{CollectorTls, RunningCollector, set_collector_option},
+    http::https_get,
     netns::TestNet,
     pki::TestCa,
     probe,

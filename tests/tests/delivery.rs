@@ -384,7 +384,7 @@ fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
             .and_then(|mut s| {
                 use std::io::{Read, Write};
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
                 let mut body = String::new();
                 s.read_to_string(&mut body)?;
                 Ok(body.starts_with("HTTP/1.1 200"))

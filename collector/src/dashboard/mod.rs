@@ -20,6 +20,8 @@ pub mod token;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use residency_daemon::http::{Incoming, Peer};
+
 use axum::{
     Router,
     extract::{Request, State},
@@ -30,15 +32,12 @@ use axum::{
 };
 use residency_proto::listen;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{auth::Caller, service::CollectorService};
 
 /// The session cookie's name.
 const COOKIE: &str = "residency_session";
-
-/// How long a TLS handshake may take.
-const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Connections the dashboard admits (browsers open several each).
 const LIMITS: listen::Limits = listen::Limits {
@@ -55,133 +54,32 @@ struct App {
     secure: bool,
 }
 
-/// The names of the connection's verified client certificate (none: no
-/// certificate was presented).
-#[derive(Clone, Debug)]
-struct Peer {
-    names: Option<Vec<String>>,
-    addr: SocketAddr,
-}
-
 /// The TLS settings of the dashboard: the collector's certificate, and
 /// client certificates asked for (not required: browsers without one log in
 /// with a token) and checked against `ca`.
 pub fn tls_config(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<rustls::ServerConfig, String> {
-    use rustls::{
-        RootCertStore,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("--tls-key: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca) {
-        roots
-            .add(c.map_err(|e| format!("--client-ca: {e}"))?)
-            .map_err(|e| format!("--client-ca: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("--client-ca: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    residency_daemon::http::tls_optional_client_certs(cert, key, ca)
 }
-
-/// Connections accepted on the dashboard's address.
-pub type Incoming =
-    tokio_stream::wrappers::ReceiverStream<std::io::Result<listen::Guarded<tokio::net::TcpStream>>>;
 
 /// Binds the dashboard's address (before serving, so that a port in use
 /// stops the collector at start).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<Incoming> {
-    listen::bind_tcp(addr, LIMITS).await
+    residency_daemon::http::bind(addr, LIMITS).await
 }
 
 /// Serves the dashboard on `incoming` (bound to `addr`) until `stop` turns
 /// true. With `tls`, HTTPS; without, plain HTTP on a loopback address
 /// (login tokens only).
 pub async fn serve(
-    mut incoming: Incoming,
+    incoming: Incoming,
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     service: CollectorService,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    use tokio_stream::StreamExt;
     let secure = tls.is_some();
-    let router = router(App { service, secure });
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     info!(listen = %addr, tls = secure, "dashboard listening");
-    loop {
-        let conn = tokio::select! {
-            c = incoming.next() => c,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let Some(conn) = conn else { break };
-        let Ok(io) = conn else { continue };
-        let addr = tonic::transport::server::Connected::connect_info(&io)
-            .remote_addr()
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let router = router.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(io)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            debug!(peer = %addr, error = %e, "dashboard: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(peer = %addr, "dashboard: TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let names = tls.get_ref().1.peer_certificates().and_then(|c| {
-                        c.first()
-                            .map(|leaf| residency_proto::identity::certificate_names(leaf))
-                    });
-                    connection(tls, Peer { names, addr }, router).await;
-                }
-                None => connection(io, Peer { names: None, addr }, router).await,
-            }
-        });
-    }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on one connection.
-async fn connection<IO>(io: IO, peer: Peer, router: Router)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo},
-        server::conn::auto,
-        service::TowerToHyperService,
-    };
-    use tower::ServiceExt;
-    let addr = peer.addr;
-    let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        req
-    });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .await
-    {
-        debug!(peer = %addr, error = %e, "dashboard connection ended with an error");
-    }
+    residency_daemon::http::serve(incoming, tls, router(App { service, secure }), stop).await;
 }
 
 fn router(app: App) -> Router {

@@ -373,6 +373,14 @@ impl Store {
         }
     }
 
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping(),
+            Store::Postgres(p) => p.ping().await,
+        }
+    }
+
     /// Matching records counted per time bucket (`bucket_ns`; 0: one
     /// bucket), class set and country.
     pub async fn stats(

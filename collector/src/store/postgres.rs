@@ -332,6 +332,11 @@ impl Postgres {
         Ok(counts)
     }
 
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
+        self.live().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     pub async fn stats(
         &mut self,
         filter: &Filter,

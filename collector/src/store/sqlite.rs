@@ -219,6 +219,11 @@ impl Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn stats(
         &self,
         filter: &Filter,

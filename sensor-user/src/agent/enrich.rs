@@ -291,6 +291,12 @@ impl Kept {
             cookie: ev.cookie,
             policy_generation: ev.policy_generation,
             host_id: self.names.host_id.clone(),
+            community_id: if ev.local_port == 0 || ev.flow_kind() == Some(FlowKind::Socket) {
+                String::new()
+            } else {
+                residency_proto::community_id::v1(ev.protocol, ev.local(), ev.remote())
+                    .unwrap_or_default()
+            },
         }
     }
 }

@@ -153,6 +153,9 @@ pub struct Agent {
     attached: bool,
     /// The window being counted for the next attestation.
     window: Option<attesting::Window>,
+    /// Whether the agent does its job (a policy in force, the programs
+    /// attached), or why not: `/readyz`.
+    ready: tokio::sync::watch::Sender<Result<(), String>>,
     /// Class names by id of the policy generations installed lately: the
     /// kernel's judgement counters are keyed by generation.
     class_tables: attesting::ClassTables,
@@ -248,6 +251,7 @@ impl Agent {
             unspooled: (0, 0, String::new()),
             window: None,
             class_tables: Default::default(),
+            ready: tokio::sync::watch::channel(Err("starting".to_owned())).0,
             spool_open_error: String::new(),
         };
         // A spool that cannot be opened (a full disk, broken files) costs
@@ -264,6 +268,7 @@ impl Agent {
             .with_context(|| format!("while attaching to cgroup {}", attach.display()))?;
         info!(cgroup = %attach.display(), pins = %agent.cfg.bpf_dir.display(), "sensor attached");
         agent.attached = true;
+        agent.update_ready();
         agent.audit.record(
             "agent",
             &format!(
@@ -440,14 +445,40 @@ impl Agent {
         self.compiled.policy.host.id.clone()
     }
 
+    /// The SHA-256 of the policy in force.
+    pub fn policy_sha256(&self) -> String {
+        self.compiled.policy.hash.clone()
+    }
+
     /// The compiler the API shares with this agent (one queue for both).
     pub fn compiler(&self) -> compiler::Compiler {
         self.compiler.clone()
     }
 
-    /// The metrics this agent updates (serve them with `metrics::serve`).
+    /// The metrics this agent updates (served by the admin endpoints).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Whether the agent does its job, or why not (`/readyz`).
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<Result<(), String>> {
+        self.ready.subscribe()
+    }
+
+    /// Updates readiness from the agent's state.
+    fn update_ready(&self) {
+        let now = if !self.attached {
+            Err("the kernel programs are not attached yet".to_owned())
+        } else if !self.policy_problem.is_empty() {
+            Err(self.policy_problem.clone())
+        } else {
+            Ok(())
+        };
+        self.ready.send_if_modified(|r| {
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
     }
 
     fn mode_of(&self, class: &validate::Class) -> Mode {
@@ -690,6 +721,7 @@ impl Agent {
     }
 
     fn tick(&mut self) {
+        self.update_ready();
         match self.sensor.counters() {
             Ok(c) => {
                 for (i, name) in COUNTER_NAMES.iter().enumerate() {

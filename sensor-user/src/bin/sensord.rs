@@ -11,11 +11,11 @@ use std::{fs::File, path::PathBuf};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use sensor_user::{
     agent::{Agent, AgentConfig, Command},
     api::{self, AgentApi},
-    config, metrics,
+    config,
     policy::source::PolicySource,
     preflight, regions,
     system::mountinfo,
@@ -26,13 +26,7 @@ use tokio::{
 };
 use tracing::{error, info};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+use residency_daemon::logging::LogFormat;
 
 /// Residency Sensor agent: tags the processes that handle regulated data,
 /// judges each of their connections against the residency policy in the
@@ -128,18 +122,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode like 600"))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Takes the single-instance lock (released by the kernel when we exit).
 fn lock(path: &std::path::Path) -> anyhow::Result<File> {
     if let Some(dir) = path.parent() {
@@ -206,15 +188,28 @@ fn attesting(
     }))
 }
 
+/// The admin endpoints' view of the agent: its metrics, and ready while a
+/// policy is in force and the programs are attached.
+fn admin(agent: &Agent) -> residency_daemon::admin::Admin {
+    let metrics = agent.metrics();
+    let ready = agent.readiness();
+    residency_daemon::admin::Admin {
+        metrics: std::sync::Arc::new(move || metrics.render()),
+        ready: std::sync::Arc::new(move || {
+            let now = ready.borrow().clone();
+            Box::pin(async move { now })
+        }),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file = config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let log_format = args.log_format.unwrap_or(match file.log_format.as_deref() {
-        Some("json") => LogFormat::Json,
-        _ => LogFormat::Human,
-    });
-    init_logging(log_format);
+    let log_format = args
+        .log_format
+        .unwrap_or(LogFormat::from_config(file.log_format.as_deref()));
+    residency_daemon::logging::init(log_format);
 
     let lock_path = args.lock.clone().unwrap_or(file.lock.clone());
     let bpf_dir = args.bpf_dir.clone().unwrap_or(file.bpf_dir.clone());
@@ -274,13 +269,14 @@ async fn main() -> anyhow::Result<()> {
         )?,
     };
     let (agent, events, store) = Agent::start(cfg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {
-        let m = agent.metrics();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
-                error!(%addr, error = %e, "the metrics endpoint stopped");
-            }
-        });
+        let incoming = residency_daemon::admin::bind(addr).await.with_context(|| {
+            format!("while binding the admin endpoints' [metrics] listen {addr}")
+        })?;
+        let admin = admin(&agent);
+        let stop = stop_rx.clone();
+        tokio::spawn(residency_daemon::admin::serve(incoming, addr, admin, stop));
     }
     let (handle, commands) = Agent::channel();
     if !file.collector.endpoints.is_empty() {
@@ -306,7 +302,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move { deliver::run(endpoints, creds, host, h, compiler).await });
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -359,9 +354,17 @@ async fn main() -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         });
     }
-    agent
+    residency_daemon::notify::ready(&format!(
+        "enforcing policy {} on {}",
+        agent.policy_sha256(),
+        agent.host_id()
+    ));
+    residency_daemon::notify::spawn_watchdog();
+    let result = agent
         .run(events, (handle, commands), stopped(stop_rx))
-        .await?;
+        .await;
+    residency_daemon::notify::stopping("stopping; the pinned programs keep enforcing");
+    result?;
     let _ = api_task.await;
     Ok(())
 }

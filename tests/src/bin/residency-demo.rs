@@ -267,7 +267,7 @@ fn main() {
         &["dashboard-token", "--ttl", "1h", "--url", &url],
     );
     let page = tokio::runtime::Runtime::new().expect("runtime").block_on(
-        harness::harness::browser::https_get(port, &ca.cert, Some(&auditor), "/", None),
+        harness::harness::http::https_get(port, &ca.cert, Some(&auditor), "/", None),
     );
     match page {
         Ok(a) => println!(

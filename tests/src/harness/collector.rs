@@ -39,6 +39,21 @@ pub struct RunningCollector {
     pub open_files: Option<u64>,
     /// The web dashboard's port (--dashboard-listen on loopback), if served.
     pub dashboard: Option<u16>,
+    /// More arguments and environment for collectord.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// How to start a collector beyond its database.
+#[derive(Default)]
+pub struct CollectorOptions {
+    pub tls: Option<CollectorTls>,
+    /// Serve the web dashboard (on a port of its own).
+    pub dashboard: bool,
+    /// More collectord arguments.
+    pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// Adds an agent's token to each call.
@@ -96,7 +111,14 @@ impl RunningCollector {
     /// Starts collectord with `database`, and mutual TLS when given; its log
     /// goes to `dir`.
     pub fn start_with(dir: &Path, database: &str, tls: Option<CollectorTls>) -> RunningCollector {
-        Self::start_opts(dir, database, tls, false)
+        Self::start_opts(
+            dir,
+            database,
+            CollectorOptions {
+                tls,
+                ..Default::default()
+            },
+        )
     }
 
     /// As [`Self::start_with`], serving the web dashboard too (HTTPS with
@@ -106,15 +128,25 @@ impl RunningCollector {
         database: &str,
         tls: Option<CollectorTls>,
     ) -> RunningCollector {
-        Self::start_opts(dir, database, tls, true)
+        Self::start_opts(
+            dir,
+            database,
+            CollectorOptions {
+                tls,
+                dashboard: true,
+                ..Default::default()
+            },
+        )
     }
 
-    fn start_opts(
-        dir: &Path,
-        database: &str,
-        tls: Option<CollectorTls>,
-        dashboard: bool,
-    ) -> RunningCollector {
+    /// Starts collectord with `database` and `opts`.
+    pub fn start_opts(dir: &Path, database: &str, opts: CollectorOptions) -> RunningCollector {
+        let CollectorOptions {
+            tls,
+            dashboard,
+            args,
+            env,
+        } = opts;
         let port = free_port();
         let tokens = dir.join("agent-tokens");
         if !tokens.exists() {
@@ -130,6 +162,8 @@ impl RunningCollector {
             tokens,
             open_files: None,
             dashboard: dashboard.then(free_port),
+            args,
+            env,
         };
         c.restart();
         c
@@ -172,6 +206,8 @@ impl RunningCollector {
         if let Some(d) = self.dashboard {
             cmd.arg("--dashboard-listen").arg(format!("127.0.0.1:{d}"));
         }
+        cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(t) = &self.tls {
             cmd.arg("--tls-cert")
                 .arg(&t.server.cert)
@@ -259,6 +295,24 @@ impl RunningCollector {
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as `systemctl stop`; its exit status (None: still running
+    /// after 20 s, then killed).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// SIGKILL, as a crash.

@@ -1,0 +1,13 @@
+//! What both daemons (`sensord`, `collectord`) share as processes:
+//!
+//! - [`logging`]: `--log-format human|json`, colours only on a terminal.
+//! - [`notify`]: systemd's readiness protocol (`Type=notify`): READY once
+//!   serving, STOPPING on shutdown, WATCHDOG pings when asked for.
+//! - [`http`]: serving an axum router on a guarded listener, optionally
+//!   over TLS with client certificates (the collector's dashboard).
+//! - [`admin`]: the admin endpoints, `/metrics`, `/healthz`, `/readyz`.
+
+pub mod admin;
+pub mod http;
+pub mod logging;
+pub mod notify;
