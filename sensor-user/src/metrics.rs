@@ -14,6 +14,8 @@ use prometheus_client::{
 pub struct ViolationLabels {
     pub class: String,
     pub action: String,
+    /// ISO code of the destination country ("" unknown).
+    pub country: String,
 }
 
 /// Labels of kernel counters.
@@ -62,7 +64,7 @@ impl Default for Metrics {
         );
         registry.register(
             "violations",
-            "Violations by class and action (reported, denied), after aggregation",
+            "Violations by class, action (reported, denied) and destination country, each folded record with its count",
             m.violations.clone(),
         );
         registry.register(

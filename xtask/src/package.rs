@@ -129,6 +129,23 @@ fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
             "usr/share/doc/residency-collector/NOTICE.world-map",
             0o644,
         ),
+        // The fleet's monitoring (for the agents and the collector): one
+        // package ships it, where Prometheus and Grafana are set up.
+        (
+            root.join("packaging/monitoring/residency-alerts.yml"),
+            "usr/share/residency/monitoring/residency-alerts.yml",
+            0o644,
+        ),
+        (
+            root.join("packaging/monitoring/residency-alerts.test.yml"),
+            "usr/share/residency/monitoring/residency-alerts.test.yml",
+            0o644,
+        ),
+        (
+            root.join("packaging/monitoring/residency-grafana.json"),
+            "usr/share/residency/monitoring/residency-grafana.json",
+            0o644,
+        ),
     ]
 }
 

@@ -10,13 +10,15 @@ use anyhow::{Context, bail};
 use sensor_build::{BPF_LINKER_VERSION, DEBIAN_LLVM_PREFIX, DEBIAN_PACKAGES};
 
 /// Packages the tests need besides the toolchain: chromium and its
-/// WebDriver server drive the dashboard's tests in a real browser.
+/// WebDriver server drive the dashboard's tests in a real browser;
+/// prometheus brings promtool, which checks the shipped alert rules.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "postgresql",
     "nftables",
     "chromium",
     "chromium-driver",
+    "prometheus",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -51,6 +51,7 @@ impl Agent {
             let labels = ViolationLabels {
                 class: class.clone(),
                 action: flow.action().label(),
+                country: flow.remote_country.clone(),
             };
             self.metrics
                 .violations
