@@ -734,3 +734,76 @@ fn the_collector_asks_the_hosts_agent_what_a_policy_would_change_for_stored_viol
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn records_name_the_unit_container_and_pod_their_cgroup_names() {
+    let s = setup();
+    let id = "4f6bb7b2f3a9d1c0e5a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f7a8b9c0d";
+    let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    // Cgroups named the way systemd, docker (systemd driver) and a
+    // Kubernetes node with containerd name theirs, inside the selected one.
+    let system = s.cgroup.child("system.slice");
+    let service = system.child("billing.service");
+    let docker = system.child(&format!("docker-{id}.scope"));
+    let kubepods = s.cgroup.child("kubepods.slice");
+    let burstable = kubepods.child("kubepods-burstable.slice");
+    let pod = burstable.child(&format!(
+        "kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let ctr = pod.child(&format!("cri-containerd-{id}.scope"));
+    let server = s.net.virginia.tcp_server(false);
+    let target = server.addr.to_string();
+    let run_in = |cg: &TestCgroup| {
+        let p = probe::run(cg.command(probe::command(&["tcp-connect", &target])));
+        assert_eq!(p.errno(), 0);
+        p.pid
+    };
+    let (in_service, in_docker, in_pod) = (run_in(&service), run_in(&docker), run_in(&ctr));
+    let workload_of = |pid: u32| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = s.agent.listed(true, &["--pid", &pid.to_string()]);
+            if let Some(w) = flows.iter().find_map(|f| f.workload.clone()) {
+                return w;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no record with a workload for {pid}: {flows:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let w = workload_of(in_service);
+    assert!(w.cgroup.ends_with("/system.slice/billing.service"), "{w:?}");
+    assert_eq!(
+        (w.unit.as_str(), w.container_id.as_str()),
+        ("billing.service", "")
+    );
+    let w = workload_of(in_docker);
+    assert_eq!(
+        (w.container_runtime.as_str(), w.container_id.as_str()),
+        ("docker", id)
+    );
+    let w = workload_of(in_pod);
+    assert_eq!(
+        (
+            w.pod_uid.as_str(),
+            w.pod_qos.as_str(),
+            w.container_runtime.as_str(),
+            w.container_id.as_str()
+        ),
+        (uid, "burstable", "containerd", id)
+    );
+    // And sensorctl's table shows them.
+    let table = String::from_utf8_lossy(&s.agent.ctl(&["flows"]).stdout).into_owned();
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("WORKLOAD")),
+        "{table}"
+    );
+    assert!(table.contains("billing.service"), "{table}");
+    assert!(
+        table.contains(&format!("pod/{} containerd:{}", &uid[..8], &id[..12])),
+        "{table}"
+    );
+}

@@ -13,6 +13,7 @@ use crate::{
     kernel::verdicts::Verdict,
     policy::{compile::Compiled, explain},
     regions::Country,
+    system::workload::{Workload, WorkloadCache},
 };
 
 /// Names of the classes in `mask`.
@@ -148,6 +149,18 @@ impl Names {
     }
 }
 
+/// A workload as the API shows it (absent when nothing is known).
+pub fn workload_pb(w: &Workload) -> Option<pb::Workload> {
+    (!w.cgroup.is_empty()).then(|| pb::Workload {
+        cgroup: w.cgroup.clone(),
+        unit: w.unit.clone(),
+        container_id: w.container_id.clone(),
+        container_runtime: w.runtime.clone(),
+        pod_uid: w.pod_uid.clone(),
+        pod_qos: w.qos.clone(),
+    })
+}
+
 /// Executables of the processes records came from, resolved once per
 /// process and exec: the kernel sends an `Exec` record when a tagged process
 /// calls exec() and a `Tag` record when a process gets classes, and both drop
@@ -202,6 +215,8 @@ pub struct Kept {
     /// Index into the policy's sites.
     pub site: Option<u16>,
     pub names: Arc<Names>,
+    /// The process's workload (from its cgroup).
+    pub workload: Arc<Workload>,
 }
 
 impl Kept {
@@ -212,6 +227,7 @@ impl Kept {
         c: &Compiled,
         names: &Arc<Names>,
         exes: &mut ExeCache,
+        workloads: &mut WorkloadCache,
         wall_offset_ns: i64,
     ) -> Kept {
         let (country, site) = explain::place_of(c, ev.remote().ip());
@@ -222,6 +238,7 @@ impl Kept {
             country,
             site,
             names: names.clone(),
+            workload: workloads.get(ev.cgroup_id),
         }
     }
 
@@ -297,6 +314,7 @@ impl Kept {
                 residency_proto::community_id::v1(ev.protocol, ev.local(), ev.remote())
                     .unwrap_or_default()
             },
+            workload: workload_pb(&self.workload),
         }
     }
 }

@@ -102,6 +102,7 @@ impl Agent {
             remote: sock.remote.to_string(),
             community_id: residency_proto::community_id::v1(sock.protocol, sock.local, sock.remote)
                 .unwrap_or_default(),
+            workload: enrich::workload_pb(&crate::system::workload::Workload::of_pid(pid)),
             remote_country: loc.country.map(|c| c.to_string()).unwrap_or_default(),
             remote_site: loc.site.unwrap_or_default(),
             verdict: pb::Verdict::from_kernel(j.verdict) as i32,

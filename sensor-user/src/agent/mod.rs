@@ -123,6 +123,8 @@ pub struct Agent {
     names: Arc<enrich::Names>,
     /// Executables of the processes records come from.
     exes: enrich::ExeCache,
+    /// Workloads (unit, container, pod) of the cgroups records come from.
+    workloads: crate::system::workload::WorkloadCache,
     /// Violation log lines, folded per process and destination.
     violation_log: violation_log::ViolationLog,
     /// Makes the spool durable off this task.
@@ -218,6 +220,7 @@ impl Agent {
             _ => vec![0; COUNTER_COUNT as usize],
         };
         let store = Arc::new(FlowStore::new(cfg.history));
+        let workloads = crate::system::workload::WorkloadCache::new(&cfg.cgroup_root);
         let mut agent = Agent {
             sensor,
             compiled,
@@ -234,6 +237,7 @@ impl Agent {
             store: store.clone(),
             names: Arc::default(),
             exes: enrich::ExeCache::default(),
+            workloads,
             violation_log: Default::default(),
             syncer: crate::export::syncer::Syncer::start()
                 .context("while starting the spool's fsync thread")?,

@@ -32,8 +32,14 @@ impl Agent {
             if let Some(w) = &mut self.window {
                 w.count(ev);
             }
-            let kept =
-                enrich::Kept::new(ev, &self.compiled, &self.names, &mut self.exes, wall_offset);
+            let kept = enrich::Kept::new(
+                ev,
+                &self.compiled,
+                &self.names,
+                &mut self.exes,
+                &mut self.workloads,
+                wall_offset,
+            );
             if kept.is_violation() {
                 self.record_violation(kept.to_pb());
             } else {

@@ -7,3 +7,4 @@ pub mod mountinfo;
 pub mod netif;
 pub mod sockets;
 pub mod tracefs;
+pub mod workload;

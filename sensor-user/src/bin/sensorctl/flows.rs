@@ -28,11 +28,37 @@ pub struct FlowArgs {
     follow: bool,
 }
 
+/// Whose flow: the pod and container, the container, or the unit.
+fn workload(f: &Flow) -> String {
+    let Some(w) = &f.workload else {
+        return String::new();
+    };
+    let ctr = |w: &residency_proto::agent::v1::Workload| {
+        format!(
+            "{}:{}",
+            w.container_runtime,
+            w.container_id.get(..12).unwrap_or(&w.container_id)
+        )
+    };
+    if !w.pod_uid.is_empty() {
+        format!(
+            "pod/{} {}",
+            w.pod_uid.get(..8).unwrap_or(&w.pod_uid),
+            ctr(w)
+        )
+    } else if !w.container_id.is_empty() {
+        ctr(w)
+    } else {
+        w.unit.clone()
+    }
+}
+
 fn row(f: &Flow) -> Vec<String> {
     vec![
         f.kind().label(),
         f.pid.to_string(),
         f.comm.clone(),
+        workload(f),
         f.classes.join(","),
         f.protocol().label(),
         f.remote.clone(),
@@ -43,8 +69,9 @@ fn row(f: &Flow) -> Vec<String> {
     ]
 }
 
-const HEADERS: [&str; 10] = [
-    "KIND", "PID", "COMM", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION", "COUNT",
+const HEADERS: [&str; 11] = [
+    "KIND", "PID", "COMM", "WORKLOAD", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION",
+    "COUNT",
 ];
 
 pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
