@@ -81,6 +81,12 @@ fn bench(c: &mut Criterion) {
         .expect("the default dataset (cargo xtask setup) and the bench policy");
     let names: Arc<Names> = Names::of(&compiled);
     let mut exes = ExeCache::default();
+    // The workload cache as the agent has it (the bench's records carry
+    // one cgroup id: resolved once, then looked up).
+    let mut workloads = sensor_user::system::workload::WorkloadCache::new(
+        &sensor_user::system::mountinfo::cgroup2_mount()
+            .unwrap_or_else(|_| std::path::PathBuf::from("/sys/fs/cgroup")),
+    );
     let store = FlowStore::new(Capacity {
         violations: 10_000,
         flows: 10_000,
@@ -91,7 +97,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("flow record: decode, enrich, history", |b| {
         b.iter(|| {
             let ev = FlowEvent::from_bytes(black_box(&close)).expect("a record");
-            let kept = Kept::new(&ev, &compiled, &names, &mut exes, offset);
+            let kept = Kept::new(&ev, &compiled, &names, &mut exes, &mut workloads, offset);
             assert!(!kept.is_violation());
             store.push_flow(kept);
         });
@@ -114,7 +120,7 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let ev = FlowEvent::from_bytes(black_box(&violation)).expect("a record");
-                let kept = Kept::new(&ev, &compiled, &names, &mut exes, offset);
+                let kept = Kept::new(&ev, &compiled, &names, &mut exes, &mut workloads, offset);
                 assert!(kept.is_violation());
                 let flow = kept.to_pb();
                 spool
