@@ -33,7 +33,7 @@ use tracing::{info, warn};
 /// socket (--socket): root and --operator-group members operate,
 /// --auditor-group members audit.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "collectord", version = residency_daemon::cli::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -277,6 +277,7 @@ fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListene
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     residency_daemon::logging::init(args.log_format);
     if let Some(Cmd::Export {

@@ -6,8 +6,10 @@
 //! - [`http`]: serving an axum router on a guarded listener, optionally
 //!   over TLS with client certificates (the collector's dashboard).
 //! - [`admin`]: the admin endpoints, `/metrics`, `/healthz`, `/readyz`.
+//! - [`cli`]: `--version` with the git revision; completions and man pages.
 
 pub mod admin;
+pub mod cli;
 pub mod http;
 pub mod logging;
 pub mod notify;

@@ -6,11 +6,15 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
+use residency_proto::collector::v1 as pb;
+
 use harness::harness::{
     agent::RunningAgent,
     cgroup::TestCgroup,
     collector::{CollectorOptions, RunningCollector, free_port},
     http::http_get,
+    netns::TestNet,
+    probe,
     scenario::{FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
@@ -83,7 +87,7 @@ fn the_shipped_rules_and_dashboard_hold_and_use_only_metrics_the_daemons_export(
     let tmp = TempPath::dir("monitoring");
     let collector_admin = free_port();
     let db = tmp.path().join("collector.db");
-    let _collector = RunningCollector::start_opts(
+    let collector = RunningCollector::start_opts(
         tmp.path(),
         db.to_str().expect("utf-8"),
         CollectorOptions {
@@ -110,11 +114,39 @@ fn the_shipped_rules_and_dashboard_hold_and_use_only_metrics_the_daemons_export(
         "5.0.0.0,5.0.0.255,DE\n",
         &["--metrics-listen", &format!("127.0.0.1:{agent_admin}")],
     );
-    let exported = format!(
-        "{}{}",
-        get(collector_admin, "/metrics"),
-        get(agent_admin, "/metrics")
-    );
+    // Families with labels show once they have a sample: a violation on
+    // the agent, a record stored by the collector.
+    let net = TestNet::create();
+    let server = net.virginia.tcp_server(false);
+    let p = probe::run(cgroup.command(probe::command(&["tcp-connect", &server.addr.to_string()])));
+    assert_eq!(p.errno(), 0);
+    let audit = pb::Record {
+        seq: 1,
+        time_unix_ns: 1,
+        body: Some(pb::record::Body::Audit(pb::Audit {
+            actor: "test".into(),
+            action: "noted".into(),
+            reason: "monitoring".into(),
+        })),
+        chain: Vec::new(),
+    };
+    assert_eq!(collector.deliver_as("monitoring-1", vec![audit]), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exported = loop {
+        let text = format!(
+            "{}{}",
+            get(collector_admin, "/metrics"),
+            get(agent_admin, "/metrics")
+        );
+        if text.contains("residency_sensor_violations_total{") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no violation counted:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let families: BTreeSet<String> = exported
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -17,7 +17,7 @@ use residency_proto::{
 /// chain holds (every finding explained by the agent's own gap records), 4
 /// it does not, 1 the file is not a bundle or cannot be read.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "residency-verify", version = residency_daemon::cli::VERSION)]
 struct Args {
     /// The bundle (`-` for standard input).
     bundle: PathBuf,
@@ -100,6 +100,7 @@ fn run(a: &Args) -> Result<ChainReport, String> {
 }
 
 fn main() -> ExitCode {
+    residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     match run(&args) {
         Ok(r) if r.intact => ExitCode::SUCCESS,

@@ -210,6 +210,43 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     debs.iter().map(|d| build(&root, d)).collect()
 }
 
+/// Shell completions (bash, zsh, fish) and the man page of the staged
+/// binary `bin`, generated from its clap definition
+/// (`residency_daemon::cli::generate_if_asked`).
+fn generate_docs(stage: &Path, bin: &str) -> anyhow::Result<()> {
+    let exe = stage.join("usr/bin").join(bin);
+    for (what, dest) in [
+        (
+            "bash",
+            format!("usr/share/bash-completion/completions/{bin}"),
+        ),
+        ("zsh", format!("usr/share/zsh/vendor-completions/_{bin}")),
+        (
+            "fish",
+            format!("usr/share/fish/vendor_completions.d/{bin}.fish"),
+        ),
+        ("man", format!("usr/share/man/man1/{bin}.1")),
+    ] {
+        let out = Command::new(&exe)
+            .env("RESIDENCY_GENERATE", what)
+            .output()
+            .with_context(|| format!("while running {} for its {what} page", exe.display()))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            bail!(
+                "{bin} did not generate its {what} page: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = stage.join(&dest);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, &out.stdout)
+            .with_context(|| format!("while writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
     let name = deb.name;
     let version = env!("CARGO_PKG_VERSION");
@@ -229,6 +266,11 @@ fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
             if !status.success() {
                 bail!("strip failed on {}", dest.display());
             }
+        }
+    }
+    for (_, to, _) in &deb.files {
+        if let Some(bin) = to.strip_prefix("usr/bin/") {
+            generate_docs(&stage, bin)?;
         }
     }
     let debian = stage.join("DEBIAN");

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 /// --cert and --key: the certificate's name decides the role (collectord
 /// --auditor / --operator).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "collectorctl", version = residency_daemon::cli::VERSION)]
 struct Args {
     /// A remote collector (https://host:port, with --ca, --cert, --key).
     /// Without it, the local collector's Unix socket.
@@ -736,6 +736,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     match run(&args).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -41,7 +41,7 @@ use residency_daemon::logging::LogFormat;
 /// Settings come from the config file (default /etc/residency/sensord.toml,
 /// every key optional); flags override it.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "sensord", version = residency_daemon::cli::VERSION)]
 struct Args {
     /// Config file. Without this flag /etc/residency/sensord.toml is read if it
     /// exists; a file given here must exist.
@@ -204,6 +204,7 @@ fn admin(agent: &Agent) -> residency_daemon::admin::Admin {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     let file = config::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let log_format = args

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 /// Residency Sensor operator CLI.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "sensorctl", version = residency_daemon::cli::VERSION)]
 struct Args {
     #[command(flatten)]
     global: Global,
@@ -122,6 +122,7 @@ enum Cmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     let g = &args.global;
     let code = match args.command {
