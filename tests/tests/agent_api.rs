@@ -294,21 +294,35 @@ fn metrics_endpoint_counts_violations() {
         assert!(Instant::now() < deadline, "violation not counted:\n{body}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The connect's record carries its Community ID, computed from the
-    // addresses it states (and so joinable with Zeek's or Suricata's).
-    let flows = agent.listed(true, &[]);
-    let connect = flows
-        .iter()
-        .find(|f| f.kind == FlowKind::Connect as i32 && f.remote == server.addr.to_string())
-        .unwrap_or_else(|| panic!("the connect is listed: {flows:?}"));
+    // The connection's close record states both endpoints and carries
+    // their Community ID (joinable with Zeek's or Suricata's); the connect
+    // record, made before the kernel picked the local port, has none.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let close = loop {
+        let flows = agent.listed(true, &[]);
+        if let Some(c) = flows
+            .iter()
+            .find(|f| f.kind == FlowKind::Close as i32 && f.remote == server.addr.to_string())
+        {
+            break c.clone();
+        }
+        assert!(Instant::now() < deadline, "no close record: {flows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let want = residency_proto::community_id::v1(
         6,
-        connect.local.parse().expect("local address"),
+        close.local.parse().expect("local address"),
         server.addr,
     )
     .expect("a TCP flow has an ID");
     assert!(want.starts_with("1:"));
-    assert_eq!(connect.community_id, want, "{connect:?}");
+    assert_eq!(close.community_id, want, "{close:?}");
+    let flows = agent.listed(true, &[]);
+    let connect = flows
+        .iter()
+        .find(|f| f.kind == FlowKind::Connect as i32 && f.remote == server.addr.to_string())
+        .expect("the connect is listed");
+    assert_eq!((connect.local.as_str(), connect.community_id.as_str()), ("", ""));
     drop(agent);
 }
 
