@@ -17,47 +17,9 @@ pub enum Format {
     Bundle,
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses a time as Unix seconds ("1763884800") or UTC RFC 3339
-/// ("2026-11-23T07:00:00Z", or a date "2026-11-23"), into Unix ns.
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    let bad =
-        || format!("{s:?} is not a time: write Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z");
-    if let Ok(secs) = s.parse::<i64>() {
-        return secs.checked_mul(1_000_000_000).ok_or_else(bad);
-    }
-    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let time = time.strip_suffix('Z').ok_or_else(bad)?;
-    let t: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    if d.len() != 3
-        || t.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || t[0] > 23
-        || t[1] > 59
-        || t[2] > 60
-    {
-        return Err(bad());
-    }
-    let secs = days_from_civil(d[0], d[1], d[2]) * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
-    Ok(secs * 1_000_000_000)
-}
+/// Times on the command line and in the dashboard's filters (see
+/// `residency_proto::time`).
+pub use residency_proto::time::parse_time;
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -129,22 +91,6 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times() {
-        assert_eq!(parse_time("0").unwrap(), 0);
-        assert_eq!(parse_time("1970-01-02").unwrap(), 86_400 * 1_000_000_000);
-        assert_eq!(
-            parse_time("2026-11-23T07:00:00Z").unwrap() / 1_000_000_000,
-            1_795_417_200
-        );
-        assert!(
-            parse_time("23/11/2026")
-                .unwrap_err()
-                .contains("Unix seconds")
-        );
-        assert!(parse_time("2026-13-01").is_err());
-    }
 
     #[test]
     fn csv_quotes_what_needs_it_and_json_is_canonical() {

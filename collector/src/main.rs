@@ -138,7 +138,8 @@ enum Cmd {
         /// csv, jsonl or bundle.
         #[arg(long, value_enum, default_value = "csv")]
         format: collector::export::Format,
-        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+        /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
+        /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
         #[arg(long, value_parser = collector::export::parse_time)]
         since: Option<i64>,
         /// Before this time (same forms).

@@ -322,7 +322,10 @@ fn metrics_endpoint_counts_violations() {
         .iter()
         .find(|f| f.kind == FlowKind::Connect as i32 && f.remote == server.addr.to_string())
         .expect("the connect is listed");
-    assert_eq!((connect.local.as_str(), connect.community_id.as_str()), ("", ""));
+    assert_eq!(
+        (connect.local.as_str(), connect.community_id.as_str()),
+        ("", "")
+    );
     drop(agent);
 }
 

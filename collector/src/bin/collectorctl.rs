@@ -68,7 +68,8 @@ struct Filters {
     /// Only this action: reported or denied.
     #[arg(long)]
     action: Option<String>,
-    /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+    /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
+    /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
     #[arg(long, value_parser = parse_time)]
     since: Option<i64>,
     /// Before this time (same forms).
@@ -99,7 +100,8 @@ struct HostRange {
     /// The host (see `collectorctl hosts`).
     #[arg(long)]
     host: String,
-    /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+    /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
+    /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
     #[arg(long, value_parser = parse_time)]
     since: Option<i64>,
     /// Before this time (same forms).
@@ -176,8 +178,9 @@ enum Cmd {
         /// The policy file to try.
         #[arg(long)]
         policy: PathBuf,
-        /// Violations stored from this time on (Unix seconds, 2026-11-23 or
-        /// 2026-11-23T07:00:00Z).
+        /// Violations stored from this time on: Unix seconds, 2026-11-23,
+        /// 2026-11-23T07:00:00Z, 2026-11-23T08:00:00+01:00, or 24h (that long
+        /// ago).
         #[arg(long, value_parser = parse_time)]
         since: Option<i64>,
         /// Before this time (same forms).
@@ -194,7 +197,8 @@ enum Cmd {
         /// Losses (gap records) instead of changes.
         #[arg(long)]
         gaps: bool,
-        /// From this time on (Unix seconds, 2026-11-23 or 2026-11-23T07:00:00Z).
+        /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
+        /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
         #[arg(long, value_parser = parse_time)]
         since: Option<i64>,
         /// Before this time (same forms).
@@ -237,21 +241,7 @@ enum Cmd {
     },
 }
 
-/// "90s", "30m", "8h", "7d" or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write 90s, 30m, 8h or 7d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(n * mult))
-}
+use residency_proto::time::parse_duration;
 
 /// Audit or gap records as a table (or JSON lines).
 fn print_audit(records: &[pb::StoredRecord], json: bool) {
@@ -756,7 +746,8 @@ mod tests {
         assert_eq!(super::parse_duration("90s").unwrap().as_secs(), 90);
         assert_eq!(super::parse_duration("8h").unwrap().as_secs(), 28_800);
         assert!(super::parse_duration("soon").is_err());
-        assert!(super::parse_duration("3w").unwrap_err().contains("unit"));
+        assert_eq!(super::parse_duration("3w").unwrap().as_secs(), 21 * 86_400);
+        assert!(super::parse_duration("3x").is_err());
         assert_eq!(
             super::when(1_795_417_200_000_000_000),
             "2026-11-23T07:00:00Z"

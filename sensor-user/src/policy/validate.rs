@@ -287,22 +287,10 @@ impl Checker<'_> {
     }
 }
 
-/// Parses "10s", "500ms", "2m", "1h", "0".
+/// Parses a duration in the product's one syntax ("10s", "500ms", "2m",
+/// "1h", "7d", "0"; see `residency_proto::time`).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return None,
-    })
+    residency_proto::time::parse_duration(s).ok()
 }
 
 /// Parses "5432", "5000-5100" or "*".
