@@ -43,3 +43,45 @@ pub fn generate_if_asked<A: CommandFactory>() {
     clap_complete::generate(shell, &mut cmd, name, &mut out);
     std::process::exit(0);
 }
+
+/// An error with its causes: "transport error: Connection refused (os error
+/// 111)" rather than the outermost "transport error" alone. A cause whose
+/// text the message already holds is not repeated.
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_are_chained_once() {
+        let e = Outer(std::io::Error::from_raw_os_error(111));
+        assert_eq!(
+            super::causes(&e),
+            "transport error: Connection refused (os error 111)"
+        );
+    }
+}

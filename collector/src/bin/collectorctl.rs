@@ -292,8 +292,9 @@ async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
             .await
             .map_err(|e| {
                 format!(
-                    "cannot reach the collector's socket {}: {e} (is collectord running on this host? Remotely: --endpoint https://host:port with --ca, --cert, --key)",
-                    a.socket.display()
+                    "cannot reach the collector's socket {}: {} (is collectord running on this host? Remotely: --endpoint https://host:port with --ca, --cert, --key)",
+                    a.socket.display(),
+                    residency_daemon::cli::causes(&e)
                 )
             })?;
         return Ok(CollectorClient::new(ch));
@@ -309,7 +310,8 @@ async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
         .await
         .map_err(|e| {
             format!(
-                "cannot reach the collector at {endpoint}: {e} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)"
+                "cannot reach the collector at {endpoint}: {} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)",
+                residency_daemon::cli::causes(&e)
             )
         })?;
     Ok(CollectorClient::new(ch))

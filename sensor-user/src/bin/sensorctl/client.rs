@@ -16,7 +16,11 @@ async fn connect_unix(socket: &Path) -> Option<AgentClient<Channel>> {
     match residency_proto::unix::channel(socket).await {
         Ok(ch) => Some(AgentClient::new(ch)),
         Err(e) => {
-            eprintln!("error: cannot reach sensord at {}: {e}", socket.display());
+            eprintln!(
+                "error: cannot reach sensord at {}: {}",
+                socket.display(),
+                residency_daemon::cli::causes(&e)
+            );
             // SAFETY: geteuid has no preconditions.
             let euid = unsafe { libc::geteuid() };
             if euid != 0 {
@@ -78,7 +82,10 @@ pub async fn connect(g: &Global) -> Option<AgentClient<Channel>> {
     match endpoint.connect().await {
         Ok(ch) => Some(AgentClient::new(ch)),
         Err(e) => {
-            eprintln!("error: cannot reach sensord at {url}: {e:?}");
+            eprintln!(
+                "error: cannot reach sensord at {url}: {}",
+                residency_daemon::cli::causes(&e)
+            );
             None
         }
     }
