@@ -20,7 +20,7 @@ mod existing;
 pub mod persist;
 mod pipeline;
 pub mod policy_state;
-mod queries;
+pub mod queries;
 mod spooling;
 pub mod store;
 mod violation_log;

@@ -98,27 +98,7 @@ impl Agent {
         ) {
             answer.mode = self.mode_of(cls);
         }
-        Ok(pb::LookupResponse {
-            country: e
-                .location
-                .country
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-            site: e.location.site.clone().unwrap_or_default(),
-            source: e.location.source.clone(),
-            classes: e
-                .classes
-                .iter()
-                .map(|c| pb::ClassVerdict {
-                    class: c.class.clone(),
-                    verdict: enrich::verdict_name(c.verdict).into(),
-                    rule: c.rule.clone(),
-                    kernel_prefix: c.kernel_prefix.map(|n| n.to_string()).unwrap_or_default(),
-                    mode: mode_pb(c.mode),
-                })
-                .collect(),
-            text: e.to_string(),
-        })
+        Ok(lookup_pb(&e))
     }
 
     /// What the collector is told about this host.
@@ -158,5 +138,31 @@ impl Agent {
             exceptions: self.exceptions.iter().map(|e| e.state.clone()).collect(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+}
+
+/// An explanation as the API answers `Lookup` (also what `sensorctl lookup
+/// --policy FILE --json` prints offline).
+pub fn lookup_pb(e: &explain::Explanation) -> pb::LookupResponse {
+    pb::LookupResponse {
+        country: e
+            .location
+            .country
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        site: e.location.site.clone().unwrap_or_default(),
+        source: e.location.source.clone(),
+        classes: e
+            .classes
+            .iter()
+            .map(|c| pb::ClassVerdict {
+                class: c.class.clone(),
+                verdict: enrich::verdict_name(c.verdict).into(),
+                rule: c.rule.clone(),
+                kernel_prefix: c.kernel_prefix.map(|n| n.to_string()).unwrap_or_default(),
+                mode: mode_pb(c.mode),
+            })
+            .collect(),
+        text: e.to_string(),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use sensor_user::policy::{compile, explain, validate};
+use sensor_user::policy::{compile, explain};
 
 use residency_proto::agent::v1::LookupRequest;
 
@@ -26,12 +26,9 @@ pub async fn run(g: &Global, a: LookupArgs) -> i32 {
     let Some(policy_path) = a.policy.clone() else {
         return via_agent(g, a).await;
     };
-    let policy = match validate::load(&policy_path) {
+    let policy = match crate::policy::read_policy(&policy_path) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     if let Some(c) = &a.class
         && policy.class(c).is_none()
@@ -42,13 +39,18 @@ pub async fn run(g: &Global, a: LookupArgs) -> i32 {
             policy_path.display(),
             names.join(", ")
         );
-        return 2;
+        return 1;
     }
     let Some((db, cloud)) = load_regions(&a.regions) else {
         return 2;
     };
     let compiled = compile::compile(policy, &db, &cloud);
-    print!("{}", explain::explain(&compiled, a.ip, a.class.as_deref()));
+    let e = explain::explain(&compiled, a.ip, a.class.as_deref());
+    if g.json {
+        output::json(&sensor_user::agent::queries::lookup_pb(&e));
+    } else {
+        print!("{e}");
+    }
     0
 }
 

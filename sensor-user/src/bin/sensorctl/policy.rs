@@ -83,50 +83,97 @@ pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
             compile: do_compile,
             regions,
         } => {
-            let policy = match validate::load(&file) {
+            let policy = match read_policy(&file) {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("{e}");
-                    let n = e.diags.len();
-                    eprintln!(
-                        "{}: {n} problem{}; the policy was not applied",
-                        file.display(),
-                        if n == 1 { "" } else { "s" }
-                    );
-                    return 1;
+                Err(code) => {
+                    if g.json && code == 1 {
+                        // The problems went to stderr; the verdict to stdout.
+                        output::json(&serde_json::json!({"file": file, "ok": false}));
+                    }
+                    return code;
                 }
             };
-            println!(
-                "{}: ok: {} classes, {} sites, {} selectors, {} taint sources; sha256 {}",
-                file.display(),
-                policy.classes.len(),
-                policy.sites.len(),
-                policy.selectors.len(),
-                policy.taint.len(),
-                policy.hash
-            );
+            let mut report = serde_json::json!({
+                "file": file,
+                "ok": true,
+                "sha256": policy.hash,
+                "classes": policy.classes.len(),
+                "sites": policy.sites.len(),
+                "selectors": policy.selectors.len(),
+                "taint_sources": policy.taint.len(),
+            });
+            if !g.json {
+                println!(
+                    "{}: ok: {} classes, {} sites, {} selectors, {} taint sources; sha256 {}",
+                    file.display(),
+                    policy.classes.len(),
+                    policy.sites.len(),
+                    policy.selectors.len(),
+                    policy.taint.len(),
+                    policy.hash
+                );
+            }
             if do_compile {
                 let Some((db, cloud)) = load_regions(&regions) else {
                     return 2;
                 };
                 let t = std::time::Instant::now();
                 let compiled = compile::compile(policy, &db, &cloud);
+                let mut classes = Vec::new();
                 for c in &compiled.classes {
-                    println!(
-                        "class {} (id {}): {} prefixes before merging, {} after ({} allow, {} deny)",
-                        c.name,
-                        c.id,
-                        c.prefixes_before,
-                        c.entries.len(),
-                        c.allow_prefixes,
-                        c.deny_prefixes
-                    );
+                    classes.push(serde_json::json!({
+                        "class": c.name, "id": c.id, "prefixes_before_merge": c.prefixes_before,
+                        "prefixes": c.entries.len(), "allow": c.allow_prefixes, "deny": c.deny_prefixes,
+                    }));
+                    if !g.json {
+                        println!(
+                            "class {} (id {}): {} prefixes before merging, {} after ({} allow, {} deny)",
+                            c.name,
+                            c.id,
+                            c.prefixes_before,
+                            c.entries.len(),
+                            c.allow_prefixes,
+                            c.deny_prefixes
+                        );
+                    }
                 }
-                println!("compiled in {:.0?}", t.elapsed());
+                report["compiled"] = serde_json::json!({
+                    "classes": classes,
+                    "elapsed_ms": t.elapsed().as_millis() as u64,
+                });
+                if !g.json {
+                    println!("compiled in {:.0?}", t.elapsed());
+                }
+            }
+            if g.json {
+                output::json(&report);
             }
             0
         }
     }
+}
+
+/// Reads and checks a policy file; on failure prints why and returns the
+/// exit code: 2 the file cannot be read, 1 it has problems (each printed
+/// as FILE:LINE:COL).
+pub fn read_policy(file: &std::path::Path) -> Result<validate::Policy, i32> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read the policy {}: {e}", file.display());
+            return Err(2);
+        }
+    };
+    validate::parse(file, &text).map_err(|e| {
+        eprintln!("{e}");
+        let n = e.diags.len();
+        eprintln!(
+            "{}: {n} problem{}",
+            file.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        1
+    })
 }
 
 async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 {
