@@ -111,6 +111,31 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
         collector.deliver_as("life-1", vec![record(1), record(2)]),
         2
     );
+    // The CLI's tables have headers, even when empty.
+    let ctl = |args: &[&str]| {
+        let out =
+            std::process::Command::new(harness::harness::agent::workspace_bin("collectorctl"))
+                .arg("--socket")
+                .arg(&collector.socket)
+                .args(args)
+                .output()
+                .expect("collectorctl");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v = ctl(&["violations"]);
+    assert!(v.starts_with("TIME") && v.contains("WORKLOAD"), "{v}");
+    let a = ctl(&["audit", "--host", "life-1"]);
+    assert!(a.starts_with("TIME"), "{a}");
+    assert_eq!(
+        a.lines().filter(|l| l.contains("lifecycle")).count(),
+        2,
+        "{a}"
+    );
     let m = get(admin, "/metrics");
     assert_eq!(m.status, 200);
     assert!(

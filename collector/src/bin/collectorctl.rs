@@ -321,6 +321,30 @@ fn when(ns: i64) -> String {
     residency_proto::time::utc(ns)
 }
 
+/// The violation table's header (tables only).
+fn print_records_header(json: bool) {
+    if !json {
+        println!(
+            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} CLASSES",
+            "TIME", "HOST", "SEQ", "ACTION", "REMOTE", "CC", "PROCESS", "WORKLOAD"
+        );
+    }
+}
+
+/// Where a flow ran: the container, the pod's container, or the unit.
+fn workload(f: &residency_proto::agent::v1::Flow) -> String {
+    let Some(w) = &f.workload else {
+        return "-".into();
+    };
+    let id = w.container_id.get(..12).unwrap_or(&w.container_id);
+    match (w.pod_uid.is_empty(), w.container_id.is_empty()) {
+        (false, _) => format!("pod/{} {id}", w.pod_uid.get(..8).unwrap_or(&w.pod_uid)),
+        (true, false) => format!("{}:{id}", w.container_runtime),
+        _ if !w.unit.is_empty() => w.unit.clone(),
+        _ => "-".into(),
+    }
+}
+
 fn print_records(records: &[pb::StoredRecord], json: bool) {
     for r in records {
         if json {
@@ -329,7 +353,7 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
         }
         let Some(f) = r.violation() else {
             println!(
-                "{}  {:<16} {:>8}  {}",
+                "{:<20}  {:<16} {:>8}  {}",
                 when(r.time_unix_ns()),
                 r.host_id,
                 r.seq(),
@@ -338,7 +362,7 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
             continue;
         };
         println!(
-            "{}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {}",
+            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} {}",
             when(r.time_unix_ns()),
             r.host_id,
             r.seq(),
@@ -346,6 +370,7 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
             f.remote,
             f.remote_country,
             if f.exe.is_empty() { &f.comm } else { &f.exe },
+            workload(f),
             f.classes.join(",")
         );
     }
@@ -573,6 +598,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
         } => {
             let mut q = filters.query();
             q.limit = *limit;
+            print_records_header(a.json);
             loop {
                 let page = c
                     .query_violations(q.clone())
@@ -592,6 +618,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            print_records_header(a.json);
             while let Some(r) = s.next().await {
                 print_records(&[r.map_err(status)?], a.json);
             }
