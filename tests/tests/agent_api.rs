@@ -156,7 +156,10 @@ fn enforce_flips_the_kernel_and_back() {
 #[test]
 fn non_root_and_reasonless_enforcement_changes_are_refused() {
     let s = setup();
-    let mut cmd = s.agent.ctl_cmd(&["enforce", "on", "--reason", "let me"]);
+    let mut cmd = std::process::Command::new(harness::harness::agent::bin_for_others("sensorctl"));
+    cmd.arg("--socket")
+        .arg(&s.agent.socket)
+        .args(["enforce", "on", "--reason", "let me"]);
     std::os::unix::process::CommandExt::uid(&mut cmd, 4242);
     let out = cmd.output().expect("sensorctl as uid 4242");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -173,8 +176,10 @@ fn non_root_and_reasonless_enforcement_changes_are_refused() {
 fn on_the_root_only_socket_others_get_health_and_nothing_else() {
     let s = setup();
     let probe = |uid: Option<u32>| {
-        let mut cmd =
-            std::process::Command::new(harness::harness::agent::workspace_bin("grpc-probe"));
+        let mut cmd = std::process::Command::new(match uid {
+            Some(_) => harness::harness::agent::bin_for_others("grpc-probe"),
+            None => harness::harness::agent::workspace_bin("grpc-probe"),
+        });
         cmd.arg(&s.agent.socket);
         if let Some(u) = uid {
             std::os::unix::process::CommandExt::uid(&mut cmd, u);

@@ -265,7 +265,10 @@ struct Flood(std::process::Child);
 
 impl Flood {
     fn start(target: &str, n: usize, uid: Option<u32>) -> Flood {
-        let mut cmd = std::process::Command::new(probe::netprobe());
+        let mut cmd = std::process::Command::new(match uid {
+            Some(_) => harness::harness::agent::bin_for_others("netprobe"),
+            None => probe::netprobe(),
+        });
         cmd.args(["hold", target, &n.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped());

@@ -517,7 +517,10 @@ fn without_tls_nobody_steers_or_delivers_unauthenticated() {
     let dir = TempPath::dir("fleet-local-auth");
     let c = RunningCollector::start(dir.path());
     let ctl = |uid: Option<u32>, remote: bool, args: &[&str]| {
-        let mut cmd = std::process::Command::new(workspace_bin("collectorctl"));
+        let mut cmd = std::process::Command::new(match uid {
+            Some(_) => harness::harness::agent::bin_for_others("collectorctl"),
+            None => workspace_bin("collectorctl"),
+        });
         if remote {
             cmd.arg("--endpoint").arg(c.endpoint());
         } else {

@@ -95,7 +95,8 @@ fn uid_selector_tags_processes_of_that_user() {
         .add_uid_selector(4242, 0)
         .expect("uid selector");
     let server = sc.net.virginia.udp_server(false);
-    let mut cmd = probe::command(&["udp-sendto", &server.addr.to_string()]);
+    let mut cmd = std::process::Command::new(harness::harness::agent::bin_for_others("netprobe"));
+    cmd.args(["udp-sendto", &server.addr.to_string()]);
     cmd.uid(4242).gid(4242);
     let p = probe::run(cmd);
     assert_eq!(p.errno(), 0);

@@ -31,6 +31,45 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Where [`bin_for_others`] puts its copies (this test process's own
+/// directory, removed when the process exits).
+fn shared_bin_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PathBuf::from(format!("/tmp/rs-bins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for shared binaries");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("making it reachable");
+        extern "C" fn remove() {
+            let _ = std::fs::remove_dir_all(format!("/tmp/rs-bins-{}", std::process::id()));
+        }
+        // SAFETY: registers a plain function; it runs at process exit.
+        unsafe { libc::atexit(remove) };
+        dir
+    })
+}
+
+/// A binary of the workspace that processes of other users can execute
+/// too: a copy in a world-readable directory. The checkout may live where
+/// other users cannot enter (under /root, mode 0700); tests that run a
+/// probe or a CLI as another uid use this.
+pub fn bin_for_others(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = shared_bin_dir().join(name);
+    if !dest.is_file() {
+        // Copied under another name and renamed: tests running in parallel
+        // never execute a half-written copy.
+        let tmp = shared_bin_dir().join(format!(".{name}.{:?}", std::thread::current().id()));
+        std::fs::copy(workspace_bin(name), &tmp).expect("copying the binary");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .expect("making it executable");
+        std::fs::rename(&tmp, &dest).expect("putting the copy in place");
+    }
+    dest
+}
+
 /// A running sensord.
 pub struct RunningAgent {
     child: Child,
