@@ -492,15 +492,10 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("auditor role"), "{err}");
+    // The same verb as sensorctl's: enforce on|monitor|off.
     let (code, out, err) = ctl(
         &p.operator,
-        &[
-            "set-enforcement",
-            "--mode",
-            "monitor",
-            "--reason",
-            "end of audit",
-        ],
+        &["enforce", "monitor", "--reason", "end of audit"],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("fleet-a") && out.contains("applied"), "{out}");

@@ -66,7 +66,7 @@ struct Filters {
     #[arg(long)]
     exe: Option<String>,
     /// Only this action: reported or denied.
-    #[arg(long)]
+    #[arg(long, value_parser = ["reported", "denied"])]
     action: Option<String>,
     /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
     /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
@@ -139,10 +139,27 @@ enum Cmd {
         #[command(flatten)]
         filters: Filters,
     },
-    /// Change enforcement on one host or every connected host (operators).
+    /// Switch enforcement on one host or every connected host (operators):
+    /// on = enforce (deny), monitor = report only, off = nothing; the same
+    /// verb as `sensorctl enforce`.
+    Enforce {
+        /// on, monitor or off.
+        #[arg(value_parser = ["on", "monitor", "off"])]
+        switch: String,
+        /// One host (default: every connected host).
+        #[arg(long)]
+        host: Option<String>,
+        /// One class (default: every class).
+        #[arg(long)]
+        class: Option<String>,
+        /// Why (recorded by every agent).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The same as `enforce`, by mode name (operators).
     SetEnforcement {
         /// off, monitor or enforce.
-        #[arg(long)]
+        #[arg(long, value_parser = ["off", "monitor", "enforce"])]
         mode: String,
         /// One host (default: every connected host).
         #[arg(long)]
@@ -629,12 +646,23 @@ async fn run(a: &Args) -> Result<Outcome, String> {
             host,
             class,
             reason,
+        }
+        | Cmd::Enforce {
+            switch: mode,
+            host,
+            class,
+            reason,
         } => {
+            let mode = if mode == "on" {
+                "enforce"
+            } else {
+                mode.as_str()
+            };
             let r = c
                 .set_enforcement(pb::FleetSetEnforcementRequest {
                     host_id: host.clone().unwrap_or_default(),
                     class: class.clone().unwrap_or_default(),
-                    mode: mode.clone(),
+                    mode: mode.to_owned(),
                     reason: reason.clone(),
                 })
                 .await

@@ -164,9 +164,8 @@ fn main() {
         &operator,
         "ops-1",
         &[
-            "set-enforcement",
-            "--mode",
             "enforce",
+            "on",
             "--class",
             "eu_personal",
             "--reason",

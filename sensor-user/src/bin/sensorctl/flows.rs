@@ -14,8 +14,8 @@ pub struct FlowArgs {
     /// Only this process.
     #[arg(long)]
     pid: Option<u32>,
-    /// Only this verdict (allow, deny, unknown).
-    #[arg(long)]
+    /// Only this verdict: allow, deny or unknown.
+    #[arg(long, value_parser = verdict)]
     verdict: Option<String>,
     /// Only destinations in this country (ISO code).
     #[arg(long)]
@@ -53,6 +53,14 @@ fn workload(f: &Flow) -> String {
     }
 }
 
+/// A verdict by its short or enum name (allow, VERDICT_ALLOW), checked
+/// by the command line itself.
+fn verdict(s: &str) -> Result<String, String> {
+    Verdict::parse_label(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("{s:?} is not a verdict: write allow, deny or unknown"))
+}
+
 fn row(f: &Flow) -> Vec<String> {
     vec![
         f.kind().label(),
@@ -75,12 +83,6 @@ const HEADERS: [&str; 11] = [
 ];
 
 pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
-    if let Some(v) = &a.verdict
-        && Verdict::parse_label(v).is_none()
-    {
-        eprintln!("error: --verdict {v:?}: write allow, deny or unknown");
-        return 2;
-    }
     let Some(mut c) = client::connect(g).await else {
         return 2;
     };
