@@ -62,11 +62,15 @@ fn assert_converted(records: &[StoredRecord]) {
 }
 
 /// Takes a current database (SQLite or PostgreSQL) back to the last schema
-/// before typed records: the record chain's migration, then the typed
-/// record's, undone, and the migration count set back by two.
+/// before typed records: the workload columns' migration, the record
+/// chain's, then the typed record's, undone, and the migration count set
+/// back by three.
 fn back_before_typed_records(database: &str) {
     let mut db = Database::open(database);
     for undo in [
+        "ALTER TABLE records DROP COLUMN unit",
+        "ALTER TABLE records DROP COLUMN container",
+        "ALTER TABLE records DROP COLUMN pod",
         "DROP TABLE chain_breaks",
         "ALTER TABLE records DROP COLUMN chain",
         "ALTER TABLE host_counts DROP COLUMN chain_head",
@@ -75,7 +79,7 @@ fn back_before_typed_records(database: &str) {
         db.execute(undo, &[]);
     }
     if database.starts_with("postgres") {
-        for _ in 0..2 {
+        for _ in 0..3 {
             db.execute(
                 "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
                 &[],
@@ -83,7 +87,7 @@ fn back_before_typed_records(database: &str) {
         }
     } else {
         let v: i64 = db.one("PRAGMA user_version", &[]);
-        db.execute(&format!("PRAGMA user_version = {}", v - 2), &[]);
+        db.execute(&format!("PRAGMA user_version = {}", v - 3), &[]);
     }
 }
 

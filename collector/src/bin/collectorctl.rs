@@ -68,6 +68,15 @@ struct Filters {
     /// Only this action: reported or denied.
     #[arg(long, value_parser = ["reported", "denied"])]
     action: Option<String>,
+    /// Only processes of this systemd unit (nginx.service).
+    #[arg(long)]
+    unit: Option<String>,
+    /// Only processes of containers whose id starts with this.
+    #[arg(long)]
+    container: Option<String>,
+    /// Only processes of this Kubernetes pod (its UID).
+    #[arg(long)]
+    pod: Option<String>,
     /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
     /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
     #[arg(long, value_parser = parse_time)]
@@ -87,6 +96,9 @@ impl Filters {
             destination: s(&self.destination),
             exe: s(&self.exe),
             action: s(&self.action),
+            unit: s(&self.unit),
+            container: s(&self.container),
+            pod: s(&self.pod),
             since_unix_ns: self.since.unwrap_or(0),
             until_unix_ns: self.until.unwrap_or(0),
             ..Default::default()

@@ -217,6 +217,9 @@ pub struct ViolationForm {
     destination: String,
     exe: String,
     action: String,
+    unit: String,
+    container: String,
+    pod: String,
     since: String,
     until: String,
     page: String,
@@ -280,6 +283,9 @@ pub async fn violations(
         until_unix_ns: until,
         limit: 100,
         page_token: f.page.trim().to_owned(),
+        unit: f.unit.trim().to_owned(),
+        container: f.container.trim().to_owned(),
+        pod: f.pod.trim().to_owned(),
     };
     let stats = |bucket_ns| {
         app.service.violation_stats(ask(
@@ -338,7 +344,7 @@ pub async fn violations(
     }
     let form = format!(
         "<form class=\"filters\" method=\"get\" action=\"/violations\" id=\"filters\">{}{}{}{}{}\
-<label>Action<select name=\"action\" id=\"f-action\">{}</select></label>{}{}\
+<label>Action<select name=\"action\" id=\"f-action\">{}</select></label>{}{}{}{}{}\
 <button type=\"submit\" id=\"apply\">Filter</button> <a href=\"/violations\">clear</a></form>",
         input("host", "Host", &f.host, "any"),
         input("class", "Class", &f.class, "any"),
@@ -362,7 +368,10 @@ pub async fn violations(
                 if a.is_empty() { "any" } else { a }
             ))
             .collect::<String>(),
-        input("since", "Since", &f.since, "2026-11-23T07:00:00Z"),
+        input("unit", "Unit", &f.unit, "nginx.service"),
+        input("container", "Container", &f.container, "id prefix"),
+        input("pod", "Pod", &f.pod, "pod UID"),
+        input("since", "Since", &f.since, "2026-11-23T07:00:00Z or 24h"),
         input("until", "Until", &f.until, "now"),
     );
     let mut countries: Vec<(&String, &u64)> = by_country.iter().collect();
@@ -479,6 +488,9 @@ fn self_link(f: &ViolationForm, set: &[(&str, &str)]) -> String {
         ("destination", get("destination", &f.destination)),
         ("exe", get("exe", &f.exe)),
         ("action", get("action", &f.action)),
+        ("unit", get("unit", &f.unit)),
+        ("container", get("container", &f.container)),
+        ("pod", get("pod", &f.pod)),
         ("since", get("since", &f.since)),
         ("until", get("until", &f.until)),
         ("page", get("page", &f.page)),

@@ -49,7 +49,7 @@ pub(crate) const INSERT_BREAK: &str =
 /// A host's rows in sequence order after $2 up to $3, at most $4, of kind
 /// $5 ('': every kind).
 pub(crate) const CHAIN_ROWS: &str =
-    "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain
+    "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain, unit, container, pod
     FROM records WHERE host = $1 AND seq > $2 AND seq <= $3
     AND ($5 = '' OR kind = $5)
     ORDER BY seq LIMIT $4";
@@ -134,6 +134,9 @@ pub(crate) struct StoredRow {
     pub action: String,
     pub record: Vec<u8>,
     pub chain: Option<Vec<u8>>,
+    pub unit: String,
+    pub container: String,
+    pub pod: String,
 }
 
 impl StoredRow {
@@ -150,6 +153,9 @@ impl StoredRow {
                 && ix.remote == self.remote
                 && ix.exe == self.exe
                 && ix.action == self.action
+                && ix.unit == self.unit
+                && ix.container == self.container
+                && ix.pod == self.pod
                 && r.time_unix_ns == self.time_ns
         });
         Row {

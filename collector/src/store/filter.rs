@@ -32,6 +32,10 @@ pub struct Indexed {
     pub encoded: Vec<u8>,
     /// The record's chain hash (empty: unchained).
     pub chain: Vec<u8>,
+    /// Its workload: systemd unit, container id, pod UID ("" when none).
+    pub unit: String,
+    pub container: String,
+    pub pod: String,
 }
 
 /// 16-byte form of an address (IPv4 as ::ffff:a.b.c.d).
@@ -67,6 +71,11 @@ impl Indexed {
         }
         ix.country = f.remote_country.clone();
         ix.exe = f.exe.clone();
+        if let Some(w) = &f.workload {
+            ix.unit = w.unit.clone();
+            ix.container = w.container_id.clone();
+            ix.pod = w.pod_uid.clone();
+        }
         ix.action = if f.action().is_violation() {
             f.action().label()
         } else {
@@ -142,6 +151,10 @@ pub struct Filter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub after: Option<Cursor>,
+    /// Workload: exact unit, container id prefix, exact pod UID.
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
 }
 
 fn nonempty(s: &str) -> Option<String> {
@@ -187,6 +200,9 @@ impl Filter {
             after: (!q.page_token.is_empty())
                 .then(|| Cursor::parse(&q.page_token))
                 .transpose()?,
+            unit: nonempty(&q.unit),
+            container: nonempty(&q.container.to_ascii_lowercase()),
+            pod: nonempty(&q.pod),
         })
     }
 
@@ -208,6 +224,12 @@ impl Filter {
             })
             && eq(&self.exe, &ix.exe)
             && eq(&self.action, &ix.action)
+            && eq(&self.unit, &ix.unit)
+            && self
+                .container
+                .as_deref()
+                .is_none_or(|c| ix.container.starts_with(c))
+            && eq(&self.pod, &ix.pod)
             && self.since.is_none_or(|s| r.time_unix_ns >= s)
             && self.until.is_none_or(|u| r.time_unix_ns < u)
     }
@@ -250,6 +272,18 @@ impl Filter {
         }
         if let Some(a) = &self.action {
             clauses.push(format!("action = {}", bind(Param::Text(a.clone()))));
+        }
+        if let Some(u) = &self.unit {
+            clauses.push(format!("unit = {}", bind(Param::Text(u.clone()))));
+        }
+        if let Some(c) = &self.container {
+            clauses.push(format!(
+                "container LIKE {} ESCAPE '\\'",
+                bind(Param::Text(format!("{}%", like_literal(c))))
+            ));
+        }
+        if let Some(p) = &self.pod {
+            clauses.push(format!("pod = {}", bind(Param::Text(p.clone()))));
         }
         if let Some(s) = self.since {
             clauses.push(format!("time_ns >= {}", bind(Param::Int(s))));

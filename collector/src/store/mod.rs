@@ -287,6 +287,13 @@ pub(crate) struct HostRow {
     chain_breaks: i64,
 }
 
+/// The migration that adds each record's workload columns (empty for rows
+/// stored before it: no agent sent a workload then).
+pub(crate) const WORKLOAD_COLUMNS: &str =
+    "ALTER TABLE records ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN container TEXT NOT NULL DEFAULT '';
+    ALTER TABLE records ADD COLUMN pod TEXT NOT NULL DEFAULT '';";
+
 /// Records counted by [`Store::stats`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsRow {
@@ -533,6 +540,82 @@ mod tests {
         };
         let ix = Indexed::of(&r);
         (r, ix)
+    }
+
+    #[tokio::test]
+    async fn violations_are_found_by_unit_container_prefix_and_pod() {
+        use residency_proto::agent::v1::Workload;
+        let dir = std::env::temp_dir().join(format!("rs-store-workload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(dir.join("c.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let with = |seq: u64, unit: &str, container: &str, pod: &str| {
+            let (mut r, _) = rec(seq);
+            if let Some(record::Body::Violation(f)) = &mut r.body {
+                f.workload = Some(Workload {
+                    unit: unit.into(),
+                    container_id: container.into(),
+                    pod_uid: pod.into(),
+                    ..Default::default()
+                });
+            }
+            let ix = Indexed::of(&r);
+            (r, ix)
+        };
+        let rows = vec![
+            with(1, "billing.service", "", ""),
+            with(2, "cri-containerd-abc123.scope", "abc123ff", "pod-1"),
+            with(3, "", "abd999", ""),
+            rec(4),
+        ];
+        store.insert("h", &rows).await.unwrap();
+        async fn find(store: &mut Store, f: Filter) -> Vec<u64> {
+            let mut seqs: Vec<u64> = store
+                .page(&f, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| s.seq())
+                .collect();
+            seqs.sort();
+            seqs
+        }
+        let q = |unit: &str, container: &str, pod: &str| {
+            Filter::violations(&residency_proto::collector::v1::ViolationQuery {
+                unit: unit.into(),
+                container: container.into(),
+                pod: pod.into(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            find(&mut store, q("billing.service", "", "")).await,
+            vec![1]
+        );
+        assert_eq!(find(&mut store, q("", "ab", "")).await, vec![2, 3]);
+        assert_eq!(
+            find(&mut store, q("", "ABC", "")).await,
+            vec![2],
+            "ids are matched in lower case"
+        );
+        assert_eq!(find(&mut store, q("", "", "pod-1")).await, vec![2]);
+        assert_eq!(
+            find(&mut store, q("", "a%", "")).await,
+            Vec::<u64>::new(),
+            "no wildcards"
+        );
+        // The watch filter agrees with the SQL one.
+        let f = q("", "abd", "");
+        let hits: Vec<u64> = rows
+            .iter()
+            .filter(|(r, ix)| f.matches("h", r, ix))
+            .map(|(r, _)| r.seq)
+            .collect();
+        assert_eq!(hits, vec![3]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

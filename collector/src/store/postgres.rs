@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     super::FLEET_MODES_TABLE,
     ADD_RECORD,
     super::chain::CHAIN_TABLES_POSTGRES,
+    super::WORKLOAD_COLUMNS,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -220,10 +221,10 @@ impl Postgres {
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain)
-                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[])
-                   AS u(s, k, t, b, c, co, r, e, a, h)
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod)
+                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h, un, ct, pd
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[], $15::text[])
+                   AS u(s, k, t, b, c, co, r, e, a, h, un, ct, pd)
                  ON CONFLICT (host, seq) DO NOTHING
                  RETURNING seq, kind",
             )
@@ -272,6 +273,9 @@ impl Postgres {
             let countries = text(|(_, ix)| &ix.country);
             let exes = text(|(_, ix)| &ix.exe);
             let actions = text(|(_, ix)| &ix.action);
+            let units = text(|(_, ix)| &ix.unit);
+            let containers = text(|(_, ix)| &ix.container);
+            let pods = text(|(_, ix)| &ix.pod);
             let chains: Vec<Option<&[u8]>> = records
                 .iter()
                 .map(|(_, ix)| (!ix.chain.is_empty()).then_some(ix.chain.as_slice()))
@@ -280,8 +284,21 @@ impl Postgres {
                 .query(
                     &stmt,
                     &[
-                        host, &stored, &seqs, &kinds, &times, &bodies, &classes, &countries,
-                        &remotes, &exes, &actions, &chains,
+                        host,
+                        &stored,
+                        &seqs,
+                        &kinds,
+                        &times,
+                        &bodies,
+                        &classes,
+                        &countries,
+                        &remotes,
+                        &exes,
+                        &actions,
+                        &chains,
+                        &units,
+                        &containers,
+                        &pods,
                     ],
                 )
                 .await?;
@@ -467,6 +484,9 @@ impl Postgres {
                 action: r.get(7),
                 record: r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default(),
                 chain: r.get(9),
+                unit: r.get(10),
+                container: r.get(11),
+                pod: r.get(12),
             })
             .collect())
     }

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     super::FLEET_MODES_TABLE,
     ADD_RECORD,
     super::chain::CHAIN_TABLES_SQLITE,
+    super::WORKLOAD_COLUMNS,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -122,8 +123,8 @@ impl Sqlite {
         let mut counts = Vec::with_capacity(groups.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain)
-                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (host, seq) DO NOTHING",
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod)
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (host, seq) DO NOTHING",
             )?;
             let mut bump = tx.prepare_cached(
                 "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits, chain_head)
@@ -168,7 +169,10 @@ impl Sqlite {
                         ix.exe,
                         ix.action,
                         ix.encoded,
-                        (!ix.chain.is_empty()).then_some(&ix.chain)
+                        (!ix.chain.is_empty()).then_some(&ix.chain),
+                        ix.unit,
+                        ix.container,
+                        ix.pod
                     ])?;
                     if n == 1 {
                         new.add(ix.kind, r.seq as i64);
@@ -343,6 +347,9 @@ impl Sqlite {
                 action: r.get(7)?,
                 record: r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
                 chain: r.get(9)?,
+                unit: r.get(10)?,
+                container: r.get(11)?,
+                pod: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
