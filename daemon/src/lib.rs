@@ -5,6 +5,7 @@
 //!   serving, STOPPING on shutdown, WATCHDOG pings when asked for.
 //! - [`http`]: serving an axum router on a guarded listener, optionally
 //!   over TLS with client certificates (the collector's dashboard).
+//! - [`output`]: the CLIs' `-o table|wide|json|jsonl`.
 //! - [`admin`]: the admin endpoints, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: `--version` with the git revision; completions and man pages.
 
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod output;

@@ -153,6 +153,34 @@ fn offline_commands_exit_as_documented_and_honour_json() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["country"], "US");
     assert_eq!(v["classes"][0]["mode"], "MODE_MONITOR", "{v}");
+    // -o json is --json; -o jsonl is the same object on one line.
+    let lookup = |o: &str| {
+        run(
+            "sensorctl",
+            None,
+            &[
+                "-o",
+                o,
+                "lookup",
+                "8.8.8.8",
+                "--policy",
+                &example,
+                "--regions",
+                &regions,
+            ],
+        )
+    };
+    assert_eq!(lookup("json").1, out);
+    let (code, line, _) = lookup("jsonl");
+    assert_eq!(code, 0);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&line).expect("JSON"),
+        v
+    );
+    let (code, _, err) = lookup("yaml");
+    assert_eq!(code, 2);
+    assert!(err.contains("table, wide, json, jsonl"), "{err}");
     // Times are checked against the calendar; errors say why and what to write.
     let (code, _, err) = run(
         "collectorctl",

@@ -129,6 +129,10 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
     };
     let v = ctl(&["violations"]);
     assert!(v.starts_with("TIME") && v.contains("WORKLOAD"), "{v}");
+    let w = ctl(&["-o", "wide", "violations"]);
+    assert!(w.contains("COMMUNITY ID") && w.contains("CGROUP"), "{w}");
+    let j = ctl(&["-o", "jsonl", "hosts"]);
+    assert_eq!(j.lines().count(), 1, "one line: {j}");
     let a = ctl(&["audit", "--host", "life-1"]);
     assert!(a.starts_with("TIME"), "{a}");
     assert_eq!(

@@ -41,7 +41,12 @@ struct Args {
     /// Name to expect in the collector's certificate, when not the endpoint's.
     #[arg(long, global = true)]
     server_name: Option<String>,
-    /// Print JSON instead of tables.
+    /// Output: table (default), wide (more columns), json or jsonl (one
+    /// JSON object per line). Record lists (violations, watch, audit) are
+    /// one record per line in both JSON forms, so they stream.
+    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    output: Option<residency_daemon::output::Format>,
+    /// The same as -o json.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -315,6 +320,23 @@ fn print_audit(records: &[pb::StoredRecord], json: bool) {
     }
 }
 
+impl Args {
+    /// Machine output (json or jsonl) rather than a table.
+    fn machine(&self) -> bool {
+        use residency_daemon::output::Format;
+        matches!(self.format(), Format::Json | Format::Jsonl)
+    }
+
+    fn format(&self) -> residency_daemon::output::Format {
+        use residency_daemon::output::Format;
+        match (self.output, self.json) {
+            (Some(f), _) => f,
+            (None, true) => Format::Json,
+            (None, false) => Format::Table,
+        }
+    }
+}
+
 async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
     let Some(endpoint) = &a.endpoint else {
         let ch = residency_proto::unix::channel(&a.socket)
@@ -353,8 +375,13 @@ fn when(ns: i64) -> String {
 /// The violation table's header (tables only).
 fn print_records_header(json: bool) {
     if !json {
+        let wide = if residency_daemon::output::format() == residency_daemon::output::Format::Wide {
+            "  COMMUNITY ID                   CGROUP"
+        } else {
+            ""
+        };
         println!(
-            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} CLASSES",
+            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} CLASSES{wide}",
             "TIME", "HOST", "SEQ", "ACTION", "REMOTE", "CC", "PROCESS", "WORKLOAD"
         );
     }
@@ -390,8 +417,17 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
             );
             continue;
         };
+        let wide = if residency_daemon::output::format() == residency_daemon::output::Format::Wide {
+            format!(
+                "  {:<30} {}",
+                f.community_id,
+                f.workload.as_ref().map_or("", |w| w.cgroup.as_str())
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} {}",
+            "{:<20}  {:<16} {:>8}  {:<9} {:<24} {:<3} {:<28} {:<24} {}{wide}",
             when(r.time_unix_ns()),
             r.host_id,
             r.seq(),
@@ -408,7 +444,7 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
 /// Prints a chain report; true when the chain holds.
 fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
     if json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        residency_daemon::output::json(r);
     } else {
         print!("{}", residency_proto::chain::render(r));
     }
@@ -429,10 +465,7 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
             .iter()
             .all(|a| a.signature_valid && a.signer_trusted && a.records_agree);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r.attestations).unwrap_or_default()
-        );
+        residency_daemon::output::json(&r.attestations);
         return ok;
     }
     println!(
@@ -491,7 +524,7 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
 fn print_what_if(r: &pb::WhatIfResponse, json: bool) {
     use residency_proto::records::outcome;
     if json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        residency_daemon::output::json(r);
         return;
     }
     if r.changes.is_empty() {
@@ -524,7 +557,7 @@ fn print_what_if(r: &pb::WhatIfResponse, json: bool) {
 
 fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
     if json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        residency_daemon::output::json(r);
     } else {
         if !r.exception_id.is_empty() {
             println!("exception {}", r.exception_id);
@@ -573,11 +606,8 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .map_err(status)?
                 .into_inner()
                 .hosts;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&hosts).unwrap_or_default()
-                );
+            if a.machine() {
+                residency_daemon::output::json(&hosts);
                 return Ok(Outcome::Done);
             }
             println!(
@@ -627,14 +657,14 @@ async fn run(a: &Args) -> Result<Outcome, String> {
         } => {
             let mut q = filters.query();
             q.limit = *limit;
-            print_records_header(a.json);
+            print_records_header(a.machine());
             loop {
                 let page = c
                     .query_violations(q.clone())
                     .await
                     .map_err(status)?
                     .into_inner();
-                print_records(&page.records, a.json);
+                print_records(&page.records, a.machine());
                 if !*all || page.next_page_token.is_empty() {
                     return Ok(Outcome::Done);
                 }
@@ -647,9 +677,9 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_records_header(a.json);
+            print_records_header(a.machine());
             while let Some(r) = s.next().await {
-                print_records(&[r.map_err(status)?], a.json);
+                print_records(&[r.map_err(status)?], a.machine());
             }
             Ok(Outcome::Done)
         }
@@ -680,7 +710,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            Ok(print_outcomes(&r, a.json).into())
+            Ok(print_outcomes(&r, a.machine()).into())
         }
         Cmd::Verify { range } | Cmd::Attestations { range } => {
             let r = c
@@ -689,9 +719,9 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .map_err(status)?
                 .into_inner();
             let holds = if matches!(a.command, Cmd::Verify { .. }) {
-                print_chain(&r, a.json)
+                print_chain(&r, a.machine())
             } else {
-                print_attestations(&r, a.json)
+                print_attestations(&r, a.machine())
             };
             Ok(if holds {
                 Outcome::Done
@@ -718,7 +748,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_audit(&page.records, a.json);
+            print_audit(&page.records, a.machine());
             Ok(Outcome::Done)
         }
         Cmd::DashboardToken { ttl, url } => {
@@ -729,8 +759,8 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
+            if a.machine() {
+                residency_daemon::output::json(&t);
                 return Ok(Outcome::Done);
             }
             println!("token:   {}", t.token);
@@ -767,7 +797,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print_what_if(&r, a.json);
+            print_what_if(&r, a.machine());
             Ok(Outcome::Done)
         }
         Cmd::GrantException {
@@ -788,7 +818,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            Ok(print_outcomes(&r, a.json).into())
+            Ok(print_outcomes(&r, a.machine()).into())
         }
     }
 }
@@ -797,6 +827,7 @@ async fn run(a: &Args) -> Result<Outcome, String> {
 async fn main() -> ExitCode {
     residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
+    residency_daemon::output::set(args.format());
     match run(&args).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotEverywhere) => ExitCode::from(3),

@@ -32,8 +32,8 @@ pub async fn run(g: &Global, switch: Switch, class: Option<String>, reason: Stri
     match c.set_enforcement(req).await {
         Ok(r) => {
             let r = r.into_inner();
-            if g.json {
-                output::json(&r.modes);
+            if g.machine() {
+                output::list(&r.modes);
             } else {
                 let rows: Vec<Vec<String>> = r
                     .modes

@@ -62,7 +62,7 @@ fn verdict(s: &str) -> Result<String, String> {
 }
 
 fn row(f: &Flow) -> Vec<String> {
-    vec![
+    let mut r = vec![
         f.kind().label(),
         f.pid.to_string(),
         f.comm.clone(),
@@ -74,13 +74,33 @@ fn row(f: &Flow) -> Vec<String> {
         f.verdict().label(),
         f.action().label(),
         f.count.to_string(),
-    ]
+    ];
+    if output::format() == output::Format::Wide {
+        r.extend([
+            f.exe.clone(),
+            f.local.clone(),
+            f.community_id.clone(),
+            f.workload
+                .as_ref()
+                .map(|w| w.cgroup.clone())
+                .unwrap_or_default(),
+        ]);
+    }
+    r
 }
 
-const HEADERS: [&str; 11] = [
-    "KIND", "PID", "COMM", "WORKLOAD", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION",
-    "COUNT",
-];
+/// The columns: `-o wide` adds the executable, the local address, the
+/// Community ID and the cgroup.
+fn headers() -> Vec<&'static str> {
+    let mut h = vec![
+        "KIND", "PID", "COMM", "WORKLOAD", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION",
+        "COUNT",
+    ];
+    if output::format() == output::Format::Wide {
+        h.extend(["EXE", "LOCAL", "COMMUNITY ID", "CGROUP"]);
+    }
+    h
+}
 
 pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
     let Some(mut c) = client::connect(g).await else {
@@ -99,14 +119,14 @@ pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
             Ok(s) => s.into_inner(),
             Err(e) => return client::fail("watch", e),
         };
-        if !g.json {
-            output::table(&HEADERS, &[]);
+        if !g.machine() {
+            output::table(&headers(), &[]);
         }
         loop {
             match stream.message().await {
                 Ok(Some(ev)) => match ev.event {
                     Some(Event::Flow(f)) if !violations_only || f.action().is_violation() => {
-                        if g.json {
+                        if g.machine() {
                             println!("{}", serde_json::to_string(&f).unwrap_or_default());
                         } else {
                             println!("{}", row(&f).join("  "));
@@ -131,10 +151,10 @@ pub async fn run(g: &Global, a: FlowArgs, violations_only: bool) -> i32 {
         Ok(r) => r.into_inner(),
         Err(e) => return client::fail("list", e),
     };
-    if g.json {
-        output::json(&list.flows);
+    if g.machine() {
+        output::list(&list.flows);
     } else {
-        output::table(&HEADERS, &list.flows.iter().map(row).collect::<Vec<_>>());
+        output::table(&headers(), &list.flows.iter().map(row).collect::<Vec<_>>());
     }
     0
 }

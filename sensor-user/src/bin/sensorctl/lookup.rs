@@ -46,7 +46,7 @@ pub async fn run(g: &Global, a: LookupArgs) -> i32 {
     };
     let compiled = compile::compile(policy, &db, &cloud);
     let e = explain::explain(&compiled, a.ip, a.class.as_deref());
-    if g.json {
+    if g.machine() {
         output::json(&sensor_user::agent::queries::lookup_pb(&e));
     } else {
         print!("{e}");
@@ -67,7 +67,7 @@ async fn via_agent(g: &Global, a: LookupArgs) -> i32 {
     {
         Ok(r) => {
             let r = r.into_inner();
-            if g.json {
+            if g.machine() {
                 output::json(&r);
             } else {
                 print!("{}", r.text);

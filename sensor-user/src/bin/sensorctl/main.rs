@@ -28,6 +28,22 @@ struct Args {
     command: Cmd,
 }
 
+impl Global {
+    /// The output format (--json is -o json).
+    pub fn format(&self) -> output::Format {
+        match (self.output, self.json) {
+            (Some(f), _) => f,
+            (None, true) => output::Format::Json,
+            (None, false) => output::Format::Table,
+        }
+    }
+
+    /// Machine output (json or jsonl) rather than a table.
+    pub fn machine(&self) -> bool {
+        matches!(self.format(), output::Format::Json | output::Format::Jsonl)
+    }
+}
+
 /// Options for every command.
 #[derive(Debug, clap::Args)]
 pub struct Global {
@@ -40,7 +56,12 @@ pub struct Global {
         env = "SENSORD_SOCKET"
     )]
     socket: PathBuf,
-    /// Print JSON instead of tables (for scripts).
+    /// Output: table (default), wide (more columns), json (one document)
+    /// or jsonl (one JSON object per line: a list's items, or the one
+    /// object); enum values by name, 64-bit integers as strings.
+    #[arg(short = 'o', long, global = true, value_enum, value_name = "FORMAT")]
+    output: Option<output::Format>,
+    /// The same as -o json.
     #[arg(long, global = true)]
     json: bool,
     /// Talk to the agent over TCP with mutual TLS instead of the Unix socket,
@@ -125,6 +146,7 @@ async fn main() {
     residency_daemon::cli::generate_if_asked::<Args>();
     let args = Args::parse();
     let g = &args.global;
+    output::set(g.format());
     let code = match args.command {
         Cmd::Status => status::run(g).await,
         Cmd::Flows(a) => flows::run(g, a, false).await,

@@ -1,14 +1,6 @@
-//! Human tables and `--json`.
+//! Human tables; JSON in the format `-o` chose (`residency_daemon::output`).
 
-use serde::Serialize;
-
-/// Prints `v` as pretty JSON.
-pub fn json<T: Serialize>(v: &T) {
-    match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: encoding JSON: {e}"),
-    }
-}
+pub use residency_daemon::output::{Format, format, json, list, set};
 
 /// Prints rows as aligned columns under `headers`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {

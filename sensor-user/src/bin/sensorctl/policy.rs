@@ -86,7 +86,7 @@ pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
             let policy = match read_policy(&file) {
                 Ok(p) => p,
                 Err(code) => {
-                    if g.json && code == 1 {
+                    if g.machine() && code == 1 {
                         // The problems went to stderr; the verdict to stdout.
                         output::json(&serde_json::json!({"file": file, "ok": false}));
                     }
@@ -102,7 +102,7 @@ pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
                 "selectors": policy.selectors.len(),
                 "taint_sources": policy.taint.len(),
             });
-            if !g.json {
+            if !g.machine() {
                 println!(
                     "{}: ok: {} classes, {} sites, {} selectors, {} taint sources; sha256 {}",
                     file.display(),
@@ -125,7 +125,7 @@ pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
                         "class": c.name, "id": c.id, "prefixes_before_merge": c.prefixes_before,
                         "prefixes": c.entries.len(), "allow": c.allow_prefixes, "deny": c.deny_prefixes,
                     }));
-                    if !g.json {
+                    if !g.machine() {
                         println!(
                             "class {} (id {}): {} prefixes before merging, {} after ({} allow, {} deny)",
                             c.name,
@@ -141,11 +141,11 @@ pub async fn run(g: &Global, cmd: PolicyCmd) -> i32 {
                     "classes": classes,
                     "elapsed_ms": t.elapsed().as_millis() as u64,
                 });
-                if !g.json {
+                if !g.machine() {
                     println!("compiled in {:.0?}", t.elapsed());
                 }
             }
-            if g.json {
+            if g.machine() {
                 output::json(&report);
             }
             0
@@ -198,7 +198,7 @@ async fn apply(g: &Global, file: PathBuf, dry_run: bool, reason: String) -> i32 
         Ok(r) => r.into_inner(),
         Err(e) => return client::fail("policy apply", e),
     };
-    if g.json {
+    if g.machine() {
         output::json(&r);
         return 0;
     }
@@ -297,7 +297,7 @@ async fn show(g: &Global) -> i32 {
     match c.get_policy(GetPolicyRequest {}).await {
         Ok(r) => {
             let r = r.into_inner();
-            if g.json {
+            if g.machine() {
                 output::json(&r);
             } else {
                 eprintln!("# {} sha256 {}", r.path, r.policy_sha256);

@@ -21,7 +21,7 @@ pub async fn run(g: &Global) -> i32 {
         Ok(r) => r.into_inner(),
         Err(e) => return client::fail("status", e),
     };
-    if g.json {
+    if g.machine() {
         output::json(&s);
         return 0;
     }

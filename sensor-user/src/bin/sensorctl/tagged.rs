@@ -12,8 +12,8 @@ pub async fn list(g: &Global) -> i32 {
         Ok(r) => r.into_inner(),
         Err(e) => return client::fail("tagged", e),
     };
-    if g.json {
-        output::json(&r.processes);
+    if g.machine() {
+        output::list(&r.processes);
         return 0;
     }
     let rows: Vec<Vec<String>> = r
