@@ -6,6 +6,7 @@
 //! - [`service`]: the `residency.collector.v1` gRPC service.
 //! - [`auth`]: callers' roles from their certificates.
 //! - [`fleet`]: connected agents and commands to them.
+//! - [`forward`]: stored records to a SIEM (syslog, ECS JSON lines).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`export`]: CSV and JSON-lines reports.
 //! - [`bundle`]: one host's records as stored, for offline checks.
@@ -17,6 +18,7 @@ pub mod bundle;
 pub mod dashboard;
 pub mod export;
 pub mod fleet;
+pub mod forward;
 pub mod metrics;
 pub mod service;
 pub mod store;

@@ -107,6 +107,22 @@ struct Args {
     /// /healthz (the process serves), /readyz (the database answers).
     #[arg(long, value_name = "ADDR:PORT")]
     admin_listen: Option<SocketAddr>,
+    /// Forward stored violations, audit and gap records to a SIEM, at least
+    /// once, from where this target's cursor stands (kept in the database):
+    /// syslog+tcp://HOST:PORT or syslog+tls://HOST:PORT (RFC 5424, octet
+    /// counting; the message is the record's ECS JSON), ecs:FILE (ECS JSON
+    /// lines, rotated by size) or ecs:- (stdout). Repeat for more targets.
+    #[arg(long, value_name = "URL", value_parser = collector::forward::Target::parse)]
+    forward: Vec<collector::forward::Target>,
+    /// The CA (PEM) that signed syslog+tls servers' certificates.
+    #[arg(long, value_name = "PEM")]
+    forward_ca: Option<PathBuf>,
+    /// Rotate an ecs:FILE when it would grow past this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100_000_000)]
+    forward_rotate_bytes: u64,
+    /// Rotated ecs files kept (FILE.1 … FILE.N).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    forward_keep: usize,
     /// Log lines as human text or JSON objects (colours only on a terminal).
     #[arg(
         long,
@@ -405,6 +421,18 @@ async fn main() -> anyhow::Result<()> {
         move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
     };
     let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
+    for target in &args.forward {
+        service
+            .forward(
+                target.clone(),
+                collector::forward::Options {
+                    ca: args.forward_ca.clone(),
+                    rotate_bytes: args.forward_rotate_bytes,
+                    keep: args.forward_keep,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+    }
     let dashboard_service = service.clone();
     let dashboard_incoming =
         match args.dashboard_listen {

@@ -179,6 +179,15 @@ impl CollectorService {
         }
     }
 
+    /// Starts forwarding stored records to `target`.
+    pub fn forward(
+        &self,
+        target: crate::forward::Target,
+        opts: crate::forward::Options,
+    ) -> Result<(), String> {
+        crate::forward::spawn(self.store.clone(), target, opts)
+    }
+
     /// The collector's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()

@@ -20,6 +20,15 @@ pub fn utc(ns: i64) -> String {
     }
 }
 
+/// The UTC time of `ns` with nanoseconds, for machines:
+/// "2026-11-23T07:00:00.123456789Z".
+pub fn utc_nanos(ns: i64) -> String {
+    match jiff::Timestamp::from_nanosecond(i128::from(ns)) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string(),
+        Err(_) => format!("{ns} ns"),
+    }
+}
+
 fn now_ns() -> i64 {
     jiff::Timestamp::now().as_nanosecond() as i64
 }
@@ -108,6 +117,10 @@ mod tests {
     fn utc_seconds() {
         assert_eq!(utc(1_795_417_200 * S), "2026-11-23T07:00:00Z");
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_nanos(1_795_417_200 * S + 5),
+            "2026-11-23T07:00:00.000000005Z"
+        );
     }
 
     #[test]

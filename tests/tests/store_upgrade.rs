@@ -62,12 +62,13 @@ fn assert_converted(records: &[StoredRecord]) {
 }
 
 /// Takes a current database (SQLite or PostgreSQL) back to the last schema
-/// before typed records: the workload columns' migration, the record
-/// chain's, then the typed record's, undone, and the migration count set
-/// back by three.
+/// before typed records: the forwarding cursors' and workload columns'
+/// migrations, the record chain's, then the typed record's, undone, and the
+/// migration count set back by four.
 fn back_before_typed_records(database: &str) {
     let mut db = Database::open(database);
     for undo in [
+        "DROP TABLE forward_cursors",
         "ALTER TABLE records DROP COLUMN unit",
         "ALTER TABLE records DROP COLUMN container",
         "ALTER TABLE records DROP COLUMN pod",
@@ -79,7 +80,7 @@ fn back_before_typed_records(database: &str) {
         db.execute(undo, &[]);
     }
     if database.starts_with("postgres") {
-        for _ in 0..3 {
+        for _ in 0..4 {
             db.execute(
                 "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
                 &[],
@@ -87,7 +88,7 @@ fn back_before_typed_records(database: &str) {
         }
     } else {
         let v: i64 = db.one("PRAGMA user_version", &[]);
-        db.execute(&format!("PRAGMA user_version = {}", v - 3), &[]);
+        db.execute(&format!("PRAGMA user_version = {}", v - 4), &[]);
     }
 }
 

@@ -11,7 +11,8 @@ use sensor_build::{BPF_LINKER_VERSION, DEBIAN_LLVM_PREFIX, DEBIAN_PACKAGES};
 
 /// Packages the tests need besides the toolchain: chromium and its
 /// WebDriver server drive the dashboard's tests in a real browser;
-/// prometheus brings promtool, which checks the shipped alert rules.
+/// prometheus brings promtool, which checks the shipped alert rules;
+/// rsyslog (with its OpenSSL driver) receives what the collector forwards.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "postgresql",
@@ -19,6 +20,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "prometheus",
+    "rsyslog",
+    "rsyslog-openssl",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

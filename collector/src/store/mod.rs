@@ -294,6 +294,40 @@ pub(crate) const WORKLOAD_COLUMNS: &str =
     ALTER TABLE records ADD COLUMN container TEXT NOT NULL DEFAULT '';
     ALTER TABLE records ADD COLUMN pod TEXT NOT NULL DEFAULT '';";
 
+/// Where each forwarding sink stands per host (the last sequence it
+/// delivered): forwarding is at-least-once and survives restarts.
+pub(crate) const FORWARD_CURSORS_TABLE: &str = "CREATE TABLE forward_cursors (
+        sink TEXT NOT NULL,
+        host TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (sink, host)
+    );";
+
+/// Hosts with records past sink $1's cursor: host, cursor, last sequence.
+const FORWARD_PENDING: &str = "SELECT h.host, COALESCE(f.seq, 0), h.last_seq
+    FROM host_counts h LEFT JOIN forward_cursors f ON f.sink = $1 AND f.host = h.host
+    WHERE h.last_seq > COALESCE(f.seq, 0) ORDER BY h.host";
+
+/// Moves sink $1's cursor for host $2 to $3.
+const SET_FORWARD_CURSOR: &str = "INSERT INTO forward_cursors (sink, host, seq) VALUES ($1, $2, $3)
+    ON CONFLICT (sink, host) DO UPDATE SET seq = excluded.seq";
+
+pub(crate) fn forward_pending_sql(sqlite: bool) -> String {
+    if sqlite {
+        FORWARD_PENDING.replace('$', "?")
+    } else {
+        FORWARD_PENDING.to_owned()
+    }
+}
+
+pub(crate) fn set_forward_cursor_sql(sqlite: bool) -> String {
+    if sqlite {
+        SET_FORWARD_CURSOR.replace('$', "?")
+    } else {
+        SET_FORWARD_CURSOR.to_owned()
+    }
+}
+
 /// Records counted by [`Store::stats`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsRow {
@@ -378,6 +412,46 @@ impl Store {
             Store::Sqlite(s) => s.select(filter, order, limit),
             Store::Postgres(p) => p.select(filter, order, limit).await,
         }
+    }
+
+    /// Hosts with records sink `sink` has not forwarded: (host, cursor,
+    /// last sequence stored).
+    pub async fn forward_pending(
+        &mut self,
+        sink: &str,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.forward_pending(sink),
+            Store::Postgres(p) => p.forward_pending(sink).await,
+        }
+    }
+
+    /// Sink `sink` delivered `host`'s records up to `seq`.
+    pub async fn set_forward_cursor(
+        &mut self,
+        sink: &str,
+        host: &str,
+        seq: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.set_forward_cursor(sink, host, seq),
+            Store::Postgres(p) => p.set_forward_cursor(sink, host, seq).await,
+        }
+    }
+
+    /// Up to `limit` records of `host` after sequence `after`, in sequence
+    /// order, decoded (for forwarding).
+    pub async fn records_after(
+        &mut self,
+        host: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let rows = self.chain_rows(host, after, i64::MAX, limit, "").await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| residency_proto::chain::decode_stored(r.seq as u64, &r.record))
+            .collect())
     }
 
     /// Whether the database answers a trivial query.

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     ADD_RECORD,
     super::chain::CHAIN_TABLES_POSTGRES,
     super::WORKLOAD_COLUMNS,
+    super::FORWARD_CURSORS_TABLE,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -347,6 +348,34 @@ impl Postgres {
         }
         tx.commit().await?;
         Ok(counts)
+    }
+
+    pub async fn forward_pending(
+        &mut self,
+        sink: &str,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows = self
+            .live()
+            .await?
+            .query(&super::forward_pending_sql(false), &[&sink])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    pub async fn set_forward_cursor(
+        &mut self,
+        sink: &str,
+        host: &str,
+        seq: i64,
+    ) -> Result<(), StoreError> {
+        self.live()
+            .await?
+            .execute(&super::set_forward_cursor_sql(false), &[&sink, &host, &seq])
+            .await?;
+        Ok(())
     }
 
     pub async fn ping(&mut self) -> Result<(), StoreError> {

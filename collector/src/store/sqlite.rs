@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     ADD_RECORD,
     super::chain::CHAIN_TABLES_SQLITE,
     super::WORKLOAD_COLUMNS,
+    super::FORWARD_CURSORS_TABLE,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -221,6 +222,21 @@ impl Sqlite {
         ))?;
         let rows = stmt.query_map(params_from_iter(params.iter()), stored_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn forward_pending(&self, sink: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::forward_pending_sql(true))?;
+        let rows = stmt.query_map(params![sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_forward_cursor(&self, sink: &str, host: &str, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&super::set_forward_cursor_sql(true))?
+            .execute(params![sink, host, seq])?;
+        Ok(())
     }
 
     pub fn ping(&self) -> Result<(), StoreError> {

@@ -63,13 +63,24 @@ pub type AddToken =
 /// An agent's client with its token (plain TCP).
 pub type TokenClient = CollectorClient<InterceptedService<Channel, AddToken>>;
 
-/// A loopback port nothing listens on now (for a daemon to bind next).
+/// A loopback port nothing listens on now (for a daemon to bind next),
+/// never one this process handed out before: tests running in parallel
+/// would otherwise start two daemons on one port (the kernel hands a port
+/// freed a moment ago out again).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The hello that opens an agent's delivery stream for `host`.

@@ -10,6 +10,7 @@ pub mod postgres;
 pub use residency_pki as pki;
 pub mod privilege;
 pub mod probe;
+pub mod rsyslog;
 pub mod scenario;
 pub mod sensor;
 pub mod slot;
