@@ -418,7 +418,7 @@ impl Agent {
             &mut self.ledger,
         )?;
         for w in &report.warnings {
-            warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every 10 s): {w}");
+            warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every second): {w}");
         }
         self.pending_selectors = !report.warnings.is_empty();
         self.class_tables
@@ -790,23 +790,42 @@ impl Agent {
         self.metrics
             .verdict_prefixes
             .set(self.compiled.prefix_counts().1 as i64);
-        if self.pending_selectors {
-            match apply::install_selectors(&mut self.sensor, &self.compiled, &self.cfg.cgroup_root)
-            {
-                Ok(w) if w.is_empty() => {
-                    self.pending_selectors = false;
+    }
+
+    /// Installs the selectors again when a selected cgroup was removed and
+    /// created again (`systemctl restart`, a recreated container: a new
+    /// cgroup id under the same path), and tags the processes already
+    /// running in it. Checked every second: a process that starts in the
+    /// new cgroup runs untagged until then (at most a second).
+    fn refresh_selectors(&mut self) {
+        let stale = self.sensor.cgroup_selectors_stale();
+        if !stale && !self.pending_selectors {
+            return;
+        }
+        if stale {
+            info!(
+                "a selected cgroup was created again (a restarted service or container), or removed: installing the selectors again"
+            );
+        }
+        match apply::install_selectors(&mut self.sensor, &self.compiled, &self.cfg.cgroup_root) {
+            Ok(w) => {
+                let was_pending = self.pending_selectors;
+                // Gone for now: tried again every second.
+                self.pending_selectors = !w.is_empty();
+                if was_pending && !self.pending_selectors {
                     info!("all selectors are installed now");
-                    if let Err(e) = procscan::tag_running(
+                }
+                if (stale || (was_pending && !self.pending_selectors))
+                    && let Err(e) = procscan::tag_running(
                         &mut self.sensor,
                         &self.cfg.cgroup_root,
                         &mut self.ledger,
-                    ) {
-                        error!(error = %e, "tagging running processes failed");
-                    }
+                    )
+                {
+                    error!(error = %e, "tagging running processes failed");
                 }
-                Ok(_) => {}
-                Err(e) => error!(error = %e, "installing selectors failed"),
             }
+            Err(e) => error!(error = %e, "installing selectors failed"),
         }
     }
 
@@ -853,6 +872,7 @@ impl Agent {
                 _ = drain_tick.tick() => self.take_records(reader.get_mut(), &mut batch),
                 _ = counter_tick.tick() => self.tick(),
                 _ = expiry_tick.tick() => {
+                    self.refresh_selectors();
                     self.attest_if_due(false);
                     self.heartbeat();
                     self.violation_log.flush(std::time::Instant::now());

@@ -164,6 +164,16 @@ impl KernelSensor {
         &self.selectors
     }
 
+    /// Whether a cgroup selector's path now names another cgroup than the
+    /// one installed, or none: a restarted systemd service, a recreated
+    /// container, get a new cgroup (and id) under the same path.
+    pub fn cgroup_selectors_stale(&self) -> bool {
+        self.selectors
+            .cgroups
+            .iter()
+            .any(|(id, (_, path))| cgroup_id(path).ok() != Some(*id))
+    }
+
     /// Processes that exec while in the cgroup at `path` or any cgroup below it
     /// carry `class`.
     pub fn add_cgroup_selector(&mut self, path: &Path, class: ClassId) -> Result<u64, SensorError> {

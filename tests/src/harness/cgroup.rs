@@ -160,3 +160,11 @@ pub fn existing() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The cgroup id of the cgroup directory at `path` (its inode number).
+pub fn id_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("cgroup {}: {e}", path.display()))
+        .ino()
+}
