@@ -109,14 +109,23 @@ fn count_stored(metrics: &Metrics, w: &Write, new: usize, now_s: f64) {
     if new == 0 {
         return;
     }
+    // Counted per kind, one label lookup each (not one per record: this
+    // runs for every batch the writer commits).
+    let mut kinds: Vec<(&'static str, u64)> = Vec::new();
     for (_, ix) in &w.rows[w.rows.len().saturating_sub(new)..] {
+        match kinds.iter_mut().find(|(k, _)| *k == ix.kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((ix.kind, 1)),
+        }
+    }
+    for (kind, n) in kinds {
         metrics
             .records
             .get_or_create(&crate::metrics::RecordLabels {
                 host: w.host.clone(),
-                kind: ix.kind.to_owned(),
+                kind: kind.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
     metrics
         .last_seen

@@ -35,6 +35,16 @@ pub struct Admin {
     pub ready: Readiness,
 }
 
+/// A Prometheus registry's text exposition (empty when it cannot be
+/// encoded).
+pub fn render(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
 /// Connections the admin listener admits.
 const LIMITS: listen::Limits = listen::Limits {
     max_connections: 64,

@@ -6,7 +6,7 @@
 //! edited attestation as an invalid one; a bundle carries them to
 //! `residency-verify`. And without TLS, with the agent's own key.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::harness::{
     agent::workspace_bin,
@@ -18,6 +18,7 @@ use harness::harness::{
     probe,
     scenario::delivering_agent,
     temp::TempPath,
+    wait_until,
 };
 use prost::Message;
 use residency_proto::collector::v1::{self as pb, chain_finding::Kind};
@@ -40,14 +41,6 @@ fn attestations(c: &RunningCollector, host: &str) -> Vec<(u64, pb::Attestation)>
             }
         })
         .collect()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -75,19 +68,23 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     let server = net.virginia.udp_server(false);
     probe::violate(&cgroup, &server.addr.to_string(), 40);
     // Until an attestation covers every violation.
-    wait_until("an attestation after the violations", || {
-        let last_violation = collector
-            .export(Some("violation"))
-            .iter()
-            .filter(|r| r.host_id == host)
-            .map(pb::StoredRecord::seq)
-            .max()
-            .unwrap_or(u64::MAX);
-        let a = attestations(&collector, host);
-        collector.count(host, "violation") == 40
-            && a.len() >= 2
-            && a.iter().any(|(seq, _)| *seq > last_violation)
-    });
+    wait_until(
+        "an attestation after the violations",
+        Duration::from_secs(60),
+        || {
+            let last_violation = collector
+                .export(Some("violation"))
+                .iter()
+                .filter(|r| r.host_id == host)
+                .map(pb::StoredRecord::seq)
+                .max()
+                .unwrap_or(u64::MAX);
+            let a = attestations(&collector, host);
+            collector.count(host, "violation") == 40
+                && a.len() >= 2
+                && a.iter().any(|(seq, _)| *seq > last_violation)
+        },
+    );
     let (r, code) = collector.verify(host);
     assert!(r.intact && code == 0, "{r:#?}");
     assert!(r.attestations.len() >= 2, "{r:#?}");
@@ -148,9 +145,11 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     std::thread::sleep(Duration::from_secs(3));
     agent.restart();
     let before = attestations(&collector, host).len();
-    wait_until("an attestation after the restart", || {
-        attestations(&collector, host).len() >= before + 2
-    });
+    wait_until(
+        "an attestation after the restart",
+        Duration::from_secs(60),
+        || attestations(&collector, host).len() >= before + 2,
+    );
     let (r, code) = collector.verify(host);
     let stopped: Vec<Kind> = r
         .findings
@@ -165,9 +164,11 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
     std::thread::sleep(Duration::from_secs(3));
     agent.restart();
     let before = attestations(&collector, host).len();
-    wait_until("an attestation after the crash", || {
-        attestations(&collector, host).len() >= before + 2
-    });
+    wait_until(
+        "an attestation after the crash",
+        Duration::from_secs(60),
+        || attestations(&collector, host).len() >= before + 2,
+    );
     let (r, code) = collector.verify(host);
     let holes: Vec<&pb::ChainFinding> = r
         .findings
@@ -276,7 +277,7 @@ fn without_tls_the_agent_signs_with_a_key_of_its_own() {
     short_windows(&config);
     let cgroup = TestCgroup::create();
     let _agent = delivering_agent(host, &cgroup, &config);
-    wait_until("two attestations", || {
+    wait_until("two attestations", Duration::from_secs(60), || {
         attestations(&collector, host).len() >= 2
     });
     let (r, code) = collector.verify(host);

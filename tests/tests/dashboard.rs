@@ -23,6 +23,7 @@ use harness::harness::{
     probe,
     scenario::delivering_agent,
     temp::TempPath,
+    wait_until,
 };
 use residency_proto::{
     agent::v1::{Action, Flow, Protocol, Verdict},
@@ -184,14 +185,6 @@ async fn screenshot(b: &Client, name: &str) {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
     let tmp = TempPath::dir("dashboard");
@@ -224,7 +217,7 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
     let server = net.virginia.udp_server(false);
     probe::violate(&cgroup, &server.addr.to_string(), 30);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    wait_until("the agent's stream", || {
+    wait_until("the agent's stream", Duration::from_secs(60), || {
         collector
             .hosts()
             .iter()
@@ -256,6 +249,7 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
     );
     wait_until(
         "the violations, the audit record and an attestation after them",
+        Duration::from_secs(60),
         || {
             collector.count(HOST, "violation") == 30
                 && collector.count(HOST, "audit") >= 1

@@ -2,7 +2,7 @@
 //! from certificates, roles, fleet-wide enforcement reaching real agents and
 //! their kernels, exceptions applied and expiring, auditor queries and watches.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::harness::{
     agent::{RunningAgent, workspace_bin},
@@ -13,6 +13,7 @@ use harness::harness::{
     probe,
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
+    wait_until,
 };
 use residency_proto::collector::v1::{
     self as pb, agent_message::Message as AgentMsg, collector_message::Message as CollectorMsg,
@@ -242,14 +243,6 @@ fn member(host: &str, c: &RunningCollector, p: &Pki) -> Member {
 
 fn connect_errno(m: &Member, target: &str) -> i32 {
     probe::run(m.cgroup.command(probe::command(&["tcp-connect", target]))).errno()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

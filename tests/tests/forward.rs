@@ -4,13 +4,14 @@
 //! receiver that was down gets what it missed when it is back, and a
 //! collector restart resends nothing it delivered.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::harness::{
     collector::{CollectorOptions, RunningCollector},
     pki::TestCa,
     rsyslog::Rsyslog,
     temp::TempPath,
+    wait_until,
 };
 use residency_proto::{
     agent::v1::{Action, Flow, Protocol, Verdict},
@@ -68,14 +69,6 @@ fn gap(seq: u64) -> pb::Record {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn forwarding(dir: &std::path::Path, args: Vec<String>) -> RunningCollector {
     let db = dir.join("collector.db");
     RunningCollector::start_opts(
@@ -115,7 +108,9 @@ fn syslog_over_tcp_reaches_rsyslog_at_least_once_across_outages_and_restarts() {
         attestation,
     ];
     assert_eq!(collector.deliver_as(HOST, first), 6);
-    wait_until("5 messages at rsyslog", || rsyslog.received().len() == 5);
+    wait_until("5 messages at rsyslog", Duration::from_secs(30), || {
+        rsyslog.received().len() == 5
+    });
     let got = rsyslog.received();
     let fields: Vec<Vec<&str>> = got.iter().map(|l| l.splitn(6, '|').collect()).collect();
     for f in &fields {
@@ -162,9 +157,11 @@ fn syslog_over_tcp_reaches_rsyslog_at_least_once_across_outages_and_restarts() {
     );
     std::thread::sleep(Duration::from_secs(2));
     rsyslog.restart();
-    wait_until("the two records sent during the outage", || {
-        rsyslog.received().len() == 7
-    });
+    wait_until(
+        "the two records sent during the outage",
+        Duration::from_secs(30),
+        || rsyslog.received().len() == 7,
+    );
     // A restart of the collector resends nothing that was delivered.
     assert!(collector.terminate().is_some_and(|s| s.success()));
     collector.restart();
@@ -199,7 +196,9 @@ fn syslog_over_tls_checks_the_servers_certificate() {
         collector.deliver_as(HOST, vec![violation(1, Action::Denied), audit(2)]),
         2
     );
-    wait_until("2 messages over TLS", || rsyslog.received().len() == 2);
+    wait_until("2 messages over TLS", Duration::from_secs(30), || {
+        rsyslog.received().len() == 2
+    });
     assert!(rsyslog.received()[0].starts_with(&format!("{HOST}|5|residency-sensor|violation|")));
     // Another CA's server is refused: nothing arrives, the collector says why.
     let other = TempPath::dir("forward-tls-other");
@@ -217,7 +216,7 @@ fn syslog_over_tls_checks_the_servers_certificate() {
         ],
     );
     assert_eq!(refused.deliver_as(HOST, vec![audit(1)]), 1);
-    wait_until("the refusal in the log", || {
+    wait_until("the refusal in the log", Duration::from_secs(30), || {
         refused.log_text().contains("forwarding failed")
     });
     assert!(fake.received().is_empty());
@@ -259,7 +258,9 @@ fn ecs_json_lines_go_to_a_rotated_file_once_each() {
             .map(|i| violation(b * 4 + i, Action::Reported))
             .collect();
         assert_eq!(collector.deliver_as(HOST, records), b * 4 + 4);
-        wait_until("the batch forwarded", || lines().len() as u64 == b * 4 + 4);
+        wait_until("the batch forwarded", Duration::from_secs(30), || {
+            lines().len() as u64 == b * 4 + 4
+        });
     }
     let rotated = std::fs::read_dir(file.parent().expect("dir"))
         .expect("dir")

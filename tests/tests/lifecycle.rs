@@ -19,7 +19,7 @@ use harness::harness::{
     cgroup::TestCgroup,
     collector::{CollectorOptions, RunningCollector, free_port, hello_message},
     http::http_get,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 use residency_proto::collector::v1 as pb;
@@ -245,18 +245,10 @@ fn sensord_notifies_ready_once_attached_and_stopping_on_sigterm() {
     let cgroup = TestCgroup::create();
     let rel = cgroup_rel(&cgroup);
     let admin = free_port();
-    let policy = FixturePolicy {
-        host_id: "life-agent",
-        aggregation: "0",
-        mode: "monitor",
-        allowed: r#"["EEA"]"#,
-        cgroup_rel: &rel,
-        class_extra: "",
-    }
-    .text();
+    let policy = FixturePolicy::delivering("life-agent", &rel).text();
     let mut agent = RunningAgent::start_with(
         &policy,
-        "5.0.0.0,5.0.0.255,DE\n",
+        DELIVERY_REGIONS,
         &["--metrics-listen", &format!("127.0.0.1:{admin}")],
     );
     unsafe { std::env::remove_var("NOTIFY_SOCKET") };

@@ -15,7 +15,7 @@ use harness::harness::{
     http::http_get,
     netns::TestNet,
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 
@@ -102,16 +102,8 @@ fn the_shipped_rules_and_dashboard_hold_and_use_only_metrics_the_daemons_export(
     let rel = cgroup_rel(&cgroup);
     let agent_admin = free_port();
     let _agent = RunningAgent::start_with(
-        &FixturePolicy {
-            host_id: "monitoring-1",
-            aggregation: "0",
-            mode: "monitor",
-            allowed: r#"["EEA"]"#,
-            cgroup_rel: &rel,
-            class_extra: "",
-        }
-        .text(),
-        "5.0.0.0,5.0.0.255,DE\n",
+        &FixturePolicy::delivering("monitoring-1", &rel).text(),
+        DELIVERY_REGIONS,
         &["--metrics-listen", &format!("127.0.0.1:{agent_admin}")],
     );
     // Families with labels show once they have a sample: a violation on

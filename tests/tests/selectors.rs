@@ -10,7 +10,7 @@ use harness::harness::{
     cgroup::TestCgroup,
     netns::TestNet,
     probe,
-    scenario::{FixturePolicy, cgroup_rel},
+    scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
 };
 
 #[test]
@@ -20,16 +20,8 @@ fn a_recreated_cgroup_is_selected_again_within_a_second() {
     let svc = parent.child("billing.service");
     let rel = cgroup_rel(&svc);
     let agent = RunningAgent::start(
-        &FixturePolicy {
-            host_id: "selectors-1",
-            aggregation: "0",
-            mode: "monitor",
-            allowed: r#"["EEA"]"#,
-            cgroup_rel: &rel,
-            class_extra: "",
-        }
-        .text(),
-        "5.0.0.0,5.0.0.255,DE\n",
+        &FixturePolicy::delivering("selectors-1", &rel).text(),
+        DELIVERY_REGIONS,
     );
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();

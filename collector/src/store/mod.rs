@@ -304,29 +304,14 @@ pub(crate) const FORWARD_CURSORS_TABLE: &str = "CREATE TABLE forward_cursors (
     );";
 
 /// Hosts with records past sink $1's cursor: host, cursor, last sequence.
-const FORWARD_PENDING: &str = "SELECT h.host, COALESCE(f.seq, 0), h.last_seq
+pub(crate) const FORWARD_PENDING: &str = "SELECT h.host, COALESCE(f.seq, 0), h.last_seq
     FROM host_counts h LEFT JOIN forward_cursors f ON f.sink = $1 AND f.host = h.host
     WHERE h.last_seq > COALESCE(f.seq, 0) ORDER BY h.host";
 
 /// Moves sink $1's cursor for host $2 to $3.
-const SET_FORWARD_CURSOR: &str = "INSERT INTO forward_cursors (sink, host, seq) VALUES ($1, $2, $3)
+pub(crate) const SET_FORWARD_CURSOR: &str =
+    "INSERT INTO forward_cursors (sink, host, seq) VALUES ($1, $2, $3)
     ON CONFLICT (sink, host) DO UPDATE SET seq = excluded.seq";
-
-pub(crate) fn forward_pending_sql(sqlite: bool) -> String {
-    if sqlite {
-        FORWARD_PENDING.replace('$', "?")
-    } else {
-        FORWARD_PENDING.to_owned()
-    }
-}
-
-pub(crate) fn set_forward_cursor_sql(sqlite: bool) -> String {
-    if sqlite {
-        SET_FORWARD_CURSOR.replace('$', "?")
-    } else {
-        SET_FORWARD_CURSOR.to_owned()
-    }
-}
 
 /// Records counted by [`Store::stats`].
 #[derive(Debug, Clone, PartialEq, Eq)]

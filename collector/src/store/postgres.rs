@@ -357,7 +357,7 @@ impl Postgres {
         let rows = self
             .live()
             .await?
-            .query(&super::forward_pending_sql(false), &[&sink])
+            .query(super::FORWARD_PENDING, &[&sink])
             .await?;
         Ok(rows
             .iter()
@@ -373,7 +373,7 @@ impl Postgres {
     ) -> Result<(), StoreError> {
         self.live()
             .await?
-            .execute(&super::set_forward_cursor_sql(false), &[&sink, &host, &seq])
+            .execute(super::SET_FORWARD_CURSOR, &[&sink, &host, &seq])
             .await?;
         Ok(())
     }
@@ -383,21 +383,29 @@ impl Postgres {
         Ok(())
     }
 
-    pub async fn stats(
+    /// Runs the query `sql` builds around `filter`'s WHERE clause, with
+    /// the filter's parameters.
+    async fn query_where(
         &mut self,
         filter: &Filter,
-        bucket_ns: i64,
-    ) -> Result<Vec<super::StatsRow>, StoreError> {
+        sql: impl FnOnce(&str) -> String,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let (clause, params) = filter.sql(|n| format!("${n}"));
         let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(boxed).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
+        Ok(self.live().await?.query(&sql(&clause), &refs).await?)
+    }
+
+    pub async fn stats(
+        &mut self,
+        filter: &Filter,
+        bucket_ns: i64,
+    ) -> Result<Vec<super::StatsRow>, StoreError> {
         let rows = self
-            .live()
-            .await?
-            .query(&super::stats_sql(&clause, bucket_ns), &refs)
+            .query_where(filter, |clause| super::stats_sql(clause, bucket_ns))
             .await?;
         Ok(rows
             .iter()
@@ -416,20 +424,11 @@ impl Postgres {
         order: &str,
         limit: Option<u32>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let (clause, params) = filter.sql(|n| format!("${n}"));
-        let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(boxed).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
         let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let rows = self
-            .live()
-            .await?
-            .query(
-                &format!("SELECT host, seq, time_ns, record, chain FROM records WHERE {clause} ORDER BY {order}{limit}"),
-                &refs,
-            )
+            .query_where(filter, |clause| {
+                format!("SELECT host, seq, time_ns, record, chain FROM records WHERE {clause} ORDER BY {order}{limit}")
+            })
             .await?;
         Ok(rows
             .iter()

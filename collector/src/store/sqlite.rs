@@ -227,14 +227,14 @@ impl Sqlite {
     pub fn forward_pending(&self, sink: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(&super::forward_pending_sql(true))?;
+            .prepare_cached(&super::FORWARD_PENDING.replace('$', "?"))?;
         let rows = stmt.query_map(params![sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn set_forward_cursor(&self, sink: &str, host: &str, seq: i64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached(&super::set_forward_cursor_sql(true))?
+            .prepare_cached(&super::SET_FORWARD_CURSOR.replace('$', "?"))?
             .execute(params![sink, host, seq])?;
         Ok(())
     }
