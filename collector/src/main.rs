@@ -7,16 +7,17 @@ use std::{net::SocketAddr, path::PathBuf};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use collector::{
     auth::Roles,
     service::CollectorService,
     store::{Store, filter::Filter, is_postgres},
 };
+use residency_daemon::tasks::Tasks;
 use residency_proto::{collector::v1::collector_server::CollectorServer, listen};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Residency Sensor collector: receives every agent's records, stores them
 /// durably and exactly once (SQLite or PostgreSQL), serves them to auditors,
@@ -469,6 +470,20 @@ async fn main() -> anyhow::Result<()> {
         ))
         .add_service(CollectorServer::new(service))
         .serve_with_incoming_shutdown(listen::unix(unix, limits), stopped(stop_rx.clone()));
+    // Every task collectord starts is owned here: one that ends before the
+    // stop ends collectord with an error (the service manager starts it
+    // again; agents keep their records spooled meanwhile).
+    let mut tasks = Tasks::new();
+    let (listen_addr, socket_path) = (args.listen, args.socket.clone());
+    tasks.spawn("gRPC on TCP", async move {
+        tcp.await
+            .map_err(|e| format!("while serving on {listen_addr}: {e}"))
+    });
+    tasks.spawn("gRPC on the Unix socket", async move {
+        local
+            .await
+            .map_err(|e| format!("while serving on {}: {e}", socket_path.display()))
+    });
     if let Some(addr) = args.admin_listen {
         let incoming = residency_daemon::admin::bind(addr)
             .await
@@ -482,50 +497,15 @@ async fn main() -> anyhow::Result<()> {
                 Box::pin(async move { s.database_ready().await })
             }),
         };
-        tokio::spawn(residency_daemon::admin::serve(
-            incoming,
-            addr,
-            admin,
-            stop_rx.clone(),
-        ));
+        let stop = stop_rx.clone();
+        tasks.spawn("admin endpoints", async move {
+            residency_daemon::admin::serve(incoming, addr, admin, stop).await;
+            Ok(())
+        });
     }
     let stopping_service = dashboard_service.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            warn!("cannot install signal handlers; stop collectord with SIGKILL");
-            return;
-        };
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!(
-            signal = which,
-            "shutting down: each delivery stream ends after its batch in flight is committed and acknowledged"
-        );
-        residency_daemon::notify::stopping("finishing the batches in flight");
-        stopping_service.shut_down();
-        let _ = stop_tx.send(true);
-        // Whatever does not finish in time is resent by its agent.
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-        warn!(
-            grace_s = SHUTDOWN_GRACE.as_secs(),
-            "connections still open after the grace period; exiting (their agents resend what was not acknowledged)"
-        );
-        std::process::exit(0);
-    });
-    residency_daemon::notify::ready(&format!(
-        "serving on {} (database {})",
-        args.listen,
-        redact(&args.database)
-    ));
-    residency_daemon::notify::spawn_watchdog();
-    let dashboard = async {
-        if let (Some(addr), Some(incoming)) = (args.dashboard_listen, dashboard_incoming) {
+    if let (Some(addr), Some(incoming)) = (args.dashboard_listen, dashboard_incoming) {
+        tasks.spawn("dashboard", async move {
             collector::dashboard::serve(
                 incoming,
                 addr,
@@ -534,12 +514,45 @@ async fn main() -> anyhow::Result<()> {
                 stop_rx_dashboard,
             )
             .await;
+            Ok(())
+        });
+    }
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("while installing the SIGINT handler")?,
+    );
+    residency_daemon::notify::ready(&format!(
+        "serving on {} (database {})",
+        args.listen,
+        redact(&args.database)
+    ));
+    residency_daemon::notify::spawn_watchdog();
+    let failed = tokio::select! {
+        _ = term.recv() => { info!(signal = "SIGTERM", "shutting down: each delivery stream ends after its batch in flight is committed and acknowledged"); None }
+        _ = int.recv() => { info!(signal = "SIGINT", "shutting down: each delivery stream ends after its batch in flight is committed and acknowledged"); None }
+        (task, outcome) = tasks.next_end() => {
+            let why = outcome.err().unwrap_or_else(|| "returned".into());
+            error!(task, error = %why, "a task of collectord ended unexpectedly: exiting so that the service manager starts collectord again; agents keep their records spooled meanwhile");
+            Some(format!("the {task} task ended unexpectedly: {why}"))
         }
     };
-    let (tcp, local, ()) = tokio::join!(tcp, local, dashboard);
-    tcp.with_context(|| format!("while serving on {}", args.listen))?;
-    local.with_context(|| format!("while serving on {}", args.socket.display()))?;
+    residency_daemon::notify::stopping("finishing the batches in flight");
+    stopping_service.shut_down();
+    let _ = stop_tx.send(true);
+    // Whatever does not finish in time is resent by its agent.
+    let cancelled = tasks.shut_down(SHUTDOWN_GRACE).await;
+    if !cancelled.is_empty() {
+        warn!(
+            tasks = ?cancelled,
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period: closed (their agents resend what was not acknowledged)"
+        );
+    }
     let _ = std::fs::remove_file(&args.socket);
+    if let Some(f) = failed {
+        bail!("{f}");
+    }
     info!("collector stopped");
     Ok(())
 }

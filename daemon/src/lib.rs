@@ -8,10 +8,14 @@
 //! - [`output`]: the CLIs' `-o table|wide|json|jsonl`.
 //! - [`admin`]: the admin endpoints, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: `--version` with the git revision; completions and man pages.
+//! - [`tasks`]: the daemon's tasks, named and owned; bounded shutdown.
+//! - [`fault`]: faults the test suite arms through the environment.
 
 pub mod admin;
 pub mod cli;
+pub mod fault;
 pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod output;
+pub mod tasks;

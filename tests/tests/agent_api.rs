@@ -534,9 +534,17 @@ fn a_slow_policy_compile_does_not_stall_the_agent() {
         .spawn()
         .expect("sensorctl");
     let mut answered_meanwhile = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
     let done = loop {
         if let Some(status) = dry.try_wait().expect("waiting") {
             break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = dry.kill();
+            panic!(
+                "the dry run did not finish in 120 s (killed); sensord's log ends:\n{}",
+                agent.log_tail()
+            );
         }
         let st = agent.ctl(&["status"]);
         assert!(st.status.success(), "status answers during the compile");

@@ -92,7 +92,11 @@ fn other_hosts_records() -> Vec<pb::Record> {
 async fn api_count(c: &mut CollectorClient<Channel>, mut q: pb::ViolationQuery) -> u64 {
     let mut n = 0;
     q.limit = 10_000;
-    loop {
+    for pages in 0.. {
+        assert!(
+            pages < 1_000,
+            "QueryViolations' pages did not end after {pages}"
+        );
         let page = c
             .query_violations(q.clone())
             .await
@@ -104,6 +108,7 @@ async fn api_count(c: &mut CollectorClient<Channel>, mut q: pb::ViolationQuery) 
         }
         q.page_token = page.next_page_token;
     }
+    unreachable!("the page loop only ends by returning")
 }
 
 async fn text(b: &Client, id: &str) -> String {

@@ -376,7 +376,9 @@ fn fleet_enforcement_and_exceptions_reach_the_agents_kernels() {
     let all = q(pb::ViolationQuery::default()).records;
     let mut paged = Vec::new();
     let mut token = String::new();
-    loop {
+    for pages in 0.. {
+        // More pages than records means the token never ends.
+        assert!(pages <= all.len(), "paging did not end after {pages} pages");
         let page = q(pb::ViolationQuery {
             limit: 2,
             page_token: token.clone(),

@@ -6,8 +6,8 @@
 //! stream ends with UNAVAILABLE after its last acknowledged batch, the
 //! process exits 0, nothing acknowledged is lost).
 //!
-//! One test per process: NOTIFY_SOCKET is set in the environment the
-//! daemons inherit.
+//! NOTIFY_SOCKET is set in each daemon's own environment, never in the
+//! test process's.
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -18,11 +18,15 @@ use harness::harness::{
     agent::RunningAgent,
     cgroup::TestCgroup,
     collector::{CollectorOptions, RunningCollector, free_port, hello_message},
+    deadline::within,
     http::http_get,
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
 use residency_proto::collector::v1 as pb;
+
+/// How long a delivery stream's next message may take.
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// A socket standing in for systemd's notification socket.
 struct Notifications {
@@ -170,7 +174,9 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
             .await
             .expect("deliver")
             .into_inner();
-        let welcome = incoming.message().await.expect("welcome");
+        let welcome = within(LIMIT, "the welcome", incoming.message())
+            .await
+            .expect("welcome");
         assert!(matches!(
             welcome,
             Some(pb::CollectorMessage {
@@ -186,7 +192,9 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
         })
         .await
         .expect("batch");
-        let ack = incoming.message().await.expect("ack");
+        let ack = within(LIMIT, "the acknowledgement", incoming.message())
+            .await
+            .expect("ack");
         assert!(
             matches!(
                 ack,
@@ -201,7 +209,11 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
     let pid = collector.pid().expect("running");
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let end = rt.block_on(async { incoming.message().await });
+    let end = rt.block_on(within(
+        LIMIT,
+        "the stream's end after SIGTERM",
+        incoming.message(),
+    ));
     let status = end.expect_err("the stream ends with a status");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
@@ -239,19 +251,16 @@ fn the_collector_notifies_serves_its_admin_endpoints_logs_json_and_stops_gracefu
 fn sensord_notifies_ready_once_attached_and_stopping_on_sigterm() {
     let tmp = TempPath::dir("lifecycle-sensord");
     let notify = Notifications::bind(tmp.path());
-    // SAFETY: this test is alone in its process (the other one starts no
-    // sensord, and reads no environment), and sets it before spawning.
-    unsafe { std::env::set_var("NOTIFY_SOCKET", &notify.path) };
     let cgroup = TestCgroup::create();
     let rel = cgroup_rel(&cgroup);
     let admin = free_port();
     let policy = FixturePolicy::delivering("life-agent", &rel).text();
-    let mut agent = RunningAgent::start_with(
+    let mut agent = RunningAgent::start_env(
         &policy,
         DELIVERY_REGIONS,
         &["--metrics-listen", &format!("127.0.0.1:{admin}")],
+        &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))],
     );
-    unsafe { std::env::remove_var("NOTIFY_SOCKET") };
     let ready = notify.expect("READY=1");
     assert!(ready.contains("STATUS=enforcing policy "), "{ready}");
     assert!(ready.contains("life-agent"), "{ready}");

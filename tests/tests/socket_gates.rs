@@ -862,17 +862,16 @@ fn ip_cmd(args: &[&str]) {
 }
 
 /// The host's MPTCP limits, raised so that this host accepts an address its
-/// peer announces, and put back on drop. Host-wide: one test at a time.
+/// peer announces, and put back on drop. Host-wide (the limits, and the
+/// route to the announced address): one test at a time, in any process.
 struct MptcpLimits {
     before: String,
-    _serial: std::sync::MutexGuard<'static, ()>,
+    _serial: harness::harness::slot::HostLock,
 }
-
-static MPTCP_LIMITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl MptcpLimits {
     fn accept_announced() -> MptcpLimits {
-        let guard = MPTCP_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = harness::harness::slot::HostLock::take("mptcp");
         let out = Command::new("ip")
             .args(["mptcp", "limits", "show"])
             .output()

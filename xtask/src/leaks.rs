@@ -106,3 +106,66 @@ pub fn leaked(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     }
     out
 }
+
+/// Removes what `after` holds beyond `before` (what a killed test could not
+/// clean up itself): processes first (they hold the rest), then network
+/// namespaces and links, cgroups (their remaining tasks killed), pins and
+/// temporary directories. Returns what could not be removed.
+pub fn clean(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    for p in after.processes.difference(&before.processes) {
+        if let Some(pid) = p.split(' ').next().and_then(|p| p.parse::<i32>().ok()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for n in after.netns.difference(&before.netns) {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+    for l in after.links.difference(&before.links) {
+        // Gone already when its peer's namespace went.
+        let _ = Command::new("ip").args(["link", "del", l]).output();
+    }
+    if let Some(root) = cgroup2_root() {
+        for c in after.cgroups.difference(&before.cgroups) {
+            remove_cgroup(&std::path::Path::new(&root).join(c));
+        }
+    }
+    for p in after.pins.difference(&before.pins) {
+        let path = std::path::Path::new("/sys/fs/bpf").join(p);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    let tmp = std::env::temp_dir();
+    for t in after.temp.difference(&before.temp) {
+        let path = tmp.join(t);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    // Exiting processes release cgroups and links a moment later.
+    let mut left = leaked(before, &snapshot());
+    for _ in 0..10 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        left = leaked(before, &snapshot());
+    }
+    left
+}
+
+/// Kills every task of a cgroup tree (cgroup.kill) and removes it, leaves
+/// first.
+fn remove_cgroup(dir: &std::path::Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,8 +1,10 @@
 //! Developer and CI automation: `cargo xtask <command>`.
 
 mod dataset;
+mod junit;
 mod leaks;
 mod package;
+mod process;
 
 mod setup;
 mod test;
@@ -79,14 +81,23 @@ enum Cmd {
         cases: u32,
     },
     /// The full test run CI does: fmt, clippy, unit tests and privileged
-    /// end-to-end tests (as root), with a leak check of kernel objects around it.
+    /// end-to-end tests (as root) under cargo-nextest, with a leak check of
+    /// kernel objects around it. A test running past its limit (3 minutes
+    /// unless .config/nextest.toml gives it more) is killed and named; past
+    /// the watchdog, every test still running is named and stopped.
+    ///
+    /// One test: `cargo xtask test --no-lint -- -E 'test(tcp_v4_to_virginia)'`.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        /// Minutes the whole test step may take before the watchdog stops it.
+        #[arg(long, value_name = "MINUTES", default_value_t = 45)]
+        watchdog: u64,
+        /// Extra arguments for `cargo nextest run` (after `--`): test name
+        /// filters, `-E` filter expressions, `-p PACKAGE`, `--test BINARY`.
         #[arg(last = true)]
-        cargo_args: Vec<String>,
+        nextest_args: Vec<String>,
     },
 }
 
@@ -111,8 +122,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test {
             no_lint,
-            cargo_args,
-        } => test::run(!no_lint, &cargo_args),
+            watchdog,
+            nextest_args,
+        } => test::run(
+            !no_lint,
+            &nextest_args,
+            std::time::Duration::from_secs(watchdog * 60),
+        ),
         Cmd::Bench { args } => bench(&args),
         Cmd::Package => package::run().map(|_| ()),
         Cmd::Pki {

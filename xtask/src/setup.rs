@@ -50,6 +50,33 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The test runner `cargo xtask test` uses (installed from crates.io when
+/// missing or older than [`NEXTEST_MIN`]).
+const NEXTEST_VERSION: &str = "0.9.143";
+/// The oldest cargo-nextest with everything .config/nextest.toml uses.
+const NEXTEST_MIN: (u32, u32, u32) = (0, 9, 100);
+
+/// The installed cargo-nextest's version, if any.
+fn nextest_version() -> Option<(u32, u32, u32)> {
+    let exe = sensor_build::find_executable("cargo-nextest")?;
+    let out = Command::new(exe)
+        .args(["nextest", "--version"])
+        .output()
+        .ok()?;
+    parse_nextest_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `cargo-nextest 0.9.143 (60fa45f63 2026-08-04)` → (0, 9, 143).
+fn parse_nextest_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().nth(1)?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+fn nextest_ok() -> bool {
+    nextest_version().is_some_and(|v| v >= NEXTEST_MIN)
+}
+
 fn linker_ok() -> bool {
     sensor_build::find_executable("bpf-linker")
         .and_then(|l| sensor_build::bpf_linker_version(&l))
@@ -70,9 +97,12 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
     };
     let toolchain = sensor_build::detect();
     let linker = linker_ok();
+    let nextest = nextest_ok();
     let root = crate::workspace_root();
     let data = crate::dataset::present(&root);
-    if let (true, Ok(tc), true, true) = (missing_pkgs.is_empty(), &toolchain, linker, data) {
+    if let (true, Ok(tc), true, true, true) =
+        (missing_pkgs.is_empty(), &toolchain, linker, data, nextest)
+    {
         println!(
             "xtask setup: everything is present ({:?}, bpf-linker {BPF_LINKER_VERSION} at {})",
             tc.toolchain,
@@ -92,6 +122,11 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
         }
         if !linker {
             eprintln!("missing bpf-linker {BPF_LINKER_VERSION}");
+        }
+        if !nextest {
+            eprintln!(
+                "missing cargo-nextest (>= {NEXTEST_MIN:?}; setup installs {NEXTEST_VERSION})"
+            );
         }
         if let Err(m) = &toolchain {
             eprintln!("{m}");
@@ -136,6 +171,18 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
             .env("LLVM_SYS_221_PREFIX", DEBIAN_LLVM_PREFIX)
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
+    if !nextest_ok() {
+        // The test runner: every test in a process of its own, killed and
+        // named past its time limit (see .config/nextest.toml).
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-nextest",
+            "--version",
+            NEXTEST_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
     crate::dataset::ensure(&crate::workspace_root())?;
     match sensor_build::detect() {
         Ok(tc) => {
@@ -147,5 +194,20 @@ pub fn run_setup(check_only: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Err(m) => bail!("{m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nextests_version() {
+        assert_eq!(
+            parse_nextest_version("cargo-nextest 0.9.143 (60fa45f63 2026-08-04)\n"),
+            Some((0, 9, 143))
+        );
+        assert_eq!(parse_nextest_version("error: no such command"), None);
+        assert!((0, 9, 143) >= NEXTEST_MIN && (0, 9, 99) < NEXTEST_MIN);
     }
 }

@@ -1,17 +1,19 @@
 //! `cargo xtask test`: what CI runs.
 //!
-//! Lints, then every test in the workspace (unit and privileged end-to-end) with
-//! `--no-fail-fast`, then a leak check; ends with one summary line
-//! `summary: N passed, M failed` so the result is readable at a glance.
+//! Lints, then every test in the workspace (unit and privileged end-to-end)
+//! under cargo-nextest (each test in a process of its own, killed and named
+//! past its time limit: see .config/nextest.toml), watched as a whole, then a
+//! leak check; ends with one summary line `summary: N passed, M failed, K
+//! skipped` and the slowest tests, so the result is readable at a glance.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
-use crate::{leaks, workspace_root};
+use crate::{junit, leaks, process, workspace_root};
 
 fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("==> {name}: {cmd:?}");
@@ -25,32 +27,9 @@ fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses a libtest summary line: `test result: ok. 5 passed; 0 failed; 1 ignored; …`.
-pub fn parse_result_line(line: &str) -> Option<(u64, u64, u64)> {
-    let rest = line.trim().strip_prefix("test result: ")?;
-    let mut passed = None;
-    let mut failed = None;
-    let mut ignored = 0;
-    for part in rest.split(';') {
-        let words: Vec<&str> = part.split_whitespace().collect();
-        let (n, what) = match words.as_slice() {
-            [.., n, what] => match n.parse::<u64>() {
-                Ok(n) => (n, *what),
-                Err(_) => continue,
-            },
-            _ => continue,
-        };
-        match what {
-            "passed" => passed = Some(n),
-            "failed" => failed = Some(n),
-            "ignored" => ignored = n,
-            _ => {}
-        }
-    }
-    Some((passed?, failed?, ignored))
-}
-
-pub fn run(lint: bool, extra: &[String]) -> anyhow::Result<()> {
+/// Runs the suite; `extra` goes to `cargo nextest run` (filters, `-p`,
+/// `--test`); past `watchdog` everything is stopped and the run fails.
+pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
@@ -104,68 +83,175 @@ pub fn run(lint: bool, extra: &[String]) -> anyhow::Result<()> {
         Command::new("cargo").args(["build", "--workspace", "--bins"]),
     )?;
     let before = leaks::snapshot();
-
-    eprintln!("==> tests: cargo test --workspace --no-fail-fast");
-    let mut child = Command::new("cargo")
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .args(if extra.is_empty() {
-            vec![]
-        } else {
-            [vec!["--".to_owned()], extra.to_vec()].concat()
-        })
-        .current_dir(workspace_root())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("while starting cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
-    let stdout = child.stdout.take().expect("piped");
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("while reading cargo test output")?;
-        println!("{line}");
-        if let Some((p, f, i)) = parse_result_line(&line) {
-            passed += p;
-            failed += f;
-            ignored += i;
+    let nextest = NextestRun::start(extra)?;
+    let outcome = nextest.wait(watchdog);
+    if let Outcome::Expired(running) = &outcome {
+        eprintln!();
+        eprintln!(
+            "WATCHDOG: the tests ran past {} minutes; still running:",
+            watchdog.as_secs() / 60
+        );
+        for t in running {
+            eprintln!("  {t}");
         }
     }
-    let status = child.wait().context("while waiting for cargo test")?;
-    let after = leaks::snapshot();
-    let leaked = leaks::leaked(&before, &after);
+    // Whatever a killed test could not remove itself (its daemons, network
+    // namespaces, cgroups, pins, temporary directories) is removed here; a
+    // leak after a green run is a defect of its own.
+    // What exiting processes still tear down (a daemon in its graceful
+    // stop, a cgroup whose last task is being reaped) gets a few seconds.
+    let mut after = leaks::snapshot();
+    let mut leaked = leaks::leaked(&before, &after);
+    for _ in 0..10 {
+        if leaked.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        after = leaks::snapshot();
+        leaked = leaks::leaked(&before, &after);
+    }
+    let left = if leaked.is_empty() {
+        leaked.clone()
+    } else {
+        leaks::clean(&before, &after)
+    };
     for l in &leaked {
         eprintln!("LEAK: the test suite left {l} behind");
     }
-    println!();
-    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() || failed > 0 {
-        bail!("tests failed ({status})");
+    for l in &left {
+        eprintln!("LEAK: could not remove {l}");
     }
-    if passed == 0 {
+    let report = junit::read(&workspace_root().join(JUNIT));
+    println!();
+    let Some(report) = report else {
+        if let Outcome::Expired(_) = outcome {
+            bail!(
+                "the tests ran past the watchdog's {} minutes",
+                watchdog.as_secs() / 60
+            );
+        }
+        bail!(
+            "cargo nextest wrote no report ({JUNIT}): the tests did not build or did not run; see above"
+        );
+    };
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        report.passed(),
+        report.failed().len(),
+        report.skipped
+    );
+    for t in report.failed() {
+        println!(
+            "  failed: {} {} ({})",
+            t.binary,
+            t.name,
+            t.failure.as_deref().unwrap_or("?")
+        );
+    }
+    println!("slowest:");
+    for t in report.slowest(15) {
+        println!("  {:>8.1}s  {} {}", t.seconds, t.binary, t.name);
+    }
+    match outcome {
+        Outcome::Expired(_) => bail!(
+            "the tests ran past the watchdog's {} minutes (see WATCHDOG above)",
+            watchdog.as_secs() / 60
+        ),
+        Outcome::Exited(status) if !status.success() || !report.failed().is_empty() => {
+            bail!("tests failed ({status})")
+        }
+        Outcome::Exited(_) => {}
+    }
+    if report.passed() == 0 {
         bail!("no test ran: that proves nothing");
     }
     if !leaked.is_empty() {
-        bail!("tests passed but leaked {} kernel object(s)", leaked.len());
+        bail!("tests passed but leaked {} object(s)", leaked.len());
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where the `ci` profile's JUnit report goes (see .config/nextest.toml).
+const JUNIT: &str = "target/nextest/ci/junit.xml";
 
-    #[test]
-    fn parses_libtest_summary() {
-        assert_eq!(
-            parse_result_line(
-                "test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.11s"
-            ),
-            Some((5, 0, 1))
-        );
-        assert_eq!(
-            parse_result_line(
-                "test result: FAILED. 0 passed; 5 failed; 0 ignored; 0 measured; 0 filtered out"
-            ),
-            Some((0, 5, 0))
-        );
-        assert_eq!(parse_result_line("running 5 tests"), None);
+/// How the run ended.
+enum Outcome {
+    Exited(std::process::ExitStatus),
+    /// Past the watchdog: the tests that were still running (killed).
+    Expired(Vec<String>),
+}
+
+/// `cargo nextest run` with the `ci` profile, watched.
+struct NextestRun {
+    child: std::process::Child,
+}
+
+impl NextestRun {
+    fn start(extra: &[String]) -> anyhow::Result<NextestRun> {
+        // cargo-nextest itself, not `cargo nextest`: the watchdog's SIGTERM
+        // must reach nextest (which ends its tests), not cargo.
+        let Some(nextest) = sensor_build::find_executable("cargo-nextest") else {
+            bail!("cargo-nextest is not installed: run `cargo xtask setup` (it installs it)");
+        };
+        let _ = std::fs::remove_file(workspace_root().join(JUNIT));
+        let mut cmd = Command::new(nextest);
+        cmd.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--profile",
+            "ci",
+            "--no-fail-fast",
+        ])
+        .args(extra)
+        .current_dir(workspace_root());
+        eprintln!("==> tests: {cmd:?}");
+        let child = cmd.spawn().context("while starting cargo nextest")?;
+        Ok(NextestRun { child })
+    }
+
+    /// Waits for the run; past `limit`, names the tests still running,
+    /// prints the process tree, stops nextest (it ends its tests) and then
+    /// kills whatever is left below it.
+    fn wait(mut self, limit: Duration) -> Outcome {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Outcome::Exited(status),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("while waiting for cargo nextest: {e}");
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let root = self.child.id() as i32;
+        let tree = process::descendants(root);
+        let running: Vec<String> = tree
+            .iter()
+            .filter_map(|p| process::test_name(&p.args))
+            .collect();
+        eprintln!("WATCHDOG: the process tree under cargo nextest:");
+        for p in &tree {
+            eprintln!("  {:>7} {:>7} {}", p.pid, p.ppid, p.args);
+        }
+        // nextest ends its running tests on SIGTERM (and reports them).
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(root, libc::SIGTERM) };
+        let grace = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < grace && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for p in process::descendants(root) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Outcome::Expired(running)
     }
 }

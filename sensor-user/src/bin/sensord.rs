@@ -24,9 +24,9 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use residency_daemon::logging::LogFormat;
+use residency_daemon::{logging::LogFormat, tasks::Tasks};
 
 /// Residency Sensor agent: tags the processes that handle regulated data,
 /// judges each of their connections against the residency policy in the
@@ -271,13 +271,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let (agent, events, store) = Agent::start(cfg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Every task sensord starts is owned here: one that ends before the
+    // stop ends sensord (non-zero, so the service manager starts it again;
+    // the pinned programs keep enforcing meanwhile).
+    let mut tasks = Tasks::new();
     if let Some(addr) = args.metrics_listen.or(file.metrics.listen) {
         let incoming = residency_daemon::admin::bind(addr).await.with_context(|| {
             format!("while binding the admin endpoints' [metrics] listen {addr}")
         })?;
         let admin = admin(&agent);
         let stop = stop_rx.clone();
-        tokio::spawn(residency_daemon::admin::serve(incoming, addr, admin, stop));
+        tasks.spawn("admin endpoints", async move {
+            residency_daemon::admin::serve(incoming, addr, admin, stop).await;
+            Ok(())
+        });
     }
     let (handle, commands) = Agent::channel();
     if !file.collector.endpoints.is_empty() {
@@ -300,7 +307,17 @@ async fn main() -> anyhow::Result<()> {
         let host = agent.host_id();
         let h = handle.clone();
         let compiler = agent.compiler();
-        tokio::spawn(async move { deliver::run(endpoints, creds, host, h, compiler).await });
+        tasks.spawn("delivery", async move {
+            if residency_daemon::fault::armed("delivery-panic") {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                panic!(
+                    "fault injected ({}=delivery-panic)",
+                    residency_daemon::fault::VAR
+                );
+            }
+            deliver::run(endpoints, creds, host, h, compiler).await;
+            Err("the delivery loop returned".into())
+        });
     }
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -319,53 +336,73 @@ async fn main() -> anyhow::Result<()> {
     if let Some(tls) = file.api.tls.clone() {
         let api = api.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = api::serve_tls(&tls, api, stop).await {
-                error!(error = format!("{e:#}"), "the agent's TLS API stopped");
-            }
+        tasks.spawn("TLS API", async move {
+            api::serve_tls(&tls, api, stop)
+                .await
+                .map_err(|e| format!("{e:#}"))
         });
     }
-    let api_task = {
+    {
         let socket = args.socket.clone().unwrap_or(file.api.socket.clone());
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = api::serve_unix(&socket, socket_mode, api, stop).await {
-                error!(error = format!("{e:#}"), "the agent API stopped");
-            }
-        })
-    };
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::hangup()),
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                error!("cannot install signal handlers");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = hup.recv() => { info!("SIGHUP"); handle.send(Command::Reload).await; }
-                    _ = term.recv() => { info!("SIGTERM: exiting; the pinned programs keep enforcing the last policy (sensord --uninstall removes them)"); break; }
-                    _ = int.recv() => { info!("SIGINT: exiting; the pinned programs keep enforcing the last policy (sensord --uninstall removes them)"); break; }
-                }
-            }
-            let _ = stop_tx.send(true);
+        tasks.spawn("API", async move {
+            api::serve_unix(&socket, socket_mode, api, stop)
+                .await
+                .map_err(|e| format!("{e:#}"))
         });
     }
+    let (mut hup, mut term, mut int) = (
+        signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?,
+        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("while installing the SIGINT handler")?,
+    );
+    let ignore_term = residency_daemon::fault::armed("ignore-sigterm");
     residency_daemon::notify::ready(&format!(
         "enforcing policy {} on {}",
         agent.policy_sha256(),
         agent.host_id()
     ));
     residency_daemon::notify::spawn_watchdog();
-    let result = agent
-        .run(events, (handle, commands), stopped(stop_rx))
-        .await;
+    let run = agent.run(events, (handle.clone(), commands), stopped(stop_rx));
+    tokio::pin!(run);
+    let mut failed: Option<String> = None;
+    let stop = |why: &str| {
+        info!(
+            "{why}: exiting; the pinned programs keep enforcing the last policy (sensord --uninstall removes them)"
+        );
+        let _ = stop_tx.send(true);
+    };
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = hup.recv() => { info!("SIGHUP"); handle.send(Command::Reload).await; }
+            _ = term.recv() => {
+                if ignore_term {
+                    warn!("SIGTERM ignored (fault injected: {}=ignore-sigterm)", residency_daemon::fault::VAR);
+                } else {
+                    stop("SIGTERM");
+                }
+            }
+            _ = int.recv() => stop("SIGINT"),
+            (task, outcome) = tasks.next_end(), if failed.is_none() && !*stop_tx.borrow() => {
+                let why = outcome.err().unwrap_or_else(|| "returned".into());
+                error!(task, error = %why, "a task of sensord ended unexpectedly: exiting so that the service manager starts sensord again; the pinned programs keep enforcing meanwhile");
+                failed = Some(format!("the {task} task ended unexpectedly: {why}"));
+                let _ = stop_tx.send(true);
+            }
+        }
+    };
     residency_daemon::notify::stopping("stopping; the pinned programs keep enforcing");
+    let cancelled = tasks.shut_down(SHUTDOWN_GRACE).await;
+    if !cancelled.is_empty() {
+        warn!(tasks = ?cancelled, grace_s = SHUTDOWN_GRACE.as_secs(), "still running after the grace period (an API client holding a stream open, say): cancelled");
+    }
     result?;
-    let _ = api_task.await;
+    if let Some(f) = failed {
+        bail!("{f}");
+    }
     Ok(())
 }
+
+/// How long the stop waits for the API and delivery tasks to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

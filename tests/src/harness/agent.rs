@@ -3,6 +3,7 @@
 //! own); stopped (SIGTERM, then SIGKILL) on drop, and its pinned state removed
 //! (which detaches its programs) even when the test failed.
 
+use super::deadline;
 use residency_proto::agent::v1 as pb;
 use std::{
     path::{Path, PathBuf},
@@ -75,6 +76,8 @@ pub struct RunningAgent {
     child: Child,
     /// The command line, to start it again after a crash.
     args: Vec<std::ffi::OsString>,
+    /// Environment of this sensord alone (never the test process's).
+    env: Vec<(String, String)>,
     pub dir: PathBuf,
     /// Its pinned kernel state (`--bpf-dir`).
     pub bpf_dir: PathBuf,
@@ -92,6 +95,29 @@ impl RunningAgent {
 
     /// As `start`, with extra sensord arguments.
     pub fn start_with(policy: &str, regions: &str, extra: &[&str]) -> RunningAgent {
+        Self::start_env(policy, regions, extra, &[])
+    }
+
+    /// As `start_with`, with environment variables for this sensord alone.
+    pub fn start_env(
+        policy: &str,
+        regions: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RunningAgent {
+        let mut agent = Self::launch(policy, regions, extra, env);
+        agent.wait_ready();
+        agent
+    }
+
+    /// As `start_env`, without waiting for the API (for a sensord expected
+    /// to fail).
+    pub fn launch(
+        policy: &str,
+        regions: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RunningAgent {
         super::privilege::require_root();
         let dir = std::env::temp_dir().join(format!(
             "rs-agent-{}-{}",
@@ -128,19 +154,35 @@ impl RunningAgent {
             "--state-dir".into(),
             dir.join("state").into_os_string(),
         ]);
+        // Never /etc/residency/sensord.toml: a host with the package
+        // installed must not change what a test agent does.
+        if !extra.contains(&"--config") {
+            let config = dir.join("sensord.toml");
+            std::fs::write(&config, "# test agent: every setting from flags\n").expect("config");
+            args.extend(["--config".into(), config.into_os_string()]);
+        }
         args.extend(extra.iter().map(std::ffi::OsString::from));
-        let child = spawn(&args, &log);
-        let agent = RunningAgent {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn(&args, &env, &log);
+        RunningAgent {
             child,
             args,
+            env,
             dir,
             bpf_dir,
             socket,
             policy: policy_path,
             log,
-        };
-        agent.wait_ready();
-        agent
+        }
+    }
+
+    /// Waits up to `limit` for sensord to exit on its own; its status, or
+    /// `None` when it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        deadline::wait_child(&mut self.child, limit)
     }
 
     /// Starts sensord again with the same settings (after `kill9` or
@@ -149,26 +191,48 @@ impl RunningAgent {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.args, &self.log);
+        self.child = spawn(&self.args, &self.env, &self.log);
         self.wait_ready();
     }
 
-    /// SIGTERM, as `systemctl stop`, and waits for the exit.
-    pub fn stop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+    /// SIGTERM, as `systemctl stop`, and waits for the exit; a sensord
+    /// still running after [`deadline::STOP`] is killed and the test fails.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        match deadline::terminate(&mut self.child, deadline::STOP) {
+            deadline::Stopped::Exited(status) => status,
+            deadline::Stopped::Gone => panic!("sensord was not running"),
+            deadline::Stopped::Killed => panic!(
+                "sensord did not exit within {:?} of SIGTERM (killed); its log ends:\n{}",
+                deadline::STOP,
+                self.log_tail()
+            ),
+        }
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    fn wait_ready(&mut self) {
+        let limit = Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
-            if self.socket.exists() && self.ctl(&["status"]).status.success() {
-                return;
+            if self.socket.exists() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let out = deadline::output_within(
+                    &mut self.ctl_cmd(&["status"]),
+                    left.max(Duration::from_secs(1)),
+                    || format!("sensord's log ends:\n{}", self.log_tail()),
+                );
+                if out.status.success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sensord exited ({status}) before its API answered; its log:\n{}",
+                    self.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "sensord did not come up in 30 s; its log:\n{}",
+                "sensord did not come up in {limit:?}; its log:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -183,20 +247,25 @@ impl RunningAgent {
     /// Runs sensord with `args` once (e.g. `--uninstall`) with this agent's
     /// lock and pinned state directory; returns what it did.
     pub fn sensord_once(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("sensord"))
-            .args(args)
-            .arg("--lock")
-            .arg(self.dir.join("sensord.lock"))
-            .arg("--bpf-dir")
-            .arg(&self.bpf_dir)
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("running sensord")
+        deadline::output_within(
+            Command::new(workspace_bin("sensord"))
+                .args(args)
+                .arg("--lock")
+                .arg(self.dir.join("sensord.lock"))
+                .arg("--bpf-dir")
+                .arg(&self.bpf_dir)
+                .env("RUST_BACKTRACE", "0"),
+            deadline::CLI,
+            String::new,
+        )
     }
 
-    /// Runs sensorctl against this agent.
+    /// Runs sensorctl against this agent (killed, and the test failed with
+    /// the agent's log tail, if it does not answer within [`deadline::CLI`]).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        self.ctl_cmd(args).output().expect("running sensorctl")
+        deadline::output_within(&mut self.ctl_cmd(args), deadline::CLI, || {
+            format!("sensord's log ends:\n{}", self.log_tail())
+        })
     }
 
     /// A sensorctl command against this agent (to change its uid, say).
@@ -271,6 +340,11 @@ impl RunningAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last lines of the agent's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        deadline::tail(&self.log_text(), 40)
+    }
+
     /// SIGKILL, as a crash (the temporary directory is kept until drop).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -303,17 +377,9 @@ impl RunningAgent {
 
 impl Drop for RunningAgent {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Bounded, and never a second panic while unwinding: what matters
+        // here is that the process and its pins are gone.
+        let _ = deadline::terminate(&mut self.child, Duration::from_secs(5));
         // The pinned links keep the programs attached after the process is
         // gone: removing them is what detaches this agent from the host.
         let _ = std::fs::remove_dir_all(&self.bpf_dir);
@@ -321,7 +387,7 @@ impl Drop for RunningAgent {
     }
 }
 
-fn spawn(args: &[std::ffi::OsString], log: &Path) -> Child {
+fn spawn(args: &[std::ffi::OsString], env: &[(String, String)], log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -329,6 +395,7 @@ fn spawn(args: &[std::ffi::OsString], log: &Path) -> Child {
         .expect("log file");
     Command::new(workspace_bin("sensord"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_BACKTRACE", "0")
         .stdout(Stdio::null())
         .stderr(log)

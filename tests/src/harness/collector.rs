@@ -64,23 +64,49 @@ pub type AddToken =
 pub type TokenClient = CollectorClient<InterceptedService<Channel, AddToken>>;
 
 /// A loopback port nothing listens on now (for a daemon to bind next),
-/// never one this process handed out before: tests running in parallel
-/// would otherwise start two daemons on one port (the kernel hands a port
-/// freed a moment ago out again).
+/// that no other test holds: ports come from below the kernel's ephemeral
+/// range (so no outgoing connection takes one meanwhile), and each is
+/// claimed with a lock file held until this test process exits (nextest
+/// runs every test in a process of its own; the kernel drops the lock when
+/// the process dies, however it dies).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|h| *h > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let dir = std::path::Path::new("/run/residency-tests/ports");
+    std::fs::create_dir_all(dir).expect("creating /run/residency-tests/ports");
+    // Processes start at different places, so they rarely contend.
+    let first = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let port = LOW + (first.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % span;
+        let path = dir.join(format!("{port}.lock"));
+        let Ok(file) = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        let port = port as u16;
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
             return port;
         }
     }
+    panic!("no free loopback port between {LOW} and {high}");
 }
 
 /// The hello that opens an agent's delivery stream for `host`.
@@ -437,13 +463,24 @@ where
         .await
         .expect("deliver")
         .into_inner();
-    let _welcome = incoming.message().await;
+    let _welcome = super::deadline::within(
+        std::time::Duration::from_secs(30),
+        "the collector's welcome",
+        incoming.message(),
+    )
+    .await;
     tx.send(pb::AgentMessage {
         message: Some(Out::Batch(pb::Batch { records })),
     })
     .await
     .expect("batch");
-    match incoming.message().await {
+    let ack = super::deadline::within(
+        std::time::Duration::from_secs(30),
+        "the collector's acknowledgement",
+        incoming.message(),
+    )
+    .await;
+    match ack {
         Ok(Some(pb::CollectorMessage {
             message: Some(In::Ack(a)),
         })) => a.seq,

@@ -4,6 +4,7 @@ pub mod browser;
 pub mod cgroup;
 pub mod collector;
 pub mod database;
+pub mod deadline;
 pub mod http;
 pub mod netns;
 pub mod postgres;

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
 };
 
 /// Path of the netprobe binary. Cargo builds it next to the test binaries'
@@ -62,9 +62,7 @@ pub fn parse(line: &str) -> ProbeResult {
 
 /// Runs the command to completion and parses its report.
 pub fn run(mut cmd: Command) -> ProbeResult {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = super::deadline::output_within(&mut cmd, super::deadline::CLI, String::new);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -113,24 +111,46 @@ pub fn run_all_ok(
 /// until [`Waiting::go`], so the test can tag it first.
 pub struct Waiting {
     pub child: Child,
+    what: String,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Lines the process prints, read on a thread of their own so that every
+    /// read has a deadline.
+    lines: std::sync::mpsc::Receiver<String>,
 }
+
+/// How long a waiting process may take to print its next line.
+const LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Waiting {
     /// Starts `cmd` with piped stdin/stdout.
     pub fn start(mut cmd: Command) -> Waiting {
+        let what = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                let mut line = String::new();
+                match stdout.read_line(&mut line) {
+                    Ok(n) if n > 0 => {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
         Waiting {
             child,
+            what,
             stdin,
-            stdout,
+            lines,
         }
     }
 
@@ -139,19 +159,33 @@ impl Waiting {
         self.child.id()
     }
 
+    /// The next line, or a panic naming the process when none comes within
+    /// [`LINE_DEADLINE`] (`None`: it closed its output).
+    fn next_line(&mut self) -> Option<String> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.lines.recv_timeout(LINE_DEADLINE) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                panic!(
+                    "timed out after {LINE_DEADLINE:?} waiting for a line from {} (killed)",
+                    self.what
+                )
+            }
+        }
+    }
+
     /// Lets it go and returns its report.
     pub fn go(mut self) -> ProbeResult {
         if let Some(mut stdin) = self.stdin.take() {
             // A process that does not wait for stdin may have closed it already.
             let _ = stdin.write_all(b"go\n");
         }
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self.stdout.read_line(&mut line).expect("reading the probe");
-            assert!(n > 0, "probe exited without a report");
+            let line = self.next_line().expect("probe exited without a report");
             if line.contains("\"errno\"") {
-                let _ = self.child.wait();
+                let _ = super::deadline::wait_child(&mut self.child, LINE_DEADLINE);
                 return parse(line.trim());
             }
         }
@@ -166,11 +200,10 @@ impl Waiting {
             .expect("writing to the probe");
     }
 
-    /// Reads the next line the process prints (e.g. `{"listening":PORT}`).
+    /// Reads the next line the process prints (e.g. `{"listening":PORT}`);
+    /// empty when it closed its output.
     pub fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reading the probe");
-        line
+        self.next_line().unwrap_or_default()
     }
 }
 

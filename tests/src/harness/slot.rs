@@ -39,3 +39,36 @@ impl Slot {
         panic!("all {SLOT_COUNT} test slots are in use: too many tests in parallel");
     }
 }
+
+/// An exclusive, host-wide lock, held until drop: tests that change a
+/// setting of the whole host (MPTCP limits, a host route) take it, in
+/// whichever process they run (nextest runs each test in its own).
+#[derive(Debug)]
+pub struct HostLock {
+    _lock: File,
+}
+
+impl HostLock {
+    /// Waits (up to two minutes, then panics naming the lock) for `name`.
+    pub fn take(name: &str) -> HostLock {
+        std::fs::create_dir_all(LOCK_DIR).expect("creating /run/residency-tests");
+        let path = PathBuf::from(LOCK_DIR).join(format!("host-{name}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let limit = std::time::Duration::from_secs(120);
+        let deadline = std::time::Instant::now() + limit;
+        while file.try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for the host-wide lock {}",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        HostLock { _lock: file }
+    }
+}
