@@ -84,7 +84,7 @@ pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<(
     )?;
     let before = leaks::snapshot();
     let nextest = NextestRun::start(extra)?;
-    let outcome = nextest.wait(watchdog);
+    let (outcome, skipped) = nextest.wait(watchdog);
     if let Outcome::Expired(running) = &outcome {
         eprintln!();
         eprintln!(
@@ -138,7 +138,7 @@ pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<(
         "summary: {} passed, {} failed, {} skipped",
         report.passed(),
         report.failed().len(),
-        report.skipped
+        report.skipped.max(skipped)
     );
     for t in report.failed() {
         println!(
@@ -171,6 +171,15 @@ pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<(
     Ok(())
 }
 
+/// The skipped count of nextest's summary line (`Summary [ 467.4s] 285
+/// tests run: 285 passed, 2 skipped`).
+fn summary_skipped(line: &str) -> Option<u64> {
+    let rest = line.trim_start().strip_prefix("Summary [")?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "skipped")?;
+    words.get(i.checked_sub(1)?)?.parse().ok()
+}
+
 /// Where the `ci` profile's JUnit report goes (see .config/nextest.toml).
 const JUNIT: &str = "target/nextest/ci/junit.xml";
 
@@ -184,6 +193,10 @@ enum Outcome {
 /// `cargo nextest run` with the `ci` profile, watched.
 struct NextestRun {
     child: std::process::Child,
+    /// What nextest's own summary line says was skipped (ignored tests are
+    /// not in the JUnit report).
+    skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    echo: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NextestRun {
@@ -206,14 +219,46 @@ impl NextestRun {
         .args(extra)
         .current_dir(workspace_root());
         eprintln!("==> tests: {cmd:?}");
-        let child = cmd.spawn().context("while starting cargo nextest")?;
-        Ok(NextestRun { child })
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("while starting cargo nextest")?;
+        // nextest reports on stderr: passed on as it comes, its summary read.
+        let stderr = child.stderr.take().expect("piped");
+        let skipped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = skipped.clone();
+        let echo = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if let Some(n) = summary_skipped(&line) {
+                    seen.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(NextestRun {
+            child,
+            skipped,
+            echo: Some(echo),
+        })
     }
 
     /// Waits for the run; past `limit`, names the tests still running,
     /// prints the process tree, stops nextest (it ends its tests) and then
     /// kills whatever is left below it.
-    fn wait(mut self, limit: Duration) -> Outcome {
+    fn wait(mut self, limit: Duration) -> (Outcome, u64) {
+        let outcome = self.wait_inner(limit);
+        if let Some(echo) = self.echo.take() {
+            let _ = echo.join();
+        }
+        (
+            outcome,
+            self.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn wait_inner(&mut self, limit: Duration) -> Outcome {
         let deadline = Instant::now() + limit;
         loop {
             match self.child.try_wait() {
@@ -253,5 +298,23 @@ impl NextestRun {
         let _ = self.child.kill();
         let _ = self.child.wait();
         Outcome::Expired(running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_skipped_count_of_nextests_summary() {
+        assert_eq!(
+            super::summary_skipped("     Summary [ 467.441s] 285 tests run: 285 passed, 2 skipped"),
+            Some(2)
+        );
+        assert_eq!(
+            super::summary_skipped(
+                "     Summary [ 180.023s] 1 test run: 0 passed, 1 timed out, 286 skipped"
+            ),
+            Some(286)
+        );
+        assert_eq!(super::summary_skipped("        PASS [ 1.0s] skipped"), None);
     }
 }

@@ -35,6 +35,11 @@ impl From<SensorError> for CommandError {
     }
 }
 
+/// How long an API request waits for the agent's answer: no caller waits
+/// for ever on an agent that is stuck (a policy compile of the world
+/// dataset takes seconds, not minutes).
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
 /// Requests to the agent task. `actor` names the caller for audit records.
@@ -138,8 +143,15 @@ impl AgentHandle {
             .send(make(tx))
             .await
             .map_err(|_| CommandError::Internal("the agent is shutting down".into()))?;
-        rx.await
-            .map_err(|_| CommandError::Internal("the agent dropped the request".into()))?
+        match tokio::time::timeout(CALL_DEADLINE, rx).await {
+            Ok(reply) => {
+                reply.map_err(|_| CommandError::Internal("the agent dropped the request".into()))?
+            }
+            Err(_) => Err(CommandError::Deadline(format!(
+                "the agent did not answer within {} s (overloaded or stuck: see sensord's log); the request may still take effect",
+                CALL_DEADLINE.as_secs()
+            ))),
+        }
     }
 
     /// Sends a command without a reply.
