@@ -29,6 +29,7 @@ pub mod community_id;
 pub mod identity;
 pub mod legacy;
 pub mod listen;
+pub mod names;
 pub mod records;
 pub mod time;
 pub mod unix;

@@ -18,6 +18,9 @@ impl From<KernelKind> for FlowKind {
             KernelKind::Packet => FlowKind::Packet,
             KernelKind::Socket => FlowKind::Socket,
             KernelKind::Exec => FlowKind::Exec,
+            // Consumed by the agent (it completes a connect record), never
+            // a record of its own.
+            KernelKind::Endpoint => FlowKind::Unspecified,
         }
     }
 }
@@ -131,6 +134,19 @@ pub fn outcome(a: Action) -> String {
     match a {
         Action::None => "allowed".into(),
         other => other.label(),
+    }
+}
+
+impl crate::agent::v1::Flow {
+    /// The name the process resolved for the remote address and the CNAME
+    /// chain to it, for tables: `cdn.example (> edge.example.net)`; `-`
+    /// when it resolved none.
+    pub fn name_label(&self) -> String {
+        match (self.remote_name.as_str(), self.remote_cnames.as_slice()) {
+            ("", _) => "-".to_owned(),
+            (name, []) => name.to_owned(),
+            (name, chain) => format!("{name} (> {})", chain.join(" > ")),
+        }
     }
 }
 

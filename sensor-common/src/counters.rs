@@ -27,8 +27,16 @@ pub const MARK_FAILED: u32 = 6;
 /// A judgement could not be counted per class: the `CLASS_TALLY` map was full
 /// (its counts for the window are then short; the attestation says so).
 pub const TALLY_MAP_FULL: u32 = 7;
+/// A DNS answer to a tagged process could not be passed up (the `DNS` ring
+/// buffer was full): the names of the flows it answered are missing from
+/// their records.
+pub const DNS_LOST: u32 = 8;
+/// The path a tagged process exec'd could not be passed up (the
+/// `EXEC_PATHS` ring buffer was full): its records name its executable only
+/// if it still runs when they are read.
+pub const EXEC_PATH_LOST: u32 = 9;
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 10;
 
 /// Human names, indexed like the counters (for logs and metrics).
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
@@ -40,6 +48,8 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "denied",
     "mark_failed",
     "tally_map_full",
+    "dns_lost",
+    "exec_path_lost",
 ];
 
 /// Distinct keys the `CLASS_TALLY` map holds: combinations of classes,

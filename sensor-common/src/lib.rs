@@ -10,6 +10,9 @@
 //! - [`mark`]: classes carried by sockets (socket-local storage).
 //! - [`tag`]: which processes carry which data classes, and why.
 //! - [`counters`]: loss and map-full counters.
+//! - [`dns`]: DNS answers to tagged processes.
+//! - [`exec`]: the paths tagged processes exec'd.
+//! - [`names`]: addresses learned from answers for names the policy rules on.
 //! - [`net`]: address families, protocols, and the 16-byte address form.
 #![no_std]
 
@@ -17,11 +20,27 @@
 extern crate std;
 
 pub mod counters;
+pub mod dns;
+pub mod exec;
 pub mod flow;
 pub mod mark;
+pub mod names;
 pub mod net;
 pub mod policy;
 pub mod tag;
+
+/// Reads a plain-data record of type `T` from ring-buffer bytes (`None`
+/// when they are too short). `T` must be `repr(C)` plain data for which
+/// every bit pattern is valid (the boundary types here).
+pub fn read_record<T: Copy>(b: &[u8]) -> Option<T> {
+    if b.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; callers pass plain-data types whose every bit
+    // pattern is valid; read_unaligned because the ring buffer gives no
+    // alignment promise.
+    Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
 
 /// Implements `aya::Pod` for plain-data boundary types (user side only).
 #[cfg(feature = "user")]

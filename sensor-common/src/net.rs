@@ -69,6 +69,11 @@ mod user {
         }
     }
 
+    /// The address of a map-form key (v4-mapped becomes IPv4).
+    pub fn from_map_form(key: [u8; 16]) -> IpAddr {
+        IpAddr::V6(core::net::Ipv6Addr::from(key)).to_canonical()
+    }
+
     /// Map-form prefix length for a prefix of `len` bits of `ip`'s family.
     pub fn map_prefix_len(ip: IpAddr, len: u8) -> u32 {
         match ip {
@@ -78,4 +83,4 @@ mod user {
     }
 }
 #[cfg(feature = "user")]
-pub use user::{map_prefix_len, to_map_form};
+pub use user::{from_map_form, map_prefix_len, to_map_form};

@@ -22,6 +22,8 @@ pub mod capacity {
     pub const SELECTORS: u32 = 4096;
     /// `TASKS`: tagged processes (and threads of tagged processes).
     pub const TASKS: u32 = 65_536;
+    /// `NAMES`: addresses processes learned for names the policy rules on.
+    pub const NAMES: u32 = 65_536;
 }
 
 /// Verdict for a destination, per class.
@@ -98,7 +100,10 @@ pub struct Config {
     /// 1 when the TAINT trie has entries: untagged calls skip its lookup
     /// otherwise.
     pub has_taint: u8,
-    pub _pad: [u8; 2],
+    /// 1 when a class has `allowed_names` or `denied_names`: judgements of
+    /// tagged processes look into `NAMES` (see [`crate::names`]) then.
+    pub has_names: u8,
+    pub _pad: u8,
     /// Bumped by user space with every change that can alter a verdict (the
     /// verdict table, modes, the unknown setting, failsafe destinations). A
     /// verdict cached in `AGG` is reused only while the epoch is unchanged.
@@ -118,6 +123,9 @@ pub struct Config {
     /// Offset of `group_dead` in sched_process_exit (0: absent; the process entry
     /// is then removed when the thread-group leader exits).
     pub tp_exit_group_dead: u32,
+    /// Offset of the `filename` data_loc in sched_process_exec (0: the path
+    /// a tagged process exec'd is not passed up; see `exec`).
+    pub tp_exec_filename: u32,
     /// Offsets of `sk` and `ret` in the sock:sock_send_length tracepoint record
     /// (0: per-flow byte counting is off).
     pub tp_send_sk: u32,
@@ -188,7 +196,8 @@ impl Config {
         agg_interval_ns: 0,
         unknown_is_violation: 1,
         has_taint: 0,
-        _pad: [0; 2],
+        has_names: 0,
+        _pad: 0,
         epoch: 0,
         off_task_mm: 0,
         off_mm_exe_file: 0,
@@ -198,6 +207,7 @@ impl Config {
         off_sb_dev: 0,
         tp_fork_child_pid: 0,
         tp_exit_group_dead: 0,
+        tp_exec_filename: 0,
         tp_send_sk: 0,
         tp_send_ret: 0,
         off_skc_cookie: 0,
@@ -260,7 +270,7 @@ impl Liveness {
 /// meaning). Bump it with any change to a type in this crate that a pinned map
 /// holds, or to what a map's entries mean: a starting agent then re-creates
 /// the maps it cannot adopt instead of feeding new programs old bytes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 5;
 
 #[cfg(feature = "user")]
 crate::pod!(VerdictKey, TaintSource, Config, Liveness);
@@ -273,7 +283,7 @@ mod tests {
     fn layouts_are_fixed() {
         assert_eq!(core::mem::size_of::<VerdictKey>(), 20);
         assert_eq!(core::mem::size_of::<TaintSource>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 184);
+        assert_eq!(core::mem::size_of::<Config>(), 192);
         assert_eq!(core::mem::size_of::<Liveness>(), 32);
 
         assert_eq!(core::mem::offset_of!(Config, off_task_mm), 24);

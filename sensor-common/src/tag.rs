@@ -5,6 +5,10 @@
 //! sources) and removes the entry at exit; user space fills it for processes
 //! already running at start and for explicit API requests.
 
+/// The deepest cgroup nesting (levels, the root included) a cgroup selector
+/// is looked for through, by the kernel's check and user space's walk alike.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
 /// Value of the `TASKS` map (key: tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -47,10 +47,13 @@ impl Decision {
 }
 
 /// Whether the verdict cached in `state` still holds for a process carrying
-/// `classes`: reached under the policy epoch in force, for the same classes.
+/// `classes`: reached under the policy epoch in force, for the same classes,
+/// with a live name entry for the destination or without one as now (the
+/// agent bumps the epoch when it adds or changes an entry; an entry's expiry
+/// is seen here).
 #[inline(always)]
-pub fn holds(state: &AggState, epoch: u32, classes: u64) -> bool {
-    state.epoch == epoch && state.classes == classes
+pub fn holds(state: &AggState, epoch: u32, classes: u64, named: u64) -> bool {
+    state.epoch == epoch && state.classes == classes && u64::from(state.named) == named
 }
 
 /// Counts one more occurrence under a verdict that holds. Returns the count the
@@ -78,6 +81,7 @@ pub fn remember(
     d: &Decision,
     epoch: u32,
     classes: u64,
+    named: u64,
     now: u64,
 ) {
     match stale {
@@ -93,6 +97,7 @@ pub fn remember(
             state.generation = d.generation;
             state.verdict = d.verdict;
             state.action = d.action;
+            state.named = named as u8;
         }
         None => {
             let fresh = AggState {
@@ -104,7 +109,8 @@ pub fn remember(
                 generation: d.generation,
                 verdict: d.verdict,
                 action: d.action,
-                _pad: [0; 2],
+                named: named as u8,
+                _pad: 0,
             };
             if AGG.insert(key, fresh, 0).is_err() {
                 count(AGG_MAP_FULL);

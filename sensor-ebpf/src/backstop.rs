@@ -42,7 +42,7 @@ use crate::{
     emit::{Destination, mark_record, slot, submit},
     flows,
     maps::{AGG, LOCAL_FLOWS, MPTCP_MARKED, SOCK_ADDR, TASKS, config},
-    marks,
+    marks, names,
     tally::tally,
 };
 
@@ -332,6 +332,10 @@ fn judge_packet(ctx: &SkBuffContext, m: &mut SockMark) -> i32 {
     if route {
         loss.forced = m.classes;
     }
+    // The name the marking process resolved the destination from counts
+    // while its entry exists, past its TTL: the connection was opened
+    // under it (see `sensor_common::names`).
+    names::lookup(m.tgid, &dst.key, None, slot::PACKET);
     let d = decide(cfg, m.classes, &dst, loss, slot::PACKET).unwrap_or(Decision::NOTHING);
     if loss.any() {
         m.judged_classes = 0;
@@ -444,13 +448,13 @@ fn report(
     };
     let n = match AGG.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup, valid for this run.
-        Some(state) if interval != 0 && agg::holds(unsafe { &*state }, epoch, m.classes) => {
+        Some(state) if interval != 0 && agg::holds(unsafe { &*state }, epoch, m.classes, 0) => {
             // SAFETY: as above.
             agg::fold(unsafe { &mut *state }, now, interval)
         }
         stale => {
             if interval != 0 {
-                agg::remember(&key, stale, d, epoch, m.classes, now);
+                agg::remember(&key, stale, d, epoch, m.classes, 0, now);
             }
             1
         }

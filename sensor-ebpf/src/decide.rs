@@ -21,7 +21,7 @@ use aya_ebpf::{
 use sensor_common::{
     flow::{AggKey, FlowEvent, FlowKind},
     net::{AF_INET, IPPROTO_MPTCP, IPPROTO_TCP},
-    policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, VerdictKey, action, mode, verdict},
+    policy::{Config, MAX_CLASSES, VERDICT_CLASS_BITS, action, mode, verdict},
     tag::reason,
 };
 
@@ -33,7 +33,7 @@ use crate::{
         AGG, FAILSAFE, Judgement, LIVENESS, MODES, MPTCP_MARKED, SCRATCH, TAINT, TASKS, VERDICTS_A,
         VERDICTS_B, config,
     },
-    marks,
+    marks, names,
     process::set_classes,
     tally::tally,
 };
@@ -128,7 +128,11 @@ pub fn agent_loss(classes: u64, now: u64) -> Loss {
     }
 }
 
-/// Judges `dst` for a process carrying `classes` against the verdict tries.
+/// Judges `dst` for a process carrying `classes` against the verdict tries,
+/// and by the name the process resolved `dst` from for the classes the name
+/// entry left in scratch slot `slot` by `names::lookup` (or cleared by
+/// `names::none`) rules on: a denying name wins over the address, then an
+/// allowing one.
 /// `None`: nothing to judge or record (a failsafe destination, or every class
 /// the process carries is off). `slot`: the scratch slot of the calling
 /// context (`emit::slot`).
@@ -140,21 +144,86 @@ pub fn decide(
     loss: Loss,
     slot: u32,
 ) -> Option<Decision> {
-    if loss.forced == 0 && FAILSAFE.get(Key::new(128, dst.key)).is_some() {
-        return None;
-    }
-    // The per-class results live in a per-CPU scratch map, read and written with
-    // volatile accesses: the verifier does not track map memory, so the states
-    // of different paths through one iteration are equal at the next and get
-    // pruned. Kept in registers, each iteration doubled the states and a 64-class
-    // loop hit the 1M-instruction limit (E2BIG, seen on 6.18).
     let scratch = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a valid per-CPU map value for this program run.
-    unsafe { write_volatile(scratch, Judgement::ZERO) };
-    let mut key = VerdictKey {
-        class_be: [0; 4],
-        addr: dst.key,
+    // A plain store: word by word (a volatile array store goes byte by byte).
+    unsafe { (*scratch).dst = dst.key };
+    if residency_decide(classes, loss.forced, loss.deny, loss.allow, slot) == 0 {
+        return None;
+    }
+    // SAFETY: as above; field by field (a struct copy goes through the stack).
+    let (judged, violating, worst, enforce) = unsafe {
+        (
+            read_volatile(&raw const (*scratch).judged),
+            read_volatile(&raw const (*scratch).violating),
+            read_volatile(&raw const (*scratch).worst),
+            read_volatile(&raw const (*scratch).enforce),
+        )
     };
+    let (reported, action) = if violating == 0 {
+        (judged, action::NONE)
+    } else if enforce != 0 {
+        (violating, action::DENIED)
+    } else {
+        (violating, action::REPORTED)
+    };
+    Some(Decision {
+        reported,
+        verdict: worst as u8,
+        action,
+        generation: cfg.generation,
+    })
+}
+
+/// [`decide`]'s class loop as a global BPF function: the verifier checks it
+/// once, on its own, instead of once per state of every path that reaches a
+/// judgement (inlined, the loop made up most of the connect, accept and
+/// egress programs' instruction budget, and any addition before it pushed
+/// them past the 1M limit). Scalar arguments; the destination and the name
+/// masks come in scratch slot `slot`, the per-class results go out in it.
+/// Returns 1 when something was judged, 0 for a failsafe destination or when
+/// every class the process carries is off.
+///
+/// The per-class results are read and written with volatile accesses to map
+/// memory: the verifier does not track map memory, so the states of different
+/// paths through one iteration are equal at the next and get pruned. Kept in
+/// registers, each iteration doubled the states and a 64-class loop hit the
+/// 1M-instruction limit (E2BIG, seen on 6.18).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn residency_decide(
+    classes: u64,
+    forced: u64,
+    deny: u64,
+    allow: u64,
+    slot: u32,
+) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // SAFETY: a valid per-CPU map value for this program run (all accesses
+    // to it below).
+    unsafe {
+        write_volatile(&raw mut (*scratch).dst_prefix, 128);
+        if forced == 0 && FAILSAFE.get(Judgement::failsafe_key(scratch)).is_some() {
+            return 0;
+        }
+        write_volatile(&raw mut (*scratch).verdict_prefix, VERDICT_CLASS_BITS + 128);
+        (*scratch).verdict_addr = (*scratch).dst;
+        // Classes failing closed or forced are denied whatever the address,
+        // as are those a name denies.
+        write_volatile(&raw mut (*scratch).judged, 0);
+        write_volatile(&raw mut (*scratch).violating, 0);
+        write_volatile(&raw mut (*scratch).worst, 0);
+        write_volatile(&raw mut (*scratch).enforce, 0);
+        let name_deny = read_volatile(&raw const (*scratch).name_deny);
+        write_volatile(&raw mut (*scratch).name_deny, name_deny | forced | deny);
+    }
+    let unknown_is_violation = cfg.unknown_is_violation != 0;
+    let active_b = cfg.active_verdicts != 0;
     for class in 0..MAX_CLASSES {
         if classes >> class == 0 {
             break;
@@ -167,61 +236,55 @@ pub fn decide(
         if m == mode::OFF {
             continue;
         }
-        let fail_closed = loss.deny & bit != 0;
-        if fail_closed {
+        if deny & bit != 0 {
             m = mode::ENFORCE;
-        } else if loss.allow & bit != 0 && m == mode::ENFORCE {
+        } else if allow & bit != 0 && m == mode::ENFORCE {
             m = mode::MONITOR;
         }
-        let v = if fail_closed || loss.forced & bit != 0 {
+        // SAFETY: as above.
+        let v = if unsafe { read_volatile(&raw const (*scratch).name_deny) } & bit != 0 {
             verdict::DENY
         } else {
-            key.class_be = class.to_be_bytes();
-            let lpm = Key::new(VERDICT_CLASS_BITS + 128, key);
-            let found = if cfg.active_verdicts == 0 {
-                VERDICTS_A.get(&lpm)
-            } else {
-                VERDICTS_B.get(&lpm)
+            // SAFETY: as above.
+            let found = unsafe {
+                write_volatile(&raw mut (*scratch).verdict_class, class.to_be_bytes());
+                let key = Judgement::verdict_key(scratch);
+                if active_b {
+                    VERDICTS_B.get(key)
+                } else {
+                    VERDICTS_A.get(key)
+                }
             };
-            found.copied().unwrap_or(verdict::UNKNOWN)
+            let found = found.copied().unwrap_or(verdict::UNKNOWN);
+            // Allowed by name: selected without a branch.
+            // SAFETY: as above.
+            let by_name =
+                (unsafe { read_volatile(&raw const (*scratch).name_allow) } >> class) as u8 & 1;
+            let select = 0u8.wrapping_sub(by_name);
+            (found & !select) | (verdict::ALLOW & select)
         };
-        let bad = v == verdict::DENY || (v == verdict::UNKNOWN && cfg.unknown_is_violation != 0);
+        let bad = v == verdict::DENY || (v == verdict::UNKNOWN && unknown_is_violation);
         // SAFETY: as above.
         unsafe {
-            let mut j = read_volatile(scratch);
-            j.judged |= bit;
+            let judged = read_volatile(&raw const (*scratch).judged);
+            write_volatile(&raw mut (*scratch).judged, judged | bit);
+            let worst = read_volatile(&raw const (*scratch).worst);
             if bad {
-                j.violating |= bit;
-                if j.worst != u64::from(verdict::DENY) {
-                    j.worst = u64::from(v);
+                let violating = read_volatile(&raw const (*scratch).violating);
+                write_volatile(&raw mut (*scratch).violating, violating | bit);
+                if worst != u64::from(verdict::DENY) {
+                    write_volatile(&raw mut (*scratch).worst, u64::from(v));
                 }
                 if m == mode::ENFORCE {
-                    j.enforce = 1;
+                    write_volatile(&raw mut (*scratch).enforce, 1);
                 }
-            } else if j.worst == u64::from(verdict::NONE) {
-                j.worst = u64::from(v);
+            } else if worst == u64::from(verdict::NONE) {
+                write_volatile(&raw mut (*scratch).worst, u64::from(v));
             }
-            write_volatile(scratch, j);
         }
     }
     // SAFETY: as above.
-    let j = unsafe { read_volatile(scratch) };
-    if j.judged == 0 {
-        return None;
-    }
-    let (reported, action) = if j.violating == 0 {
-        (j.judged, action::NONE)
-    } else if j.enforce != 0 {
-        (j.violating, action::DENIED)
-    } else {
-        (j.violating, action::REPORTED)
-    };
-    Some(Decision {
-        reported,
-        verdict: j.worst as u8,
-        action,
-        generation: cfg.generation,
-    })
+    u32::from(unsafe { read_volatile(&raw const (*scratch).judged) } != 0)
 }
 
 /// A flow record of the current call to `dst` under decision `d`, in the
@@ -299,6 +362,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     // epoch and is judged again at the next call.
     // SAFETY: a field of the live CONFIG value.
     let epoch = unsafe { core::ptr::addr_of!(cfg.epoch).read_volatile() };
+    let named = names::lookup(tgid, &dst.key, Some(now), slot::PROCESS);
     let key = AggKey {
         tgid,
         port: dst.port,
@@ -313,7 +377,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
     };
     let (d, n) = match cached {
         // SAFETY: pointer from a successful lookup, valid for this run.
-        Some(state) if agg::holds(unsafe { &*state }, epoch, classes) => {
+        Some(state) if agg::holds(unsafe { &*state }, epoch, classes, named) => {
             // SAFETY: as above.
             let state = unsafe { &mut *state };
             (Decision::cached(state), agg::fold(state, now, interval))
@@ -328,7 +392,7 @@ pub fn judge(ctx: &SockAddrContext, kind: FlowKind, dst: &Destination) -> i32 {
                 return ALLOW;
             };
             if interval != 0 {
-                agg::remember(&key, stale, &d, epoch, classes, now);
+                agg::remember(&key, stale, &d, epoch, classes, named, now);
             }
             (d, 1)
         }

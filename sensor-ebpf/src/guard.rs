@@ -32,7 +32,7 @@ use crate::{
     decide::{agent_loss, decide},
     emit::{Destination, slot, submit, task_record_at},
     maps::{TASKS, config},
-    marks,
+    marks, names,
     tally::tally,
 };
 
@@ -52,6 +52,7 @@ fn refusal(cfg: &Config, classes: u64) -> Option<Decision> {
     loss.forced = classes;
     // No destination is looked up when every verdict is forced.
     let nowhere = Destination::v4([0; 4], 0, 0);
+    names::none(slot::PROCESS);
     decide(cfg, classes, &nowhere, loss, slot::PROCESS)
 }
 

@@ -8,6 +8,7 @@
 //! - `marks.rs`: classes carried by sockets (socket-local storage).
 //! - `backstop.rs`: cgroup_skb egress, judging packets of marked sockets by
 //!   their real destination.
+//! - `dns.rs`: cgroup_skb ingress, DNS answers to tagged processes.
 //! - `guard.rs`: raw, ICMP and packet sockets, source-route options.
 //! - `decide.rs`: the verdict for a destination, shared by the socket hooks.
 //! - `agg.rs`: aggregation of repeated flows and their cached verdicts.
@@ -24,11 +25,13 @@ mod agg;
 mod backstop;
 mod connect;
 mod decide;
+mod dns;
 mod emit;
 mod flows;
 mod guard;
 mod maps;
 mod marks;
+mod names;
 mod process;
 mod sendmsg;
 mod sockets;

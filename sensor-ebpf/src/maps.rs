@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use sensor_common::{
     counters::COUNTER_COUNT,
     flow::{AggKey, AggState, FLOW_SLOT_COUNT, FlowEvent},
     mark::{LocalFlow, LocalFlowKey},
+    names::{NameKey, NameRule},
     policy::{Config, Liveness, MAX_CLASSES, TaintSource, VerdictKey, capacity},
     tag::{ExeKey, TaskTag},
 };
@@ -16,6 +17,17 @@ use sensor_common::{
 /// while the agent's drain task is descheduled.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// DNS answers to tagged processes (`dns.rs`): 1 MiB holds about 1,900
+/// answers, what arrives between two drains (100 ms) at 19,000 answers/s.
+#[map]
+pub static DNS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Paths tagged processes exec'd (`process.rs`): 256 KiB holds about 250
+/// execs, what arrives between two drains (100 ms) at 2,500 execs/s of
+/// tagged processes.
+#[map]
+pub static EXEC_PATHS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Loss and map-full counters, indexed by `sensor_common::counters`.
 #[map]
@@ -61,6 +73,11 @@ pub static FAILSAFE: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(capacity:
 /// Taint sources: connecting there tags the process.
 #[map]
 pub static TAINT: LpmTrie<[u8; 16], TaintSource> = LpmTrie::with_max_entries(capacity::TAINT, 0);
+
+/// Addresses processes learned from answers for names the policy rules on
+/// (filled by the agent, read by `names.rs`).
+#[map]
+pub static NAMES: HashMap<NameKey, NameRule> = HashMap::with_max_entries(capacity::NAMES, 0);
 
 /// Flows of tagged processes being tracked for their close record: the record
 /// to send at close (`detail` accumulates bytes sent), in the slot its socket
@@ -109,7 +126,9 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
-/// Per-class results of one judgement (see `decide.rs` for why in a map).
+/// One judgement's inputs and per-class results (see `decide.rs` for why in
+/// a map): what the global functions of `decide.rs` and `names.rs` take
+/// beside their scalar arguments and leave for their callers.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Judgement {
@@ -117,16 +136,56 @@ pub struct Judgement {
     pub violating: u64,
     pub worst: u64,
     pub enforce: u64,
+    /// The name entry's masks, written by `names::lookup` (or cleared by
+    /// `names::none`) before the judgement.
+    pub name_allow: u64,
+    pub name_deny: u64,
+    /// The keys of the lookups, in map memory rather than on the stack (the
+    /// connect and egress programs leave little of the 512 bytes to the
+    /// global functions they call). The `FAILSAFE` key, laid out as
+    /// `Key<[u8; 16]>`: the destination judged (map form, see
+    /// `sensor_common::net`) at full length. The callers write `dst`.
+    pub dst_prefix: u32,
+    pub dst: [u8; 16],
+    /// The `VERDICTS_*` key, laid out as `Key<VerdictKey>`.
+    pub verdict_prefix: u32,
+    pub verdict_class: [u8; 4],
+    pub verdict_addr: [u8; 16],
+    /// The `NAMES` key.
+    pub name: NameKey,
 }
 
 impl Judgement {
-    pub const ZERO: Self = Self {
-        judged: 0,
-        violating: 0,
-        worst: 0,
-        enforce: 0,
-    };
+    /// The `FAILSAFE` key in the judgement at `j`.
+    ///
+    /// # Safety
+    /// `j` points to a live `SCRATCH` value.
+    #[inline(always)]
+    pub unsafe fn failsafe_key<'a>(j: *mut Self) -> &'a Key<[u8; 16]> {
+        // SAFETY: `Key` is packed (alignment 1) and laid out as the fields
+        // from `dst_prefix` on (checked below).
+        unsafe { &*(&raw const (*j).dst_prefix).cast() }
+    }
+
+    /// The `VERDICTS_*` key in the judgement at `j`.
+    ///
+    /// # Safety
+    /// As for [`Judgement::failsafe_key`].
+    #[inline(always)]
+    pub unsafe fn verdict_key<'a>(j: *mut Self) -> &'a Key<VerdictKey> {
+        // SAFETY: as above, from `verdict_prefix` on.
+        unsafe { &*(&raw const (*j).verdict_prefix).cast() }
+    }
 }
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(offset_of!(Judgement, dst) == offset_of!(Judgement, dst_prefix) + 4);
+    assert!(size_of::<Key<[u8; 16]>>() == 20);
+    assert!(offset_of!(Judgement, verdict_class) == offset_of!(Judgement, verdict_prefix) + 4);
+    assert!(offset_of!(Judgement, verdict_addr) == offset_of!(Judgement, verdict_prefix) + 8);
+    assert!(size_of::<Key<VerdictKey>>() == 24);
+};
 
 /// Scratch space for `decide::decide` (one per `emit::slot` per CPU).
 #[map]

@@ -8,27 +8,29 @@
 //! (tags survive both).
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel_str,
+        },
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
-    counters::TAG_MAP_FULL,
+    counters::{EXEC_PATH_LOST, TAG_MAP_FULL},
+    exec::{EXEC_PATH_MAX, ExecPath},
     flow::FlowKind,
     policy::Config,
-    tag::{ExeKey, TaskTag, reason},
+    tag::{ExeKey, MAX_CGROUP_DEPTH, TaskTag, reason},
 };
 
 use crate::{
     emit::{slot, submit, task_record},
-    maps::{CGROUP_SELECTORS, EXE_SELECTORS, TASKS, UID_SELECTORS, config, count},
+    maps::{CGROUP_SELECTORS, EXE_SELECTORS, EXEC_PATHS, TASKS, UID_SELECTORS, config, count},
 };
-
-/// Deepest cgroup nesting we look through for a cgroup selector.
-const MAX_CGROUP_DEPTH: i32 = 16;
 
 /// Sets process `tgid`'s classes to `classes` (its old ones included).
 /// A full map is counted and the process stays as it was: returns false.
@@ -81,8 +83,46 @@ fn current_exe(cfg: &Config) -> Option<ExeKey> {
     }
 }
 
+/// Passes the path process `tgid` exec'd up (`EXEC_PATHS`), from the
+/// tracepoint's `filename` (a `__data_loc`: its offset in the record in the
+/// low 16 bits).
+#[inline(always)]
+fn exec_path(ctx: &TracePointContext, cfg: &Config, tgid: u32) {
+    if cfg.tp_exec_filename == 0 {
+        return;
+    }
+    // SAFETY: offset read from the tracepoint's format by user space.
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(cfg.tp_exec_filename as usize) }) else {
+        return;
+    };
+    let Some(mut entry) = EXEC_PATHS.reserve::<ExecPath>(0) else {
+        count(EXEC_PATH_LOST);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: reserved memory of the record's size; every field written
+    // before submit (the path up to `len`, which user space honours). The
+    // string is read with bpf_probe_read_kernel_str, which checks the
+    // address and stops at the buffer's end.
+    unsafe {
+        (*p).tgid = tgid;
+        (*p).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        let n = bpf_probe_read_kernel_str(
+            (&raw mut (*p).path).cast(),
+            EXEC_PATH_MAX as u32,
+            src.cast(),
+        );
+        (*p).len = if n > 0 { n as u32 } else { 0 };
+    }
+    // Read with the records that follow (the drain reads this ring first).
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 #[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn on_exec(_ctx: TracePointContext) -> u32 {
+pub fn on_exec(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
     let existing = unsafe { TASKS.get(tgid) }.map(|t| t.classes).unwrap_or(0);
@@ -117,6 +157,9 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     added |= cgroup_match | uid_match | exe_match;
     let new = added & !existing;
     if new == 0 {
+        if existing != 0 {
+            exec_path(&ctx, cfg, tgid);
+        }
         if existing != 0
             && let Some(ev) = task_record(slot::PROCESS, FlowKind::Exec as u8)
         {
@@ -129,6 +172,7 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
     if !set_classes(tgid, existing | added) {
         return 0;
     }
+    exec_path(&ctx, cfg, tgid);
     if cgroup_match & new != 0 {
         tag_record(
             cgroup_match & new,

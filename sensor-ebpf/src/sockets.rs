@@ -38,7 +38,7 @@ use crate::{
     emit::{slot, submit, task_record},
     flows,
     maps::{LOCAL_FLOWS, TASKS, config},
-    marks,
+    marks, names,
     process::set_classes,
     tally::tally,
 };
@@ -138,6 +138,7 @@ fn on_accept_exit(ctx: &TracePointContext) -> u32 {
     let d = if is_loopback(&peer) {
         None
     } else {
+        names::none(slot::PROCESS);
         decide(
             cfg,
             tag.classes,
@@ -312,8 +313,32 @@ pub fn on_send_length(ctx: TracePointContext) -> u32 {
     flow.detail += sent as u64;
     if flow.local_port == 0 {
         local_endpoint(cfg, sk, flow);
+        report_endpoint(flow);
     }
     0
+}
+
+/// Tells user space the local endpoint of a flow whose connect record went
+/// out without it: user space puts it, and the flow's Community ID, on that
+/// record (see `FlowKind::Endpoint`). Once per tagged flow.
+#[inline(always)]
+fn report_endpoint(flow: &FlowEvent) {
+    if flow.local_port == 0 {
+        return;
+    }
+    let Some(ev) = task_record(slot::PROCESS, FlowKind::Endpoint as u8) else {
+        return;
+    };
+    ev.cookie = flow.cookie;
+    ev.classes = flow.classes;
+    ev.family = flow.family;
+    ev.protocol = flow.protocol;
+    ev.sock_protocol = flow.sock_protocol;
+    ev.local_port = flow.local_port;
+    ev.remote_port = flow.remote_port;
+    ev.local_addr = flow.local_addr;
+    ev.remote_addr = flow.remote_addr;
+    submit(ev);
 }
 
 /// Fills the flow's local address and port from the socket on its first send:

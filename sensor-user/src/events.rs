@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use sensor_common::flow::FlowEvent;
+use sensor_common::{dns::DnsAnswer, exec::ExecPath, flow::FlowEvent};
 
 /// The consumer side of the ring buffer.
 pub struct EventReader {
@@ -74,5 +74,53 @@ impl EventReader {
 impl AsRawFd for EventReader {
     fn as_raw_fd(&self) -> RawFd {
         self.ring.as_raw_fd()
+    }
+}
+
+/// The consumer side of a ring buffer of plain-data records `T` read in
+/// place (`DNS` answers, `EXEC_PATHS`).
+pub struct RecordRing<T> {
+    ring: RingBuf<MapData>,
+    _records: std::marker::PhantomData<T>,
+}
+
+/// DNS answers to tagged processes.
+pub type DnsReader = RecordRing<DnsAnswer>;
+/// Paths tagged processes exec'd.
+pub type ExecPathReader = RecordRing<ExecPath>;
+
+impl<T: Copy> RecordRing<T> {
+    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
+        Self {
+            ring,
+            _records: std::marker::PhantomData,
+        }
+    }
+
+    /// The ring's fd (readable when records wait), to poll on.
+    pub fn raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Hands every record available now to `f`; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(&T)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if let Some(a) = sensor_common::read_record::<T>(&item) {
+                f(&a);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// A ring buffer's fd, borrowed for polling: its owner ([`RecordRing`])
+/// must outlive it.
+pub struct BorrowedRingFd(pub RawFd);
+
+impl AsRawFd for BorrowedRingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }

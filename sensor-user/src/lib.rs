@@ -8,6 +8,7 @@
 //! - [`kernel`]: the loaded kernel object: attach, tag, judge, configure.
 //! - [`procscan`]: tags processes already running when the agent starts.
 //! - [`events`]: reads flow records out of the kernel's ring buffer.
+//! - [`dns`]: the names processes resolved, from the DNS answers they got.
 //! - [`ledger`]: why each process carries its classes.
 //! - [`clock`]: wall-clock time for kernel timestamps.
 //! - [`errors`]: the crate's error type.
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod errors;
 pub mod events;
 pub mod export;

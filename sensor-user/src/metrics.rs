@@ -38,6 +38,13 @@ pub struct Metrics {
     pub unspooled: Counter,
     pub policy_reloads: Counter,
     pub policy_reload_failures: Counter,
+    pub dns_answers: Counter,
+    pub dns_ignored: Counter,
+    pub name_entries_written: Counter,
+    pub name_answers_untrusted: Counter,
+    pub name_entries_refused: Counter,
+    pub name_entries: Gauge,
+    pub doh_flows: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +62,13 @@ impl Default for Metrics {
             unspooled: Counter::default(),
             policy_reloads: Counter::default(),
             policy_reload_failures: Counter::default(),
+            dns_answers: Counter::default(),
+            dns_ignored: Counter::default(),
+            name_entries_written: Counter::default(),
+            name_answers_untrusted: Counter::default(),
+            name_entries_refused: Counter::default(),
+            name_entries: Gauge::default(),
+            doh_flows: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +125,41 @@ impl Default for Metrics {
             "policy_reload_failures",
             "Policy reloads and applies that were rejected",
             m.policy_reload_failures.clone(),
+        );
+        registry.register(
+            "dns_answers",
+            "DNS answers to tagged processes whose addresses name their flows",
+            m.dns_answers.clone(),
+        );
+        registry.register(
+            "dns_ignored",
+            "DNS messages to tagged processes that gave no address (errors, other record types, unparsable)",
+            m.dns_ignored.clone(),
+        );
+        registry.register(
+            "name_entries_written",
+            "Addresses written into the kernel's name map from answers for names the policy rules on",
+            m.name_entries_written.clone(),
+        );
+        registry.register(
+            "name_answers_untrusted",
+            "Answers for names the policy rules on from a resolver not in host.trusted_resolvers (not applied)",
+            m.name_answers_untrusted.clone(),
+        );
+        registry.register(
+            "name_entries_refused",
+            "Addresses the full kernel name map could not take (their address verdict applies)",
+            m.name_entries_refused.clone(),
+        );
+        registry.register(
+            "name_entries",
+            "Entries in the kernel's name map",
+            m.name_entries.clone(),
+        );
+        registry.register(
+            "doh_flows",
+            "Flows of tagged processes to well-known DNS-over-HTTPS/TLS endpoints (their names are not visible)",
+            m.doh_flows.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -300,8 +300,9 @@ fn metrics_endpoint_counts_violations() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The connection's close record states both endpoints and carries
-    // their Community ID (joinable with Zeek's or Suricata's); the connect
-    // record, made before the kernel picked the local port, has none.
+    // their Community ID (joinable with Zeek's or Suricata's). The connect
+    // record, made before the kernel picked the local port, is completed
+    // from the flow's first send: the same endpoints and ID.
     let deadline = Instant::now() + Duration::from_secs(5);
     let close = loop {
         let flows = agent.listed(true, &[]);
@@ -329,8 +330,17 @@ fn metrics_endpoint_counts_violations() {
         .expect("the connect is listed");
     assert_eq!(
         (connect.local.as_str(), connect.community_id.as_str()),
-        ("", "")
+        (close.local.as_str(), want.as_str()),
+        "{connect:?}"
     );
+    assert_eq!(connect.cookie, close.cookie);
+    // The violation itself (what the collector and the SIEM get) carries it.
+    let violations = agent.listed(false, &[]);
+    let v = violations
+        .iter()
+        .find(|v| v.remote == server.addr.to_string())
+        .expect("the violation");
+    assert_eq!(v.community_id, want, "{v:?}");
     drop(agent);
 }
 

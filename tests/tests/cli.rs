@@ -201,3 +201,130 @@ fn offline_commands_exit_as_documented_and_honour_json() {
     assert_eq!(code, 2);
     assert!(err.contains("No such file or directory"), "{err}");
 }
+
+/// Every command that talks to a daemon, with what it needs to get that
+/// far (the README's exit code table).
+const SENSORCTL_ONLINE: [&[&str]; 10] = [
+    &["status"],
+    &["flows"],
+    &["violations"],
+    &["tagged"],
+    &["tag", "1", "--class", "eu_personal"],
+    &["untag", "1", "--class", "eu_personal"],
+    &["enforce", "on", "--reason", "r"],
+    &["policy", "apply", "../examples/policy.toml"],
+    &["policy", "show"],
+    &["lookup", "8.8.8.8"],
+];
+
+const COLLECTORCTL: [&[&str]; 11] = [
+    &["hosts"],
+    &["violations"],
+    &["watch"],
+    &["enforce", "on", "--reason", "r"],
+    &["set-enforcement", "--mode", "enforce", "--reason", "r"],
+    &["verify", "--host", "h"],
+    &["attestations", "--host", "h"],
+    &[
+        "what-if",
+        "--host",
+        "h",
+        "--policy",
+        "../examples/policy.toml",
+    ],
+    &["audit"],
+    &["dashboard-token"],
+    &[
+        "grant-exception",
+        "--class",
+        "eu_personal",
+        "--destination",
+        "192.0.2.0/24",
+        "--for",
+        "1h",
+        "--justification",
+        "ticket 1",
+    ],
+];
+
+#[test]
+fn every_command_exits_two_when_its_daemon_cannot_be_reached_and_on_usage_errors() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let run_here = |bin: &str, args: &[&str]| {
+        let out = Command::new(workspace_bin(bin))
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("running the binary");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (bin, commands, says) in [
+        ("sensorctl", &SENSORCTL_ONLINE[..], "cannot reach sensord"),
+        (
+            "collectorctl",
+            &COLLECTORCTL[..],
+            "cannot reach the collector",
+        ),
+    ] {
+        for cmd in commands {
+            let args = [&["--socket", "/nonexistent/daemon.sock"][..], cmd].concat();
+            let (code, err) = run_here(bin, &args);
+            assert_eq!(code, 2, "{bin} {cmd:?}: {err}");
+            assert!(
+                err.contains(says) && err.contains("No such file or directory"),
+                "{bin} {cmd:?}: {err}"
+            );
+            // A usage error of the same command: clap's 2, with the usage.
+            let (code, err) = run_here(bin, &[cmd, &["--no-such-flag"][..]].concat());
+            assert_eq!(code, 2, "{bin} {cmd:?} --no-such-flag: {err}");
+            assert!(err.contains("Usage:"), "{bin} {cmd:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn collectorctl_exits_three_when_a_fleet_command_reaches_no_host_and_two_on_an_unreadable_file() {
+    let dir = harness::harness::temp::TempPath::dir("cli-collector");
+    let c = harness::harness::collector::RunningCollector::start(dir.path());
+    let ctl = |args: &[&str]| {
+        let out = Command::new(workspace_bin("collectorctl"))
+            .arg("--socket")
+            .arg(&c.socket)
+            .args(args)
+            .output()
+            .expect("collectorctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(&["hosts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HOST"), "{out}");
+    // Fleet-wide, nobody connected: not applied everywhere (3), said so.
+    let (code, out, err) = ctl(&["enforce", "on", "--reason", "test"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("no host is connected"), "{out}");
+    // A named host that is not connected: not applied there (3).
+    let (code, out, err) = ctl(&["enforce", "on", "--host", "nobody", "--reason", "test"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("nobody") && out.contains("FAILED"), "{out}");
+    // A value outside the choices: a usage error (2); a filter the
+    // collector refuses: wrong input (1).
+    let (code, _, err) = ctl(&["violations", "--action", "nonsense"]);
+    assert_eq!(code, 2, "clap checks the choices: {err}");
+    let (code, _, err) = ctl(&["violations", "--destination", "not-an-address"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
+    // A file that cannot be read: could not run (2).
+    let (code, _, err) = ctl(&["what-if", "--host", "h", "--policy", "/nonexistent.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read --policy /nonexistent.toml"),
+        "{err}"
+    );
+}

@@ -533,16 +533,16 @@ fn without_tls_nobody_steers_or_delivers_unauthenticated() {
         "let me through",
     ];
     let (code, err) = ctl(Some(65534), false, &off);
-    assert_ne!(code, Some(0), "{err}");
+    assert_eq!(code, Some(1), "refused: {err}");
     assert!(
         err.contains("uid 65534 may not use the collector's socket"),
         "{err}"
     );
     let (code, err) = ctl(Some(65534), true, &off);
-    assert_ne!(code, Some(0), "{err}");
+    assert_eq!(code, Some(1), "refused: {err}");
     assert!(err.contains("only agents with a token"), "{err}");
     let (code, err) = ctl(Some(65534), true, &["hosts"]);
-    assert_ne!(code, Some(0), "{err}");
+    assert_eq!(code, Some(1), "refused: {err}");
     // root on the socket is an operator.
     let (code, err) = ctl(None, false, &["hosts"]);
     assert_eq!(code, Some(0), "{err}");

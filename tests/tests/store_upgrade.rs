@@ -62,12 +62,13 @@ fn assert_converted(records: &[StoredRecord]) {
 }
 
 /// Takes a current database (SQLite or PostgreSQL) back to the last schema
-/// before typed records: the forwarding cursors' and workload columns'
-/// migrations, the record chain's, then the typed record's, undone, and the
-/// migration count set back by four.
+/// before typed records: the names column's, the forwarding cursors' and
+/// workload columns' migrations, the record chain's, then the typed record's,
+/// undone, and the migration count set back by five.
 fn back_before_typed_records(database: &str) {
     let mut db = Database::open(database);
     for undo in [
+        "ALTER TABLE records DROP COLUMN names",
         "DROP TABLE forward_cursors",
         "ALTER TABLE records DROP COLUMN unit",
         "ALTER TABLE records DROP COLUMN container",
@@ -80,7 +81,7 @@ fn back_before_typed_records(database: &str) {
         db.execute(undo, &[]);
     }
     if database.starts_with("postgres") {
-        for _ in 0..4 {
+        for _ in 0..5 {
             db.execute(
                 "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
                 &[],
@@ -88,7 +89,7 @@ fn back_before_typed_records(database: &str) {
         }
     } else {
         let v: i64 = db.one("PRAGMA user_version", &[]);
-        db.execute(&format!("PRAGMA user_version = {}", v - 4), &[]);
+        db.execute(&format!("PRAGMA user_version = {}", v - 5), &[]);
     }
 }
 

@@ -33,9 +33,15 @@ enum Cmd {
     },
     /// Build the kernel object alone and print its path.
     BuildEbpf,
-    /// Build the Debian package (target/package/residency-sensor_VERSION_amd64.deb):
-    /// binaries, systemd unit, default config, example policy, region dataset, docs.
-    Package,
+    /// Build the Debian packages (target/package/residency-sensor_VERSION_amd64.deb
+    /// and residency-collector_…): binaries, systemd units, default config, example
+    /// policy, region dataset, docs, completions, man pages, dashboard and alert rules.
+    Package {
+        /// Only check what they hold: build them from the debug binaries into
+        /// target/package-check, uncompressed (what `cargo xtask test` does).
+        #[arg(long)]
+        check: bool,
+    },
     /// The product in one command (as root): sensord with the default dataset,
     /// a demonstration process sending EU data to Frankfurt and Virginia, the
     /// violations it causes, and enforcement denying the transfer in the kernel.
@@ -130,7 +136,8 @@ fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(watchdog * 60),
         ),
         Cmd::Bench { args } => bench(&args),
-        Cmd::Package => package::run().map(|_| ()),
+        Cmd::Package { check: false } => package::run().map(|_| ()),
+        Cmd::Package { check: true } => package::check(),
         Cmd::Pki {
             out,
             server,
@@ -217,6 +224,15 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
         status.success(),
         "the record micro-benchmark failed ({status})"
+    );
+    let status = std::process::Command::new("cargo")
+        .args(["bench", "-p", "sensor-user", "--bench", "dns"])
+        .current_dir(&root)
+        .status()
+        .context("while running the DNS micro-benchmark")?;
+    anyhow::ensure!(
+        status.success(),
+        "the DNS micro-benchmark failed ({status})"
     );
     let status = std::process::Command::new(root.join("target/release/agent-bench"))
         .status()

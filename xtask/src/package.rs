@@ -29,18 +29,11 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Files (source relative to the workspace, destination in the package, mode).
-fn agent_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
+/// `bins` is the directory of the built binaries.
+fn agent_files(root: &Path, bins: &Path) -> Vec<(PathBuf, &'static str, u32)> {
     let mut f = vec![
-        (
-            root.join("target/release/sensord"),
-            "usr/bin/sensord",
-            0o755,
-        ),
-        (
-            root.join("target/release/sensorctl"),
-            "usr/bin/sensorctl",
-            0o755,
-        ),
+        (bins.join("sensord"), "usr/bin/sensord", 0o755),
+        (bins.join("sensorctl"), "usr/bin/sensorctl", 0o755),
         (
             root.join("packaging/sensord.service"),
             "lib/systemd/system/sensord.service",
@@ -86,21 +79,13 @@ fn agent_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
     f
 }
 
-/// Builds the package; returns its path.
-fn collector_files(root: &Path) -> Vec<(PathBuf, &'static str, u32)> {
+/// The collector package's files (see [`agent_files`]).
+fn collector_files(root: &Path, bins: &Path) -> Vec<(PathBuf, &'static str, u32)> {
     vec![
+        (bins.join("collectord"), "usr/bin/collectord", 0o755),
+        (bins.join("collectorctl"), "usr/bin/collectorctl", 0o755),
         (
-            root.join("target/release/collectord"),
-            "usr/bin/collectord",
-            0o755,
-        ),
-        (
-            root.join("target/release/collectorctl"),
-            "usr/bin/collectorctl",
-            0o755,
-        ),
-        (
-            root.join("target/release/residency-verify"),
+            bins.join("residency-verify"),
             "usr/bin/residency-verify",
             0o755,
         ),
@@ -185,11 +170,37 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     if !status.success() {
         bail!("building the release binaries failed");
     }
+    build_all(
+        &root,
+        &root.join("target/release"),
+        &root.join("target/package"),
+        true,
+    )
+}
+
+/// What `cargo xtask test` checks of the packages: both built from the debug
+/// binaries into target/package-check (uncompressed: it is only listed), each
+/// holding everything it should, generated pages included (`build` fails
+/// otherwise).
+pub fn check() -> anyhow::Result<()> {
+    let root = workspace_root();
+    crate::dataset::ensure(&root)?;
+    build_all(
+        &root,
+        &root.join("target/debug"),
+        &root.join("target/package-check"),
+        false,
+    )?;
+    Ok(())
+}
+
+/// Builds both packages from the binaries in `bins` into `out`.
+fn build_all(root: &Path, bins: &Path, out: &Path, compress: bool) -> anyhow::Result<Vec<PathBuf>> {
     let debs = [
         Deb {
             name: "residency-sensor",
             description: "data residency gates in the kernel (agent and CLI)\n sensord tags the processes that handle regulated data with eBPF, judges every\n connection they make against a residency policy in the kernel, and reports or\n denies violations. sensorctl is its operator CLI.",
-            files: agent_files(&root),
+            files: agent_files(root, bins),
             conffiles: "/etc/residency/sensord.toml\n/etc/residency/policy.toml\n",
             service: "sensord.service",
             // Stopping sensord leaves its pinned programs enforcing; removing
@@ -200,14 +211,14 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
         Deb {
             name: "residency-collector",
             description: "data residency collector (collectord)\n collectord receives every Residency Sensor agent's violations, audit and gap\n records exactly once (SQLite or PostgreSQL), serves them to auditors, and\n carries operators' enforcement changes and exceptions to the fleet.\n residency-verify checks an exported evidence bundle offline.",
-            files: collector_files(&root),
+            files: collector_files(root, bins),
             conffiles: "/etc/default/collectord\n/etc/residency/agent-tokens\n",
             service: "collectord.service",
             on_remove: "",
             on_purge: "",
         },
     ];
-    debs.iter().map(|d| build(&root, d)).collect()
+    debs.iter().map(|d| build(d, out, compress)).collect()
 }
 
 /// Shell completions (bash, zsh, fish) and the man page of the staged
@@ -215,18 +226,7 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
 /// (`residency_daemon::cli::generate_if_asked`).
 fn generate_docs(stage: &Path, bin: &str) -> anyhow::Result<()> {
     let exe = stage.join("usr/bin").join(bin);
-    for (what, dest) in [
-        (
-            "bash",
-            format!("usr/share/bash-completion/completions/{bin}"),
-        ),
-        ("zsh", format!("usr/share/zsh/vendor-completions/_{bin}")),
-        (
-            "fish",
-            format!("usr/share/fish/vendor_completions.d/{bin}.fish"),
-        ),
-        ("man", format!("usr/share/man/man1/{bin}.1")),
-    ] {
+    for (what, dest) in doc_paths(bin) {
         let out = Command::new(&exe)
             .env("RESIDENCY_GENERATE", what)
             .output()
@@ -247,12 +247,28 @@ fn generate_docs(stage: &Path, bin: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
+/// The generated pages of binary `bin` (see [`generate_docs`]).
+fn doc_paths(bin: &str) -> [(&'static str, String); 4] {
+    [
+        (
+            "bash",
+            format!("usr/share/bash-completion/completions/{bin}"),
+        ),
+        ("zsh", format!("usr/share/zsh/vendor-completions/_{bin}")),
+        (
+            "fish",
+            format!("usr/share/fish/vendor_completions.d/{bin}.fish"),
+        ),
+        ("man", format!("usr/share/man/man1/{bin}.1")),
+    ]
+}
+
+/// Builds `deb` into `out` (`compress`: xz as released, or none); returns
+/// its path once its listing holds every file and generated page.
+fn build(deb: &Deb, out: &Path, compress: bool) -> anyhow::Result<PathBuf> {
     let name = deb.name;
     let version = env!("CARGO_PKG_VERSION");
-    let stage = root
-        .join("target/package")
-        .join(format!("{name}_{version}_amd64"));
+    let stage = out.join(format!("{name}_{version}_amd64"));
     let _ = std::fs::remove_dir_all(&stage);
     for (from, to, mode) in &deb.files {
         let dest = stage.join(to);
@@ -301,11 +317,10 @@ fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(debian.join(file), std::fs::Permissions::from_mode(0o755))?;
     }
-    let out = root
-        .join("target/package")
-        .join(format!("{name}_{version}_amd64.deb"));
+    let out = out.join(format!("{name}_{version}_amd64.deb"));
     let status = Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group"])
+        .args(if compress { None } else { Some("-Znone") })
         .arg(&stage)
         .arg(&out)
         .status()
@@ -319,7 +334,17 @@ fn build(root: &Path, deb: &Deb) -> anyhow::Result<PathBuf> {
         .arg(&out)
         .output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
-    for (_, to, _) in &deb.files {
+    let generated = deb
+        .files
+        .iter()
+        .filter_map(|(_, to, _)| to.strip_prefix("usr/bin/"))
+        .flat_map(|bin| doc_paths(bin).map(|(_, p)| p));
+    let expected = deb
+        .files
+        .iter()
+        .map(|(_, to, _)| to.to_string())
+        .chain(generated);
+    for to in expected {
         if !listing.contains(&format!("./{to}")) {
             bail!("{} lacks {to}", out.display());
         }

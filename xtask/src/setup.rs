@@ -12,8 +12,10 @@ use sensor_build::{BPF_LINKER_VERSION, DEBIAN_LLVM_PREFIX, DEBIAN_PACKAGES};
 /// Packages the tests need besides the toolchain: chromium and its
 /// WebDriver server drive the dashboard's tests in a real browser;
 /// prometheus brings promtool, which checks the shipped alert rules;
-/// rsyslog (with its OpenSSL driver) receives what the collector forwards.
+/// rsyslog (with its OpenSSL driver) receives what the collector forwards;
+/// binutils' strip goes into the packages `cargo xtask test` builds and lists.
 const TEST_PACKAGES: &[&str] = &[
+    "binutils",
     "iproute2",
     "postgresql",
     "nftables",
@@ -22,6 +24,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "rsyslog",
     "rsyslog-openssl",
+    "dnsmasq-base",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

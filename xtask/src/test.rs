@@ -82,6 +82,10 @@ pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<(
         "build binaries",
         Command::new("cargo").args(["build", "--workspace", "--bins"]),
     )?;
+    // What the packages hold (dashboard, alert rules, units, completions,
+    // man pages), from the binaries just built.
+    eprintln!("==> packages: built from the debug binaries and listed");
+    crate::package::check().context("while checking the packages' contents")?;
     let before = leaks::snapshot();
     let nextest = NextestRun::start(extra)?;
     let (outcome, skipped) = nextest.wait(watchdog);

@@ -82,6 +82,10 @@ struct Filters {
     /// Only processes of this Kubernetes pod (its UID).
     #[arg(long)]
     pod: Option<String>,
+    /// Only flows to a name the process resolved (or one on its CNAME
+    /// chain): api.example.com, or '*.example.com' for the names below it.
+    #[arg(long)]
+    name: Option<String>,
     /// From this time on: Unix seconds, 2026-11-23, 2026-11-23T07:00:00Z,
     /// 2026-11-23T08:00:00+01:00, or 24h (that long ago).
     #[arg(long, value_parser = parse_time)]
@@ -104,6 +108,7 @@ impl Filters {
             unit: s(&self.unit),
             container: s(&self.container),
             pod: s(&self.pod),
+            name: s(&self.name),
             since_unix_ns: self.since.unwrap_or(0),
             until_unix_ns: self.until.unwrap_or(0),
             ..Default::default()
@@ -337,16 +342,30 @@ impl Args {
     }
 }
 
-async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
+/// Why a command did not finish, as its exit code says: the request was
+/// refused or its input wrong (1), or the command could not run (2: the
+/// collector unreachable, a file unreadable), as sensorctl's codes.
+enum Failure {
+    Refused(String),
+    CouldNotRun(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Refused(message)
+    }
+}
+
+async fn client(a: &Args) -> Result<CollectorClient<Channel>, Failure> {
     let Some(endpoint) = &a.endpoint else {
         let ch = residency_proto::unix::channel(&a.socket)
             .await
             .map_err(|e| {
-                format!(
+                Failure::CouldNotRun(format!(
                     "cannot reach the collector's socket {}: {} (is collectord running on this host? Remotely: --endpoint https://host:port with --ca, --cert, --key)",
                     a.socket.display(),
                     residency_daemon::cli::causes(&e)
-                )
+                ))
             })?;
         return Ok(CollectorClient::new(ch));
     };
@@ -360,10 +379,10 @@ async fn client(a: &Args) -> Result<CollectorClient<Channel>, String> {
         .connect()
         .await
         .map_err(|e| {
-            format!(
+            Failure::CouldNotRun(format!(
                 "cannot reach the collector at {endpoint}: {} (is collectord running there? A collector with TLS needs https:// and --ca, --cert, --key)",
                 residency_daemon::cli::causes(&e)
-            )
+            ))
         })?;
     Ok(CollectorClient::new(ch))
 }
@@ -376,7 +395,7 @@ fn when(ns: i64) -> String {
 fn print_records_header(json: bool) {
     if !json {
         let wide = if residency_daemon::output::format() == residency_daemon::output::Format::Wide {
-            "  COMMUNITY ID                   CGROUP"
+            "  NAME                           COMMUNITY ID                   CGROUP"
         } else {
             ""
         };
@@ -419,7 +438,8 @@ fn print_records(records: &[pb::StoredRecord], json: bool) {
         };
         let wide = if residency_daemon::output::format() == residency_daemon::output::Format::Wide {
             format!(
-                "  {:<30} {}",
+                "  {:<30} {:<30} {}",
+                f.name_label(),
                 f.community_id,
                 f.workload.as_ref().map_or("", |w| w.cgroup.as_str())
             )
@@ -595,7 +615,7 @@ impl From<bool> for Outcome {
     }
 }
 
-async fn run(a: &Args) -> Result<Outcome, String> {
+async fn run(a: &Args) -> Result<Outcome, Failure> {
     let mut c = client(a).await?;
     let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
     match &a.command {
@@ -785,8 +805,9 @@ async fn run(a: &Args) -> Result<Outcome, String> {
             since,
             until,
         } => {
-            let text = std::fs::read_to_string(policy)
-                .map_err(|e| format!("--policy {}: {e}", policy.display()))?;
+            let text = std::fs::read_to_string(policy).map_err(|e| {
+                Failure::CouldNotRun(format!("cannot read --policy {}: {e}", policy.display()))
+            })?;
             let r = c
                 .what_if(pb::WhatIfRequest {
                     host_id: host.clone(),
@@ -832,9 +853,13 @@ async fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotEverywhere) => ExitCode::from(3),
         Ok(Outcome::ChainBroken) => ExitCode::from(4),
-        Err(e) => {
+        Err(Failure::Refused(e)) => {
             eprintln!("collectorctl: {e}");
             ExitCode::FAILURE
+        }
+        Err(Failure::CouldNotRun(e)) => {
+            eprintln!("collectorctl: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -220,6 +220,7 @@ pub struct ViolationForm {
     unit: String,
     container: String,
     pod: String,
+    name: String,
     since: String,
     until: String,
     page: String,
@@ -286,6 +287,7 @@ pub async fn violations(
         unit: f.unit.trim().to_owned(),
         container: f.container.trim().to_owned(),
         pod: f.pod.trim().to_owned(),
+        name: f.name.trim().to_owned(),
     };
     let stats = |bucket_ns| {
         app.service.violation_stats(ask(
@@ -344,7 +346,7 @@ pub async fn violations(
     }
     let form = format!(
         "<form class=\"filters\" method=\"get\" action=\"/violations\" id=\"filters\">{}{}{}{}{}\
-<label>Action<select name=\"action\" id=\"f-action\">{}</select></label>{}{}{}{}{}\
+<label>Action<select name=\"action\" id=\"f-action\">{}</select></label>{}{}{}{}{}{}\
 <button type=\"submit\" id=\"apply\">Filter</button> <a href=\"/violations\">clear</a></form>",
         input("host", "Host", &f.host, "any"),
         input("class", "Class", &f.class, "any"),
@@ -371,6 +373,7 @@ pub async fn violations(
         input("unit", "Unit", &f.unit, "nginx.service"),
         input("container", "Container", &f.container, "id prefix"),
         input("pod", "Pod", &f.pod, "pod UID"),
+        input("name", "Name", &f.name, "*.example.com"),
         input("since", "Since", &f.since, "2026-11-23T07:00:00Z or 24h"),
         input("until", "Until", &f.until, "now"),
     );
@@ -491,6 +494,7 @@ fn self_link(f: &ViolationForm, set: &[(&str, &str)]) -> String {
         ("unit", get("unit", &f.unit)),
         ("container", get("container", &f.container)),
         ("pod", get("pod", &f.pod)),
+        ("name", get("name", &f.name)),
         ("since", get("since", &f.since)),
         ("until", get("until", &f.until)),
         ("page", get("page", &f.page)),

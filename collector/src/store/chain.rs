@@ -49,7 +49,7 @@ pub(crate) const INSERT_BREAK: &str =
 /// A host's rows in sequence order after $2 up to $3, at most $4, of kind
 /// $5 ('': every kind).
 pub(crate) const CHAIN_ROWS: &str =
-    "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain, unit, container, pod
+    "SELECT seq, time_ns, kind, classes, country, remote, exe, action, record, chain, unit, container, pod, names
     FROM records WHERE host = $1 AND seq > $2 AND seq <= $3
     AND ($5 = '' OR kind = $5)
     ORDER BY seq LIMIT $4";
@@ -137,6 +137,7 @@ pub(crate) struct StoredRow {
     pub unit: String,
     pub container: String,
     pub pod: String,
+    pub names: String,
 }
 
 impl StoredRow {
@@ -156,6 +157,7 @@ impl StoredRow {
                 && ix.unit == self.unit
                 && ix.container == self.container
                 && ix.pod == self.pod
+                && ix.names == self.names
                 && r.time_unix_ns == self.time_ns
         });
         Row {

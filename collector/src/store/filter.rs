@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use residency_proto::{
     agent::v1::Action,
     collector::v1::{Record, ViolationQuery, record},
+    names::NamePattern,
     records::Label,
 };
 
@@ -36,6 +37,9 @@ pub struct Indexed {
     pub unit: String,
     pub container: String,
     pub pod: String,
+    /// The name the process resolved for the remote address and its CNAME
+    /// chain, lower case, as ";cdn.example;edge.example.net;" ("" when none).
+    pub names: String,
 }
 
 /// 16-byte form of an address (IPv4 as ::ffff:a.b.c.d).
@@ -75,6 +79,16 @@ impl Indexed {
             ix.unit = w.unit.clone();
             ix.container = w.container_id.clone();
             ix.pod = w.pod_uid.clone();
+        }
+        if !f.remote_name.is_empty() {
+            let chain = std::iter::once(&f.remote_name).chain(&f.remote_cnames);
+            ix.names = format!(
+                ";{};",
+                chain
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            );
         }
         ix.action = if f.action().is_violation() {
             f.action().label()
@@ -155,6 +169,33 @@ pub struct Filter {
     pub unit: Option<String>,
     pub container: Option<String>,
     pub pod: Option<String>,
+    /// A name on the record (the one resolved or one of its CNAME chain).
+    pub name: Option<NamePattern>,
+}
+
+/// A name filter (see `residency_proto::names`), applied to a record's
+/// `names` column (";a;b;").
+trait NameFilter {
+    fn in_column(&self, names: &str) -> bool;
+    fn like(&self) -> String;
+}
+
+impl NameFilter for NamePattern {
+    /// Whether a record's `names` column (";a;b;") holds a matching name.
+    fn in_column(&self, names: &str) -> bool {
+        match self {
+            NamePattern::Exact(n) => names.contains(&format!(";{n};")),
+            NamePattern::Below(suffix) => names.contains(&format!("{suffix};")),
+        }
+    }
+
+    /// The column's LIKE pattern (LIKE's wildcards in names escaped).
+    fn like(&self) -> String {
+        match self {
+            NamePattern::Exact(n) => format!("%;{};%", like_literal(n)),
+            NamePattern::Below(suffix) => format!("%{};%", like_literal(suffix)),
+        }
+    }
 }
 
 fn nonempty(s: &str) -> Option<String> {
@@ -203,6 +244,9 @@ impl Filter {
             unit: nonempty(&q.unit),
             container: nonempty(&q.container.to_ascii_lowercase()),
             pod: nonempty(&q.pod),
+            name: nonempty(&q.name)
+                .map(|n| NamePattern::parse(&n))
+                .transpose()?,
         })
     }
 
@@ -230,6 +274,7 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|c| ix.container.starts_with(c))
             && eq(&self.pod, &ix.pod)
+            && self.name.as_ref().is_none_or(|n| n.in_column(&ix.names))
             && self.since.is_none_or(|s| r.time_unix_ns >= s)
             && self.until.is_none_or(|u| r.time_unix_ns < u)
     }
@@ -284,6 +329,12 @@ impl Filter {
         }
         if let Some(p) = &self.pod {
             clauses.push(format!("pod = {}", bind(Param::Text(p.clone()))));
+        }
+        if let Some(n) = &self.name {
+            clauses.push(format!(
+                "names LIKE {} ESCAPE '\\'",
+                bind(Param::Text(n.like()))
+            ));
         }
         if let Some(s) = self.since {
             clauses.push(format!("time_ns >= {}", bind(Param::Int(s))));
@@ -406,6 +457,21 @@ mod tests {
             Filter::violations(&bad)
                 .unwrap_err()
                 .contains("reported, denied")
+        );
+    }
+
+    #[test]
+    fn name_patterns_match_the_name_or_its_chain_and_nothing_wider() {
+        let names = ";cdn.example;edge.s3.amazonaws.com;";
+        let m = |p: &str| NamePattern::parse(p).unwrap().in_column(names);
+        assert!(m("CDN.example.") && m("edge.s3.amazonaws.com"));
+        assert!(m("*.amazonaws.com") && m("*.s3.amazonaws.com"));
+        assert!(!m("*.cdn.example"), "a pattern is the names below it");
+        assert!(!m("amazonaws.com") && !m("example") && !m("*.mazonaws.com"));
+        assert_eq!(
+            NamePattern::parse("*.e_x").unwrap().like(),
+            "%.e\\_x;%",
+            "LIKE's wildcards in a name match only themselves"
         );
     }
 

@@ -294,6 +294,11 @@ pub(crate) const WORKLOAD_COLUMNS: &str =
     ALTER TABLE records ADD COLUMN container TEXT NOT NULL DEFAULT '';
     ALTER TABLE records ADD COLUMN pod TEXT NOT NULL DEFAULT '';";
 
+/// The migration that adds each record's names (the resolved name and its
+/// CNAME chain; empty for rows stored before it: no agent sent names then).
+pub(crate) const NAMES_COLUMN: &str =
+    "ALTER TABLE records ADD COLUMN names TEXT NOT NULL DEFAULT '';";
+
 /// Where each forwarding sink stands per host (the last sequence it
 /// delivered): forwarding is at-least-once and survives restarts.
 pub(crate) const FORWARD_CURSORS_TABLE: &str = "CREATE TABLE forward_cursors (

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     super::chain::CHAIN_TABLES_POSTGRES,
     super::WORKLOAD_COLUMNS,
     super::FORWARD_CURSORS_TABLE,
+    super::NAMES_COLUMN,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -222,10 +223,10 @@ impl Postgres {
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod)
-                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h, un, ct, pd
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[], $15::text[])
-                   AS u(s, k, t, b, c, co, r, e, a, h, un, ct, pd)
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod, names)
+                 SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h, un, ct, pd, nm
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[])
+                   AS u(s, k, t, b, c, co, r, e, a, h, un, ct, pd, nm)
                  ON CONFLICT (host, seq) DO NOTHING
                  RETURNING seq, kind",
             )
@@ -277,6 +278,7 @@ impl Postgres {
             let units = text(|(_, ix)| &ix.unit);
             let containers = text(|(_, ix)| &ix.container);
             let pods = text(|(_, ix)| &ix.pod);
+            let names = text(|(_, ix)| &ix.names);
             let chains: Vec<Option<&[u8]>> = records
                 .iter()
                 .map(|(_, ix)| (!ix.chain.is_empty()).then_some(ix.chain.as_slice()))
@@ -300,6 +302,7 @@ impl Postgres {
                         &units,
                         &containers,
                         &pods,
+                        &names,
                     ],
                 )
                 .await?;
@@ -515,6 +518,7 @@ impl Postgres {
                 unit: r.get(10),
                 container: r.get(11),
                 pod: r.get(12),
+                names: r.get(13),
             })
             .collect())
     }

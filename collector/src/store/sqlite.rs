@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     super::chain::CHAIN_TABLES_SQLITE,
     super::WORKLOAD_COLUMNS,
     super::FORWARD_CURSORS_TABLE,
+    super::NAMES_COLUMN,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -124,8 +125,8 @@ impl Sqlite {
         let mut counts = Vec::with_capacity(groups.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod)
-                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (host, seq) DO NOTHING",
+                "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod, names)
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT (host, seq) DO NOTHING",
             )?;
             let mut bump = tx.prepare_cached(
                 "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits, chain_head)
@@ -173,7 +174,8 @@ impl Sqlite {
                         (!ix.chain.is_empty()).then_some(&ix.chain),
                         ix.unit,
                         ix.container,
-                        ix.pod
+                        ix.pod,
+                        ix.names
                     ])?;
                     if n == 1 {
                         new.add(ix.kind, r.seq as i64);
@@ -366,6 +368,7 @@ impl Sqlite {
                 unit: r.get(10)?,
                 container: r.get(11)?,
                 pod: r.get(12)?,
+                names: r.get(13)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

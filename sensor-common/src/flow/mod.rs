@@ -35,6 +35,11 @@ pub enum FlowKind {
     /// by this exec gets `Tag` records instead): user space resolves its
     /// executable afresh. Not shown to users.
     Exec = 8,
+    /// The local address and port of a tagged flow, from its first send: the
+    /// kernel picks them after the connect hook, so the flow's connect record
+    /// went out without them. User space completes that record (same
+    /// `cookie`) with them and its Community ID. Not shown to users.
+    Endpoint = 9,
 }
 
 /// Flags in the `detail` of [`FlowKind::Packet`] records.
@@ -56,6 +61,7 @@ impl FlowKind {
             6 => Some(Self::Packet),
             7 => Some(Self::Socket),
             8 => Some(Self::Exec),
+            9 => Some(Self::Endpoint),
             _ => None,
         }
     }
@@ -196,7 +202,10 @@ pub struct AggState {
     pub verdict: u8,
     /// Action ([`crate::policy::action`]).
     pub action: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the verdict was reached with a live `NAMES` entry for the
+    /// destination (see [`crate::names`]): it holds only while that is so.
+    pub named: u8,
+    pub _pad: u8,
 }
 
 #[cfg(test)]

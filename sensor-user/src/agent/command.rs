@@ -90,6 +90,12 @@ pub enum Command {
         class: Option<String>,
         reply: Reply<pb::LookupResponse>,
     },
+    /// A DNS name (checked): the name rules on it and what was learned.
+    LookupName {
+        name: String,
+        class: Option<String>,
+        reply: Reply<pb::LookupResponse>,
+    },
     /// The spool's oldest unacknowledged sequence and the next one it will
     /// give (for delivery: what the collector can truthfully claim to have).
     SpoolBounds(Reply<(u64, u64)>),

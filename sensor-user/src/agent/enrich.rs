@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use residency_proto::agent::v1 as pb;
 use sensor_common::{
+    exec::ExecPath,
     flow::{COMM_LEN, FlowEvent, FlowKind},
     policy::action,
 };
@@ -169,6 +170,8 @@ pub fn workload_pb(w: &Workload) -> Option<pb::Workload> {
 #[derive(Debug, Default)]
 pub struct ExeCache {
     by_tgid: HashMap<u32, ([u8; COMM_LEN], Arc<str>)>,
+    /// The paths tagged processes exec'd, until their first record.
+    exec_paths: HashMap<u32, ([u8; COMM_LEN], Arc<str>)>,
 }
 
 /// Entries the cache holds at most; past this it starts over.
@@ -186,14 +189,42 @@ impl ExeCache {
         if self.by_tgid.len() >= EXE_CACHE_MAX {
             self.by_tgid.clear();
         }
-        let exe: Arc<str> = exe(ev.tgid).into();
+        let mut exe: Arc<str> = exe(ev.tgid).into();
+        if let Some((comm, path)) = self.exec_paths.remove(&ev.tgid)
+            && exe.is_empty()
+            && (comm == ev.comm || ev.comm == [0; COMM_LEN])
+        {
+            exe = path;
+        }
         self.by_tgid.insert(ev.tgid, (ev.comm, exe.clone()));
         exe
     }
 
-    /// `tgid` exec'd or got classes: resolve it again next time.
-    pub fn forget(&mut self, tgid: u32) {
-        self.by_tgid.remove(&tgid);
+    /// A tagged process exec'd `p.path` (read before its records: the
+    /// drain reads that ring first): the entry records carry when the
+    /// process is gone by the time they are read (`/proc/PID/exe` then
+    /// says nothing; a short-lived process often is).
+    pub fn exec(&mut self, p: &ExecPath) {
+        let (bytes, cut) = p.path_bytes();
+        if bytes.is_empty() {
+            return;
+        }
+        let mut path = bounded(String::from_utf8_lossy(bytes).into_owned(), EXE_MAX);
+        if cut {
+            path.push_str(&format!("…[cut, more than {} bytes]", bytes.len()));
+        }
+        self.exec_paths.insert(p.tgid, (p.comm, path.into()));
+        if self.exec_paths.len() >= EXE_CACHE_MAX {
+            self.exec_paths.clear();
+        }
+    }
+
+    /// `ev`'s process exec'd or got classes: its executable is resolved
+    /// now, from `/proc` while the process runs, else from the path it
+    /// exec'd (as given to exec: relative when the caller wrote it so).
+    pub fn refresh(&mut self, ev: &FlowEvent) {
+        self.by_tgid.remove(&ev.tgid);
+        let _ = self.get(ev);
     }
 
     /// Drops the entries of processes that are gone.
@@ -217,6 +248,14 @@ pub struct Kept {
     pub names: Arc<Names>,
     /// The process's workload (from its cgroup).
     pub workload: Arc<Workload>,
+    /// The name the process resolved the remote address from (`dns`).
+    pub remote_name: Option<Arc<crate::dns::Resolved>>,
+}
+
+/// A resolved name as the API's `remote_name` and `remote_cnames`.
+pub fn resolved_pb(r: Option<&crate::dns::Resolved>) -> (String, Vec<String>) {
+    r.map(|r| (r.name.clone(), r.cnames.clone()))
+        .unwrap_or_default()
 }
 
 impl Kept {
@@ -239,6 +278,7 @@ impl Kept {
             site,
             names: names.clone(),
             workload: workloads.get(ev.cgroup_id),
+            remote_name: None,
         }
     }
 
@@ -260,6 +300,7 @@ impl Kept {
 
     /// The API record.
     pub fn to_pb(&self) -> pb::Flow {
+        let resolved = resolved_pb(self.remote_name.as_deref());
         let ev = &self.ev;
         let comm = ev.comm_str();
         pb::Flow {
@@ -315,6 +356,8 @@ impl Kept {
                     .unwrap_or_default()
             },
             workload: workload_pb(&self.workload),
+            remote_name: resolved.0,
+            remote_cnames: resolved.1,
         }
     }
 }
@@ -337,13 +380,51 @@ mod tests {
         packet.comm = [0; COMM_LEN];
         assert!(Arc::ptr_eq(&first, &cache.get(&packet)));
         // Another comm (a reused pid, an exec) resolves again, as does an
-        // entry dropped for an Exec or Tag record.
+        // entry refreshed for an Exec or Tag record (at once: the cached
+        // entry is the new one).
         let mut other = ev;
         other.comm[..4].copy_from_slice(b"else");
         assert!(!Arc::ptr_eq(&first, &cache.get(&other)));
         let again = cache.get(&other);
-        cache.forget(ev.tgid);
-        assert!(!Arc::ptr_eq(&again, &cache.get(&other)));
+        cache.refresh(&other);
+        let refreshed = cache.get(&other);
+        assert!(!Arc::ptr_eq(&again, &refreshed) && *refreshed == *first);
+        assert!(Arc::ptr_eq(&refreshed, &cache.get(&other)));
+    }
+
+    #[test]
+    fn a_process_gone_before_its_records_is_named_by_the_path_it_execd() {
+        let mut cache = ExeCache::default();
+        let mut ev = FlowEvent::ZERO;
+        ev.tgid = u32::MAX - 2;
+        ev.comm[..4].copy_from_slice(b"curl");
+        let mut p = ExecPath {
+            tgid: ev.tgid,
+            len: 14,
+            comm: ev.comm,
+            path: [0; sensor_common::exec::EXEC_PATH_MAX],
+        };
+        p.path[..13].copy_from_slice(b"/usr/bin/curl");
+        cache.exec(&p);
+        cache.refresh(&ev);
+        assert_eq!(&*cache.get(&ev), "/usr/bin/curl");
+        // Another process with the pid (another comm) does not take it.
+        let mut q = p;
+        q.tgid = ev.tgid - 1;
+        cache.exec(&q);
+        let mut other = ev;
+        other.tgid = q.tgid;
+        other.comm[..4].copy_from_slice(b"wget");
+        assert_eq!(&*cache.get(&other), "");
+        // A path that filled the buffer says it was cut.
+        let mut long = p;
+        long.tgid = ev.tgid - 3;
+        long.len = sensor_common::exec::EXEC_PATH_MAX as u32;
+        long.path = [b'a'; sensor_common::exec::EXEC_PATH_MAX];
+        cache.exec(&long);
+        let mut l = ev;
+        l.tgid = long.tgid;
+        assert!(cache.get(&l).ends_with("[cut, more than 1024 bytes]"));
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl Agent {
     ) -> pb::Flow {
         let loc = explain::location(&self.compiled, sock.remote.ip());
         let uid = crate::procscan::real_uid(pid).unwrap_or(0);
+        let resolved = enrich::resolved_pb(
+            self.resolved
+                .lookup(pid, sock.remote.ip(), std::time::Instant::now())
+                .as_deref(),
+        );
         pb::Flow {
             kind: pb::FlowKind::Existing as i32,
             time_unix_ns: super::now_unix_ns(),
@@ -103,6 +108,8 @@ impl Agent {
             community_id: residency_proto::community_id::v1(sock.protocol, sock.local, sock.remote)
                 .unwrap_or_default(),
             workload: enrich::workload_pb(&crate::system::workload::Workload::of_pid(pid)),
+            remote_name: resolved.0,
+            remote_cnames: resolved.1,
             remote_country: loc.country.map(|c| c.to_string()).unwrap_or_default(),
             remote_site: loc.site.unwrap_or_default(),
             verdict: pb::Verdict::from_kernel(j.verdict) as i32,

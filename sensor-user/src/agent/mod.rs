@@ -15,6 +15,7 @@ pub mod attesting;
 pub mod audit;
 pub mod command;
 pub mod compiler;
+mod endpoints;
 pub mod enrich;
 mod existing;
 pub mod persist;
@@ -113,6 +114,22 @@ pub struct Agent {
     /// Id of the kernel counter map `last_counters` was read from.
     counters_map_id: u32,
     pending_selectors: bool,
+    /// The cgroups unit and container selectors named when the selectors
+    /// were last installed (see `apply::find_named`).
+    named_cgroups: Vec<Vec<PathBuf>>,
+    /// Connect records waiting for their local endpoint (`endpoints`).
+    held: endpoints::Held,
+    /// DNS answers to tagged processes, read before each batch of records.
+    dns_answers: crate::events::DnsReader,
+    exec_paths: crate::events::ExecPathReader,
+    /// The names those answers gave (`dns`).
+    resolved: crate::dns::NameCache,
+    /// The policy's name rules, and the addresses answers gave for them
+    /// (mirror of the kernel's `NAMES`).
+    name_rules: crate::dns::NameRules,
+    learned: crate::dns::LearnedNames,
+    /// Processes and DoH endpoints reported lately (one warning each per hour).
+    doh_seen: std::collections::HashMap<(u32, std::net::IpAddr), std::time::Instant>,
     events_total: u64,
     last_counters: Vec<u64>,
     /// When the counters were last read (Unix ns): a kernel gap record spans
@@ -203,6 +220,8 @@ impl Agent {
         let mut sensor =
             KernelSensor::load_pinned(&cfg.bpf_dir).context("while loading the kernel programs")?;
         let events = sensor.take_events()?;
+        let dns_answers = sensor.take_dns()?;
+        let exec_paths = sensor.take_exec_paths()?;
         sensor
             .attach_tracepoints()
             .context("while attaching the process tracepoints")?;
@@ -231,6 +250,14 @@ impl Agent {
             overrides: state.modes,
             counters_map_id,
             pending_selectors: false,
+            named_cgroups: Vec::new(),
+            held: endpoints::Held::default(),
+            dns_answers,
+            exec_paths,
+            resolved: crate::dns::NameCache::default(),
+            name_rules: Default::default(),
+            learned: Default::default(),
+            doh_seen: Default::default(),
             events_total: 0,
             last_counters,
             counters_read_at: now_unix_ns(),
@@ -262,6 +289,7 @@ impl Agent {
         // records, never enforcement: the agent starts, says so in status
         // and metrics, counts what it could not spool and retries.
         agent.open_spool();
+        agent.learned.adopt(&mut agent.sensor);
         agent
             .install()
             .context("while installing the policy in the kernel")?;
@@ -421,8 +449,11 @@ impl Agent {
             warn!(policy = %c.policy.source.display(), "selector not installed yet (retried every second): {w}");
         }
         self.pending_selectors = !report.warnings.is_empty();
+        self.named_cgroups = report.named_cgroups.clone();
         self.class_tables
             .installed(report.generation, &c.policy.classes);
+        self.install_name_rules()?;
+        let c = &self.compiled;
         info!(
             policy = %c.policy.source.display(),
             sha256 = %c.policy.hash,
@@ -442,6 +473,43 @@ impl Agent {
             self.judge_existing(false);
         }
         Ok(())
+    }
+
+    /// Puts the policy's name rules in force: the kernel looks into its
+    /// name map only when a class rules on names; learned entries get the
+    /// new rules' masks.
+    fn install_name_rules(&mut self) -> Result<(), SensorError> {
+        self.name_rules = crate::dns::NameRules::of(&self.compiled.policy);
+        let changed = self
+            .learned
+            .rules_changed(&self.name_rules, &mut self.sensor);
+        self.sensor.set_has_names(!self.name_rules.is_empty())?;
+        if changed {
+            self.sensor.bump_epoch()?;
+        }
+        if !self.name_rules.is_empty() {
+            let trusted: Vec<String> = self
+                .name_rules
+                .trusted()
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            info!(trusted_resolvers = %trusted.join(","), learned = self.learned.len(), "name rules in force");
+        }
+        self.metrics.name_entries.set(self.learned.len() as i64);
+        Ok(())
+    }
+
+    /// Drops name entries long expired or of processes gone.
+    fn sweep_names(&mut self) {
+        if self.learned.is_empty() {
+            return;
+        }
+        self.learned
+            .sweep(&mut self.sensor, crate::clock::monotonic_ns(), |tgid| {
+                std::path::Path::new(&format!("/proc/{tgid}")).exists()
+            });
+        self.metrics.name_entries.set(self.learned.len() as i64);
     }
 
     /// The host identity records carry.
@@ -671,6 +739,9 @@ impl Agent {
             Command::Lookup { ip, class, reply } => {
                 let _ = reply.send(self.lookup(ip, class));
             }
+            Command::LookupName { name, class, reply } => {
+                let _ = reply.send(self.lookup_name(&name, class));
+            }
             Command::Reload => self.start_reload(),
             Command::SpoolBounds(r) => {
                 let b = self
@@ -798,16 +869,33 @@ impl Agent {
     /// running in it. Checked every second: a process that starts in the
     /// new cgroup runs untagged until then (at most a second).
     fn refresh_selectors(&mut self) {
-        let stale = self.sensor.cgroup_selectors_stale();
-        if !stale && !self.pending_selectors {
-            return;
-        }
+        let mut stale = self.sensor.cgroup_selectors_stale();
         if stale {
             info!(
                 "a selected cgroup was created again (a restarted service or container), or removed: installing the selectors again"
             );
         }
-        match apply::install_selectors(&mut self.sensor, &self.compiled, &self.cfg.cgroup_root) {
+        // Unit and container selectors: a cgroup of that name started or
+        // stopped since the last walk.
+        let found = apply::find_named(&self.compiled, &self.cfg.cgroup_root);
+        if found != self.named_cgroups {
+            info!(
+                before = self.named_cgroups.iter().map(Vec::len).sum::<usize>(),
+                now = found.iter().map(Vec::len).sum::<usize>(),
+                "the cgroups that unit or container selectors name changed (a unit or container started or stopped): installing the selectors again"
+            );
+            stale = true;
+        }
+        if !stale && !self.pending_selectors {
+            return;
+        }
+        self.named_cgroups = found.clone();
+        match apply::install_selectors(
+            &mut self.sensor,
+            &self.compiled,
+            &self.cfg.cgroup_root,
+            found,
+        ) {
             Ok(w) => {
                 let was_pending = self.pending_selectors;
                 // Gone for now: tried again every second.
@@ -841,6 +929,15 @@ impl Agent {
         // as long as the AsyncFd that wraps it lives.
         let mut reader = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("while registering the ring buffer: {e}"))?;
+        // SAFETY: the DNS ring's fd is owned by `self.dns_answers`, which
+        // lives for this whole function, longer than the AsyncFd.
+        let dns_ready = unsafe {
+            AsyncFd::register_with_interest(
+                crate::events::BorrowedRingFd(self.dns_answers.raw_fd()),
+                Interest::READABLE,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("while registering the DNS ring buffer: {e}"))?;
         let mut counter_tick = tokio::time::interval(Duration::from_secs(10));
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         // The kernel wakes us only for violations and tags, or when the buffer
@@ -877,6 +974,15 @@ impl Agent {
                     self.heartbeat();
                     self.violation_log.flush(std::time::Instant::now());
                     self.expire_exceptions();
+                    self.resolved.expire(std::time::Instant::now());
+                    self.sweep_names();
+                }
+                guard = dns_ready.readable(), if !self.name_rules.is_empty() => {
+                    // An answer for a name the policy rules on: into the
+                    // kernel at once, while the process reads it.
+                    let mut guard = guard?;
+                    self.take_dns_answers(std::time::Instant::now());
+                    guard.clear_ready();
                 }
                                 Some(c) = commands.recv() => {
                     self.handle(c);
@@ -885,9 +991,11 @@ impl Agent {
                 _ = &mut shutdown => break,
             }
         }
-        // What is still in the ring buffer, then the stop itself, reach the
-        // spool before the process ends.
+        // What is still in the ring buffer (and every connect record still
+        // waiting for its endpoint), then the stop itself, reach the spool
+        // before the process ends.
         self.take_records(reader.get_mut(), &mut batch);
+        self.release_held(true);
         self.audit.record(
             "agent",
             &format!(

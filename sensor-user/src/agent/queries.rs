@@ -101,6 +101,35 @@ impl Agent {
         Ok(lookup_pb(&e))
     }
 
+    /// What the name rules say about `name`, and the addresses processes
+    /// learned for it.
+    pub(super) fn lookup_name(
+        &self,
+        name: &str,
+        class: Option<String>,
+    ) -> Result<pb::LookupResponse, CommandError> {
+        if let Some(c) = &class {
+            self.class_id(c)?;
+        }
+        let now = crate::clock::monotonic_ns();
+        let classes: Vec<String> = self
+            .compiled
+            .policy
+            .classes
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let learned = self.learned.for_name(name, now);
+        Ok(crate::dns::explain::explain(
+            &self.name_rules,
+            &classes,
+            name,
+            class.as_deref(),
+            Some(&learned),
+            now,
+        ))
+    }
+
     /// What the collector is told about this host.
     pub(super) fn host_state(&self) -> cpb::HostState {
         let drops = self

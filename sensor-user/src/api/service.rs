@@ -313,12 +313,25 @@ impl Agent for AgentApi {
     ) -> Result<Response<pb::LookupResponse>, Status> {
         self.caller(&req)?;
         let r = req.into_inner();
-        let ip: IpAddr = r.ip.parse().map_err(|_| {
-            Status::invalid_argument(format!("{:?} is not an IPv4 or IPv6 address", r.ip))
-        })?;
         let class = (!r.class.is_empty()).then_some(r.class);
+        // An address, or a DNS name (what its name rules say).
+        if let Ok(ip) = r.ip.parse::<IpAddr>() {
+            return self
+                .handle
+                .call(|reply| Command::Lookup { ip, class, reply })
+                .await
+                .map(Response::new)
+                .map_err(status);
+        }
+        if !residency_proto::names::is_dns_name(&r.ip) {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is neither an IPv4 or IPv6 address nor a DNS name",
+                r.ip
+            )));
+        }
+        let name = r.ip.trim_end_matches('.').to_ascii_lowercase();
         self.handle
-            .call(|reply| Command::Lookup { ip, class, reply })
+            .call(|reply| Command::LookupName { name, class, reply })
             .await
             .map(Response::new)
             .map_err(status)

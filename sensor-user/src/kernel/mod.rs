@@ -12,6 +12,7 @@
 //! - [`tagging`]: which processes carry which classes (tasks, selectors, taint);
 //! - [`verdicts`]: modes and the per-class destination verdicts.
 
+pub mod names;
 pub mod offsets;
 pub mod pins;
 pub mod tagging;
@@ -56,6 +57,8 @@ pub const SOCK_ADDR_PROGRAMS: &[&str] = &[
 pub const SOCK_PROGRAMS: &[&str] = &["on_sock_release", "on_sock_create"];
 /// cgroup_skb egress programs (the backstop) in the object.
 pub const SKB_EGRESS_PROGRAMS: &[&str] = &["on_egress"];
+/// cgroup_skb ingress programs (DNS answers to tagged processes).
+pub const SKB_INGRESS_PROGRAMS: &[&str] = &["on_ingress"];
 /// Raw tracepoint programs: (program, tracepoint).
 pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[("on_cgroup_attach", "cgroup_attach_task")];
 /// BTF tracepoint programs: (program, tracepoint).
@@ -224,7 +227,7 @@ impl KernelSensor {
             let prog: &mut CgroupSock = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
-        for &name in SKB_EGRESS_PROGRAMS {
+        for &name in SKB_EGRESS_PROGRAMS.iter().chain(SKB_INGRESS_PROGRAMS) {
             let prog: &mut CgroupSkb = load_program(&mut ebpf, name)?;
             retry_eagain(|| prog.load()).map_err(prog_err(name))?;
         }
@@ -401,6 +404,12 @@ impl KernelSensor {
                 CgroupSkbAttachType::Egress,
                 CgroupAttachMode::Single
             ));
+        attach_all!(CgroupSkb, SKB_INGRESS_PROGRAMS, |prog: &mut CgroupSkb| prog
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single
+            ));
         // Socket hooks last: by the time connects are judged, exec/fork
         // tracking and flow accounting are in place.
         attach_all!(CgroupSockAddr, SOCK_ADDR_PROGRAMS);
@@ -424,6 +433,28 @@ impl KernelSensor {
             .ok_or(SensorError::MissingMap("EVENTS"))?;
         let ring = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
         Ok(EventReader::new(ring))
+    }
+
+    /// Takes the DNS answers' ring buffer out of the object; call once.
+    pub fn take_dns(&mut self) -> Result<crate::events::DnsReader, SensorError> {
+        self.take_ring("DNS")
+    }
+
+    /// Takes the exec paths' ring buffer out of the object; call once.
+    pub fn take_exec_paths(&mut self) -> Result<crate::events::ExecPathReader, SensorError> {
+        self.take_ring("EXEC_PATHS")
+    }
+
+    fn take_ring<T: Copy>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<crate::events::RecordRing<T>, SensorError> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(SensorError::MissingMap(name))?;
+        let ring = RingBuf::try_from(map).map_err(map_err(name))?;
+        Ok(crate::events::RecordRing::new(ring))
     }
 
     /// The loss and activity counters summed over all CPUs, indexed by

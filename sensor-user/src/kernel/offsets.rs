@@ -205,6 +205,12 @@ pub fn discover(config: &mut Config, tracefs: &Path) {
                 warn!("sched_process_fork has no child_pid field: children will not inherit tags");
                 0
             });
+    config.tp_exec_filename =
+        tracefs::tracepoint_field(tracefs, "sched", "sched_process_exec", "filename")
+            .unwrap_or_else(|| {
+                warn!("sched_process_exec has no filename field: records of a tagged process that exits before they are read carry no executable");
+                0
+            });
     config.tp_exit_group_dead =
         tracefs::tracepoint_field(tracefs, "sched", "sched_process_exit", "group_dead")
             .unwrap_or(0);

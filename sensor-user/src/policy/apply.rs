@@ -6,7 +6,7 @@
 //! share is ever missing; in the milliseconds that takes, a class may still run
 //! in its previous mode, never with an empty table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use sensor_common::policy::{MAX_CLASSES, capacity};
@@ -20,7 +20,10 @@ use crate::{
     kernel::{KernelSensor, tagging::SelectorSpec, verdicts::Mode},
     ledger::TagLedger,
     procscan,
-    system::netif,
+    system::{
+        cgroup_tree::{self, NamedCgroup},
+        netif,
+    },
 };
 
 /// What applying did, and what it could not.
@@ -34,6 +37,9 @@ pub struct ApplyReport {
     /// Selectors that could not be installed (a cgroup or binary that does not
     /// exist yet), with why. The rest of the policy is in force.
     pub warnings: Vec<String>,
+    /// The cgroups the unit and container selectors named (see
+    /// [`find_named`]).
+    pub named_cgroups: Vec<Vec<PathBuf>>,
 }
 
 /// Installs `compiled` into `sensor`, each class in the mode `mode_of` gives
@@ -85,7 +91,9 @@ pub fn apply(
         mask(|c| c.propagate_over_local),
     )?;
 
-    report.warnings = install_selectors(sensor, compiled, cgroup_root)?;
+    report.named_cgroups = find_named(compiled, cgroup_root);
+    report.warnings =
+        install_selectors(sensor, compiled, cgroup_root, report.named_cgroups.clone())?;
     report.selectors = p.selectors.len() - report.warnings.len();
     let taint: Vec<_> = p
         .taint
@@ -118,6 +126,8 @@ fn check_capacity(
             SelectorKind::Cgroup(c) => cgroups.insert(c.as_str()),
             SelectorKind::Exe(e) => exes.insert(e.as_path()),
             SelectorKind::Uid(u) => uids.insert(*u),
+            // Resolved at install: the kernel map's capacity bounds them.
+            SelectorKind::Named(_) => false,
         };
     }
     for (map, need, cap) in [
@@ -147,29 +157,83 @@ fn check_capacity(
     Ok(())
 }
 
-/// Installs the policy's selectors (new entries first, stale ones removed).
-/// Returns the selectors that could not be resolved yet: a cgroup whose unit has
-/// not started, a binary not installed yet. The agent calls this again
-/// periodically, so they take effect once they exist.
+/// Installs the policy's selectors (new entries first, stale ones removed),
+/// the unit and container selectors as the cgroups `found` lists (see
+/// [`find_named`]). Returns the selectors that could not be resolved yet: a
+/// cgroup whose unit has not started, a binary not installed yet. The agent
+/// calls this again periodically, so they take effect once they exist.
 pub fn install_selectors(
     sensor: &mut KernelSensor,
     compiled: &Compiled,
     cgroup_root: &Path,
+    found: Vec<Vec<PathBuf>>,
 ) -> Result<Vec<String>, SensorError> {
-    let specs: Vec<(SelectorSpec, u8)> = compiled
+    let (specs, mut absent) = selector_specs(compiled, cgroup_root, found);
+    let mut problems = sensor.set_selectors(&specs)?;
+    problems.append(&mut absent);
+    Ok(problems)
+}
+
+/// The cgroups each unit and container selector of the policy names now, in
+/// the policy's order: one walk of the tree, none when the policy has no
+/// such selectors.
+pub fn find_named(compiled: &Compiled, cgroup_root: &Path) -> Vec<Vec<PathBuf>> {
+    let names: Vec<NamedCgroup> = compiled
         .policy
         .selectors
         .iter()
-        .map(|s| {
-            let spec = match &s.kind {
-                SelectorKind::Cgroup(path) => {
-                    SelectorSpec::Cgroup(cgroup_root.join(path.trim_start_matches('/')))
-                }
-                SelectorKind::Exe(path) => SelectorSpec::Exe(path.clone()),
-                SelectorKind::Uid(uid) => SelectorSpec::Uid(*uid),
-            };
-            (spec, s.class)
+        .filter_map(|s| match &s.kind {
+            SelectorKind::Named(n) => Some(n.clone()),
+            _ => None,
         })
         .collect();
-    sensor.set_selectors(&specs)
+    cgroup_tree::find(cgroup_root, &names)
+}
+
+/// The policy's selectors as the kernel keys them, the named ones resolved
+/// to the cgroups `found` lists (see [`find_named`]), with the names no
+/// cgroup has yet.
+fn selector_specs(
+    compiled: &Compiled,
+    cgroup_root: &Path,
+    found: Vec<Vec<PathBuf>>,
+) -> (Vec<(SelectorSpec, u8)>, Vec<String>) {
+    let selectors = &compiled.policy.selectors;
+    let mut found = found.into_iter();
+    let mut specs = Vec::new();
+    let mut absent = Vec::new();
+    for s in selectors {
+        match &s.kind {
+            SelectorKind::Cgroup(path) => specs.push((
+                SelectorSpec::Cgroup(cgroup_root.join(path.trim_start_matches('/'))),
+                s.class,
+            )),
+            SelectorKind::Exe(path) => specs.push((SelectorSpec::Exe(path.clone()), s.class)),
+            SelectorKind::Uid(uid) => specs.push((SelectorSpec::Uid(*uid), s.class)),
+            SelectorKind::Named(n) => {
+                let paths = found.next().unwrap_or_default();
+                if paths.is_empty() {
+                    absent.push(format!(
+                        "{}: no cgroup under {} has this name yet (not running); selected once it starts (checked every second)",
+                        describe(n),
+                        cgroup_root.display()
+                    ));
+                }
+                specs.extend(
+                    paths
+                        .into_iter()
+                        .map(|p| (SelectorSpec::Cgroup(p), s.class)),
+                );
+            }
+        }
+    }
+    (specs, absent)
+}
+
+/// A named cgroup as messages name it.
+fn describe(n: &NamedCgroup) -> String {
+    match n {
+        NamedCgroup::Unit(u) => format!("unit {u}"),
+        NamedCgroup::Container(c) => format!("container {c}"),
+    }
 }

@@ -47,6 +47,10 @@ pub struct HostSection {
     /// How long the agent may be silent before classes' `on_agent_loss`
     /// takes effect, e.g. "30s" (default).
     pub agent_loss_timeout: Option<Spanned<String>>,
+    /// Resolvers (prefixes) whose answers count for `allowed_names` and
+    /// `denied_names` (default: the nameservers of /etc/resolv.conf and
+    /// loopback). Answers from elsewhere still name records.
+    pub trusted_resolvers: Option<Vec<Spanned<String>>>,
 }
 
 /// `[sites.NAME]`.
@@ -95,9 +99,18 @@ pub struct ClassSection {
     /// Prefixes always denied (they override region data).
     #[serde(default)]
     pub denied_cidrs: Vec<Spanned<String>>,
+    /// Names ("api.example.com", "*.example.com" for the names below it)
+    /// whose addresses a process of the class may reach for the answer's
+    /// TTL, whatever their country.
+    #[serde(default)]
+    pub allowed_names: Vec<Spanned<String>>,
+    /// Names whose addresses are denied for the class, whatever their
+    /// country (a denied name wins over an allowed one).
+    #[serde(default)]
+    pub denied_names: Vec<Spanned<String>>,
 }
 
-/// `[[selectors]]`: exactly one of cgroup, exe, uid.
+/// `[[selectors]]`: exactly one of cgroup, unit, container, exe, uid.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectorSection {
@@ -106,6 +119,12 @@ pub struct SelectorSection {
     /// A cgroup v2 path, relative to the cgroup v2 mount
     /// ("/system.slice/api.service").
     pub cgroup: Option<Spanned<String>>,
+    /// A systemd unit with a cgroup ("api.service", "app.slice"), wherever
+    /// in the cgroup tree it runs.
+    pub unit: Option<Spanned<String>>,
+    /// A container id or a prefix of it (at least 6 hex digits), under any
+    /// runtime's cgroup naming (docker, containerd, cri-o, podman).
+    pub container: Option<Spanned<String>>,
     /// An executable's absolute path (matched by file identity).
     pub exe: Option<Spanned<String>>,
     /// A real uid.

@@ -13,6 +13,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use residency_proto::names::NamePattern;
 use sensor_common::policy::capacity;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -21,7 +22,23 @@ use super::model::{ClassSection, PolicyFile, SelectorSection};
 use crate::{
     kernel::verdicts::Mode,
     regions::{Country, countries},
+    system::cgroup_tree::NamedCgroup,
 };
+
+/// The shortest container id prefix a selector takes (`docker ps` prints 12).
+pub const MIN_CONTAINER_PREFIX: usize = 6;
+
+/// Whether `name` is a systemd unit name of a type that has a cgroup.
+fn valid_unit(name: &str) -> bool {
+    let stem = [".service", ".scope", ".slice"]
+        .iter()
+        .find_map(|t| name.strip_suffix(t));
+    stem.is_some_and(|s| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
+    })
+}
 
 /// `host.agent_loss_timeout` when the policy sets none.
 pub const DEFAULT_AGENT_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +73,16 @@ pub struct Class {
     pub kill_packet_sockets: bool,
     /// Local peers that accept from the class's processes carry it (`propagate_over_local`).
     pub propagate_over_local: bool,
+    /// Names whose answers' addresses are allowed, and denied.
+    pub allowed_names: Vec<NamePattern>,
+    pub denied_names: Vec<NamePattern>,
+}
+
+impl Class {
+    /// Whether the class rules on names.
+    pub fn has_names(&self) -> bool {
+        !self.allowed_names.is_empty() || !self.denied_names.is_empty()
+    }
 }
 
 /// A class's declared failure mode: what the kernel does for it when the
@@ -87,6 +114,9 @@ impl fmt::Display for OnAgentLoss {
 pub enum SelectorKind {
     /// A cgroup path relative to the cgroup v2 mount.
     Cgroup(String),
+    /// A cgroup by name: a systemd unit or a container id prefix, found
+    /// wherever it is in the cgroup tree.
+    Named(NamedCgroup),
     /// An executable's absolute path.
     Exe(PathBuf),
     /// A real uid.
@@ -118,6 +148,9 @@ pub struct Host {
     pub failsafe: Vec<IpNet>,
     /// Silence after which classes' `on_agent_loss` takes effect.
     pub agent_loss_timeout: Duration,
+    /// Resolvers whose answers count for name rules (`None`: the system's,
+    /// see `dns::rules::system_resolvers`).
+    pub trusted_resolvers: Option<Vec<IpNet>>,
 }
 
 /// A checked policy.
@@ -262,6 +295,19 @@ impl Checker<'_> {
         }
     }
 
+    /// A class's name list, each entry checked where it is written.
+    fn names(&mut self, list: &[Spanned<String>], class: &str, key: &str) -> Vec<NamePattern> {
+        let mut out = Vec::new();
+        for raw in list {
+            match NamePattern::parse(raw.get_ref()) {
+                Ok(p) if out.contains(&p) => {}
+                Ok(p) => out.push(p),
+                Err(e) => self.err(raw.span(), format!("class {class}: {key}: {e}")),
+            }
+        }
+        out
+    }
+
     fn mode(&mut self, s: &Spanned<String>) -> Option<Mode> {
         match Mode::from_str(s.get_ref()) {
             Ok(m) => Some(m),
@@ -402,6 +448,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
             }
         },
     };
+    let trusted_resolvers = file.host.trusted_resolvers.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|s| c.cidr(s, "trusted_resolvers entry"))
+            .collect()
+    });
     let host = Host {
         id: file
             .host
@@ -414,6 +465,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         aggregation,
         failsafe,
         agent_loss_timeout,
+        trusted_resolvers,
     };
 
     // Sites.
@@ -581,6 +633,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
                 );
             }
         }
+        let allowed_names = c.names(&section.allowed_names, name, "allowed_names");
+        let denied_names = c.names(&section.denied_names, name, "denied_names");
+        for raw in &section.denied_names {
+            if let Ok(d) = NamePattern::parse(raw.get_ref())
+                && allowed_names.contains(&d)
+            {
+                c.err(
+                    raw.span(),
+                    format!(
+                        "class {name}: name {d} is both allowed and denied; keep it in one list"
+                    ),
+                );
+            }
+        }
         classes.push(Class {
             id: id.min(63) as u8,
             name: name.clone(),
@@ -594,6 +660,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
             allow_raw_sockets: section.allow_raw_sockets.unwrap_or(false),
             kill_packet_sockets,
             propagate_over_local: section.propagate_over_local.unwrap_or(false),
+            allowed_names,
+            denied_names,
         });
     }
     let class_id = |c: &mut Checker, name: &Spanned<String>, what: &str| -> Option<u8> {
@@ -624,15 +692,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
     for sel in &file.selectors {
         let s = sel.get_ref();
         let class = class_id(&mut c, &s.class, "selector");
-        let kinds = [s.cgroup.is_some(), s.exe.is_some(), s.uid.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let kinds = [
+            s.cgroup.is_some(),
+            s.unit.is_some(),
+            s.container.is_some(),
+            s.exe.is_some(),
+            s.uid.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if kinds != 1 {
-            c.err(sel.span(), "a selector needs exactly one of cgroup, exe, uid (write one [[selectors]] table per match)");
+            c.err(sel.span(), "a selector needs exactly one of cgroup, unit, container, exe, uid (write one [[selectors]] table per match)");
             continue;
         }
-        let kind = if let Some(cg) = &s.cgroup {
+        let kind = if let Some(unit) = &s.unit {
+            let u = unit.get_ref();
+            if !valid_unit(u) {
+                c.err(unit.span(), format!("unit {u:?}: write a systemd unit name with its type, one of .service, .scope or .slice (e.g. \"api.service\"), as `systemctl status` shows it"));
+            }
+            SelectorKind::Named(NamedCgroup::Unit(u.clone()))
+        } else if let Some(ctr) = &s.container {
+            let id = ctr.get_ref();
+            if !(MIN_CONTAINER_PREFIX..=64).contains(&id.len())
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                c.err(ctr.span(), format!("container {id:?}: write the container id or a prefix of it, {MIN_CONTAINER_PREFIX} to 64 lowercase hex digits, as `docker ps` or `crictl ps` prints it"));
+            }
+            SelectorKind::Named(NamedCgroup::Container(id.clone()))
+        } else if let Some(cg) = &s.cgroup {
             if !cg.get_ref().starts_with('/') {
                 c.err(cg.span(), format!("cgroup {:?}: write the path from the cgroup v2 root, starting with / (e.g. \"/system.slice/api.service\")", cg.get_ref()));
             }
@@ -687,6 +777,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
         ),
         ("exe", |s: &SelectorSection| {
             s.exe.as_ref().map(|v| (v.get_ref().clone(), v.span()))
+        }),
+        // Each names at least one cgroup: a lower bound of what they need.
+        ("unit or container", |s: &SelectorSection| {
+            s.unit
+                .as_ref()
+                .or(s.container.as_ref())
+                .map(|v| (v.get_ref().clone(), v.span()))
         }),
         ("uid", |s: &SelectorSection| {
             s.uid.as_ref().map(|v| (v.get_ref().to_string(), v.span()))
@@ -780,6 +877,40 @@ ports = "5432"
     }
 
     #[test]
+    fn name_rules_are_checked_where_written() {
+        let good = check(
+            "[host]\ntrusted_resolvers = [\"10.0.0.2\"]\n[classes.eu]\nallowed_names = [\"*.S3.eu-west-1.amazonaws.com.\", \"api.example.com\"]\ndenied_names = [\"*.example.net\"]\n",
+        )
+        .unwrap();
+        let c = good.class("eu").unwrap();
+        assert_eq!(
+            c.allowed_names[0].to_string(),
+            "*.s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(c.denied_names.len(), 1);
+        assert_eq!(
+            good.host.trusted_resolvers,
+            Some(vec!["10.0.0.2/32".parse().unwrap()])
+        );
+        let e = check(
+            "[classes.eu]\nallowed_names = [\"a..b\", \"x.example\"]\ndenied_names = [\"X.example\"]\n",
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines[0].starts_with(
+                "p.toml:2:18: class eu: allowed_names: name \"a..b\" is not a DNS name"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines[1]
+                .starts_with("p.toml:3:17: class eu: name x.example is both allowed and denied"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_located() {
         let e = check("[host]\nid = \"x\"\ndefualt_mode = \"enforce\"\n").unwrap_err();
         assert!(
@@ -838,6 +969,77 @@ uid = 1000
             "{e}"
         );
         assert_eq!(lines.len(), 7, "{e}");
+    }
+
+    #[test]
+    fn unit_and_container_selectors_are_checked_where_written() {
+        let text = r#"
+[classes.eu]
+allowed_jurisdictions = ["EEA"]
+
+[[selectors]]
+class = "eu"
+unit = "nginx"
+
+[[selectors]]
+class = "eu"
+container = "4F6BB7"
+
+[[selectors]]
+class = "eu"
+container = "4f6b"
+
+[[selectors]]
+class = "eu"
+unit = "api.service"
+container = "4f6bb7b2f3a9"
+"#;
+        let e = check(text).unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines[0]
+                .starts_with("p.toml:7:8: unit \"nginx\": write a systemd unit name with its type"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("p.toml:11:13: container \"4F6BB7\": write the container id or a prefix of it, 6 to 64 lowercase hex digits"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("p.toml:15:13: container \"4f6b\""),
+            "{e}"
+        );
+        assert!(
+            lines[3].contains(
+                "17:1: a selector needs exactly one of cgroup, unit, container, exe, uid"
+            ),
+            "{e}"
+        );
+        assert_eq!(lines.len(), 4, "{e}");
+
+        let good = r#"
+[classes.eu]
+allowed_jurisdictions = ["EEA"]
+
+[[selectors]]
+class = "eu"
+unit = "user@1000.service"
+
+[[selectors]]
+class = "eu"
+container = "4f6bb7b2f3a9"
+"#;
+        let p = check(good).expect("valid");
+        assert_eq!(
+            p.selectors
+                .iter()
+                .map(|s| s.kind.clone())
+                .collect::<Vec<_>>(),
+            vec![
+                SelectorKind::Named(NamedCgroup::Unit("user@1000.service".into())),
+                SelectorKind::Named(NamedCgroup::Container("4f6bb7b2f3a9".into())),
+            ]
+        );
     }
 
     #[test]
@@ -920,7 +1122,7 @@ mod example_tests {
         let p = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.classes.len(), 1);
         assert_eq!(p.sites.len(), 3);
-        assert_eq!(p.selectors.len(), 2);
+        assert_eq!(p.selectors.len(), 3);
         assert_eq!(p.taint.len(), 1);
     }
 }

@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod bpffs;
 pub mod btf;
+pub mod cgroup_tree;
 pub mod mountinfo;
 pub mod netif;
 pub mod sockets;

@@ -38,8 +38,10 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The container a cgroup name names, with its runtime.
-fn container(segment: &str, parent: Option<&str>) -> Option<(&'static str, String)> {
+/// The container a cgroup name names, with its runtime; `parent` is the
+/// name of the directory above (the cgroupfs drivers put a bare id under
+/// the runtime's directory).
+pub fn container(segment: &str, parent: Option<&str>) -> Option<(&'static str, String)> {
     let name = segment.strip_suffix(".scope").unwrap_or(segment);
     for (prefix, runtime) in [
         ("docker-", "docker"),

@@ -24,6 +24,17 @@
 //!                                open N connections (TCP, or a Unix socket
 //!                                path) that never send; prints {"held":K}
 //!                                and keeps them until stdin closes
+//! Or: netprobe resolve-connect DNS_ADDR:PORT NAME a|aaaa|a-tcp PORT [RETRY_MS [AGAIN_MS]]
+//!                                a stub resolver: asks the server for NAME's
+//!                                A or AAAA records over a connected UDP
+//!                                socket (a-tcp: A over TCP), then tcp-connects to the first
+//!                                address at PORT (errno 2, ENOENT, when the
+//!                                answer has none). RETRY_MS: a connect refused
+//!                                with EPERM is tried again every 100 µs for up
+//!                                to that long (prints {"tries":N,"waited_us":U}
+//!                                first). AGAIN_MS: then waits that long and
+//!                                connects to the address once more (its errno
+//!                                second)
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]
 //!                                sendto from one unconnected UDP socket, paced
@@ -39,7 +50,7 @@
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 fn errno_of(e: &std::io::Error) -> i32 {
@@ -182,6 +193,111 @@ fn report(tid: u32, errnos: &[i32]) {
     let _ = std::io::stdout().flush();
 }
 
+/// `netprobe resolve-connect`: see the usage at the top.
+fn resolve_connect(args: &[String]) {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let usage = || -> ! {
+        eprintln!(
+            "usage: netprobe resolve-connect DNS_ADDR:PORT NAME a|aaaa|a-tcp PORT [RETRY_MS [AGAIN_MS]]"
+        );
+        std::process::exit(2);
+    };
+    let (args, extra) = args.split_at(args.len().min(5));
+    let [_, server, name, kind, port] = args else {
+        usage()
+    };
+    let ms = |i: usize| -> Option<Duration> {
+        extra.get(i).map(|a| match a.parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => usage(),
+        })
+    };
+    let (retry, again) = (ms(0), ms(1));
+    let (Ok(server), Ok(name), Ok(port)) = (
+        server.parse::<SocketAddr>(),
+        Name::from_ascii(name),
+        port.parse::<u16>(),
+    ) else {
+        usage()
+    };
+    let (rtype, tcp) = match kind.as_str() {
+        "a" => (RecordType::A, false),
+        "aaaa" => (RecordType::AAAA, false),
+        "a-tcp" => (RecordType::A, true),
+        _ => usage(),
+    };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let resolved = (|| -> std::io::Result<std::net::IpAddr> {
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(name, rtype));
+        let bytes = query.to_vec().map_err(std::io::Error::other)?;
+        let reply = if tcp {
+            // RFC 1035 4.2.2: each message after its 2-byte length.
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+            s.write_all(&[&len.to_be_bytes()[..], &bytes].concat())?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut reply)?;
+            reply
+        } else {
+            let sock = UdpSocket::bind(unspecified(&server))?;
+            sock.connect(server)?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            sock.send(&bytes)?;
+            let mut buf = [0u8; 1500];
+            let n = sock.recv(&mut buf)?;
+            buf[..n].to_vec()
+        };
+        let answer = Message::from_vec(&reply).map_err(std::io::Error::other)?;
+        answer
+            .answers
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
+    })();
+    let errno = match resolved {
+        Ok(ip) => {
+            println!("{{\"resolved\":\"{ip}\"}}");
+            let to = SocketAddr::new(ip, port);
+            let start = Instant::now();
+            let mut tries = 1u32;
+            let mut errno = run_op("tcp-connect", to);
+            if let Some(retry) = retry {
+                while errno == libc::EPERM && start.elapsed() < retry {
+                    std::thread::sleep(Duration::from_micros(100));
+                    tries += 1;
+                    errno = run_op("tcp-connect", to);
+                }
+                println!(
+                    "{{\"tries\":{tries},\"waited_us\":{}}}",
+                    start.elapsed().as_micros()
+                );
+            }
+            match again {
+                Some(after) => {
+                    std::thread::sleep(after);
+                    vec![errno, run_op("tcp-connect", to)]
+                }
+                None => vec![errno],
+            }
+        }
+        Err(e) => vec![errno_of(&e)],
+    };
+    report(tid, &errno);
+}
+
 /// `netprobe fork-exit N`: forks N children, one after the other, each exiting
 /// at once; prints how many were reaped. (Short-lived processes for the tag
 /// lifetime test.)
@@ -232,7 +348,7 @@ fn udp_rate(args: &[String]) {
     };
     let sock = UdpSocket::bind(unspecified(&addr)).unwrap_or_else(|_| usage());
     let total = (rate as f64 * secs) as u64;
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
     let mut i = 0u64;
     while i < total {
@@ -322,6 +438,10 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("hold") {
         hold(&args);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("resolve-connect") {
+        resolve_connect(&args);
         return;
     }
     if args.first().map(String::as_str) == Some("fork-exit") {

@@ -96,11 +96,39 @@ fn pids_in(path: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Kills everything in the cgroup and removes it, waiting up to 5 s for the
-/// processes to be reaped.
+/// The cgroups directly inside `path`.
+fn child_cgroups(path: &Path) -> Vec<PathBuf> {
+    fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills everything in the cgroup and removes it with every cgroup inside
+/// it (leaves first), waiting up to 20 s for the processes to be reaped.
+/// A cgroup that still holds cgroups of its own and is not the top of the
+/// tree (an intermediate `child()` dropped early, such as a temporary) is
+/// left to the top one: waiting on it could only time out.
 fn destroy(path: &Path) {
     if !path.exists() {
         return;
+    }
+    // Only `create()` names a cgroup with the prefix: the top of a tree.
+    let top = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(PREFIX));
+    let children = child_cgroups(path);
+    if !children.is_empty() {
+        if !top {
+            return;
+        }
+        for c in children {
+            destroy_subtree(&c);
+        }
     }
     // cgroup.kill (5.14+) kills the whole subtree atomically; fall back to
     // signalling each pid.
@@ -115,9 +143,17 @@ fn destroy(path: &Path) {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Killed tasks leave the cgroup once reaped: seconds on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(20);
     while fs::remove_dir(path).is_err() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
+    }
+    if path.exists() {
+        eprintln!(
+            "harness: cgroup {} could not be removed within 20 s (procs: {:?})",
+            path.display(),
+            pids_in(path)
+        );
     }
 }
 
@@ -136,6 +172,18 @@ fn remove_stale(root: &Path) {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             destroy(&entry.path());
         }
+    }
+}
+
+/// Removes `path` and everything inside it, leaves first.
+fn destroy_subtree(path: &Path) {
+    for c in child_cgroups(path) {
+        destroy_subtree(&c);
+    }
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::remove_dir(path).is_err() && path.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

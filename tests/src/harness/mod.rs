@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod database;
 pub mod deadline;
+pub mod dnsmasq;
 pub mod http;
 pub mod netns;
 pub mod postgres;

@@ -77,6 +77,7 @@ fn row(f: &Flow) -> Vec<String> {
     ];
     if output::format() == output::Format::Wide {
         r.extend([
+            f.name_label(),
             f.exe.clone(),
             f.local.clone(),
             f.community_id.clone(),
@@ -89,15 +90,15 @@ fn row(f: &Flow) -> Vec<String> {
     r
 }
 
-/// The columns: `-o wide` adds the executable, the local address, the
-/// Community ID and the cgroup.
+/// The columns: `-o wide` adds the name the process resolved, the
+/// executable, the local address, the Community ID and the cgroup.
 fn headers() -> Vec<&'static str> {
     let mut h = vec![
         "KIND", "PID", "COMM", "WORKLOAD", "CLASSES", "PROTO", "REMOTE", "CC", "VERDICT", "ACTION",
         "COUNT",
     ];
     if output::format() == output::Format::Wide {
-        h.extend(["EXE", "LOCAL", "COMMUNITY ID", "CGROUP"]);
+        h.extend(["NAME", "EXE", "LOCAL", "COMMUNITY ID", "CGROUP"]);
     }
     h
 }

@@ -1,0 +1,526 @@
+//! Names on records: a real DNS server (dnsmasq) in the Frankfurt namespace
+//! answers names for the fixture hosts; a tagged process resolves them with
+//! its own stub resolver and connects; the agent (the real `sensord`) puts
+//! the name it resolved, and the CNAME chain, on the records.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use harness::harness::{
+    agent::{RunningAgent, workspace_bin},
+    cgroup::TestCgroup,
+    collector::RunningCollector,
+    dnsmasq::{Dnsmasq, Entry},
+    netns::TestNet,
+    postgres::PgServer,
+    probe,
+    scenario::{FixturePolicy, cgroup_rel, delivering_agent},
+    temp::TempPath,
+};
+use residency_proto::agent::v1::{Flow, FlowKind};
+
+const REGIONS: &str = "1.0.0.0,1.0.0.255,AU\n";
+
+fn policy(cgroup_rel: &str) -> String {
+    FixturePolicy {
+        host_id: "dns-host",
+        aggregation: "0",
+        mode: "monitor",
+        allowed: r#"["EEA"]"#,
+        cgroup_rel,
+        class_extra: "",
+    }
+    .text()
+}
+
+/// The connect record of process `pid` (a tcp-connect to `remote`).
+fn connect_of(agent: &RunningAgent, pid: u32, remote: SocketAddr) -> Flow {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let flows = agent.listed(true, &["--pid", &pid.to_string()]);
+        if let Some(f) = flows
+            .iter()
+            .find(|f| f.kind() == FlowKind::Connect && f.remote == remote.to_string())
+        {
+            return f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connect record of {pid} to {remote}: {flows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn records_carry_the_name_the_process_resolved_and_forget_it_after_the_ttl() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let agent = RunningAgent::start(&policy(&cgroup_rel(&cgroup)), REGIONS);
+    let us = [IpAddr::V4(net.virginia.v4), IpAddr::V6(net.virginia.v6)];
+    let eu = [IpAddr::V4(net.frankfurt.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[
+            Entry::Host("us.bucket.test", &us, 1),
+            Entry::Alias("cdn.test", "us.bucket.test", 30),
+            Entry::Host("tcp.bucket.test", &eu, 30),
+        ],
+    );
+    // Answers from another port than 53 are not DNS to the sensor: this one
+    // names the Frankfurt host, and must not show.
+    let spoof = Dnsmasq::start(&net.frankfurt, 5353, &[Entry::Host("spoof.test", &eu, 30)]);
+    let v4 = net.virginia.tcp_server(false);
+    let v6 = net.virginia.tcp_server(true);
+    let fra = net.frankfurt.tcp_server(false);
+    let resolve = |server: SocketAddr, name: &str, kind: &str, port: u16| {
+        let p = probe::run(cgroup.command(probe::command(&[
+            "resolve-connect",
+            &server.to_string(),
+            name,
+            kind,
+            &port.to_string(),
+        ])));
+        assert_eq!(p.errno(), 0, "{name}: {}", dns.log());
+        p
+    };
+
+    // Through a CNAME: the name asked, and the chain to the address.
+    let at = Instant::now();
+    let p = resolve(dns.addr, "cdn.test", "a", v4.addr.port());
+    let c = connect_of(&agent, p.pid, v4.addr);
+    assert_eq!(c.remote_name, "cdn.test", "{c:?}");
+    // Named though the process was gone before its records were read: by
+    // the path it exec'd.
+    assert!(c.exe.ends_with("/netprobe"), "{c:?}");
+    assert_eq!(c.remote_cnames, ["us.bucket.test"]);
+    // sensorctl's wide table shows the name and its chain.
+    let out = agent.ctl(&["-o", "wide", "flows", "--pid", &p.pid.to_string()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("NAME") && table.contains("cdn.test (> us.bucket.test)"),
+        "{table}"
+    );
+    // It is a violation (Virginia is outside the EEA): what the collector
+    // gets carries the name too.
+    let v = agent.listed(false, &["--pid", &p.pid.to_string()]);
+    assert!(v.iter().any(|v| v.remote_name == "cdn.test"), "{v:?}");
+
+    // An AAAA answer names the IPv6 flow.
+    let p = resolve(dns.addr, "US.Bucket.test", "aaaa", v6.addr.port());
+    let c = connect_of(&agent, p.pid, v6.addr);
+    assert_eq!(c.remote_name, "us.bucket.test", "{c:?}");
+    assert!(c.remote_cnames.is_empty());
+
+    // The answer from port 5353 reached the process, which connected to the
+    // address it gave; the record names nothing.
+    let p = resolve(spoof.addr, "spoof.test", "a", fra.addr.port());
+    let c = connect_of(&agent, p.pid, fra.addr);
+    assert_eq!(c.remote_name, "", "{c:?}");
+
+    // Over TCP (a resolver retrying a truncated answer does this), naming the
+    // Frankfurt host (after the spoof check, which must not find it): the
+    // length-prefixed message is read as well.
+    let p = resolve(dns.addr, "tcp.bucket.test", "a-tcp", fra.addr.port());
+    let c = connect_of(&agent, p.pid, fra.addr);
+    assert_eq!(c.remote_name, "tcp.bucket.test", "{c:?}");
+
+    // The Virginia address's answer had a TTL of 1 s (the chain's smallest):
+    // once it and the agent's grace (2 s) passed, a connect to the address
+    // without resolving it again carries no name.
+    std::thread::sleep(
+        (at + Duration::from_millis(3500)).saturating_duration_since(Instant::now()),
+    );
+    let p = probe::run(cgroup.command(probe::command(&["tcp-connect", &v4.addr.to_string()])));
+    assert_eq!(p.errno(), 0);
+    let c = connect_of(&agent, p.pid, v4.addr);
+    assert_eq!(c.remote_name, "", "{c:?}");
+    assert!(
+        agent.counter("dns_lost") == 0,
+        "no answer was lost to a full ring buffer"
+    );
+}
+
+#[test]
+fn untagged_processes_answers_are_not_read() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let agent = RunningAgent::start(&policy(&cgroup_rel(&cgroup)), REGIONS);
+    let us = [IpAddr::V4(net.virginia.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[Entry::Host("us.bucket.test", &us, 60)],
+    );
+    let v4 = net.virginia.tcp_server(false);
+    // An untagged process resolves (outside the selected cgroup) ...
+    let p = probe::run(probe::command(&[
+        "resolve-connect",
+        &dns.addr.to_string(),
+        "us.bucket.test",
+        "a",
+        &v4.addr.port().to_string(),
+    ]));
+    assert_eq!(p.errno(), 0);
+    // ... then a tagged one connects to the address without asking: the
+    // host-wide table never heard of it.
+    let p = probe::run(cgroup.command(probe::command(&["tcp-connect", &v4.addr.to_string()])));
+    assert_eq!(p.errno(), 0);
+    let c = connect_of(&agent, p.pid, v4.addr);
+    assert_eq!(c.remote_name, "", "{c:?}");
+}
+
+/// A collector stores the names: `collectorctl violations --name` finds a
+/// violation by the name asked, a `*.` pattern over its CNAME chain, and
+/// nothing for another name; the chain check holds over the new column.
+fn names_reach_the_collector(database: &str, dir: &std::path::Path, host: &str) {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start_with(dir, database, None);
+    let config = collector.agent_config(dir, host, None);
+    let _agent = delivering_agent(host, &cgroup, &config);
+    let us = [IpAddr::V4(net.virginia.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[
+            Entry::Host("us.bucket.test", &us, 60),
+            Entry::Alias("cdn.test", "us.bucket.test", 60),
+        ],
+    );
+    let v4 = net.virginia.tcp_server(false);
+    let p = probe::run(cgroup.command(probe::command(&[
+        "resolve-connect",
+        &dns.addr.to_string(),
+        "cdn.test",
+        "a",
+        &v4.addr.port().to_string(),
+    ])));
+    assert_eq!(p.errno(), 0, "{}", dns.log());
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(workspace_bin("collectorctl"))
+            .arg("--socket")
+            .arg(&collector.socket)
+            .args(args)
+            .output()
+            .expect("collectorctl")
+    };
+    let found = |name: &str| -> Vec<String> {
+        let out = ctl(&["-o", "jsonl", "violations", "--host", host, "--name", name]);
+        assert!(
+            out.status.success(),
+            "--name {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hit = loop {
+        let hit = found("CDN.test");
+        if !hit.is_empty() || Instant::now() > deadline {
+            break hit;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(hit.len(), 1, "{hit:?}");
+    assert!(
+        hit[0].contains("us.bucket.test"),
+        "the chain is stored: {}",
+        hit[0]
+    );
+    assert_eq!(
+        found("*.bucket.test").len(),
+        1,
+        "a pattern matches the chain"
+    );
+    assert!(
+        found("*.cdn.test").is_empty(),
+        "a pattern is the names below it"
+    );
+    assert!(found("bucket.test").is_empty(), "an exact name is exact");
+    let wide = ctl(&["-o", "wide", "violations", "--host", host]);
+    let table = String::from_utf8_lossy(&wide.stdout);
+    assert!(table.contains("cdn.test (> us.bucket.test)"), "{table}");
+    let bad = ctl(&["violations", "--name", "no such name!"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a DNS name"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let (report, code) = collector.verify(host);
+    assert!(report.intact && code == 0, "{report:?}");
+}
+
+#[test]
+fn names_reach_the_collector_in_sqlite() {
+    let tmp = TempPath::dir("dns-names-sqlite");
+    let db = tmp.path().join("collector.db");
+    names_reach_the_collector(db.to_str().expect("utf-8"), tmp.path(), "dns-sqlite");
+}
+
+#[test]
+fn names_reach_the_collector_in_postgresql() {
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("dns-names-pg");
+    names_reach_the_collector(&pg.url, tmp.path(), "dns-pg");
+}
+
+/// The fixture policy in `mode` with `class_extra` in the class and
+/// `trusted` as the host's trusted resolvers.
+fn name_policy(cgroup_rel: &str, mode: &str, class_extra: &str, trusted: &str) -> String {
+    FixturePolicy {
+        host_id: "dns-host",
+        aggregation: "0",
+        mode,
+        allowed: r#"["EEA"]"#,
+        cgroup_rel,
+        class_extra,
+    }
+    .text()
+    .replacen(
+        "[host]\n",
+        &format!("[host]\ntrusted_resolvers = [\"{trusted}\"]\n"),
+        1,
+    )
+}
+
+/// A resolve-connect run in `cgroup` (see netprobe), with its retry report
+/// (tries, µs waited) when `extra` asks for retries.
+fn resolve_in(
+    cgroup: &TestCgroup,
+    server: SocketAddr,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+) -> (probe::ProbeResult, Option<(u64, u64)>) {
+    let port = port.to_string();
+    let server = server.to_string();
+    let mut args = vec!["resolve-connect", &server, name, "a", &port];
+    args.extend_from_slice(extra);
+    let mut cmd = cgroup.command(probe::command(&args));
+    let out = cmd.output().expect("netprobe runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let retry = stdout.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        Some((v["tries"].as_u64()?, v["waited_us"].as_u64()?))
+    });
+    let report = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"errno\""))
+        .unwrap_or_else(|| panic!("{name}: no report: {stdout}"));
+    (probe::parse(report), retry)
+}
+
+#[test]
+fn allowed_names_let_a_class_reach_them_while_their_answer_lasts() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let trusted = format!("{}/32", net.frankfurt.v4);
+    let agent = RunningAgent::start(
+        &name_policy(
+            &cgroup_rel(&cgroup),
+            "enforce",
+            r#"allowed_names = ["*.bucket.test"]"#,
+            &trusted,
+        ),
+        REGIONS,
+    );
+    let us = [IpAddr::V4(net.virginia.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[
+            Entry::Host("us.bucket.test", &us, 1),
+            Entry::Host("elsewhere.test", &us, 30),
+            Entry::Alias("cdn.test", "us.bucket.test", 30),
+        ],
+    );
+    let v4 = net.virginia.tcp_server(false);
+    let port = v4.addr.port();
+
+    // An allowed name's address is reachable by the process that resolved
+    // it, outside the class's jurisdictions; a connect that beats the agent
+    // to the answer is refused (EPERM) and tried again.
+    let (p, retry) = resolve_in(&cgroup, dns.addr, "us.bucket.test", port, &["2000", "3500"]);
+    let (tries, waited_us) = retry.expect("retry report");
+    eprintln!("allowed name: connected after {tries} tries, {waited_us} µs after the answer");
+    assert_eq!(p.errnos[0], 0, "allowed by name: {}", agent.log_text());
+    // The answer's TTL (1 s) and the grace (2 s) passed: the same process,
+    // connecting again without asking, is judged by the address.
+    assert_eq!(p.errnos[1], libc::EPERM, "past the answer's TTL");
+
+    // Another process that did not ask: the address alone, outside the EEA.
+    let q = probe::run(cgroup.command(probe::command(&["tcp-connect", &v4.addr.to_string()])));
+    assert_eq!(q.errno(), libc::EPERM, "the address without the name");
+
+    // Through a CNAME to an allowed name.
+    let (p, _) = resolve_in(&cgroup, dns.addr, "cdn.test", port, &["2000"]);
+    assert_eq!(p.errno(), 0, "a chain through an allowed name");
+
+    // A name not allowed, for the same address: still refused after retries.
+    let (p, retry) = resolve_in(&cgroup, dns.addr, "elsewhere.test", port, &["300"]);
+    assert_eq!(p.errno(), libc::EPERM, "not an allowed name");
+    assert!(retry.expect("retry report").0 > 1);
+}
+
+#[test]
+fn denied_names_are_refused_wherever_their_address_is() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let trusted = format!("{}/32", net.frankfurt.v4);
+    let agent = RunningAgent::start(
+        &name_policy(
+            &cgroup_rel(&cgroup),
+            "enforce",
+            r#"denied_names = ["exfil.bucket.test"]"#,
+            &trusted,
+        ),
+        REGIONS,
+    );
+    let eu = [IpAddr::V4(net.frankfurt.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[
+            Entry::Host("exfil.bucket.test", &eu, 30),
+            Entry::Host("ok.bucket.test", &eu, 30),
+        ],
+    );
+    let fra = net.frankfurt.tcp_server(false);
+    let port = fra.addr.port();
+    // The Frankfurt address is in the EEA, allowed by itself; by the denied
+    // name it is refused. The first connect can beat the agent to the answer
+    // (judged by the address then); 200 ms later the entry is in force.
+    let (p, _) = resolve_in(&cgroup, dns.addr, "exfil.bucket.test", port, &["0", "200"]);
+    eprintln!(
+        "denied name: first connect errno {} (0: it beat the agent)",
+        p.errnos[0]
+    );
+    assert_eq!(
+        p.errnos[1],
+        libc::EPERM,
+        "denied by name: {}",
+        agent.log_text()
+    );
+    let (p, _) = resolve_in(&cgroup, dns.addr, "ok.bucket.test", port, &["0", "200"]);
+    assert_eq!(p.errnos, [0, 0], "another name for the same address");
+    // The violation names the denied name.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = agent.listed(false, &[]);
+        if v.iter().any(|v| v.remote_name == "exfil.bucket.test") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no violation named exfil: {v:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn answers_from_untrusted_resolvers_allow_nothing() {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    // The resolver the process asks is not the trusted one.
+    let agent = RunningAgent::start(
+        &name_policy(
+            &cgroup_rel(&cgroup),
+            "enforce",
+            r#"allowed_names = ["us.bucket.test"]"#,
+            "192.0.2.53/32",
+        ),
+        REGIONS,
+    );
+    let us = [IpAddr::V4(net.virginia.v4)];
+    let dns = Dnsmasq::start(
+        &net.frankfurt,
+        53,
+        &[Entry::Host("us.bucket.test", &us, 30)],
+    );
+    let v4 = net.virginia.tcp_server(false);
+    let (p, _) = resolve_in(
+        &cgroup,
+        dns.addr,
+        "us.bucket.test",
+        v4.addr.port(),
+        &["500"],
+    );
+    assert_eq!(
+        p.errno(),
+        libc::EPERM,
+        "an untrusted answer allowed the address"
+    );
+    assert!(
+        agent.wait_log("not in host.trusted_resolvers", Duration::from_secs(5)),
+        "no warning about the untrusted resolver: {}",
+        agent.log_text()
+    );
+}
+
+/// A tagged process that talks to a public DNS-over-HTTPS service (here a
+/// remote host at Quad9's address, port 443): its records name the service,
+/// `doh_flows` counts it and the agent warns once.
+#[test]
+fn talking_to_a_public_doh_service_is_reported() {
+    use harness::harness::netns::{PREFIX, Place, RemoteHost};
+    let cgroup = TestCgroup::create();
+    let quad9 = RemoteHost::create_named(
+        Place::Virginia,
+        format!("{PREFIX}doh"),
+        "rsdoh".to_owned(),
+        ("9.9.9.10".parse().unwrap(), "9.9.9.9".parse().unwrap()),
+        ("fd00:9::2".parse().unwrap(), "fd00:9::1".parse().unwrap()),
+    );
+    let ip = quad9.addr(false);
+    // The handshake completes in the kernel's backlog: nobody need accept.
+    let _listener = quad9.inside(move || {
+        std::net::TcpListener::bind(SocketAddr::new(ip, 443)).expect("bind 443 in netns")
+    });
+    let admin = harness::harness::collector::free_port();
+    let agent = RunningAgent::start_with(
+        &policy(&cgroup_rel(&cgroup)),
+        REGIONS,
+        &["--metrics-listen", &format!("127.0.0.1:{admin}")],
+    );
+    let remote = SocketAddr::new(ip, 443);
+    for _ in 0..2 {
+        let p = probe::run(cgroup.command(probe::command(&["tcp-connect", &remote.to_string()])));
+        assert_eq!(p.errno(), 0);
+        let c = connect_of(&agent, p.pid, remote);
+        assert_eq!(c.remote_name, "dns.quad9.net", "{c:?}");
+    }
+    // A metric of the agent's (not a kernel counter of its status).
+    let doh_flows = || {
+        let body = tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(harness::harness::http::http_get(admin, "/metrics"))
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+            .body;
+        body.lines()
+            .find_map(|l| l.strip_prefix("residency_sensor_doh_flows_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    harness::harness::wait_until(
+        "residency_sensor_doh_flows_total to count both flows",
+        Duration::from_secs(5),
+        || doh_flows() >= 2,
+    );
+    assert!(
+        agent.wait_log("DNS-over-HTTPS", Duration::from_secs(5)),
+        "no warning about the DoH service: {}",
+        agent.log_text()
+    );
+    assert_eq!(
+        agent.log_text().matches("public DNS-over-HTTPS").count(),
+        2,
+        "one warning per process and endpoint (two processes)"
+    );
+}
