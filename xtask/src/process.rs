@@ -90,13 +90,18 @@ mod tests {
             .spawn()
             .expect("sleep");
         let me = std::process::id() as i32;
-        assert!(
-            descendants(me)
+        // Right after fork the child still shows our command line: wait
+        // for its exec.
+        let found = |procs: &[Proc]| {
+            procs
                 .iter()
-                .any(|p| p.pid == c.id() as i32 && p.args.starts_with("sleep")),
-            "{:?}",
-            descendants(me)
-        );
+                .any(|p| p.pid == c.id() as i32 && p.args.starts_with("sleep"))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !found(&descendants(me)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(found(&descendants(me)), "{:?}", descendants(me));
         let _ = c.kill();
         let _ = c.wait();
     }
