@@ -80,21 +80,11 @@ pub fn free_port() -> u16 {
         .filter(|h| *h > LOW + 1_000)
         .unwrap_or(32_768);
     let span = high - LOW;
-    let dir = std::path::Path::new("/run/residency-tests/ports");
-    std::fs::create_dir_all(dir).expect("creating /run/residency-tests/ports");
     // Processes start at different places, so they rarely contend.
     let first = std::process::id().wrapping_mul(7_919);
     for _ in 0..span {
         let port = LOW + (first.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % span;
-        let path = dir.join(format!("{port}.lock"));
-        let Ok(file) = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
-            continue;
-        };
+        let file = super::slot::lock_file(&format!("ports/{port}.lock"));
         if file.try_lock().is_err() {
             continue;
         }

@@ -13,6 +13,21 @@ pub const SLOT_COUNT: u8 = 60;
 /// Where the lock files live.
 const LOCK_DIR: &str = "/run/residency-tests";
 
+/// The lock file `name` under /run/residency-tests (created if need be),
+/// opened for `flock`.
+pub fn lock_file(name: &str) -> File {
+    let path = PathBuf::from(LOCK_DIR).join(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    }
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
 /// A held slot; the lock is released on drop.
 #[derive(Debug)]
 pub struct Slot {
@@ -23,15 +38,8 @@ pub struct Slot {
 impl Slot {
     /// Claims the first free slot; panics when all are taken.
     pub fn claim() -> Slot {
-        std::fs::create_dir_all(LOCK_DIR).expect("creating /run/residency-tests");
         for index in 0..SLOT_COUNT {
-            let path = PathBuf::from(LOCK_DIR).join(format!("slot-{index}.lock"));
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            let file = lock_file(&format!("slot-{index}.lock"));
             if file.try_lock().is_ok() {
                 return Slot { index, _lock: file };
             }
@@ -51,21 +59,13 @@ pub struct HostLock {
 impl HostLock {
     /// Waits (up to two minutes, then panics naming the lock) for `name`.
     pub fn take(name: &str) -> HostLock {
-        std::fs::create_dir_all(LOCK_DIR).expect("creating /run/residency-tests");
-        let path = PathBuf::from(LOCK_DIR).join(format!("host-{name}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let file = lock_file(&format!("host-{name}.lock"));
         let limit = std::time::Duration::from_secs(120);
         let deadline = std::time::Instant::now() + limit;
         while file.try_lock().is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "timed out after {limit:?} waiting for the host-wide lock {}",
-                path.display()
+                "timed out after {limit:?} waiting for the host-wide lock {name}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
