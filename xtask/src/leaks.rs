@@ -140,15 +140,25 @@ pub fn clean(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
     }
     // Exiting processes release cgroups and links a moment later.
-    let mut left = leaked(before, &snapshot());
+    settled(before).1
+}
+
+/// A snapshot and what it holds beyond `before`, taken again each second
+/// for up to 10 s while anything is left: what exiting processes still tear
+/// down (a daemon in its graceful stop, a cgroup whose last task is being
+/// reaped) gets a few seconds before it counts.
+pub fn settled(before: &Snapshot) -> (Snapshot, Vec<String>) {
+    let mut after = snapshot();
+    let mut left = leaked(before, &after);
     for _ in 0..10 {
         if left.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
-        left = leaked(before, &snapshot());
+        after = snapshot();
+        left = leaked(before, &after);
     }
-    left
+    (after, left)
 }
 
 /// Kills every task of a cgroup tree (cgroup.kill) and removes it, leaves

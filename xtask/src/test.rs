@@ -102,18 +102,7 @@ pub fn run(lint: bool, extra: &[String], watchdog: Duration) -> anyhow::Result<(
     // Whatever a killed test could not remove itself (its daemons, network
     // namespaces, cgroups, pins, temporary directories) is removed here; a
     // leak after a green run is a defect of its own.
-    // What exiting processes still tear down (a daemon in its graceful
-    // stop, a cgroup whose last task is being reaped) gets a few seconds.
-    let mut after = leaks::snapshot();
-    let mut leaked = leaks::leaked(&before, &after);
-    for _ in 0..10 {
-        if leaked.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        after = leaks::snapshot();
-        leaked = leaks::leaked(&before, &after);
-    }
+    let (after, leaked) = leaks::settled(&before);
     let left = if leaked.is_empty() {
         leaked.clone()
     } else {

@@ -328,18 +328,10 @@ impl RunningCollector {
     /// after 20 s, then killed).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match super::deadline::terminate(&mut c, Duration::from_secs(20)) {
+            super::deadline::Stopped::Exited(status) => Some(status),
+            super::deadline::Stopped::Gone | super::deadline::Stopped::Killed => None,
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
     }
 
     /// SIGKILL, as a crash.
