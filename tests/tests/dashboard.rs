@@ -117,9 +117,19 @@ async fn text(b: &Client, id: &str) -> String {
         .await
         .map(|u| u.to_string())
         .unwrap_or_default();
-    b.find(Locator::Id(id))
-        .await
-        .unwrap_or_else(|e| panic!("#{id} on {url}: {e}"))
+    let found = match b.find(Locator::Id(id)).await {
+        Ok(e) => e,
+        Err(e) => {
+            // What the browser shows instead (an error page says why).
+            let shown = match b.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => b.source().await.unwrap_or_default(),
+            };
+            let shown: String = shown.chars().take(2_000).collect();
+            panic!("#{id} on {url}: {e}; the page shows:\n{shown}")
+        }
+    };
+    found
         .text()
         .await
         .expect("text")

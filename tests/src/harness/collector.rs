@@ -473,6 +473,14 @@ where
 impl Drop for RunningCollector {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test's collector log goes with its temporary directory:
+        // show its end (a test that passes shows nothing).
+        if std::thread::panicking() {
+            eprintln!(
+                "collectord's log ends:\n{}",
+                super::deadline::tail(&self.log_text(), 40)
+            );
+        }
     }
 }
 

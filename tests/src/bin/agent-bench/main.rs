@@ -24,6 +24,7 @@
 //! Usage: agent-bench [--rounds R] [--per-round N] [--prog-stats]   (needs root; run by
 //! `cargo xtask bench`).
 
+mod names;
 mod nft;
 
 use std::{
@@ -65,19 +66,28 @@ struct Options {
 }
 
 /// The example policy's shape, tagging the processes of `tagged` (a cgroup
-/// path below the v2 root).
-fn policy(aggregation: &str, tagged: &str) -> String {
+/// path below the v2 root); with `names`, the class allows the names the
+/// names phase answers for, from the US host's resolver.
+fn policy(aggregation: &str, tagged: &str, names: bool) -> String {
+    let (host_extra, class_extra) = if names {
+        (
+            format!("trusted_resolvers = [\"{US_REMOTE}/32\"]\n"),
+            format!("allowed_names = [\"{}\"]\n", names::ALLOWED),
+        )
+    } else {
+        Default::default()
+    };
     format!(
         r#"[host]
 id = "bench"
 default_mode = "monitor"
 unknown_destinations = "violation"
 aggregation_interval = "{aggregation}"
-
+{host_extra}
 [classes.eu_personal]
 mode = "monitor"
 allowed_jurisdictions = ["EEA", "CH"]
-
+{class_extra}
 [[selectors]]
 class = "eu_personal"
 cgroup = "/{tagged}"
@@ -147,6 +157,7 @@ fn start_agent(
     attach: &TestCgroup,
     tagged: &TestCgroup,
     root: &Path,
+    extra: &[&str],
 ) -> RunningAgent {
     let rel = tagged
         .path()
@@ -155,16 +166,12 @@ fn start_agent(
         .display()
         .to_string();
     let dataset = sensor_user::regions::default_dir();
-    RunningAgent::start_with(
-        &policy(aggregation, &rel),
-        "",
-        &[
-            "--regions",
-            &dataset.display().to_string(),
-            "--cgroup",
-            &attach.path().display().to_string(),
-        ],
-    )
+    let dataset = dataset.display().to_string();
+    let attach = attach.path().display().to_string();
+    let mut args = vec!["--regions", &dataset, "--cgroup", &attach];
+    args.extend_from_slice(extra);
+    let names = extra.contains(&"--metrics-listen");
+    RunningAgent::start_with(&policy(aggregation, &rel, names), "", &args)
 }
 
 /// Fails the run unless the tagged worker's connects reach the agent as
@@ -184,6 +191,65 @@ fn check_recorded(agent: &RunningAgent) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Phase 3: the agent with `allowed_names`; what DNS answers cost it, then
+/// the connect cost of a tagged process that learned no names beside one
+/// that learned 10,000.
+fn names_phase(
+    o: &Options,
+    remote: &RemoteHost,
+    none: &TestCgroup,
+    attach: &TestCgroup,
+    tagged: &TestCgroup,
+    root: &Path,
+    target: SocketAddr,
+) {
+    let admin = harness::harness::collector::free_port();
+    let listen = format!("127.0.0.1:{admin}");
+    let agent = start_agent(
+        "10s",
+        attach,
+        tagged,
+        root,
+        &["--metrics-listen", &listen],
+    );
+    let mut sides = vec![
+        Side::new("none", none, target),
+        Side::new("tagged", tagged, target),
+        Side::new("named-10k", tagged, target),
+    ];
+    let port = sides[2].worker.open_udp();
+    let to = SocketAddr::from((US_HOST_SIDE, port));
+    let resolver = names::resolver(remote, US_REMOTE);
+    let msgs = names::answers(10_000);
+    println!();
+    println!(
+        "DNS answers (one A record each, for names under {}) from a trusted resolver to a tagged process, 10,000 per step",
+        names::ALLOWED
+    );
+    names::steps(
+        &agent,
+        admin,
+        &resolver,
+        to,
+        &msgs,
+        &[5_000, 20_000, 50_000, 100_000, 1_000_000_000],
+    );
+    let entries = names::metric(admin, names::ENTRIES);
+    assert!(
+        entries >= 10_000,
+        "sensord learned {entries} name entries from 10,000 answers for allowed names: the connect sides would not measure a full map"
+    );
+    let ((), spent) = measure_agent(&agent, || run_sides(&mut sides, o, &agent));
+    check_recorded(&agent);
+    println!();
+    println!(
+        "connect()+close() to the US address with allowed_names in the policy: a tagged process with no names learned, and one with {entries} (the kernel's NAMES map; the address is not among them)"
+    );
+    report(&sides);
+    let per_side = (o.rounds + 1) * o.per_round;
+    print_spent(&spent, 2 * per_side as u64);
 }
 
 fn main() {
@@ -217,7 +283,7 @@ fn main() {
     let tagged = attach.child("tagged");
 
     // Phase 1: the default aggregation interval, against nftables.
-    let agent = start_agent("10s", &attach, &tagged, &root);
+    let agent = start_agent("10s", &attach, &tagged, &root, &[]);
     let t = Instant::now();
     // nft resolves the path under /sys/fs/cgroup (where a hybrid host
     // mounts v2 at unified/); the level counts from the v2 root.
@@ -265,7 +331,7 @@ fn main() {
     drop(agent);
 
     // Phase 2: every connect judged and recorded.
-    let agent = start_agent("0", &attach, &tagged, &root);
+    let agent = start_agent("0", &attach, &tagged, &root, &[]);
     let mut sides = vec![
         Side::new("none", &none, target),
         Side::new("tagged-0", &tagged, target),
@@ -278,6 +344,9 @@ fn main() {
     print_spent(&spent, per_side as u64);
     drop(sides);
     drop(agent);
+
+    // Phase 3: name rules, DNS answers, and a process with 10,000 names.
+    names_phase(&o, &remote, &none, &attach, &tagged, &root, target);
     drop((tagged, untagged));
     drop(sink);
     drop(remote);

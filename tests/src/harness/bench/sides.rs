@@ -11,7 +11,7 @@ use crate::harness::cgroup::TestCgroup;
 /// One side.
 pub struct Side {
     pub name: &'static str,
-    worker: Worker,
+    pub worker: Worker,
     /// ns per operation, one per round.
     pub samples: Vec<f64>,
     /// The kernel's run time of the programs, while this side ran.

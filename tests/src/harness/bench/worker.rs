@@ -41,13 +41,26 @@ impl Worker {
 
     /// Has the worker do `n` connects; returns the total ns.
     pub fn run(&mut self, n: usize) -> u64 {
-        writeln!(self.stdin, "{n}").expect("writing to worker");
+        self.ask(&n.to_string())
+    }
+
+    /// Has the worker open a UDP socket (on all addresses, a port of the
+    /// kernel's choice) that it reads and discards datagrams from, as a
+    /// resolver's client does with answers; returns its port.
+    pub fn open_udp(&mut self) -> u16 {
+        let port = self.ask("udp");
+        u16::try_from(port).unwrap_or_else(|_| panic!("worker's UDP port {port}"))
+    }
+
+    /// Sends one command line; returns the number the worker answers.
+    fn ask(&mut self, command: &str) -> u64 {
+        writeln!(self.stdin, "{command}").expect("writing to worker");
         self.stdin.flush().expect("flush");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("reading worker");
         line.trim()
             .parse()
-            .unwrap_or_else(|_| panic!("worker said {line:?}"))
+            .unwrap_or_else(|_| panic!("worker said {line:?} to {command:?}"))
     }
 }
 
@@ -77,7 +90,21 @@ fn connect_once(target: SocketAddr) {
     }
 }
 
-/// The worker side: reads counts from stdin, answers with elapsed ns.
+/// Binds a UDP socket and reads it in a thread of its own until the process
+/// ends; returns the port.
+fn udp_reader() -> u16 {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("binding the worker's UDP socket");
+    let port = socket.local_addr().expect("local_addr").port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while socket.recv(&mut buf).is_ok() {}
+    });
+    port
+}
+
+/// The worker side: reads commands from stdin (a count: that many connects,
+/// answered with the elapsed ns; `udp`: a UDP socket read in the background,
+/// answered with its port).
 pub fn serve() {
     let target: SocketAddr = std::env::args()
         .nth(2)
@@ -86,7 +113,13 @@ pub fn serve() {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     for line in stdin.lock().lines() {
-        let Ok(n) = line.unwrap_or_default().trim().parse::<usize>() else {
+        let line = line.unwrap_or_default();
+        if line.trim() == "udp" {
+            let _ = writeln!(out, "{}", udp_reader());
+            let _ = out.flush();
+            continue;
+        }
+        let Ok(n) = line.trim().parse::<usize>() else {
             break;
         };
         let t = Instant::now();

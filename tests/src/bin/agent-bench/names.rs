@@ -1,0 +1,134 @@
+//! The names phase: DNS answers reaching a tagged process through the real
+//! sensord, which parses them, learns the addresses of names the policy
+//! allows and writes them into the kernel's `NAMES` map.
+//!
+//! A resolver in the US host's network namespace (port 53 of a
+//! `host.trusted_resolvers` address) sends answers for `nI.names.bench`
+//! (one A record each, TTL one hour) to a UDP socket of a tagged worker, at
+//! paced rates. Each step reports what sensord handled, what the kernel's
+//! DNS ring lost and sensord's CPU per answer; the first step leaves the
+//! worker with 10,000 learned names for the connect sides that follow.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use harness::harness::{agent::RunningAgent, bench::process, netns::RemoteHost};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{Name, RData, Record, RecordType, rdata},
+};
+
+/// The names the policy allows (`allowed_names`) and the answers name.
+pub const ALLOWED: &str = "*.names.bench";
+
+/// Answers for `n0.names.bench` … with one A record each, in 100.64.0.0/10
+/// (addresses the workers never connect to: the connect sides' lookups miss).
+pub fn answers(n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let name = Name::from_str(&format!("n{i}.names.bench.")).expect("a DNS name");
+            let mut m = Message::new((i % 65_536) as u16, MessageType::Response, OpCode::Query);
+            m.metadata.recursion_desired = true;
+            m.metadata.recursion_available = true;
+            m.add_query(Query::query(name.clone(), RecordType::A));
+            let addr = Ipv4Addr::from(0x6440_0000u32 + i);
+            m.answers
+                .push(Record::from_rdata(name, 3600, RData::A(rdata::A(addr))));
+            m.to_vec().expect("encoding an answer")
+        })
+        .collect()
+}
+
+/// The resolver: a UDP socket on port 53 of `addr` inside `remote`.
+pub fn resolver(remote: &RemoteHost, addr: Ipv4Addr) -> UdpSocket {
+    remote.inside(move || {
+        UdpSocket::bind(SocketAddr::from((addr, 53)))
+            .unwrap_or_else(|e| panic!("binding {addr}:53 in the US namespace: {e}"))
+    })
+}
+
+/// Sends `msgs` to `to` at about `rate` per second (in slices of 1 ms);
+/// returns the rate achieved.
+fn send_paced(socket: &UdpSocket, to: SocketAddr, msgs: &[Vec<u8>], rate: u64) -> f64 {
+    let start = Instant::now();
+    for (i, m) in msgs.iter().enumerate() {
+        socket.send_to(m, to).expect("sending an answer");
+        let due = start + Duration::from_nanos((i as u64 + 1) * 1_000_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now())
+            && wait >= Duration::from_millis(1)
+        {
+            std::thread::sleep(wait);
+        }
+    }
+    msgs.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A value of sensord's `/metrics` on `port` (0 when absent).
+pub fn metric(port: u16, name: &str) -> u64 {
+    let body = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(harness::harness::http::http_get(port, "/metrics"))
+        .unwrap_or_else(|e| panic!("GET /metrics from sensord: {e}"))
+        .body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The kernel's count of DNS messages its ring had no room for.
+fn lost(agent: &RunningAgent) -> u64 {
+    agent
+        .status()
+        .counters
+        .iter()
+        .find(|c| c.name == "dns_lost")
+        .map_or(0, |c| c.value)
+}
+
+const ANSWERS: &str = "residency_sensor_dns_answers_total";
+pub const ENTRIES: &str = "residency_sensor_name_entries";
+
+/// Sends `msgs` to `to` at each of `rates` in turn, printing per step what
+/// sensord handled, what the kernel lost and sensord's CPU per answer.
+pub fn steps(
+    agent: &RunningAgent,
+    admin: u16,
+    socket: &UdpSocket,
+    to: SocketAddr,
+    msgs: &[Vec<u8>],
+    rates: &[u64],
+) {
+    println!(
+        "{:>10} {:>10} {:>9} {:>9} {:>7} {:>14}",
+        "target/s", "sent/s", "sent", "handled", "lost", "µs CPU/answer"
+    );
+    for &rate in rates {
+        let (cpu0, handled0, lost0) = (
+            process::cpu_ns(agent.pid()),
+            metric(admin, ANSWERS),
+            lost(agent),
+        );
+        let sent_rate = send_paced(socket, to, msgs, rate);
+        let sent = msgs.len() as u64;
+        // Until sensord has read what the kernel passed up (or 5 s); its
+        // CPU is read before asking it (asking costs it a little).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (handled, lost, cpu) = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let cpu = process::cpu_ns(agent.pid()) - cpu0;
+            let handled = metric(admin, ANSWERS) - handled0;
+            let lost = lost(agent) - lost0;
+            if handled + lost >= sent || Instant::now() >= deadline {
+                break (handled, lost, cpu);
+            }
+        };
+        println!(
+            "{rate:>10} {sent_rate:>10.0} {sent:>9} {handled:>9} {lost:>7} {:>14.2}",
+            cpu as f64 / 1e3 / handled.max(1) as f64
+        );
+    }
+}
