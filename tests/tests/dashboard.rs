@@ -129,10 +129,7 @@ async fn text(b: &Client, id: &str) -> String {
             panic!("#{id} on {url}: {e}; the page shows:\n{shown}")
         }
     };
-    found
-        .text()
-        .await
-        .expect("text")
+    found.text().await.expect("text")
 }
 
 async fn number(b: &Client, id: &str) -> u64 {

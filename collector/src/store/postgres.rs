@@ -251,6 +251,22 @@ impl Postgres {
         let broke = tx.prepare(super::chain::INSERT_BREAK).await?;
         let jump = tx.prepare(super::INSERT_JUMP).await?;
         let explain = tx.prepare(super::EXPLAIN_JUMPS).await?;
+        // Replicas share the database: another collector may be storing the
+        // same host's records right now (an agent that failed over while its
+        // old stream was still committing). The (host, seq) key keeps the
+        // records once each; a lock per host, taken in host order (no
+        // deadlock between two group commits), keeps the reading of the
+        // host's last sequence and chain head below consistent with what
+        // this transaction writes: no false jump, no false chain break.
+        let lock = tx
+            .prepare("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await?;
+        let mut hosts: Vec<&str> = groups.iter().map(|(h, _)| *h).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for host in hosts {
+            tx.execute(&lock, &[&host]).await?;
+        }
         let stored = now_ns();
         let mut counts = Vec::with_capacity(groups.len());
         for (host, records) in groups {

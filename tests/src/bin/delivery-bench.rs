@@ -23,7 +23,7 @@ use harness::harness::{
     agent::RunningAgent,
     bench::process::cpu_ns,
     cgroup::TestCgroup,
-    collector::{RunningCollector, hello_message},
+    collector::{RunningCollector, chained_violation, hello_message},
     netns::TestNet,
     postgres::PgServer,
     probe,
@@ -36,45 +36,6 @@ use residency_proto::collector::v1::{
 use tokio_stream::StreamExt;
 
 const BATCH: usize = 500;
-
-/// A violation as an agent sends it: a typed flow with every field an
-/// agent fills (so the stored record is as large as a real one), chained to
-/// the record before it (`prev`, updated), as the agent's spool chains them.
-fn violation(seq: u64, prev: &mut residency_proto::chain::Hash) -> pb::Record {
-    use residency_proto::agent::v1 as apb;
-    let mut r = pb::Record {
-        seq,
-        time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
-        body: Some(pb::record::Body::Violation(apb::Flow {
-            kind: apb::FlowKind::Sendmsg as i32,
-            time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
-            ktime_ns: seq,
-            pid: 4242,
-            tid: 4242,
-            uid: 1000,
-            cgroup_id: 7731,
-            comm: "export-job".into(),
-            exe: "/usr/local/bin/export-job".into(),
-            classes: vec!["eu_personal".into()],
-            protocol: apb::Protocol::Udp as i32,
-            local: "10.0.0.5:40000".into(),
-            remote: format!("203.0.113.{}:443", seq % 250),
-            remote_country: "US".into(),
-            remote_site: "iad1".into(),
-            verdict: apb::Verdict::Deny as i32,
-            action: apb::Action::Reported as i32,
-            count: 1,
-            cookie: seq,
-            policy_generation: 1,
-            host_id: "bench".into(),
-            ..Default::default()
-        })),
-        chain: Vec::new(),
-    };
-    *prev = residency_proto::chain::link(prev, seq, &residency_proto::chain::content(&r));
-    r.chain = prev.to_vec();
-    r
-}
 
 /// Streams `n` records for `host` as an agent would; returns records/s.
 async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
@@ -91,7 +52,11 @@ async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
     let batches: Vec<Vec<pb::Record>> = (1..=n)
         .collect::<Vec<u64>>()
         .chunks(BATCH)
-        .map(|c| c.iter().map(|&seq| violation(seq, &mut prev)).collect())
+        .map(|c| {
+            c.iter()
+                .map(|&seq| chained_violation(seq, "bench", &mut prev))
+                .collect()
+        })
         .collect();
     let start = Instant::now();
     for records in batches {

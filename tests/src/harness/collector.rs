@@ -430,43 +430,68 @@ impl RunningCollector {
 
 /// One delivery stream of `host` on `client`: hello, one batch; returns
 /// the acknowledgement.
-async fn deliver_on<T>(mut client: CollectorClient<T>, host: &str, records: Vec<pb::Record>) -> u64
+async fn deliver_on<T>(client: CollectorClient<T>, host: &str, records: Vec<pb::Record>) -> u64
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<tonic::codegen::StdError>,
     T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
-    use pb::{agent_message::Message as Out, collector_message::Message as In};
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello_message(host)).await.expect("hello");
-    let mut incoming = client
-        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("deliver")
-        .into_inner();
-    let _welcome = super::deadline::within(
-        std::time::Duration::from_secs(30),
-        "the collector's welcome",
-        incoming.message(),
-    )
-    .await;
-    tx.send(pb::AgentMessage {
-        message: Some(Out::Batch(pb::Batch { records })),
-    })
-    .await
-    .expect("batch");
-    let ack = super::deadline::within(
-        std::time::Duration::from_secs(30),
-        "the collector's acknowledgement",
-        incoming.message(),
-    )
-    .await;
-    match ack {
-        Ok(Some(pb::CollectorMessage {
-            message: Some(In::Ack(a)),
-        })) => a.seq,
-        other => panic!("expected the batch's acknowledgement, got {other:?}"),
+    Delivery::open(client, host).await.send(records).await
+}
+
+/// A delivery stream as an agent holds one: welcomed, ready for batches.
+pub struct Delivery {
+    tx: tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    incoming: tonic::Streaming<pb::CollectorMessage>,
+}
+
+impl Delivery {
+    /// Opens a stream for `host` on `client` and waits for the welcome.
+    pub async fn open<T>(mut client: CollectorClient<T>, host: &str) -> Delivery
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<tonic::codegen::StdError>,
+        T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello_message(host)).await.expect("hello");
+        let mut incoming = client
+            .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("deliver")
+            .into_inner();
+        let _welcome = super::deadline::within(
+            std::time::Duration::from_secs(30),
+            "the collector's welcome",
+            incoming.message(),
+        )
+        .await;
+        Delivery { tx, incoming }
+    }
+
+    /// Sends one batch; returns the sequence the collector acknowledged.
+    pub async fn send(&mut self, records: Vec<pb::Record>) -> u64 {
+        use pb::{agent_message::Message as Out, collector_message::Message as In};
+        self.tx
+            .send(pb::AgentMessage {
+                message: Some(Out::Batch(pb::Batch { records })),
+            })
+            .await
+            .expect("batch");
+        let ack = super::deadline::within(
+            std::time::Duration::from_secs(30),
+            "the collector's acknowledgement",
+            self.incoming.message(),
+        )
+        .await;
+        match ack {
+            Ok(Some(pb::CollectorMessage {
+                message: Some(In::Ack(a)),
+            })) => a.seq,
+            other => panic!("expected the batch's acknowledgement, got {other:?}"),
+        }
     }
 }
 
@@ -482,6 +507,50 @@ impl Drop for RunningCollector {
             );
         }
     }
+}
+
+/// A violation as an agent sends it: a typed flow with every field an
+/// agent fills (so the stored record is as large as a real one), chained to
+/// the record before it (`prev`, updated), as the agent's spool chains them;
+/// a host's first record follows [`residency_proto::chain::ZERO`].
+pub fn chained_violation(
+    seq: u64,
+    host: &str,
+    prev: &mut residency_proto::chain::Hash,
+) -> pb::Record {
+    use residency_proto::agent::v1 as apb;
+    let mut r = pb::Record {
+        seq,
+        time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
+        body: Some(pb::record::Body::Violation(apb::Flow {
+            kind: apb::FlowKind::Sendmsg as i32,
+            time_unix_ns: 1_795_417_200_000_000_000 + seq as i64,
+            ktime_ns: seq,
+            pid: 4242,
+            tid: 4242,
+            uid: 1000,
+            cgroup_id: 7731,
+            comm: "export-job".into(),
+            exe: "/usr/local/bin/export-job".into(),
+            classes: vec!["eu_personal".into()],
+            protocol: apb::Protocol::Udp as i32,
+            local: "10.0.0.5:40000".into(),
+            remote: format!("203.0.113.{}:443", seq % 250),
+            remote_country: "US".into(),
+            remote_site: "iad1".into(),
+            verdict: apb::Verdict::Deny as i32,
+            action: apb::Action::Reported as i32,
+            count: 1,
+            cookie: seq,
+            policy_generation: 1,
+            host_id: host.into(),
+            ..Default::default()
+        })),
+        chain: Vec::new(),
+    };
+    *prev = residency_proto::chain::link(prev, seq, &residency_proto::chain::content(&r));
+    r.chain = prev.to_vec();
+    r
 }
 
 /// Sets `key = value` (TOML) in the `[collector]` table of an agent's

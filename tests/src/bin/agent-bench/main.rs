@@ -207,13 +207,7 @@ fn names_phase(
 ) {
     let admin = harness::harness::collector::free_port();
     let listen = format!("127.0.0.1:{admin}");
-    let agent = start_agent(
-        "10s",
-        attach,
-        tagged,
-        root,
-        &["--metrics-listen", &listen],
-    );
+    let agent = start_agent("10s", attach, tagged, root, &["--metrics-listen", &listen]);
     let mut sides = vec![
         Side::new("none", none, target),
         Side::new("tagged", tagged, target),
