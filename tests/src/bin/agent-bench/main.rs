@@ -16,7 +16,10 @@
 //!   denies (the same dataset and policy).
 //!
 //! A second phase runs the agent with `aggregation_interval = "0"` (every
-//! connect judged and recorded) beside `none`. Each phase reports each side's
+//! connect judged and recorded) beside `none`. A third (`names.rs`) runs it
+//! with `allowed_names`: DNS answers from a trusted resolver at paced rates
+//! (what sensord handles, loses and spends per answer), then `none`, a
+//! tagged worker with no names learned and one with 10,000. Each phase reports each side's
 //! median of per-round means, the ratio to `none`, and what sensord spent:
 //! CPU (its threads' run time from /proc/PID/task/*/schedstat) per record it read and per tagged
 //! connect, and its RSS.
