@@ -12,14 +12,24 @@ use harness::harness::{
 
 const HOST: &str = "replica-host";
 
+/// `n` replicas on `url`, started at the same moment (as a deployment
+/// starts them): on an empty database they all try to create the schema.
 fn replicas(dir: &Path, url: &str, n: usize) -> Vec<RunningCollector> {
-    (0..n)
-        .map(|i| {
-            let d = dir.join(format!("replica-{i}"));
-            std::fs::create_dir_all(&d).expect("replica dir");
-            RunningCollector::start_with(&d, url, None)
-        })
-        .collect()
+    std::thread::scope(|s| {
+        let starting: Vec<_> = (0..n)
+            .map(|i| {
+                s.spawn(move || {
+                    let d = dir.join(format!("replica-{i}"));
+                    std::fs::create_dir_all(&d).expect("replica dir");
+                    RunningCollector::start_with(&d, url, None)
+                })
+            })
+            .collect();
+        starting
+            .into_iter()
+            .map(|t| t.join().expect("a replica started"))
+            .collect()
+    })
 }
 
 #[test]

@@ -116,18 +116,24 @@ fn boxed(p: &Param) -> Box<dyn ToSql + Sync + Send> {
     }
 }
 
+/// The advisory lock key collectors migrate under ("RSMIGR" in ASCII).
+const MIGRATION_LOCK: i64 = 0x5253_4d49_4752;
+
 impl Postgres {
     /// Connects to `url` (postgres://user@host/db, or ?host=/run/postgresql for
     /// a Unix socket) and migrates.
     pub async fn open(url: &str) -> Result<Postgres, StoreError> {
         let mut client = connect(url).await?;
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL)")
-            .await?;
         let tx = client.transaction().await?;
-        // One collector migrates at a time.
-        tx.batch_execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
-            .await?;
+        // One collector migrates at a time (replicas start together): a lock
+        // held until commit, taken before the table of migrations may exist
+        // (two concurrent CREATE TABLE IF NOT EXISTS can both try to create
+        // it, and one fails).
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+             CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL)"
+        ))
+        .await?;
         let version: i64 = tx
             .query_one(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
