@@ -5,6 +5,10 @@
 use super::*;
 use residency_proto::records::Label;
 
+/// Name entries written into the kernel with one system call, at most: the
+/// first answer of a burst waits for no more than this many behind it.
+const NAMES_PER_WRITE: usize = 32;
+
 impl Agent {
     pub(super) fn take_records(
         &mut self,
@@ -90,7 +94,7 @@ impl Agent {
             match crate::dns::parse(a.message(), a.protocol == sensor_common::net::IPPROTO_TCP) {
                 Some(answer) => {
                     tracing::debug!(pid = a.tgid, name = %answer.name, cnames = ?answer.cnames, addrs = ?answer.addrs, "dns answer");
-                    resolved.learn(a.tgid, &answer, now);
+                    let what = resolved.learn(a.tgid, &answer, now);
                     metrics.dns_answers.inc();
                     if rules.is_empty() {
                         return;
@@ -105,16 +109,24 @@ impl Agent {
                         }
                         return;
                     }
-                    let l = learned.learn(rules, sensor, a.tgid, &answer, now_ns);
-                    metrics.name_entries_written.inc_by(l.written as u64);
-                    changed |= l.changed;
-                    refused += l.refused;
+                    // Written in groups: one system call for many answers,
+                    // and none waits for more than a group behind it.
+                    if learned.learn(rules, a.tgid, &answer, &what, now_ns) >= NAMES_PER_WRITE {
+                        let l = learned.flush(sensor, now_ns);
+                        metrics.name_entries_written.inc_by(l.written as u64);
+                        changed |= l.changed;
+                        refused += l.refused;
+                    }
                 }
                 None => {
                     metrics.dns_ignored.inc();
                 }
             }
         });
+        let l = self.learned.flush(&mut self.sensor, now_ns);
+        self.metrics.name_entries_written.inc_by(l.written as u64);
+        changed |= l.changed;
+        refused += l.refused;
         if refused != 0 {
             self.metrics.name_entries_refused.inc_by(refused as u64);
             warn!(

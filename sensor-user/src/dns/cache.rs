@@ -11,7 +11,6 @@
 //! go first, then the oldest.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -41,14 +40,18 @@ struct Entry {
 /// The agent's table of resolved addresses.
 #[derive(Default)]
 pub struct NameCache {
-    per_process: HashMap<(u32, IpAddr), Entry>,
-    host: HashMap<IpAddr, Entry>,
+    // foldhash: seeded per process, several times faster than std's
+    // SipHash on these small keys; weaker against keys crafted by a server
+    // we do not control, which the bound (`MAX_ENTRIES`) limits.
+    per_process: foldhash::HashMap<(u32, IpAddr), Entry>,
+    host: foldhash::HashMap<IpAddr, Entry>,
     learned: u64,
 }
 
 impl NameCache {
-    /// Notes `answer`, which reached process `tgid` at `now`.
-    pub fn learn(&mut self, tgid: u32, answer: &Answer, now: Instant) {
+    /// Notes `answer`, which reached process `tgid` at `now`; returns the
+    /// names it gave, shared (the name rules keep the same).
+    pub fn learn(&mut self, tgid: u32, answer: &Answer, now: Instant) -> Arc<Resolved> {
         let what = Arc::new(Resolved {
             name: answer.name.clone(),
             cnames: answer.cnames.clone(),
@@ -64,6 +67,7 @@ impl NameCache {
             insert(&mut self.host, addr, entry, now);
         }
         self.learned += 1;
+        what
     }
 
     /// The name process `tgid` resolved `addr` from, if an answer it (or,
@@ -94,7 +98,7 @@ impl NameCache {
 }
 
 fn insert<K: std::hash::Hash + Eq + Copy>(
-    table: &mut HashMap<K, Entry>,
+    table: &mut foldhash::HashMap<K, Entry>,
     key: K,
     entry: Entry,
     now: Instant,

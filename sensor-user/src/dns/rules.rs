@@ -181,10 +181,19 @@ pub struct Learning {
     pub refused: usize,
 }
 
+/// An entry learned and not written yet.
+struct Pending {
+    key: NameKey,
+    rule: NameRule,
+    what: Arc<Resolved>,
+}
+
 /// The agent's mirror of the kernel's `NAMES` map.
 #[derive(Default)]
 pub struct LearnedNames {
-    entries: HashMap<NameKey, Learned>,
+    entries: foldhash::HashMap<NameKey, Learned>,
+    /// Queued by `learn`, written by `flush`.
+    pending: Vec<Pending>,
 }
 
 impl LearnedNames {
@@ -207,54 +216,72 @@ impl LearnedNames {
         self.entries.is_empty()
     }
 
-    /// Writes the addresses of `answer`, which reached process `tgid` at
-    /// `now_ns` (CLOCK_MONOTONIC), when a class rules on its names.
+    /// Queues the addresses of `answer`, which reached process `tgid` at
+    /// `now_ns` (CLOCK_MONOTONIC), when a class rules on its names; [`flush`]
+    /// writes them. Returns how many are queued now.
+    ///
+    /// [`flush`]: Self::flush
     pub fn learn(
         &mut self,
         rules: &NameRules,
-        sensor: &mut KernelSensor,
         tgid: u32,
         answer: &Answer,
+        what: &Arc<Resolved>,
         now_ns: u64,
-    ) -> Learning {
-        let mut out = Learning::default();
+    ) -> usize {
         let chain =
             std::iter::once(answer.name.as_str()).chain(answer.cnames.iter().map(String::as_str));
         let (allow, deny) = rules.masks(chain);
         if allow | deny == 0 {
+            return self.pending.len();
+        }
+        for &(addr, ttl) in &answer.addrs {
+            let keep = Duration::from_secs(u64::from(ttl)) + GRACE;
+            self.pending.push(Pending {
+                key: NameKey {
+                    tgid,
+                    _pad: 0,
+                    addr: to_map_form(addr.to_canonical()),
+                },
+                rule: NameRule {
+                    allow,
+                    deny,
+                    expires_ns: now_ns.saturating_add(keep.as_nanos() as u64),
+                },
+                what: what.clone(),
+            });
+        }
+        self.pending.len()
+    }
+
+    /// Writes what [`learn`](Self::learn) queued into the kernel: one system
+    /// call for all of it; what a full map refused is written one by one
+    /// after expired entries make room, or counted as refused.
+    pub fn flush(&mut self, sensor: &mut KernelSensor, now_ns: u64) -> Learning {
+        let mut out = Learning::default();
+        if self.pending.is_empty() {
             return out;
         }
-        let what = Arc::new(Resolved {
-            name: answer.name.clone(),
-            cnames: answer.cnames.clone(),
-        });
-        for &(addr, ttl) in &answer.addrs {
-            let key = NameKey {
-                tgid,
-                _pad: 0,
-                addr: to_map_form(addr.to_canonical()),
-            };
-            let keep = Duration::from_secs(u64::from(ttl)) + GRACE;
-            let rule = NameRule {
-                allow,
-                deny,
-                expires_ns: now_ns.saturating_add(keep.as_nanos() as u64),
-            };
-            let same_masks = self
-                .entries
-                .get(&key)
-                .is_some_and(|l| (l.rule.allow, l.rule.deny) == (allow, deny));
-            if !self.write(sensor, &key, &rule, now_ns) {
+        let pending = std::mem::take(&mut self.pending);
+        let keys: Vec<NameKey> = pending.iter().map(|p| p.key).collect();
+        let rules: Vec<NameRule> = pending.iter().map(|p| p.rule).collect();
+        let (written, _) = sensor.put_names(&keys, &rules);
+        for (i, p) in pending.into_iter().enumerate() {
+            if i >= written && !self.write(sensor, &p.key, &p.rule, now_ns) {
                 out.refused += 1;
                 continue;
             }
             out.written += 1;
+            let same_masks = self
+                .entries
+                .get(&p.key)
+                .is_some_and(|l| (l.rule.allow, l.rule.deny) == (p.rule.allow, p.rule.deny));
             out.changed |= !same_masks;
             self.entries.insert(
-                key,
+                p.key,
                 Learned {
-                    what: Some(what.clone()),
-                    rule,
+                    what: Some(p.what),
+                    rule: p.rule,
                 },
             );
         }
