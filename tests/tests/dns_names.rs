@@ -497,17 +497,8 @@ fn talking_to_a_public_doh_service_is_reported() {
         assert_eq!(c.remote_name, "dns.quad9.net", "{c:?}");
     }
     // A metric of the agent's (not a kernel counter of its status).
-    let doh_flows = || {
-        let body = tokio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(harness::harness::http::http_get(admin, "/metrics"))
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
-            .body;
-        body.lines()
-            .find_map(|l| l.strip_prefix("residency_sensor_doh_flows_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let doh_flows =
+        || harness::harness::http::metric(admin, "residency_sensor_doh_flows_total") as u64;
     harness::harness::wait_until(
         "residency_sensor_doh_flows_total to count both flows",
         Duration::from_secs(5),
@@ -523,4 +514,104 @@ fn talking_to_a_public_doh_service_is_reported() {
         2,
         "one warning per process and endpoint (two processes)"
     );
+}
+
+#[test]
+fn a_full_name_map_makes_room_from_expired_entries_and_refuses_nothing() {
+    use harness::harness::{
+        answers::{a_answer, resolver, send_paced},
+        http::metric,
+        probe::Waiting,
+    };
+    use sensor_common::policy::capacity::NAMES;
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let trusted = format!("{}/32", net.frankfurt.v4);
+    let admin = harness::harness::collector::free_port();
+    let agent = RunningAgent::start_with(
+        &name_policy(
+            &cgroup_rel(&cgroup),
+            "enforce",
+            r#"allowed_names = ["*.fill.test"]"#,
+            &trusted,
+        ),
+        REGIONS,
+        &["--metrics-listen", &format!("127.0.0.1:{admin}")],
+    );
+    let written = || metric(admin, "residency_sensor_name_entries_written_total") as u64;
+    let refused = || metric(admin, "residency_sensor_name_entries_refused_total") as u64;
+    // A tagged process with a resolver's socket; the answers come from the
+    // trusted resolver's port 53.
+    let mut holder = Waiting::start(cgroup.command(probe::command(&["udp-hold"])));
+    let line = holder.read_line();
+    let port: u16 = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("udp-hold said {line:?}"));
+    let to = SocketAddr::from((net.frankfurt.host_v4, port));
+    let socket = resolver(&net.frankfurt);
+    let wait_written = |n: u64, what: &str| {
+        harness::harness::wait_until(what, Duration::from_secs(60), || written() >= n);
+    };
+
+    // As many allowed names as the kernel's map holds, each answer's TTL
+    // 1 s: the map is full.
+    let first: Vec<Vec<u8>> = (0..NAMES)
+        .map(|i| {
+            a_answer(
+                i as u16,
+                &format!("n{i}.fill.test"),
+                std::net::Ipv4Addr::from(0x6440_0000u32 + i),
+                1,
+            )
+        })
+        .collect();
+    send_paced(&socket, to, &first, 20_000);
+    let lost = agent.counter("dns_lost");
+    assert_eq!(
+        lost, 0,
+        "answers lost to a full ring buffer: the map is not full"
+    );
+    wait_written(u64::from(NAMES), "the first wave's entries");
+    assert_eq!(refused(), 0, "the first wave fits the map exactly");
+
+    // Their TTL and the agent's grace (2 s) pass; new answers, one of them
+    // for the Virginia host (outside the class's EEA), find the map full of
+    // expired entries: room is made, nothing is refused.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let v4 = net.virginia.tcp_server(false);
+    let mut second: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| {
+            a_answer(
+                i as u16,
+                &format!("m{i}.fill.test"),
+                std::net::Ipv4Addr::from(0x6441_0000u32 + i),
+                60,
+            )
+        })
+        .collect();
+    second.push(a_answer(7, "us.fill.test", net.virginia.v4, 60));
+    send_paced(&socket, to, &second, 1_000);
+    wait_written(u64::from(NAMES) + 41, "the second wave's entries");
+    assert_eq!(
+        refused(),
+        0,
+        "a full map of expired entries refused new ones: {}",
+        agent.log_text()
+    );
+    // The kernel has the entry: the process that got the answer reaches
+    // the Virginia host by its name; another process, without it, does not.
+    holder.send_line(&format!("tcp-connect {}", v4.addr));
+    let line = holder.read_line();
+    let errno = serde_json::from_str::<serde_json::Value>(line.trim())
+        .ok()
+        .and_then(|v| v["errno"].as_i64());
+    assert_eq!(
+        errno,
+        Some(0),
+        "allowed by name after the map made room: {line:?}"
+    );
+    let other = probe::run(cgroup.command(probe::command(&["tcp-connect", &v4.addr.to_string()])));
+    assert_eq!(other.errno(), libc::EPERM, "the address without the name");
 }

@@ -35,6 +35,11 @@
 //!                                first). AGAIN_MS: then waits that long and
 //!                                connects to the address once more (its errno
 //!                                second)
+//! Or: netprobe udp-hold          a UDP socket on all addresses, read and
+//!                                discarded in the background (as a stub
+//!                                resolver's); prints {"port":P}, then runs
+//!                                each stdin line `OP ADDR:PORT` (printing
+//!                                {"errno":E}) until stdin closes
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]
 //!                                sendto from one unconnected UDP socket, paced
@@ -400,6 +405,29 @@ fn send_many(sock: &UdpSocket, addr: SocketAddr, n: usize) -> usize {
     usize::try_from(r).unwrap_or(0)
 }
 
+/// `netprobe udp-hold`: a socket that takes datagrams, and operations on
+/// request from the same process.
+fn udp_hold() {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("binding a UDP socket");
+    let port = socket.local_addr().expect("local_addr").port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while socket.recv(&mut buf).is_ok() {}
+    });
+    println!("{{\"port\":{port}}}");
+    let _ = std::io::stdout().flush();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap_or_default();
+        let mut words = line.split_whitespace();
+        let (Some(op), Some(Ok(addr))) = (words.next(), words.next().map(str::parse)) else {
+            eprintln!("netprobe udp-hold: expected `OP ADDR:PORT`, got {line:?}");
+            std::process::exit(2);
+        };
+        println!("{{\"errno\":{}}}", run_op(op, addr));
+        let _ = std::io::stdout().flush();
+    }
+}
+
 /// `netprobe hold TARGET N`: a client flood that never speaks.
 fn hold(args: &[String]) {
     let (Some(target), Some(n)) = (
@@ -442,6 +470,10 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("resolve-connect") {
         resolve_connect(&args);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("udp-hold") {
+        udp_hold();
         return;
     }
     if args.first().map(String::as_str) == Some("fork-exit") {

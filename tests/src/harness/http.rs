@@ -120,3 +120,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         body: body.to_owned(),
     })
 }
+
+/// The value of `name` (a sample line `NAME VALUE`, no labels) in the
+/// Prometheus text a daemon serves on `127.0.0.1:port/metrics`; 0 when the
+/// line is absent. Blocking (a runtime of its own): for sync tests.
+pub fn metric(port: u16, name: &str) -> f64 {
+    let body = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(http_get(port, "/metrics"))
+        .unwrap_or_else(|e| panic!("GET /metrics on port {port}: {e}"))
+        .body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

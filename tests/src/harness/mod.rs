@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod answers;
 pub mod bench;
 pub mod browser;
 pub mod cgroup;

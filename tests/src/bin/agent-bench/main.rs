@@ -218,7 +218,7 @@ fn names_phase(
     ];
     let port = sides[2].worker.open_udp();
     let to = SocketAddr::from((US_HOST_SIDE, port));
-    let resolver = names::resolver(remote, US_REMOTE);
+    let resolver = harness::harness::answers::resolver(remote);
     let msgs = names::answers(10_000);
     println!();
     println!(

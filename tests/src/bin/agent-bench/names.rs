@@ -11,14 +11,13 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    str::FromStr,
     time::{Duration, Instant},
 };
 
-use harness::harness::{agent::RunningAgent, bench::process, netns::RemoteHost};
-use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query},
-    rr::{Name, RData, Record, RecordType, rdata},
+use harness::harness::{
+    agent::RunningAgent,
+    answers::{a_answer, send_paced},
+    bench::process,
 };
 
 /// The names the policy allows (`allowed_names`) and the answers name.
@@ -29,54 +28,19 @@ pub const ALLOWED: &str = "*.names.bench";
 pub fn answers(n: u32) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            let name = Name::from_str(&format!("n{i}.names.bench.")).expect("a DNS name");
-            let mut m = Message::new((i % 65_536) as u16, MessageType::Response, OpCode::Query);
-            m.metadata.recursion_desired = true;
-            m.metadata.recursion_available = true;
-            m.add_query(Query::query(name.clone(), RecordType::A));
-            let addr = Ipv4Addr::from(0x6440_0000u32 + i);
-            m.answers
-                .push(Record::from_rdata(name, 3600, RData::A(rdata::A(addr))));
-            m.to_vec().expect("encoding an answer")
+            a_answer(
+                (i % 65_536) as u16,
+                &format!("n{i}.names.bench"),
+                Ipv4Addr::from(0x6440_0000u32 + i),
+                3600,
+            )
         })
         .collect()
 }
 
-/// The resolver: a UDP socket on port 53 of `addr` inside `remote`.
-pub fn resolver(remote: &RemoteHost, addr: Ipv4Addr) -> UdpSocket {
-    remote.inside(move || {
-        UdpSocket::bind(SocketAddr::from((addr, 53)))
-            .unwrap_or_else(|e| panic!("binding {addr}:53 in the US namespace: {e}"))
-    })
-}
-
-/// Sends `msgs` to `to` at about `rate` per second (in slices of 1 ms);
-/// returns the rate achieved.
-fn send_paced(socket: &UdpSocket, to: SocketAddr, msgs: &[Vec<u8>], rate: u64) -> f64 {
-    let start = Instant::now();
-    for (i, m) in msgs.iter().enumerate() {
-        socket.send_to(m, to).expect("sending an answer");
-        let due = start + Duration::from_nanos((i as u64 + 1) * 1_000_000_000 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now())
-            && wait >= Duration::from_millis(1)
-        {
-            std::thread::sleep(wait);
-        }
-    }
-    msgs.len() as f64 / start.elapsed().as_secs_f64()
-}
-
 /// A value of sensord's `/metrics` on `port` (0 when absent).
 pub fn metric(port: u16, name: &str) -> u64 {
-    let body = tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(harness::harness::http::http_get(port, "/metrics"))
-        .unwrap_or_else(|e| panic!("GET /metrics from sensord: {e}"))
-        .body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    harness::harness::http::metric(port, name) as u64
 }
 
 /// The kernel's count of DNS messages its ring had no room for.
