@@ -1,14 +1,20 @@
 //! Several collectord replicas on one PostgreSQL: an agent may deliver to
 //! any of them and move between them at any time, while an older stream of
-//! the same host is still committing on another.
+//! the same host is still committing on another, or when the replica it
+//! delivers to is killed.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use harness::harness::{
+    cgroup::TestCgroup,
     collector::{Delivery, RunningCollector, chained_violation},
+    netns::TestNet,
     postgres::PgServer,
+    probe,
+    scenario::delivering_agent,
     temp::TempPath,
 };
+use residency_proto::collector::v1 as pb;
 
 const HOST: &str = "replica-host";
 
@@ -88,4 +94,85 @@ fn concurrent_streams_of_one_host_on_three_replicas_store_each_record_once_with_
     assert_eq!(code, 0, "{report:?}");
     assert!(report.intact && report.findings.is_empty(), "{report:?}");
     assert_eq!((report.records, report.chained), (N, N), "{report:?}");
+}
+
+/// Waits until `replica` has stored `n` violations of `host`.
+fn wait_stored(replica: &RunningCollector, host: &str, n: usize) {
+    harness::harness::wait_until(
+        &format!("{n} violations of {host} stored"),
+        Duration::from_secs(120),
+        || replica.count(host, "violation") >= n,
+    );
+}
+
+#[test]
+fn an_agent_that_fails_over_between_replicas_as_they_are_killed_stores_each_violation_once() {
+    const AGENT: &str = "failover-host";
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("replicas-failover");
+    let mut replicas = replicas(tmp.path(), &pg.url, 3);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    // The agent knows all three, in order; each accepts its token.
+    let config = replicas[0].agent_config(tmp.path(), AGENT, None);
+    for r in &replicas[1..] {
+        r.accept_agents_of(&replicas[0]);
+    }
+    let endpoints: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("{:?}", r.endpoint()))
+        .collect();
+    let text = std::fs::read_to_string(&config).expect("sensord.toml");
+    let text = text.replacen(
+        &format!("endpoints = [{}]", endpoints[0]),
+        &format!("endpoints = [{}]", endpoints.join(", ")),
+        1,
+    );
+    std::fs::write(&config, text).expect("sensord.toml");
+    let agent = delivering_agent(AGENT, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+
+    // On the first replica; then each replica in turn is killed with
+    // violations in flight, and the agent moves to the next one (the first
+    // comes back for the last move).
+    probe::violate(&cgroup, &target, 5_000);
+    wait_stored(&replicas[1], AGENT, 5_000);
+    for (round, killed) in [0usize, 1, 2].into_iter().enumerate() {
+        if killed == 2 {
+            replicas[0].restart();
+        }
+        probe::violate(&cgroup, &target, 5_000);
+        replicas[killed].kill9();
+        let alive = if killed == 2 { 0 } else { killed + 1 };
+        wait_stored(&replicas[alive], AGENT, 10_000 + round * 5_000);
+    }
+
+    // Exactly once: the sequences 1..=n, 20,000 violations, no gap, no jump,
+    // the chain intact through three failovers.
+    let alive = &replicas[0];
+    let all: Vec<pb::StoredRecord> = alive
+        .export(None)
+        .into_iter()
+        .filter(|r| r.host_id == AGENT)
+        .collect();
+    let seqs: Vec<u64> = all.iter().map(pb::StoredRecord::seq).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "sequences 1..=n, each once");
+    let violations = all.iter().filter_map(pb::StoredRecord::violation).count();
+    assert_eq!(violations, 20_000);
+    assert_eq!(agent.kernel_drops(), 0, "the kernel dropped none");
+    let host = alive
+        .hosts()
+        .into_iter()
+        .find(|h| h.host_id == AGENT)
+        .expect("the host is listed");
+    assert_eq!(
+        (host.violations, host.gaps, host.unexplained_jumps),
+        (20_000, 0, 0),
+        "{host:?}"
+    );
+    let (report, code) = alive.verify(AGENT);
+    assert_eq!(code, 0, "{report:?}");
+    assert!(report.intact, "{report:?}");
 }

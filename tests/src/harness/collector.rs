@@ -314,6 +314,12 @@ impl RunningCollector {
         path
     }
 
+    /// Takes the agent tokens `other` knows (replicas serving the same
+    /// agents; the file is read at every connection).
+    pub fn accept_agents_of(&self, other: &RunningCollector) {
+        std::fs::copy(&other.tokens, &self.tokens).expect("copying the agent tokens");
+    }
+
     /// The collectord process's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
