@@ -78,13 +78,22 @@ fn spawn_writer(
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             match res {
-                Ok(counts) => {
+                Ok(news) => {
                     let now = now_ns() as f64 / 1e9;
-                    for (w, new) in group.into_iter().zip(counts) {
-                        count_stored(&metrics, &w, new, now);
-                        let _ = w.done.send(Ok(new));
+                    for (w, new_seqs) in group.into_iter().zip(news) {
+                        // Only what this commit stored: a resent record is
+                        // neither counted nor shown to watchers again.
+                        let mut fresh: std::collections::HashSet<i64> =
+                            new_seqs.into_iter().collect();
+                        let new: Vec<(pb::Record, Indexed)> = w
+                            .rows
+                            .into_iter()
+                            .filter(|(r, _)| fresh.remove(&(r.seq as i64)))
+                            .collect();
+                        count_stored(&metrics, &w.host, &new, now);
+                        let _ = w.done.send(Ok(new.len()));
                         if stored.receiver_count() > 0 {
-                            for (r, ix) in w.rows {
+                            for (r, ix) in new {
                                 let _ = stored.send(Arc::new((w.host.clone(), r, ix)));
                             }
                         }
@@ -102,17 +111,16 @@ fn spawn_writer(
     tx
 }
 
-/// Counts the `new` records of batch `w` that were stored (duplicates are
-/// the batch's first records: an agent resends from where the collector
-/// said it stood).
-fn count_stored(metrics: &Metrics, w: &Write, new: usize, now_s: f64) {
-    if new == 0 {
+/// Counts the records of `host` a commit stored (`new`: not the ones it
+/// had already).
+fn count_stored(metrics: &Metrics, host: &str, new: &[(pb::Record, Indexed)], now_s: f64) {
+    if new.is_empty() {
         return;
     }
     // Counted per kind, one label lookup each (not one per record: this
     // runs for every batch the writer commits).
     let mut kinds: Vec<(&'static str, u64)> = Vec::new();
-    for (_, ix) in &w.rows[w.rows.len().saturating_sub(new)..] {
+    for (_, ix) in new {
         match kinds.iter_mut().find(|(k, _)| *k == ix.kind) {
             Some((_, n)) => *n += 1,
             None => kinds.push((ix.kind, 1)),
@@ -122,7 +130,7 @@ fn count_stored(metrics: &Metrics, w: &Write, new: usize, now_s: f64) {
         metrics
             .records
             .get_or_create(&crate::metrics::RecordLabels {
-                host: w.host.clone(),
+                host: host.to_owned(),
                 kind: kind.to_owned(),
             })
             .inc_by(n);
@@ -130,7 +138,7 @@ fn count_stored(metrics: &Metrics, w: &Write, new: usize, now_s: f64) {
     metrics
         .last_seen
         .get_or_create(&crate::metrics::HostLabels {
-            host: w.host.clone(),
+            host: host.to_owned(),
         })
         .set(now_s);
 }

@@ -570,3 +570,56 @@ fn inbound_raw_and_handed_over_violations_reach_the_collector() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_resent_batch_reaches_watchers_and_counters_once() {
+    use harness::harness::collector::chained_violation;
+    use tokio_stream::StreamExt;
+    const HOST: &str = "resend-host";
+    let tmp = TempPath::dir("resend");
+    let collector = RunningCollector::start(tmp.path());
+    let mut prev = residency_proto::chain::ZERO;
+    let records: Vec<pb::Record> = (1..=150)
+        .map(|seq| chained_violation(seq, HOST, &mut prev))
+        .collect();
+    assert_eq!(collector.deliver_as(HOST, records[..100].to_vec()), 100);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut watch = rt
+        .block_on(async {
+            collector
+                .client(None)
+                .await
+                .watch_violations(pb::ViolationQuery {
+                    host_id: HOST.into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .expect("watch")
+        .into_inner();
+    // An agent that did not see the acknowledgement sends 51..=150 again.
+    assert_eq!(collector.deliver_as(HOST, records[50..].to_vec()), 150);
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        // Everything new arrives; then nothing more for a second.
+        while let Ok(Some(r)) = tokio::time::timeout(
+            Duration::from_secs(if seen.len() < 50 { 10 } else { 1 }),
+            watch.next(),
+        )
+        .await
+        {
+            seen.push(r.expect("a watched record").seq());
+        }
+    });
+    assert_eq!(
+        seen,
+        (101..=150).collect::<Vec<u64>>(),
+        "each new record once, none resent"
+    );
+    let host = collector
+        .hosts()
+        .into_iter()
+        .find(|h| h.host_id == HOST)
+        .expect("listed");
+    assert_eq!(host.violations, 150);
+}

@@ -377,15 +377,21 @@ impl Store {
         host: &str,
         records: &[(Record, Indexed)],
     ) -> Result<usize, StoreError> {
-        Ok(self.insert_group(&[(host, records)]).await?.iter().sum())
+        Ok(self
+            .insert_group(&[(host, records)])
+            .await?
+            .iter()
+            .map(Vec::len)
+            .sum())
     }
 
     /// Stores batches of several hosts in one transaction (group commit: one
-    /// fsync for all of them); returns how many records of each were new.
+    /// fsync for all of them); returns the sequences of each that were new
+    /// (the rest were stored before).
     pub async fn insert_group(
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
-    ) -> Result<Vec<usize>, StoreError> {
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
         match self {
             Store::Sqlite(s) => s.insert(groups),
             Store::Postgres(p) => p.insert(groups).await,

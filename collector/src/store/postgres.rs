@@ -221,11 +221,11 @@ impl Postgres {
     }
 
     /// Stores batches of several hosts in one transaction (group commit);
-    /// returns how many records of each were new.
+    /// returns the sequences of each that were new.
     pub async fn insert(
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
-    ) -> Result<Vec<usize>, StoreError> {
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
@@ -369,7 +369,7 @@ impl Postgres {
                 )
                 .await?;
             }
-            counts.push(new.total as usize);
+            counts.push(new_seqs);
         }
         tx.commit().await?;
         Ok(counts)

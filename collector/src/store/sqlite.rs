@@ -120,7 +120,7 @@ impl Sqlite {
     pub fn insert(
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
-    ) -> Result<Vec<usize>, StoreError> {
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut counts = Vec::with_capacity(groups.len());
         {
@@ -204,7 +204,7 @@ impl Sqlite {
                             .map(|(_, c)| c)
                     ])?;
                 }
-                counts.push(new.total as usize);
+                counts.push(new_seqs);
             }
         }
         tx.commit()?;
