@@ -421,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
         let roles = roles.clone();
         move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
     };
+    let feed = store.feed();
     let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
     for target in &args.forward {
         service
@@ -435,6 +436,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let dashboard_service = service.clone();
+    let service_for_feed = service.clone();
     let dashboard_incoming =
         match args.dashboard_listen {
             Some(addr) => Some(collector::dashboard::bind(addr).await.with_context(|| {
@@ -500,6 +502,19 @@ async fn main() -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         tasks.spawn("admin endpoints", async move {
             residency_daemon::admin::serve(incoming, addr, admin, stop).await;
+            Ok(())
+        });
+    }
+    if let Some((url, origin)) = feed {
+        // Replicas on one PostgreSQL: what the others store reaches the
+        // watchers here too.
+        let publish = service_for_feed.publisher();
+        let mut stop = stop_rx.clone();
+        tasks.spawn("following other replicas' records", async move {
+            tokio::select! {
+                () = collector::store::stored_feed::follow(url, origin, publish) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
             Ok(())
         });
     }

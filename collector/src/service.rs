@@ -205,6 +205,17 @@ impl CollectorService {
         crate::forward::spawn(self.store.clone(), target, opts)
     }
 
+    /// Hands a record another replica stored to this one's watchers.
+    pub fn publisher(&self) -> impl Fn(String, pb::Record) + Send + 'static {
+        let stored = self.stored.clone();
+        move |host, record| {
+            if stored.receiver_count() > 0 {
+                let ix = Indexed::of(&record);
+                let _ = stored.send(Arc::new((host, record, ix)));
+            }
+        }
+    }
+
     /// The collector's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()

@@ -176,3 +176,66 @@ fn an_agent_that_fails_over_between_replicas_as_they_are_killed_stores_each_viol
     assert_eq!(code, 0, "{report:?}");
     assert!(report.intact, "{report:?}");
 }
+
+#[test]
+fn a_watcher_on_one_replica_sees_what_every_replica_stores_once() {
+    use tokio_stream::StreamExt;
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("replicas-watch");
+    let replicas = replicas(tmp.path(), &pg.url, 3);
+    // The watching replica follows the others once it listens.
+    harness::harness::wait_until(
+        "replica 1 to follow the others' records",
+        Duration::from_secs(30),
+        || {
+            replicas[1]
+                .log_text()
+                .contains("following the records other replicas store")
+        },
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut watch = rt
+        .block_on(async {
+            replicas[1]
+                .client(None)
+                .await
+                .watch_violations(pb::ViolationQuery::default())
+                .await
+        })
+        .expect("watch")
+        .into_inner();
+    // Two hosts, one delivering to replica 0 and one to replica 2, in
+    // batches; the last batch of each is resent to the other replica.
+    const N: u64 = 2_000;
+    let mut want = Vec::new();
+    for (host, to, resend_to) in [("watch-a", 0, 2), ("watch-c", 2, 0)] {
+        let mut prev = residency_proto::chain::ZERO;
+        let records: Vec<pb::Record> = (1..=N)
+            .map(|seq| chained_violation(seq, host, &mut prev))
+            .collect();
+        for batch in records.chunks(250) {
+            replicas[to].deliver_as(host, batch.to_vec());
+        }
+        let last = records[records.len() - 250..].to_vec();
+        assert_eq!(replicas[resend_to].deliver_as(host, last), N);
+        want.extend((1..=N).map(|s| (host.to_owned(), s)));
+    }
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        // Everything arrives; then nothing more for a second.
+        loop {
+            let limit = if seen.len() < want.len() { 30 } else { 1 };
+            match tokio::time::timeout(Duration::from_secs(limit), watch.next()).await {
+                Ok(Some(r)) => {
+                    let r = r.expect("a watched record");
+                    seen.push((r.host_id.clone(), r.seq()));
+                }
+                _ => break,
+            }
+        }
+    });
+    let total = seen.len();
+    seen.sort();
+    assert_eq!(total, want.len(), "each record once (resent ones too)");
+    assert_eq!(seen, want, "every record of both replicas");
+}

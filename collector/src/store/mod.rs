@@ -11,6 +11,7 @@ pub mod chain;
 pub mod filter;
 mod postgres;
 mod sqlite;
+pub mod stored_feed;
 
 use std::path::Path;
 
@@ -360,6 +361,16 @@ impl Store {
             Ok(Store::Postgres(postgres::Postgres::open(spec).await?))
         } else {
             Ok(Store::Sqlite(sqlite::Sqlite::open(Path::new(spec))?))
+        }
+    }
+
+    /// Where other replicas' records are announced, for a PostgreSQL store
+    /// (its URL, and this collector's origin in the announcements); `None`
+    /// for SQLite, which one collector holds alone.
+    pub fn feed(&self) -> Option<(String, String)> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(p) => Some(p.feed()),
         }
     }
 

@@ -95,6 +95,9 @@ async fn convert_legacy(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Stor
 pub struct Postgres {
     client: Client,
     url: String,
+    /// This collector in the announcements of what it stores (see
+    /// `stored_feed`): its pid and start time.
+    origin: String,
 }
 
 /// Connects; the connection task logs when the connection ends.
@@ -156,7 +159,13 @@ impl Postgres {
         Ok(Postgres {
             client,
             url: url.to_owned(),
+            origin: format!("{}-{}", std::process::id(), now_ns()),
         })
+    }
+
+    /// The URL and this collector's origin (see `Store::feed`).
+    pub fn feed(&self) -> (String, String) {
+        (self.url.clone(), self.origin.clone())
     }
 
     /// The client, reconnected first if its connection was lost.
@@ -226,6 +235,7 @@ impl Postgres {
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
     ) -> Result<Vec<Vec<i64>>, StoreError> {
+        let origin = self.origin.clone();
         let tx = self.live().await?.transaction().await?;
         let stmt = tx
             .prepare(
@@ -254,6 +264,7 @@ impl Postgres {
         let last_of = tx
             .prepare("SELECT last_seq, chain_head FROM host_counts WHERE host = $1")
             .await?;
+        let notify = tx.prepare("SELECT pg_notify($1, $2)").await?;
         let broke = tx.prepare(super::chain::INSERT_BREAK).await?;
         let jump = tx.prepare(super::INSERT_JUMP).await?;
         let explain = tx.prepare(super::EXPLAIN_JUMPS).await?;
@@ -368,6 +379,11 @@ impl Postgres {
                     ],
                 )
                 .await?;
+            }
+            // Other replicas' watchers learn of them at commit.
+            for payload in super::stored_feed::announcements(&origin, host, &new_seqs) {
+                tx.execute(&notify, &[&super::stored_feed::CHANNEL, &payload])
+                    .await?;
             }
             counts.push(new_seqs);
         }
