@@ -508,11 +508,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some((url, origin)) = feed {
         // Replicas on one PostgreSQL: what the others store reaches the
         // watchers here too.
-        let publish = service_for_feed.publisher();
+        let watchers = service_for_feed.watchers();
         let mut stop = stop_rx.clone();
         tasks.spawn("following other replicas' records", async move {
             tokio::select! {
-                () = collector::store::stored_feed::follow(url, origin, publish) => {}
+                () = collector::store::stored_feed::follow(url, origin, watchers) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
             Ok(())

@@ -39,6 +39,21 @@ use crate::{
 /// A stored record as watchers see it.
 type Stored = Arc<(String, pb::Record, Indexed)>;
 
+/// This replica's watchers, as `stored_feed` hands them what other
+/// replicas store.
+pub struct ReplicaWatchers(broadcast::Sender<Stored>);
+
+impl crate::store::stored_feed::Watchers for ReplicaWatchers {
+    fn any(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
+    fn publish(&self, host: String, record: pb::Record) {
+        let ix = Indexed::of(&record);
+        let _ = self.0.send(Arc::new((host, record, ix)));
+    }
+}
+
 /// Records a watcher may fall behind by before its stream ends.
 const WATCH_BUFFER: usize = 16_384;
 
@@ -205,15 +220,9 @@ impl CollectorService {
         crate::forward::spawn(self.store.clone(), target, opts)
     }
 
-    /// Hands a record another replica stored to this one's watchers.
-    pub fn publisher(&self) -> impl Fn(String, pb::Record) + Send + 'static {
-        let stored = self.stored.clone();
-        move |host, record| {
-            if stored.receiver_count() > 0 {
-                let ix = Indexed::of(&record);
-                let _ = stored.send(Arc::new((host, record, ix)));
-            }
-        }
+    /// This replica's watchers, for the records other replicas store.
+    pub fn watchers(&self) -> ReplicaWatchers {
+        ReplicaWatchers(self.stored.clone())
     }
 
     /// The collector's metrics.

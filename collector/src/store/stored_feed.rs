@@ -84,11 +84,20 @@ pub fn parse(payload: &str) -> Option<Announcement> {
     })
 }
 
+/// Who gets what the other replicas store.
+pub trait Watchers: Send {
+    /// Whether anyone watches now (when no one does, nothing is read back).
+    fn any(&self) -> bool;
+    /// One record of `host` another replica stored.
+    fn publish(&self, host: String, record: Record);
+}
+
 /// Follows what other replicas store on `url` until the task is dropped:
-/// each of their new records, read back, goes to `publish` with its host.
-pub async fn follow(url: String, origin: String, publish: impl Fn(String, Record) + Send) {
+/// while anyone watches, each of their new records is read back and goes
+/// to `watchers`.
+pub async fn follow(url: String, origin: String, watchers: impl Watchers) {
     loop {
-        match follow_once(&url, &origin, &publish).await {
+        match follow_once(&url, &origin, &watchers).await {
             Ok(()) => {
                 warn!("the PostgreSQL connection for other replicas' records ended; reconnecting")
             }
@@ -103,7 +112,7 @@ pub async fn follow(url: String, origin: String, publish: impl Fn(String, Record
 async fn follow_once(
     url: &str,
     origin: &str,
-    publish: &impl Fn(String, Record),
+    watchers: &impl Watchers,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -139,7 +148,7 @@ async fn follow_once(
             );
             continue;
         };
-        if a.origin == origin {
+        if a.origin == origin || !watchers.any() {
             continue;
         }
         for (first, last) in a.ranges {
@@ -152,7 +161,7 @@ async fn follow_once(
                     row.get(4),
                 );
                 if let Some(r) = stored.record {
-                    publish(stored.host_id, r);
+                    watchers.publish(stored.host_id, r);
                 }
             }
         }
