@@ -16,7 +16,7 @@ use fantoccini::{Client, Locator};
 use harness::harness::{
     browser::Browser,
     cgroup::TestCgroup,
-    collector::{CollectorTls, RunningCollector, set_collector_option},
+    collector::{CollectorOptions, CollectorTls, RunningCollector, set_collector_option},
     http::https_get,
     netns::TestNet,
     pki::TestCa,
@@ -109,6 +109,43 @@ async fn api_count(c: &mut CollectorClient<Channel>, mut q: pb::ViolationQuery) 
         q.page_token = page.next_page_token;
     }
     unreachable!("the page loop only ends by returning")
+}
+
+/// Navigates to `url`. A page the browser could not load at all (its own
+/// network error page: the connection was refused or reset before any
+/// answer) is tried again, up to three times, each miss printed with what
+/// the browser said; any answer of the dashboard's, error or not, is the
+/// test's to judge.
+async fn goto(b: &Client, url: &str) {
+    for attempt in 1..=3 {
+        // Chrome shows its error page under the URL it was asked for, or
+        // (for some errors) fails the navigation itself.
+        let said = match b.goto(url).await {
+            Err(e) => e.to_string(),
+            Ok(()) => {
+                let document = b
+                    .execute("return document.documentURI", Vec::new())
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if !document.starts_with("chrome-error:") {
+                    return;
+                }
+                match b.find(Locator::Css("body")).await {
+                    Ok(body) => body.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                }
+            }
+        };
+        let said: String = said.chars().take(500).collect();
+        eprintln!("the browser could not load {url} (attempt {attempt}): {said}");
+        assert!(
+            attempt < 3,
+            "the browser could not load {url} three times: {said}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn text(b: &Client, id: &str) -> String {
@@ -206,15 +243,25 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
     let auditor = ca.issue("auditor-1", &[]);
     let operator = ca.issue("ops-1", &[]);
     let db = tmp.path().join("collector.db");
-    let collector = RunningCollector::start_with_dashboard(
+    // The dashboard's connection-level events (TLS handshakes that fail or
+    // time out) go to its log, which a failing test prints.
+    let collector = RunningCollector::start_opts(
         tmp.path(),
         db.to_str().expect("utf-8"),
-        Some(CollectorTls {
-            ca: ca.cert.clone(),
-            server: ca.issue("collector", &["localhost"]),
-            auditors: vec!["auditor-1".into()],
-            operators: vec!["ops-1".into()],
-        }),
+        CollectorOptions {
+            tls: Some(CollectorTls {
+                ca: ca.cert.clone(),
+                server: ca.issue("collector", &["localhost"]),
+                auditors: vec!["auditor-1".into()],
+                operators: vec!["ops-1".into()],
+            }),
+            dashboard: true,
+            env: vec![(
+                "RUST_LOG".into(),
+                "info,residency_daemon::http=debug".into(),
+            )],
+            ..Default::default()
+        },
     );
     let port = collector.dashboard.expect("dashboard port");
     let base = format!("https://localhost:{port}");
@@ -283,7 +330,7 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
         let b = browser.session().await;
 
         // Without a session: the login page.
-        b.goto(&format!("{base}/violations")).await.expect("goto");
+        goto(&b, &format!("{base}/violations")).await;
         assert_eq!(path(&b).await, "/login");
         b.find(Locator::Id("token"))
             .await
@@ -317,7 +364,7 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
         assert_eq!(row(OTHER)[10], "none stored");
 
         // Violations, unfiltered: the total and the map are the API's.
-        b.goto(&format!("{base}/violations")).await.expect("goto");
+        goto(&b, &format!("{base}/violations")).await;
         screenshot(&b, "violations").await;
         let all = api_count(&mut api, pb::ViolationQuery::default()).await;
         assert_eq!(all, 171);
@@ -395,35 +442,25 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
             country: country.into(),
             ..Default::default()
         };
-        b.goto(&format!("{base}/violations?class=health"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/violations?class=health")).await;
         let health = api_count(&mut api, by_class("health", "")).await;
         assert_eq!(health, 20, "IN and BR");
         assert_eq!(number(&b, "total").await, health);
         assert!(text(&b, "per-class").await.contains("health: 20"));
-        b.goto(&format!("{base}/violations?class=health&country=CN"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/violations?class=health&country=CN")).await;
         assert_eq!(api_count(&mut api, by_class("health", "CN")).await, 0);
         assert_eq!(number(&b, "total").await, 0);
         assert!(rows(&b, "violations").await.is_empty());
-        b.goto(&format!("{base}/violations?host={HOST}"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/violations?host={HOST}")).await;
         assert_eq!(number(&b, "total").await, 30);
         assert!(rows(&b, "violations").await.iter().all(|r| r[1] == HOST));
 
         // A bad filter says what is wrong.
-        b.goto(&format!("{base}/violations?destination=not-an-address"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/violations?destination=not-an-address")).await;
         assert!(text(&b, "error").await.contains("neither an IP prefix"));
 
         // The audit trail: who, what, why.
-        b.goto(&format!("{base}/audit?host={HOST}"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/audit?host={HOST}")).await;
         screenshot(&b, "audit").await;
         let audit = rows(&b, "audit").await;
         assert!(
@@ -434,9 +471,7 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
         );
 
         // The real host's chain and attestations verify.
-        b.goto(&format!("{base}/hosts/{HOST}/verify"))
-            .await
-            .expect("goto");
+        goto(&b, &format!("{base}/hosts/{HOST}/verify")).await;
         screenshot(&b, "verify").await;
         let verdict = text(&b, "verdict").await;
         assert!(
@@ -448,14 +483,14 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
 
         // Logging out ends the session.
         click_to(&b, "form.logout button", |u| u.ends_with("/login")).await;
-        b.goto(&format!("{base}/")).await.expect("goto");
+        goto(&b, &format!("{base}/")).await;
         assert_eq!(path(&b).await, "/login");
         // A forged token is refused with a reason.
-        b.goto(&format!(
-            "{base}/login?token=auditor.9999999999999999999.00.00"
-        ))
-        .await
-        .expect("goto");
+        goto(
+            &b,
+            &format!("{base}/login?token=auditor.9999999999999999999.00.00"),
+        )
+        .await;
         assert!(
             text(&b, "error")
                 .await
