@@ -122,7 +122,7 @@ fn capture(ctx: &SkBuffContext, classes: u64, tgid: u32) -> Option<()> {
             // With name rules in the policy the agent is woken at once: the
             // kernel learns the answer's addresses from it (`NAMES`) while
             // the process reads the answer. Otherwise read with the records
-            // that follow (the drain reads this ring first).
+            // that follow (the drain reads this ring right after theirs).
             let wake = config().is_some_and(|c| c.has_names != 0);
             entry.submit(if wake { 0 } else { BPF_RB_NO_WAKEUP });
         }

@@ -115,7 +115,8 @@ fn exec_path(ctx: &TracePointContext, cfg: &Config, tgid: u32) {
         );
         (*p).len = if n > 0 { n as u32 } else { 0 };
     }
-    // Read with the records that follow (the drain reads this ring first).
+    // Read with the records that follow (the drain reads this ring right
+    // after theirs, before it enriches them).
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 

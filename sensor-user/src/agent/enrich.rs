@@ -200,8 +200,8 @@ impl ExeCache {
         exe
     }
 
-    /// A tagged process exec'd `p.path` (read before its records: the
-    /// drain reads that ring first): the entry records carry when the
+    /// A tagged process exec'd `p.path` (read right after the records ring,
+    /// before its records are enriched): the entry records carry when the
     /// process is gone by the time they are read (`/proc/PID/exe` then
     /// says nothing; a short-lived process often is).
     pub fn exec(&mut self, p: &ExecPath) {

@@ -17,13 +17,17 @@ impl Agent {
     ) {
         use sensor_common::flow::FlowKind;
         batch.clear();
-        // The answers first: one that reached a process came before the
-        // records of the connects it led to, in this batch or the next.
+        // The records first, then the answers and exec paths: the kernel
+        // wrote a process's answer and exec path before the records that
+        // follow them, so whatever this batch's records need is in those
+        // rings by now (read before the records, an answer or exec path
+        // that arrived between the two reads would miss its records:
+        // records without their name or executable).
         let now = std::time::Instant::now();
+        reader.drain(batch);
         self.take_dns_answers(now);
         let exes = &mut self.exes;
         self.exec_paths.drain(|p| exes.exec(p));
-        reader.drain(batch);
         self.events_total += batch.len() as u64;
         self.metrics.events.inc_by(batch.len() as u64);
         let wall_offset = crate::clock::wall_offset_ns();
