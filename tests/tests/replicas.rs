@@ -151,14 +151,7 @@ fn an_agent_that_fails_over_between_replicas_as_they_are_killed_stores_each_viol
     // Exactly once: the sequences 1..=n, 20,000 violations, no gap, no jump,
     // the chain intact through three failovers.
     let alive = &replicas[0];
-    let all: Vec<pb::StoredRecord> = alive
-        .export(None)
-        .into_iter()
-        .filter(|r| r.host_id == AGENT)
-        .collect();
-    let seqs: Vec<u64> = all.iter().map(pb::StoredRecord::seq).collect();
-    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, want, "sequences 1..=n, each once");
+    let all = alive.records_once(AGENT);
     let violations = all.iter().filter_map(pb::StoredRecord::violation).count();
     assert_eq!(violations, 20_000);
     assert_eq!(agent.kernel_drops(), 0, "the kernel dropped none");

@@ -23,31 +23,20 @@ use harness::harness::{
     agent::RunningAgent,
     bench::process::cpu_ns,
     cgroup::TestCgroup,
-    collector::{RunningCollector, chained_violation, hello_message},
+    collector::{Delivery, RunningCollector, chained_violation},
     netns::TestNet,
     postgres::PgServer,
     probe,
     scenario::{DELIVERY_REGIONS, FixturePolicy, cgroup_rel},
     temp::TempPath,
 };
-use residency_proto::collector::v1::{
-    self as pb, agent_message::Message as Out, collector_message::Message as In,
-};
-use tokio_stream::StreamExt;
+use residency_proto::collector::v1 as pb;
 
 const BATCH: usize = 500;
 
 /// Streams `n` records for `host` as an agent would; returns records/s.
 async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
-    let mut client = c.agent_client(host).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello_message(host)).await.expect("hello");
-    let mut incoming = client
-        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("deliver")
-        .into_inner();
-    let _welcome = incoming.next().await;
+    let mut stream = Delivery::open(c.agent_client(host).await, host).await;
     let mut prev = residency_proto::chain::ZERO;
     let batches: Vec<Vec<pb::Record>> = (1..=n)
         .collect::<Vec<u64>>()
@@ -60,21 +49,7 @@ async fn ingest(c: &RunningCollector, host: &str, n: u64) -> f64 {
         .collect();
     let start = Instant::now();
     for records in batches {
-        let upto = records.last().map(|r| r.seq).unwrap_or(0);
-        tx.send(pb::AgentMessage {
-            message: Some(Out::Batch(pb::Batch { records })),
-        })
-        .await
-        .expect("batch");
-        loop {
-            match incoming.next().await {
-                Some(Ok(pb::CollectorMessage {
-                    message: Some(In::Ack(a)),
-                })) if a.seq >= upto => break,
-                Some(Ok(_)) => {}
-                other => panic!("collector: {other:?}"),
-            }
-        }
+        stream.send(records).await;
     }
     n as f64 / start.elapsed().as_secs_f64()
 }

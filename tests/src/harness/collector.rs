@@ -314,6 +314,20 @@ impl RunningCollector {
         path
     }
 
+    /// Every record of `host` stored here, in sequence order, after
+    /// asserting that the sequences are exactly 1..=n, each once.
+    pub fn records_once(&self, host: &str) -> Vec<pb::StoredRecord> {
+        let all: Vec<pb::StoredRecord> = self
+            .export(None)
+            .into_iter()
+            .filter(|r| r.host_id == host)
+            .collect();
+        let seqs: Vec<u64> = all.iter().map(pb::StoredRecord::seq).collect();
+        let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, want, "sequences 1..=n, each once");
+        all
+    }
+
     /// Takes the agent tokens `other` knows (replicas serving the same
     /// agents; the file is read at every connection).
     pub fn accept_agents_of(&self, other: &RunningCollector) {
@@ -477,26 +491,31 @@ impl Delivery {
         Delivery { tx, incoming }
     }
 
-    /// Sends one batch; returns the sequence the collector acknowledged.
+    /// Sends one batch; returns the sequence the collector acknowledged
+    /// for it (other messages before the acknowledgement are passed over).
     pub async fn send(&mut self, records: Vec<pb::Record>) -> u64 {
         use pb::{agent_message::Message as Out, collector_message::Message as In};
+        let upto = records.iter().map(|r| r.seq).max().unwrap_or(0);
         self.tx
             .send(pb::AgentMessage {
                 message: Some(Out::Batch(pb::Batch { records })),
             })
             .await
             .expect("batch");
-        let ack = super::deadline::within(
-            std::time::Duration::from_secs(30),
-            "the collector's acknowledgement",
-            self.incoming.message(),
-        )
-        .await;
-        match ack {
-            Ok(Some(pb::CollectorMessage {
-                message: Some(In::Ack(a)),
-            })) => a.seq,
-            other => panic!("expected the batch's acknowledgement, got {other:?}"),
+        loop {
+            let next = super::deadline::within(
+                std::time::Duration::from_secs(30),
+                "the collector's acknowledgement",
+                self.incoming.message(),
+            )
+            .await;
+            match next {
+                Ok(Some(pb::CollectorMessage {
+                    message: Some(In::Ack(a)),
+                })) if a.seq >= upto => return a.seq,
+                Ok(Some(_)) => {}
+                other => panic!("expected the batch's acknowledgement, got {other:?}"),
+            }
         }
     }
 }

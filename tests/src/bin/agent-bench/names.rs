@@ -43,16 +43,6 @@ pub fn metric(port: u16, name: &str) -> u64 {
     harness::harness::http::metric(port, name) as u64
 }
 
-/// The kernel's count of DNS messages its ring had no room for.
-fn lost(agent: &RunningAgent) -> u64 {
-    agent
-        .status()
-        .counters
-        .iter()
-        .find(|c| c.name == "dns_lost")
-        .map_or(0, |c| c.value)
-}
-
 const ANSWERS: &str = "residency_sensor_dns_answers_total";
 pub const ENTRIES: &str = "residency_sensor_name_entries";
 
@@ -74,7 +64,7 @@ pub fn steps(
         let (cpu0, handled0, lost0) = (
             process::cpu_ns(agent.pid()),
             metric(admin, ANSWERS),
-            lost(agent),
+            agent.counter("dns_lost"),
         );
         let sent_rate = send_paced(socket, to, msgs, rate);
         let sent = msgs.len() as u64;
@@ -85,7 +75,7 @@ pub fn steps(
             std::thread::sleep(Duration::from_millis(200));
             let cpu = process::cpu_ns(agent.pid()) - cpu0;
             let handled = metric(admin, ANSWERS) - handled0;
-            let lost = lost(agent) - lost0;
+            let lost = agent.counter("dns_lost") - lost0;
             if handled + lost >= sent || Instant::now() >= deadline {
                 break (handled, lost, cpu);
             }
