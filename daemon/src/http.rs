@@ -81,6 +81,7 @@ pub async fn serve(
 ) {
     use tokio_stream::StreamExt;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let router = router.layer(axum::middleware::from_fn(log_request));
     loop {
         let conn = tokio::select! {
             c = incoming.next() => c,
@@ -115,6 +116,27 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Each request and its answer at debug level (`RUST_LOG=residency_daemon::http=debug`):
+/// method, path (never the query: a login link carries its token there),
+/// status and time taken, to tell a slow handler from a request that never
+/// came.
+async fn log_request(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req.extensions().get::<Peer>().map(|p| p.addr);
+    debug!(%method, path, peer = ?peer, "http request");
+    let res = next.run(req).await;
+    debug!(
+        %method,
+        path,
+        status = res.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "http answer"
+    );
+    res
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one connection.

@@ -128,6 +128,30 @@ pub fn agent_loss(classes: u64, now: u64) -> Loss {
     }
 }
 
+/// Whether any of `classes` is enforced now: its mode is enforce (and the
+/// agent's loss does not fail it open), or the agent's loss fails it closed.
+/// For what has no destination to judge (an answer the agent cannot read).
+#[inline(always)]
+pub fn any_enforced(classes: u64, now: u64) -> bool {
+    let loss = agent_loss(classes, now);
+    if loss.deny != 0 {
+        return true;
+    }
+    for class in 0..MAX_CLASSES {
+        if classes >> class == 0 {
+            break;
+        }
+        let bit = 1u64 << class;
+        if classes & bit == 0 || loss.allow & bit != 0 {
+            continue;
+        }
+        if MODES.get(class).copied() == Some(mode::ENFORCE) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Judges `dst` for a process carrying `classes` against the verdict tries,
 /// and by the name the process resolved `dst` from for the classes the name
 /// entry left in scratch slot `slot` by `names::lookup` (or cleared by

@@ -1,7 +1,14 @@
 //! DNS answers to tagged processes: a cgroup_skb ingress program that passes
 //! the DNS message of every packet from port 53 to a marked socket up to user
-//! space (`DNS` ring buffer), bounded by `DNS_PAYLOAD_MAX`. It never drops:
-//! the agent only learns which names the process resolved.
+//! space (`DNS` ring buffer), bounded by `DNS_PAYLOAD_MAX`, for the agent to
+//! learn which names the process resolved.
+//!
+//! It drops only an answer the agent cannot get (the ring buffer is full:
+//! the agent is stalled or flooded) when name rules are in force and a class
+//! of the socket is enforced: delivered, the process would have an address
+//! whose name the kernel never learns, and a denied name's address would be
+//! judged by its country alone. The resolver asks again; what the ring could
+//! not hold is counted (`dns_lost`) either way.
 //!
 //! Packets to unmarked sockets cost one socket-storage lookup, as on egress.
 //! Only the source port says DNS: an answer from another port is not one the
@@ -9,7 +16,7 @@
 //! it), so it teaches nothing.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -20,11 +27,13 @@ use sensor_common::{
 };
 
 use crate::{
+    decide::any_enforced,
     maps::{DNS, config, count},
     marks,
 };
 
 const PASS: i32 = 1;
+const DROP: i32 = 0;
 const DNS_PORT: u16 = 53;
 /// A DNS header: shorter payloads (a bare TCP ACK) are not messages.
 const DNS_HEADER: usize = 12;
@@ -43,14 +52,18 @@ pub fn on_ingress(ctx: SkBuffContext) -> i32 {
     };
     if m.classes != 0 {
         let (classes, tgid) = (m.classes, m.tgid);
-        let _ = capture(&ctx, classes, tgid);
+        if capture(&ctx, classes, tgid) == Some(false) {
+            return DROP;
+        }
     }
     PASS
 }
 
-/// Copies the packet's DNS message up, when it is one.
+/// Copies the packet's DNS message up, when it is one. `Some(false)`: it is
+/// one, the ring buffer had no room, and it must not reach the process (see
+/// the module's comment).
 #[inline(always)]
-fn capture(ctx: &SkBuffContext, classes: u64, tgid: u32) -> Option<()> {
+fn capture(ctx: &SkBuffContext, classes: u64, tgid: u32) -> Option<bool> {
     // On ingress the packet starts at its network header.
     let b0: u8 = ctx.load(0).ok()?;
     let mut server = [0u8; 16];
@@ -86,7 +99,10 @@ fn capture(ctx: &SkBuffContext, classes: u64, tgid: u32) -> Option<()> {
     }
     let Some(mut entry) = DNS.reserve::<DnsAnswer>(0) else {
         count(DNS_LOST);
-        return None;
+        let names = config().is_some_and(|c| c.has_names != 0);
+        // SAFETY: helper without pointer arguments.
+        let refuse = names && any_enforced(classes, unsafe { bpf_ktime_get_ns() });
+        return Some(!refuse);
     };
     let p = entry.as_mut_ptr();
     // SAFETY: reserved memory of the record's size; every field written
@@ -128,7 +144,7 @@ fn capture(ctx: &SkBuffContext, classes: u64, tgid: u32) -> Option<()> {
         }
         _ => entry.discard(BPF_RB_NO_WAKEUP),
     }
-    Some(())
+    Some(true)
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -193,6 +193,20 @@ async fn rows(b: &Client, id: &str) -> Vec<Vec<String>> {
     out
 }
 
+/// What the browser is doing (for a failure's message): the document's
+/// state and address (an error page's is `chrome-error:`), the status of
+/// the response it came from, and the start of its text.
+async fn page_state(b: &Client) -> String {
+    const SCRIPT: &str = "const n = performance.getEntriesByType('navigation')[0]; \
+        return JSON.stringify({ready: document.readyState, uri: document.documentURI, \
+        status: n ? n.responseStatus : null, type: n ? n.type : null, \
+        text: (document.body ? document.body.innerText : '').slice(0, 1500)});";
+    match b.execute(SCRIPT, vec![]).await {
+        Ok(v) => format!("the page: {}", v.as_str().unwrap_or_default()),
+        Err(e) => format!("the page's state could not be read: {e}"),
+    }
+}
+
 async fn path(b: &Client) -> String {
     b.current_url().await.expect("url").path().to_owned()
 }
@@ -216,10 +230,12 @@ async fn click_to(b: &Client, css: &str, to: impl Fn(&str) -> bool) {
                 .expect("the page loaded");
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "clicking {css} led nowhere expected: at {url}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "clicking {css} led nowhere expected: at {url}; {}",
+                page_state(b).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

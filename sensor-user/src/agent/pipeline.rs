@@ -24,6 +24,7 @@ impl Agent {
         // that arrived between the two reads would miss its records:
         // records without their name or executable).
         let now = std::time::Instant::now();
+        let mono_now = crate::clock::monotonic_ns();
         reader.drain(batch);
         self.take_dns_answers(now);
         let exes = &mut self.exes;
@@ -62,7 +63,15 @@ impl Agent {
                 &mut self.workloads,
                 wall_offset,
             );
-            kept.remote_name = self.resolved.lookup(ev.tgid, ev.remote().ip(), now);
+            // Named as of when it happened, not when it was read: a stalled
+            // agent reads records late, and the answer may have expired by
+            // then (a record from after this batch's reading began is now).
+            let happened = now
+                .checked_sub(std::time::Duration::from_nanos(
+                    mono_now.saturating_sub(ev.ktime_ns),
+                ))
+                .unwrap_or(now);
+            kept.remote_name = self.resolved.lookup(ev.tgid, ev.remote().ip(), happened);
             if kept.remote_name.is_none()
                 && let Some(service) = crate::dns::doh::endpoint(ev.remote())
             {

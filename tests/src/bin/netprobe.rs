@@ -39,7 +39,9 @@
 //!                                discarded in the background (as a stub
 //!                                resolver's); prints {"port":P}, then runs
 //!                                each stdin line `OP ADDR:PORT` (printing
-//!                                {"errno":E}) until stdin closes
+//!                                {"errno":E}) until stdin closes; the line
+//!                                `received` prints {"received":N}, the
+//!                                datagrams read so far
 //! Or: netprobe fork-exit N       fork N children that exit at once
 //! Or: netprobe udp-rate ADDR:PORT RATE SECONDS [BATCH]
 //!                                sendto from one unconnected UDP socket, paced
@@ -408,16 +410,42 @@ fn send_many(sock: &UdpSocket, addr: SocketAddr, n: usize) -> usize {
 /// `netprobe udp-hold`: a socket that takes datagrams, and operations on
 /// request from the same process.
 fn udp_hold() {
+    use std::{
+        os::fd::AsRawFd,
+        sync::atomic::{AtomicU64, Ordering},
+    };
     let socket = UdpSocket::bind("0.0.0.0:0").expect("binding a UDP socket");
     let port = socket.local_addr().expect("local_addr").port();
+    // Room for a burst the reader thread has not caught up with (root may
+    // go past rmem_max): what the socket drops would look like what the
+    // kernel refused.
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt with a c_int option value of its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    static RECEIVED: AtomicU64 = AtomicU64::new(0);
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        while socket.recv(&mut buf).is_ok() {}
+        while socket.recv(&mut buf).is_ok() {
+            RECEIVED.fetch_add(1, Ordering::Relaxed);
+        }
     });
     println!("{{\"port\":{port}}}");
     let _ = std::io::stdout().flush();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap_or_default();
+        if line.trim() == "received" {
+            println!("{{\"received\":{}}}", RECEIVED.load(Ordering::Relaxed));
+            let _ = std::io::stdout().flush();
+            continue;
+        }
         let mut words = line.split_whitespace();
         let (Some(op), Some(Ok(addr))) = (words.next(), words.next().map(str::parse)) else {
             eprintln!("netprobe udp-hold: expected `OP ADDR:PORT`, got {line:?}");

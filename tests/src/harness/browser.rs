@@ -2,7 +2,7 @@
 //! `chromedriver`, for the dashboard's tests.
 //!
 //! The browser reaches only this machine: every name resolves to nothing
-//! but localhost, and whatever else it would fetch (updates, safe browsing)
+//! but localhost (127.0.0.1), and whatever else it would fetch (updates, safe browsing)
 //! goes to a proxy on a closed loopback port. chromedriver runs in its own
 //! process group, which is killed (with the browser) on drop.
 
@@ -67,7 +67,10 @@ impl Browser {
             "--disable-client-side-phishing-detection",
             "--no-pings",
             "--proxy-server=http://127.0.0.1:9",
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+            // localhost is 127.0.0.1 only, where the tests' servers listen
+            // (resolved, it is ::1 too, where any other process may listen
+            // on the same port); every other name resolves to nothing.
+            "--host-resolver-rules=MAP localhost 127.0.0.1 , MAP * ~NOTFOUND",
             "--window-size=1400,1000",
         ]
         .iter()
