@@ -6,6 +6,8 @@
 //! - [`service`]: the `residency.collector.v1` gRPC service.
 //! - [`auth`]: callers' roles from their certificates.
 //! - [`fleet`]: connected agents and commands to them.
+//! - [`replica_fleet`]: commands to agents connected to other replicas
+//!   (PostgreSQL).
 //! - [`forward`]: stored records to a SIEM (syslog, ECS JSON lines).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`export`]: CSV and JSON-lines reports.
@@ -20,6 +22,7 @@ pub mod export;
 pub mod fleet;
 pub mod forward;
 pub mod metrics;
+pub mod replica_fleet;
 pub mod service;
 pub mod store;
 pub mod what_if;

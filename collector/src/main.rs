@@ -506,8 +506,15 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     if let Some((url, origin)) = feed {
-        // Replicas on one PostgreSQL: what the others store reaches the
+        // Replicas on one PostgreSQL: operators' commands reach the agents
+        // connected to the others, and what the others store reaches the
         // watchers here too.
+        let across = service_for_feed.across_replicas(url.clone(), origin.clone());
+        let stop = stop_rx.clone();
+        tasks.spawn("fleet commands across replicas", async move {
+            across.run(stop).await;
+            Ok(())
+        });
         let watchers = service_for_feed.watchers();
         let mut stop = stop_rx.clone();
         tasks.spawn("following other replicas' records", async move {

@@ -30,6 +30,7 @@ use crate::{
     auth::{Caller, Roles},
     fleet::Fleet,
     metrics::Metrics,
+    replica_fleet::ReplicaFleet,
     store::{
         Store,
         filter::{Cursor, Filter, Indexed},
@@ -184,6 +185,8 @@ pub struct CollectorService {
     /// Turns true when the collector shuts down: delivery streams end after
     /// the batch in flight, watches end.
     shutdown: watch::Sender<bool>,
+    /// Set with replicas on one PostgreSQL: commands reach their agents too.
+    replicas: Arc<std::sync::OnceLock<Arc<ReplicaFleet>>>,
 }
 
 impl CollectorService {
@@ -208,6 +211,32 @@ impl CollectorService {
             exceptions: Arc::new(AtomicU64::new(0)),
             client_ca: None,
             tokens: Arc::new(crate::dashboard::token::Keys::generate()),
+            replicas: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// With replicas on one PostgreSQL (`url`, this replica's `origin`):
+    /// operators' commands reach the agents connected to any of them, and
+    /// ListHosts says which are connected anywhere. Returns the part to run
+    /// ([`ReplicaFleet::run`]).
+    pub fn across_replicas(&self, url: String, origin: String) -> Arc<ReplicaFleet> {
+        let r = ReplicaFleet::new(url, origin, self.fleet.clone());
+        let _ = self.replicas.set(r.clone());
+        r
+    }
+
+    /// Sends `command` to `target` (every host when `None`) on this replica
+    /// and, with replicas, on the others; one outcome per host.
+    async fn fleet_command(
+        &self,
+        target: Option<&str>,
+        actor: &str,
+        reason: &str,
+        command: Cmd,
+    ) -> Vec<pb::HostOutcome> {
+        match self.replicas.get() {
+            Some(r) => r.command(target, actor, reason, command).await,
+            None => self.fleet.command(target, actor, reason, command).await,
         }
     }
 
@@ -519,6 +548,9 @@ impl Collector for CollectorService {
             .await
             .map_err(|_| Status::unavailable("stream closed"))?;
         let id = self.fleet.connect(&host, tx.clone());
+        if let Some(r) = self.replicas.get() {
+            r.connected(&host);
+        }
         self.metrics
             .connected_agents
             .set(self.fleet.connected().len() as i64);
@@ -550,8 +582,14 @@ impl Collector for CollectorService {
         tokio::spawn(async move {
             let fleet = this.fleet.clone();
             let metrics = this.metrics.clone();
+            let replicas = this.replicas.clone();
             this.serve_stream(host.clone(), incoming, tx).await;
             fleet.disconnect(&host, id);
+            if let Some(r) = replicas.get()
+                && !fleet.connected().contains(&host)
+            {
+                r.disconnected(&host);
+            }
             metrics.connected_agents.set(fleet.connected().len() as i64);
             info!(host = %host, "agent disconnected");
         });
@@ -564,7 +602,15 @@ impl Collector for CollectorService {
     ) -> Result<Response<pb::HostList>, Status> {
         self.roles.reader(&req)?;
         let mut hosts = self.store.lock().await.hosts().await.map_err(internal)?;
-        let connected = self.fleet.connected();
+        let mut connected = self.fleet.connected();
+        if let Some(r) = self.replicas.get() {
+            match r.elsewhere(None).await {
+                Ok(rows) => connected.extend(rows.into_iter().map(|(host, _)| host)),
+                Err(e) => {
+                    warn!(error = %e, "ListHosts says connected only for this replica's agents")
+                }
+            }
+        }
         let now = now_ns();
         for h in &mut hosts {
             h.connected = connected.contains(&h.host_id);
@@ -887,8 +933,7 @@ impl Collector for CollectorService {
             .await
             .map_err(internal)?;
         let outcomes = self
-            .fleet
-            .command(
+            .fleet_command(
                 target(&r.host_id),
                 &caller.actor(),
                 &r.reason,
@@ -942,8 +987,7 @@ impl Collector for CollectorService {
         };
         info!(actor = %caller.actor(), host = %r.host_id, id = %id, class = %exception.class, destination = %exception.destination, seconds = r.duration_seconds, justification = %r.justification, "granting an exception");
         let outcomes = self
-            .fleet
-            .command(
+            .fleet_command(
                 target(&r.host_id),
                 &caller.actor(),
                 &r.justification,

@@ -232,3 +232,89 @@ fn a_watcher_on_one_replica_sees_what_every_replica_stores_once() {
     assert_eq!(total, want.len(), "each record once (resent ones too)");
     assert_eq!(seen, want, "every record of both replicas");
 }
+
+/// Fleet commands go through PostgreSQL: an operator asks any replica, the
+/// agent connected to another applies the command and its answer comes
+/// back; a host connected nowhere is answered at once, and a replica killed
+/// with SIGKILL stops counting its agents as connected.
+#[test]
+fn fleet_commands_to_any_replica_reach_an_agent_connected_to_another() {
+    use std::time::Instant;
+    const AGENT: &str = "fleet-replica-host";
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("replicas-fleet");
+    let mut replicas = replicas(tmp.path(), &pg.url, 3);
+    let cgroup = TestCgroup::create();
+    // The agent knows the third replica only.
+    let config = replicas[2].agent_config(tmp.path(), AGENT, None);
+    let agent = delivering_agent(AGENT, &cgroup, &config);
+    let connected =
+        |r: &RunningCollector| r.hosts().iter().any(|h| h.host_id == AGENT && h.connected);
+    harness::harness::wait_until(
+        "every replica lists the agent as connected",
+        Duration::from_secs(30),
+        || replicas.iter().all(connected),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let set = |r: &RunningCollector, host: &str, mode: &str| -> Vec<(String, String)> {
+        rt.block_on(async {
+            r.client(None)
+                .await
+                .set_enforcement(pb::FleetSetEnforcementRequest {
+                    host_id: host.into(),
+                    class: String::new(),
+                    mode: mode.into(),
+                    reason: "replica fleet test".into(),
+                })
+                .await
+                .expect("SetEnforcement")
+                .into_inner()
+                .outcomes
+                .into_iter()
+                .map(|o| (o.host_id, o.error))
+                .collect()
+        })
+    };
+    let mode = || agent.ctl_json(&["status"])["modes"][0]["mode"].clone();
+    let applied = vec![(AGENT.to_owned(), String::new())];
+    assert_eq!(mode(), "MODE_MONITOR");
+
+    // To the first replica, for the host on the third: applied.
+    assert_eq!(set(&replicas[0], AGENT, "enforce"), applied);
+    assert_eq!(mode(), "MODE_ENFORCE");
+    // Fleet-wide, to the second: the third's agent is part of the fleet.
+    assert_eq!(set(&replicas[1], "", "monitor"), applied);
+    assert_eq!(mode(), "MODE_MONITOR");
+    // A host connected to no replica: said at once.
+    let asked = Instant::now();
+    assert_eq!(
+        set(&replicas[0], "nowhere-host", "enforce"),
+        vec![(
+            "nowhere-host".to_owned(),
+            "not connected to any collector replica".to_owned()
+        )]
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // The third replica dies: its agent counts as connected nowhere (its
+    // PostgreSQL connection went with it), and a command says so.
+    replicas[2].kill9();
+    harness::harness::wait_until(
+        "the first replica no longer lists the agent as connected",
+        Duration::from_secs(20),
+        || !connected(&replicas[0]),
+    );
+    let out = set(&replicas[0], AGENT, "enforce");
+    assert_eq!(
+        out,
+        vec![(
+            AGENT.to_owned(),
+            "not connected to any collector replica".to_owned()
+        )]
+    );
+    assert_eq!(mode(), "MODE_MONITOR", "nothing reached the agent");
+}

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     super::WORKLOAD_COLUMNS,
     super::FORWARD_CURSORS_TABLE,
     super::NAMES_COLUMN,
+    crate::replica_fleet::AGENT_CONNECTIONS_TABLE,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
