@@ -53,7 +53,10 @@ enum Cmd {
     /// sensord's CPU per record, RSS); one record through the agent's pipeline
     /// (criterion); policy load time and memory; collector ingest
     /// (SQLite and PostgreSQL, interleaved) and the end-to-end delivery rate
-    /// without loss. Arguments after `--` go to sensor-bench
+    /// without loss; a simulated fleet of 1,000 and 10,000 agents against 1
+    /// and 3 collectord replicas on one PostgreSQL (fleet-bench: records/s,
+    /// commit latency, memory per agent, fleet-wide enforce time). Arguments
+    /// after `--` go to sensor-bench
     /// (`--rounds R --per-round N --prefixes P`).
     Bench {
         #[arg(last = true)]
@@ -192,6 +195,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "--bin",
         "delivery-bench",
         "--bin",
+        "fleet-bench",
+        "--bin",
         "collectord",
         "--bin",
         "sensord",
@@ -242,6 +247,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .status()
         .context("while running delivery-bench")?;
     anyhow::ensure!(status.success(), "delivery-bench failed ({status})");
+    let status = std::process::Command::new(root.join("target/release/fleet-bench"))
+        .status()
+        .context("while running fleet-bench")?;
+    anyhow::ensure!(status.success(), "fleet-bench failed ({status})");
     Ok(())
 }
 

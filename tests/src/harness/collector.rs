@@ -287,6 +287,26 @@ impl RunningCollector {
         token
     }
 
+    /// Tokens for many hosts at once (one write).
+    pub fn tokens_for(&self, hosts: &[String]) -> Vec<String> {
+        use std::io::Write;
+        let tokens: Vec<String> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("tok-{h}-{}-{i}", std::process::id()))
+            .collect();
+        let mut text = String::new();
+        for (h, t) in hosts.iter().zip(&tokens) {
+            text.push_str(&format!("{h} {t}\n"));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.tokens)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .expect("writing the tokens");
+        tokens
+    }
+
     /// Writes `dir/sensord.toml` for an agent of `host` that delivers here and
     /// spools in `dir/spool`; `cert` is the agent's certificate when the
     /// collector has TLS, otherwise the agent gets a token.
