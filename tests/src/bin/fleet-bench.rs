@@ -8,8 +8,8 @@
 //! once per replica count) the sides — 1 replica and 3 replicas, the agents
 //! spread evenly — alternate round by round on one PostgreSQL:
 //!
-//! - every agent connects (collectord's memory before and after: RSS per
-//!   connected agent);
+//! - every agent connects (collectord's memory with every agent connected,
+//!   over its memory before the first round: RSS per connected agent);
 //! - all send their records at once (`--records` per round in all, batches
 //!   of up to 100): records/s stored, and each batch's commit latency (sent
 //!   → acknowledged), p50 and p99;
@@ -170,6 +170,7 @@ fn round(
     tag: &str,
     hosts: usize,
     records: usize,
+    rss_base: u64,
 ) -> Round {
     let names: Vec<String> = (0..hosts).map(|i| format!("sim-{tag}-{i}")).collect();
     let tokens = replicas[0].tokens_for(&names);
@@ -187,7 +188,6 @@ fn round(
             all.chunks(BATCH).map(<[pb::Record]>::to_vec).collect()
         })
         .collect();
-    let rss_before = rss_kib(replicas);
     let (connected_tx, mut connected_rx) = mpsc::channel(hosts);
     let (go_tx, go_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -271,7 +271,7 @@ fn round(
         records_per_s: stored as f64 / elapsed,
         p50_ms: percentile(&latencies, 0.5) / 1e3,
         p99_ms: percentile(&latencies, 0.99) / 1e3,
-        rss_per_agent_kib: rss_after.saturating_sub(rss_before) as f64 / hosts as f64,
+        rss_per_agent_kib: rss_after.saturating_sub(rss_base) as f64 / hosts as f64,
         enforce_s,
     }
 }
@@ -335,6 +335,10 @@ fn main() {
     };
     let one = [start("single")];
     let three = [start("r0"), start("r1"), start("r2")];
+    // Memory per agent: over the replicas' memory before any agent came
+    // (what earlier rounds left allocated counts: it is held for agents).
+    std::thread::sleep(Duration::from_secs(1));
+    let base = [rss_kib(&one), rss_kib(&three)];
     println!(
         "fleet-bench: simulated agents (tasks, real delivery protocol, a token and HTTP/2 connection each) against collectord on one PostgreSQL; {records} records per round, batches of up to {BATCH}"
     );
@@ -349,7 +353,7 @@ fn main() {
             for i in order {
                 let (name, replicas, results) = &mut sides[i];
                 let tag = format!("{hosts}-{}-{r}", name.replace(' ', ""));
-                let got = round(&rt, replicas, &tag, hosts, records);
+                let got = round(&rt, replicas, &tag, hosts, records, base[i]);
                 println!(
                     "  {hosts} hosts, {name}, round {r}: {:.0} records/s, commit p50 {:.1} ms p99 {:.1} ms, {:.1} KiB per connected agent, fleet enforce applied everywhere in {:.2} s",
                     got.records_per_s, got.p50_ms, got.p99_ms, got.rss_per_agent_kib, got.enforce_s
