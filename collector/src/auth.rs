@@ -60,6 +60,36 @@ pub struct Roles {
     pub auditor_group: Option<u32>,
     /// `HOST TOKEN` lines: agents on plain TCP.
     pub agent_tokens: Option<PathBuf>,
+    /// The tokens file as last read.
+    pub token_cache: TokenCache,
+}
+
+/// The tokens file parsed, kept while the file is unchanged (its inode,
+/// size and modification time) and was last changed over two seconds ago:
+/// a fleet reconnecting at once does not read a file of thousands of lines
+/// per connection, and an edit (a token added or revoked) counts from the
+/// next connection on.
+/// Tokens are kept as SHA-256 digests: looked up by digest, the time a
+/// lookup takes says nothing about a secret.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCache(std::sync::Arc<std::sync::Mutex<Option<ParsedTokens>>>);
+
+#[derive(Debug)]
+pub struct ParsedTokens {
+    stamp: (u64, u64, i64, i64),
+    hosts: std::collections::HashMap<[u8; 32], String>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn stamp(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.ino(), m.size(), m.mtime(), m.mtime_nsec())
 }
 
 /// The groups of user `uid` (primary `gid` and the supplementary groups the
@@ -90,11 +120,6 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     }
 }
 
-/// Equality that takes as long whatever the contents (token comparison).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Roles {
     /// The host whose token `token` is, from the tokens file.
     fn token_host(&self, token: &str) -> Result<String, Status> {
@@ -103,15 +128,36 @@ impl Roles {
                 "this collector takes no agents on plain TCP (no --agent-tokens file): use mutual TLS",
             ));
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             Status::unavailable(format!("the collector cannot read its agent tokens: {e}"))
-        })?;
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|l| l.split_once(char::is_whitespace))
-            .find(|(_, t)| same_secret(t.trim().as_bytes(), token.as_bytes()))
-            .map(|(host, _)| host.to_owned())
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        let now = stamp(&meta);
+        // A file changed in the last two seconds is read every time: file
+        // times can be as coarse as a clock tick, and two edits within one
+        // tick, of the same size, would look unchanged ("racy git").
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(2));
+        let mut cache = self.token_cache.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !settled || cache.as_ref().is_none_or(|c| c.stamp != now) {
+            // Stamped before reading: an edit during the read is read again
+            // at the next connection.
+            let text = std::fs::read_to_string(path).map_err(unreadable)?;
+            let hosts = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter_map(|l| l.split_once(char::is_whitespace))
+                .map(|(host, t)| (digest(t.trim()), host.to_owned()))
+                .collect();
+            *cache = Some(ParsedTokens { stamp: now, hosts });
+        }
+        cache
+            .as_ref()
+            .and_then(|c| c.hosts.get(&digest(token)).cloned())
             .ok_or_else(|| {
                 Status::unauthenticated(format!(
                     "unknown agent token: it must be listed for this host in {} (a line `HOST TOKEN`)",
@@ -224,7 +270,7 @@ mod tests {
         let file = dir.join("tokens");
         std::fs::write(&file, "# host token\nweb-1 s3cret-one\nweb-2  s3cret-two\n").unwrap();
         let roles = Roles {
-            agent_tokens: Some(file),
+            agent_tokens: Some(file.clone()),
             ..Default::default()
         };
         assert_eq!(roles.token_host("s3cret-two").unwrap(), "web-2");
@@ -233,8 +279,13 @@ mod tests {
             "a prefix is not a token"
         );
         assert!(roles.token_host("").is_err());
+        // Revoked by an edit of the same size: refused from then on (the
+        // parsed file is kept only while it is unchanged).
+        std::fs::write(&file, "# host token\nweb-1 s3cret-one\nweb-2  s3cret-TWO\n").unwrap();
+        assert!(roles.token_host("s3cret-two").is_err());
+        assert_eq!(roles.token_host("s3cret-TWO").unwrap(), "web-2");
+        // A clone (each connection's service) shares what was read.
+        assert_eq!(roles.clone().token_host("s3cret-one").unwrap(), "web-1");
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
     }
 }

@@ -70,6 +70,17 @@ impl Fleet {
         self.lock().keys().cloned().collect()
     }
 
+    /// How many hosts are connected now (without copying their names: this
+    /// runs at every connection).
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether `host` is connected now.
+    pub fn is_connected(&self, host: &str) -> bool {
+        self.lock().contains_key(host)
+    }
+
     /// An agent answered a command.
     pub fn answered(&self, host: &str, result: pb::CommandResult) {
         if let Some(c) = self.lock().get_mut(host)

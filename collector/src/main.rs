@@ -353,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
         operator_group: args.operator_group.as_deref().map(gid_of).transpose()?,
         auditor_group: args.auditor_group.as_deref().map(gid_of).transpose()?,
         agent_tokens: args.agent_tokens.clone(),
+        token_cache: Default::default(),
     };
     if let Some(t) = &roles.agent_tokens {
         anyhow::ensure!(

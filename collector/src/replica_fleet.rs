@@ -515,7 +515,7 @@ impl ReplicaFleet {
             let target = (!r.target.is_empty()).then_some(r.target.as_str());
             let outcomes = match target {
                 // The asker believed the host was here; it left.
-                Some(h) if !self.fleet.connected().iter().any(|l| l == h) => {
+                Some(h) if !self.fleet.is_connected(h) => {
                     vec![pb::HostOutcome {
                         host_id: h.to_owned(),
                         error: format!(

@@ -551,9 +551,7 @@ impl Collector for CollectorService {
         if let Some(r) = self.replicas.get() {
             r.connected(&host);
         }
-        self.metrics
-            .connected_agents
-            .set(self.fleet.connected().len() as i64);
+        self.metrics.connected_agents.set(self.fleet.count() as i64);
         if !missed.is_empty() {
             // Fleet commands this host missed while it was away.
             let fleet = self.fleet.clone();
@@ -586,11 +584,11 @@ impl Collector for CollectorService {
             this.serve_stream(host.clone(), incoming, tx).await;
             fleet.disconnect(&host, id);
             if let Some(r) = replicas.get()
-                && !fleet.connected().contains(&host)
+                && !fleet.is_connected(&host)
             {
                 r.disconnected(&host);
             }
-            metrics.connected_agents.set(fleet.connected().len() as i64);
+            metrics.connected_agents.set(fleet.count() as i64);
             info!(host = %host, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
