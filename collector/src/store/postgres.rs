@@ -120,6 +120,91 @@ fn boxed(p: &Param) -> Box<dyn ToSql + Sync + Send> {
     }
 }
 
+/// The groups' indexes in rounds in which each host appears once (in
+/// order: a host's second batch of a group goes in the second round).
+fn rounds(groups: &[(&str, &[(Record, Indexed)])]) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, (host, _)) in groups.iter().enumerate() {
+        let n = seen.entry(*host).or_insert(0);
+        if out.len() <= *n {
+            out.push(Vec::new());
+        }
+        out[*n].push(i);
+        *n += 1;
+    }
+    out
+}
+
+/// One host's batch as the insert's column arrays, borrowing the records
+/// (no copies).
+struct Columns<'a> {
+    seqs: Vec<i64>,
+    kinds: Vec<&'a str>,
+    times: Vec<i64>,
+    bodies: Vec<&'a [u8]>,
+    classes: Vec<&'a str>,
+    countries: Vec<&'a str>,
+    remotes: Vec<&'a [u8]>,
+    exes: Vec<&'a str>,
+    actions: Vec<&'a str>,
+    chains: Vec<Option<&'a [u8]>>,
+    units: Vec<&'a str>,
+    containers: Vec<&'a str>,
+    pods: Vec<&'a str>,
+    names: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(records: &'a [(Record, Indexed)]) -> Columns<'a> {
+        let text = |f: fn(&'a (Record, Indexed)) -> &'a str| records.iter().map(f).collect();
+        Columns {
+            seqs: records.iter().map(|(r, _)| r.seq as i64).collect(),
+            kinds: text(|(_, ix)| ix.kind),
+            times: records.iter().map(|(r, _)| r.time_unix_ns).collect(),
+            bodies: records
+                .iter()
+                .map(|(_, ix)| ix.encoded.as_slice())
+                .collect(),
+            classes: text(|(_, ix)| &ix.classes),
+            countries: text(|(_, ix)| &ix.country),
+            remotes: records.iter().map(|(_, ix)| ix.remote.as_slice()).collect(),
+            exes: text(|(_, ix)| &ix.exe),
+            actions: text(|(_, ix)| &ix.action),
+            chains: records
+                .iter()
+                .map(|(_, ix)| (!ix.chain.is_empty()).then_some(ix.chain.as_slice()))
+                .collect(),
+            units: text(|(_, ix)| &ix.unit),
+            containers: text(|(_, ix)| &ix.container),
+            pods: text(|(_, ix)| &ix.pod),
+            names: text(|(_, ix)| &ix.names),
+        }
+    }
+
+    /// The insert's parameters, in its order.
+    fn params<'b>(&'b self, host: &'b &str, stored: &'b i64) -> [&'b (dyn ToSql + Sync); 16] {
+        [
+            host,
+            stored,
+            &self.seqs,
+            &self.kinds,
+            &self.times,
+            &self.bodies,
+            &self.classes,
+            &self.countries,
+            &self.remotes,
+            &self.exes,
+            &self.actions,
+            &self.chains,
+            &self.units,
+            &self.containers,
+            &self.pods,
+            &self.names,
+        ]
+    }
+}
+
 /// The advisory lock key collectors migrate under ("RSMIGR" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5253_4d49_4752;
 
@@ -232,24 +317,31 @@ impl Postgres {
 
     /// Stores batches of several hosts in one transaction (group commit);
     /// returns the sequences of each that were new.
+    ///
+    /// A few round trips per group, not per host: the statements are
+    /// prepared together, the hosts' locks taken and their last sequences
+    /// read with one statement each, and the hosts' inserts, then their
+    /// counters and announcements, sent together (tokio-postgres pipelines
+    /// statements issued at once). A host twice in a group is stored in a
+    /// later round of the same transaction, which reads what the first
+    /// wrote.
     pub async fn insert(
         &mut self,
         groups: &[(&str, &[(Record, Indexed)])],
     ) -> Result<Vec<Vec<i64>>, StoreError> {
+        use futures_util::future::try_join_all;
         let origin = self.origin.clone();
         let tx = self.live().await?.transaction().await?;
-        let stmt = tx
-            .prepare(
+        let (stmt, bump, last_of, notify, broke, jump, explain, lock) = tokio::try_join!(
+            tx.prepare(
                 "INSERT INTO records (host, seq, kind, time_ns, body, stored_ns, classes, country, remote, exe, action, record, chain, unit, container, pod, names)
                  SELECT $1, s, k, t, '', $2, c, co, r, e, a, b, h, un, ct, pd, nm
                  FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[])
                    AS u(s, k, t, b, c, co, r, e, a, h, un, ct, pd, nm)
                  ON CONFLICT (host, seq) DO NOTHING
                  RETURNING seq, kind",
-            )
-            .await?;
-        let bump = tx
-            .prepare(
+            ),
+            tx.prepare(
                 "INSERT INTO host_counts (host, last_seq, last_stored_ns, violations, gaps, audits, chain_head)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (host) DO UPDATE SET
@@ -260,133 +352,112 @@ impl Postgres {
                    violations = host_counts.violations + excluded.violations,
                    gaps = host_counts.gaps + excluded.gaps,
                    audits = host_counts.audits + excluded.audits",
-            )
-            .await?;
-        let last_of = tx
-            .prepare("SELECT last_seq, chain_head FROM host_counts WHERE host = $1")
-            .await?;
-        let notify = tx.prepare("SELECT pg_notify($1, $2)").await?;
-        let broke = tx.prepare(super::chain::INSERT_BREAK).await?;
-        let jump = tx.prepare(super::INSERT_JUMP).await?;
-        let explain = tx.prepare(super::EXPLAIN_JUMPS).await?;
-        // Replicas share the database: another collector may be storing the
-        // same host's records right now (an agent that failed over while its
-        // old stream was still committing). The (host, seq) key keeps the
-        // records once each; a lock per host, taken in host order (no
-        // deadlock between two group commits), keeps the reading of the
-        // host's last sequence and chain head below consistent with what
-        // this transaction writes: no false jump, no false chain break.
-        let lock = tx
-            .prepare("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .await?;
+            ),
+            tx.prepare(
+                "SELECT host, last_seq, chain_head FROM host_counts WHERE host = ANY($1::text[])"
+            ),
+            tx.prepare("SELECT pg_notify($1, $2)"),
+            tx.prepare(super::chain::INSERT_BREAK),
+            tx.prepare(super::INSERT_JUMP),
+            tx.prepare(super::EXPLAIN_JUMPS),
+            // Replicas share the database: another collector may be storing
+            // the same host's records right now (an agent that failed over
+            // while its old stream was still committing). The (host, seq)
+            // key keeps the records once each; a lock per host, taken in
+            // host order (no deadlock between two group commits), keeps the
+            // reading of the host's last sequence and chain head below
+            // consistent with what this transaction writes: no false jump,
+            // no false chain break.
+            tx.prepare(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(h, 0)))
+                 FROM (SELECT DISTINCT h FROM unnest($1::text[]) AS u(h) ORDER BY h) AS o"
+            ),
+        )?;
         let mut hosts: Vec<&str> = groups.iter().map(|(h, _)| *h).collect();
         hosts.sort_unstable();
         hosts.dedup();
-        for host in hosts {
-            tx.execute(&lock, &[&host]).await?;
-        }
+        tx.query_one(&lock, &[&hosts]).await?;
         let stored = now_ns();
-        let mut counts = Vec::with_capacity(groups.len());
-        for (host, records) in groups {
-            // None: the host's first records here (a spool that starts past
-            // 1 is no jump).
-            let row = tx.query_opt(&last_of, &[host]).await?;
-            let last: Option<i64> = row.as_ref().map(|r| r.get(0));
-            let mut link: super::chain::Last =
-                row.map(|r| (r.get(0), r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default()));
-            // One array per column, borrowing the records (no copies).
-            let text =
-                |f: fn(&(Record, Indexed)) -> &str| records.iter().map(f).collect::<Vec<&str>>();
-            let seqs: Vec<i64> = records.iter().map(|(r, _)| r.seq as i64).collect();
-            let times: Vec<i64> = records.iter().map(|(r, _)| r.time_unix_ns).collect();
-            let remotes: Vec<&[u8]> = records.iter().map(|(_, ix)| ix.remote.as_slice()).collect();
-            let kinds = text(|(_, ix)| ix.kind);
-            let bodies: Vec<&[u8]> = records
+        let mut counts = vec![Vec::new(); groups.len()];
+        for round in rounds(groups) {
+            let names: Vec<&str> = round.iter().map(|&i| groups[i].0).collect();
+            let mut lasts: std::collections::HashMap<String, (i64, Vec<u8>)> = tx
+                .query(&last_of, &[&names])
+                .await?
                 .iter()
-                .map(|(_, ix)| ix.encoded.as_slice())
+                .map(|r| {
+                    (
+                        r.get(0),
+                        (r.get(1), r.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
+                    )
+                })
                 .collect();
-            let classes = text(|(_, ix)| &ix.classes);
-            let countries = text(|(_, ix)| &ix.country);
-            let exes = text(|(_, ix)| &ix.exe);
-            let actions = text(|(_, ix)| &ix.action);
-            let units = text(|(_, ix)| &ix.unit);
-            let containers = text(|(_, ix)| &ix.container);
-            let pods = text(|(_, ix)| &ix.pod);
-            let names = text(|(_, ix)| &ix.names);
-            let chains: Vec<Option<&[u8]>> = records
+            let columns: Vec<Columns> = round.iter().map(|&i| Columns::of(groups[i].1)).collect();
+            let params: Vec<[&(dyn ToSql + Sync); 16]> = round
                 .iter()
-                .map(|(_, ix)| (!ix.chain.is_empty()).then_some(ix.chain.as_slice()))
+                .zip(&columns)
+                .map(|(&i, c)| c.params(&groups[i].0, &stored))
                 .collect();
-            let rows = tx
-                .query(
-                    &stmt,
-                    &[
-                        host,
-                        &stored,
-                        &seqs,
-                        &kinds,
-                        &times,
-                        &bodies,
-                        &classes,
-                        &countries,
-                        &remotes,
-                        &exes,
-                        &actions,
-                        &chains,
-                        &units,
-                        &containers,
-                        &pods,
-                        &names,
-                    ],
-                )
-                .await?;
-            let mut new = NewCounts::default();
-            let mut new_seqs = Vec::with_capacity(rows.len());
-            for row in &rows {
-                new.add(row.get::<_, &str>(1), row.get::<_, i64>(0));
-                new_seqs.push(row.get::<_, i64>(0));
-            }
-            for j in super::jumps_after(last, &new_seqs) {
-                tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
-            }
-            let fresh: std::collections::HashSet<i64> = new_seqs.iter().copied().collect();
-            for (r, ix) in records
-                .iter()
-                .filter(|(r, _)| fresh.contains(&(r.seq as i64)))
-            {
-                if let Some(b) = super::chain::check(&mut link, r, ix) {
-                    tx.execute(&broke, &[host, &b.seq, &b.expected, &b.found, &stored])
-                        .await?;
+            let inserted = try_join_all(params.iter().map(|p| tx.query(&stmt, p))).await?;
+            let mut bumps = Vec::new();
+            let mut payloads = Vec::new();
+            for (&i, rows) in round.iter().zip(inserted) {
+                let (host, records) = &groups[i];
+                // None: the host's first records here (a spool that starts
+                // past 1 is no jump).
+                let mut link: super::chain::Last = lasts.remove(*host);
+                let last: Option<i64> = link.as_ref().map(|(s, _)| *s);
+                let mut new = NewCounts::default();
+                let mut new_seqs = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    new.add(row.get::<_, &str>(1), row.get::<_, i64>(0));
+                    new_seqs.push(row.get::<_, i64>(0));
                 }
+                for j in super::jumps_after(last, &new_seqs) {
+                    tx.execute(&jump, &[host, &j.from, &j.to, &stored]).await?;
+                }
+                let fresh: std::collections::HashSet<i64> = new_seqs.iter().copied().collect();
+                for (r, ix) in records
+                    .iter()
+                    .filter(|(r, _)| fresh.contains(&(r.seq as i64)))
+                {
+                    if let Some(b) = super::chain::check(&mut link, r, ix) {
+                        tx.execute(&broke, &[host, &b.seq, &b.expected, &b.found, &stored])
+                            .await?;
+                    }
+                }
+                let head: Option<Vec<u8>> = link
+                    .filter(|(s, c)| *s == new.last_seq && !c.is_empty())
+                    .map(|(_, c)| c);
+                for (seq, first, last) in super::spool_gaps(records) {
+                    tx.execute(&explain, &[host, &seq, &first, &last]).await?;
+                }
+                if new.total > 0 {
+                    bumps.push((*host, new, head));
+                }
+                // Other replicas' watchers learn of them at commit.
+                payloads.extend(super::stored_feed::announcements(&origin, host, &new_seqs));
+                counts[i] = new_seqs;
             }
-            let head: Option<&Vec<u8>> = link
-                .as_ref()
-                .filter(|(s, c)| *s == new.last_seq && !c.is_empty())
-                .map(|(_, c)| c);
-            for (seq, first, last) in super::spool_gaps(records) {
-                tx.execute(&explain, &[host, &seq, &first, &last]).await?;
-            }
-            if new.total > 0 {
-                tx.execute(
-                    &bump,
-                    &[
+            let bump_params: Vec<[&(dyn ToSql + Sync); 7]> = bumps
+                .iter()
+                .map(|(host, new, head)| -> [&(dyn ToSql + Sync); 7] {
+                    [
                         host,
                         &new.last_seq,
                         &stored,
                         &new.violations,
                         &new.gaps,
                         &new.audits,
-                        &head,
-                    ],
-                )
-                .await?;
-            }
-            // Other replicas' watchers learn of them at commit.
-            for payload in super::stored_feed::announcements(&origin, host, &new_seqs) {
-                tx.execute(&notify, &[&super::stored_feed::CHANNEL, &payload])
-                    .await?;
-            }
-            counts.push(new_seqs);
+                        head,
+                    ]
+                })
+                .collect();
+            try_join_all(bump_params.iter().map(|p| tx.execute(&bump, p))).await?;
+            let channel = super::stored_feed::CHANNEL;
+            let notify_params: Vec<[&(dyn ToSql + Sync); 2]> =
+                payloads.iter().map(|p| [&channel as _, p as _]).collect();
+            try_join_all(notify_params.iter().map(|p| tx.execute(&notify, p))).await?;
         }
         tx.commit().await?;
         Ok(counts)
