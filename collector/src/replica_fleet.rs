@@ -47,6 +47,10 @@ pub const ANSWERS: &str = "residency_fleet_answers";
 /// 8,000).
 const PAYLOAD_MAX: usize = 7_000;
 
+/// The outcome's host when a fleet-wide command could not reach the other
+/// replicas (with a space: no token file's host can be named so).
+pub const OTHER_REPLICAS: &str = "(other replicas)";
+
 /// How long past an agent's own answer time the asked replica waits for
 /// another replica's answers (the notifications' round trips).
 const RELAY_MARGIN: Duration = Duration::from_secs(5);
@@ -325,6 +329,16 @@ impl ReplicaFleet {
                     error,
                 });
             }
+        }
+        // Fleet-wide while the other replicas cannot be asked: said in an
+        // outcome of its own, so that the call does not look complete.
+        if let (None, Err(e)) = (target, &remote) {
+            outcomes.push(pb::HostOutcome {
+                host_id: OTHER_REPLICAS.into(),
+                error: format!(
+                    "the agents connected to other collector replicas were not asked: {e}"
+                ),
+            });
         }
         if let Some(h) = target
             && !outcomes.iter().any(|o| o.host_id == h)

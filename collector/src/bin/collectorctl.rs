@@ -583,7 +583,7 @@ fn print_outcomes(r: &pb::FleetResponse, json: bool) -> bool {
             println!("exception {}", r.exception_id);
         }
         if r.outcomes.is_empty() {
-            println!("no host is connected to this collector");
+            println!("no host is connected (to this collector, or to any of its replicas)");
         }
         for o in &r.outcomes {
             if o.error.is_empty() {
