@@ -50,6 +50,12 @@ struct Args {
         default_value = "/var/lib/residency/collector.db"
     )]
     database: String,
+    /// Connections that store batches at once (PostgreSQL; SQLite has one
+    /// writer). Several overlap their commits' waits for the WAL flush and
+    /// use more of the server's cores; each is one more PostgreSQL
+    /// connection per collector.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    database_writers: u64,
     /// The collector's certificate chain (PEM); turns on mutual TLS.
     #[arg(long, value_name = "PEM", requires_all = ["tls_key", "client_ca"])]
     tls_cert: Option<PathBuf>,
@@ -423,7 +429,12 @@ async fn main() -> anyhow::Result<()> {
         move |req: tonic::Request<()>| roles.reader(&req).map(|_| req)
     };
     let feed = store.feed();
+    let more = store
+        .more_writers(args.database_writers.saturating_sub(1) as usize)
+        .await
+        .context("while connecting the --database-writers")?;
     let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
+    service.add_writers(more);
     for target in &args.forward {
         service
             .forward(

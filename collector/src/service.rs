@@ -68,22 +68,35 @@ struct Write {
     done: oneshot::Sender<Result<usize, String>>,
 }
 
-/// The writer task: group commits, then answers and publishes.
+/// The batches waiting for a writer, shared by the writers.
+type Waiting = Arc<Mutex<mpsc::Receiver<Write>>>;
+
+/// A writer task on `store`: takes the batches waiting (up to
+/// [`GROUP_MAX`]) as one group commit, then answers and publishes. Several
+/// writers (PostgreSQL) take turns at the queue: one gathers the next group
+/// while another commits.
 fn spawn_writer(
+    waiting: Waiting,
     store: Arc<Mutex<Store>>,
     stored: broadcast::Sender<Stored>,
     metrics: Arc<Metrics>,
-) -> mpsc::Sender<Write> {
-    let (tx, mut rx) = mpsc::channel::<Write>(256);
+) {
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut group = vec![first];
-            while group.len() < GROUP_MAX {
-                match rx.try_recv() {
-                    Ok(w) => group.push(w),
-                    Err(_) => break,
+        loop {
+            let group = {
+                let mut rx = waiting.lock().await;
+                let Some(first) = rx.recv().await else {
+                    break;
+                };
+                let mut group = vec![first];
+                while group.len() < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(w) => group.push(w),
+                        Err(_) => break,
+                    }
                 }
-            }
+                group
+            };
             let slices: Vec<(&str, &[(pb::Record, Indexed)])> = group
                 .iter()
                 .map(|w| (w.host.as_str(), w.rows.as_slice()))
@@ -124,7 +137,6 @@ fn spawn_writer(
             }
         }
     });
-    tx
 }
 
 /// Counts the records of `host` a commit stored (`new`: not the ones it
@@ -175,6 +187,8 @@ pub struct CollectorService {
     fleet: Arc<Fleet>,
     stored: broadcast::Sender<Stored>,
     writer: mpsc::Sender<Write>,
+    /// What the writers take from.
+    waiting: Waiting,
     exceptions: Arc<AtomicU64>,
     /// The CA (DER) agents' certificates chain to: attestations signed with
     /// their TLS keys are checked against it.
@@ -190,6 +204,19 @@ pub struct CollectorService {
 }
 
 impl CollectorService {
+    /// More writers, each on a store of its own (more connections to the
+    /// same PostgreSQL database: `Store::more_writers`).
+    pub fn add_writers(&self, stores: Vec<Store>) {
+        for s in stores {
+            spawn_writer(
+                self.waiting.clone(),
+                Arc::new(Mutex::new(s)),
+                self.stored.clone(),
+                self.metrics.clone(),
+            );
+        }
+    }
+
     /// Checks attestations against `ca` (the DER of `--client-ca`).
     pub fn with_client_ca(mut self, ca: Option<Vec<u8>>) -> Self {
         self.client_ca = ca.map(Arc::new);
@@ -200,8 +227,17 @@ impl CollectorService {
         let store = Arc::new(Mutex::new(store));
         let stored = broadcast::channel(WATCH_BUFFER).0;
         let metrics = Arc::new(Metrics::default());
+        let (writer, rx) = mpsc::channel::<Write>(256);
+        let waiting: Waiting = Arc::new(Mutex::new(rx));
+        spawn_writer(
+            waiting.clone(),
+            store.clone(),
+            stored.clone(),
+            metrics.clone(),
+        );
         CollectorService {
-            writer: spawn_writer(store.clone(), stored.clone(), metrics.clone()),
+            writer,
+            waiting,
             metrics,
             shutdown: watch::channel(false).0,
             store,

@@ -364,6 +364,18 @@ impl Store {
         }
     }
 
+    /// `n` more connections to the same database for more writers
+    /// (PostgreSQL; none for SQLite, which takes one writer at a time).
+    pub async fn more_writers(&self, n: usize) -> Result<Vec<Store>, StoreError> {
+        let mut out = Vec::new();
+        if let Store::Postgres(p) = self {
+            for _ in 0..n {
+                out.push(Store::Postgres(p.sibling().await?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Where other replicas' records are announced, for a PostgreSQL store
     /// (its URL, and this collector's origin in the announcements); `None`
     /// for SQLite, which one collector holds alone.

@@ -249,6 +249,17 @@ impl Postgres {
         })
     }
 
+    /// Another connection of this collector (same origin), for another
+    /// writer: group commits on several connections overlap their waits
+    /// for the WAL flush and use more than one of the server's cores.
+    pub async fn sibling(&self) -> Result<Postgres, StoreError> {
+        Ok(Postgres {
+            client: connect(&self.url).await?,
+            url: self.url.clone(),
+            origin: self.origin.clone(),
+        })
+    }
+
     /// The URL and this collector's origin (see `Store::feed`).
     pub fn feed(&self) -> (String, String) {
         (self.url.clone(), self.origin.clone())
