@@ -16,6 +16,9 @@
 //! - one fleet-wide SetEnforcement to the first replica: the time until it
 //!   returned with every host's answer (every host must have applied it).
 //!
+//! At the end: the bytes a stored record takes in PostgreSQL (the records
+//! table with its indexes, over its rows).
+//!
 //! Usage: fleet-bench [--hosts 1000,10000] [--records 200000] [--rounds 2]
 
 use std::{
@@ -387,4 +390,28 @@ fn main() {
             rate(1) / rate(0)
         );
     }
+    // What a stored record takes on disk, with its indexes and TOAST.
+    let (bytes, rows) = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the bench's PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute("VACUUM ANALYZE records")
+            .await
+            .expect("vacuum");
+        let row = client
+            .query_one(
+                "SELECT pg_total_relation_size('records'), count(*) FROM records",
+                &[],
+            )
+            .await
+            .expect("the records table's size");
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    });
+    println!(
+        "storage: {rows} records in {:.1} MiB with indexes: {:.0} bytes per stored record",
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / rows.max(1) as f64
+    );
 }
