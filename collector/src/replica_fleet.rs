@@ -17,8 +17,12 @@
 //! not answer in time is named in its hosts' outcomes.
 //!
 //! Nothing goes through a side channel: only PostgreSQL, which the replicas
-//! share already. A notification holds at most 8,000 bytes: answers are
-//! split, a command larger than that is refused for the other replicas.
+//! share already. A notification carries only the key of a row in
+//! `fleet_messages`, written in the collectors' own tables: `NOTIFY` needs
+//! no privilege beyond connecting, so a notification whose row is not
+//! there (any other database user can send one) is ignored, and a command
+//! cannot be forged by someone who may only read or connect. Answers are
+//! split in chunks all the same.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -56,13 +60,22 @@ pub const OTHER_REPLICAS: &str = "(other replicas)";
 const RELAY_MARGIN: Duration = Duration::from_secs(5);
 
 /// The migration (PostgreSQL only: SQLite has one collector).
-pub const AGENT_CONNECTIONS_TABLE: &str = "CREATE TABLE agent_connections (
+pub const REPLICA_TABLES: &str = "CREATE TABLE agent_connections (
     host TEXT PRIMARY KEY,
     origin TEXT NOT NULL,
     backend_pid INTEGER NOT NULL,
     backend_start TIMESTAMPTZ NOT NULL,
     since_ns BIGINT NOT NULL
+);
+CREATE TABLE fleet_messages (
+    key TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    issued_ns BIGINT NOT NULL
 );";
+
+/// How long relayed commands and answers are kept (they are read within
+/// seconds; older ones go with the next message).
+const MESSAGES_KEPT_NS: i64 = 3_600_000_000_000;
 
 /// The live rows: their replica's connection is still there.
 const LIVE: &str = "FROM agent_connections c JOIN pg_stat_activity a
@@ -364,21 +377,31 @@ impl ReplicaFleet {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores `payload` in `fleet_messages` (dropping what is over an hour
+    /// old), then notifies `channel` of its key.
     async fn notify(&self, channel: &str, payload: &str) -> Result<(), String> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(format!(
-                "the command is too large to pass on ({} bytes; PostgreSQL's notifications hold 8,000): shorten its reason",
-                payload.len()
-            ));
-        }
         let client = self
             .client
             .read()
             .await
             .clone()
             .ok_or("this replica's PostgreSQL connection for fleet commands is down")?;
+        let key = format!(
+            "{}.m{}",
+            self.origin,
+            self.next.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        let now = now_ns();
         client
-            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .execute(
+                "WITH old AS (DELETE FROM fleet_messages WHERE issued_ns < $4)
+                 INSERT INTO fleet_messages (key, payload, issued_ns) VALUES ($1, $2, $3)",
+                &[&key, &payload, &now, &(now - MESSAGES_KEPT_NS)],
+            )
+            .await
+            .map_err(|e| format!("storing a message for the other replicas: {e}"))?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &key])
             .await
             .map(|_| ())
             .map_err(|e| format!("notifying the other replicas: {e}"))
@@ -453,6 +476,9 @@ impl ReplicaFleet {
         let unregister = client
             .prepare("DELETE FROM agent_connections WHERE host = $1 AND origin = $2")
             .await?;
+        let message = client
+            .prepare("SELECT payload FROM fleet_messages WHERE key = $1")
+            .await?;
         // Rows of replicas gone, then this replica's agents (again, after a
         // lost connection: their rows named the old backend).
         client
@@ -488,8 +514,13 @@ impl ReplicaFleet {
                     }
                 }
                 note = notes.recv() => {
-                    let Some((channel, payload)) = note else { return Ok(()) };
-                    self.clone().received(&channel, &payload);
+                    let Some((channel, key)) = note else { return Ok(()) };
+                    // Read in order (an answer's last chunk after its
+                    // others), each from the collectors' table.
+                    match client.query_opt(&message, &[&key]).await? {
+                        Some(row) => self.clone().received(&channel, row.get(0)),
+                        None => warn!(channel, key, "a fleet notification with no message stored under its key (not sent by a collector replica: any database user may NOTIFY); ignored"),
+                    }
                 }
             }
         }

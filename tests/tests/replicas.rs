@@ -285,6 +285,53 @@ fn fleet_commands_to_any_replica_reach_an_agent_connected_to_another() {
     // Fleet-wide, to the second: the third's agent is part of the fleet.
     assert_eq!(set(&replicas[1], "", "monitor"), applied);
     assert_eq!(mode(), "MODE_MONITOR");
+    // Any database user may NOTIFY: a command written straight into the
+    // channel (as a replica's would look if notifications carried them) is
+    // not run, nor is a key with no stored message.
+    let forged = {
+        use base64::Engine;
+        use prost::Message;
+        let command = pb::AgentCommand {
+            id: 0,
+            actor: "not an operator".into(),
+            reason: "forged".into(),
+            command: Some(pb::agent_command::Command::SetEnforcement(
+                pb::SetEnforcementCommand {
+                    class: String::new(),
+                    mode: "monitor".into(),
+                },
+            )),
+        };
+        let body = base64::engine::general_purpose::STANDARD.encode(command.encode_to_vec());
+        format!("forged.1\tforged\t\t\t{body}")
+    };
+    assert_eq!(set(&replicas[0], AGENT, "enforce"), applied);
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting as another database user would");
+        tokio::spawn(conn);
+        for payload in [forged.as_str(), "no-such-key"] {
+            client
+                .execute("SELECT pg_notify('residency_fleet', $1)", &[&payload])
+                .await
+                .expect("NOTIFY");
+        }
+    });
+    harness::harness::wait_until(
+        "every replica ignored the forged notifications",
+        Duration::from_secs(10),
+        || {
+            replicas.iter().all(|r| {
+                r.log_text()
+                    .matches("no message stored under its key")
+                    .count()
+                    >= 2
+            })
+        },
+    );
+    assert_eq!(mode(), "MODE_ENFORCE", "the forged command was not run");
+    assert_eq!(set(&replicas[1], AGENT, "monitor"), applied);
     // A host connected to no replica: said at once.
     let asked = Instant::now();
     assert_eq!(

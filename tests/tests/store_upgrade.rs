@@ -65,7 +65,7 @@ fn assert_converted(records: &[StoredRecord]) {
 /// before typed records: the names column's, the forwarding cursors' and
 /// workload columns' migrations, the record chain's, then the typed record's,
 /// undone, and the migration count set back by five (PostgreSQL: six, with
-/// the replicas' agent_connections table, which SQLite does not have).
+/// the replicas' agent_connections and fleet_messages tables, which SQLite does not have).
 fn back_before_typed_records(database: &str) {
     let mut db = Database::open(database);
     for undo in [
@@ -83,6 +83,7 @@ fn back_before_typed_records(database: &str) {
     }
     if database.starts_with("postgres") {
         db.execute("DROP TABLE agent_connections", &[]);
+        db.execute("DROP TABLE fleet_messages", &[]);
         for _ in 0..6 {
             db.execute(
                 "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",

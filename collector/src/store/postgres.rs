@@ -45,7 +45,7 @@ const MIGRATIONS: &[&str] = &[
     super::WORKLOAD_COLUMNS,
     super::FORWARD_CURSORS_TABLE,
     super::NAMES_COLUMN,
-    crate::replica_fleet::AGENT_CONNECTIONS_TABLE,
+    crate::replica_fleet::REPLICA_TABLES,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
