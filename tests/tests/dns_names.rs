@@ -516,9 +516,29 @@ fn talking_to_a_public_doh_service_is_reported() {
     );
 }
 
-/// A tagged process with a resolver's UDP socket (netprobe udp-hold), and
-/// the socket's port.
-fn udp_holder(cgroup: &TestCgroup) -> (harness::harness::probe::Waiting, u16) {
+/// An agent in `mode` with the name rule `class_extra`, trusting the
+/// Frankfurt host's resolver; a tagged process holding a resolver's UDP
+/// socket (netprobe udp-hold); and that resolver's socket, with the address
+/// its answers go to. Fields drop in order: the process, the agent, then
+/// the network and the cgroup.
+struct AnswerRig {
+    holder: harness::harness::probe::Waiting,
+    agent: RunningAgent,
+    socket: std::net::UdpSocket,
+    to: SocketAddr,
+    net: TestNet,
+    cgroup: TestCgroup,
+}
+
+fn answer_rig(mode: &str, class_extra: &str, extra: &[&str]) -> AnswerRig {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let trusted = format!("{}/32", net.frankfurt.v4);
+    let agent = RunningAgent::start_with(
+        &name_policy(&cgroup_rel(&cgroup), mode, class_extra, &trusted),
+        REGIONS,
+        extra,
+    );
     let mut holder =
         harness::harness::probe::Waiting::start(cgroup.command(probe::command(&["udp-hold"])));
     let line = holder.read_line();
@@ -527,65 +547,70 @@ fn udp_holder(cgroup: &TestCgroup) -> (harness::harness::probe::Waiting, u16) {
         .and_then(|v| v["port"].as_u64())
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or_else(|| panic!("udp-hold said {line:?}"));
-    (holder, port)
+    AnswerRig {
+        holder,
+        agent,
+        socket: harness::harness::answers::resolver(&net.frankfurt),
+        to: SocketAddr::from((net.frankfurt.host_v4, port)),
+        net,
+        cgroup,
+    }
+}
+
+/// `n` answers, `NAME_i` (`name` with i for `{}`) → the address `base + i`,
+/// each with `ttl`.
+fn numbered_answers(name: &str, base: u32, n: u32, ttl: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            harness::harness::answers::a_answer(
+                i as u16,
+                &name.replace("{}", &i.to_string()),
+                std::net::Ipv4Addr::from(base + i),
+                ttl,
+            )
+        })
+        .collect()
 }
 
 #[test]
 fn a_full_name_map_makes_room_from_expired_entries_and_refuses_nothing() {
     use harness::harness::{
-        answers::{a_answer, resolver, send_paced},
+        answers::{a_answer, send_paced},
         http::metric,
     };
     use sensor_common::policy::capacity::NAMES;
-    let cgroup = TestCgroup::create();
-    let net = TestNet::create();
-    let trusted = format!("{}/32", net.frankfurt.v4);
     let admin = harness::harness::collector::free_port();
-    let agent = RunningAgent::start_with(
-        &name_policy(
-            &cgroup_rel(&cgroup),
-            "enforce",
-            r#"allowed_names = ["*.fill.test"]"#,
-            &trusted,
-        ),
-        REGIONS,
-        &["--metrics-listen", &format!("127.0.0.1:{admin}")],
-    );
-    let written = || metric(admin, "residency_sensor_name_entries_written_total") as u64;
-    let refused = || metric(admin, "residency_sensor_name_entries_refused_total") as u64;
     // A tagged process with a resolver's socket; the answers come from the
     // trusted resolver's port 53.
-    let (mut holder, port) = udp_holder(&cgroup);
-    let to = SocketAddr::from((net.frankfurt.host_v4, port));
-    let socket = resolver(&net.frankfurt);
+    // (Fields used in place: destructured, they would drop in the wrong
+    // order.)
+    let mut rig = answer_rig(
+        "enforce",
+        r#"allowed_names = ["*.fill.test"]"#,
+        &["--metrics-listen", &format!("127.0.0.1:{admin}")],
+    );
+    let (socket, to) = (&rig.socket, rig.to);
+    let written = || metric(admin, "residency_sensor_name_entries_written_total") as u64;
+    let refused = || metric(admin, "residency_sensor_name_entries_refused_total") as u64;
     let wait_written = |n: u64, what: &str| {
         harness::harness::wait_until(what, Duration::from_secs(60), || written() >= n);
     };
 
     // As many allowed names as the kernel's map holds, each answer's TTL
     // 1 s: the map is full.
-    let first: Vec<Vec<u8>> = (0..NAMES)
-        .map(|i| {
-            a_answer(
-                i as u16,
-                &format!("n{i}.fill.test"),
-                std::net::Ipv4Addr::from(0x6440_0000u32 + i),
-                1,
-            )
-        })
-        .collect();
+    let first = numbered_answers("n{}.fill.test", 0x6440_0000, NAMES, 1);
     // In steps the agent has caught up with before the next: on a loaded
     // machine it may not run for longer than the ring buffer lasts at full
     // speed (what happens then is `an_answer_the_agent_cannot_read…`).
     for (i, step) in first.chunks(1024).enumerate() {
-        send_paced(&socket, to, step, 20_000);
+        send_paced(socket, to, step, 20_000);
         wait_written(
             (i * 1024 + step.len()) as u64,
             "the first wave's entries (step by step)",
         );
     }
     assert_eq!(
-        agent.counter("dns_lost"),
+        rig.agent.counter("dns_lost"),
         0,
         "answers lost to a full ring buffer: the map is not full"
     );
@@ -595,30 +620,21 @@ fn a_full_name_map_makes_room_from_expired_entries_and_refuses_nothing() {
     // for the Virginia host (outside the class's EEA), find the map full of
     // expired entries: room is made, nothing is refused.
     std::thread::sleep(Duration::from_millis(3_500));
-    let v4 = net.virginia.tcp_server(false);
-    let mut second: Vec<Vec<u8>> = (0..40u32)
-        .map(|i| {
-            a_answer(
-                i as u16,
-                &format!("m{i}.fill.test"),
-                std::net::Ipv4Addr::from(0x6441_0000u32 + i),
-                60,
-            )
-        })
-        .collect();
-    second.push(a_answer(7, "us.fill.test", net.virginia.v4, 60));
-    send_paced(&socket, to, &second, 1_000);
+    let v4 = rig.net.virginia.tcp_server(false);
+    let mut second = numbered_answers("m{}.fill.test", 0x6441_0000, 40, 60);
+    second.push(a_answer(7, "us.fill.test", rig.net.virginia.v4, 60));
+    send_paced(socket, to, &second, 1_000);
     wait_written(u64::from(NAMES) + 41, "the second wave's entries");
     assert_eq!(
         refused(),
         0,
         "a full map of expired entries refused new ones: {}",
-        agent.log_text()
+        rig.agent.log_text()
     );
     // The kernel has the entry: the process that got the answer reaches
     // the Virginia host by its name; another process, without it, does not.
-    holder.send_line(&format!("tcp-connect {}", v4.addr));
-    let line = holder.read_line();
+    rig.holder.send_line(&format!("tcp-connect {}", v4.addr));
+    let line = rig.holder.read_line();
     let errno = serde_json::from_str::<serde_json::Value>(line.trim())
         .ok()
         .and_then(|v| v["errno"].as_i64());
@@ -627,7 +643,10 @@ fn a_full_name_map_makes_room_from_expired_entries_and_refuses_nothing() {
         Some(0),
         "allowed by name after the map made room: {line:?}"
     );
-    let other = probe::run(cgroup.command(probe::command(&["tcp-connect", &v4.addr.to_string()])));
+    let other = probe::run(
+        rig.cgroup
+            .command(probe::command(&["tcp-connect", &v4.addr.to_string()])),
+    );
     assert_eq!(other.errno(), libc::EPERM, "the address without the name");
 }
 
@@ -639,36 +658,11 @@ fn a_full_name_map_makes_room_from_expired_entries_and_refuses_nothing() {
 /// get every answer. Each one the ring could not hold is counted.
 #[test]
 fn an_answer_the_agent_cannot_read_is_not_delivered_to_an_enforced_class() {
-    use harness::harness::{
-        answers::{a_answer, resolver, send_paced},
-        probe::Waiting,
-    };
-    let cgroup = TestCgroup::create();
-    let net = TestNet::create();
-    let trusted = format!("{}/32", net.frankfurt.v4);
-    let agent = RunningAgent::start(
-        &name_policy(
-            &cgroup_rel(&cgroup),
-            "monitor",
-            r#"denied_names = ["*.exfil.test"]"#,
-            &trusted,
-        ),
-        REGIONS,
-    );
-    let (mut holder, port) = udp_holder(&cgroup);
-    let to = SocketAddr::from((net.frankfurt.host_v4, port));
-    let socket = resolver(&net.frankfurt);
+    use harness::harness::{answers::send_paced, probe::Waiting};
+    let mut rig = answer_rig("monitor", r#"denied_names = ["*.exfil.test"]"#, &[]);
+    let (socket, to) = (&rig.socket, rig.to);
     const SENT: u64 = 4_000;
-    let answers: Vec<Vec<u8>> = (0..SENT as u32)
-        .map(|i| {
-            a_answer(
-                i as u16,
-                &format!("n{i}.exfil.test"),
-                std::net::Ipv4Addr::from(0x6442_0000u32 + i),
-                60,
-            )
-        })
-        .collect();
+    let answers = numbered_answers("n{}.exfil.test", 0x6442_0000, SENT as u32, 60);
     // The datagrams the holder read, once it stopped reading more.
     let received = |holder: &mut Waiting| -> u64 {
         let mut last = u64::MAX;
@@ -694,15 +688,15 @@ fn an_answer_the_agent_cannot_read_is_not_delivered_to_an_enforced_class() {
         let pid = agent.pid() as i32;
         // SAFETY: signals to the agent this test started.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
-        send_paced(&socket, to, &answers, 40_000);
+        send_paced(socket, to, &answers, 40_000);
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGCONT) };
     };
 
     // Monitor: every answer reaches the process; some did not fit.
-    flood(&agent);
-    let got = received(&mut holder);
-    let lost = agent.counter("dns_lost");
+    flood(&rig.agent);
+    let got = received(&mut rig.holder);
+    let lost = rig.agent.counter("dns_lost");
     assert_eq!(got, SENT, "a monitored class gets every answer");
     assert!(
         lost > 0 && lost < SENT,
@@ -710,11 +704,11 @@ fn an_answer_the_agent_cannot_read_is_not_delivered_to_an_enforced_class() {
     );
 
     // Enforce: what did not fit is not delivered, and only that.
-    let out = agent.ctl(&["enforce", "on", "--reason", "ring test"]);
+    let out = rig.agent.ctl(&["enforce", "on", "--reason", "ring test"]);
     assert!(out.status.success(), "{out:?}");
-    flood(&agent);
-    let got_now = received(&mut holder) - got;
-    let lost_now = agent.counter("dns_lost") - lost;
+    flood(&rig.agent);
+    let got_now = received(&mut rig.holder) - got;
+    let lost_now = rig.agent.counter("dns_lost") - lost;
     assert!(lost_now > 0, "the ring buffer was to fill again");
     assert_eq!(
         got_now + lost_now,
