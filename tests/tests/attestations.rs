@@ -299,3 +299,58 @@ fn without_tls_the_agent_signs_with_a_key_of_its_own() {
         "{r:#?}"
     );
 }
+
+/// A clean stop delivers: on SIGTERM the agent signs its last window and
+/// hands the collector what its spool holds (the stop record among it)
+/// before it exits, so a host stopped for good verifies intact, shows as
+/// stopped rather than silent, and leaves nothing in its spool.
+#[test]
+fn a_clean_stop_delivers_its_last_window_and_stop_record() {
+    let host = "attest-stop";
+    let tmp = TempPath::dir("attest-stop");
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    short_windows(&config);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut agent = delivering_agent(host, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    probe::violate(&cgroup, &server.addr.to_string(), 7);
+    wait_until("the violations stored", Duration::from_secs(30), || {
+        collector.count(host, "violation") == 7
+    });
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+    // No waiting here: what the agent delivered, it delivered before exit.
+    let stored = collector.export(None);
+    let mine: Vec<&pb::StoredRecord> = stored.iter().filter(|r| r.host_id == host).collect();
+    let stop_audit = mine.iter().any(|r| {
+        matches!(r.record.as_ref().and_then(|r| r.body.as_ref()),
+            Some(pb::record::Body::Audit(a)) if a.action.contains("stopping"))
+    });
+    assert!(
+        stop_audit,
+        "the stop record reached the collector before sensord exited"
+    );
+    let last = attestations(&collector, host)
+        .pop()
+        .expect("an attestation");
+    assert!(
+        last.1.stopping,
+        "the last attestation is the stop's: {last:?}"
+    );
+    assert_eq!(
+        last.0,
+        mine.iter().map(|r| r.seq()).max().unwrap_or(0),
+        "the stop's attestation is the host's last record"
+    );
+    assert!(
+        agent.log_text().contains("the spool is delivered"),
+        "{}",
+        agent.log_text()
+    );
+    // Long after its last window was due, the host is stopped, not silent.
+    std::thread::sleep(Duration::from_secs(5));
+    let (r, code) = collector.verify(host);
+    assert!(r.intact && code == 0, "{r:#?}");
+}

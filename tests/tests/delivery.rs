@@ -395,10 +395,11 @@ fn a_flood_of_idle_clients_costs_no_record_and_no_service() {
     }
 }
 
-/// A tmpfs of `size` at `path`, unmounted on drop.
+/// A small filesystem at a path, unmounted on drop.
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
+    /// A tmpfs of `size`.
     fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(path).expect("mount point");
         let st = std::process::Command::new("mount")
@@ -409,64 +410,71 @@ impl SmallDisk {
         assert!(st.success(), "mounting a tmpfs at {}", path.display());
         SmallDisk(path.to_owned())
     }
+
+    /// An ext4 filesystem of `size` on a loop device (its image in
+    /// `image`, which the caller's temporary directory removes): a disk
+    /// with blocks, metadata and write-back, unlike tmpfs.
+    fn ext4(path: &std::path::Path, image: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("truncate")
+            .args(["-s", size])
+            .arg(image));
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(path));
+        SmallDisk(path.to_owned())
+    }
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
+        // A loop device is detached with its last unmount (autoclear).
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
-#[test]
-fn a_full_disk_costs_no_record_without_a_gap() {
-    // The spool lives on a 128 KiB disk and the collector is down: the disk
-    // fills. Every violation must still reach the collector, as a record or
-    // counted in a spool_write gap record, once the collector is back and
-    // its acknowledgements free the disk.
-    let tmp = TempPath::dir("delivery-disk-full");
-    let host = "delivery-disk-full";
-    let cgroup = TestCgroup::create();
-    let net = TestNet::create();
-    let mut collector = RunningCollector::start(tmp.path());
-    let config = collector.agent_config(tmp.path(), host, None);
-    let disk = SmallDisk::mount(&tmp.path().join("spool"), "128k");
-    let rel = cgroup_rel(&cgroup);
-    let agent = RunningAgent::start_with(
-        &FixturePolicy::delivering(host, &rel).text(),
-        DELIVERY_REGIONS,
-        &["--config", config.to_str().expect("utf-8")],
-    );
-    let server = net.virginia.udp_server(false);
-    let target = server.addr.to_string();
-    collector.kill9();
-    probe::violate(&cgroup, &target, 1000);
-    assert!(
-        agent.wait_log("the spool failed", Duration::from_secs(10)),
-        "the disk filled: {}",
-        agent.log_text()
-    );
-    collector.restart();
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Violations of `host` the collector stored, and records its gap records
+/// count as lost (any source).
+fn stored_and_counted(c: &RunningCollector, host: &str) -> (u64, u64) {
+    let violations = c.count(host, "violation") as u64;
+    let lost = c
+        .export(Some("gap"))
+        .iter()
+        .filter(|r| r.host_id == host)
+        .filter_map(pb::StoredRecord::gap)
+        .map(|g| g.count)
+        .sum();
+    (violations, lost)
+}
+
+/// Waits until every one of `sent` violations is stored or counted in a gap
+/// record; never more.
+fn wait_accounted(c: &RunningCollector, agent: &RunningAgent, host: &str, sent: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let violations = collector.count(host, "violation") as u64;
-        let lost: u64 = collector
-            .export(Some("gap"))
-            .iter()
-            .filter(|r| r.host_id == host)
-            .filter_map(pb::StoredRecord::gap)
-            .filter(|g| g.source() == pb::GapSource::SpoolWrite)
-            .map(|g| g.count)
-            .sum();
-        if violations + lost == 1000 && lost > 0 {
-            break;
+        let (violations, lost) = stored_and_counted(c, host);
+        if violations + lost == sent {
+            return (violations, lost);
         }
         assert!(
-            violations + lost <= 1000,
-            "more than sent: {violations} + {lost}"
+            violations + lost <= sent,
+            "more than sent: {violations} + {lost} > {sent}"
         );
         assert!(
             Instant::now() < deadline,
-            "only {violations} violations and {lost} counted as not spooled of 1000; status {}; log {}",
+            "only {violations} violations stored and {lost} counted as lost of {sent}; status {}; log {}",
             agent.ctl_json(&["status"]),
             agent
                 .log_text()
@@ -478,12 +486,68 @@ fn a_full_disk_costs_no_record_without_a_gap() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The spool on a `size` disk, the collector down while `first` violations
+/// fill it; once it is back, every one is stored or counted, and `then`
+/// more violations (space free again, nothing restarted) are all stored.
+fn a_full_disk(host: &str, ext4: bool, size: &str, first: usize, then: usize) {
+    let tmp = TempPath::dir(host);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let spool = tmp.path().join("spool");
+    let disk = match ext4 {
+        true => SmallDisk::ext4(&spool, &tmp.path().join("spool.img"), size),
+        false => SmallDisk::mount(&spool, size),
+    };
+    let rel = cgroup_rel(&cgroup);
+    let agent = RunningAgent::start_with(
+        &FixturePolicy::delivering(host, &rel).text(),
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    collector.kill9();
+    probe::violate(&cgroup, &target, first);
+    assert!(
+        agent.wait_log("the spool failed", Duration::from_secs(10)),
+        "the disk filled: {}",
+        agent.log_text()
+    );
+    collector.restart();
+    let (_, lost) = wait_accounted(&collector, &agent, host, first as u64);
+    assert!(
+        lost > 0,
+        "the disk was full: some records were counted, not stored"
+    );
+    // Space is free again: the spool takes writes without a restart.
+    probe::violate(&cgroup, &target, then);
+    let (violations, after) = wait_accounted(&collector, &agent, host, (first + then) as u64);
+    assert_eq!(
+        after, lost,
+        "nothing more lost once there is room ({violations} stored)"
+    );
     // What the full disk cost is accounted for in the chain too: every
-    // hole is one of the agent's spool_write gaps.
+    // hole is one of the agent's gaps.
     let (chain, code) = collector.verify(host);
     assert!(chain.intact && code == 0, "{chain:#?}");
     drop(agent);
     drop(disk);
+}
+
+#[test]
+fn a_full_disk_costs_no_record_without_a_gap() {
+    a_full_disk("delivery-disk-full", false, "128k", 1000, 200);
+}
+
+/// The spool's own records fill a 1 MiB ext4 filesystem (the batches being
+/// written when it fills, many at a time), then drain and take more.
+#[test]
+fn a_spool_filling_its_filesystem_counts_every_record_and_resumes() {
+    a_full_disk("delivery-disk-filled", true, "1M", 10_000, 2_000);
 }
 
 /// Violations the connect hooks never saw reach the collector like any other:

@@ -135,6 +135,51 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// What delivery needs: served while a stopping agent hands its spool
+    /// to the collector.
+    pub(super) fn is_delivery(&self) -> bool {
+        matches!(
+            self,
+            Command::SpoolBounds(_)
+                | Command::ReadSpool { .. }
+                | Command::Acked { .. }
+                | Command::CollectorAhead { .. }
+                | Command::Disconnected { .. }
+                | Command::HostState(_)
+        )
+    }
+
+    /// Answers with `why` instead of doing it (commands without a reply are
+    /// dropped).
+    pub(super) fn refuse(self, why: &str) {
+        fn no<T>(r: Reply<T>, why: &str) {
+            let _ = r.send(Err(CommandError::Busy(why.to_owned())));
+        }
+        match self {
+            Command::Status(r) => no(r, why),
+            Command::Tagged(r) => no(r, why),
+            Command::Tag { reply, .. } | Command::Untag { reply, .. } => no(reply, why),
+            Command::SetEnforcement { reply, .. } => no(reply, why),
+            Command::CompileInputs(r) => no(r, why),
+            Command::Compiled { reply, .. } => {
+                if let Some(r) = reply {
+                    no(r, why);
+                }
+            }
+            Command::GetPolicy(r) => no(r, why),
+            Command::WhatIf { reply, .. } => no(reply, why),
+            Command::Lookup { reply, .. } | Command::LookupName { reply, .. } => no(reply, why),
+            Command::SpoolBounds(r) => no(r, why),
+            Command::ReadSpool { reply, .. } => no(reply, why),
+            Command::CollectorAhead { reply, .. } => no(reply, why),
+            Command::HostState(r) => no(r, why),
+            Command::GrantException { reply, .. } => no(reply, why),
+            Command::Acked { .. } | Command::Disconnected { .. } | Command::Reload => {}
+        }
+    }
+}
+
 /// A cheap, cloneable way to talk to the agent task.
 #[derive(Clone, Debug)]
 pub struct AgentHandle {

@@ -1005,7 +1005,9 @@ impl Agent {
             ),
             "signal",
         );
-        // The last window, up to the stop, is attested too.
+        // The last window, up to the stop (its record spooled first), is
+        // attested too.
+        self.spool_sync();
         self.attest_if_due(true);
         self.spool_sync();
         // The last batch is durable before the process ends.
@@ -1014,6 +1016,7 @@ impl Agent {
         {
             error!(error = %e, "the last fsync of the spool failed");
         }
+        self.deliver_before_stop(&mut commands).await;
         Ok(())
     }
 

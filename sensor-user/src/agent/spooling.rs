@@ -4,7 +4,49 @@
 
 use super::*;
 
+/// How long a stopping agent waits for the collector to acknowledge what
+/// its spool holds (its stop record and last attestation among it).
+const STOP_DELIVERY: Duration = Duration::from_secs(3);
+
 impl Agent {
+    /// At a clean stop, after the stop record and the last window's
+    /// attestation are spooled: while a collector is connected, delivery goes
+    /// on (only its commands are served) until everything is acknowledged
+    /// or [`STOP_DELIVERY`] passed. What is left waits for the next start,
+    /// and the log says how much.
+    pub(super) async fn deliver_before_stop(&mut self, commands: &mut mpsc::Receiver<Command>) {
+        let depth = |a: &Agent| a.spool.as_ref().map_or(0, Spool::depth);
+        if depth(self) == 0 {
+            return;
+        }
+        if !self.collector_state.starts_with("connected") {
+            warn!(records = depth(self), collector = %self.collector_state, "stopping with records in the spool while no collector is connected: they are delivered after the next start");
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + STOP_DELIVERY;
+        loop {
+            let left = depth(self);
+            if left == 0 {
+                info!("the spool is delivered: nothing left for the next start");
+                return;
+            }
+            tokio::select! {
+                Some(c) = commands.recv() => {
+                    if c.is_delivery() {
+                        self.handle(c);
+                        self.spool_sync();
+                    } else {
+                        c.refuse("sensord is stopping");
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(records = left, waited_s = STOP_DELIVERY.as_secs(), collector = %self.collector_state, "stopping with records the collector has not acknowledged: they are delivered after the next start");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Appends a record to the spool (when delivering to a collector). A
     /// record that cannot be written (disk full, no file descriptor left) is
     /// counted, and the count goes out as a gap record as soon as the spool
