@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use prost::encoding::{int64, message, string};
+use prost::encoding::{int64, message, string, uint64};
 use residency_proto::{chain::BUNDLE_FORMAT, collector::v1::BundleRecord};
 use tokio::sync::Mutex;
 
@@ -26,6 +26,7 @@ const BEFORE: u32 = 6;
 const RECORDS: u32 = 7;
 const GAPS: u32 = 8;
 const CA: u32 = 10;
+const STORED_UPTO: u32 = 11;
 
 /// What was written.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,11 @@ pub async fn write(
     int64::encode(CREATED, &now_ns, &mut buf);
     if let Some(ca) = ca {
         prost::encoding::bytes::encode(CA, &ca.to_vec(), &mut buf);
+    }
+    if until <= 0
+        && let Some(upto) = store.lock().await.counted_last_seq(host).await?
+    {
+        uint64::encode(STORED_UPTO, &upto, &mut buf);
     }
     let mut written = Written::default();
     if let Some((mut rows, before)) = RangeRows::open(store, host, since, until).await? {
@@ -164,7 +170,7 @@ mod tests {
             b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        let report = chain::verify_bundle(&b, None).unwrap();
+        let report = chain::verify_bundle(&b, None, Vec::new()).unwrap();
         assert!(report.intact && report.findings.is_empty(), "{report:?}");
         assert_eq!(report.head, rows[3].0.chain);
         for suffix in ["", "-wal", "-shm"] {

@@ -670,12 +670,26 @@ impl Collector for CollectorService {
                 q.until_unix_ns, q.since_unix_ns
             )));
         }
+        let known = self
+            .store
+            .lock()
+            .await
+            .counted_last_seq(&q.host_id)
+            .await
+            .map_err(internal)?;
+        if known.is_none() {
+            return Err(Status::not_found(format!(
+                "no record of host {:?} was ever stored here: check the name (ListHosts / `collectorctl hosts` names the hosts)",
+                q.host_id
+            )));
+        }
         let report = Store::verify_chain(
             &self.store,
             &q.host_id,
             q.since_unix_ns,
             q.until_unix_ns,
             self.client_ca.as_deref().cloned(),
+            q.witness,
         )
         .await
         .map_err(internal)?;

@@ -403,6 +403,11 @@ impl Tracker {
         (self.due > 0 && now > self.due.saturating_add(grace)).then_some((seq, end))
     }
 
+    /// The last attestation seen was signed as the agent stopped.
+    pub fn after_stop(&self) -> bool {
+        self.last.is_some() && self.last_stopping
+    }
+
     /// Sequences are missing since the last attestation.
     pub fn missing(&mut self) {
         self.missing = true;

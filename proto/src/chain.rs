@@ -13,7 +13,8 @@ use prost::encoding::{self, WireType};
 use sha2::{Digest, Sha256};
 
 use crate::collector::v1::{
-    Bundle, ChainFinding, ChainReport, GapSource, Record, chain_finding::Kind, record::Body,
+    Bundle, ChainFinding, ChainReport, GapSource, Record, WitnessedHead, chain_finding::Kind,
+    record::Body,
 };
 
 /// A chain hash (SHA-256).
@@ -153,6 +154,15 @@ pub struct Verifier {
     host: String,
     /// The first chained record seen: from there on every record must be.
     chained_from: Option<u64>,
+    /// Heads seen by earlier checks, kept outside the database: each must
+    /// still be stored with its hash.
+    witness: Vec<WitnessedHead>,
+    /// The highest sequence the collector counted as stored for the host
+    /// (0: not known), which the stored chain must reach.
+    stored_upto: u64,
+    /// Records after a window signed as the agent's last before a stop,
+    /// that no window covers yet: the first and last.
+    unattested: Option<(u64, u64)>,
 }
 
 impl Verifier {
@@ -175,7 +185,24 @@ impl Verifier {
             now: 0,
             host: host.to_owned(),
             chained_from: None,
+            witness: Vec::new(),
+            stored_upto: 0,
+            unattested: None,
         }
+    }
+
+    /// Heads an auditor witnessed before (checked when the range reaches
+    /// the end of the chain: pass none for a range that stops earlier).
+    pub fn witnessed(mut self, heads: Vec<WitnessedHead>) -> Self {
+        self.witness = heads;
+        self
+    }
+
+    /// The collector's own count of the host's highest stored sequence
+    /// (for a check that reaches the end of the chain).
+    pub fn stored_upto(mut self, seq: u64) -> Self {
+        self.stored_upto = seq;
+        self
     }
 
     /// Attestations are checked against `ca` (DER): the CA that signs the
@@ -226,8 +253,13 @@ impl Verifier {
         if let Some((p, _)) = prev
             && row.seq > p.saturating_add(1)
         {
-            self.missing(p + 1, row.seq - 1);
-            self.attestations.missing();
+            // Records an agent's gap record says it lost may have been
+            // violations: the window's counts can then only be checked as
+            // an upper bound. Records missing without a word are not: the
+            // counts must still agree (a deleted violation shows there too).
+            if self.missing(p + 1, row.seq - 1) {
+                self.attestations.missing();
+            }
         }
         // The host's very first stored record (nothing before it): a chain
         // must start there, or what came before it is not stored.
@@ -237,7 +269,7 @@ impl Verifier {
             && link(&ZERO, row.seq, &row.content) != h
         {
             if row.seq > 1 {
-                self.missing(1, row.seq - 1);
+                let _ = self.missing(1, row.seq - 1);
             } else {
                 self.find(
                     Kind::BrokenLink,
@@ -295,6 +327,32 @@ impl Verifier {
             }
             Some((r, _)) => self.attestations.record(r),
             None => {}
+        }
+        match row.record.as_ref().map(|r| &r.body) {
+            Some(Some(Body::Attestation(_))) => self.unattested = None,
+            _ if self.attestations.after_stop() => {
+                let first = self.unattested.map_or(row.seq, |u| u.0);
+                self.unattested = Some((first, row.seq));
+            }
+            _ => {}
+        }
+        let witnessed: Vec<WitnessedHead> = self
+            .witness
+            .iter()
+            .filter(|w| w.seq == row.seq && row.chain.map(|h| h.to_vec()) != Some(w.head.clone()))
+            .cloned()
+            .collect();
+        for w in witnessed {
+            self.find(
+                Kind::Truncated,
+                row.seq,
+                row.seq,
+                format!(
+                    "record {} has another hash than the one a check witnessed {}: the tail from here was replaced, or the database restored from another copy",
+                    row.seq,
+                    crate::time::utc(w.seen_unix_ns)
+                ),
+            );
         }
         if let Some(found) = row.chain {
             let adjacent = prev.is_some_and(|(p, _)| p.checked_add(1) == Some(row.seq));
@@ -428,8 +486,10 @@ impl Verifier {
     }
 
     /// Sequences `first..=last` are not stored: explained by the gap records
-    /// that cover them, missing otherwise (split at what is covered).
-    fn missing(&mut self, first: u64, last: u64) {
+    /// that cover them, missing otherwise (split at what is covered). True
+    /// when every one is explained.
+    fn missing(&mut self, first: u64, last: u64) -> bool {
+        let mut all = true;
         let mut at = first;
         while at <= last {
             let cover = self
@@ -471,10 +531,12 @@ impl Verifier {
                         next - 1,
                         "not stored, and no gap record accounts for them: deleted, or never delivered".into(),
                     );
+                    all = false;
                     at = next;
                 }
             }
         }
+        all
     }
 
     /// Findings the caller knows of (breaks the collector kept at ingest).
@@ -493,6 +555,46 @@ impl Verifier {
                 seq,
                 format!(
                     "no attestation for {silent:.0} s after the window of record {seq}, though one was due: the host went silent or its attestations are missing"
+                ),
+            );
+        }
+        if let Some((first, last)) = self.unattested {
+            self.find(
+                Kind::Unattested,
+                first,
+                last,
+                format!(
+                    "records {first}..{last} follow the agent's clean stop and no signed window covers them yet: nothing vouches for them until the restarted agent attests its first window"
+                ),
+            );
+        }
+        let end = self.report.last_seq;
+        if self.stored_upto > end {
+            self.find(
+                Kind::Truncated,
+                end,
+                self.stored_upto,
+                format!(
+                    "the collector stored records of this host up to {}, but the stored chain ends at record {end}: records were removed from the tail",
+                    self.stored_upto
+                ),
+            );
+        }
+        let beyond: Vec<WitnessedHead> = self
+            .witness
+            .iter()
+            .filter(|w| w.seq > end)
+            .cloned()
+            .collect();
+        for w in beyond {
+            self.find(
+                Kind::Truncated,
+                end,
+                w.seq,
+                format!(
+                    "a check {} saw record {} stored, but the stored chain ends at record {end}: records were removed from the tail (and perhaps others forged after the cut), or the database was restored from an older copy",
+                    crate::time::utc(w.seen_unix_ns),
+                    w.seq
                 ),
             );
         }
@@ -543,7 +645,13 @@ pub fn hash_of(chain: &[u8]) -> Option<Hash> {
 /// the records only), attestations against `ca` — the auditor's own copy
 /// of the CA, not the one the bundle carries. Errors name what makes the
 /// file no bundle.
-pub fn verify_bundle(b: &Bundle, ca: Option<Vec<u8>>) -> Result<ChainReport, String> {
+/// `witness`: heads an auditor saw before (see `witness`), checked when
+/// the bundle's range is open at the end.
+pub fn verify_bundle(
+    b: &Bundle,
+    ca: Option<Vec<u8>>,
+    witness: Vec<WitnessedHead>,
+) -> Result<ChainReport, String> {
     if b.format != BUNDLE_FORMAT {
         return Err(format!(
             "not a bundle this version reads: format {:?} (expected {BUNDLE_FORMAT:?})",
@@ -565,6 +673,9 @@ pub fn verify_bundle(b: &Bundle, ca: Option<Vec<u8>>) -> Result<ChainReport, Str
     let mut v = Verifier::new(&b.host_id, explainers, before)
         .with_ca(ca)
         .until(end);
+    if b.until_unix_ns <= 0 {
+        v = v.stored_upto(b.stored_upto).witnessed(witness);
+    }
     let mut last = 0;
     for r in &b.records {
         if r.seq <= last {

@@ -33,3 +33,4 @@ pub mod names;
 pub mod records;
 pub mod time;
 pub mod unix;
+pub mod witness;

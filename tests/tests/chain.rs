@@ -254,3 +254,211 @@ fn the_chain_holds_end_to_end_and_catches_edits_in_postgresql() {
     let tmp = TempPath::dir("chain-pg");
     chain_catches_tampering("chain-pg", tmp.path(), &pg.url);
 }
+
+/// `collectorctl verify` of `host`, with a witness file when given: its
+/// report and exit status.
+fn verify_with(
+    c: &RunningCollector,
+    host: &str,
+    witness: Option<&std::path::Path>,
+) -> (pb::ChainReport, i32) {
+    let mut cmd = std::process::Command::new(workspace_bin("collectorctl"));
+    cmd.arg("--socket")
+        .arg(&c.socket)
+        .args(["--json", "verify", "--host", host]);
+    if let Some(w) = witness {
+        cmd.arg("--witness").arg(w);
+    }
+    let out = cmd.output().expect("collectorctl verify");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "collectorctl verify prints a ChainReport ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.code().unwrap_or(-1))
+}
+
+fn has(r: &pb::ChainReport, kind: Kind) -> bool {
+    r.findings.iter().any(|f| f.kind() == kind)
+}
+
+/// An insider with the database cuts the tail of a host's chain back to a
+/// clean stop, covers the cut in the collector's own counts, and forges a
+/// new tail with correct links: the collector's count catches the plain
+/// cut, the auditor's witness file catches the covered one, a forged tail
+/// after a stop is unattested, and offline the bundle fails the same way.
+fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start_with(dir, database, None);
+    let config = collector.agent_config(dir, host, None);
+    harness::harness::collector::set_collector_option(&config, "attestation_interval", "\"2s\"");
+    let mut agent = delivering_agent(host, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    probe::violate(&cgroup, &target, 5);
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait("5 violations stored", &|| {
+        collector.count(host, "violation") == 5
+    });
+    // A clean stop (its last window signed and delivered), a restart, more
+    // violations, and a window after them.
+    agent.stop();
+    let stop_seq = verify_with(&collector, host, None).0.last_seq;
+    agent.restart();
+    probe::violate(&cgroup, &target, 5);
+    let attested_after = |c: &RunningCollector| {
+        let last_violation = c
+            .export(Some("violation"))
+            .iter()
+            .filter(|r| r.host_id == host)
+            .map(pb::StoredRecord::seq)
+            .max()
+            .unwrap_or(u64::MAX);
+        c.export(Some("attestation"))
+            .iter()
+            .any(|r| r.host_id == host && r.seq() > last_violation)
+    };
+    wait("10 violations stored and attested", &|| {
+        collector.count(host, "violation") == 10 && attested_after(&collector)
+    });
+    drop(agent);
+    // The auditor checks and keeps the head outside the database.
+    let witness = dir.join("witness.jsonl");
+    let (r, code) = verify_with(&collector, host, Some(&witness));
+    assert!(r.intact && code == 0, "{r:#?}");
+    let full = r.last_seq;
+    assert!(full > stop_seq + 5);
+    let lines = std::fs::read_to_string(&witness).expect("the witness file");
+    assert!(lines.contains(&format!("\"seq\":{full}")), "{lines}");
+
+    // Cut back to the clean stop.
+    let mut db = Database::open(database);
+    db.execute(
+        "DELETE FROM records WHERE host = $1 AND seq > $2",
+        &[Value::Text(host), Value::Int(stop_seq as i64)],
+    );
+    let (r, code) = verify_with(&collector, host, None);
+    assert!(
+        has(&r, Kind::Truncated) && !r.intact && code == 4,
+        "the collector's own count: {r:#?}"
+    );
+    // The count covered too: only the witness knows.
+    db.execute(
+        "UPDATE host_counts SET last_seq = $1 WHERE host = $2",
+        &[Value::Int(stop_seq as i64), Value::Text(host)],
+    );
+    let (r, code) = verify_with(&collector, host, Some(&witness));
+    let cut = r
+        .findings
+        .iter()
+        .find(|f| f.kind() == Kind::Truncated)
+        .unwrap_or_else(|| panic!("the witness catches the cut: {r:#?}"));
+    assert_eq!((cut.first_seq, cut.last_seq), (stop_seq, full), "{cut:#?}");
+    assert!(!r.intact && code == 4);
+
+    // A forged tail with correct links after the stop: a violation copied
+    // to the next sequence, its hash recomputed.
+    let (blob, chain): (Vec<u8>, Vec<u8>) = (
+        db.one(
+            "SELECT record FROM records WHERE host = $1 AND kind = 'violation' ORDER BY seq LIMIT 1",
+            &[Value::Text(host)],
+        ),
+        db.one(
+            "SELECT chain FROM records WHERE host = $1 AND seq = $2",
+            &[Value::Text(host), Value::Int(stop_seq as i64)],
+        ),
+    );
+    let mut rec = pb::Record::decode(blob.as_slice()).expect("a stored record");
+    rec.seq = stop_seq + 1;
+    let prev: [u8; 32] = chain.as_slice().try_into().expect("a hash");
+    let link = residency_proto::chain::link(&prev, rec.seq, &residency_proto::chain::content(&rec));
+    let seq = stop_seq as i64;
+    db.execute("CREATE TEMP TABLE forged AS SELECT * FROM records WHERE host = $1 AND seq = (SELECT MIN(seq) FROM records WHERE host = $1 AND kind = 'violation')", &[Value::Text(host)]);
+    db.execute(
+        "UPDATE forged SET seq = $1, chain = $2",
+        &[Value::Int(seq + 1), Value::Bytes(&link)],
+    );
+    db.execute("INSERT INTO records SELECT * FROM forged", &[]);
+    db.execute(
+        "UPDATE host_counts SET last_seq = $1, chain_head = $2 WHERE host = $3",
+        &[Value::Int(seq + 1), Value::Bytes(&link), Value::Text(host)],
+    );
+    let (r, code) = verify_with(&collector, host, None);
+    assert!(
+        has(&r, Kind::Unattested) && !has(&r, Kind::BrokenLink) && !r.intact && code == 4,
+        "the forged tail links, and nothing vouches for it: {r:#?}"
+    );
+
+    // Offline: the bundle of the forged database fails with the witness.
+    let out = std::process::Command::new(workspace_bin("collectord"))
+        .args([
+            "--database",
+            database,
+            "export",
+            "--format",
+            "bundle",
+            "--host",
+            host,
+        ])
+        .output()
+        .expect("collectord export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = dir.join("cut.bundle");
+    std::fs::write(&bundle, &out.stdout).expect("bundle");
+    let off = std::process::Command::new(workspace_bin("residency-verify"))
+        .arg("--json")
+        .arg("--witness")
+        .arg(&witness)
+        .arg(&bundle)
+        .output()
+        .expect("residency-verify");
+    let report: pb::ChainReport = serde_json::from_slice(&off.stdout).expect("a report");
+    assert!(
+        has(&report, Kind::Truncated)
+            && has(&report, Kind::Unattested)
+            && off.status.code() == Some(4),
+        "{report:#?}"
+    );
+
+    // A host never stored is an error of its own, not an empty "intact".
+    let out = std::process::Command::new(workspace_bin("collectorctl"))
+        .arg("--socket")
+        .arg(&collector.socket)
+        .args(["verify", "--host", "no-such-host"])
+        .output()
+        .expect("collectorctl verify");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-host"));
+}
+
+#[test]
+fn a_cut_tail_is_caught_in_sqlite() {
+    let tmp = TempPath::dir("cut-sqlite");
+    let db = tmp.path().join("collector.db");
+    a_cut_tail_is_caught("cut-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+}
+
+#[test]
+fn a_cut_tail_is_caught_in_postgresql() {
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("cut-pg");
+    a_cut_tail_is_caught("cut-pg", tmp.path(), &pg.url);
+}

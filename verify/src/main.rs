@@ -33,6 +33,13 @@ struct Args {
     /// (canonical protobuf JSON), before the report.
     #[arg(long)]
     records: bool,
+    /// A witness file kept outside the collector's database (see
+    /// `collectorctl verify --witness`): every head it holds for the host
+    /// must be in the bundle with its hash (else TRUNCATED), for a bundle
+    /// whose range is open at the end; the bundle's head is appended when
+    /// its chain is intact.
+    #[arg(long, value_name = "FILE")]
+    witness: Option<PathBuf>,
 }
 
 fn read(path: &PathBuf) -> Result<Bundle, String> {
@@ -74,8 +81,18 @@ fn run(a: &Args) -> Result<ChainReport, String> {
     {
         eprintln!("note: the bundle carries a different CA than --ca; --ca is the one trusted");
     }
-    let report =
-        chain::verify_bundle(&b, ca).map_err(|e| format!("{}: {e}", a.bundle.display()))?;
+    let witnessed = match &a.witness {
+        Some(path) if b.until_unix_ns <= 0 => residency_proto::witness::read(path, &b.host_id)?,
+        _ => Vec::new(),
+    };
+    let report = chain::verify_bundle(&b, ca, witnessed.clone())
+        .map_err(|e| format!("{}: {e}", a.bundle.display()))?;
+    if let Some(path) = &a.witness
+        && b.until_unix_ns <= 0
+    {
+        // Witnessed as of when the bundle was written.
+        residency_proto::witness::record(path, &report, &witnessed, b.created_unix_ns)?;
+    }
     if a.json {
         println!(
             "{}",

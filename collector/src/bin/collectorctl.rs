@@ -129,15 +129,31 @@ struct HostRange {
     /// Before this time (same forms).
     #[arg(long, value_parser = parse_time)]
     until: Option<i64>,
+    /// A witness file kept outside the database (on your own machine): the
+    /// heads earlier checks of the chain's end saw must all still be stored
+    /// with their hashes (else TRUNCATED: a cut or rolled-back tail), and
+    /// this check's head is appended when the chain is intact. Created on
+    /// first use; ignored with --until.
+    #[arg(long, value_name = "FILE")]
+    witness: Option<PathBuf>,
 }
 
 impl HostRange {
-    fn request(&self) -> pb::VerifyChainRequest {
-        pb::VerifyChainRequest {
+    /// The request, and the heads witnessed so far.
+    fn request(&self) -> Result<(pb::VerifyChainRequest, Vec<pb::WitnessedHead>), Failure> {
+        let witness = match (&self.witness, self.until) {
+            (Some(path), None) => {
+                residency_proto::witness::read(path, &self.host).map_err(Failure::CouldNotRun)?
+            }
+            _ => Vec::new(),
+        };
+        let req = pb::VerifyChainRequest {
             host_id: self.host.clone(),
             since_unix_ns: self.since.unwrap_or(0),
             until_unix_ns: self.until.unwrap_or(0),
-        }
+            witness: witness.clone(),
+        };
+        Ok((req, witness))
     }
 }
 
@@ -195,14 +211,17 @@ enum Cmd {
     },
     /// Recompute a host's record chain from the stored records: prints the
     /// first missing, altered or reordered record, or "intact: N records,
-    /// head HASH". Exits 4 when the chain does not hold.
+    /// head HASH". Exits 4 when the chain does not hold (a record missing,
+    /// altered or unattested after a stop, or the tail cut: see --witness),
+    /// 5 when the collector never stored a record of the host.
     Verify {
         #[command(flatten)]
         range: HostRange,
     },
     /// A host's signed window attestations, each with its verification
     /// state (signature, signer, agreement with the stored records). Exits
-    /// 4 when one does not hold or a window is missing.
+    /// 4 when one does not hold or a window is missing, 5 for an unknown
+    /// host.
     Attestations {
         #[command(flatten)]
         range: HostRange,
@@ -344,10 +363,12 @@ impl Args {
 
 /// Why a command did not finish, as its exit code says: the request was
 /// refused or its input wrong (1), or the command could not run (2: the
-/// collector unreachable, a file unreadable), as sensorctl's codes.
+/// collector unreachable, a file unreadable), as sensorctl's codes; or the
+/// host asked about has no record at the collector (5).
 enum Failure {
     Refused(String),
     CouldNotRun(String),
+    NoSuchHost(String),
 }
 
 impl From<String> for Failure {
@@ -733,11 +754,22 @@ async fn run(a: &Args) -> Result<Outcome, Failure> {
             Ok(print_outcomes(&r, a.machine()).into())
         }
         Cmd::Verify { range } | Cmd::Attestations { range } => {
+            let (req, witnessed) = range.request()?;
             let r = c
-                .verify_chain(range.request())
+                .verify_chain(req)
                 .await
-                .map_err(status)?
+                .map_err(|e| match e.code() {
+                    tonic::Code::NotFound => Failure::NoSuchHost(e.message().to_owned()),
+                    _ => status(e).into(),
+                })?
                 .into_inner();
+            if let (Some(path), None) = (&range.witness, range.until) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64);
+                residency_proto::witness::record(path, &r, &witnessed, now)
+                    .map_err(Failure::CouldNotRun)?;
+            }
             let holds = if matches!(a.command, Cmd::Verify { .. }) {
                 print_chain(&r, a.machine())
             } else {
@@ -860,6 +892,10 @@ async fn main() -> ExitCode {
         Err(Failure::CouldNotRun(e)) => {
             eprintln!("collectorctl: {e}");
             ExitCode::from(2)
+        }
+        Err(Failure::NoSuchHost(e)) => {
+            eprintln!("collectorctl: {e}");
+            ExitCode::from(5)
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use residency_proto::{
     chain::{self, Explainer, Hash, Row, Verifier},
-    collector::v1::{ChainFinding, ChainReport, Record, chain_finding::Kind},
+    collector::v1::{ChainFinding, ChainReport, Record, WitnessedHead, chain_finding::Kind},
 };
 
 use super::{Store, StoreError, filter::Indexed};
@@ -195,19 +195,34 @@ impl Store {
 
     /// Recomputes `host`'s chain over its records in [since, until) (0: no
     /// bound); the host's gap records explain what is missing.
+    /// A check that reaches the end of the chain (`until` 0) also holds it
+    /// against the collector's own count of what it stored and against the
+    /// heads in `witness`.
     pub async fn verify_chain(
         store: &tokio::sync::Mutex<Store>,
         host: &str,
         since: i64,
         until: i64,
         ca: Option<Vec<u8>>,
+        witness: Vec<WitnessedHead>,
     ) -> Result<ChainReport, StoreError> {
+        let to_end = until <= 0;
+        let counted = match to_end {
+            true => store
+                .lock()
+                .await
+                .counted_last_seq(host)
+                .await?
+                .unwrap_or(0),
+            false => 0,
+        };
         let Some((mut rows, before)) = RangeRows::open(store, host, since, until).await? else {
-            return Ok(ChainReport {
-                host_id: host.to_owned(),
-                intact: true,
-                ..Default::default()
-            });
+            let empty = Verifier::new(host, Vec::new(), None);
+            return Ok(match to_end {
+                true => empty.stored_upto(counted).witnessed(witness),
+                false => empty,
+            }
+            .finish());
         };
         let explainers = Store::gap_rows(store, host)
             .await?
@@ -219,6 +234,9 @@ impl Store {
         let mut v = Verifier::new(host, explainers, before)
             .with_ca(ca)
             .until(rows.until.min(super::now_ns()));
+        if to_end {
+            v = v.stored_upto(counted).witnessed(witness);
+        }
         let (first, mut last) = (rows.after + 1, 0);
         loop {
             let page = rows.next(store).await?;

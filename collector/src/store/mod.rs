@@ -394,6 +394,16 @@ impl Store {
         }
     }
 
+    /// The highest sequence the collector counted as stored for `host`
+    /// when it stored it (kept apart from the records: the stored chain
+    /// must reach it); None: no record of the host was ever stored.
+    pub async fn counted_last_seq(&mut self, host: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.counted_last_seq(host),
+            Store::Postgres(p) => p.counted_last_seq(host).await,
+        }
+    }
+
     /// Stores a batch in one transaction; returns how many were new.
     pub async fn insert(
         &mut self,

@@ -286,6 +286,15 @@ impl Postgres {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    pub async fn counted_last_seq(&mut self, host: &str) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .live()
+            .await?
+            .query_opt("SELECT last_seq FROM host_counts WHERE host = $1", &[&host])
+            .await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
     pub async fn put_fleet_mode(&mut self, m: &super::FleetMode) -> Result<(), StoreError> {
         let tx = self.live().await?.transaction().await?;
         if m.class.is_empty() {

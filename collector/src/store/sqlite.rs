@@ -115,6 +115,19 @@ impl Sqlite {
         Ok(v.unwrap_or(0) as u64)
     }
 
+    pub fn counted_last_seq(&self, host: &str) -> Result<Option<u64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_seq FROM host_counts WHERE host = ?1",
+                params![host],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map(|v| v as u64))
+    }
+
     /// Stores batches of several hosts in one transaction (group commit);
     /// returns how many records of each were new.
     pub fn insert(

@@ -1,0 +1,137 @@
+//! The auditor's witness file (`--witness FILE` of `collectorctl verify`
+//! and `residency-verify`): the chain heads earlier checks saw, kept
+//! outside the collector's database. Whoever can rewrite the database can
+//! cut the tail of a host's chain and even forge a new tail with correct
+//! links (the chain is not keyed), but cannot make a head this file holds
+//! appear again: a later check that does not find every witnessed head, with
+//! its hash, reports the chain TRUNCATED.
+//!
+//! One JSON object per line, appended (and fsynced) after each check that
+//! found the chain intact: `{"host", "seq", "head" (hex), "seen" (UTC),
+//! "seen_unix_ns"}`. Keep it where the database's owner cannot write (the
+//! auditor's own machine, a write-once store).
+
+use std::{io::Write, path::Path};
+
+use crate::collector::v1::{ChainReport, WitnessedHead};
+
+/// The heads witnessed for `host` (none when the file does not exist yet).
+pub fn read(path: &Path, host: &str) -> Result<Vec<WitnessedHead>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading the witness file {}: {e}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |why: &str| {
+            format!(
+                "the witness file {} line {}: {why}; it must hold only lines this tool wrote",
+                path.display(),
+                i + 1
+            )
+        };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        if v["host"].as_str() != Some(host) {
+            continue;
+        }
+        let seq = v["seq"].as_u64().ok_or_else(|| bad("no seq"))?;
+        let head = v["head"]
+            .as_str()
+            .and_then(unhex)
+            .ok_or_else(|| bad("no head"))?;
+        out.push(WitnessedHead {
+            seq,
+            head,
+            seen_unix_ns: v["seen_unix_ns"].as_i64().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// Appends the head `report` reached, when the chain was found intact up to
+/// it (a broken chain's head is not worth witnessing) and it is past every
+/// head witnessed for the host. Returns whether it was appended.
+pub fn record(
+    path: &Path,
+    report: &ChainReport,
+    known: &[WitnessedHead],
+    now_unix_ns: i64,
+) -> Result<bool, String> {
+    let past = known.iter().all(|w| w.seq < report.last_seq);
+    if !report.intact || report.records == 0 || report.head.is_empty() || !past {
+        return Ok(false);
+    }
+    let line = serde_json::json!({
+        "host": report.host_id,
+        "seq": report.last_seq,
+        "head": crate::chain::hex(&report.head),
+        "seen": crate::time::utc(now_unix_ns),
+        "seen_unix_ns": now_unix_ns,
+    });
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{line}")?;
+        f.sync_all()
+    };
+    write().map_err(|e| format!("appending to the witness file {}: {e}", path.display()))?;
+    Ok(true)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_kept_per_host_and_only_when_intact_and_new() {
+        let path = std::env::temp_dir().join(format!("rs-witness-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            read(&path, "a").unwrap().is_empty(),
+            "no file: nothing witnessed"
+        );
+        let report = |seq: u64, intact: bool| ChainReport {
+            host_id: "a".into(),
+            records: seq,
+            last_seq: seq,
+            head: vec![seq as u8; 32],
+            intact,
+            ..Default::default()
+        };
+        assert!(record(&path, &report(5, true), &[], 7).unwrap());
+        let known = read(&path, "a").unwrap();
+        assert_eq!(known.len(), 1);
+        assert_eq!(
+            (known[0].seq, known[0].head.clone(), known[0].seen_unix_ns),
+            (5, vec![5; 32], 7)
+        );
+        assert!(
+            !record(&path, &report(5, true), &known, 8).unwrap(),
+            "not past the last"
+        );
+        assert!(
+            !record(&path, &report(9, false), &known, 8).unwrap(),
+            "not intact"
+        );
+        assert!(record(&path, &report(9, true), &known, 8).unwrap());
+        assert_eq!(read(&path, "a").unwrap().len(), 2);
+        assert!(read(&path, "b").unwrap().is_empty(), "per host");
+        std::fs::write(&path, "not json\n").unwrap();
+        assert!(read(&path, "a").unwrap_err().contains("line 1"));
+        let _ = std::fs::remove_file(&path);
+    }
+}
