@@ -201,6 +201,9 @@ pub struct CollectorService {
     shutdown: watch::Sender<bool>,
     /// Set with replicas on one PostgreSQL: commands reach their agents too.
     replicas: Arc<std::sync::OnceLock<Arc<ReplicaFleet>>>,
+    /// Each host's last full chain check (ListHosts and the dashboard show
+    /// it: the state of the stored chain, not only what ingest saw).
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<String, pb::LastVerify>>>,
 }
 
 impl CollectorService {
@@ -248,6 +251,7 @@ impl CollectorService {
             client_ca: None,
             tokens: Arc::new(crate::dashboard::token::Keys::generate()),
             replicas: Arc::new(std::sync::OnceLock::new()),
+            verified: Arc::default(),
         }
     }
 
@@ -649,6 +653,11 @@ impl Collector for CollectorService {
         for h in &mut hosts {
             h.connected = connected.contains(&h.host_id);
             h.last_attestation = self.last_attestation(&h.host_id, now).await;
+            h.last_verify = self
+                .verified
+                .lock()
+                .ok()
+                .and_then(|v| v.get(&h.host_id).cloned());
         }
         Ok(Response::new(pb::HostList { hosts }))
     }
@@ -700,6 +709,29 @@ impl Collector for CollectorService {
             findings = report.findings.len(),
             "chain verified"
         );
+        if q.until_unix_ns <= 0 && q.since_unix_ns <= 0 {
+            let problems: Vec<&pb::ChainFinding> = report
+                .findings
+                .iter()
+                .filter(|f| !residency_proto::chain::explained(f.kind()))
+                .collect();
+            let last = pb::LastVerify {
+                at_unix_ns: now_ns(),
+                intact: report.intact,
+                records: report.records,
+                problems: problems.len() as u64,
+                first_problem: problems
+                    .first()
+                    .map(|f| {
+                        let kind = f.kind().as_str_name().trim_start_matches("KIND_");
+                        format!("{kind} at record {}: {}", f.first_seq, f.detail)
+                    })
+                    .unwrap_or_default(),
+            };
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(q.host_id.clone(), last);
+            }
+        }
         Ok(Response::new(report))
     }
 

@@ -73,12 +73,12 @@ impl Default for Metrics {
         };
         registry.register(
             "events",
-            "Records received from the kernel",
+            since_start("Records received from the kernel"),
             m.events.clone(),
         );
         registry.register(
             "violations",
-            "Violations by class, action (reported, denied) and destination country, each folded record with its count",
+            since_start("Violations by class, action (reported, denied) and destination country, each folded record with its count"),
             m.violations.clone(),
         );
         registry.register(
@@ -113,42 +113,44 @@ impl Default for Metrics {
         );
         registry.register(
             "unspooled",
-            "Records the spool could not take (each reported in a gap record once it takes writes again)",
+            since_start("Records the spool could not take (each reported in a gap record once it takes writes again)"),
             m.unspooled.clone(),
         );
         registry.register(
             "policy_reloads",
-            "Policy reloads and applies that took effect",
+            since_start("Policy reloads and applies that took effect"),
             m.policy_reloads.clone(),
         );
         registry.register(
             "policy_reload_failures",
-            "Policy reloads and applies that were rejected",
+            since_start("Policy reloads and applies that were rejected"),
             m.policy_reload_failures.clone(),
         );
         registry.register(
             "dns_answers",
-            "DNS answers to tagged processes whose addresses name their flows",
+            since_start("DNS answers to tagged processes whose addresses name their flows"),
             m.dns_answers.clone(),
         );
         registry.register(
             "dns_ignored",
-            "DNS messages to tagged processes that gave no address (errors, other record types, unparsable)",
+            since_start("DNS messages to tagged processes that gave no address (errors, other record types, unparsable)"),
             m.dns_ignored.clone(),
         );
         registry.register(
             "name_entries_written",
-            "Addresses written into the kernel's name map from answers for names the policy rules on",
+            since_start("Addresses written into the kernel's name map from answers for names the policy rules on"),
             m.name_entries_written.clone(),
         );
         registry.register(
             "name_answers_untrusted",
-            "Answers for names the policy rules on from a resolver not in host.trusted_resolvers (not applied)",
+            since_start("Answers for names the policy rules on from a resolver not in host.trusted_resolvers (not applied)"),
             m.name_answers_untrusted.clone(),
         );
         registry.register(
             "name_entries_refused",
-            "Addresses the full kernel name map could not take (their address verdict applies)",
+            since_start(
+                "Addresses the full kernel name map could not take (their address verdict applies)",
+            ),
             m.name_entries_refused.clone(),
         );
         registry.register(
@@ -158,11 +160,17 @@ impl Default for Metrics {
         );
         registry.register(
             "doh_flows",
-            "Flows of tagged processes to well-known DNS-over-HTTPS/TLS endpoints (their names are not visible)",
+            since_start("Flows of tagged processes to well-known DNS-over-HTTPS/TLS endpoints (their names are not visible)"),
             m.doh_flows.clone(),
         );
         Metrics { registry, ..m }
     }
+}
+
+/// A counter's help: it counts since this sensord started (from 0 again after
+/// a restart, as Prometheus counters may: query it with rate() or increase()).
+fn since_start(help: &str) -> String {
+    format!("{help}, since sensord started (restarts from 0 with it: use rate() or increase())")
 }
 
 impl Metrics {

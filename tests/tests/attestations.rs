@@ -190,7 +190,8 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         text.contains("HOLE: no attestation covers") && text.contains("valid"),
         "{text}"
     );
-    drop(agent);
+    // Killed again, and not restarted: nothing says it stopped.
+    agent.kill9();
 
     // A bundle carries the attestations and the CA: offline, the same.
     let out = std::process::Command::new(workspace_bin("collectord"))
@@ -255,7 +256,7 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         kinds.contains(&(Kind::AttestationInvalid, seq)) && kinds.contains(&(Kind::Altered, seq)),
         "{r:#?}"
     );
-    // The agent is gone (dropped above): once its next attestation was due
+    // The agent is gone (killed above): once its next attestation was due
     // (2 s, and 2 s of grace), the host shows as silent since its last one.
     std::thread::sleep(Duration::from_secs(5));
     let (r, _) = collector.verify(host);

@@ -92,7 +92,9 @@ fn bundle_checks_offline(
         kinds(&r),
         vec![
             (Kind::Altered, edited, edited),
-            (Kind::Missing, removed, removed)
+            (Kind::Missing, removed, removed),
+            // The stop's window states the removed violation.
+            (Kind::AttestationInvalid, online.last_seq, online.last_seq),
         ],
         "{r:#?}"
     );
@@ -138,7 +140,13 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
     let listed = collector.hosts();
     let h = listed.iter().find(|h| h.host_id == host).expect("listed");
     assert_eq!((h.chain_breaks, &h.chain_head), (0, &r.head));
+    // A clean stop delivers its stop record and last window before exit:
+    // still intact, two records on.
     drop(agent);
+    let (r, code) = collector.verify(host);
+    assert!(r.intact && code == 0, "{r:#?}");
+    assert_eq!(r.last_seq, st.chain_seq + 2, "{r:#?}");
+    let stop_window = r.last_seq;
     bundle_checks_offline(dir, database, host, &r);
 
     // Edit the database behind the collector's back.
@@ -203,6 +211,9 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
             (Kind::Missing, deleted as u64, deleted as u64),
             (Kind::BrokenLink, moved as u64, moved as u64 + 2),
             (Kind::ColumnsAltered, column as u64, column as u64),
+            // The stop's window states one violation more than is stored
+            // (the deleted one, which no gap record explains).
+            (Kind::AttestationInvalid, stop_window, stop_window),
         ],
         "{r:#?}"
     );

@@ -213,7 +213,14 @@ fn damaged_spool_bytes_cost_only_their_records_each_a_gap_and_no_number_is_reuse
         0,
         "the gap explains the jump"
     );
-    chain_holds(&s.collector, host, &[Kind::MissingExplained]);
+    // Stopped cleanly: its window over the records since the restart is
+    // signed and delivered (until then they are unattested).
+    agent.stop();
+    chain_holds(
+        &s.collector,
+        host,
+        &[Kind::MissingExplained, Kind::AgentStopped],
+    );
     assert!(
         agent
             .log_text()
@@ -252,8 +259,16 @@ fn a_wiped_spool_continues_after_the_collector_instead_of_being_ignored() {
         summary(&all)
     );
     assert_eq!(unexplained_jumps(&s.collector, host), 0);
-    // The renumbered records start a new chain; the SPOOL_LOST gap says why.
-    chain_holds(&s.collector, host, &[Kind::RestartExplained]);
+    // Stopped cleanly, its window over the records since the restart
+    // signed and delivered (until then they are unattested). The renumbered
+    // records start a new chain; the SPOOL_LOST gap says why. The time
+    // between the stop before the wipe and the restart is a clean stop.
+    agent.stop();
+    chain_holds(
+        &s.collector,
+        host,
+        &[Kind::AgentStopped, Kind::RestartExplained],
+    );
 }
 
 #[test]

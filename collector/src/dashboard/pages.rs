@@ -117,6 +117,35 @@ fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
+/// The hosts page's chain column: the last check of the stored chain
+/// (what the database holds now), and what ingest saw; never a green that
+/// only reflects ingest.
+fn chain_state(h: &pb::HostSummary) -> String {
+    let ingest = if h.chain_breaks + h.unexplained_jumps == 0 {
+        String::new()
+    } else {
+        format!(
+            "<br><span class=\"bad\">at ingest: {} breaks, {} unexplained jumps</span>",
+            h.chain_breaks, h.unexplained_jumps
+        )
+    };
+    let verified = match &h.last_verify {
+        None => "<span class=\"muted\">not verified since collectord started</span>".to_owned(),
+        Some(v) if v.intact => format!(
+            "<span class=\"ok\">intact at {} ({} records)</span>",
+            esc(&time(v.at_unix_ns)),
+            v.records
+        ),
+        Some(v) => format!(
+            "<span class=\"bad\" title=\"{}\">NOT INTACT at {}: {} problems</span>",
+            esc(&v.first_problem),
+            esc(&time(v.at_unix_ns)),
+            v.problems
+        ),
+    };
+    format!("{verified}{ingest}")
+}
+
 /// `GET /`: every host.
 pub async fn hosts(State(app): State<App>, Extension(who): Extension<Caller>) -> Response {
     let hosts = match app
@@ -138,14 +167,7 @@ pub async fn hosts(State(app): State<App>, Extension(who): Extension<Caller>) ->
                 .collect::<Vec<_>>()
                 .join("<br>");
             let (att, att_class) = attestation_state(h.last_attestation.as_ref());
-            let chain = if h.chain_breaks + h.unexplained_jumps == 0 {
-                "<span class=\"ok\">no breaks</span>".to_owned()
-            } else {
-                format!(
-                    "<span class=\"bad\">{} breaks, {} unexplained jumps</span>",
-                    h.chain_breaks, h.unexplained_jumps
-                )
-            };
+            let chain = chain_state(h);
             let q = query(&[("host", &h.host_id)]);
             vec![
                 format!("<a href=\"/violations{q}\">{}</a>", esc(&h.host_id)),

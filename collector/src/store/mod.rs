@@ -619,6 +619,7 @@ impl Store {
                 chain_head: r.chain_head.unwrap_or_default(),
                 connected: false,
                 last_attestation: None,
+                last_verify: None,
                 state: r.state.and_then(|b| HostState::decode(b.as_slice()).ok()),
             })
             .collect())
