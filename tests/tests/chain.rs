@@ -362,6 +362,17 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         has(&r, Kind::Truncated) && !r.intact && code == 4,
         "the collector's own count: {r:#?}"
     );
+    // The hosts list (and the dashboard) show the stored chain's state.
+    let listed = collector.hosts();
+    let last = listed
+        .iter()
+        .find(|h| h.host_id == host)
+        .and_then(|h| h.last_verify.clone())
+        .expect("the last check is listed");
+    assert!(
+        !last.intact && last.problems >= 1 && last.first_problem.contains("TRUNCATED"),
+        "{last:?}"
+    );
     // The count covered too: only the witness knows.
     db.execute(
         "UPDATE host_counts SET last_seq = $1 WHERE host = $2",

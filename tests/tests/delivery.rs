@@ -550,6 +550,83 @@ fn a_spool_filling_its_filesystem_counts_every_record_and_resumes() {
     a_full_disk("delivery-disk-filled", true, "1M", 10_000, 2_000);
 }
 
+/// The kernel's ring overflows while the spool's disk is full: the KERNEL
+/// gap record that counts the ring's losses cannot be spooled either. It is
+/// held and spooled once the disk has room, so its count (thousands of
+/// records) reaches the collector instead of "one record not spooled".
+#[test]
+fn ring_losses_while_the_disk_is_full_reach_the_collector_with_their_count() {
+    let host = "delivery-ring-disk";
+    let tmp = TempPath::dir(host);
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let spool = tmp.path().join("spool");
+    let disk = SmallDisk::mount(&spool, "256k");
+    let agent = RunningAgent::start_with(
+        &FixturePolicy::delivering(host, &cgroup_rel(&cgroup)).text(),
+        DELIVERY_REGIONS,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    collector.kill9();
+    // The agent stalls while more violations come than its ring holds, and
+    // meanwhile the disk fills up to its last byte.
+    let pid = agent.pid() as i32;
+    // SAFETY: signals to the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    probe::violate(&cgroup, &target, 40_000);
+    let filler = spool.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..1]).is_ok() {}
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(
+        agent.wait_log("a gap record could not be spooled", Duration::from_secs(30)),
+        "the ring's losses were counted while the disk was full: {}",
+        agent.log_text()
+    );
+    let lost = agent.counter("ringbuf_reserve_failed");
+    assert!(lost > 0, "the ring overflowed");
+    std::fs::remove_file(&filler).expect("room again");
+    collector.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let kernel: u64 = collector
+            .export(Some("gap"))
+            .iter()
+            .filter(|r| r.host_id == host)
+            .filter_map(pb::StoredRecord::gap)
+            .filter(|g| g.source() == pb::GapSource::Kernel)
+            .map(|g| g.count)
+            .sum();
+        if kernel == lost {
+            break;
+        }
+        assert!(
+            kernel < lost,
+            "more than the kernel lost: {kernel} > {lost}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the KERNEL gaps count {kernel} of the {lost} records the ring lost; log {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (chain, code) = collector.verify(host);
+    assert!(chain.intact && code == 0, "{chain:#?}");
+    drop(agent);
+    drop(disk);
+}
+
 /// Violations the connect hooks never saw reach the collector like any other:
 /// an inbound connection from a denied peer (`accept`), a raw socket
 /// (`socket`) and a handed-over socket's bytes to a denied host (`packet`),

@@ -419,3 +419,34 @@ fn violations_while_no_agent_runs_reach_the_collector_after_its_restart() {
     assert_eq!(unexplained_jumps(&s.collector, host), 0);
     chain_holds(&s.collector, host, &[]);
 }
+
+#[test]
+fn violations_the_spool_holds_are_listed_again_after_a_restart() {
+    // The collector is away, so the spool holds the violations: a restarted
+    // sensord lists them again (sensorctl violations), not an empty history.
+    let host = "spool-history";
+    let mut s = Setup::new(host);
+    let (_server, target) = s.denied();
+    let mut agent = s.agent();
+    s.collector.kill9();
+    probe::violate(&s.cgroup, &target, 5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.listed(false, &[]).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent lists the 5 violations"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop();
+    agent.restart();
+    let listed = agent.listed(false, &[]);
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(
+        agent
+            .log_text()
+            .contains("violations the spool still holds are back in the history"),
+        "{}",
+        agent.log_text()
+    );
+}

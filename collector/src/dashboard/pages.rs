@@ -759,4 +759,34 @@ mod tests {
         assert_eq!(bucket_for(30 * 86_400 * S), 12 * 3600 * S);
         assert_eq!(bucket_for(40 * 86_400 * S), 86_400 * S);
     }
+
+    #[test]
+    fn the_chain_column_shows_the_stored_chain_not_only_ingest() {
+        let mut h = pb::HostSummary::default();
+        assert!(chain_state(&h).contains("not verified since collectord started"));
+        h.last_verify = Some(pb::LastVerify {
+            at_unix_ns: 1,
+            intact: true,
+            records: 38,
+            ..Default::default()
+        });
+        assert!(chain_state(&h).contains("intact at") && chain_state(&h).contains("38 records"));
+        h.chain_breaks = 1;
+        assert!(
+            chain_state(&h).contains("at ingest: 1 breaks"),
+            "ingest still shows"
+        );
+        h.last_verify = Some(pb::LastVerify {
+            intact: false,
+            problems: 2,
+            first_problem: "TRUNCATED at record 38: <cut>".into(),
+            ..Default::default()
+        });
+        let text = chain_state(&h);
+        assert!(
+            text.contains("NOT INTACT") && text.contains("2 problems"),
+            "{text}"
+        );
+        assert!(text.contains("&lt;cut&gt;"), "escaped: {text}");
+    }
 }

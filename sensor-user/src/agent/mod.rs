@@ -165,6 +165,11 @@ pub struct Agent {
     expiry_compiling: bool,
     /// Records the spool could not take: count, since (Unix ns), last error.
     unspooled: (u64, i64, String),
+    /// Gap records the spool could not take, held (with their times) to be
+    /// spooled once it takes writes: each stands for records lost elsewhere
+    /// (the kernel's ring, a full spool), a count that must not shrink to
+    /// "one record not spooled".
+    unspooled_gaps: Vec<(i64, cpb::Gap)>,
     /// Why the spool could not be opened (empty once it is).
     spool_open_error: String,
     /// The socket programs are attached (start-up is over): from then on a
@@ -280,6 +285,7 @@ impl Agent {
             inputs_serial: 0,
             expiry_compiling: false,
             unspooled: (0, 0, String::new()),
+            unspooled_gaps: Vec::new(),
             window: None,
             class_tables: Default::default(),
             ready: tokio::sync::watch::channel(Err("starting".to_owned())).0,

@@ -8,6 +8,10 @@ use super::*;
 /// its spool holds (its stop record and last attestation among it).
 const STOP_DELIVERY: Duration = Duration::from_secs(3);
 
+/// Gap records held while the spool cannot take them; past this many, the
+/// records a gap stands for are added to the SPOOL_WRITE count instead.
+const HELD_GAPS: usize = 1024;
+
 impl Agent {
     /// At a clean stop, after the stop record and the last window's
     /// attestation are spooled: while a collector is connected, delivery goes
@@ -75,6 +79,12 @@ impl Agent {
             payload = encode_spooled(time_unix_ns, Spooled::Gap(&gap));
         }
         let written = match &mut self.spool {
+            // A gap record is written at once: should that fail, it is held
+            // (below) rather than lost in a batch whose failure counts only
+            // records, not the records a gap stands for.
+            Some(s) if matches!(body, Spooled::Gap(_)) => {
+                s.append_now(&payload).map(drop).map_err(|e| e.to_string())
+            }
             Some(s) => s.append(&payload).map(drop).map_err(|e| e.to_string()),
             None => Err(format!("the spool is not open: {}", self.spool_open_error)),
         };
@@ -84,11 +94,27 @@ impl Agent {
             self.count_spooled(f);
         }
         if let Err(e) = written {
+            if let Spooled::Gap(g) = body
+                && self.unspooled_gaps.len() < HELD_GAPS
+            {
+                // Spooled again once the spool takes writes, count and all.
+                if self.unspooled_gaps.is_empty() {
+                    error!(error = %e, source = g.source().as_str_name(), count = g.count, "a gap record could not be spooled; it is held and spooled once the spool takes writes again");
+                }
+                self.unspooled_gaps.push((time_unix_ns, g.clone()));
+                self.unspooled.2 = e;
+                self.metrics.spool_unwritable.set(1);
+                return;
+            }
             if self.unspooled.0 == 0 {
                 error!(error = %e, kind = body.kind_name(), "appending to the spool failed; records are counted and reported as a gap once it works again; free space on collector.spool_dir's filesystem or fix its permissions");
                 self.unspooled.1 = now_unix_ns();
             }
-            self.unspooled.0 += 1;
+            // A gap past the held ones: the records it stands for count.
+            self.unspooled.0 += match body {
+                Spooled::Gap(g) => g.count.max(1),
+                _ => 1,
+            };
             self.unspooled.2 = e;
             self.metrics.unspooled.inc();
             self.metrics.spool_unwritable.set(1);
@@ -174,10 +200,12 @@ impl Agent {
                     .map_or_else(String::new, |d| d.display().to_string()),
                 self.spool_open_error
             )
-        } else if self.unspooled.0 > 0 {
+        } else if self.unspooled.0 > 0 || !self.unspooled_gaps.is_empty() {
             format!(
-                "appending to the spool fails ({}): {} records counted so far, reported as a gap once it takes writes again; enforcement is not affected. Free space on the spool's filesystem or fix its permissions",
-                self.unspooled.2, self.unspooled.0
+                "appending to the spool fails ({}): {} records counted so far and {} gap records held, spooled once it takes writes again; enforcement is not affected. Free space on the spool's filesystem or fix its permissions",
+                self.unspooled.2,
+                self.unspooled.0,
+                self.unspooled_gaps.len()
             )
         } else {
             String::new()
@@ -211,6 +239,8 @@ impl Agent {
         for w in &rec.warnings {
             warn!(dir = %dir.display(), "spool recovery: {w}");
         }
+        let mut spool = spool;
+        self.restore_history(&mut spool);
         self.spool = Some(spool);
         if self.window.is_none() {
             // Attestation windows count from the moment records can be spooled.
@@ -243,11 +273,69 @@ impl Agent {
         }
     }
 
-    /// Reports records the spool could not take, once it takes one again.
+    /// The violations the spool still holds (the newest, up to the
+    /// history's capacity) go back into the history `sensorctl violations`
+    /// lists, so a restart does not empty it while they are on disk (once
+    /// the collector acknowledged every record, the spool holds none).
+    fn restore_history(&mut self, spool: &mut Spool) {
+        let cap = self.cfg.history.violations;
+        let from = spool.next_seq().saturating_sub(cap as u64).max(1);
+        let held = match spool.read_from(from, cap) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "reading the spool's violations back into the history failed; sensorctl violations lists only those after this start");
+                return;
+            }
+        };
+        let mut restored = 0;
+        for (_, payload) in held {
+            use prost::Message;
+            let content =
+                residency_proto::chain::split(&payload).map_or(payload.as_slice(), |(c, _)| c);
+            if let Ok(cpb::Record {
+                body: Some(cpb::record::Body::Violation(flow)),
+                ..
+            }) = cpb::Record::decode(content)
+            {
+                self.store.push_violation(flow);
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            info!(
+                violations = restored,
+                "violations the spool still holds are back in the history"
+            );
+        }
+    }
+
+    /// Reports records the spool could not take, once it takes one again,
+    /// and spools the gap records it held meanwhile.
     pub(super) fn report_unspooled(&mut self) {
+        if self.report_unspooled_count() && self.spool.is_some() {
+            let held = std::mem::take(&mut self.unspooled_gaps);
+            if !held.is_empty() {
+                warn!(
+                    gaps = held.len(),
+                    "the spool takes writes again; the gap records it could not take are spooled"
+                );
+            }
+            for (t, g) in held {
+                // One that fails again is held again.
+                self.spool_append(t, Spooled::Gap(&g));
+            }
+        }
+    }
+
+    /// The count of records the spool could not take as a SPOOL_WRITE gap
+    /// record; false while it still cannot be written.
+    fn report_unspooled_count(&mut self) -> bool {
         let (count, from, why) = &self.unspooled;
-        let Some(s) = self.spool.as_mut().filter(|_| *count > 0) else {
-            return;
+        if *count == 0 {
+            return true;
+        }
+        let Some(s) = self.spool.as_mut() else {
+            return false;
         };
         let now = now_unix_ns();
         let gap = cpb::Gap {
@@ -266,7 +354,9 @@ impl Agent {
             warn!(count, error = %why, "the spool takes writes again; the records it could not take are reported as a gap");
             self.unspooled = (0, 0, String::new());
             self.metrics.spool_unwritable.set(0);
+            return true;
         }
+        false
     }
 
     /// Makes what was appended durable and records gaps: audit records waiting,
