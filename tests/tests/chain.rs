@@ -484,3 +484,66 @@ fn a_cut_tail_is_caught_in_postgresql() {
     let tmp = TempPath::dir("cut-pg");
     a_cut_tail_is_caught("cut-pg", tmp.path(), &pg.url);
 }
+
+/// The whole database restored from an older backup (its counts and all):
+/// consistent in itself, so only the auditor's witness file shows it.
+#[test]
+fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
+    let host = "rollback";
+    let tmp = TempPath::dir("rollback");
+    let db = tmp.path().join("collector.db");
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start_with(tmp.path(), db.to_str().expect("utf-8"), None);
+    let config = collector.agent_config(tmp.path(), host, None);
+    let mut agent = delivering_agent(host, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    let target = server.addr.to_string();
+    let wait = |c: &RunningCollector, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.count(host, "violation") < n {
+            assert!(Instant::now() < deadline, "{n} violations stored");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    probe::violate(&cgroup, &target, 5);
+    wait(&collector, 5);
+    // The backup: the database files while the collector is down.
+    collector.kill9();
+    let files = ["collector.db", "collector.db-wal", "collector.db-shm"];
+    for f in files {
+        let from = tmp.path().join(f);
+        if from.exists() {
+            std::fs::copy(&from, tmp.path().join(format!("{f}.bak"))).expect("backup");
+        }
+    }
+    collector.restart();
+    probe::violate(&cgroup, &target, 5);
+    wait(&collector, 10);
+    agent.stop();
+    let witness = tmp.path().join("witness.jsonl");
+    let (r, code) = verify_with(&collector, host, Some(&witness));
+    assert!(r.intact && code == 0, "{r:#?}");
+    let witnessed = r.last_seq;
+    // Restored: the older files over the newer ones.
+    collector.kill9();
+    for f in files {
+        let _ = std::fs::remove_file(tmp.path().join(f));
+        let bak = tmp.path().join(format!("{f}.bak"));
+        if bak.exists() {
+            std::fs::rename(&bak, tmp.path().join(f)).expect("restore");
+        }
+    }
+    collector.restart();
+    let (r, code) = verify_with(&collector, host, None);
+    assert!(r.last_seq < witnessed, "the restored copy is older: {r:#?}");
+    assert!(
+        !has(&r, Kind::Truncated),
+        "without a witness the copy is consistent in itself: {r:#?}"
+    );
+    let (r, code_w) = verify_with(&collector, host, Some(&witness));
+    assert!(
+        has(&r, Kind::Truncated) && !r.intact && code_w == 4,
+        "the witness saw record {witnessed}: {r:#?} (without it: exit {code})"
+    );
+}
