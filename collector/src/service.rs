@@ -204,6 +204,10 @@ pub struct CollectorService {
     /// Each host's last full chain check (ListHosts and the dashboard show
     /// it: the state of the stored chain, not only what ingest saw).
     verified: Arc<std::sync::Mutex<std::collections::HashMap<String, pb::LastVerify>>>,
+    /// The last record this collector acknowledged to each host since it
+    /// started (sequence, chain hash, when): kept outside the database, so
+    /// a verify finds a tail cut behind the collector's back.
+    acked: Arc<std::sync::Mutex<std::collections::HashMap<String, pb::WitnessedHead>>>,
 }
 
 impl CollectorService {
@@ -252,6 +256,7 @@ impl CollectorService {
             tokens: Arc::new(crate::dashboard::token::Keys::generate()),
             replicas: Arc::new(std::sync::OnceLock::new()),
             verified: Arc::default(),
+            acked: Arc::default(),
         }
     }
 
@@ -460,6 +465,25 @@ impl CollectorService {
         }))
     }
 
+    /// Remembers the highest record acknowledged to `host` with its chain
+    /// hash (an unchained record leaves nothing to compare).
+    fn note_acked(&self, host: &str, seq: u64, head: Vec<u8>) {
+        if head.is_empty() {
+            return;
+        }
+        if let Ok(mut acked) = self.acked.lock() {
+            let e = acked.entry(host.to_owned()).or_default();
+            if seq > e.seq {
+                *e = pb::WitnessedHead {
+                    seq,
+                    head,
+                    seen_unix_ns: now_ns(),
+                    by: "this collector's acknowledgement to the agent".into(),
+                };
+            }
+        }
+    }
+
     /// Reads one delivery stream until it ends.
     async fn serve_stream(
         self,
@@ -495,10 +519,17 @@ impl CollectorService {
                         continue;
                     };
                     let n = batch.records.len();
+                    let head = batch
+                        .records
+                        .iter()
+                        .find(|r| r.seq == upto)
+                        .map(|r| r.chain.clone())
+                        .unwrap_or_default();
                     // Commit, then acknowledge: an ack always means durable.
                     match self.store_batch(&host, batch.records).await {
                         Ok(new) => {
                             info!(host = %host, seq = upto, records = n, new, "batch stored");
+                            self.note_acked(&host, upto, head);
                             if tx.send(out(Out::Ack(pb::Ack { seq: upto }))).await.is_err() {
                                 break;
                             }
@@ -692,13 +723,22 @@ impl Collector for CollectorService {
                 q.host_id
             )));
         }
+        let mut witness = q.witness;
+        if let Some(h) = self
+            .acked
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&q.host_id).cloned())
+        {
+            witness.push(h);
+        }
         let report = Store::verify_chain(
             &self.store,
             &q.host_id,
             q.since_unix_ns,
             q.until_unix_ns,
             self.client_ca.as_deref().cloned(),
-            q.witness,
+            witness,
         )
         .await
         .map_err(internal)?;

@@ -348,8 +348,9 @@ impl Verifier {
                 row.seq,
                 row.seq,
                 format!(
-                    "record {} has another hash than the one a check witnessed {}: the tail from here was replaced, or the database restored from another copy",
+                    "record {} has another hash than the one {} saw {}: the tail from here was replaced, or the database restored from another copy",
                     row.seq,
+                    witness_name(&w),
                     crate::time::utc(w.seen_unix_ns)
                 ),
             );
@@ -592,9 +593,10 @@ impl Verifier {
                 end,
                 w.seq,
                 format!(
-                    "a check {} saw record {} stored, but the stored chain ends at record {end}: records were removed from the tail (and perhaps others forged after the cut), or the database was restored from an older copy",
-                    crate::time::utc(w.seen_unix_ns),
-                    w.seq
+                    "{} saw record {} stored {}, but the stored chain ends at record {end}: records were removed from the tail (and perhaps others forged after the cut), or the database was restored from an older copy",
+                    witness_name(&w),
+                    w.seq,
+                    crate::time::utc(w.seen_unix_ns)
                 ),
             );
         }
@@ -602,6 +604,15 @@ impl Verifier {
         r.findings.sort_by_key(|f| (f.first_seq, f.kind));
         r.intact = r.findings.iter().all(|f| explained(f.kind()));
         r
+    }
+}
+
+/// Who saw a witnessed head, for findings.
+fn witness_name(w: &WitnessedHead) -> &str {
+    if w.by.is_empty() {
+        "a check with the witness file"
+    } else {
+        &w.by
     }
 }
 

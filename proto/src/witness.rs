@@ -48,6 +48,7 @@ pub fn read(path: &Path, host: &str) -> Result<Vec<WitnessedHead>, String> {
             seq,
             head,
             seen_unix_ns: v["seen_unix_ns"].as_i64().unwrap_or(0),
+            by: String::new(),
         });
     }
     Ok(out)

@@ -373,7 +373,8 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         !last.intact && last.problems >= 1 && last.first_problem.contains("TRUNCATED"),
         "{last:?}"
     );
-    // The count covered too: only the witness knows.
+    // The count covered too: only the witness knows (and this collector,
+    // which remembers what it acknowledged since it started).
     db.execute(
         "UPDATE host_counts SET last_seq = $1 WHERE host = $2",
         &[Value::Int(stop_seq as i64), Value::Text(host)],
