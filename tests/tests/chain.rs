@@ -548,3 +548,80 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
         "the witness saw record {witnessed}: {r:#?} (without it: exit {code})"
     );
 }
+
+/// The tail cut while the agent runs (collector restarted, its count
+/// edited): at the next session the agent finds the collector holding fewer
+/// of its records than it acknowledged, says so in the log and in an audit
+/// record, and the hole shows as missing records, not as an intact chain.
+#[test]
+fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
+    let host = "cut-live";
+    let tmp = TempPath::dir("cut-live");
+    let db = tmp.path().join("collector.db");
+    let database = db.to_str().expect("utf-8");
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let mut collector = RunningCollector::start_with(tmp.path(), database, None);
+    let config = collector.agent_config(tmp.path(), host, None);
+    let agent = delivering_agent(host, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    probe::violate(&cgroup, &server.addr.to_string(), 10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.count(host, "violation") < 10 || agent.status().spool_depth > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the violations were acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    collector.kill9();
+    let last = agent.status().chain_seq as i64;
+    let keep = last - 4;
+    let mut d = Database::open(database);
+    d.execute(
+        "DELETE FROM records WHERE host = $1 AND seq > $2",
+        &[Value::Text(host), Value::Int(keep)],
+    );
+    d.execute(
+        "UPDATE host_counts SET last_seq = $1 WHERE host = $2",
+        &[Value::Int(keep), Value::Text(host)],
+    );
+    drop(d);
+    collector.restart();
+    assert!(
+        agent.wait_log(
+            "the collector holds fewer of this host's records than it acknowledged",
+            // The idle agent notices the stream ended and reconnects at
+            // once (it used to wait for its next record).
+            Duration::from_secs(30)
+        ),
+        "{}",
+        agent.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let said = collector
+            .export(Some("audit"))
+            .iter()
+            .filter(|r| r.host_id == host)
+            .filter_map(pb::StoredRecord::audit)
+            .any(|a| a.action.contains(&format!("only up to {keep}")));
+        if said {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's audit record arrived"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (r, code) = verify_with(&collector, host, None);
+    let missing = r
+        .findings
+        .iter()
+        .find(|f| f.kind() == Kind::Missing)
+        .unwrap_or_else(|| panic!("the hole shows: {r:#?}"));
+    assert_eq!(missing.first_seq, keep as u64 + 1, "{r:#?}");
+    assert!(!r.intact && code == 4);
+    drop(agent);
+}

@@ -779,6 +779,7 @@ impl Agent {
             }
             Command::Acked { seq, connected } => {
                 if let Some(e) = connected {
+                    self.collector_lost_acknowledged(&e, seq);
                     self.collector_state = format!("connected to {e}");
                     if let Some(s) = &self.spool
                         && let Err(e) = s.history_known()

@@ -121,6 +121,35 @@ impl Agent {
         }
     }
 
+    /// A collector that starts a session claiming fewer of this host's
+    /// records (`holds`) than it acknowledged before lost stored records:
+    /// its database was cut or restored from an older copy. Said loudly and
+    /// in an audit record (which goes to the collector after the hole, so
+    /// `verify` shows the hole as missing records); what the spool still
+    /// holds past `holds` is delivered again.
+    pub(super) fn collector_lost_acknowledged(&mut self, endpoint: &str, holds: u64) {
+        let acked = self.spool.as_ref().map_or(0, Spool::acked);
+        // 0: also what delivery passes for a collector it does not believe
+        // (one claiming records this host never wrote), logged there.
+        if holds >= acked || holds == 0 {
+            return;
+        }
+        error!(
+            endpoint,
+            collector_holds = holds,
+            acknowledged = acked,
+            "the collector holds fewer of this host's records than it acknowledged: records were removed from its database or it was restored from an older copy; what the spool still holds is delivered again, the rest is missing there"
+        );
+        self.audit.record(
+            "agent",
+            &format!(
+                "collector {endpoint} holds this host's records only up to {holds}, though it acknowledged records up to {acked}: records {}..{acked} were removed from its store",
+                holds + 1
+            ),
+            "the collector's store lost acknowledged records",
+        );
+    }
+
     /// See [`Command::CollectorAhead`].
     pub(super) fn collector_ahead(&mut self, last_seq: u64) -> bool {
         let Some(s) = self.spool.as_mut().filter(|s| s.history_unknown()) else {

@@ -89,6 +89,10 @@ fn fit_batch(mut frames: Vec<Frame>) -> Vec<Frame> {
     frames
 }
 
+/// How often an idle session pings the collector, and how long it waits
+/// for the answer before it gives the session up.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// How often an idle session looks for new records.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -156,7 +160,14 @@ pub fn tls_config(t: &CollectorTlsConfig) -> anyhow::Result<ClientTlsConfig> {
 }
 
 async fn connect(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
-    let mut ep = Channel::from_shared(endpoint.to_owned()).map_err(|e| format!("endpoint: {e}"))?;
+    // HTTP/2 pings on an idle session: a collector that went away (killed,
+    // its host gone) is noticed within seconds, not at the next record, so
+    // the agent reconnects and fleet commands reach it again.
+    let mut ep = Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("endpoint: {e}"))?
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
     if let Some(t) = tls {
         ep = ep.tls_config(t.clone()).map_err(|e| format!("TLS: {e}"))?;
     }
@@ -444,8 +455,15 @@ async fn session(
             }
         }
         let Some(&(_, oldest)) = in_flight.front() else {
-            tokio::time::sleep(IDLE_POLL).await;
-            continue;
+            // Idle: a look for new records after IDLE_POLL, unless the
+            // stream ended meanwhile (a collector that went away while
+            // nothing was in flight is noticed now, not at the next record:
+            // until then its fleet commands could not reach this host).
+            match tokio::time::timeout(IDLE_POLL, acks.recv()).await {
+                Ok(Some(Err(why))) => return Err(why),
+                Ok(None) => return Err("the stream reader stopped".into()),
+                Ok(Some(Ok(_))) | Err(_) => continue,
+            }
         };
         if oldest.elapsed() > ACK_TIMEOUT {
             return Err(format!("no acknowledgement in {} s", ACK_TIMEOUT.as_secs()));

@@ -550,6 +550,12 @@ impl Spool {
         }
     }
 
+    /// The highest sequence a collector acknowledged to this process (0
+    /// before the first acknowledgement).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// The oldest record not yet acknowledged (`next_seq` when none is).
     pub fn first_unacked(&self) -> u64 {
         self.segments.first().map_or(self.next_seq, |s| s.first_seq)
