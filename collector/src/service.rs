@@ -710,19 +710,6 @@ impl Collector for CollectorService {
                 q.until_unix_ns, q.since_unix_ns
             )));
         }
-        let known = self
-            .store
-            .lock()
-            .await
-            .counted_last_seq(&q.host_id)
-            .await
-            .map_err(internal)?;
-        if known.is_none() {
-            return Err(Status::not_found(format!(
-                "no record of host {:?} was ever stored here: check the name (ListHosts / `collectorctl hosts` names the hosts)",
-                q.host_id
-            )));
-        }
         let mut witness = q.witness;
         if let Some(h) = self
             .acked
@@ -741,7 +728,13 @@ impl Collector for CollectorService {
             witness,
         )
         .await
-        .map_err(internal)?;
+        .map_err(internal)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no record of host {:?} was ever stored here: check the name (ListHosts / `collectorctl hosts` names the hosts)",
+                q.host_id
+            ))
+        })?;
         info!(
             host = %q.host_id,
             records = report.records,

@@ -156,7 +156,9 @@ pub struct Verifier {
     chained_from: Option<u64>,
     /// Heads seen by earlier checks, kept outside the database: each must
     /// still be stored with its hash.
-    witness: Vec<WitnessedHead>,
+    /// By sequence: looked up per record, so a long witness file costs a
+    /// lookup, not a scan, for each record checked.
+    witness: std::collections::BTreeMap<u64, Vec<WitnessedHead>>,
     /// The highest sequence the collector counted as stored for the host
     /// (0: not known), which the stored chain must reach.
     stored_upto: u64,
@@ -185,7 +187,7 @@ impl Verifier {
             now: 0,
             host: host.to_owned(),
             chained_from: None,
-            witness: Vec::new(),
+            witness: Default::default(),
             stored_upto: 0,
             unattested: None,
         }
@@ -194,7 +196,9 @@ impl Verifier {
     /// Heads an auditor witnessed before (checked when the range reaches
     /// the end of the chain: pass none for a range that stops earlier).
     pub fn witnessed(mut self, heads: Vec<WitnessedHead>) -> Self {
-        self.witness = heads;
+        for h in heads {
+            self.witness.entry(h.seq).or_default().push(h);
+        }
         self
     }
 
@@ -338,8 +342,10 @@ impl Verifier {
         }
         let witnessed: Vec<WitnessedHead> = self
             .witness
-            .iter()
-            .filter(|w| w.seq == row.seq && row.chain.map(|h| h.to_vec()) != Some(w.head.clone()))
+            .get(&row.seq)
+            .into_iter()
+            .flatten()
+            .filter(|w| row.chain.map(|h| h.to_vec()) != Some(w.head.clone()))
             .cloned()
             .collect();
         for w in witnessed {
@@ -583,8 +589,8 @@ impl Verifier {
         }
         let beyond: Vec<WitnessedHead> = self
             .witness
-            .iter()
-            .filter(|w| w.seq > end)
+            .range(end.saturating_add(1)..)
+            .flat_map(|(_, ws)| ws)
             .cloned()
             .collect();
         for w in beyond {

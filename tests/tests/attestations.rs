@@ -72,17 +72,9 @@ fn each_window_is_signed_checked_against_the_records_and_holes_show() {
         "an attestation after the violations",
         Duration::from_secs(60),
         || {
-            let last_violation = collector
-                .export(Some("violation"))
-                .iter()
-                .filter(|r| r.host_id == host)
-                .map(pb::StoredRecord::seq)
-                .max()
-                .unwrap_or(u64::MAX);
-            let a = attestations(&collector, host);
             collector.count(host, "violation") == 40
-                && a.len() >= 2
-                && a.iter().any(|(seq, _)| *seq > last_violation)
+                && attestations(&collector, host).len() >= 2
+                && collector.attested_through_last_violation(host)
         },
     );
     let (r, code) = collector.verify(host);

@@ -17,6 +17,7 @@ use harness::harness::{
     probe,
     scenario::delivering_agent,
     temp::TempPath,
+    wait_until,
 };
 use prost::Message;
 use residency_proto::collector::v1::{self as pb, chain_finding::Kind};
@@ -30,11 +31,20 @@ fn kinds(r: &pb::ChainReport) -> Vec<(Kind, u64, u64)> {
 
 /// Runs `residency-verify` on `bundle`: its report and exit status.
 fn offline(bundle: &std::path::Path) -> (pb::ChainReport, i32) {
-    let out = std::process::Command::new(workspace_bin("residency-verify"))
-        .arg("--json")
-        .arg(bundle)
-        .output()
-        .expect("residency-verify");
+    offline_with(bundle, None)
+}
+
+/// As [`offline`], with `--witness FILE` when given.
+fn offline_with(
+    bundle: &std::path::Path,
+    witness: Option<&std::path::Path>,
+) -> (pb::ChainReport, i32) {
+    let mut cmd = std::process::Command::new(workspace_bin("residency-verify"));
+    cmd.arg("--json");
+    if let Some(w) = witness {
+        cmd.arg("--witness").arg(w);
+    }
+    let out = cmd.arg(bundle).output().expect("residency-verify");
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "residency-verify prints a ChainReport ({e}): {}",
@@ -44,15 +54,9 @@ fn offline(bundle: &std::path::Path) -> (pb::ChainReport, i32) {
     (report, out.status.code().unwrap_or(-1))
 }
 
-/// The auditor's take-away: a bundle exported from the database checks
-/// offline with the collector's verdict and head; the same bundle edited
-/// (a record's bytes changed, one removed) does not.
-fn bundle_checks_offline(
-    dir: &std::path::Path,
-    database: &str,
-    host: &str,
-    online: &pb::ChainReport,
-) {
+/// `collectord export --format bundle` of `host` from `database`, written
+/// to `path`; the bundle's bytes.
+fn export_bundle(database: &str, host: &str, path: &std::path::Path) -> Vec<u8> {
     let out = std::process::Command::new(workspace_bin("collectord"))
         .args([
             "--database",
@@ -70,8 +74,21 @@ fn bundle_checks_offline(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::write(path, &out.stdout).expect("bundle");
+    out.stdout
+}
+
+/// The auditor's take-away: a bundle exported from the database checks
+/// offline with the collector's verdict and head; the same bundle edited
+/// (a record's bytes changed, one removed) does not.
+fn bundle_checks_offline(
+    dir: &std::path::Path,
+    database: &str,
+    host: &str,
+    online: &pb::ChainReport,
+) {
     let path = dir.join("audit.bundle");
-    std::fs::write(&path, &out.stdout).expect("bundle");
+    let bytes = export_bundle(database, host, &path);
     let (r, code) = offline(&path);
     assert!(r.intact && r.findings.is_empty() && code == 0, "{r:#?}");
     assert_eq!(
@@ -80,7 +97,7 @@ fn bundle_checks_offline(
         "offline, the same chain and head as the collector's"
     );
 
-    let mut b = pb::Bundle::decode(out.stdout.as_slice()).expect("a bundle");
+    let mut b = pb::Bundle::decode(bytes.as_slice()).expect("a bundle");
     let (edited, removed) = (b.records[10].seq, b.records[20].seq);
     let last = b.records[10].content.len() - 1;
     b.records[10].content[last] ^= 1;
@@ -266,31 +283,6 @@ fn the_chain_holds_end_to_end_and_catches_edits_in_postgresql() {
     chain_catches_tampering("chain-pg", tmp.path(), &pg.url);
 }
 
-/// `collectorctl verify` of `host`, with a witness file when given: its
-/// report and exit status.
-fn verify_with(
-    c: &RunningCollector,
-    host: &str,
-    witness: Option<&std::path::Path>,
-) -> (pb::ChainReport, i32) {
-    let mut cmd = std::process::Command::new(workspace_bin("collectorctl"));
-    cmd.arg("--socket")
-        .arg(&c.socket)
-        .args(["--json", "verify", "--host", host]);
-    if let Some(w) = witness {
-        cmd.arg("--witness").arg(w);
-    }
-    let out = cmd.output().expect("collectorctl verify");
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "collectorctl verify prints a ChainReport ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (report, out.status.code().unwrap_or(-1))
-}
-
 fn has(r: &pb::ChainReport, kind: Kind) -> bool {
     r.findings.iter().any(|f| f.kind() == kind)
 }
@@ -310,41 +302,27 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
     probe::violate(&cgroup, &target, 5);
-    let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
-    wait("5 violations stored", &|| {
+    wait_until("5 violations stored", Duration::from_secs(60), || {
         collector.count(host, "violation") == 5
     });
     // A clean stop (its last window signed and delivered), a restart, more
     // violations, and a window after them.
     agent.stop();
-    let stop_seq = verify_with(&collector, host, None).0.last_seq;
+    let stop_seq = collector.verify_with(host, None).0.last_seq;
     agent.restart();
     probe::violate(&cgroup, &target, 5);
-    let attested_after = |c: &RunningCollector| {
-        let last_violation = c
-            .export(Some("violation"))
-            .iter()
-            .filter(|r| r.host_id == host)
-            .map(pb::StoredRecord::seq)
-            .max()
-            .unwrap_or(u64::MAX);
-        c.export(Some("attestation"))
-            .iter()
-            .any(|r| r.host_id == host && r.seq() > last_violation)
-    };
-    wait("10 violations stored and attested", &|| {
-        collector.count(host, "violation") == 10 && attested_after(&collector)
-    });
+    wait_until(
+        "10 violations stored and attested",
+        Duration::from_secs(60),
+        || {
+            collector.count(host, "violation") == 10
+                && collector.attested_through_last_violation(host)
+        },
+    );
     drop(agent);
     // The auditor checks and keeps the head outside the database.
     let witness = dir.join("witness.jsonl");
-    let (r, code) = verify_with(&collector, host, Some(&witness));
+    let (r, code) = collector.verify_with(host, Some(&witness));
     assert!(r.intact && code == 0, "{r:#?}");
     let full = r.last_seq;
     assert!(full > stop_seq + 5);
@@ -357,7 +335,7 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         "DELETE FROM records WHERE host = $1 AND seq > $2",
         &[Value::Text(host), Value::Int(stop_seq as i64)],
     );
-    let (r, code) = verify_with(&collector, host, None);
+    let (r, code) = collector.verify_with(host, None);
     assert!(
         has(&r, Kind::Truncated) && !r.intact && code == 4,
         "the collector's own count: {r:#?}"
@@ -379,7 +357,7 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         "UPDATE host_counts SET last_seq = $1 WHERE host = $2",
         &[Value::Int(stop_seq as i64), Value::Text(host)],
     );
-    let (r, code) = verify_with(&collector, host, Some(&witness));
+    let (r, code) = collector.verify_with(host, Some(&witness));
     let cut = r
         .findings
         .iter()
@@ -415,44 +393,18 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         "UPDATE host_counts SET last_seq = $1, chain_head = $2 WHERE host = $3",
         &[Value::Int(seq + 1), Value::Bytes(&link), Value::Text(host)],
     );
-    let (r, code) = verify_with(&collector, host, None);
+    let (r, code) = collector.verify_with(host, None);
     assert!(
         has(&r, Kind::Unattested) && !has(&r, Kind::BrokenLink) && !r.intact && code == 4,
         "the forged tail links, and nothing vouches for it: {r:#?}"
     );
 
     // Offline: the bundle of the forged database fails with the witness.
-    let out = std::process::Command::new(workspace_bin("collectord"))
-        .args([
-            "--database",
-            database,
-            "export",
-            "--format",
-            "bundle",
-            "--host",
-            host,
-        ])
-        .output()
-        .expect("collectord export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let bundle = dir.join("cut.bundle");
-    std::fs::write(&bundle, &out.stdout).expect("bundle");
-    let off = std::process::Command::new(workspace_bin("residency-verify"))
-        .arg("--json")
-        .arg("--witness")
-        .arg(&witness)
-        .arg(&bundle)
-        .output()
-        .expect("residency-verify");
-    let report: pb::ChainReport = serde_json::from_slice(&off.stdout).expect("a report");
+    export_bundle(database, host, &bundle);
+    let (report, code) = offline_with(&bundle, Some(&witness));
     assert!(
-        has(&report, Kind::Truncated)
-            && has(&report, Kind::Unattested)
-            && off.status.code() == Some(4),
+        has(&report, Kind::Truncated) && has(&report, Kind::Unattested) && code == 4,
         "{report:#?}"
     );
 
@@ -501,11 +453,9 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
     let wait = |c: &RunningCollector, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.count(host, "violation") < n {
-            assert!(Instant::now() < deadline, "{n} violations stored");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_until("the violations stored", Duration::from_secs(60), || {
+            c.count(host, "violation") >= n
+        })
     };
     probe::violate(&cgroup, &target, 5);
     wait(&collector, 5);
@@ -523,7 +473,7 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
     wait(&collector, 10);
     agent.stop();
     let witness = tmp.path().join("witness.jsonl");
-    let (r, code) = verify_with(&collector, host, Some(&witness));
+    let (r, code) = collector.verify_with(host, Some(&witness));
     assert!(r.intact && code == 0, "{r:#?}");
     let witnessed = r.last_seq;
     // Restored: the older files over the newer ones.
@@ -536,13 +486,13 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
         }
     }
     collector.restart();
-    let (r, code) = verify_with(&collector, host, None);
+    let (r, code) = collector.verify_with(host, None);
     assert!(r.last_seq < witnessed, "the restored copy is older: {r:#?}");
     assert!(
         !has(&r, Kind::Truncated),
         "without a witness the copy is consistent in itself: {r:#?}"
     );
-    let (r, code_w) = verify_with(&collector, host, Some(&witness));
+    let (r, code_w) = collector.verify_with(host, Some(&witness));
     assert!(
         has(&r, Kind::Truncated) && !r.intact && code_w == 4,
         "the witness saw record {witnessed}: {r:#?} (without it: exit {code})"
@@ -566,14 +516,11 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
     let agent = delivering_agent(host, &cgroup, &config);
     let server = net.virginia.udp_server(false);
     probe::violate(&cgroup, &server.addr.to_string(), 10);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while collector.count(host, "violation") < 10 || agent.status().spool_depth > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the violations were acknowledged"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until(
+        "the violations acknowledged",
+        Duration::from_secs(60),
+        || collector.count(host, "violation") == 10 && agent.status().spool_depth == 0,
+    );
     collector.kill9();
     let last = agent.status().chain_seq as i64;
     let keep = last - 4;
@@ -598,24 +545,15 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
         "{}",
         agent.log_text()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let said = collector
+    wait_until("the agent's audit record", Duration::from_secs(30), || {
+        collector
             .export(Some("audit"))
             .iter()
             .filter(|r| r.host_id == host)
             .filter_map(pb::StoredRecord::audit)
-            .any(|a| a.action.contains(&format!("only up to {keep}")));
-        if said {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent's audit record arrived"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let (r, code) = verify_with(&collector, host, None);
+            .any(|a| a.action.contains(&format!("only up to {keep}")))
+    });
+    let (r, code) = collector.verify_with(host, None);
     let missing = r
         .findings
         .iter()

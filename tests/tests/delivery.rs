@@ -445,18 +445,21 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Violations of `host` the collector stored, and records its gap records
-/// count as lost (any source).
-fn stored_and_counted(c: &RunningCollector, host: &str) -> (u64, u64) {
-    let violations = c.count(host, "violation") as u64;
-    let lost = c
-        .export(Some("gap"))
+/// Records `host`'s stored gap records (of `source`, or any) count as lost.
+fn gap_count(c: &RunningCollector, host: &str, source: Option<pb::GapSource>) -> u64 {
+    c.export(Some("gap"))
         .iter()
         .filter(|r| r.host_id == host)
         .filter_map(pb::StoredRecord::gap)
+        .filter(|g| source.is_none_or(|s| g.source() == s))
         .map(|g| g.count)
-        .sum();
-    (violations, lost)
+        .sum()
+}
+
+/// Violations of `host` the collector stored, and records its gap records
+/// count as lost (any source).
+fn stored_and_counted(c: &RunningCollector, host: &str) -> (u64, u64) {
+    (c.count(host, "violation") as u64, gap_count(c, host, None))
 }
 
 /// Waits until every one of `sent` violations is stored or counted in a gap
@@ -599,14 +602,7 @@ fn ring_losses_while_the_disk_is_full_reach_the_collector_with_their_count() {
     collector.restart();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let kernel: u64 = collector
-            .export(Some("gap"))
-            .iter()
-            .filter(|r| r.host_id == host)
-            .filter_map(pb::StoredRecord::gap)
-            .filter(|g| g.source() == pb::GapSource::Kernel)
-            .map(|g| g.count)
-            .sum();
+        let kernel = gap_count(&collector, host, Some(pb::GapSource::Kernel));
         if kernel == lost {
             break;
         }

@@ -197,7 +197,7 @@ impl Store {
     /// bound); the host's gap records explain what is missing.
     /// A check that reaches the end of the chain (`until` 0) also holds it
     /// against the collector's own count of what it stored and against the
-    /// heads in `witness`.
+    /// heads in `witness`. None: no record of the host was ever stored.
     pub async fn verify_chain(
         store: &tokio::sync::Mutex<Store>,
         host: &str,
@@ -205,24 +205,20 @@ impl Store {
         until: i64,
         ca: Option<Vec<u8>>,
         witness: Vec<WitnessedHead>,
-    ) -> Result<ChainReport, StoreError> {
-        let to_end = until <= 0;
-        let counted = match to_end {
-            true => store
-                .lock()
-                .await
-                .counted_last_seq(host)
-                .await?
-                .unwrap_or(0),
-            false => 0,
+    ) -> Result<Option<ChainReport>, StoreError> {
+        let Some(counted) = store.lock().await.counted_last_seq(host).await? else {
+            return Ok(None);
         };
+        let to_end = until <= 0;
         let Some((mut rows, before)) = RangeRows::open(store, host, since, until).await? else {
             let empty = Verifier::new(host, Vec::new(), None);
-            return Ok(match to_end {
-                true => empty.stored_upto(counted).witnessed(witness),
-                false => empty,
-            }
-            .finish());
+            return Ok(Some(
+                match to_end {
+                    true => empty.stored_upto(counted).witnessed(witness),
+                    false => empty,
+                }
+                .finish(),
+            ));
         };
         let explainers = Store::gap_rows(store, host)
             .await?
@@ -260,7 +256,7 @@ impl Store {
                 ..Default::default()
             });
         }
-        Ok(v.finish())
+        Ok(Some(v.finish()))
     }
 }
 

@@ -388,6 +388,23 @@ impl RunningCollector {
         export(&self.database, kind)
     }
 
+    /// The highest sequence stored of `host`'s records of `kind`.
+    pub fn last_seq_of(&self, host: &str, kind: &str) -> Option<u64> {
+        self.export(Some(kind))
+            .iter()
+            .filter(|r| r.host_id == host)
+            .map(pb::StoredRecord::seq)
+            .max()
+    }
+
+    /// Whether a stored attestation of `host` follows its last stored
+    /// violation (every violation is in a signed window).
+    pub fn attested_through_last_violation(&self, host: &str) -> bool {
+        let last_violation = self.last_seq_of(host, "violation").unwrap_or(u64::MAX);
+        self.last_seq_of(host, "attestation")
+            .is_some_and(|a| a > last_violation)
+    }
+
     /// Number of stored records of `host` of `kind`.
     pub fn count(&self, host: &str, kind: &str) -> usize {
         self.export(Some(kind))
@@ -399,12 +416,19 @@ impl RunningCollector {
     /// `collectorctl verify --host HOST --json` against this collector: the
     /// report it printed and its exit status.
     pub fn verify(&self, host: &str) -> (pb::ChainReport, i32) {
-        let out = Command::new(workspace_bin("collectorctl"))
-            .arg("--socket")
+        self.verify_with(host, None)
+    }
+
+    /// As [`Self::verify`], with `--witness FILE` when given.
+    pub fn verify_with(&self, host: &str, witness: Option<&Path>) -> (pb::ChainReport, i32) {
+        let mut cmd = Command::new(workspace_bin("collectorctl"));
+        cmd.arg("--socket")
             .arg(&self.socket)
-            .args(["--json", "verify", "--host", host])
-            .output()
-            .expect("collectorctl verify");
+            .args(["--json", "verify", "--host", host]);
+        if let Some(w) = witness {
+            cmd.arg("--witness").arg(w);
+        }
+        let out = cmd.output().expect("collectorctl verify");
         let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "collectorctl verify prints a ChainReport ({e}): {}{}",
