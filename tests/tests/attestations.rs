@@ -347,3 +347,36 @@ fn a_clean_stop_delivers_its_last_window_and_stop_record() {
     let (r, code) = collector.verify(host);
     assert!(r.intact && code == 0, "{r:#?}");
 }
+
+/// A collector that holds its stream open and never acknowledges (stopped
+/// here) cannot hold up a stop: sensord exits within a few seconds and
+/// says what it left in the spool for the next start.
+#[test]
+fn a_collector_that_never_acknowledges_cannot_hold_up_a_stop() {
+    let host = "attest-stop-hung";
+    let tmp = TempPath::dir("attest-stop-hung");
+    let collector = RunningCollector::start(tmp.path());
+    let config = collector.agent_config(tmp.path(), host, None);
+    let cgroup = TestCgroup::create();
+    let mut agent = delivering_agent(host, &cgroup, &config);
+    wait_until("the agent connected", Duration::from_secs(30), || {
+        agent.status().collector.starts_with("connected")
+    });
+    let pid = collector.pid().expect("collectord runs") as i32;
+    // SAFETY: signals to the collector this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let status = agent.stop();
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(
+        agent
+            .log_text()
+            .contains("stopping with records the collector has not acknowledged"),
+        "{}",
+        agent.log_text()
+    );
+}
