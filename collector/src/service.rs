@@ -61,6 +61,10 @@ const WATCH_BUFFER: usize = 16_384;
 /// Batches one group commit takes at most.
 const GROUP_MAX: usize = 64;
 
+/// How long a chain check waits for the live agent's signed head: a check
+/// is not held up by a slow agent (it then says the agent was not heard).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A batch waiting for the writer.
 struct Write {
     host: String,
@@ -465,6 +469,101 @@ impl CollectorService {
         }))
     }
 
+    /// Holds a whole-chain report against the live agent's head `before`
+    /// (asked before the records were read; its signer checked with them):
+    /// when records past it are stored, the agent is asked again, and
+    /// records past that head too were never numbered by the agent (see
+    /// `chain::hold_against_agent`). Returns the head the report was held
+    /// against.
+    async fn hold_against_agent(
+        &self,
+        report: &mut pb::ChainReport,
+        before: pb::SignedHead,
+    ) -> pb::SignedHead {
+        use pb::chain_finding::Kind;
+        if report
+            .findings
+            .iter()
+            .any(|f| f.kind() == Kind::HeadInvalid)
+        {
+            return before;
+        }
+        if report.last_seq <= before.seq {
+            // Nothing stored past it; its own record (when stored) was
+            // compared with it as a witnessed head.
+            return before;
+        }
+        let (after, why) = self.agent_head(&report.host_id).await;
+        let Some(after) = after else {
+            report.agent_head_missing =
+                format!("asked again for records stored during the check: {why}");
+            return before;
+        };
+        // The same signer as the head already checked.
+        let same = after.certificate == before.certificate
+            && after.public_key == before.public_key
+            && after.host_id == before.host_id
+            && residency_proto::attest::check(&after, None, None).valid;
+        if !same {
+            report.findings.push(pb::ChainFinding {
+                kind: Kind::HeadInvalid as i32,
+                first_seq: after.seq,
+                last_seq: after.seq,
+                detail:
+                    "the live agent's second signed head of this check is not signed like its first"
+                        .into(),
+                ..Default::default()
+            });
+            report.intact = false;
+            return after;
+        }
+        residency_proto::chain::hold_against_agent(report, &after);
+        after
+    }
+
+    /// Asks `host`'s agent, when it is connected here, for its signed chain
+    /// head under a fresh nonce; else says why there is none.
+    async fn agent_head(&self, host: &str) -> (Option<pb::SignedHead>, String) {
+        use ring::rand::SecureRandom;
+        if !self.fleet.is_connected(host) {
+            return (None, "the agent is not connected to this collector".into());
+        }
+        let mut nonce = vec![0u8; 16];
+        if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+            return (None, "no randomness for a nonce".into());
+        }
+        let asked = self.fleet.ask(
+            host,
+            "collector",
+            "chain check",
+            Cmd::Head(pb::HeadCommand {
+                nonce: nonce.clone(),
+            }),
+        );
+        match tokio::time::timeout(HEAD_TIMEOUT, asked).await {
+            Err(_) => (
+                None,
+                format!("the agent did not answer in {} s", HEAD_TIMEOUT.as_secs()),
+            ),
+            Ok(Err(e)) => (None, format!("the agent: {e}")),
+            Ok(Ok(r)) if !r.error.is_empty() => (None, format!("the agent: {}", r.error)),
+            Ok(Ok(r)) => match r.head {
+                Some(h) if h.nonce == nonce => (Some(h), String::new()),
+                Some(_) => {
+                    warn!(host = %host, "the agent answered a chain check with a head for another nonce");
+                    (
+                        None,
+                        "the agent's head answers another request (a replay?)".into(),
+                    )
+                }
+                None => (
+                    None,
+                    "the agent is older than this collector: it does not sign its head".into(),
+                ),
+            },
+        }
+    }
+
     /// Remembers the highest record acknowledged to `host` with its chain
     /// hash (an unchained record leaves nothing to compare).
     fn note_acked(&self, host: &str, seq: u64, head: Vec<u8>) {
@@ -479,6 +578,7 @@ impl CollectorService {
                     head,
                     seen_unix_ns: now_ns(),
                     by: "this collector's acknowledgement to the agent".into(),
+                    signed: None,
                 };
             }
         }
@@ -711,6 +811,21 @@ impl Collector for CollectorService {
             )));
         }
         let mut witness = q.witness;
+        // Only a check that reaches the chain's end compares heads.
+        let (agent_head, agent_head_missing) = if q.until_unix_ns <= 0 {
+            self.agent_head(&q.host_id).await
+        } else {
+            (None, String::new())
+        };
+        if let Some(h) = &agent_head {
+            witness.push(pb::WitnessedHead {
+                seq: h.seq,
+                head: h.head.clone(),
+                seen_unix_ns: h.time_unix_ns,
+                by: "the live agent's signed head".into(),
+                signed: Some(h.clone()),
+            });
+        }
         if let Some(h) = self
             .acked
             .lock()
@@ -735,11 +850,17 @@ impl Collector for CollectorService {
                 q.host_id
             ))
         })?;
+        let mut report = report;
+        if let Some(h) = agent_head.clone() {
+            report.agent_head = Some(self.hold_against_agent(&mut report, h).await);
+        }
+        report.agent_head_missing = agent_head_missing;
         info!(
             host = %q.host_id,
             records = report.records,
             intact = report.intact,
             findings = report.findings.len(),
+            agent_head = report.agent_head.as_ref().map_or(0, |h| h.seq),
             "chain verified"
         );
         if q.until_unix_ns <= 0 && q.since_unix_ns <= 0 {

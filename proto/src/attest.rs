@@ -1,5 +1,6 @@
-//! Signed window attestations (`Attestation` in collector.proto): the bytes
-//! an agent signs, the signer (its mutual-TLS key and certificate, or an
+//! What an agent signs (`Attestation`, its window statements, and
+//! `SignedHead`, its answer to "how far are you" in collector.proto): the
+//! bytes signed, the signer (its mutual-TLS key and certificate, or an
 //! Ed25519 key of its own), and the check a verifier makes.
 
 use std::path::Path;
@@ -11,7 +12,54 @@ use rustls::{
     sign::SigningKey,
 };
 
-use crate::collector::v1::Attestation;
+use crate::collector::v1::{Attestation, SignedHead};
+
+/// A statement an agent signs: the same key and the same checks for each.
+pub trait Statement: Message + Clone {
+    /// The host it speaks for.
+    fn host(&self) -> &str;
+    /// When it was made (Unix ns): its certificate must be valid then.
+    fn made_at(&self) -> i64;
+    /// The signature scheme, signature, certificate and public key.
+    fn seal(&self) -> (&str, &[u8], &[u8], &[u8]);
+    /// Sets them.
+    fn set_seal(&mut self, scheme: String, signature: Vec<u8>, certificate: Vec<u8>, key: Vec<u8>);
+}
+
+macro_rules! statement {
+    ($t:ty, $at:ident) => {
+        impl Statement for $t {
+            fn host(&self) -> &str {
+                &self.host_id
+            }
+            fn made_at(&self) -> i64 {
+                self.$at
+            }
+            fn seal(&self) -> (&str, &[u8], &[u8], &[u8]) {
+                (
+                    &self.signature_scheme,
+                    &self.signature,
+                    &self.certificate,
+                    &self.public_key,
+                )
+            }
+            fn set_seal(
+                &mut self,
+                scheme: String,
+                signature: Vec<u8>,
+                certificate: Vec<u8>,
+                key: Vec<u8>,
+            ) {
+                self.signature_scheme = scheme;
+                self.signature = signature;
+                self.certificate = certificate;
+                self.public_key = key;
+            }
+        }
+    };
+}
+statement!(Attestation, window_end_unix_ns);
+statement!(SignedHead, time_unix_ns);
 
 /// The first certificate of a PEM file, as DER; errors name the file.
 pub fn pem_certificate(path: &Path) -> Result<Vec<u8>, String> {
@@ -20,10 +68,12 @@ pub fn pem_certificate(path: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{}: no PEM certificate ({e})", path.display()))
 }
 
-/// What is signed: the attestation encoded with its signature empty.
-pub fn signed_bytes(a: &Attestation) -> Vec<u8> {
+/// What is signed: the statement encoded with its signature empty.
+pub fn signed_bytes<S: Statement>(a: &S) -> Vec<u8> {
     let mut unsigned = a.clone();
-    unsigned.signature.clear();
+    let (scheme, _, certificate, key) = unsigned.seal();
+    let (scheme, certificate, key) = (scheme.to_owned(), certificate.to_vec(), key.to_vec());
+    unsigned.set_seal(scheme, Vec::new(), certificate, key);
     unsigned.encode_to_vec()
 }
 
@@ -113,18 +163,26 @@ impl Signer {
     }
 
     /// Signs `a` in place (scheme, certificate or public key, signature).
-    pub fn sign(&self, a: &mut Attestation) -> Result<(), String> {
-        a.signature_scheme = format!("{:?}", self.scheme);
-        a.certificate.clone_from(&self.certificate);
-        a.public_key.clone_from(&self.public_key);
-        a.signature.clear();
+    pub fn sign<S: Statement>(&self, a: &mut S) -> Result<(), String> {
+        a.set_seal(
+            format!("{:?}", self.scheme),
+            Vec::new(),
+            self.certificate.clone(),
+            self.public_key.clone(),
+        );
         let signer = self
             .key
             .choose_scheme(&[self.scheme])
             .ok_or("the key no longer offers its scheme")?;
-        a.signature = signer
+        let signature = signer
             .sign(&signed_bytes(a))
-            .map_err(|e| format!("signing the attestation failed: {e}"))?;
+            .map_err(|e| format!("signing failed: {e}"))?;
+        a.set_seal(
+            format!("{:?}", self.scheme),
+            signature,
+            self.certificate.clone(),
+            self.public_key.clone(),
+        );
         Ok(())
     }
 }
@@ -171,25 +229,26 @@ fn algorithm(
 /// certificate against `ca` (DER; untrusted without one) at the window's
 /// end, and its names against the host. With a bare Ed25519 key: against
 /// it, trusted when it is `host_key` (the host's first key).
-pub fn check(a: &Attestation, ca: Option<&[u8]>, host_key: Option<&[u8]>) -> SignatureCheck {
+pub fn check<S: Statement>(a: &S, ca: Option<&[u8]>, host_key: Option<&[u8]>) -> SignatureCheck {
     let msg = signed_bytes(a);
+    let (scheme, signature, certificate, public_key) = a.seal();
     let mut out = SignatureCheck::default();
-    if a.signature.is_empty() {
+    if signature.is_empty() {
         out.problem = "not signed".into();
         return out;
     }
-    if !a.certificate.is_empty() {
-        let der = CertificateDer::from(a.certificate.as_slice());
-        out.signer = crate::identity::certificate_names(&a.certificate).join(",");
+    if !certificate.is_empty() {
+        let der = CertificateDer::from(certificate);
+        out.signer = crate::identity::certificate_names(certificate).join(",");
         let Ok(ee) = webpki::EndEntityCert::try_from(&der) else {
             out.problem = "its certificate does not parse".into();
             return out;
         };
-        let Some(alg) = algorithm(&a.signature_scheme) else {
-            out.problem = format!("unknown signature scheme {:?}", a.signature_scheme);
+        let Some(alg) = algorithm(scheme) else {
+            out.problem = format!("unknown signature scheme {scheme:?}");
             return out;
         };
-        out.valid = ee.verify_signature(alg, &msg, &a.signature).is_ok();
+        out.valid = ee.verify_signature(alg, &msg, signature).is_ok();
         if !out.valid {
             out.problem = "the signature does not hold over the statement".into();
             return out;
@@ -206,9 +265,8 @@ pub fn check(a: &Attestation, ca: Option<&[u8]>, host_key: Option<&[u8]>) -> Sig
                 return out;
             }
         };
-        let when = UnixTime::since_unix_epoch(std::time::Duration::from_nanos(
-            a.window_end_unix_ns.max(0) as u64,
-        ));
+        let when =
+            UnixTime::since_unix_epoch(std::time::Duration::from_nanos(a.made_at().max(0) as u64));
         let algs = rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .all;
@@ -224,32 +282,34 @@ pub fn check(a: &Attestation, ca: Option<&[u8]>, host_key: Option<&[u8]>) -> Sig
             out.problem = format!("its certificate is not one the CA signed for a client ({e:?})");
             return out;
         }
-        if !crate::identity::certificate_names(&a.certificate).contains(&a.host_id) {
+        if !crate::identity::certificate_names(certificate)
+            .iter()
+            .any(|n| n == a.host())
+        {
             out.problem = format!(
                 "its certificate names {}, not host {}",
-                out.signer, a.host_id
+                out.signer,
+                a.host()
             );
             return out;
         }
         out.trusted = true;
         return out;
     }
-    if a.public_key.is_empty() || a.signature_scheme != "ED25519" {
+    if public_key.is_empty() || scheme != "ED25519" {
         out.problem = "neither a certificate nor an Ed25519 key".into();
         return out;
     }
     out.signer = format!(
         "host key SHA256:{}",
-        crate::chain::hex(
-            &ring::digest::digest(&ring::digest::SHA256, &a.public_key).as_ref()[..8]
-        )
+        crate::chain::hex(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..8])
     );
-    out.valid = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &a.public_key)
-        .verify(&msg, &a.signature)
+    out.valid = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(&msg, signature)
         .is_ok();
     if !out.valid {
         out.problem = "the signature does not hold over the statement".into();
-    } else if host_key.is_some_and(|k| k != a.public_key.as_slice()) {
+    } else if host_key.is_some_and(|k| k != public_key) {
         out.problem = "signed with a key other than the host's first one".into();
     } else {
         out.trusted = true;
@@ -413,6 +473,39 @@ impl Tracker {
         self.missing = true;
     }
 
+    /// Checks who signed `a`: its signature, its signer against the CA or
+    /// the host's key, and that it speaks for this host. `learn`: the
+    /// first valid bare key becomes the host's key (attestations only: a
+    /// head alone cannot introduce a key).
+    fn signer<S: Statement>(&mut self, a: &S, learn: bool) -> SignatureCheck {
+        let mut sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
+        let (_, _, certificate, public_key) = a.seal();
+        if sig.valid && self.ca.is_some() && certificate.is_empty() {
+            sig.trusted = false;
+            sig.problem = "signed with a bare key where hosts sign with their certificates".into();
+        }
+        if sig.valid && self.ca.is_none() && certificate.is_empty() && self.host_key.is_none() {
+            if learn {
+                self.host_key = Some(public_key.to_vec());
+            } else {
+                sig.trusted = false;
+                sig.problem =
+                    "signed with a bare key and no attestation of the host shows its key".into();
+            }
+        }
+        if a.host() != self.host {
+            sig.trusted = false;
+            sig.problem = format!("it is host {}'s, not {}'s", a.host(), self.host);
+        }
+        sig
+    }
+
+    /// Checks a signed head's signer (after the records: the host's key is
+    /// known from its attestations by then).
+    pub fn head(&mut self, h: &SignedHead) -> SignatureCheck {
+        self.signer(h, false)
+    }
+
     /// Attestation `a` at sequence `seq`; `prev` is the record before it
     /// (sequence and chain hash).
     pub fn attestation(
@@ -421,18 +514,7 @@ impl Tracker {
         a: &Attestation,
         prev: Option<(u64, Option<crate::chain::Hash>)>,
     ) -> Checked {
-        let mut sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
-        if sig.valid && self.ca.is_some() && a.certificate.is_empty() {
-            sig.trusted = false;
-            sig.problem = "signed with a bare key where hosts sign with their certificates".into();
-        }
-        if sig.valid && self.ca.is_none() && self.host_key.is_none() && !a.public_key.is_empty() {
-            self.host_key = Some(a.public_key.clone());
-        }
-        if a.host_id != self.host {
-            sig.trusted = false;
-            sig.problem = format!("it is host {}'s, not {}'s", a.host_id, self.host);
-        }
+        let sig = self.signer(a, true);
         let mut problems: Vec<String> = Vec::new();
         if !sig.problem.is_empty() {
             problems.push(sig.problem.clone());

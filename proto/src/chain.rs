@@ -587,10 +587,53 @@ impl Verifier {
                 ),
             );
         }
+        let signed: Vec<WitnessedHead> = self
+            .witness
+            .values()
+            .flatten()
+            .filter(|w| w.signed.is_some())
+            .cloned()
+            .collect();
+        for w in &signed {
+            let Some(h) = &w.signed else { continue };
+            let sig = self.attestations.head(h);
+            if !(sig.valid && sig.trusted) {
+                self.find(
+                    Kind::HeadInvalid,
+                    h.seq,
+                    h.seq,
+                    format!(
+                        "{} (record {}, {}) does not hold: {}",
+                        witness_name(w),
+                        h.seq,
+                        crate::time::utc(h.time_unix_ns),
+                        sig.problem
+                    ),
+                );
+                continue;
+            }
+            if h.acked_seq > end {
+                self.find(
+                    Kind::Truncated,
+                    end,
+                    h.acked_seq,
+                    format!(
+                        "{} says a collector acknowledged its records up to {} (signed {}), but the stored chain ends at record {end}: records were removed from the tail, or the database was restored from an older copy",
+                        witness_name(w),
+                        h.acked_seq,
+                        crate::time::utc(h.time_unix_ns)
+                    ),
+                );
+            }
+        }
+        // A signed head past the stored end is still in the agent's spool
+        // (what it must have delivered is checked above); any other head
+        // past the end was stored once.
         let beyond: Vec<WitnessedHead> = self
             .witness
             .range(end.saturating_add(1)..)
             .flat_map(|(_, ws)| ws)
+            .filter(|w| w.signed.is_none())
             .cloned()
             .collect();
         for w in beyond {
@@ -610,6 +653,56 @@ impl Verifier {
         r.findings.sort_by_key(|f| (f.first_seq, f.kind));
         r.intact = r.findings.iter().all(|f| explained(f.kind()));
         r
+    }
+}
+
+/// Holds `r` (a whole-chain check) against the live agent's signed head
+/// `h`, asked after the records were read: everything legitimately stored
+/// by then was numbered by the agent before, so a stored record past its
+/// head, or one at its head with another hash, was forged. (The head asked
+/// before the records were read cannot show this: records stored in
+/// between would look forged.) `h`'s signature is checked by the caller.
+pub fn hold_against_agent(r: &mut ChainReport, h: &crate::collector::v1::SignedHead) {
+    let end = r.last_seq;
+    let finding = if h.seq < end {
+        Some((
+            h.seq.saturating_add(1),
+            end,
+            format!(
+                "records {}..{end} are stored, but the live agent's signed head ({}) is record {}: it never numbered them, so they were forged in the database",
+                h.seq.saturating_add(1),
+                crate::time::utc(h.time_unix_ns),
+                h.seq
+            ),
+        ))
+    } else if h.seq == end && !h.head.is_empty() && !r.head.is_empty() && h.head != r.head {
+        Some((
+            end,
+            end,
+            format!(
+                "record {end} has another hash than the live agent's signed head ({}) states: the tail was forged in the database",
+                crate::time::utc(h.time_unix_ns)
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((first, last, detail)) = finding {
+        r.findings.push(ChainFinding {
+            kind: Kind::Forged as i32,
+            first_seq: first,
+            last_seq: last,
+            expected: h.head.clone(),
+            found: if h.seq == end {
+                r.head.clone()
+            } else {
+                Vec::new()
+            },
+            detail,
+            ..Default::default()
+        });
+        r.findings.sort_by_key(|f| (f.first_seq, f.kind));
+        r.intact = false;
     }
 }
 
@@ -757,6 +850,23 @@ pub fn render(r: &ChainReport) -> String {
             );
         }
     }
+    match (&r.agent_head, r.agent_head_missing.as_str()) {
+        (Some(h), _) => {
+            let _ = writeln!(
+                out,
+                "  live agent: signed head at record {} ({}), collector acknowledged up to {}, {} in its spool, {}",
+                h.seq,
+                hex(&h.head),
+                h.acked_seq,
+                h.seq.saturating_sub(r.last_seq.max(h.acked_seq)),
+                crate::time::utc(h.time_unix_ns)
+            );
+        }
+        (None, "") => {}
+        (None, why) => {
+            let _ = writeln!(out, "  live agent: not asked ({why})");
+        }
+    }
     let _ = match r.findings.iter().find(|f| !explained(f.kind())) {
         None => writeln!(
             out,
@@ -816,6 +926,108 @@ mod tests {
             .iter()
             .map(|f| (f.kind(), f.first_seq, f.last_seq))
             .collect()
+    }
+
+    /// A host key's signed head over `rows`' chain at `seq`, `acked`
+    /// acknowledged, and an attestation signed with the same key (which
+    /// shows the verifier the host's key).
+    fn signed_head(
+        dir: &std::path::Path,
+        rows: &[Row],
+        seq: u64,
+        acked: u64,
+    ) -> (crate::collector::v1::SignedHead, crate::attest::Signer) {
+        let signer = crate::attest::Signer::host_key(&dir.join("host.key")).unwrap();
+        let mut h = crate::collector::v1::SignedHead {
+            host_id: "h".into(),
+            seq,
+            head: rows[seq as usize - 1].chain.unwrap().to_vec(),
+            acked_seq: acked,
+            time_unix_ns: 1,
+            ..Default::default()
+        };
+        signer.sign(&mut h).unwrap();
+        (h, signer)
+    }
+
+    #[test]
+    fn a_signed_head_holds_the_stored_chain_to_what_the_agent_said() {
+        let dir = std::env::temp_dir().join(format!("rs-head-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Rows 1..=10, the first an attestation signed by the host key.
+        let mut rows = chain_of(10);
+        let (_, signer) = signed_head(&dir, &rows, 1, 0);
+        let mut att = crate::collector::v1::Attestation {
+            host_id: "h".into(),
+            window_end_unix_ns: 1,
+            ..Default::default()
+        };
+        signer.sign(&mut att).unwrap();
+        let record = Record {
+            seq: 1,
+            body: Some(Body::Attestation(att)),
+            ..Default::default()
+        };
+        rows[0].content = content(&record);
+        rows[0].record = Some(record);
+        let mut prev = ZERO;
+        for r in &mut rows {
+            let h = link(&prev, r.seq, &r.content);
+            r.chain = Some(h);
+            prev = h;
+        }
+        let run = |rows: &[Row], h: &crate::collector::v1::SignedHead| {
+            let mut v = Verifier::new("h", vec![], None).witnessed(vec![WitnessedHead {
+                seq: h.seq,
+                head: h.head.clone(),
+                by: "the live agent's signed head".into(),
+                signed: Some(h.clone()),
+                ..Default::default()
+            }]);
+            for r in rows {
+                v.push(r);
+            }
+            v.finish()
+        };
+        // Its head still in its spool (past the stored end), everything
+        // acknowledged stored: intact.
+        let (h, _) = signed_head(&dir, &rows, 10, 8);
+        let r = run(&rows[..8], &h);
+        assert!(r.intact, "{r:#?}");
+        // Acknowledged records cut from the tail.
+        let r = run(&rows[..6], &h);
+        assert_eq!(kinds(&r), vec![(Kind::Truncated, 6, 8)], "{r:#?}");
+        // Its head stored with another hash.
+        let mut other = rows.clone();
+        other[7].chain = Some([7; 32]);
+        let (h8, _) = signed_head(&dir, &rows, 8, 8);
+        let r = run(&other[..8], &h8);
+        assert!(kinds(&r).contains(&(Kind::Truncated, 8, 8)), "{r:#?}");
+        // An edited head, and one for another host.
+        let mut edited = h.clone();
+        edited.acked_seq = 2;
+        assert_eq!(
+            kinds(&run(&rows[..8], &edited)),
+            vec![(Kind::HeadInvalid, 10, 10)]
+        );
+        let mut stranger = h.clone();
+        stranger.host_id = "other".into();
+        signer.sign(&mut stranger).unwrap();
+        assert_eq!(
+            kinds(&run(&rows[..8], &stranger)),
+            vec![(Kind::HeadInvalid, 10, 10)]
+        );
+        // Asked after the records were read: records past its head forged.
+        let mut r = run(&rows[..10], &h8);
+        assert!(r.intact);
+        hold_against_agent(&mut r, &h8);
+        assert_eq!(kinds(&r), vec![(Kind::Forged, 9, 10)]);
+        assert!(!r.intact);
+        let mut r = run(&other[..8], &h8);
+        hold_against_agent(&mut r, &h8);
+        assert!(kinds(&r).contains(&(Kind::Forged, 8, 8)), "{r:#?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

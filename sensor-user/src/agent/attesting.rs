@@ -280,6 +280,29 @@ impl Agent {
         self.window = Some(self.window_from(now, tally));
     }
 
+    /// Its chain head and what a collector acknowledged, signed with the
+    /// attestation key, answering `nonce` (see `SignedHead`).
+    pub(super) fn signed_head(&self, nonce: Vec<u8>) -> Result<cpb::SignedHead, CommandError> {
+        let a = self.cfg.attestation.as_ref().ok_or_else(|| {
+            CommandError::Invalid("attestations are off on this host: nothing to sign with".into())
+        })?;
+        let spool = self.spool.as_ref().ok_or_else(|| {
+            CommandError::Invalid("this host delivers no records: it has no chain".into())
+        })?;
+        let (seq, head) = spool.chain_head();
+        let mut h = cpb::SignedHead {
+            host_id: self.compiled.policy.host.id.clone(),
+            seq,
+            head: if seq > 0 { head.to_vec() } else { Vec::new() },
+            acked_seq: spool.acked(),
+            time_unix_ns: now_unix_ns(),
+            nonce,
+            ..Default::default()
+        };
+        a.signer.sign(&mut h).map_err(CommandError::Internal)?;
+        Ok(h)
+    }
+
     /// The signed statement for window `w` ending `now`, when the kernel's
     /// judgement counters are `tally`.
     fn statement(

@@ -119,6 +119,12 @@ pub enum Command {
         last_seq: u64,
         reply: Reply<bool>,
     },
+    /// The chain head and what a collector acknowledged, signed, answering
+    /// a collector's `nonce`.
+    SignedHead {
+        nonce: Vec<u8>,
+        reply: Reply<cpb::SignedHead>,
+    },
     /// The delivery session ended.
     Disconnected {
         why: String,
@@ -147,6 +153,7 @@ impl Command {
                 | Command::CollectorAhead { .. }
                 | Command::Disconnected { .. }
                 | Command::HostState(_)
+                | Command::SignedHead { .. }
         )
     }
 
@@ -174,6 +181,7 @@ impl Command {
             Command::ReadSpool { reply, .. } => no(reply, why),
             Command::CollectorAhead { reply, .. } => no(reply, why),
             Command::HostState(r) => no(r, why),
+            Command::SignedHead { reply, .. } => no(reply, why),
             Command::GrantException { reply, .. } => no(reply, why),
             Command::Acked { .. } | Command::Disconnected { .. } | Command::Reload => {}
         }

@@ -798,6 +798,7 @@ impl Agent {
             }
             Command::Disconnected { why } => self.collector_state = format!("disconnected: {why}"),
             Command::HostState(r) => drop(r.send(Ok(self.host_state()))),
+            Command::SignedHead { nonce, reply } => drop(reply.send(self.signed_head(nonce))),
             Command::GrantException { state, reply } => self.grant_exception(state, reply),
         }
     }

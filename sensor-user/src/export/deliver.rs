@@ -16,7 +16,7 @@ use residency_proto::collector::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::{Channel, ClientTlsConfig};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     record::{Spooled, deliverable, encode_spooled},
@@ -216,7 +216,7 @@ async fn apply(agent: &AgentHandle, c: pb::AgentCommand) -> String {
     let actor = c.actor;
     let reason = c.reason;
     let res = match c.command {
-        Some(Cmd::WhatIf(_)) => return "a dry run is answered apart".into(),
+        Some(Cmd::WhatIf(_) | Cmd::Head(_)) => return "answered apart".into(),
         Some(Cmd::SetEnforcement(s)) => match s.mode.parse::<Mode>() {
             Ok(mode) => agent
                 .call(|reply| Command::SetEnforcement {
@@ -275,18 +275,54 @@ async fn read_loop(
                     let result = match what_if(&agent, &compiler, w).await {
                         Ok(r) => pb::CommandResult {
                             id,
-                            error: String::new(),
                             what_if: Some(r),
+                            ..Default::default()
                         },
                         Err(error) => pb::CommandResult {
                             id,
                             error,
-                            what_if: None,
+                            ..Default::default()
                         },
                     };
                     let _ = tx
                         .send(Outgoing::from(pb::AgentMessage {
                             message: Some(Out::Result(result)),
+                        }))
+                        .await;
+                });
+            }
+            Some(Ok(pb::CollectorMessage {
+                message:
+                    Some(In::Command(pb::AgentCommand {
+                        id,
+                        command: Some(Cmd::Head(h)),
+                        ..
+                    })),
+            })) => {
+                // Not an operator's change: no audit record, and quiet in
+                // the log (every whole-chain check asks). From a task of its
+                // own: a busy agent task does not hold up acknowledgements.
+                let (agent, tx) = (agent.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (error, head) = match agent
+                        .call(|reply| Command::SignedHead {
+                            nonce: h.nonce,
+                            reply,
+                        })
+                        .await
+                    {
+                        Ok(head) => (String::new(), Some(head)),
+                        Err(e) => (e.to_string(), None),
+                    };
+                    debug!(command = id, error = %error, "signed chain head asked by the collector");
+                    let _ = tx
+                        .send(Outgoing::from(pb::AgentMessage {
+                            message: Some(Out::Result(pb::CommandResult {
+                                id,
+                                error,
+                                head,
+                                ..Default::default()
+                            })),
                         }))
                         .await;
                 });
@@ -304,7 +340,7 @@ async fn read_loop(
                     message: Some(Out::Result(pb::CommandResult {
                         id,
                         error,
-                        what_if: None,
+                        ..Default::default()
                     })),
                 });
                 if tx.send(msg).await.is_err() {

@@ -36,19 +36,19 @@ const BATCH: u32 = 2; // AgentMessage.batch
 /// that encodes exactly as `AgentMessage { batch: Batch { records } }`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    Message(pb::AgentMessage),
+    Message(Box<pb::AgentMessage>),
     Frames(Vec<Frame>),
 }
 
 impl Default for Outgoing {
     fn default() -> Self {
-        Outgoing::Message(pb::AgentMessage::default())
+        Outgoing::Message(Box::default())
     }
 }
 
 impl From<pb::AgentMessage> for Outgoing {
     fn from(m: pb::AgentMessage) -> Self {
-        Outgoing::Message(m)
+        Outgoing::Message(Box::new(m))
     }
 }
 
@@ -174,7 +174,7 @@ mod tests {
             (b.records[1].seq, &b.records[1].body),
             (300, &Some(pb::record::Body::Gap(gap.clone())))
         );
-        let again = Outgoing::Message(pb::AgentMessage {
+        let again = Outgoing::from(pb::AgentMessage {
             message: Some(pb::agent_message::Message::Batch(b)),
         });
         assert_eq!(

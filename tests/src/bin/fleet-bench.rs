@@ -105,8 +105,7 @@ async fn agent(
     let answer = |id: u64| pb::AgentMessage {
         message: Some(Out::Result(pb::CommandResult {
             id,
-            error: String::new(),
-            what_if: None,
+            ..Default::default()
         })),
     };
     let mut latencies_us = Vec::with_capacity(batches.len());
