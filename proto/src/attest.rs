@@ -474,10 +474,9 @@ impl Tracker {
     }
 
     /// Checks who signed `a`: its signature, its signer against the CA or
-    /// the host's key, and that it speaks for this host. `learn`: the
-    /// first valid bare key becomes the host's key (attestations only: a
-    /// head alone cannot introduce a key).
-    fn signer<S: Statement>(&mut self, a: &S, learn: bool) -> SignatureCheck {
+    /// the host's key, and that it speaks for this host. Without a CA, the
+    /// first valid bare key becomes the host's key.
+    fn signer<S: Statement>(&mut self, a: &S) -> SignatureCheck {
         let mut sig = check(a, self.ca.as_deref(), self.host_key.as_deref());
         let (_, _, certificate, public_key) = a.seal();
         if sig.valid && self.ca.is_some() && certificate.is_empty() {
@@ -485,13 +484,7 @@ impl Tracker {
             sig.problem = "signed with a bare key where hosts sign with their certificates".into();
         }
         if sig.valid && self.ca.is_none() && certificate.is_empty() && self.host_key.is_none() {
-            if learn {
-                self.host_key = Some(public_key.to_vec());
-            } else {
-                sig.trusted = false;
-                sig.problem =
-                    "signed with a bare key and no attestation of the host shows its key".into();
-            }
+            self.host_key = Some(public_key.to_vec());
         }
         if a.host() != self.host {
             sig.trusted = false;
@@ -500,10 +493,11 @@ impl Tracker {
         sig
     }
 
-    /// Checks a signed head's signer (after the records: the host's key is
-    /// known from its attestations by then).
+    /// Checks a signed head's signer, after the records: against the key
+    /// the host's attestations show (before its first window ends, the
+    /// head's own key, as an attestation's would be).
     pub fn head(&mut self, h: &SignedHead) -> SignatureCheck {
-        self.signer(h, false)
+        self.signer(h)
     }
 
     /// Attestation `a` at sequence `seq`; `prev` is the record before it
@@ -514,7 +508,7 @@ impl Tracker {
         a: &Attestation,
         prev: Option<(u64, Option<crate::chain::Hash>)>,
     ) -> Checked {
-        let sig = self.signer(a, true);
+        let sig = self.signer(a);
         let mut problems: Vec<String> = Vec::new();
         if !sig.problem.is_empty() {
             problems.push(sig.problem.clone());

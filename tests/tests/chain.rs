@@ -366,33 +366,8 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
     assert_eq!((cut.first_seq, cut.last_seq), (stop_seq, full), "{cut:#?}");
     assert!(!r.intact && code == 4);
 
-    // A forged tail with correct links after the stop: a violation copied
-    // to the next sequence, its hash recomputed.
-    let (blob, chain): (Vec<u8>, Vec<u8>) = (
-        db.one(
-            "SELECT record FROM records WHERE host = $1 AND kind = 'violation' ORDER BY seq LIMIT 1",
-            &[Value::Text(host)],
-        ),
-        db.one(
-            "SELECT chain FROM records WHERE host = $1 AND seq = $2",
-            &[Value::Text(host), Value::Int(stop_seq as i64)],
-        ),
-    );
-    let mut rec = pb::Record::decode(blob.as_slice()).expect("a stored record");
-    rec.seq = stop_seq + 1;
-    let prev: [u8; 32] = chain.as_slice().try_into().expect("a hash");
-    let link = residency_proto::chain::link(&prev, rec.seq, &residency_proto::chain::content(&rec));
-    let seq = stop_seq as i64;
-    db.execute("CREATE TEMP TABLE forged AS SELECT * FROM records WHERE host = $1 AND seq = (SELECT MIN(seq) FROM records WHERE host = $1 AND kind = 'violation')", &[Value::Text(host)]);
-    db.execute(
-        "UPDATE forged SET seq = $1, chain = $2",
-        &[Value::Int(seq + 1), Value::Bytes(&link)],
-    );
-    db.execute("INSERT INTO records SELECT * FROM forged", &[]);
-    db.execute(
-        "UPDATE host_counts SET last_seq = $1, chain_head = $2 WHERE host = $3",
-        &[Value::Int(seq + 1), Value::Bytes(&link), Value::Text(host)],
-    );
+    // A forged tail with correct links after the stop.
+    forge_after(&mut db, host, stop_seq);
     let (r, code) = collector.verify_with(host, None);
     assert!(
         has(&r, Kind::Unattested) && !has(&r, Kind::BrokenLink) && !r.intact && code == 4,
@@ -422,6 +397,142 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-host"));
+}
+
+/// Forges record `seq + 1` of `host` the way an insider with the database
+/// can: the host's first violation copied to it, its chain hash recomputed
+/// over the stored record `seq`, and the collector's count moved to it.
+fn forge_after(db: &mut Database, host: &str, seq: u64) {
+    let (blob, chain): (Vec<u8>, Vec<u8>) = (
+        db.one(
+            "SELECT record FROM records WHERE host = $1 AND kind = 'violation' ORDER BY seq LIMIT 1",
+            &[Value::Text(host)],
+        ),
+        db.one(
+            "SELECT chain FROM records WHERE host = $1 AND seq = $2",
+            &[Value::Text(host), Value::Int(seq as i64)],
+        ),
+    );
+    let mut rec = pb::Record::decode(blob.as_slice()).expect("a stored record");
+    rec.seq = seq + 1;
+    let prev: [u8; 32] = chain.as_slice().try_into().expect("a hash");
+    let link = residency_proto::chain::link(&prev, rec.seq, &residency_proto::chain::content(&rec));
+    let seq = seq as i64;
+    db.execute("CREATE TEMP TABLE forged AS SELECT * FROM records WHERE host = $1 AND seq = (SELECT MIN(seq) FROM records WHERE host = $1 AND kind = 'violation')", &[Value::Text(host)]);
+    db.execute(
+        "UPDATE forged SET seq = $1, chain = $2",
+        &[Value::Int(seq + 1), Value::Bytes(&link)],
+    );
+    db.execute("INSERT INTO records SELECT * FROM forged", &[]);
+    db.execute("DROP TABLE forged", &[]);
+    db.execute(
+        "UPDATE host_counts SET last_seq = $1, chain_head = $2 WHERE host = $3",
+        &[Value::Int(seq + 1), Value::Bytes(&link), Value::Text(host)],
+    );
+}
+
+/// The live agent's signed head: `verify` asks the connected agent how far
+/// it is (a nonce, its signature) and holds the stored chain to it. A tail
+/// forged while the agent runs, with correct links and the collector's
+/// count moved along (nothing else in the database shows it), is records
+/// the agent never numbered; a signed head kept in the witness file and
+/// edited afterwards does not verify.
+fn the_live_agent_vouches_for_its_head(host: &str, dir: &std::path::Path, database: &str) {
+    let cgroup = TestCgroup::create();
+    let net = TestNet::create();
+    let collector = RunningCollector::start_with(dir, database, None);
+    // The default window (5 minutes): no attestation is due during the
+    // test, so nothing is spooled behind its back and the host's first
+    // window is still open (its head signed with a key no stored
+    // attestation shows yet).
+    let config = collector.agent_config(dir, host, None);
+    let agent = delivering_agent(host, &cgroup, &config);
+    let server = net.virginia.udp_server(false);
+    probe::violate(&cgroup, &server.addr.to_string(), 5);
+    wait_until(
+        "5 violations stored and acknowledged",
+        Duration::from_secs(60),
+        || collector.count(host, "violation") == 5 && agent.status().spool_depth == 0,
+    );
+    let witness = dir.join("witness.jsonl");
+    let (r, code) = collector.verify_with(host, Some(&witness));
+    assert!(r.intact && code == 0, "{r:#?}");
+    let head = r
+        .agent_head
+        .clone()
+        .unwrap_or_else(|| panic!("the connected agent's signed head: {r:#?}"));
+    assert_eq!(head.host_id, host);
+    assert!(
+        head.seq >= r.last_seq && head.acked_seq <= head.seq && head.acked_seq >= 5,
+        "{head:#?} against stored {}",
+        r.last_seq
+    );
+    assert!(!head.signature.is_empty() && head.nonce.len() == 16);
+    let lines = std::fs::read_to_string(&witness).expect("the witness file");
+    assert!(lines.contains("\"signed\""), "{lines}");
+
+    // Forged while everything runs: a violation at the next sequence with a
+    // correct link, the collector's count moved to it.
+    let mut db = Database::open(database);
+    let last = r.last_seq.max(head.seq);
+    let end: i64 = db.one(
+        "SELECT MAX(seq) FROM records WHERE host = $1",
+        &[Value::Text(host)],
+    );
+    assert_eq!(end as u64, last, "nothing stored past the agent's head");
+    forge_after(&mut db, host, last);
+    let (r, code) = collector.verify_with(host, None);
+    let forged = r
+        .findings
+        .iter()
+        .find(|f| f.kind() == Kind::Forged)
+        .unwrap_or_else(|| panic!("the agent never numbered record {}: {r:#?}", last + 1));
+    assert_eq!((forged.first_seq, forged.last_seq), (last + 1, last + 1));
+    assert!(!r.intact && code == 4, "{r:#?}");
+
+    // A signed head kept in the witness file, edited: it no longer holds.
+    let edited: String = lines
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("json");
+            if let Some(hex) = v["signed"].as_str() {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                    .collect();
+                let mut h = pb::SignedHead::decode(bytes.as_slice()).expect("a signed head");
+                h.acked_seq = 1;
+                let hex: String = h
+                    .encode_to_vec()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                v["signed"] = serde_json::Value::String(hex);
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&witness, edited).expect("the edited witness file");
+    let (r, code) = collector.verify_with(host, Some(&witness));
+    assert!(
+        has(&r, Kind::HeadInvalid) && code == 4,
+        "an edited signed head: {r:#?}"
+    );
+    drop(agent);
+}
+
+#[test]
+fn the_live_agent_vouches_for_its_head_in_sqlite() {
+    let tmp = TempPath::dir("head-sqlite");
+    let db = tmp.path().join("collector.db");
+    the_live_agent_vouches_for_its_head("head-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+}
+
+#[test]
+fn the_live_agent_vouches_for_its_head_in_postgresql() {
+    let pg = PgServer::start();
+    let tmp = TempPath::dir("head-pg");
+    the_live_agent_vouches_for_its_head("head-pg", tmp.path(), &pg.url);
 }
 
 #[test]
