@@ -378,6 +378,24 @@ fn the_dashboard_shows_readers_what_the_api_returns_and_refuses_agents() {
         );
         assert_eq!(row(OTHER)[7], "141");
         assert_eq!(row(OTHER)[10], "none stored");
+        // The chain column shows the stored chain's last check; the
+        // re-verify button runs one now.
+        assert!(
+            real[9].contains("not verified since collectord started"),
+            "{real:?}"
+        );
+        click_to(&b, &format!("button[data-host=\"{HOST}\"]"), |u| {
+            u.contains("verified=")
+        })
+        .await;
+        let checked = text(&b, "reverified").await;
+        assert!(
+            checked.contains(HOST) && checked.contains("intact at"),
+            "{checked}"
+        );
+        let after = rows(&b, "hosts").await;
+        let real_after = after.iter().find(|r| r[0] == HOST).expect("listed");
+        assert!(real_after[9].contains("intact at"), "{real_after:?}");
 
         // Violations, unfiltered: the total and the map are the API's.
         goto(&b, &format!("{base}/violations")).await;

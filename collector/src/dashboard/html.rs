@@ -130,6 +130,8 @@ body{font-family:system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
 header{display:flex;gap:1.5em;align-items:center;padding:.6em 1.2em;background:#1d2b45;color:#fff}
 header a{color:#cfd8ea;text-decoration:none;margin-right:1em}header a.active{color:#fff;font-weight:600}
 .brand{font-weight:700}.user{margin-left:auto;font-size:.9em}
+form.reverify{display:inline;margin-left:.4em}
+form.reverify button{font-size:.85em;cursor:pointer}
 .logout button{background:none;border:1px solid #cfd8ea;color:#cfd8ea;border-radius:3px;cursor:pointer}
 main{padding:1em 1.5em}h1{font-size:1.4em;margin:.2em 0 .6em}h2{font-size:1.1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;background:#fff;font-size:.88em;width:100%}

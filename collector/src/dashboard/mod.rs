@@ -87,7 +87,10 @@ fn router(app: App) -> Router {
         .route("/", get(pages::hosts))
         .route("/violations", get(pages::violations))
         .route("/audit", get(pages::audit))
-        .route("/hosts/{host}/verify", get(pages::verify))
+        .route(
+            "/hosts/{host}/verify",
+            get(pages::verify).post(pages::reverify),
+        )
         .route("/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()

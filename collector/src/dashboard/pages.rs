@@ -146,8 +146,19 @@ fn chain_state(h: &pb::HostSummary) -> String {
     format!("{verified}{ingest}")
 }
 
+/// The query of `/` after a re-verify: the host just checked.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct HostsForm {
+    verified: String,
+}
+
 /// `GET /`: every host.
-pub async fn hosts(State(app): State<App>, Extension(who): Extension<Caller>) -> Response {
+pub async fn hosts(
+    State(app): State<App>,
+    Extension(who): Extension<Caller>,
+    Query(form): Query<HostsForm>,
+) -> Response {
     let hosts = match app
         .service
         .list_hosts(ask(&who, pb::ListHostsRequest {}))
@@ -194,17 +205,28 @@ pub async fn hosts(State(app): State<App>, Extension(who): Extension<Caller>) ->
                 chain,
                 format!("<span class=\"{att_class}\">{}</span>", esc(&att)),
                 format!(
-                    "<a href=\"/hosts/{}/verify\">verify</a> · <a href=\"/audit{q}\">audit</a>",
-                    html::url_encode(&h.host_id)
+                    "<a href=\"/hosts/{enc}/verify\">verify</a> · <a href=\"/audit{q}\">audit</a>\
+                     <form method=\"post\" action=\"/hosts/{enc}/verify\" class=\"reverify\">\
+                     <button type=\"submit\" data-host=\"{host}\" title=\"check the stored chain again now\">re-verify</button></form>",
+                    enc = html::url_encode(&h.host_id),
+                    host = esc(&h.host_id),
                 ),
             ]
         })
         .collect();
+    let reverified = match hosts.iter().find(|h| h.host_id == form.verified) {
+        Some(h) => format!(
+            "<p id=\"reverified\">Checked the stored chain of {} again: {}</p>",
+            esc(&h.host_id),
+            chain_state(h)
+        ),
+        None => String::new(),
+    };
     let body = if rows.is_empty() {
         "<p class=\"muted\">No host has delivered records to this collector yet.</p>".to_owned()
     } else {
         format!(
-            "<p class=\"total\" id=\"host-count\">{} hosts</p>{}",
+            "{reverified}<p class=\"total\" id=\"host-count\">{} hosts</p>{}",
             rows.len(),
             table(
                 "hosts",
@@ -650,6 +672,30 @@ pub async fn audit(
         }
     );
     html::page("Audit trail", Some(&who), "/audit", &body)
+}
+
+/// `POST /hosts/{host}/verify` (the hosts page's re-verify button): checks
+/// the host's stored chain now, as `verify` does, and goes back to the
+/// hosts page, whose chain column shows the result.
+pub async fn reverify(
+    State(app): State<App>,
+    Extension(who): Extension<Caller>,
+    Path(host): Path<String>,
+) -> Response {
+    if let Err(e) = app
+        .service
+        .verify_chain(ask(
+            &who,
+            pb::VerifyChainRequest {
+                host_id: host.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        return failed(&who, e);
+    }
+    axum::response::Redirect::to(&format!("/?verified={}", html::url_encode(&host))).into_response()
 }
 
 /// `GET /hosts/{host}/verify`: the host's chain and attestations checked.
