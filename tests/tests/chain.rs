@@ -549,17 +549,73 @@ fn a_cut_tail_is_caught_in_postgresql() {
     a_cut_tail_is_caught("cut-pg", tmp.path(), &pg.url);
 }
 
+/// Where the collector keeps its records, for a backup and a restore.
+enum Backend<'a> {
+    Sqlite(&'a std::path::Path),
+    Postgres(&'a mut PgServer),
+}
+
+impl Backend<'_> {
+    fn url(&self) -> String {
+        match self {
+            Backend::Sqlite(db) => db.to_str().expect("utf-8").to_owned(),
+            Backend::Postgres(pg) => pg.url.clone(),
+        }
+    }
+
+    /// SQLite's files (database, WAL, shared memory) or the PostgreSQL
+    /// cluster's, copied while the collector is down.
+    fn backup(&mut self) {
+        match self {
+            Backend::Sqlite(db) => {
+                for f in sqlite_files(db) {
+                    if f.exists() {
+                        std::fs::copy(&f, bak(&f)).expect("backup");
+                    }
+                }
+            }
+            Backend::Postgres(pg) => pg.backup("older"),
+        }
+    }
+
+    /// The older copy put back over the newer one.
+    fn restore(&mut self) {
+        match self {
+            Backend::Sqlite(db) => {
+                for f in sqlite_files(db) {
+                    let _ = std::fs::remove_file(&f);
+                    if bak(&f).exists() {
+                        std::fs::rename(bak(&f), &f).expect("restore");
+                    }
+                }
+            }
+            Backend::Postgres(pg) => pg.restore("older"),
+        }
+    }
+}
+
+fn bak(f: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.bak", f.display()))
+}
+
+fn sqlite_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+        .collect()
+}
+
 /// The whole database restored from an older backup (its counts and all):
 /// consistent in itself, so only the auditor's witness file shows it.
-#[test]
-fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
-    let host = "rollback";
-    let tmp = TempPath::dir("rollback");
-    let db = tmp.path().join("collector.db");
+fn a_database_restored_from_an_older_backup_is_caught_by_the_witness(
+    host: &str,
+    dir: &std::path::Path,
+    mut store: Backend<'_>,
+) {
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
-    let mut collector = RunningCollector::start_with(tmp.path(), db.to_str().expect("utf-8"), None);
-    let config = collector.agent_config(tmp.path(), host, None);
+    let mut collector = RunningCollector::start_with(dir, &store.url(), None);
+    let config = collector.agent_config(dir, host, None);
     let mut agent = delivering_agent(host, &cgroup, &config);
     let server = net.virginia.udp_server(false);
     let target = server.addr.to_string();
@@ -570,32 +626,20 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
     };
     probe::violate(&cgroup, &target, 5);
     wait(&collector, 5);
-    // The backup: the database files while the collector is down.
+    // The backup, while the collector is down.
     collector.kill9();
-    let files = ["collector.db", "collector.db-wal", "collector.db-shm"];
-    for f in files {
-        let from = tmp.path().join(f);
-        if from.exists() {
-            std::fs::copy(&from, tmp.path().join(format!("{f}.bak"))).expect("backup");
-        }
-    }
+    store.backup();
     collector.restart();
     probe::violate(&cgroup, &target, 5);
     wait(&collector, 10);
     agent.stop();
-    let witness = tmp.path().join("witness.jsonl");
+    let witness = dir.join("witness.jsonl");
     let (r, code) = collector.verify_with(host, Some(&witness));
     assert!(r.intact && code == 0, "{r:#?}");
     let witnessed = r.last_seq;
-    // Restored: the older files over the newer ones.
+    // Restored: the older copy over the newer one.
     collector.kill9();
-    for f in files {
-        let _ = std::fs::remove_file(tmp.path().join(f));
-        let bak = tmp.path().join(format!("{f}.bak"));
-        if bak.exists() {
-            std::fs::rename(&bak, tmp.path().join(f)).expect("restore");
-        }
-    }
+    store.restore();
     collector.restart();
     let (r, code) = collector.verify_with(host, None);
     assert!(r.last_seq < witnessed, "the restored copy is older: {r:#?}");
@@ -607,6 +651,28 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness() {
     assert!(
         has(&r, Kind::Truncated) && !r.intact && code_w == 4,
         "the witness saw record {witnessed}: {r:#?} (without it: exit {code})"
+    );
+}
+
+#[test]
+fn a_sqlite_database_restored_from_an_older_backup_is_caught_by_the_witness() {
+    let tmp = TempPath::dir("rollback");
+    let db = tmp.path().join("collector.db");
+    a_database_restored_from_an_older_backup_is_caught_by_the_witness(
+        "rollback",
+        tmp.path(),
+        Backend::Sqlite(&db),
+    );
+}
+
+#[test]
+fn a_postgresql_cluster_restored_from_an_older_backup_is_caught_by_the_witness() {
+    let mut pg = PgServer::start();
+    let tmp = TempPath::dir("rollback-pg");
+    a_database_restored_from_an_older_backup_is_caught_by_the_witness(
+        "rollback-pg",
+        tmp.path(),
+        Backend::Postgres(&mut pg),
     );
 }
 

@@ -148,6 +148,26 @@ impl PgServer {
         self.spawn();
     }
 
+    /// A file-level backup of the whole cluster as `name` (the server is
+    /// stopped for the copy and started again).
+    pub fn backup(&mut self, name: &str) {
+        self.stop();
+        let to = self.dir.path().join(format!("backup-{name}"));
+        let _ = std::fs::remove_dir_all(&to);
+        copy_tree(&self.dir.path().join("data"), &to);
+        self.spawn();
+    }
+
+    /// Puts backup `name` back over the cluster's data (as an operator
+    /// restoring an older copy would) and starts the server on it.
+    pub fn restore(&mut self, name: &str) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).expect("removing the cluster's data");
+        copy_tree(&self.dir.path().join(format!("backup-{name}")), &data);
+        self.spawn();
+    }
+
     /// Where its socket and data are.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
@@ -158,4 +178,22 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `cp -a from to` (owners and modes kept: the server checks its data
+/// directory's).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("running cp");
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
