@@ -677,20 +677,20 @@ fn a_postgresql_cluster_restored_from_an_older_backup_is_caught_by_the_witness()
 }
 
 /// The tail cut while the agent runs (collector restarted, its count
-/// edited): at the next session the agent finds the collector holding fewer
-/// of its records than it acknowledged, says so in the log and in an audit
-/// record, and the hole shows as missing records, not as an intact chain.
-#[test]
-fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
-    let host = "cut-live";
-    let tmp = TempPath::dir("cut-live");
+/// edited), or while it was stopped: when its next session starts, the
+/// agent finds the collector holding fewer of its records than it was
+/// acknowledged (kept in its spool directory across its restarts), says so
+/// in the log and in an audit record, and the hole shows as missing
+/// records, not as an intact chain.
+fn a_cut_of_acknowledged_records_is_reported_by_the_agent(host: &str, agent_runs: bool) {
+    let tmp = TempPath::dir(host);
     let db = tmp.path().join("collector.db");
     let database = db.to_str().expect("utf-8");
     let cgroup = TestCgroup::create();
     let net = TestNet::create();
     let mut collector = RunningCollector::start_with(tmp.path(), database, None);
     let config = collector.agent_config(tmp.path(), host, None);
-    let agent = delivering_agent(host, &cgroup, &config);
+    let mut agent = delivering_agent(host, &cgroup, &config);
     let server = net.virginia.udp_server(false);
     probe::violate(&cgroup, &server.addr.to_string(), 10);
     wait_until(
@@ -698,10 +698,16 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
         Duration::from_secs(60),
         || collector.count(host, "violation") == 10 && agent.status().spool_depth == 0,
     );
+    if !agent_runs {
+        agent.stop();
+    }
     collector.kill9();
-    let last = agent.status().chain_seq as i64;
-    let keep = last - 4;
     let mut d = Database::open(database);
+    let last: i64 = d.one(
+        "SELECT MAX(seq) FROM records WHERE host = $1",
+        &[Value::Text(host)],
+    );
+    let keep = last - 4;
     d.execute(
         "DELETE FROM records WHERE host = $1 AND seq > $2",
         &[Value::Text(host), Value::Int(keep)],
@@ -712,6 +718,9 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
     );
     drop(d);
     collector.restart();
+    if !agent_runs {
+        agent.restart();
+    }
     assert!(
         agent.wait_log(
             "the collector holds fewer of this host's records than it acknowledged",
@@ -739,4 +748,14 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
     assert_eq!(missing.first_seq, keep as u64 + 1, "{r:#?}");
     assert!(!r.intact && code == 4);
     drop(agent);
+}
+
+#[test]
+fn a_cut_of_acknowledged_records_is_reported_by_the_live_agent() {
+    a_cut_of_acknowledged_records_is_reported_by_the_agent("cut-live", true);
+}
+
+#[test]
+fn a_cut_made_while_the_agent_was_stopped_is_reported_when_it_starts() {
+    a_cut_of_acknowledged_records_is_reported_by_the_agent("cut-stopped", false);
 }

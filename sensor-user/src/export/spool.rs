@@ -56,6 +56,11 @@ const NEXT_SEQ_FILE: &str = "next_seq";
 /// segment and no `next_seq` (a new host, or a wiped spool), removed once a
 /// collector told what it holds.
 const HISTORY_UNKNOWN_FILE: &str = "history_unknown";
+/// The highest sequence a collector acknowledged, kept across restarts (a
+/// collector that comes back holding less lost acknowledged records,
+/// whether the agent ran meanwhile or not). Rewritten in place, unsynced:
+/// after a power loss it may lag, which only weakens that check.
+const ACKED_FILE: &str = "acked";
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,8 +167,8 @@ pub struct Spool {
     pending: Vec<u8>,
     /// Sequence of the first frame in `pending`.
     pending_first: u64,
-    /// The highest sequence the collector acknowledged (this process's
-    /// knowledge: 0 until the first session).
+    /// The highest sequence a collector acknowledged (kept in
+    /// [`ACKED_FILE`]; 0 before the first acknowledgement).
     acked: u64,
     /// Appended records that could not be written (disk full): (first, last
     /// sequence, why), for the caller to report as gaps.
@@ -310,6 +315,14 @@ fn compact(path: &Path, data: &[u8], p: &Parsed) -> io::Result<Vec<u8>> {
     f.set_len(good.len() as u64)?;
     f.sync_all()?;
     Ok(good)
+}
+
+/// The `acked` file's sequence (0 when missing or unreadable).
+fn read_acked(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(ACKED_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `next_seq` file: the next sequence (1 when missing) and the chain
@@ -479,17 +492,22 @@ impl Spool {
             dropped: Dropped::default(),
             pending: Vec::new(),
             pending_first: 0,
-            acked: 0,
+            acked: read_acked(dir).min(next_seq - 1),
             unwritten: Vec::new(),
             head,
             head_before: head,
             // What survived into this open is what the disk holds.
             durable: next_seq - 1,
         };
-        // The file exists from now on, so rewriting it never needs space.
+        // The files exist from now on, so rewriting them never needs space.
         if let Err(e) = spool.save_next_seq() {
             rec.warnings.push(format!(
                 "writing {NEXT_SEQ_FILE} failed ({e}); numbering is kept in the segments meanwhile"
+            ));
+        }
+        if let Err(e) = spool.save_acked() {
+            rec.warnings.push(format!(
+                "writing {ACKED_FILE} failed ({e}); what a collector acknowledged is known to this run only"
             ));
         }
         Ok((spool, rec))
@@ -886,7 +904,13 @@ impl Spool {
     /// is acknowledged; re-sending its acknowledged part is harmless because the
     /// collector de-duplicates by sequence).
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
-        self.acked = self.acked.max(seq);
+        if seq > self.acked {
+            self.acked = seq;
+            // Kept for the next start; failing to keep it (a file that
+            // could not be created on a full disk) must not keep the
+            // acknowledged segments from going, which frees that disk.
+            let _ = self.save_acked();
+        }
         while let Some(s) = self.segments.first() {
             if s.last_seq > seq {
                 break;
@@ -900,6 +924,17 @@ impl Spool {
             fs::remove_file(&s.path)?;
         }
         Ok(())
+    }
+
+    /// Keeps `acked` (see [`ACKED_FILE`]): in place, at a fixed width.
+    fn save_acked(&self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(ACKED_FILE))?;
+        f.write_all_at(format!("{:020}\n", self.acked).as_bytes(), 0)
     }
 
     /// Records the next sequence durably (before the last segment goes).
@@ -995,6 +1030,29 @@ mod tests {
             "the old chain field is not kept in the content"
         );
         assert_eq!(linked(&mut s, chain::ZERO), s.chain_head().1);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn what_a_collector_acknowledged_is_kept_across_restarts() {
+        let d = dir("acked-kept");
+        let (mut s, _) = Spool::open(&d, Options::default()).unwrap();
+        for i in 0..5 {
+            s.append(format!("r{i}").as_bytes()).unwrap();
+        }
+        s.flush().unwrap();
+        s.ack(3).unwrap();
+        s.ack(2).unwrap();
+        drop(s);
+        let (s, _) = Spool::open(&d, Options::default()).unwrap();
+        assert_eq!(s.acked(), 3, "the highest, kept");
+        assert_eq!(s.depth(), 2);
+        drop(s);
+        // Never past what was numbered; unreadable: unknown.
+        fs::write(d.join(ACKED_FILE), format!("{:020}\n", 99)).unwrap();
+        assert_eq!(Spool::open(&d, Options::default()).unwrap().0.acked(), 5);
+        fs::write(d.join(ACKED_FILE), "garbage").unwrap();
+        assert_eq!(Spool::open(&d, Options::default()).unwrap().0.acked(), 0);
         let _ = fs::remove_dir_all(&d);
     }
 
