@@ -90,14 +90,23 @@ impl Fleet {
         }
     }
 
-    /// Sends `command` to one `host` and waits for its whole answer; errors
-    /// say why there is none (not connected, stream closed, timeout).
+    /// Forgets command `id` of `host` (it was not answered in time).
+    fn forget(&self, host: &str, id: u64) {
+        if let Some(c) = self.lock().get_mut(host) {
+            c.pending.remove(&id);
+        }
+    }
+
+    /// Sends `command` to one `host` and waits up to `timeout` for its whole
+    /// answer; errors say why there is none (not connected, stream closed,
+    /// timeout).
     pub async fn ask(
         &self,
         host: &str,
         actor: &str,
         reason: &str,
         command: agent_command::Command,
+        timeout: Duration,
     ) -> Result<pb::CommandResult, String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (done, answer) = oneshot::channel();
@@ -117,13 +126,17 @@ impl Fleet {
                 command: Some(command),
             })),
         };
-        tx.send(Ok(msg))
-            .await
-            .map_err(|_| "its stream closed before the command was sent")?;
-        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        if tx.send(Ok(msg)).await.is_err() {
+            self.forget(host, id);
+            return Err("its stream closed before the command was sent".into());
+        }
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err("its stream closed before it answered".into()),
-            Err(_) => Err(format!("no answer in {} s", ANSWER_TIMEOUT.as_secs())),
+            Err(_) => {
+                self.forget(host, id);
+                Err(format!("no answer in {} s", timeout.as_secs()))
+            }
         }
     }
 
@@ -174,14 +187,17 @@ impl Fleet {
                 });
                 continue;
             }
-            waiting.push((host, answer));
+            waiting.push((host, id, answer));
         }
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        for (host, answer) in waiting {
+        for (host, id, answer) in waiting {
             let error = match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(result)) => result.error,
                 Ok(Err(_)) => "its stream closed before it answered".into(),
-                Err(_) => format!("no answer in {} s", ANSWER_TIMEOUT.as_secs()),
+                Err(_) => {
+                    self.forget(&host, id);
+                    format!("no answer in {} s", ANSWER_TIMEOUT.as_secs())
+                }
             };
             outcomes.push(pb::HostOutcome {
                 host_id: host,

@@ -539,15 +539,12 @@ impl CollectorService {
             Cmd::Head(pb::HeadCommand {
                 nonce: nonce.clone(),
             }),
+            HEAD_TIMEOUT,
         );
-        match tokio::time::timeout(HEAD_TIMEOUT, asked).await {
-            Err(_) => (
-                None,
-                format!("the agent did not answer in {} s", HEAD_TIMEOUT.as_secs()),
-            ),
-            Ok(Err(e)) => (None, format!("the agent: {e}")),
-            Ok(Ok(r)) if !r.error.is_empty() => (None, format!("the agent: {}", r.error)),
-            Ok(Ok(r)) => match r.head {
+        match asked.await {
+            Err(e) => (None, format!("the agent: {e}")),
+            Ok(r) if !r.error.is_empty() => (None, format!("the agent: {}", r.error)),
+            Ok(r) => match r.head {
                 Some(h) if h.nonce == nonce => (Some(h), String::new()),
                 Some(_) => {
                     warn!(host = %host, "the agent answered a chain check with a head for another nonce");
@@ -927,6 +924,7 @@ impl Collector for CollectorService {
                     policy_toml: q.policy_toml,
                     flows,
                 }),
+                crate::fleet::ANSWER_TIMEOUT,
             )
             .await
             .map_err(|e| {
