@@ -9,6 +9,7 @@
 //! - [`replica_fleet`]: commands to agents connected to other replicas
 //!   (PostgreSQL).
 //! - [`forward`]: stored records to a SIEM (syslog, ECS JSON lines).
+//! - [`retention`]: old records removed, whole signed windows at a time.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`export`]: CSV and JSON-lines reports.
 //! - [`bundle`]: one host's records as stored, for offline checks.
@@ -23,6 +24,7 @@ pub mod fleet;
 pub mod forward;
 pub mod metrics;
 pub mod replica_fleet;
+pub mod retention;
 pub mod service;
 pub mod store;
 pub mod what_if;

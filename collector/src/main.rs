@@ -121,6 +121,17 @@ struct Args {
     /// lines, rotated by size) or ecs:- (stdout). Repeat for more targets.
     #[arg(long, value_name = "URL", value_parser = collector::forward::Target::parse)]
     forward: Vec<collector::forward::Target>,
+    /// Remove records older than this (400d, 90d, 12h; default: keep
+    /// everything). Per host, whole signed windows go at a time (records up
+    /// to an attestation older than the retention), so what stays verifies
+    /// on its own and `verify` reports the removed prefix as `retained`.
+    /// Records of hosts that never attest are kept. Forwarding targets that
+    /// are down longer than this lose what is removed meanwhile.
+    #[arg(long, value_name = "DURATION", value_parser = residency_proto::time::parse_duration)]
+    retain: Option<std::time::Duration>,
+    /// How often retention runs (with --retain).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = residency_proto::time::parse_duration, requires = "retain")]
+    retain_every: std::time::Duration,
     /// The CA (PEM) that signed syslog+tls servers' certificates.
     #[arg(long, value_name = "PEM")]
     forward_ca: Option<PathBuf>,
@@ -335,6 +346,11 @@ async fn main() -> anyhow::Result<()> {
             .context("while writing the report")?;
         return Ok(());
     }
+    if args.retain.is_some_and(|r| r.is_zero()) || args.retain_every.is_zero() {
+        anyhow::bail!(
+            "--retain and --retain-every must be longer than 0 (e.g. --retain 400d --retain-every 1h); leave --retain out to keep every record"
+        );
+    }
     let store = open_store(&args.database, true).await?;
     let fds = residency_proto::listen::raise_fd_limit();
     let max_connections = args
@@ -514,6 +530,13 @@ async fn main() -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         tasks.spawn("admin endpoints", async move {
             residency_daemon::admin::serve(incoming, addr, admin, stop).await;
+            Ok(())
+        });
+    }
+    if let Some(retain) = args.retain {
+        let (service, stop, every) = (service_for_feed.clone(), stop_rx.clone(), args.retain_every);
+        tasks.spawn("retention", async move {
+            service.retain(retain, every, stop).await;
             Ok(())
         });
     }

@@ -289,6 +289,11 @@ impl CollectorService {
         }
     }
 
+    /// Runs retention (see `crate::retention`) until `stop` turns true.
+    pub async fn retain(&self, retain: Duration, every: Duration, stop: watch::Receiver<bool>) {
+        crate::retention::run(self.store.clone(), retain, every, stop).await
+    }
+
     /// Starts forwarding stored records to `target`.
     pub fn forward(
         &self,

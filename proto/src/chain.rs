@@ -723,7 +723,7 @@ fn witness_name(w: &WitnessedHead) -> &str {
 pub fn explained(k: Kind) -> bool {
     matches!(
         k,
-        Kind::MissingExplained | Kind::RestartExplained | Kind::AgentStopped
+        Kind::MissingExplained | Kind::RestartExplained | Kind::AgentStopped | Kind::Retained
     )
 }
 

@@ -244,6 +244,24 @@ impl Store {
                 v.push(&r.row());
             }
         }
+        if let Some(r) = store.lock().await.retained(host).await?
+            && (r.upto_seq as i64) < first
+            && since <= 0
+        {
+            v.add(ChainFinding {
+                kind: Kind::Retained as i32,
+                first_seq: 1,
+                last_seq: r.upto_seq,
+                expected: r.chain,
+                detail: format!(
+                    "removed by this collector's retention (--retain), {} records in all, last {}: the chain goes on from the hash of record {} it kept",
+                    r.removed,
+                    residency_proto::time::utc(r.at_ns),
+                    r.upto_seq
+                ),
+                ..Default::default()
+            });
+        }
         let breaks = store.lock().await.chain_breaks(host, first, last).await?;
         for b in breaks {
             v.add(ChainFinding {
@@ -286,7 +304,15 @@ impl RangeRows {
         let Some((first, upto)) = s.seq_range(host, since, until).await? else {
             return Ok(None);
         };
-        let before = s.row_before(host, first).await?;
+        // The row before, or the last one retention removed (its hash kept).
+        let before = match s.row_before(host, first).await? {
+            Some(b) => Some(b),
+            None => s
+                .retained(host)
+                .await?
+                .filter(|r| (r.upto_seq as i64) < first)
+                .map(|r| (r.upto_seq as i64, Some(r.chain).filter(|c| !c.is_empty()))),
+        };
         let rows = RangeRows {
             host: host.to_owned(),
             after: first - 1,

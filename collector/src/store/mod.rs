@@ -10,6 +10,7 @@
 pub mod chain;
 pub mod filter;
 mod postgres;
+pub mod retention;
 mod sqlite;
 pub mod stored_feed;
 

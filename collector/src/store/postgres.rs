@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     super::FORWARD_CURSORS_TABLE,
     super::NAMES_COLUMN,
     crate::replica_fleet::REPLICA_TABLES,
+    super::retention::RETENTION_TABLE_POSTGRES,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -651,6 +652,58 @@ impl Postgres {
                 names: r.get(13),
             })
             .collect())
+    }
+
+    /// What retention removed of `host` (see `retention`).
+    pub(crate) async fn retained(
+        &mut self,
+        host: &str,
+    ) -> Result<Option<super::retention::Retained>, StoreError> {
+        let row = self
+            .live()
+            .await?
+            .query_opt(super::retention::RETAINED, &[&host])
+            .await?;
+        Ok(row.map(|r| super::retention::Retained {
+            upto_seq: r.get::<_, i64>(0) as u64,
+            chain: r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default(),
+            removed: r.get::<_, i64>(2) as u64,
+            at_ns: r.get(3),
+        }))
+    }
+
+    /// The first column of every row of `sql` (no parameters).
+    pub(crate) async fn strings(&mut self, sql: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.live().await?.query(sql, &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The one integer `sql` answers (None: NULL).
+    pub(crate) async fn one_int(
+        &mut self,
+        sql: &str,
+        p: &[Param],
+    ) -> Result<Option<i64>, StoreError> {
+        let boxed: Vec<_> = p.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref() as _).collect();
+        let row = self.live().await?.query_one(sql, &refs).await?;
+        Ok(row.get(0))
+    }
+
+    /// Runs `steps` (each with how many of `p` it takes) in one transaction.
+    pub(crate) async fn script(
+        &mut self,
+        steps: &[(&str, usize)],
+        p: &[Param],
+    ) -> Result<(), StoreError> {
+        let boxed: Vec<_> = p.iter().map(boxed).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref() as _).collect();
+        let tx = self.live().await?.transaction().await?;
+        for (sql, n) in steps {
+            tx.execute(*sql, &refs[..*n]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) async fn row_before(

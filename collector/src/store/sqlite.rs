@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     super::WORKLOAD_COLUMNS,
     super::FORWARD_CURSORS_TABLE,
     super::NAMES_COLUMN,
+    super::retention::RETENTION_TABLE_SQLITE,
 ];
 
 /// The migration that adds the encoded typed record to every row: rows
@@ -385,6 +386,53 @@ impl Sqlite {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What retention removed of `host` (see `retention`).
+    pub(crate) fn retained(
+        &self,
+        host: &str,
+    ) -> Result<Option<super::retention::Retained>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&super::retention::RETAINED.replace('$', "?"))?;
+        Ok(stmt
+            .query_row(params![host], |r| {
+                Ok(super::retention::Retained {
+                    upto_seq: r.get::<_, i64>(0)? as u64,
+                    chain: r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    removed: r.get::<_, i64>(2)? as u64,
+                    at_ns: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The first column of every row of `sql` (no parameters).
+    pub(crate) fn strings(&self, sql: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The one integer `sql` answers (None: NULL).
+    pub(crate) fn one_int(&self, sql: &str, p: &[Param]) -> Result<Option<i64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&sql.replace('$', "?"))?;
+        Ok(stmt.query_row(rusqlite::params_from_iter(p), |r| r.get(0))?)
+    }
+
+    /// Runs `steps` (each with how many of `p` it takes) in one transaction.
+    pub(crate) fn script(
+        &mut self,
+        steps: &[(&str, usize)],
+        p: &[Param],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (sql, n) in steps {
+            tx.execute(&sql.replace('$', "?"), rusqlite::params_from_iter(&p[..*n]))?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub(crate) fn row_before(

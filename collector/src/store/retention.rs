@@ -1,0 +1,155 @@
+//! Retention (`collectord --retain 400d`): a host's oldest records are
+//! removed once they are older than the retention, always a whole prefix of
+//! its chain that ends with an attestation, so what stays verifies on its
+//! own: the host's `retention` row keeps the last removed record's sequence
+//! and chain hash (the first kept record links to it), and `verify` reports
+//! the removed prefix as `retained` (explained), never as missing records.
+//!
+//! Only whole signed windows go: records after the host's last attestation
+//! older than the cutoff stay until a later window is old enough too, and a
+//! host whose agent never attests (before attestations) keeps everything.
+
+use super::{Store, StoreError, filter::Param};
+
+/// The table of what retention removed per host: up to which sequence, the
+/// chain hash of that record, how many records in all, and when last.
+macro_rules! retention_table {
+    ($blob:literal) => {
+        concat!(
+            "CREATE TABLE retention (
+                host TEXT PRIMARY KEY,
+                upto_seq BIGINT NOT NULL,
+                chain ",
+            $blob,
+            ",
+                removed BIGINT NOT NULL,
+                at_ns BIGINT NOT NULL
+            );"
+        )
+    };
+}
+pub(crate) const RETENTION_TABLE_SQLITE: &str = retention_table!("BLOB");
+pub(crate) const RETENTION_TABLE_POSTGRES: &str = retention_table!("BYTEA");
+
+/// Where `host` ($1) may be cut for records older than $2 (Unix ns): the
+/// last attestation older than it with no record at or after the cutoff
+/// before it.
+pub(crate) const BOUNDARY: &str = "SELECT MAX(seq) FROM records
+    WHERE host = $1 AND kind = 'attestation' AND time_ns < $2
+    AND seq < COALESCE(
+        (SELECT MIN(seq) FROM records WHERE host = $1 AND time_ns >= $2),
+        9223372036854775807)";
+
+/// What retention removed of host $1: (upto_seq, chain, removed, at_ns).
+pub(crate) const RETAINED: &str =
+    "SELECT upto_seq, chain, removed, at_ns FROM retention WHERE host = $1";
+
+/// Every host with records.
+pub(crate) const HOSTS: &str = "SELECT host FROM host_counts ORDER BY host";
+
+/// Removes host $1's records up to sequence $2, in one transaction: the
+/// marker first (it reads what goes; $3 is the time), then the counts, then
+/// the rows. Each statement with how many of the parameters it takes.
+pub(crate) const REMOVE: &[(&str, usize)] = &[
+    (
+        "INSERT INTO retention (host, upto_seq, chain, removed, at_ns)
+        SELECT $1, $2, (SELECT chain FROM records WHERE host = $1 AND seq = $2),
+            (SELECT COUNT(*) FROM records WHERE host = $1 AND seq <= $2), $3
+        WHERE true
+        ON CONFLICT (host) DO UPDATE SET upto_seq = excluded.upto_seq,
+            chain = excluded.chain, removed = retention.removed + excluded.removed,
+            at_ns = excluded.at_ns",
+        3,
+    ),
+    (
+        "UPDATE host_counts SET
+            violations = violations - (SELECT COUNT(*) FROM records
+                WHERE host = $1 AND seq <= $2 AND kind = 'violation'),
+            gaps = gaps - (SELECT COUNT(*) FROM records
+                WHERE host = $1 AND seq <= $2 AND kind = 'gap'),
+            audits = audits - (SELECT COUNT(*) FROM records
+                WHERE host = $1 AND seq <= $2 AND kind = 'audit')
+        WHERE host = $1",
+        2,
+    ),
+    ("DELETE FROM chain_breaks WHERE host = $1 AND seq <= $2", 2),
+    (
+        "DELETE FROM sequence_jumps WHERE host = $1 AND to_seq <= $2",
+        2,
+    ),
+    ("DELETE FROM records WHERE host = $1 AND seq <= $2", 2),
+];
+
+/// What retention removed of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    /// Records up to this sequence are gone.
+    pub upto_seq: u64,
+    /// The chain hash of record `upto_seq` (empty: unchained).
+    pub chain: Vec<u8>,
+    /// Records removed in all.
+    pub removed: u64,
+    /// When last (Unix ns).
+    pub at_ns: i64,
+}
+
+/// One host's share of a retention pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub host: String,
+    /// Records up to this sequence are gone now.
+    pub upto_seq: u64,
+    /// Removed by this pass.
+    pub records: u64,
+}
+
+impl Store {
+    /// What retention removed of `host` so far (None: nothing).
+    pub async fn retained(&mut self, host: &str) -> Result<Option<Retained>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.retained(host),
+            Store::Postgres(p) => p.retained(host).await,
+        }
+    }
+
+    /// Every host with records (retention goes through them one by one).
+    pub async fn host_names(&mut self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.strings(HOSTS),
+            Store::Postgres(p) => p.strings(HOSTS).await,
+        }
+    }
+
+    /// Removes `host`'s records older than `cutoff_ns` (see the module) in
+    /// one transaction; what it removed (None: nothing yet).
+    pub async fn retain(
+        &mut self,
+        host: &str,
+        cutoff_ns: i64,
+    ) -> Result<Option<Removed>, StoreError> {
+        let at = [Param::Text(host.to_owned()), Param::Int(cutoff_ns)];
+        let boundary = match self {
+            Store::Sqlite(s) => s.one_int(BOUNDARY, &at)?,
+            Store::Postgres(p) => p.one_int(BOUNDARY, &at).await?,
+        };
+        let Some(upto) = boundary else {
+            return Ok(None);
+        };
+        let before = self.retained(host).await?.map_or(0, |r| r.removed);
+        let params = [
+            Param::Text(host.to_owned()),
+            Param::Int(upto),
+            Param::Int(super::now_ns()),
+        ];
+        match self {
+            Store::Sqlite(s) => s.script(REMOVE, &params)?,
+            Store::Postgres(p) => p.script(REMOVE, &params).await?,
+        }
+        let after = self.retained(host).await?.map_or(0, |r| r.removed);
+        Ok(Some(Removed {
+            host: host.to_owned(),
+            upto_seq: upto as u64,
+            records: after.saturating_sub(before),
+        }))
+    }
+}
