@@ -62,13 +62,15 @@ fn assert_converted(records: &[StoredRecord]) {
 }
 
 /// Takes a current database (SQLite or PostgreSQL) back to the last schema
-/// before typed records: the names column's, the forwarding cursors' and
-/// workload columns' migrations, the record chain's, then the typed record's,
-/// undone, and the migration count set back by five (PostgreSQL: six, with
-/// the replicas' agent_connections and fleet_messages tables, which SQLite does not have).
+/// before typed records: the retention table's, the names column's, the
+/// forwarding cursors' and workload columns' migrations, the record chain's,
+/// then the typed record's, undone, and the migration count set back by six
+/// (PostgreSQL: seven, with the replicas' agent_connections and
+/// fleet_messages tables, which SQLite does not have).
 fn back_before_typed_records(database: &str) {
     let mut db = Database::open(database);
     for undo in [
+        "DROP TABLE retention",
         "ALTER TABLE records DROP COLUMN names",
         "DROP TABLE forward_cursors",
         "ALTER TABLE records DROP COLUMN unit",
@@ -84,7 +86,7 @@ fn back_before_typed_records(database: &str) {
     if database.starts_with("postgres") {
         db.execute("DROP TABLE agent_connections", &[]);
         db.execute("DROP TABLE fleet_messages", &[]);
-        for _ in 0..6 {
+        for _ in 0..7 {
             db.execute(
                 "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
                 &[],
@@ -92,7 +94,7 @@ fn back_before_typed_records(database: &str) {
         }
     } else {
         let v: i64 = db.one("PRAGMA user_version", &[]);
-        db.execute(&format!("PRAGMA user_version = {}", v - 5), &[]);
+        db.execute(&format!("PRAGMA user_version = {}", v - 6), &[]);
     }
 }
 
