@@ -690,7 +690,8 @@ impl Postgres {
         Ok(row.get(0))
     }
 
-    /// Runs `steps` (each with how many of `p` it takes) in one transaction.
+    /// Runs `steps` (each with how many of `p` it takes) in one
+    /// transaction, holding the advisory lock of the host `p` starts with.
     pub(crate) async fn script(
         &mut self,
         steps: &[(&str, usize)],
@@ -699,6 +700,14 @@ impl Postgres {
         let boxed: Vec<_> = p.iter().map(boxed).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(|b| b.as_ref() as _).collect();
         let tx = self.live().await?.transaction().await?;
+        if let Some(Param::Text(host)) = p.first() {
+            // The host's lock, as batches take it (see `insert`).
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[host],
+            )
+            .await?;
+        }
         for (sql, n) in steps {
             tx.execute(*sql, &refs[..*n]).await?;
         }

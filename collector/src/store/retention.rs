@@ -48,14 +48,18 @@ pub(crate) const RETAINED: &str =
 pub(crate) const HOSTS: &str = "SELECT host FROM host_counts ORDER BY host";
 
 /// Removes host $1's records up to sequence $2, in one transaction: the
-/// marker first (it reads what goes; $3 is the time), then the counts, then
-/// the rows. Each statement with how many of the parameters it takes.
+/// marker first (it reads what goes; $3 is the time; nothing when the
+/// boundary record is gone already, removed by another replica's pass),
+/// then the counts, then the rows. Each statement with how many of the
+/// parameters it takes. On PostgreSQL the transaction first takes the
+/// host's advisory lock, as a batch does: passes of several replicas, and
+/// a pass and the host's batches, take turns.
 pub(crate) const REMOVE: &[(&str, usize)] = &[
     (
         "INSERT INTO retention (host, upto_seq, chain, removed, at_ns)
         SELECT $1, $2, (SELECT chain FROM records WHERE host = $1 AND seq = $2),
             (SELECT COUNT(*) FROM records WHERE host = $1 AND seq <= $2), $3
-        WHERE true
+        WHERE EXISTS (SELECT 1 FROM records WHERE host = $1 AND seq = $2)
         ON CONFLICT (host) DO UPDATE SET upto_seq = excluded.upto_seq,
             chain = excluded.chain, removed = retention.removed + excluded.removed,
             at_ns = excluded.at_ns",
@@ -151,5 +155,79 @@ impl Store {
             upto_seq: upto as u64,
             records: after.saturating_sub(before),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use residency_proto::collector::v1::{Attestation, Record, record::Body};
+
+    use super::*;
+    use crate::store::filter::Indexed;
+
+    /// Record `seq` at time `t`: an attestation or a violation.
+    fn rec(seq: u64, t: i64, attestation: bool) -> (Record, Indexed) {
+        let body = if attestation {
+            Body::Attestation(Attestation::default())
+        } else {
+            Body::Violation(Default::default())
+        };
+        let r = Record {
+            seq,
+            time_unix_ns: t,
+            body: Some(body),
+            chain: vec![seq as u8; 32],
+        };
+        let ix = Indexed::of(&r);
+        (r, ix)
+    }
+
+    #[tokio::test]
+    async fn only_whole_windows_older_than_the_cutoff_go() {
+        let dir = std::env::temp_dir().join(format!("rs-retention-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(dir.join("c.db").to_str().unwrap())
+            .await
+            .unwrap();
+        // Windows end at 3 and 6 (attestations); record 5 is young (an
+        // audit record keeps its change's time, out of sequence order).
+        let rows = [
+            rec(1, 10, false),
+            rec(2, 11, false),
+            rec(3, 12, true),
+            rec(4, 13, false),
+            rec(5, 99, false),
+            rec(6, 14, true),
+            rec(7, 15, false),
+        ];
+        s.insert("h", &rows).await.unwrap();
+        s.insert("other", &rows[..3]).await.unwrap();
+        assert_eq!(
+            s.retain("h", 10).await.unwrap(),
+            None,
+            "nothing is old enough"
+        );
+        let r = s.retain("h", 50).await.unwrap().expect("a boundary");
+        assert_eq!(
+            (r.upto_seq, r.records),
+            (3, 3),
+            "not past the young record 5"
+        );
+        let kept = s.retained("h").await.unwrap().expect("the marker");
+        assert_eq!(
+            (kept.upto_seq, kept.chain, kept.removed),
+            (3, vec![3; 32], 3)
+        );
+        assert_eq!(s.last_seq("h").await.unwrap(), 7);
+        assert_eq!(s.retain("h", 50).await.unwrap(), None, "nothing more");
+        let r = s.retain("h", 100).await.unwrap().expect("the next window");
+        assert_eq!((r.upto_seq, r.records), (6, 3));
+        assert_eq!(s.retained("h").await.unwrap().unwrap().removed, 6);
+        assert_eq!(s.retained("other").await.unwrap(), None, "per host");
+        let counted = s.hosts().await.unwrap();
+        let h = counted.iter().find(|h| h.host_id == "h").unwrap();
+        assert_eq!(h.violations, 1, "the counts follow the rows");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
