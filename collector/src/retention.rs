@@ -9,6 +9,10 @@ use tracing::{info, warn};
 
 use crate::store::Store;
 
+/// Records removed per transaction, about (whole windows: a window larger
+/// than this goes in one).
+const STEP: i64 = 50_000;
+
 /// Runs a pass now and every `every` until `stop` turns true.
 pub async fn run(
     store: Arc<Mutex<Store>>,
@@ -45,17 +49,28 @@ async fn pass(store: &Mutex<Store>, retain: Duration) {
         }
     };
     for host in hosts {
-        match store.lock().await.retain(&host, cutoff).await {
-            Ok(Some(r)) if r.records > 0 => info!(
-                host = %r.host,
-                upto_seq = r.upto_seq,
-                records = r.records,
-                "retention removed records older than the retention"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                warn!(host = %host, error = %e, "retention: removing old records failed; trying again at the next pass")
+        // A step at a time: the store is free for ingest between steps.
+        let (mut records, mut upto) = (0, 0);
+        loop {
+            match store.lock().await.retain(&host, cutoff, STEP).await {
+                Ok(Some(r)) if r.records > 0 => {
+                    records += r.records;
+                    upto = r.upto_seq;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(host = %host, error = %e, "retention: removing old records failed; trying again at the next pass");
+                    break;
+                }
             }
+        }
+        if records > 0 {
+            info!(
+                host = %host,
+                upto_seq = upto,
+                records,
+                "retention removed records older than the retention"
+            );
         }
     }
 }

@@ -33,12 +33,21 @@ pub(crate) const RETENTION_TABLE_POSTGRES: &str = retention_table!("BYTEA");
 
 /// Where `host` ($1) may be cut for records older than $2 (Unix ns): the
 /// last attestation older than it with no record at or after the cutoff
-/// before it.
-pub(crate) const BOUNDARY: &str = "SELECT MAX(seq) FROM records
-    WHERE host = $1 AND kind = 'attestation' AND time_ns < $2
-    AND seq < COALESCE(
-        (SELECT MIN(seq) FROM records WHERE host = $1 AND time_ns >= $2),
-        9223372036854775807)";
+/// before it, within $3 records of the host's first one (a step of a first
+/// pass over a large store stays a bounded transaction); when no window
+/// ends that soon, the first one that qualifies, whatever its size.
+pub(crate) const BOUNDARY: &str = "SELECT COALESCE(
+    (SELECT MAX(seq) FROM records
+        WHERE host = $1 AND kind = 'attestation' AND time_ns < $2
+        AND seq < COALESCE(
+            (SELECT MIN(seq) FROM records WHERE host = $1 AND time_ns >= $2),
+            9223372036854775807)
+        AND seq <= (SELECT MIN(seq) FROM records WHERE host = $1) + $3),
+    (SELECT MIN(seq) FROM records
+        WHERE host = $1 AND kind = 'attestation' AND time_ns < $2
+        AND seq < COALESCE(
+            (SELECT MIN(seq) FROM records WHERE host = $1 AND time_ns >= $2),
+            9223372036854775807)))";
 
 /// What retention removed of host $1: (upto_seq, chain, removed, at_ns).
 pub(crate) const RETAINED: &str =
@@ -125,13 +134,20 @@ impl Store {
     }
 
     /// Removes `host`'s records older than `cutoff_ns` (see the module) in
-    /// one transaction; what it removed (None: nothing yet).
+    /// one transaction, about `step` records at most when its windows allow;
+    /// what it removed (None: nothing to remove). Called again until None
+    /// for all that is old enough.
     pub async fn retain(
         &mut self,
         host: &str,
         cutoff_ns: i64,
+        step: i64,
     ) -> Result<Option<Removed>, StoreError> {
-        let at = [Param::Text(host.to_owned()), Param::Int(cutoff_ns)];
+        let at = [
+            Param::Text(host.to_owned()),
+            Param::Int(cutoff_ns),
+            Param::Int(step),
+        ];
         let boundary = match self {
             Store::Sqlite(s) => s.one_int(BOUNDARY, &at)?,
             Store::Postgres(p) => p.one_int(BOUNDARY, &at).await?,
@@ -182,6 +198,8 @@ mod tests {
         (r, ix)
     }
 
+    const STEP: i64 = 100_000;
+
     #[tokio::test]
     async fn only_whole_windows_older_than_the_cutoff_go() {
         let dir = std::env::temp_dir().join(format!("rs-retention-{}", std::process::id()));
@@ -204,11 +222,12 @@ mod tests {
         s.insert("h", &rows).await.unwrap();
         s.insert("other", &rows[..3]).await.unwrap();
         assert_eq!(
-            s.retain("h", 10).await.unwrap(),
+            s.retain("h", 10, STEP).await.unwrap(),
             None,
             "nothing is old enough"
         );
-        let r = s.retain("h", 50).await.unwrap().expect("a boundary");
+        // A step too small for the first window: the window all the same.
+        let r = s.retain("h", 50, 1).await.unwrap().expect("a boundary");
         assert_eq!(
             (r.upto_seq, r.records),
             (3, 3),
@@ -220,14 +239,30 @@ mod tests {
             (3, vec![3; 32], 3)
         );
         assert_eq!(s.last_seq("h").await.unwrap(), 7);
-        assert_eq!(s.retain("h", 50).await.unwrap(), None, "nothing more");
-        let r = s.retain("h", 100).await.unwrap().expect("the next window");
+        assert_eq!(s.retain("h", 50, STEP).await.unwrap(), None, "nothing more");
+        let r = s
+            .retain("h", 100, STEP)
+            .await
+            .unwrap()
+            .expect("the next window");
         assert_eq!((r.upto_seq, r.records), (6, 3));
         assert_eq!(s.retained("h").await.unwrap().unwrap().removed, 6);
         assert_eq!(s.retained("other").await.unwrap(), None, "per host");
         let counted = s.hosts().await.unwrap();
         let h = counted.iter().find(|h| h.host_id == "h").unwrap();
         assert_eq!(h.violations, 1, "the counts follow the rows");
+        // Steps: two windows old enough, a step of 0 takes the first.
+        s.insert(
+            "steps",
+            &[rec(1, 1, true), rec(2, 2, false), rec(3, 3, true)],
+        )
+        .await
+        .unwrap();
+        let r = s.retain("steps", 50, 0).await.unwrap().unwrap();
+        assert_eq!(r.upto_seq, 1);
+        let r = s.retain("steps", 50, 0).await.unwrap().unwrap();
+        assert_eq!(r.upto_seq, 3);
+        assert_eq!(s.retain("steps", 50, 0).await.unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
