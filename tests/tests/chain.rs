@@ -720,6 +720,12 @@ fn a_cut_of_acknowledged_records_is_reported_by_the_agent(host: &str, agent_runs
     collector.restart();
     if !agent_runs {
         agent.restart();
+        // What was acknowledged before the stop, kept in the spool directory.
+        let acked = agent.status().acked_seq;
+        assert!(
+            acked > keep as u64,
+            "acknowledged up to {acked}, cut to {keep}"
+        );
     }
     assert!(
         agent.wait_log(

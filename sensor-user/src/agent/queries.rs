@@ -52,6 +52,7 @@ impl Agent {
                 .as_ref()
                 .map(|s| s.chain_head().1.to_vec())
                 .unwrap_or_default(),
+            acked_seq: self.spool.as_ref().map_or(0, Spool::acked),
         }
     }
 

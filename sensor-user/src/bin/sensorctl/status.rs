@@ -49,9 +49,10 @@ pub async fn run(g: &Global) -> i32 {
     println!("collector:  {} (spool {})", s.collector, s.spool_depth);
     if !s.chain_head.is_empty() {
         println!(
-            "chain:      record {} {}",
+            "chain:      record {} {} (acknowledged up to {})",
             s.chain_seq,
-            residency_proto::chain::hex(&s.chain_head)
+            residency_proto::chain::hex(&s.chain_head),
+            s.acked_seq
         );
     }
     let rows: Vec<Vec<String>> = s
