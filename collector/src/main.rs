@@ -449,7 +449,9 @@ async fn main() -> anyhow::Result<()> {
         .more_writers(args.database_writers.saturating_sub(1) as usize)
         .await
         .context("while connecting the --database-writers")?;
-    let service = CollectorService::new(store, roles).with_client_ca(client_ca_der(&args)?);
+    let service = CollectorService::new(store, roles)
+        .with_client_ca(client_ca_der(&args)?)
+        .with_retain(args.retain);
     service.add_writers(more);
     for target in &args.forward {
         service

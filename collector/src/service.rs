@@ -197,6 +197,8 @@ pub struct CollectorService {
     /// The CA (DER) agents' certificates chain to: attestations signed with
     /// their TLS keys are checked against it.
     client_ca: Option<Arc<Vec<u8>>>,
+    /// `--retain` (ns; 0: every record is kept).
+    retain_ns: i64,
     /// Signs and checks dashboard login tokens.
     tokens: Arc<crate::dashboard::token::Keys>,
     metrics: Arc<Metrics>,
@@ -234,6 +236,13 @@ impl CollectorService {
         self
     }
 
+    /// The retention this collector applies (`--retain`): a chain check
+    /// holds prefixes marked as retained against it.
+    pub fn with_retain(mut self, retain: Option<Duration>) -> Self {
+        self.retain_ns = retain.map_or(0, |r| r.as_nanos().min(i64::MAX as u128) as i64);
+        self
+    }
+
     pub fn new(store: Store, roles: Roles) -> CollectorService {
         let store = Arc::new(Mutex::new(store));
         let stored = broadcast::channel(WATCH_BUFFER).0;
@@ -257,6 +266,7 @@ impl CollectorService {
             stored,
             exceptions: Arc::new(AtomicU64::new(0)),
             client_ca: None,
+            retain_ns: 0,
             tokens: Arc::new(crate::dashboard::token::Keys::generate()),
             replicas: Arc::new(std::sync::OnceLock::new()),
             verified: Arc::default(),
@@ -843,6 +853,7 @@ impl Collector for CollectorService {
             q.until_unix_ns,
             self.client_ca.as_deref().cloned(),
             witness,
+            self.retain_ns,
         )
         .await
         .map_err(internal)?

@@ -840,6 +840,34 @@ fn retention_keeps_what_stays_verifiable(host: &str, dir: &std::path::Path, data
     export_bundle(database, host, &bundle);
     let (report, code) = offline(&bundle);
     assert!(report.intact && code == 0, "{report:#?}");
+
+    // An insider removes recent records and writes a retention marker to
+    // cover it: the first kept window (signed) started less than the
+    // retention ago, so retention would have kept them.
+    let mut db = Database::open(database);
+    let (upto, chain): (i64, Vec<u8>) = (
+        db.one(
+            "SELECT seq FROM records WHERE host = $1 AND kind = 'attestation' ORDER BY seq DESC LIMIT 1 OFFSET 1",
+            &[Value::Text(host)],
+        ),
+        db.one(
+            "SELECT chain FROM records WHERE host = $1 AND seq = (SELECT seq FROM records WHERE host = $1 AND kind = 'attestation' ORDER BY seq DESC LIMIT 1 OFFSET 1)",
+            &[Value::Text(host)],
+        ),
+    );
+    db.execute(
+        "DELETE FROM records WHERE host = $1 AND seq <= $2",
+        &[Value::Text(host), Value::Int(upto)],
+    );
+    db.execute(
+        "UPDATE retention SET upto_seq = $2, chain = $3 WHERE host = $1",
+        &[Value::Text(host), Value::Int(upto), Value::Bytes(&chain)],
+    );
+    let (r, code) = collector.verify(host);
+    assert!(
+        has(&r, Kind::RemovedEarly) && !has(&r, Kind::Retained) && !r.intact && code == 4,
+        "a marker covering recent records: {r:#?}"
+    );
     drop(agent);
 }
 

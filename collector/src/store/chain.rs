@@ -197,7 +197,9 @@ impl Store {
     /// bound); the host's gap records explain what is missing.
     /// A check that reaches the end of the chain (`until` 0) also holds it
     /// against the collector's own count of what it stored and against the
-    /// heads in `witness`. None: no record of the host was ever stored.
+    /// heads in `witness`. A prefix removed as retained is judged against
+    /// the collector's retention `retain_ns` (0: none). None: no record of
+    /// the host was ever stored.
     pub async fn verify_chain(
         store: &tokio::sync::Mutex<Store>,
         host: &str,
@@ -205,6 +207,7 @@ impl Store {
         until: i64,
         ca: Option<Vec<u8>>,
         witness: Vec<WitnessedHead>,
+        retain_ns: i64,
     ) -> Result<Option<ChainReport>, StoreError> {
         let Some(counted) = store.lock().await.counted_last_seq(host).await? else {
             return Ok(None);
@@ -244,24 +247,15 @@ impl Store {
                 v.push(&r.row());
             }
         }
-        if let Some(r) = store.lock().await.retained(host).await?
-            && (r.upto_seq as i64) < first
-            && since <= 0
-        {
-            v.add(ChainFinding {
-                kind: Kind::Retained as i32,
-                first_seq: 1,
-                last_seq: r.upto_seq,
-                expected: r.chain,
-                detail: format!(
-                    "removed by this collector's retention (--retain), {} records in all, last {}: the chain goes on from the hash of record {} it kept",
-                    r.removed,
-                    residency_proto::time::utc(r.at_ns),
-                    r.upto_seq
-                ),
-                ..Default::default()
-            });
-        }
+        let retained = match since <= 0 {
+            true => store
+                .lock()
+                .await
+                .retained(host)
+                .await?
+                .filter(|r| (r.upto_seq as i64) < first),
+            false => None,
+        };
         let breaks = store.lock().await.chain_breaks(host, first, last).await?;
         for b in breaks {
             v.add(ChainFinding {
@@ -274,7 +268,72 @@ impl Store {
                 ..Default::default()
             });
         }
-        Ok(Some(v.finish()))
+        let mut report = v.finish();
+        if let Some(r) = retained {
+            report
+                .findings
+                .push(retained_finding(&report, &r, retain_ns));
+            report.findings.sort_by_key(|f| (f.first_seq, f.kind));
+            report.intact = report.findings.iter().all(|f| chain::explained(f.kind()));
+        }
+        Ok(Some(report))
+    }
+}
+
+/// The finding for a prefix removed as retained (`r`), judged by the first
+/// kept window: its start, signed by the agent, is where the removed
+/// records end, and retention (`retain_ns`; 0: none here) only removes
+/// windows that ended longer ago than that.
+fn retained_finding(
+    report: &ChainReport,
+    r: &super::retention::Retained,
+    retain_ns: i64,
+) -> ChainFinding {
+    let now = super::now_ns();
+    let ended = report
+        .attestations
+        .iter()
+        .filter(|c| c.signature_valid && c.signer_trusted)
+        .find_map(|c| c.attestation.as_ref())
+        .map(|a| a.window_start_unix_ns);
+    let early = match ended {
+        _ if retain_ns <= 0 => Some(
+            "this collector keeps every record (no --retain), so retention did not remove them"
+                .to_owned(),
+        ),
+        Some(end) if end > now.saturating_sub(retain_ns) => Some(format!(
+            "the first kept window starts {}, less than the retention ago: retention would have kept them",
+            residency_proto::time::utc(end)
+        )),
+        _ => None,
+    };
+    let (kind, detail) = match early {
+        None => (
+            Kind::Retained,
+            format!(
+                "removed by this collector's retention (--retain), {} records in all, last {}: the chain goes on from the hash of record {} it kept",
+                r.removed,
+                residency_proto::time::utc(r.at_ns),
+                r.upto_seq
+            ),
+        ),
+        Some(why) => (
+            Kind::RemovedEarly,
+            format!(
+                "records 1..{} are marked as removed by retention ({} records, {}), but {why}: they were removed behind the collector's back",
+                r.upto_seq,
+                r.removed,
+                residency_proto::time::utc(r.at_ns)
+            ),
+        ),
+    };
+    ChainFinding {
+        kind: kind as i32,
+        first_seq: 1,
+        last_seq: r.upto_seq,
+        expected: r.chain.clone(),
+        detail,
+        ..Default::default()
     }
 }
 
