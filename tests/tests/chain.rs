@@ -340,6 +340,8 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         has(&r, Kind::Truncated) && !r.intact && code == 4,
         "the collector's own count: {r:#?}"
     );
+    let (code, text) = collector.attestations_with(host, None);
+    assert!(code == 4 && text.contains("TRUNCATED: "), "{text}");
     // The hosts list (and the dashboard) show the stored chain's state.
     let listed = collector.hosts();
     let last = listed
@@ -373,6 +375,8 @@ fn a_cut_tail_is_caught(host: &str, dir: &std::path::Path, database: &str) {
         has(&r, Kind::Unattested) && !has(&r, Kind::BrokenLink) && !r.intact && code == 4,
         "the forged tail links, and nothing vouches for it: {r:#?}"
     );
+    let (code, text) = collector.attestations_with(host, Some(&witness));
+    assert!(code == 4 && text.contains("UNATTESTED: "), "{text}");
 
     // Offline: the bundle of the forged database fails with the witness.
     let bundle = dir.join("cut.bundle");
@@ -489,6 +493,8 @@ fn the_live_agent_vouches_for_its_head(host: &str, dir: &std::path::Path, databa
         .unwrap_or_else(|| panic!("the agent never numbered record {}: {r:#?}", last + 1));
     assert_eq!((forged.first_seq, forged.last_seq), (last + 1, last + 1));
     assert!(!r.intact && code == 4, "{r:#?}");
+    let (code, text) = collector.attestations_with(host, None);
+    assert!(code == 4 && text.contains("FORGED: "), "{text}");
 
     // A signed head kept in the witness file, edited: it no longer holds.
     let edited: String = lines
@@ -652,6 +658,13 @@ fn a_database_restored_from_an_older_backup_is_caught_by_the_witness(
         has(&r, Kind::Truncated) && !r.intact && code_w == 4,
         "the witness saw record {witnessed}: {r:#?} (without it: exit {code})"
     );
+    let (code, text) = collector.attestations_with(host, Some(&witness));
+    assert!(code == 4 && text.contains("TRUNCATED: "), "{text}");
+    // Offline, the bundle of the restored copy with the witness file.
+    let bundle = dir.join("restored.bundle");
+    export_bundle(&store.url(), host, &bundle);
+    let (report, code) = offline_with(&bundle, Some(&witness));
+    assert!(has(&report, Kind::Truncated) && code == 4, "{report:#?}");
 }
 
 #[test]

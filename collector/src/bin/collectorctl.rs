@@ -496,10 +496,24 @@ fn print_chain(r: &pb::ChainReport, json: bool) -> bool {
 /// is missing.
 fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
     use pb::chain_finding::Kind;
+    // What the windows vouch for: a hole between them, and records no
+    // window or signed head accounts for (a cut or forged tail, records
+    // after a stop nothing attests yet, a head that does not verify, a
+    // prefix removed behind the collector's back).
     let holes: Vec<&pb::ChainFinding> = r
         .findings
         .iter()
-        .filter(|f| f.kind() == Kind::AttestationHole)
+        .filter(|f| {
+            matches!(
+                f.kind(),
+                Kind::AttestationHole
+                    | Kind::Truncated
+                    | Kind::Unattested
+                    | Kind::Forged
+                    | Kind::HeadInvalid
+                    | Kind::RemovedEarly
+            )
+        })
         .collect();
     let ok = holes.is_empty()
         && r.attestations
@@ -547,7 +561,11 @@ fn print_attestations(r: &pb::ChainReport, json: bool) -> bool {
         );
     }
     for h in holes {
-        println!("HOLE: {}", h.detail);
+        let kind = match h.kind() {
+            Kind::AttestationHole => "HOLE",
+            k => k.as_str_name().trim_start_matches("KIND_"),
+        };
+        println!("{kind}: {}", h.detail);
     }
     println!(
         "{} attestations; {}",

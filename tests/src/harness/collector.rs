@@ -439,6 +439,23 @@ impl RunningCollector {
         (report, out.status.code().unwrap_or(-1))
     }
 
+    /// `collectorctl attestations --host HOST [--witness FILE]`: its exit
+    /// status and what it printed.
+    pub fn attestations_with(&self, host: &str, witness: Option<&Path>) -> (i32, String) {
+        let mut cmd = Command::new(workspace_bin("collectorctl"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(["attestations", "--host", host]);
+        if let Some(w) = witness {
+            cmd.arg("--witness").arg(w);
+        }
+        let out = cmd.output().expect("collectorctl attestations");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Delivers `records` as `host` (with its token) the way an agent does,
     /// outside any agent (a forged record, a stolen token); returns the
     /// collector's acknowledgement.
