@@ -80,6 +80,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes `s` spells in hex (either case), as [`hex`] writes them; None
+/// for anything else (an odd length, a sign, a non-hex character).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
 /// A record as the verifier sees it.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -1028,6 +1040,16 @@ mod tests {
         hold_against_agent(&mut r, &h8);
         assert!(kinds(&r).contains(&(Kind::Forged, 8, 8)), "{r:#?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hex_goes_both_ways_and_refuses_what_is_not_hex() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes.to_vec()));
+        assert_eq!(unhex("ABff"), Some(vec![0xab, 0xff]));
+        for bad in ["abc", "+f", "zz", "0x"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn read(path: &Path, host: &str) -> Result<Vec<WitnessedHead>, String> {
         if let Some(signed) = v.get("signed") {
             let h = signed
                 .as_str()
-                .and_then(unhex)
+                .and_then(crate::chain::unhex)
                 .and_then(|b| SignedHead::decode(b.as_slice()).ok())
                 .ok_or_else(|| bad("its signed head does not decode"))?;
             out.push(WitnessedHead {
@@ -66,7 +66,7 @@ pub fn read(path: &Path, host: &str) -> Result<Vec<WitnessedHead>, String> {
         let seq = v["seq"].as_u64().ok_or_else(|| bad("no seq"))?;
         let head = v["head"]
             .as_str()
-            .and_then(unhex)
+            .and_then(crate::chain::unhex)
             .ok_or_else(|| bad("no head"))?;
         out.push(WitnessedHead {
             seq,
@@ -135,13 +135,6 @@ pub fn record(
     };
     write().map_err(|e| format!("appending to the witness file {}: {e}", path.display()))?;
     Ok(lines.len())
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

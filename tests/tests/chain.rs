@@ -502,18 +502,10 @@ fn the_live_agent_vouches_for_its_head(host: &str, dir: &std::path::Path, databa
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).expect("json");
             if let Some(hex) = v["signed"].as_str() {
-                let bytes: Vec<u8> = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                    .collect();
+                let bytes = residency_proto::chain::unhex(hex).expect("hex");
                 let mut h = pb::SignedHead::decode(bytes.as_slice()).expect("a signed head");
                 h.acked_seq = 1;
-                let hex: String = h
-                    .encode_to_vec()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                v["signed"] = serde_json::Value::String(hex);
+                v["signed"] = residency_proto::chain::hex(&h.encode_to_vec()).into();
             }
             format!("{v}\n")
         })

@@ -7,6 +7,7 @@
 //! start: tokens cannot be forged or extended, and all of them die with the
 //! process (a restart logs everyone out, which is the safe direction).
 
+use residency_proto::chain::{hex, unhex};
 use ring::{hmac, rand::SecureRandom};
 
 use crate::auth::Caller;
@@ -19,20 +20,6 @@ pub const DEFAULT_TTL_SECONDS: i64 = 3600;
 /// The signing key.
 pub struct Keys {
     key: hmac::Key,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Why a token was refused.

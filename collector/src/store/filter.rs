@@ -118,10 +118,9 @@ pub struct Cursor {
 impl Cursor {
     /// The token handed to clients: hex of "time/seq/host", opaque to them.
     pub fn token(&self) -> String {
-        format!("{}/{}/{}", self.time_ns, self.seq, self.host)
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        residency_proto::chain::hex(
+            format!("{}/{}/{}", self.time_ns, self.seq, self.host).as_bytes(),
+        )
     }
 
     /// Parses a token made by [`Cursor::token`].
@@ -130,14 +129,7 @@ impl Cursor {
             "the page token is not one this collector issued (pass next_page_token back unchanged)"
                 .to_owned()
         };
-        if !token.len().is_multiple_of(2) || !token.is_ascii() {
-            return Err(bad());
-        }
-        let bytes: Vec<u8> = (0..token.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
+        let bytes = residency_proto::chain::unhex(token).ok_or_else(bad)?;
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let mut parts = text.splitn(3, '/');
         let (Some(t), Some(s), Some(h)) = (parts.next(), parts.next(), parts.next()) else {

@@ -331,13 +331,10 @@ fn read_next_seq(dir: &Path) -> (u64, Option<chain::Hash>) {
     let text = fs::read_to_string(dir.join(NEXT_SEQ_FILE)).unwrap_or_default();
     let mut words = text.split_whitespace();
     let seq = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
-    let head = words.next().and_then(|w| {
-        let bytes: Vec<u8> = (0..w.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(w.get(i..i + 2)?, 16).ok())
-            .collect::<Option<_>>()?;
-        bytes.try_into().ok()
-    });
+    let head = words
+        .next()
+        .and_then(chain::unhex)
+        .and_then(|b| b.try_into().ok());
     (seq, head)
 }
 
