@@ -271,16 +271,30 @@ fn chain_catches_tampering(host: &str, dir: &std::path::Path, database: &str) {
 
 #[test]
 fn the_chain_holds_end_to_end_and_catches_edits_in_sqlite() {
-    let tmp = TempPath::dir("chain-sqlite");
-    let db = tmp.path().join("collector.db");
-    chain_catches_tampering("chain-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+    on_sqlite("chain-sqlite", chain_catches_tampering);
 }
 
 #[test]
 fn the_chain_holds_end_to_end_and_catches_edits_in_postgresql() {
+    on_postgresql("chain-pg", chain_catches_tampering);
+}
+
+/// A check of host `host` in directory `dir` against a collector on
+/// `database`.
+type Check = fn(&str, &std::path::Path, &str);
+
+/// Runs `check` for host `name` on a SQLite file in a directory of its own.
+fn on_sqlite(name: &str, check: Check) {
+    let tmp = TempPath::dir(name);
+    let db = tmp.path().join("collector.db");
+    check(name, tmp.path(), db.to_str().expect("utf-8"));
+}
+
+/// Runs `check` for host `name` on a PostgreSQL server of its own.
+fn on_postgresql(name: &str, check: Check) {
     let pg = PgServer::start();
-    let tmp = TempPath::dir("chain-pg");
-    chain_catches_tampering("chain-pg", tmp.path(), &pg.url);
+    let tmp = TempPath::dir(name);
+    check(name, tmp.path(), &pg.url);
 }
 
 fn has(r: &pb::ChainReport, kind: Kind) -> bool {
@@ -521,30 +535,22 @@ fn the_live_agent_vouches_for_its_head(host: &str, dir: &std::path::Path, databa
 
 #[test]
 fn the_live_agent_vouches_for_its_head_in_sqlite() {
-    let tmp = TempPath::dir("head-sqlite");
-    let db = tmp.path().join("collector.db");
-    the_live_agent_vouches_for_its_head("head-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+    on_sqlite("head-sqlite", the_live_agent_vouches_for_its_head);
 }
 
 #[test]
 fn the_live_agent_vouches_for_its_head_in_postgresql() {
-    let pg = PgServer::start();
-    let tmp = TempPath::dir("head-pg");
-    the_live_agent_vouches_for_its_head("head-pg", tmp.path(), &pg.url);
+    on_postgresql("head-pg", the_live_agent_vouches_for_its_head);
 }
 
 #[test]
 fn a_cut_tail_is_caught_in_sqlite() {
-    let tmp = TempPath::dir("cut-sqlite");
-    let db = tmp.path().join("collector.db");
-    a_cut_tail_is_caught("cut-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+    on_sqlite("cut-sqlite", a_cut_tail_is_caught);
 }
 
 #[test]
 fn a_cut_tail_is_caught_in_postgresql() {
-    let pg = PgServer::start();
-    let tmp = TempPath::dir("cut-pg");
-    a_cut_tail_is_caught("cut-pg", tmp.path(), &pg.url);
+    on_postgresql("cut-pg", a_cut_tail_is_caught);
 }
 
 /// Where the collector keeps its records, for a backup and a restore.
@@ -878,14 +884,10 @@ fn retention_keeps_what_stays_verifiable(host: &str, dir: &std::path::Path, data
 
 #[test]
 fn retention_keeps_what_stays_verifiable_in_sqlite() {
-    let tmp = TempPath::dir("retain-sqlite");
-    let db = tmp.path().join("collector.db");
-    retention_keeps_what_stays_verifiable("retain-sqlite", tmp.path(), db.to_str().expect("utf-8"));
+    on_sqlite("retain-sqlite", retention_keeps_what_stays_verifiable);
 }
 
 #[test]
 fn retention_keeps_what_stays_verifiable_in_postgresql() {
-    let pg = PgServer::start();
-    let tmp = TempPath::dir("retain-pg");
-    retention_keeps_what_stays_verifiable("retain-pg", tmp.path(), &pg.url);
+    on_postgresql("retain-pg", retention_keeps_what_stays_verifiable);
 }
