@@ -247,15 +247,6 @@ impl Store {
                 v.push(&r.row());
             }
         }
-        let retained = match since <= 0 {
-            true => store
-                .lock()
-                .await
-                .retained(host)
-                .await?
-                .filter(|r| (r.upto_seq as i64) < first),
-            false => None,
-        };
         let breaks = store.lock().await.chain_breaks(host, first, last).await?;
         for b in breaks {
             v.add(ChainFinding {
@@ -269,7 +260,7 @@ impl Store {
             });
         }
         let mut report = v.finish();
-        if let Some(r) = retained {
+        if let Some(r) = rows.retained.as_ref().filter(|_| since <= 0) {
             report
                 .findings
                 .push(retained_finding(&report, &r, retain_ns));
@@ -346,6 +337,9 @@ pub(crate) struct RangeRows {
     upto: i64,
     /// The end of the time range (i64::MAX: none).
     pub until: i64,
+    /// What retention removed right before the range, when the range starts
+    /// where the stored records start (the first row links to its hash).
+    pub retained: Option<super::retention::Retained>,
 }
 
 impl RangeRows {
@@ -364,19 +358,28 @@ impl RangeRows {
             return Ok(None);
         };
         // The row before, or the last one retention removed (its hash kept).
-        let before = match s.row_before(host, first).await? {
-            Some(b) => Some(b),
-            None => s
-                .retained(host)
-                .await?
-                .filter(|r| (r.upto_seq as i64) < first)
-                .map(|r| (r.upto_seq as i64, Some(r.chain).filter(|c| !c.is_empty()))),
+        let (before, retained) = match s.row_before(host, first).await? {
+            Some(b) => (Some(b), None),
+            None => {
+                let r = s
+                    .retained(host)
+                    .await?
+                    .filter(|r| (r.upto_seq as i64) < first);
+                let before = r.as_ref().map(|r| {
+                    (
+                        r.upto_seq as i64,
+                        Some(r.chain.clone()).filter(|c| !c.is_empty()),
+                    )
+                });
+                (before, r)
+            }
         };
         let rows = RangeRows {
             host: host.to_owned(),
             after: first - 1,
             upto,
             until,
+            retained,
         };
         Ok(Some((rows, before)))
     }
