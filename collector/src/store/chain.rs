@@ -263,7 +263,7 @@ impl Store {
         if let Some(r) = rows.retained.as_ref().filter(|_| since <= 0) {
             report
                 .findings
-                .push(retained_finding(&report, &r, retain_ns));
+                .push(retained_finding(&report, r, retain_ns));
             report.findings.sort_by_key(|f| (f.first_seq, f.kind));
             report.intact = report.findings.iter().all(|f| chain::explained(f.kind()));
         }

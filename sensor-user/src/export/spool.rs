@@ -177,6 +177,8 @@ pub struct Spool {
     /// chain starts), and the one before it (for `disown`).
     head: chain::Hash,
     head_before: chain::Hash,
+    /// [`ACKED_FILE`], open for its rewrites.
+    acked_file: Option<File>,
     /// The highest sequence known to be on disk (fsynced here, or found at
     /// open). What is above it may vanish in a power loss and its numbers be
     /// handed out again, so it is not delivered yet (see [`Spool::durable`]).
@@ -479,7 +481,7 @@ impl Spool {
         {
             rec.lost.push((after + 1, next_seq - 1));
         }
-        let spool = Spool {
+        let mut spool = Spool {
             dir: dir.to_owned(),
             opts,
             segments,
@@ -495,6 +497,7 @@ impl Spool {
             head_before: head,
             // What survived into this open is what the disk holds.
             durable: next_seq - 1,
+            acked_file: None,
         };
         // The files exist from now on, so rewriting them never needs space.
         if let Err(e) = spool.save_next_seq() {
@@ -923,15 +926,25 @@ impl Spool {
         Ok(())
     }
 
-    /// Keeps `acked` (see [`ACKED_FILE`]): in place, at a fixed width.
-    fn save_acked(&self) -> io::Result<()> {
+    /// Keeps `acked` (see [`ACKED_FILE`]): in place, at a fixed width, on
+    /// the file kept open (one write per acknowledgement; opened again only
+    /// if it could not be before).
+    fn save_acked(&mut self) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.dir.join(ACKED_FILE))?;
-        f.write_all_at(format!("{:020}\n", self.acked).as_bytes(), 0)
+        if self.acked_file.is_none() {
+            self.acked_file = Some(
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(self.dir.join(ACKED_FILE))?,
+            );
+        }
+        let line = format!("{:020}\n", self.acked);
+        match &self.acked_file {
+            Some(f) => f.write_all_at(line.as_bytes(), 0),
+            None => Ok(()),
+        }
     }
 
     /// Records the next sequence durably (before the last segment goes).
