@@ -16,6 +16,11 @@ use crate::collector::v1::{Attestation, SignedHead};
 
 /// A statement an agent signs: the same key and the same checks for each.
 pub trait Statement: Message + Clone {
+    /// What the signed bytes start with, so that a signature over one kind
+    /// of statement can never pass for another (whoever asks for a head
+    /// chooses its nonce). Empty for attestations, which were signed before
+    /// heads existed.
+    const CONTEXT: &'static [u8];
     /// The host it speaks for.
     fn host(&self) -> &str;
     /// When it was made (Unix ns): its certificate must be valid then.
@@ -27,8 +32,9 @@ pub trait Statement: Message + Clone {
 }
 
 macro_rules! statement {
-    ($t:ty, $at:ident) => {
+    ($t:ty, $at:ident, $context:expr) => {
         impl Statement for $t {
+            const CONTEXT: &'static [u8] = $context;
             fn host(&self) -> &str {
                 &self.host_id
             }
@@ -58,8 +64,28 @@ macro_rules! statement {
         }
     };
 }
-statement!(Attestation, window_end_unix_ns);
-statement!(SignedHead, time_unix_ns);
+statement!(Attestation, window_end_unix_ns, b"");
+statement!(
+    SignedHead,
+    time_unix_ns,
+    b"residency.collector.v1.SignedHead\n"
+);
+
+/// The longest nonce an agent signs into a head: a check's 16 random bytes
+/// fit many times; more would only serve to make the agent sign chosen
+/// bytes.
+pub const NONCE_MAX: usize = 64;
+
+/// Whether an agent signs a head answering `nonce`; errors say why not.
+pub fn check_nonce(nonce: &[u8]) -> Result<(), String> {
+    if nonce.is_empty() || nonce.len() > NONCE_MAX {
+        return Err(format!(
+            "a head is signed for a nonce of 1 to {NONCE_MAX} bytes, not {}: the collector must send fresh random bytes",
+            nonce.len()
+        ));
+    }
+    Ok(())
+}
 
 /// The first certificate of a PEM file, as DER; errors name the file.
 pub fn pem_certificate(path: &Path) -> Result<Vec<u8>, String> {
@@ -74,7 +100,9 @@ pub fn signed_bytes<S: Statement>(a: &S) -> Vec<u8> {
     let (scheme, _, certificate, key) = unsigned.seal();
     let (scheme, certificate, key) = (scheme.to_owned(), certificate.to_vec(), key.to_vec());
     unsigned.set_seal(scheme, Vec::new(), certificate, key);
-    unsigned.encode_to_vec()
+    let mut out = S::CONTEXT.to_vec();
+    unsigned.encode_raw(&mut out);
+    out
 }
 
 /// The schemes offered to a key, most preferred first.
@@ -360,6 +388,47 @@ mod tests {
             None,
             "no interval stated: unknown"
         );
+    }
+
+    #[test]
+    fn a_head_signature_never_passes_for_an_attestation_and_nonces_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("rs-attest-ctx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Signer::host_key(&dir.join("k")).unwrap();
+        let mut h = SignedHead {
+            host_id: "eu-1".into(),
+            nonce: vec![7; 16],
+            ..Default::default()
+        };
+        s.sign(&mut h).unwrap();
+        assert!(check(&h, None, None).valid);
+        // The same signature over the bare encoding (what an attestation's
+        // check computes) does not hold.
+        let mut bare = h.clone();
+        bare.signature.clear();
+        let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &h.public_key);
+        assert!(key.verify(&bare.encode_to_vec(), &h.signature).is_err());
+        assert!(signed_bytes(&h).starts_with(SignedHead::CONTEXT));
+        let mut a = statement();
+        s.sign(&mut a).unwrap();
+        assert_eq!(
+            signed_bytes(&a),
+            {
+                let mut b = a.clone();
+                b.signature.clear();
+                b.encode_to_vec()
+            },
+            "attestations are signed as before"
+        );
+        assert!(check_nonce(&[1; 16]).is_ok());
+        assert!(check_nonce(&[]).is_err());
+        assert!(
+            check_nonce(&[1; NONCE_MAX + 1])
+                .unwrap_err()
+                .contains("1 to 64 bytes")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

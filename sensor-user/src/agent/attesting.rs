@@ -283,6 +283,7 @@ impl Agent {
     /// Its chain head and what a collector acknowledged, signed with the
     /// attestation key, answering `nonce` (see `SignedHead`).
     pub(super) fn signed_head(&self, nonce: Vec<u8>) -> Result<cpb::SignedHead, CommandError> {
+        residency_proto::attest::check_nonce(&nonce).map_err(CommandError::Invalid)?;
         let a = self.cfg.attestation.as_ref().ok_or_else(|| {
             CommandError::Invalid("attestations are off on this host: nothing to sign with".into())
         })?;
